@@ -1,0 +1,348 @@
+"""Infrastructure shared by every stage, written once.
+
+What lives here (and nowhere else):
+- the command line: `ArgParser` (one-line errors), `add_common_args`, `run_main` (exit codes);
+- seeds, threads and `--device auto|cpu|cuda|mps`;
+- logging to the console and to `<run dir>/train.log`;
+- checkpoints: atomic save, safe load (`weights_only=True`), stage/model checks, RNG state for resume;
+- `metrics.json` files, in the one format the README tables are made from;
+- finding a data set: `--data_dir`, then `$MY_LLM_DATA`, then a download.
+
+Errors a user can cause are raised as `UserError`; `run_main` prints them as one line on stderr
+and exits with status 2. A traceback always means a bug.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_ENV = "MY_LLM_DATA"
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """A mistake the user can fix: a bad path, malformed data, a wrong checkpoint, a bad value."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C arrived during training and a resumable checkpoint is safely on disk."""
+
+
+# ----------------------------------------------------------------------------- command line
+class ArgParser(argparse.ArgumentParser):
+    """argparse, but a bad flag ends in one line on stderr (not a usage dump) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The flags every program of the course takes."""
+    parser.add_argument("--data_dir", default=None,
+                        help=f"folder holding the data sets (default: ${DATA_ENV}, else download)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="where to run: auto picks cuda, then mps, then cpu")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for data split, init and dropout")
+    parser.add_argument("--num_threads", type=int, default=0,
+                        help="CPU threads for torch (0: torch's default, one per core)")
+
+
+def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
+    """Run an entry point and turn the ways it can end into exit codes.
+
+    UserError -> one line on stderr, exit 2; TrainingInterrupted / Ctrl-C -> exit 130.
+    """
+    try:
+        code = main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except TrainingInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code or 0)
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would retype it from the repo root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        shown = str(script.relative_to(REPO_ROOT))
+    except ValueError:
+        shown = sys.argv[0]
+    return "python " + shlex.join([shown, *sys.argv[1:]])
+
+
+class StopOnInterrupt:
+    """While training, turn the first Ctrl-C into a request the loop answers at a safe point.
+
+    The loop checks `.requested` after each optimizer step, saves a resumable checkpoint, and raises
+    `TrainingInterrupted` (exit 130). A second Ctrl-C aborts at once, as usual.
+    Stopping between steps, never inside one, is what keeps the saved state consistent.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: saving a resumable checkpoint after this step (press again to abort)", file=sys.stderr)
+
+    def __enter__(self) -> "StopOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# ----------------------------------------------------------------------------- runtime set-up
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_threads(num_threads: int) -> None:
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+
+
+def get_device(name: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; asking for one that is absent is a user error."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if name == "cuda" and not cuda:
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
+    if name == "mps" and not mps:
+        raise UserError("--device mps was asked for but MPS is not available; use --device auto or cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown --device {name!r}; choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def hardware(device: torch.device | str = "cpu") -> str:
+    """A one-line description of the machine, for results tables."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Console handler that writes around an active tqdm bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stdout)
+
+
+def setup_logging(run_dir: Path | None, name: str = "my_llm", filename: str = "train.log") -> logging.Logger:
+    """Log to the console and, when `run_dir` is given, to `run_dir/filename` (appended)."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    console = _TqdmHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(console)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(run_dir / filename, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(file_handler)
+    return logger
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training loop may touch, as plain values and tensors (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [list(v) if isinstance(v, tuple) else v for v in random.getstate()],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a temporary file in the same folder, then renamed over `path`.
+
+    A crash (or Ctrl-C) while writing leaves the previous checkpoint untouched: the rename is the
+    only step that changes `path`, and it either happens whole or not at all.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def checkpoint_header(stage: str, model: str) -> dict[str, Any]:
+    """What every checkpoint says about itself, so a wrong one is refused clearly."""
+    return {
+        "format": "my_llm-checkpoint-v1",
+        "stage": stage,
+        "model": model,
+        "versions": {"torch": str(torch.__version__), "numpy": np.__version__, "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None = None,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (`weights_only=True`) and check it belongs to `stage` (and `models`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; train a model first or pass the right path")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, random bytes, a pickle with code in it...
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt? {reason}); "
+                        "retrain or point to another file") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "my_llm-checkpoint-v1":
+        raise UserError(f"{path} is not a my_llm checkpoint; point to a file written by this course's train.py")
+    if ckpt.get("stage") != stage:
+        raise UserError(f"{path} was made by {ckpt.get('stage')} ({ckpt.get('model')}), "
+                        f"not by {stage}; use a checkpoint trained by {stage}/train.py")
+    if models is not None and ckpt.get("model") not in models:
+        raise UserError(f"{path} holds a {ckpt.get('model')!r} model; this program expects one of {sorted(models)}")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- metrics files
+def write_metrics(path: Path, *, stage: str, model: str, dataset: str, split: str, metrics: dict[str, Any],
+                  params: int, seconds: float, seconds_key: str, device: torch.device | str,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `metrics.json` in the course-wide format that README tables are built from."""
+    payload: dict[str, Any] = {
+        "stage": stage,
+        "model": model,
+        "dataset": dataset,
+        "split": split,
+        "metrics": metrics,
+        "params": int(params),
+        seconds_key: round(float(seconds), 3),
+        "device": str(device),
+        "hardware": hardware(device),
+        "torch": torch.__version__,
+        "command": command_line(),
+    }
+    if extra:
+        payload.update(extra)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return payload
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{what} {path} is not valid JSON ({err}); regenerate it") from None
+
+
+# ----------------------------------------------------------------------------- data sets
+def data_candidates(name: str, data_dir: str | None) -> list[Path]:
+    """Folders that may hold data set `name`: `--data_dir` first, then `$MY_LLM_DATA`.
+
+    Each base may be the folder of all data sets (`.../data`, holding `name/`) or `name/` itself.
+    """
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserError(f"--data_dir {data_dir} is not a folder; pass the folder that holds {name}/")
+    bases = [b for b in (data_dir, os.environ.get(DATA_ENV)) if b]
+    out: list[Path] = []
+    for base in bases:
+        out += [Path(base) / name, Path(base)]
+    return out
+
+
+def find_local_data(name: str, files: Sequence[str], data_dir: str | None) -> Path | None:
+    """The first candidate folder holding every one of `files`, or None."""
+    for folder in data_candidates(name, data_dir):
+        if all((folder / f).is_file() for f in files):
+            return folder
+    return None
+
+
+def missing_data_error(name: str, files: Sequence[str], data_dir: str | None, download_error: str) -> UserError:
+    looked = [str(p) for p in data_candidates(name, data_dir)] or [f"(no --data_dir and no ${DATA_ENV})"]
+    return UserError(f"no local copy of {name} ({', '.join(files)}) in {', '.join(looked)}, and the download "
+                     f"failed ({download_error}); pass --data_dir or set {DATA_ENV} to the folder holding {name}/")
+
+
+def count_params(module_or_tensors: Any) -> int:
+    tensors = module_or_tensors.parameters() if hasattr(module_or_tensors, "parameters") else module_or_tensors
+    return sum(t.numel() for t in tensors)

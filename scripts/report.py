@@ -1,0 +1,61 @@
+"""Results tables made from metrics.json files, and written into READMEs between markers.
+
+A README holds
+    <!-- results:NAME -->
+    ...generated table...
+    <!-- /results:NAME -->
+and `replace_block` rewrites what lies between, so no number in a table is ever typed by hand.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+Column = tuple[str, Callable[[dict[str, Any]], Any]]
+
+
+def load_results(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Read metrics.json files, each with its file name under `_file`."""
+    rows = []
+    for path in paths:
+        row = json.loads(Path(path).read_text(encoding="utf-8"))
+        row["_file"] = Path(path).name
+        rows.append(row)
+    return rows
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(get(row)).replace("|", "\\|") for _, get in columns) + " |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """Put `body` between the `results:name` markers of `text` (the markers must exist)."""
+    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(<!-- /results:{re.escape(name)} -->)", re.S)
+    if not pattern.search(text):
+        raise KeyError(f"no <!-- results:{name} --> ... <!-- /results:{name} --> block")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
+
+
+def update_file(path: Path, blocks: dict[str, str]) -> bool:
+    """Rewrite every named block in `path`; True if the file changed."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8")
+    new = old
+    for name, body in blocks.items():
+        new = replace_block(new, name, body)
+    if new != old:
+        path.write_text(new, encoding="utf-8")
+    return new != old
