@@ -1,0 +1,141 @@
+"""From text to a bag of n-gram ids: tokenizer, vocabulary, hashed n-grams, batches.
+
+A document becomes the *set* of its features:
+- every word, by its id in the vocabulary (rare words map to `<unk>`);
+- every word bigram and trigram, hashed into one of `buckets` extra rows, as fastText does, so the
+  table does not grow with the (huge) number of distinct n-grams. Collisions are rare enough to ignore.
+
+The model averages the embeddings of these ids (see `models/`), so word order survives only inside
+an n-gram: "not good" is one feature, but the document as a whole is an unordered bag.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from scripts.common import UserError, write_json
+
+TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?|[!?]"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+_HASH_MULTIPLIER = np.uint64(116049371)  # the multiplier fastText uses to hash word n-grams
+UNK = "<unk>"
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case words (keeping inner apostrophes: "don't") plus '!' and '?', which carry sentiment.
+
+    HTML line breaks (`<br />`, frequent in IMDb) are removed first.
+    """
+    return _TOKEN_RE.findall(text.replace("<br />", " ").lower())
+
+
+@dataclass
+class Featurizer:
+    """Vocabulary plus n-gram hashing settings; saved as readable JSON next to each checkpoint."""
+
+    itos: list[str]
+    ngrams: int = 3
+    buckets: int = 2_000_000
+
+    def __post_init__(self) -> None:
+        self.stoi = {word: i for i, word in enumerate(self.itos)}
+
+    @property
+    def num_words(self) -> int:
+        return len(self.itos)
+
+    @property
+    def num_features(self) -> int:
+        """Rows of the embedding table: words first, then the hash buckets."""
+        return len(self.itos) + (self.buckets if self.ngrams > 1 else 0)
+
+    @classmethod
+    def build(cls, texts: list[list[str]], min_freq: int = 2, ngrams: int = 3,
+              buckets: int = 2_000_000) -> "Featurizer":
+        """Keep words seen at least `min_freq` times, most frequent first (ties alphabetical)."""
+        counts = Counter(word for tokens in texts for word in tokens)
+        words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+        return cls([UNK, *words], ngrams=ngrams, buckets=buckets)
+
+    def word_ids(self, tokens: list[str]) -> np.ndarray:
+        return np.array([self.stoi.get(t, 0) for t in tokens], dtype=np.int64)
+
+    def features(self, tokens: list[str]) -> np.ndarray:
+        """Sorted unique feature ids of one document (a binary bag of n-grams)."""
+        ids = self.word_ids(tokens)
+        parts = [ids]
+        for n in range(2, self.ngrams + 1):
+            if len(ids) < n:
+                break
+            # h = ((n * M + w1) * M + w2) * M + ... modulo 2**64, then folded into the buckets
+            h = np.full(len(ids) - n + 1, n, dtype=np.uint64)
+            for k in range(n):
+                h = h * _HASH_MULTIPLIER + ids[k:len(ids) - n + 1 + k].astype(np.uint64)
+            parts.append(len(self.itos) + (h % np.uint64(self.buckets)).astype(np.int64))
+        return np.unique(np.concatenate(parts))
+
+    # -- JSON, never pickle
+    def to_dict(self) -> dict:
+        return {"format": "stage1-ngram-featurizer-v1", "token_pattern": TOKEN_PATTERN, "lowercase": True,
+                "ngrams": self.ngrams, "buckets": self.buckets, "itos": self.itos}
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, obj: dict, where: str = "vocabulary") -> "Featurizer":
+        if not isinstance(obj, dict) or obj.get("format") != "stage1-ngram-featurizer-v1":
+            raise UserError(f"{where} is not a stage 1 vocabulary (no 'format': 'stage1-ngram-featurizer-v1')")
+        return cls(list(obj["itos"]), ngrams=int(obj["ngrams"]), buckets=int(obj["buckets"]))
+
+    @classmethod
+    def load(cls, path: Path) -> "Featurizer":
+        try:
+            obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise UserError(f"cannot read vocabulary {path} ({err})") from None
+        return cls.from_dict(obj, str(path))
+
+
+@dataclass
+class FeatureSet:
+    """Documents as one flat id array plus offsets (CSR layout), the input `EmbeddingBag` wants."""
+
+    ids: torch.Tensor      # (total features,) int64
+    offsets: torch.Tensor  # (N + 1,) int64: document i is ids[offsets[i]:offsets[i+1]]
+    labels: torch.Tensor   # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def from_texts(cls, featurizer: Featurizer, texts: list[str] | list[list[str]], labels: list[int]) -> "FeatureSet":
+        docs = [featurizer.features(t if isinstance(t, list) else tokenize(t)) for t in texts]
+        lengths = torch.tensor([len(d) for d in docs], dtype=torch.int64)
+        offsets = torch.zeros(len(docs) + 1, dtype=torch.int64)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        ids = torch.from_numpy(np.concatenate(docs)) if docs else torch.zeros(0, dtype=torch.int64)
+        return cls(ids, offsets, torch.tensor(labels, dtype=torch.int64))
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids, offsets, labels) for the documents in `index`; offsets are bag starts, as EmbeddingBag wants."""
+        starts, ends = self.offsets[index], self.offsets[index + 1]
+        ids = torch.cat([self.ids[s:e] for s, e in zip(starts.tolist(), ends.tolist())])
+        lengths = ends - starts
+        bag_starts = torch.zeros_like(lengths)
+        torch.cumsum(lengths[:-1], 0, out=bag_starts[1:])
+        return ids, bag_starts, self.labels[index]
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None,
+                start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches in `order` (default: as stored), skipping the first `start` batches (for resume)."""
+        order = torch.arange(len(self)) if order is None else order
+        for i in range(start * batch_size, len(order), batch_size):
+            yield self.batch(order[i:i + batch_size])

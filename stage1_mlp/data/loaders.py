@@ -1,0 +1,132 @@
+"""Reading the two classification data sets: AG News (4 topics) and IMDb (2 sentiments).
+
+Each loader looks for a local copy first (`--data_dir`, then `$MY_LLM_DATA`; the formats are those of
+`../shared/data/ag_news` and `../shared/data/imdb`), then downloads through Hugging Face `datasets`.
+Every row is checked: a bad label, a missing field or an empty text names its file and line.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import html
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scripts.common import UserError, find_local_data, missing_data_error
+
+DATASETS = ("imdb", "ag_news")
+AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
+IMDB_CLASSES = ["negative", "positive"]
+_BARE_ENTITY = re.compile(r"&?#(\d+);")  # "#39;" or "&#39;"
+
+
+@dataclass
+class TextDataset:
+    """Texts with integer labels in 0..len(classes)-1."""
+
+    texts: list[str]
+    labels: list[int]
+    classes: list[str]
+    source: str  # where it was read from, for the log
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: list[int] | torch.Tensor) -> "TextDataset":
+        idx = [int(i) for i in indices]
+        return TextDataset([self.texts[i] for i in idx], [self.labels[i] for i in idx], self.classes, self.source)
+
+
+def clean_ag_news(text: str) -> str:
+    """AG News escapes newlines as a literal backslash-n and HTML entities as `#39;` (no ampersand)."""
+    text = text.replace("\\n", " ").replace("\\", " ").replace(" #39;", "#39;")  # "Bush #39;s" -> "Bush's"
+    return html.unescape(_BARE_ENTITY.sub(r"&#\1;", text))
+
+
+def read_ag_news_csv(path: Path, num_classes: int = 4) -> tuple[list[str], list[int]]:
+    """Official AG News CSV: `"class 1-4","title","description"`, no header."""
+    texts, labels = [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if len(row) != 3:
+                raise UserError(f"{path}:{line_no}: expected 3 fields (class, title, description), got {len(row)}")
+            label, title, description = row
+            if not label.strip().isdigit() or not 1 <= int(label) <= num_classes:
+                raise UserError(f"{path}:{line_no}: class {label!r} is not in 1..{num_classes}")
+            text = clean_ag_news(f"{title}. {description}".strip())
+            if not (title.strip() or description.strip()):
+                raise UserError(f"{path}:{line_no}: empty text (title and description are both blank)")
+            texts.append(text)
+            labels.append(int(label) - 1)
+    if not texts:
+        raise UserError(f"{path} holds no rows")
+    return texts, labels
+
+
+def read_imdb_jsonl(path: Path) -> tuple[list[str], list[int]]:
+    """IMDb as gzip JSON Lines: `{"text": ..., "label": 0|1, ...}` per line."""
+    texts, labels = [], []
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise UserError(f"{path}:{line_no}: not a JSON object") from None
+                if not isinstance(row, dict) or "text" not in row or "label" not in row:
+                    raise UserError(f"{path}:{line_no}: missing field 'text' or 'label'")
+                if row["label"] not in (0, 1):
+                    raise UserError(f"{path}:{line_no}: label {row['label']!r} is not 0 or 1")
+                if not isinstance(row["text"], str) or not row["text"].strip():
+                    raise UserError(f"{path}:{line_no}: empty text")
+                texts.append(row["text"])
+                labels.append(int(row["label"]))
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} cannot be read ({err}); is it a complete .jsonl.gz file?") from None
+    if not texts:
+        raise UserError(f"{path} holds no rows")
+    return texts, labels
+
+
+def _download(name: str, split: str) -> TextDataset:
+    """Download through Hugging Face `datasets` (imported here: it is slow to import and needs the network)."""
+    import datasets as hf_datasets  # noqa: PLC0415
+
+    ds = hf_datasets.load_dataset("ag_news" if name == "ag_news" else "imdb", split=split)
+    classes = AG_NEWS_CLASSES if name == "ag_news" else IMDB_CLASSES
+    return TextDataset(list(ds["text"]), [int(x) for x in ds["label"]], classes, f"huggingface:{name}/{split}")
+
+
+def load_split(name: str, split: str, data_dir: str | None = None) -> TextDataset:
+    """Load `split` ('train' or 'test') of `name` ('imdb' or 'ag_news')."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise UserError(f"unknown split {split!r}; choose train or test")
+    filename = f"{split}.csv" if name == "ag_news" else f"{split}.jsonl.gz"
+    folder = find_local_data(name, [filename], data_dir)
+    if folder is not None:
+        path = folder / filename
+        if name == "ag_news":
+            texts, labels = read_ag_news_csv(path)
+            return TextDataset(texts, labels, AG_NEWS_CLASSES, str(path))
+        texts, labels = read_imdb_jsonl(path)
+        return TextDataset(texts, labels, IMDB_CLASSES, str(path))
+    try:
+        return _download(name, split)
+    except Exception as err:  # no network, hub down, not cached: all end the same way for a user
+        raise missing_data_error(name, [filename], data_dir, f"{type(err).__name__}") from None
+
+
+def train_val_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed-seed random split of range(n) into (train indices, validation indices)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"--val_fraction must be between 0 and 1, got {val_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(n * val_fraction)))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values

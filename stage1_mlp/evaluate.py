@@ -1,0 +1,205 @@
+"""Evaluate a trained stage 1 classifier, or classify your own text.
+
+    python evaluate.py --model_path checkpoints/best_model.pt          # test accuracy, macro-F1, speed
+    python evaluate.py --text "A moving, beautifully acted film."      # one text, with probabilities
+    python evaluate.py --interactive                                   # type texts, Ctrl-D to quit
+
+The test split is read here and nowhere else. Writes metrics.json, confusion_matrix.png and
+predictions.jsonl to runs/eval_<dataset>/ (or --out_dir), and metrics.json to --metrics_out if given.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+import torch  # noqa: E402
+
+from scripts.common import (ArgParser, UserError, add_common_args, count_params, get_device,  # noqa: E402
+                            load_checkpoint, run_main, set_threads, write_metrics)
+from scripts.plots import plot_confusion  # noqa: E402
+from stage1_mlp.data.features import Featurizer, FeatureSet, tokenize  # noqa: E402
+from stage1_mlp.data.loaders import DATASETS, load_split  # noqa: E402
+from stage1_mlp.models.config import MLPConfig  # noqa: E402
+from stage1_mlp.models.mlp_scratch import ScratchMLP  # noqa: E402
+from stage1_mlp.models.mlp_torch import TorchMLP  # noqa: E402
+
+STAGE = "stage1_mlp"
+STAGE_DIR = Path(__file__).resolve().parent
+MODEL_NAME = "ngram_mlp"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgParser(description="Evaluate the stage 1 classifier on a test set, or classify given text.")
+    p.add_argument("--model_path", default=str(STAGE_DIR / "checkpoints" / "best_model.pt"), help="checkpoint to load")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="test set (default: the one it was trained on)")
+    p.add_argument("--text", default=None, help="classify this text and print class probabilities")
+    p.add_argument("--interactive", action="store_true", help="classify texts typed at a prompt")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test documents (0: all)")
+    p.add_argument("--batch_size", type=int, default=1024, help="batch size for the accuracy pass and throughput")
+    p.add_argument("--latency_samples", type=int, default=500, help="documents timed one at a time for latency")
+    p.add_argument("--out_dir", default=None, help="where outputs go (default: runs/eval_<dataset> in this stage)")
+    p.add_argument("--metrics_out", default=None, help="also write metrics.json to this file")
+    add_common_args(p)
+    return p
+
+
+class Classifier:
+    """A loaded checkpoint: featurizer + model, from raw text to class probabilities."""
+
+    def __init__(self, path: str | Path, device: torch.device):
+        ckpt = load_checkpoint(path, STAGE, [MODEL_NAME], map_location=device)
+        self.path, self.device = Path(path), device
+        self.impl, self.dataset, self.classes = ckpt["impl"], ckpt["dataset"], list(ckpt["classes"])
+        self.featurizer = Featurizer.from_dict(ckpt["featurizer"], str(path))
+        self.config = MLPConfig(**ckpt["config"])
+        self.model: Any = TorchMLP(self.config) if self.impl == "torch" else ScratchMLP(self.config)
+        try:
+            self.model.load_state_dict(ckpt["model_state"])
+        except (KeyError, RuntimeError) as err:
+            raise UserError(f"{path}: weights do not fit the model its config describes ({err})") from None
+        self.model.to(device).eval()
+
+    @torch.no_grad()
+    def probabilities(self, data: FeatureSet, batch_size: int = 1024) -> torch.Tensor:
+        out = [torch.softmax(self.model(ids.to(self.device), offsets.to(self.device)), dim=1).cpu()
+               for ids, offsets, _ in data.batches(batch_size)]
+        return torch.cat(out)
+
+    def classify(self, text: str) -> tuple[torch.Tensor, int]:
+        """Probabilities for one text, and how many of its words the vocabulary knows."""
+        tokens = tokenize(text)
+        if not tokens:
+            raise UserError("the text has no words to classify (it is empty or only punctuation)")
+        known = sum(1 for t in tokens if t in self.featurizer.stoi)
+        return self.probabilities(FeatureSet.from_texts(self.featurizer, [tokens], [0]))[0], known
+
+
+def format_prediction(clf: Classifier, text: str) -> str:
+    probs, known = clf.classify(text)
+    best = int(probs.argmax())
+    lines = [f"{clf.classes[best]}  ({probs[best]:.1%})"]
+    lines += [f"  {name:<10} {p:6.1%}  {'#' * int(round(p.item() * 30))}" for name, p in zip(clf.classes, probs)]
+    if known == 0:
+        lines.append("  note: none of these words is in the vocabulary, so this is only the model's prior")
+    return "\n".join(lines)
+
+
+def interactive(clf: Classifier) -> int:
+    print(f"stage 1 MLP ({clf.dataset}: {', '.join(clf.classes)}). Type a text and press Enter; Ctrl-D quits.")
+    while True:
+        try:
+            text = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not text.strip():
+            print("(empty input: type some text)")
+            continue
+        try:
+            print(format_prediction(clf, text))
+        except UserError as err:
+            print(f"({err})")
+
+
+def classification_report(labels: torch.Tensor, preds: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows: true)."""
+    n = len(classes)
+    confusion = torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
+    true_pos = confusion.diag().double()
+    precision = true_pos / confusion.sum(0).clamp(min=1)
+    recall = true_pos / confusion.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {
+        "accuracy": (preds == labels).double().mean().item(),
+        "macro_f1": f1.mean().item(),
+        "per_class": {name: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+                             "support": int(confusion[i].sum())} for i, name in enumerate(classes)},
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def measure_latency(clf: Classifier, texts: list[str], samples: int) -> float:
+    """Milliseconds per document at batch size 1, raw text to probabilities (after a short warm-up)."""
+    texts = texts[:max(samples, 1)]
+    for text in texts[:10]:
+        clf.classify(text)
+    start = time.perf_counter()
+    for text in texts:
+        clf.classify(text)
+    return (time.perf_counter() - start) / len(texts) * 1000
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    set_threads(args.num_threads)
+    device = get_device(args.device)
+    if args.text is not None and not args.text.strip():
+        raise UserError("--text is empty; give the text to classify, e.g. --text \"a wonderful film\"")
+    clf = Classifier(args.model_path, device)
+    if args.text is not None:
+        print(format_prediction(clf, args.text))
+        return 0
+    if args.interactive:
+        return interactive(clf)
+
+    dataset = args.dataset or clf.dataset
+    started = time.time()
+    test = load_split(dataset, "test", args.data_dir)
+    if len(test.classes) != len(clf.classes):
+        raise UserError(f"{args.model_path} predicts {len(clf.classes)} classes but {dataset} has {len(test.classes)}")
+    if args.limit:
+        test = test.subset(list(range(min(args.limit, len(test)))))
+    tick = time.perf_counter()
+    data = FeatureSet.from_texts(clf.featurizer, test.texts, test.labels)
+    featurize_seconds = time.perf_counter() - tick
+    tick = time.perf_counter()
+    probs = clf.probabilities(data, args.batch_size)
+    model_seconds = time.perf_counter() - tick
+    preds = probs.argmax(1)
+    report = classification_report(data.labels, preds, clf.classes)
+    latency = measure_latency(clf, test.texts, args.latency_samples)
+
+    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{dataset}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_confusion(report["confusion_matrix"], clf.classes, out_dir / "confusion_matrix.png",
+                   title=f"{dataset} test, MLP ({clf.impl})")
+    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for i, (label, pred) in enumerate(zip(data.labels.tolist(), preds.tolist())):
+            row = {"index": i, "label": label, "pred": pred, "confidence": round(probs[i, pred].item(), 5)}
+            if label != pred:
+                row["text"] = test.texts[i]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    metrics = {
+        "accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "per_class": report["per_class"],
+        "confusion_matrix": report["confusion_matrix"],
+        "latency_ms_bs1": latency,
+        "throughput_samples_per_s": len(data) / (featurize_seconds + model_seconds),
+        "model_only_samples_per_s": len(data) / model_seconds,
+        "batch_size": args.batch_size,
+    }
+    common = dict(stage=STAGE, model=f"{MODEL_NAME}_{clf.impl}", dataset=dataset, split="test", metrics=metrics,
+                  params=count_params(clf.model.parameters()), seconds=time.time() - started,
+                  seconds_key="eval_seconds", device=device,
+                  extra={"checkpoint": str(args.model_path), "test_size": len(data)})
+    write_metrics(out_dir / "metrics.json", **common)
+    if args.metrics_out:
+        write_metrics(Path(args.metrics_out), **common)
+    print(f"{dataset} test ({len(data)} documents), MLP ({clf.impl}) from {args.model_path}")
+    print(f"  accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}")
+    for name, row in report["per_class"].items():
+        print(f"  {name:<10} precision {row['precision']:.4f}  recall {row['recall']:.4f}  f1 {row['f1']:.4f}")
+    print(f"  latency {latency:.2f} ms/document at batch 1; throughput {metrics['throughput_samples_per_s']:.0f} "
+          f"documents/s at batch {args.batch_size} (text to prediction)")
+    print(f"  wrote {out_dir / 'metrics.json'}, confusion_matrix.png, predictions.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
