@@ -18,7 +18,7 @@ import argparse  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=2, help="stop after this many epochs without a better val accuracy")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--batch_size", type=int, default=64, help="documents per step")
-    p.add_argument("--embed_dim", type=int, default=64, help="size of each n-gram embedding")
+    p.add_argument("--embed_dim", type=int, default=32, help="size of each n-gram embedding")
     p.add_argument("--hidden_dim", type=int, default=64, help="size of the hidden ReLU layer")
     p.add_argument("--dropout", type=float, default=0.3, help="dropout on the hidden layer")
     p.add_argument("--ngrams", type=int, default=3, help="longest word n-gram used (1: words only)")
@@ -146,6 +146,42 @@ def load_resume_state(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return ckpt
 
 
+def train_one_epoch(args: argparse.Namespace, model: Any, optimizer: Any, train_set: FeatureSet,
+                    state: dict[str, Any], device: torch.device, interrupt: StopOnInterrupt,
+                    save_last: Callable[[], None]) -> tuple[int, float]:
+    """Train until the end of the current epoch (from `state["step_in_epoch"]` when resuming).
+
+    Returns (samples seen, seconds). On Ctrl-C, saves a resumable checkpoint and raises TrainingInterrupted.
+    """
+    epoch = state["epoch"] + 1
+    # the shuffle depends only on (seed, epoch), so a resumed epoch replays the same order
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed * 10_007 + epoch))
+    bar = tqdm(total=math.ceil(len(train_set) / args.batch_size), initial=state["step_in_epoch"],
+               desc=f"epoch {epoch}", unit="batch", disable=None, leave=False)
+    samples, tick = 0, time.time()
+    for ids, offsets, labels in train_set.batches(args.batch_size, order, state["step_in_epoch"]):
+        loss = train_step(args.impl, model, optimizer, ids.to(device), offsets.to(device), labels.to(device))
+        samples += len(labels)
+        state["epoch_loss_sum"] += loss * len(labels)
+        state["epoch_seen"] += len(labels)
+        state["step_in_epoch"] += 1
+        state["global_step"] += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{samples / (time.time() - tick):.0f}")
+        if interrupt.requested:
+            state["train_seconds"] += time.time() - tick
+            save_last()
+            bar.close()
+            raise TrainingInterrupted(f"saved {Path(args.out_dir) / 'last.pt'} at epoch {epoch}, step "
+                                      f"{state['step_in_epoch']}; run the same command with --resume to continue")
+        if args.max_steps and state["global_step"] >= args.max_steps:
+            break
+    bar.close()
+    seconds = time.time() - tick
+    state["train_seconds"] += seconds
+    return samples, seconds
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -159,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = get_device(args.device)
     out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"{args.dataset}_{args.impl}"
     model_path, last_path = Path(args.model_path), out_dir / "last.pt"
+    args.out_dir = str(out_dir)
     resume = load_resume_state(last_path, args) if args.resume else None
     log = setup_logging(out_dir)
     log.info(f"{'resuming' if resume else 'training'} {args.impl} MLP on {args.dataset} ({device}); run folder {out_dir}")
@@ -189,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(f"model: {params:,} parameters ({config})")
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0, "best_epoch": 0,
-             "bad_epochs": 0, "history": [], "train_seconds": 0.0}
+             "bad_epochs": 0, "history": [], "train_seconds": 0.0,
+             "epoch_loss_sum": 0.0, "epoch_seen": 0}  # running sums of the current epoch, kept across a resume
     if resume:
         model.load_state_dict({k: v.to(device) for k, v in resume["model_state"].items()})
         load_optimizer_state(args.impl, optimizer, resume["optimizer_state"])
@@ -202,40 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_checkpoint(last_path, checkpoint_payload(args, model, config, featurizer, full.classes, {
             **state, "optimizer_state": optimizer_state(args.impl, optimizer), "rng_state": rng_state()}))
 
-    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     stopped_early = False
     with StopOnInterrupt() as interrupt:
         while state["epoch"] < args.epochs and not stopped_early:
             epoch = state["epoch"] + 1
-            # the shuffle depends only on (seed, epoch), so a resumed epoch replays the same order
-            order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed * 10_007 + epoch))
-            bar = tqdm(total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch}",
-                       unit="batch", disable=None, leave=False)
-            loss_sum, seen, tick = 0.0, 0, time.time()
-            for ids, offsets, labels in train_set.batches(args.batch_size, order, state["step_in_epoch"]):
-                loss = train_step(args.impl, model, optimizer, ids.to(device), offsets.to(device), labels.to(device))
-                loss_sum, seen = loss_sum + loss * len(labels), seen + len(labels)
-                state["step_in_epoch"] += 1
-                state["global_step"] += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{seen / (time.time() - tick):.0f}")
-                if interrupt.requested:
-                    state["train_seconds"] += time.time() - tick
-                    save_last()
-                    bar.close()
-                    raise TrainingInterrupted(f"saved {last_path} at epoch {epoch}, step {state['step_in_epoch']}; "
-                                              "run the same command with --resume to continue")
-                if args.max_steps and state["global_step"] >= args.max_steps:
-                    break
-            bar.close()
-            seconds = time.time() - tick
-            state["train_seconds"] += seconds
+            samples, seconds = train_one_epoch(args, model, optimizer, train_set, state, device, interrupt, save_last)
             val_loss, val_acc = evaluate_loss_acc(model, val_set, device)
-            row = {"epoch": epoch, "steps": state["global_step"], "train_loss": loss_sum / max(seen, 1),
-                   "val_loss": val_loss, "val_acc": val_acc, "samples_per_s": seen / max(seconds, 1e-9),
+            row = {"epoch": epoch, "steps": state["global_step"],
+                   "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1),
+                   "val_loss": val_loss, "val_acc": val_acc, "samples_per_s": samples / max(seconds, 1e-9),
                    "epoch_seconds": seconds}
             state["history"].append(row)
-            state["epoch"], state["step_in_epoch"] = epoch, 0
+            state.update(epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_seen=0)
             improved = val_acc > state["best_val_acc"]
             if improved:
                 state.update(best_val_acc=val_acc, best_epoch=epoch, bad_epochs=0)

@@ -10,7 +10,7 @@ EMBED_INIT = 0.1  # embedding rows start as U(-0.1, 0.1) in both implementations
 class MLPConfig:
     num_features: int        # rows of the embedding table: words + n-gram hash buckets
     num_classes: int
-    embed_dim: int = 64
+    embed_dim: int = 32
     hidden_dim: int = 64
     dropout: float = 0.3
 

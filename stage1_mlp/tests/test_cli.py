@@ -97,7 +97,7 @@ def test_interactive_survives_empty_input_and_ends_on_eof(trained, monkeypatch, 
 
 @pytest.mark.parametrize("argv, message", [
     (["--text", ""], "--text is empty"),
-    (["--text", "!!! ..."], "no words to classify"),
+    (["--text", "... -- ;;"], "no words to classify"),
 ])
 def test_evaluate_bad_text(trained, capsys, argv, message):
     code, _, err = run(evaluate.main, ["--model_path", str(trained), *argv], capsys)
