@@ -1,5 +1,10 @@
-"""Shared pytest set-up: the repo root on sys.path, and where the real data sets are (if anywhere)."""
+"""Shared pytest set-up: the repo root on sys.path, where the real data sets are (if anywhere),
+and tiny data sets in the real formats, so every stage's scripts can be exercised in seconds."""
+import csv
+import gzip
+import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -30,3 +35,57 @@ def _offline(monkeypatch):
     """Tests never touch the network: a missing data set must fail fast, not wait for retries."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+POSITIVE = "great wonderful moving brilliant superb loved charming delightful".split()
+NEGATIVE = "awful boring terrible waste dull worst bad stupid".split()
+FILLER = "the film movie a plot actors story it was and this of scene".split()
+TOPICS = [
+    "election minister president war talks government".split(),
+    "game season coach team win match".split(),
+    "shares profit market company stocks oil".split(),
+    "software internet computer space research chip".split(),
+]
+
+
+def sentiment_text(rng: random.Random, label: int) -> str:
+    words = [rng.choice(FILLER) for _ in range(rng.randint(8, 20))]
+    words += [rng.choice(POSITIVE if label else NEGATIVE) for _ in range(3)]
+    rng.shuffle(words)
+    return " ".join(words).capitalize() + ".<br /><br />" + rng.choice(FILLER) + "!"
+
+
+def write_imdb(folder: Path, n_train: int = 400, n_test: int = 100, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        with gzip.open(folder / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
+            for i in range(n):
+                label = i % 2
+                row = {"id": i, "rating": 8 if label else 2, "label": label,
+                       "sentiment": "pos" if label else "neg", "text": sentiment_text(rng, label)}
+                f.write(json.dumps(row) + "\n")
+    return folder
+
+
+def write_ag_news(folder: Path, n_train: int = 200, n_test: int = 80, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, quoting=csv.QUOTE_ALL)
+            for i in range(n):
+                label = i % 4
+                title = " ".join(rng.choice(TOPICS[label]) for _ in range(3)).title()
+                body = " ".join(rng.choice(FILLER + TOPICS[label]) for _ in range(15))
+                writer.writerow([str(label + 1), title, body + " \\n It #39;s news."])
+    (folder / "classes.txt").write_text("World\nSports\nBusiness\nSci/Tech\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A data folder laid out like ../shared/data: imdb/ and ag_news/ (with a train split)."""
+    root = tmp_path_factory.mktemp("data")
+    write_imdb(root / "imdb")
+    write_ag_news(root / "ag_news")
+    return root

@@ -78,7 +78,16 @@ def tables(dataset: str) -> dict[str, str]:
     top_columns = [("model", lambda r: f"MLP, n-gram bag (`{r['impl']}`)"), *columns[1:3],
                    ("train time", columns[4][1]), ("latency, batch 1", columns[6][1]), ("parameters", columns[8][1]),
                    ("hardware", lambda r: r["train"]["hardware"])]
-    return {f"stage1_{dataset}": table, f"classification_{dataset}": markdown_table(rows, top_columns)}
+    blocks = {f"stage1_{dataset}": table, f"classification_{dataset}": markdown_table(rows, top_columns)}
+    gpu_rows = [{"impl": impl, "train": load_results([RESULTS / f"{dataset}_{impl}_cuda_train.json"])[0],
+                 "test": load_results([RESULTS / f"{dataset}_{impl}_cuda_test.json"])[0]}
+                for impl in IMPLS if (RESULTS / f"{dataset}_{impl}_cuda_test.json").is_file()]
+    if gpu_rows:
+        gpu_columns = [*columns[:2], columns[4], columns[5], columns[6],
+                       ("hardware", lambda r: f"{r['train']['hardware']}, torch {r['train']['torch']}"),
+                       ("command", lambda r: f"`{r['train']['command']}`")]
+        blocks[f"stage1_{dataset}_gpu"] = markdown_table(gpu_rows, gpu_columns)
+    return blocks
 
 
 def write_tables(dataset: str) -> None:

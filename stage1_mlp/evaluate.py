@@ -24,7 +24,7 @@ from scripts.common import (ArgParser, UserError, add_common_args, count_params,
                             load_checkpoint, run_main, set_threads, write_metrics)
 from scripts.plots import plot_confusion  # noqa: E402
 from stage1_mlp.data.features import Featurizer, FeatureSet, tokenize  # noqa: E402
-from stage1_mlp.data.loaders import DATASETS, load_split  # noqa: E402
+from scripts.classification_data import DATASETS, load_split  # noqa: E402
 from stage1_mlp.models.config import MLPConfig  # noqa: E402
 from stage1_mlp.models.mlp_scratch import ScratchMLP  # noqa: E402
 from stage1_mlp.models.mlp_torch import TorchMLP  # noqa: E402

@@ -30,7 +30,7 @@ from scripts.common import (ArgParser, StopOnInterrupt, TrainingInterrupted, Use
                             write_metrics)
 from scripts.plots import plot_curves  # noqa: E402
 from stage1_mlp.data.features import Featurizer, FeatureSet, tokenize  # noqa: E402
-from stage1_mlp.data.loaders import DATASETS, load_split, train_val_split  # noqa: E402
+from scripts.classification_data import DATASETS, load_split, train_val_split  # noqa: E402
 from stage1_mlp.models.config import MLPConfig  # noqa: E402
 from stage1_mlp.models.mlp_scratch import ScratchAdam, ScratchMLP, softmax_cross_entropy  # noqa: E402
 from stage1_mlp.models.mlp_torch import TorchMLP, make_optimizers  # noqa: E402

@@ -3,7 +3,9 @@
 A document becomes the *set* of its features:
 - every word, by its id in the vocabulary (rare words map to `<unk>`);
 - every word bigram and trigram, hashed into one of `buckets` extra rows, as fastText does, so the
-  table does not grow with the (huge) number of distinct n-grams. Collisions are rare enough to ignore.
+  table does not grow with the (huge) number of distinct n-grams. Two n-grams may share a bucket
+  (IMDb has millions of distinct n-grams); most of them are rare, so a shared row costs little.
+  N-grams are hashed from word ids, so inside an n-gram every out-of-vocabulary word is `<unk>`.
 
 The model averages the embeddings of these ids (see `models/`), so word order survives only inside
 an n-gram: "not good" is one feature, but the document as a whole is an unordered bag.

@@ -90,10 +90,12 @@ class ScratchMLP:
         return dict(self.params)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if set(state) != set(self.params):
+            raise KeyError(f"parameters {sorted(state)} do not match {sorted(self.params)}")
         for name, value in state.items():
-            if name not in self.params or self.params[name].shape != value.shape:
-                raise KeyError(f"unexpected parameter {name} {tuple(value.shape)}")
-            self.params[name] = value.clone()
+            if self.params[name].shape != value.shape:
+                raise KeyError(f"parameter {name} has shape {tuple(value.shape)}, expected {tuple(self.params[name].shape)}")
+            self.params[name] = value.to(self.params[name].device).clone()
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
@@ -194,6 +196,8 @@ class ScratchAdam:
         return {"t": self.t, "m": self.m, "v": self.v, "lr": self.lr, "betas": list(self.betas), "eps": self.eps}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a saved run exactly (moments on the parameters' device, and its lr/betas/eps)."""
         self.t = int(state["t"])
-        self.m = {k: t.clone() for k, t in state["m"].items()}
-        self.v = {k: t.clone() for k, t in state["v"].items()}
+        self.lr, self.betas, self.eps = float(state["lr"]), tuple(state["betas"]), float(state["eps"])
+        self.m = {k: t.to(self.params[k].device).clone() for k, t in state["m"].items()}
+        self.v = {k: t.to(self.params[k].device).clone() for k, t in state["v"].items()}

@@ -1,4 +1,7 @@
-"""Reading the two classification data sets: AG News (4 topics) and IMDb (2 sentiments).
+"""Reading the course's two classification data sets: AG News (4 topics) and IMDb (2 sentiments).
+
+Shared by every stage that classifies text (the MLP of stage 1, the LSTM of stage 2, ...), so they
+all read the same files the same way and are measured on the same test sets.
 
 Each loader looks for a local copy first (`--data_dir`, then `$MY_LLM_DATA`; the formats are those of
 `../shared/data/ag_news` and `../shared/data/imdb`), then downloads through Hugging Face `datasets`.
