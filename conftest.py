@@ -35,6 +35,7 @@ def _offline(monkeypatch):
     """Tests never touch the network: a missing data set must fail fast, not wait for retries."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("MY_LLM_OFFLINE", "1")
 
 POSITIVE = "great wonderful moving brilliant superb loved charming delightful".split()
 NEGATIVE = "awful boring terrible waste dull worst bad stupid".split()

@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -133,3 +134,20 @@ def train_val_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tenso
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(round(n * val_fraction)))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def classification_report(labels: torch.Tensor, preds: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows: true)."""
+    n = len(classes)
+    confusion = torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
+    true_pos = confusion.diag().double()
+    precision = true_pos / confusion.sum(0).clamp(min=1)
+    recall = true_pos / confusion.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {
+        "accuracy": (preds == labels).double().mean().item(),
+        "macro_f1": f1.mean().item(),
+        "per_class": {name: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+                             "support": int(confusion[i].sum())} for i, name in enumerate(classes)},
+        "confusion_matrix": confusion.tolist(),
+    }

@@ -343,6 +343,34 @@ def missing_data_error(name: str, files: Sequence[str], data_dir: str | None, do
                      f"failed ({download_error}); pass --data_dir or set {DATA_ENV} to the folder holding {name}/")
 
 
+def cache_dir(name: str) -> Path:
+    """Where downloads of data set `name` go: `$XDG_CACHE_HOME/my_llm/name` (default ~/.cache/my_llm/name)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "my_llm" / name
+
+
+def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
+    """Fetch `url` to `dest` (atomically: a partial download never looks like a finished file)."""
+    import urllib.request  # noqa: PLC0415
+
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    if os.environ.get("MY_LLM_OFFLINE"):
+        raise ConnectionError("MY_LLM_OFFLINE is set")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
 def count_params(module_or_tensors: Any) -> int:
     tensors = module_or_tensors.parameters() if hasattr(module_or_tensors, "parameters") else module_or_tensors
     return sum(t.numel() for t in tensors)

@@ -24,7 +24,7 @@ from scripts.common import (ArgParser, UserError, add_common_args, count_params,
                             load_checkpoint, run_main, set_threads, write_metrics)
 from scripts.plots import plot_confusion  # noqa: E402
 from stage1_mlp.data.features import Featurizer, FeatureSet, tokenize  # noqa: E402
-from scripts.classification_data import DATASETS, load_split  # noqa: E402
+from scripts.classification_data import DATASETS, classification_report, load_split  # noqa: E402
 from stage1_mlp.models.config import MLPConfig  # noqa: E402
 from stage1_mlp.models.mlp_scratch import ScratchMLP  # noqa: E402
 from stage1_mlp.models.mlp_torch import TorchMLP  # noqa: E402
@@ -105,23 +105,6 @@ def interactive(clf: Classifier) -> int:
             print(format_prediction(clf, text))
         except UserError as err:
             print(f"({err})")
-
-
-def classification_report(labels: torch.Tensor, preds: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows: true)."""
-    n = len(classes)
-    confusion = torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
-    true_pos = confusion.diag().double()
-    precision = true_pos / confusion.sum(0).clamp(min=1)
-    recall = true_pos / confusion.sum(1).clamp(min=1)
-    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    return {
-        "accuracy": (preds == labels).double().mean().item(),
-        "macro_f1": f1.mean().item(),
-        "per_class": {name: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
-                             "support": int(confusion[i].sum())} for i, name in enumerate(classes)},
-        "confusion_matrix": confusion.tolist(),
-    }
 
 
 def measure_latency(clf: Classifier, texts: list[str], samples: int) -> float:

@@ -1,0 +1,97 @@
+"""Evaluate a stage 2 language model: perplexity (word level) or bits per character (char level).
+
+    python evaluate.py --checkpoint checkpoints/best_lstm_char.pt        # validation loss and bits/char
+    python evaluate.py --checkpoint checkpoints/best_lstm_word.pt        # PTB test perplexity
+
+Tiny Shakespeare has no test split, so the char model is scored on its validation 10%.
+Writes metrics.json to runs/eval_<model>_<vocab>/ (or --out_dir) and to --metrics_out if given.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+import torch  # noqa: E402
+
+from scripts.common import (ArgParser, UserError, add_common_args, count_params, get_device,  # noqa: E402
+                            load_checkpoint, run_main, set_threads, write_metrics)
+from stage2_rnn_lstm.data.corpus import Vocabulary, batchify, load_corpus  # noqa: E402
+from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel  # noqa: E402
+from stage2_rnn_lstm.train import MODEL_NAME, STAGE, evaluate_stream  # noqa: E402
+
+STAGE_DIR = Path(__file__).resolve().parent
+
+
+def load_language_model(checkpoint: str | Path, vocab_path: str | None,
+                        device: torch.device) -> tuple[RNNLanguageModel, Vocabulary, dict[str, Any]]:
+    """Model and vocabulary from a checkpoint; a separate --vocab file must be the checkpoint's own."""
+    ckpt = load_checkpoint(checkpoint, STAGE, [MODEL_NAME], map_location=device)
+    vocab = Vocabulary.from_dict(ckpt["vocab"], str(checkpoint))
+    if vocab_path is not None:
+        given = Vocabulary.load(vocab_path)
+        if given.itos != vocab.itos or given.kind != vocab.kind:
+            raise UserError(f"vocabulary {vocab_path} ({given.kind}, {len(given)} tokens) does not match the one "
+                            f"{checkpoint} was trained with ({vocab.kind}, {len(vocab)} tokens); drop --vocab "
+                            "or pass the vocabulary saved beside that checkpoint")
+    model = RNNLanguageModel(LMConfig(**ckpt["config"]))
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as err:
+        raise UserError(f"{checkpoint}: weights do not fit its config ({str(err).splitlines()[0]})") from None
+    return model.to(device).eval(), vocab, ckpt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgParser(description="Evaluate a stage 2 language model.")
+    p.add_argument("--checkpoint", default=str(STAGE_DIR / "checkpoints" / "best_lstm_char.pt"), help="checkpoint")
+    p.add_argument("--vocab", default=None, help="vocabulary JSON (optional: the checkpoint holds its own)")
+    p.add_argument("--split", default=None, choices=["valid", "test"],
+                   help="default: test for PTB, valid for Shakespeare (which has no test split)")
+    p.add_argument("--batch_size", type=int, default=16, help="parallel streams while scoring")
+    p.add_argument("--seq_len", type=int, default=128, help="tokens per forward pass (the state carries over)")
+    p.add_argument("--out_dir", default=None, help="default: runs/eval_<model>_<vocab> in this stage")
+    p.add_argument("--metrics_out", default=None, help="also write metrics.json here")
+    add_common_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    set_threads(args.num_threads)
+    device = get_device(args.device)
+    started = time.time()
+    model, vocab, ckpt = load_language_model(args.checkpoint, args.vocab, device)
+    dataset = ckpt["dataset"]
+    splits, kind = load_corpus(dataset, args.data_dir)
+    split = args.split or ("test" if "test" in splits else "valid")
+    if split not in splits:
+        raise UserError(f"{dataset} has no {split} split; use --split valid")
+    data = batchify(vocab.encode(splits[split]), args.batch_size)
+    loss = evaluate_stream(model, data, args.seq_len, device)
+    seconds = time.time() - started
+    metrics = {"loss": loss, "ppl": math.exp(loss), "bits_per_token": loss / math.log(2),
+               "tokens": data.numel(), "unknown_rate": (data == vocab.unk_id).float().mean().item()}
+    config = model.config
+    name = f"{config.model_type}_{kind}_{config.impl}"
+    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{config.model_type}_{kind}"
+    common = dict(stage=STAGE, model=name, dataset=dataset, split=split, metrics=metrics,
+                  params=count_params(model), seconds=seconds, seconds_key="eval_seconds", device=device,
+                  extra={"checkpoint": str(args.checkpoint)})
+    write_metrics(out_dir / "metrics.json", **common)
+    if args.metrics_out:
+        write_metrics(Path(args.metrics_out), **common)
+    unit = "bits per character" if kind == "char" else "bits per word"
+    print(f"{dataset} {split} ({data.numel():,} {kind}s), {name} from {args.checkpoint}")
+    print(f"  loss {loss:.4f} nats/token   perplexity {math.exp(loss):.2f}   {loss / math.log(2):.3f} {unit}")
+    print(f"  wrote {out_dir / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,250 @@
+"""Train the LSTM text classifier on IMDb or AG News, then score it on the test set (stage 2).
+
+    python train_classifier.py --dataset imdb
+    python train_classifier.py --dataset ag_news --epochs 5
+    python train_classifier.py --dataset imdb --resume            # after Ctrl-C
+
+The same files, validation split and test set as stage 1's MLP, so the two can be compared directly.
+Writes checkpoints/best_classifier_<dataset>.pt (vocabulary inside and beside it as JSON) and
+runs/classify_<dataset>/ with metrics.json (test accuracy, macro-F1, training time, ms per document).
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Iterator, Sequence  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split  # noqa: E402
+from scripts.common import (ArgParser, StopOnInterrupt, TrainingInterrupted, UserError, add_common_args,  # noqa: E402
+                            checkpoint_header, count_params, get_device, load_checkpoint, rng_state, run_main,
+                            save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging, write_json,
+                            write_metrics)
+from stage2_rnn_lstm.models.classifier import ClassifierConfig, RNNClassifier  # noqa: E402
+
+STAGE = "stage2_rnn_lstm"
+STAGE_DIR = Path(__file__).resolve().parent
+MODEL_NAME = "rnn_classifier"
+PAD, UNK = "<pad>", "<unk>"
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[!?.,;:()\"-]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case words and punctuation, without IMDb's `<br />` tags (order matters now, so keep punctuation)."""
+    return _WORD.findall(text.replace("<br />", " ").lower())
+
+
+def build_vocab(docs: list[list[str]], max_size: int, min_freq: int = 2) -> list[str]:
+    counts = Counter(t for doc in docs for t in doc)
+    words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+    return [PAD, UNK, *words[: max_size - 2]]
+
+
+def encode(docs: list[list[str]], stoi: dict[str, int], max_len: int) -> list[torch.Tensor]:
+    """Token ids per document, cut to the first `max_len` tokens (at least one token: <unk> for an empty text)."""
+    return [torch.tensor([stoi.get(t, 1) for t in doc[:max_len]] or [1], dtype=torch.long) for doc in docs]
+
+
+def pad_batch(docs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T_max) ids padded with 0 at the end, and the true lengths (B,)."""
+    lengths = torch.tensor([len(d) for d in docs])
+    return torch.nn.utils.rnn.pad_sequence(docs, batch_first=True), lengths
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Shuffle, then sort within windows of 50 batches so a batch holds texts of similar length (less padding)."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
+
+
+def in_order_batches(docs: list[torch.Tensor], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    by_length = sorted(range(len(docs)), key=lambda i: len(docs[i]))
+    for start in range(0, len(docs), batch_size):
+        index = by_length[start:start + batch_size]
+        yield (index, *pad_batch([docs[i] for i in index]))
+
+
+@torch.no_grad()
+def predict(model: RNNClassifier, docs: list[torch.Tensor], device: torch.device,
+            batch_size: int = 256) -> torch.Tensor:
+    """Class probabilities (N, C) in the original order."""
+    model.eval()
+    probs = torch.zeros(len(docs), model.config.num_classes)
+    for index, tokens, lengths in in_order_batches(docs, batch_size):
+        probs[index] = torch.softmax(model(tokens.to(device), lengths.to(device)), dim=1).cpu()
+    model.train()
+    return probs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgParser(description="Train and test the stage 2 LSTM text classifier.")
+    p.add_argument("--dataset", default="imdb", choices=DATASETS, help="data set")
+    p.add_argument("--model_type", default="lstm", choices=["rnn", "lstm", "gru"], help="recurrent cell")
+    p.add_argument("--impl", default="torch", choices=["torch", "scratch"], help="nn.LSTM or the cells of models/")
+    p.add_argument("--embed_dim", type=int, default=128, help="word embedding size")
+    p.add_argument("--hidden_dim", type=int, default=128, help="hidden state size")
+    p.add_argument("--num_layers", type=int, default=1, help="stacked recurrent layers")
+    p.add_argument("--dropout", type=float, default=0.3, help="dropout on embeddings and the pooled vector")
+    p.add_argument("--vocab_size", type=int, default=30000, help="most frequent words kept (the rest are <unk>)")
+    p.add_argument("--max_len", type=int, default=400, help="read at most this many tokens of each text")
+    p.add_argument("--epochs", type=int, default=4, help="most epochs (early stopping on validation accuracy)")
+    p.add_argument("--patience", type=int, default=1, help="epochs without a better validation accuracy before stopping")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    p.add_argument("--batch_size", type=int, default=64, help="texts per step")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--val_fraction", type=float, default=0.1, help="share of train held out for validation")
+    p.add_argument("--limit", type=int, default=0, help="use only N training and N test texts (0: all)")
+    p.add_argument("--checkpoint", default=None, help="default checkpoints/best_classifier_<dataset>.pt")
+    p.add_argument("--out_dir", default=None, help="default runs/classify_<dataset>")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    add_common_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("embed_dim", "hidden_dim", "num_layers", "vocab_size", "max_len", "epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    started = time.time()
+    set_threads(args.num_threads)
+    device = get_device(args.device)
+    out_dir = Path(args.out_dir or STAGE_DIR / "runs" / f"classify_{args.dataset}")
+    best_path = Path(args.checkpoint or STAGE_DIR / "checkpoints" / f"best_classifier_{args.dataset}.pt")
+    last_path = out_dir / "last.pt"
+    resume = None
+    if args.resume:
+        if not last_path.is_file():
+            raise UserError(f"--resume: no resumable checkpoint at {last_path}; train without --resume first")
+        resume = load_checkpoint(last_path, STAGE, [MODEL_NAME], map_location=device)
+    log = setup_logging(out_dir)
+
+    full = load_split(args.dataset, "train", args.data_dir)
+    if args.limit:
+        full = full.subset(torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed))[:args.limit])
+    train_idx, val_idx = train_val_split(len(full), args.val_fraction, args.seed)
+    train_docs = [tokenize(full.texts[i]) for i in train_idx.tolist()]
+    itos = resume["vocab"] if resume else build_vocab(train_docs, args.vocab_size)
+    stoi = {w: i for i, w in enumerate(itos)}
+    train_x = encode(train_docs, stoi, args.max_len)
+    train_y = torch.tensor([full.labels[i] for i in train_idx.tolist()])
+    val_x = encode([tokenize(full.texts[i]) for i in val_idx.tolist()], stoi, args.max_len)
+    val_y = torch.tensor([full.labels[i] for i in val_idx.tolist()])
+    log.info(f"{full.source}: {len(train_x)} train / {len(val_x)} val texts, vocabulary {len(itos)}, "
+             f"{sum(len(d) for d in train_x) / len(train_x):.0f} tokens per text (cut at {args.max_len})")
+
+    set_seed(args.seed)
+    config = ClassifierConfig(len(itos), len(full.classes), args.model_type, args.impl, args.embed_dim,
+                              args.hidden_dim, args.num_layers, args.dropout)
+    model = RNNClassifier(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    params = count_params(model)
+    log.info(f"{args.model_type.upper()} classifier ({args.impl}): {params:,} parameters")
+    state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": [],
+                             "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_seen": 0}
+    if resume:
+        model.load_state_dict(resume["model_state"])
+        optimizer.load_state_dict(resume["optimizer_state"])
+        state = {k: resume[k] for k in state}
+        set_rng_state(resume["rng_state"])
+    save_json_vocab = best_path.with_suffix(".vocab.json")
+    write_json(save_json_vocab, {"format": "stage2-classifier-vocabulary-v1", "itos": itos})
+
+    def payload(extra: dict[str, Any]) -> dict[str, Any]:
+        return {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": itos,
+                "classes": full.classes, "dataset": args.dataset, "args": vars(args),
+                "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+
+    with StopOnInterrupt() as interrupt:
+        while state["epoch"] < args.epochs and state["bad_epochs"] < args.patience:
+            epoch = state["epoch"] + 1
+            batches = bucketed_batches([len(d) for d in train_x], args.batch_size,
+                                       torch.Generator().manual_seed(args.seed * 10_007 + epoch))
+            bar = tqdm(total=len(batches), initial=state["batch_in_epoch"], desc=f"epoch {epoch}", disable=None,
+                       leave=False)
+            tick, tokens = time.time(), 0
+            for index in batches[state["batch_in_epoch"]:]:
+                tokens_batch, lengths = pad_batch([train_x[i] for i in index])
+                loss = F.cross_entropy(model(tokens_batch.to(device), lengths.to(device)), train_y[index].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                optimizer.step()
+                tokens += int(lengths.sum())
+                state["epoch_loss_sum"] += loss.item() * len(index)
+                state["epoch_seen"] += len(index)
+                state["batch_in_epoch"] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
+                if interrupt.requested:
+                    state["train_seconds"] += time.time() - tick
+                    save_checkpoint(last_path, payload({**state, "optimizer_state": optimizer.state_dict(),
+                                                        "rng_state": rng_state()}))
+                    bar.close()
+                    raise TrainingInterrupted(f"saved {last_path} at epoch {epoch}, batch {state['batch_in_epoch']}; "
+                                              "run the same command with --resume to continue")
+            bar.close()
+            seconds = time.time() - tick
+            state["train_seconds"] += seconds
+            val_acc = (predict(model, val_x, device).argmax(1) == val_y).double().mean().item()
+            row = {"epoch": epoch, "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1),
+                   "val_acc": val_acc, "tokens_per_s": tokens / max(seconds, 1e-9), "epoch_seconds": seconds}
+            state["history"].append(row)
+            state.update(epoch=epoch, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_seen=0)
+            if val_acc > state["best_val_acc"]:
+                state.update(best_val_acc=val_acc, bad_epochs=0)
+                save_checkpoint(best_path, payload({"epoch": epoch, "best_val_acc": val_acc}))
+            else:
+                state["bad_epochs"] += 1
+            log.info(f"epoch {epoch}  train loss {row['train_loss']:.4f}  val acc {val_acc:.4f}  "
+                     f"{row['tokens_per_s']:,.0f} tokens/s  {seconds:.0f}s")
+            save_checkpoint(last_path, payload({**state, "optimizer_state": optimizer.state_dict(),
+                                                "rng_state": rng_state()}))
+    train_seconds = time.time() - started
+
+    # the test set, read only now, scored with the best checkpoint
+    best = load_checkpoint(best_path, STAGE, [MODEL_NAME], map_location=device)
+    model.load_state_dict(best["model_state"])
+    test = load_split(args.dataset, "test", args.data_dir)
+    if args.limit:
+        test = test.subset(list(range(0, len(test), max(1, len(test) // args.limit)))[: args.limit])
+    test_x = encode([tokenize(t) for t in test.texts], stoi, args.max_len)
+    preds = predict(model, test_x, device).argmax(1)
+    metrics = classification_report(torch.tensor(test.labels), preds, test.classes)
+    model.eval()
+    with torch.no_grad():
+        sample = test.texts[:200]
+        tick = time.perf_counter()
+        for text in sample:
+            tokens_batch, lengths = pad_batch(encode([tokenize(text)], stoi, args.max_len))
+            model(tokens_batch.to(device), lengths.to(device))
+        metrics["latency_ms_bs1"] = (time.perf_counter() - tick) / len(sample) * 1000
+    metrics["val_accuracy"] = state["best_val_acc"]
+    metrics["train_tokens_per_s"] = sum(r["tokens_per_s"] for r in state["history"]) / len(state["history"])
+    write_json(out_dir / "history.json", state["history"])
+    write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{args.model_type}_classifier_{args.impl}",
+                  dataset=args.dataset, split="test", metrics=metrics, params=params, seconds=train_seconds,
+                  seconds_key="train_seconds", device=device,
+                  extra={"checkpoint": str(best_path), "test_size": len(test_x), "train_size": len(train_x)})
+    log.info(f"{args.dataset} test: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+             f"{metrics['latency_ms_bs1']:.2f} ms/text at batch 1; trained in {train_seconds / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
