@@ -1,7 +1,8 @@
 # my_llm: every target sets up what it needs. Run from the repository root.
 #   make demo   create .venv, install requirements.txt, train and evaluate stage 1 on IMDb
 #   make test   create .venv (with the test packages) and run the whole test suite
-#   make bench  stage 1 benchmark: both implementations on IMDb, results into stage1_mlp/results/
+#   make bench  every stage's benchmark (stage 1 ~5 min, stage 2 ~50 min on 2 CPU cores);
+#               make bench-stage1 / bench-stage2 for one. Results go to stageN_*/results/.
 # Data: a local copy is read from $MY_LLM_DATA when set (e.g. export MY_LLM_DATA=../shared/data);
 # otherwise the data sets are downloaded with Hugging Face `datasets`.
 
@@ -9,7 +10,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup setup-dev demo test bench clean
+.PHONY: setup setup-dev demo test bench bench-stage1 bench-stage2 clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +35,13 @@ demo: setup
 test: setup-dev
 	$(PY) -m pytest -q
 
-bench: setup
+bench: bench-stage1 bench-stage2
+
+bench-stage1: setup
 	$(PY) stage1_mlp/bench.py
 
+bench-stage2: setup
+	$(PY) stage2_rnn_lstm/bench.py
+
 clean:
-	rm -rf stage1_mlp/runs stage1_mlp/checkpoints .pytest_cache
+	rm -rf stage1_mlp/runs stage1_mlp/checkpoints stage2_rnn_lstm/runs stage2_rnn_lstm/checkpoints .pytest_cache

@@ -30,6 +30,32 @@ def real_data() -> Path:
     return path
 
 
+@pytest.fixture
+def cli(capsys):
+    """Run an entry point as the shell would (through run_main): returns (exit status, stdout, stderr)."""
+    from scripts.common import run_main
+
+    def run(main, argv):
+        with pytest.raises(SystemExit) as info:
+            run_main(main, [str(a) for a in argv])
+        out = capsys.readouterr()
+        return info.value.code, out.out, out.err
+    return run
+
+
+def execute_notebook(path: Path, env: dict[str, str], monkeypatch) -> str:
+    """Execute a notebook top to bottom (as CI does) with extra environment; returns its printed text."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    for key, value in {**env, "MPLBACKEND": "Agg"}.items():
+        monkeypatch.setenv(key, str(value))
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    return "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Tests never touch the network: a missing data set must fail fast, not wait for retries."""

@@ -110,6 +110,12 @@ class StopOnInterrupt:
         self.requested = True
         print("\nCtrl-C: saving a resumable checkpoint after this step (press again to abort)", file=sys.stderr)
 
+    def stop_if_requested(self, save: Callable[[], None], where: str) -> None:
+        """Call at a safe point (between optimizer steps): after a Ctrl-C, save and stop with exit 130."""
+        if self.requested:
+            save()
+            raise TrainingInterrupted(f"saved {where}; run the same command with --resume to continue")
+
     def __enter__(self) -> "StopOnInterrupt":
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
@@ -126,6 +132,13 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def check_positive(args: argparse.Namespace, *flags: str) -> None:
+    """Each named flag must be at least 1 (sizes, counts, epochs)."""
+    for flag in flags:
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
 
 
 def set_threads(num_threads: int) -> None:

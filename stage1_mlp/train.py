@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from scripts.common import (ArgParser, StopOnInterrupt, TrainingInterrupted, UserError, add_common_args,  # noqa: E402
+from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, check_positive,  # noqa: E402
                             checkpoint_header, count_params, get_device, load_checkpoint, rng_state, run_main,
                             save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging, write_json,
                             write_metrics)
@@ -158,7 +158,7 @@ def train_one_epoch(args: argparse.Namespace, model: Any, optimizer: Any, train_
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed * 10_007 + epoch))
     bar = tqdm(total=math.ceil(len(train_set) / args.batch_size), initial=state["step_in_epoch"],
                desc=f"epoch {epoch}", unit="batch", disable=None, leave=False)
-    samples, tick = 0, time.time()
+    samples, tick, seconds_before = 0, time.time(), state["train_seconds"]
     for ids, offsets, labels in train_set.batches(args.batch_size, order, state["step_in_epoch"]):
         loss = train_step(args.impl, model, optimizer, ids.to(device), offsets.to(device), labels.to(device))
         samples += len(labels)
@@ -168,26 +168,21 @@ def train_one_epoch(args: argparse.Namespace, model: Any, optimizer: Any, train_
         state["global_step"] += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{samples / (time.time() - tick):.0f}")
-        if interrupt.requested:
-            state["train_seconds"] += time.time() - tick
-            save_last()
-            bar.close()
-            raise TrainingInterrupted(f"saved {Path(args.out_dir) / 'last.pt'} at epoch {epoch}, step "
-                                      f"{state['step_in_epoch']}; run the same command with --resume to continue")
+        state["train_seconds"] = seconds_before + time.time() - tick
+        interrupt.stop_if_requested(save_last, f"{Path(args.out_dir) / 'last.pt'} at epoch {epoch}, "
+                                               f"step {state['step_in_epoch']}")
         if args.max_steps and state["global_step"] >= args.max_steps:
             break
     bar.close()
     seconds = time.time() - tick
-    state["train_seconds"] += seconds
+    state["train_seconds"] = seconds_before + seconds
     return samples, seconds
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("epochs", "batch_size", "embed_dim", "hidden_dim", "ngrams", "buckets", "min_freq"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    check_positive(args, "epochs", "batch_size", "embed_dim", "hidden_dim", "ngrams", "buckets", "min_freq")
     if not 0.0 <= args.dropout < 1.0:
         raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
     started = time.time()

@@ -75,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = batchify(vocab.encode(splits[split]), args.batch_size)
     loss = evaluate_stream(model, data, args.seq_len, device)
     seconds = time.time() - started
+    scored = data[:, 1:]  # every token but the first of each stream is predicted once
     metrics = {"loss": loss, "ppl": math.exp(loss), "bits_per_token": loss / math.log(2),
-               "tokens": data.numel(), "unknown_rate": (data == vocab.unk_id).float().mean().item()}
+               "tokens": scored.numel(), "unknown_rate": (scored == vocab.unk_id).float().mean().item()}
     config = model.config
     name = f"{config.model_type}_{kind}_{config.impl}"
     out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{config.model_type}_{kind}"
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics_out:
         write_metrics(Path(args.metrics_out), **common)
     unit = "bits per character" if kind == "char" else "bits per word"
-    print(f"{dataset} {split} ({data.numel():,} {kind}s), {name} from {args.checkpoint}")
+    print(f"{dataset} {split} ({scored.numel():,} {kind}s scored), {name} from {args.checkpoint}")
     print(f"  loss {loss:.4f} nats/token   perplexity {math.exp(loss):.2f}   {loss / math.log(2):.3f} {unit}")
     print(f"  wrote {out_dir / 'metrics.json'}")
     return 0

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from scripts.common import (ArgParser, StopOnInterrupt, TrainingInterrupted, UserError, add_common_args,  # noqa: E402
+from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, check_positive,  # noqa: E402
                             checkpoint_header, count_params, get_device, load_checkpoint, rng_state, run_main,
                             save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging, write_json,
                             write_metrics)
@@ -84,9 +84,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.tie_weights = bool(args.tie_weights)
     if (args.dataset == "ptb") != (args.vocab_type == "word"):
         raise UserError(f"--dataset {args.dataset} goes with --vocab_type {'word' if args.dataset == 'ptb' else 'char'}")
-    for flag in ("embed_dim", "hidden_dim", "num_layers", "batch_size", "seq_len", "epochs"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    check_positive(args, "embed_dim", "hidden_dim", "num_layers", "batch_size", "seq_len", "epochs")
     if args.tie_weights and args.embed_dim != args.hidden_dim:
         raise UserError(f"--tie_weights 1 needs --embed_dim == --hidden_dim (got {args.embed_dim} and {args.hidden_dim})")
     if not 0.0 <= args.dropout < 1.0:
@@ -108,13 +106,14 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 @torch.no_grad()
 def evaluate_stream(model: RNNLanguageModel, data: torch.Tensor, seq_len: int, device: torch.device) -> float:
     """Mean cross-entropy (nats per token) over a batchified stream, carrying the state along."""
+    was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
     for inputs, targets in bptt_batches(data, seq_len):
         logits, state = model(inputs.to(device), state)
         total += F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), reduction="sum").item()
         count += targets.numel()
-    model.train()
+    model.train(was_training)
     return total / count
 
 
@@ -133,7 +132,7 @@ def train_one_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer
     bar = tqdm(total=num_batches(data, args.seq_len), initial=state["batch_in_epoch"], desc=f"epoch {epoch}",
                unit="batch", disable=None, leave=False)
     hidden: State | None = state["hidden"]
-    tokens, tick = 0, time.time()
+    tokens, tick, seconds_before = 0, time.time(), state["train_seconds"]
     for inputs, targets in bptt_batches(data, args.seq_len, state["batch_in_epoch"]):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state["global_step"], total_steps, args.warmup_steps, args.lr)
@@ -152,17 +151,14 @@ def train_one_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer
         state["hidden"] = detach_state(hidden)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
-        if interrupt.requested:
-            state["train_seconds"] += time.time() - tick
-            save_last()
-            bar.close()
-            raise TrainingInterrupted(f"saved {Path(args.out_dir) / 'last.pt'} at epoch {epoch}, batch "
-                                      f"{state['batch_in_epoch']}; run the same command with --resume to continue")
+        state["train_seconds"] = seconds_before + time.time() - tick
+        interrupt.stop_if_requested(save_last, f"{Path(args.out_dir) / 'last.pt'} at epoch {epoch}, "
+                                               f"batch {state['batch_in_epoch']}")
         if args.max_steps and state["global_step"] >= args.max_steps:
             break
     bar.close()
     seconds = time.time() - tick
-    state["train_seconds"] += seconds
+    state["train_seconds"] = seconds_before + seconds
     return tokens, seconds
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split  # noqa: E402
-from scripts.common import (ArgParser, StopOnInterrupt, TrainingInterrupted, UserError, add_common_args,  # noqa: E402
+from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, check_positive,  # noqa: E402
                             checkpoint_header, count_params, get_device, load_checkpoint, rng_state, run_main,
                             save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging, write_json,
                             write_metrics)
@@ -118,9 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("embed_dim", "hidden_dim", "num_layers", "vocab_size", "max_len", "epochs", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    check_positive(args, "embed_dim", "hidden_dim", "num_layers", "vocab_size", "max_len", "epochs", "batch_size")
     started = time.time()
     set_threads(args.num_threads)
     device = get_device(args.device)
@@ -170,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "classes": full.classes, "dataset": args.dataset, "args": vars(args),
                 "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
 
+    def save_last() -> None:
+        save_checkpoint(last_path, payload({**state, "optimizer_state": optimizer.state_dict(),
+                                            "rng_state": rng_state()}))
+
     with StopOnInterrupt() as interrupt:
         while state["epoch"] < args.epochs and state["bad_epochs"] < args.patience:
             epoch = state["epoch"] + 1
@@ -177,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        torch.Generator().manual_seed(args.seed * 10_007 + epoch))
             bar = tqdm(total=len(batches), initial=state["batch_in_epoch"], desc=f"epoch {epoch}", disable=None,
                        leave=False)
-            tick, tokens = time.time(), 0
+            tick, tokens, seconds_before = time.time(), 0, state["train_seconds"]
             for index in batches[state["batch_in_epoch"]:]:
                 tokens_batch, lengths = pad_batch([train_x[i] for i in index])
                 loss = F.cross_entropy(model(tokens_batch.to(device), lengths.to(device)), train_y[index].to(device))
@@ -191,16 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state["batch_in_epoch"] += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
-                if interrupt.requested:
-                    state["train_seconds"] += time.time() - tick
-                    save_checkpoint(last_path, payload({**state, "optimizer_state": optimizer.state_dict(),
-                                                        "rng_state": rng_state()}))
-                    bar.close()
-                    raise TrainingInterrupted(f"saved {last_path} at epoch {epoch}, batch {state['batch_in_epoch']}; "
-                                              "run the same command with --resume to continue")
+                state["train_seconds"] = seconds_before + time.time() - tick
+                interrupt.stop_if_requested(save_last, f"{last_path} at epoch {epoch}, batch {state['batch_in_epoch']}")
             bar.close()
             seconds = time.time() - tick
-            state["train_seconds"] += seconds
+            state["train_seconds"] = seconds_before + seconds
             val_acc = (predict(model, val_x, device).argmax(1) == val_y).double().mean().item()
             row = {"epoch": epoch, "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1),
                    "val_acc": val_acc, "tokens_per_s": tokens / max(seconds, 1e-9), "epoch_seconds": seconds}
@@ -213,8 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state["bad_epochs"] += 1
             log.info(f"epoch {epoch}  train loss {row['train_loss']:.4f}  val acc {val_acc:.4f}  "
                      f"{row['tokens_per_s']:,.0f} tokens/s  {seconds:.0f}s")
-            save_checkpoint(last_path, payload({**state, "optimizer_state": optimizer.state_dict(),
-                                                "rng_state": rng_state()}))
+            save_last()
     train_seconds = time.time() - started
 
     # the test set, read only now, scored with the best checkpoint

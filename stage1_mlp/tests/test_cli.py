@@ -17,23 +17,14 @@ STAGE_DIR = Path(__file__).resolve().parents[1]
 SMALL = ["--buckets", "2000", "--embed_dim", "16", "--hidden_dim", "16", "--num_threads", "1", "--min_freq", "1"]
 
 
-def run(main, argv, capsys):
-    """Run an entry point as the shell would (through run_main); return (exit status, stdout, stderr)."""
-    with pytest.raises(SystemExit) as info:
-        run_main(main, argv)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
 def train_args(tiny_data, tmp_path, *extra):
     return ["--data_dir", str(tiny_data), "--out_dir", str(tmp_path / "run"),
             "--model_path", str(tmp_path / "ck" / "best_model.pt"), *SMALL, *extra]
 
 
 @pytest.mark.parametrize("impl", ["torch", "scratch"])
-def test_train_then_evaluate_smoke(tiny_data, tmp_path, capsys, impl):
-    code, out, err = run(train.main, train_args(tiny_data, tmp_path, "--impl", impl, "--epochs", "3", "--lr", "0.01"),
-                         capsys)
+def test_train_then_evaluate_smoke(tiny_data, tmp_path, cli, impl):
+    code, out, err = cli(train.main, train_args(tiny_data, tmp_path, "--impl", impl, "--epochs", "3", "--lr", "0.01"))
     assert code == 0, err
     run_dir = tmp_path / "run"
     for name in ("metrics.json", "history.json", "curves.png", "train.log", "last.pt", "vocab.json"):
@@ -45,9 +36,9 @@ def test_train_then_evaluate_smoke(tiny_data, tmp_path, capsys, impl):
     assert "samples/s" in (run_dir / "train.log").read_text()
 
     metrics_out = tmp_path / "m" / "eval.json"
-    code, out, err = run(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"), "--data_dir",
+    code, out, err = cli(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"), "--data_dir",
                                          str(tiny_data), "--out_dir", str(tmp_path / "eval"), "--metrics_out",
-                                         str(metrics_out), "--latency_samples", "20", "--num_threads", "1"], capsys)
+                                         str(metrics_out), "--latency_samples", "20", "--num_threads", "1"])
     assert code == 0, err
     result = json.loads(metrics_out.read_text())
     assert result["split"] == "test" and result["metrics"]["accuracy"] > 0.9
@@ -55,18 +46,18 @@ def test_train_then_evaluate_smoke(tiny_data, tmp_path, capsys, impl):
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
     assert "accuracy" in out and "ms/document" in out
 
-    code, out, _ = run(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"),
-                                       "--text", "A wonderful, superb and moving film!"], capsys)
+    code, out, _ = cli(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"),
+                                       "--text", "A wonderful, superb and moving film!"])
     assert code == 0 and out.startswith("positive") and "negative" in out
 
 
-def test_ag_news_four_classes(tiny_data, tmp_path, capsys):
-    code, _, err = run(train.main, train_args(tiny_data, tmp_path, "--dataset", "ag_news", "--epochs", "3",
-                                              "--lr", "0.01"), capsys)
+def test_ag_news_four_classes(tiny_data, tmp_path, cli):
+    code, _, err = cli(train.main, train_args(tiny_data, tmp_path, "--dataset", "ag_news", "--epochs", "3",
+                                              "--lr", "0.01"))
     assert code == 0, err
-    code, out, _ = run(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"), "--data_dir",
+    code, out, _ = cli(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"), "--data_dir",
                                        str(tiny_data), "--out_dir", str(tmp_path / "eval"),
-                                       "--latency_samples", "5"], capsys)
+                                       "--latency_samples", "5"])
     assert code == 0 and "Sci/Tech" in out
 
 
@@ -80,7 +71,7 @@ def trained(tiny_data, tmp_path_factory):
     return tmp / "ck" / "best_model.pt"
 
 
-def test_interactive_survives_empty_input_and_ends_on_eof(trained, monkeypatch, capsys):
+def test_interactive_survives_empty_input_and_ends_on_eof(trained, monkeypatch, cli):
     lines = iter(["", "   ", "...", "a brilliant superb film", "zzzz qqqq"])
 
     def fake_input(prompt=""):
@@ -89,7 +80,7 @@ def test_interactive_survives_empty_input_and_ends_on_eof(trained, monkeypatch, 
         except StopIteration:
             raise EOFError from None
     monkeypatch.setattr("builtins.input", fake_input)
-    code, out, _ = run(evaluate.main, ["--model_path", str(trained), "--interactive"], capsys)
+    code, out, _ = cli(evaluate.main, ["--model_path", str(trained), "--interactive"])
     assert code == 0
     assert out.count("(empty input") == 2 and "no words to classify" in out
     assert "positive" in out and "only the model's prior" in out  # unknown words are said so
@@ -99,49 +90,49 @@ def test_interactive_survives_empty_input_and_ends_on_eof(trained, monkeypatch, 
     (["--text", ""], "--text is empty"),
     (["--text", "... -- ;;"], "no words to classify"),
 ])
-def test_evaluate_bad_text(trained, capsys, argv, message):
-    code, _, err = run(evaluate.main, ["--model_path", str(trained), *argv], capsys)
+def test_evaluate_bad_text(trained, cli, argv, message):
+    code, _, err = cli(evaluate.main, ["--model_path", str(trained), *argv])
     assert code == 2 and message in err and err.count("\n") == 1
 
 
-def test_unknown_dataset_flag(capsys):
-    code, _, err = run(train.main, ["--dataset", "mnist"], capsys)
+def test_unknown_dataset_flag(cli):
+    code, _, err = cli(train.main, ["--dataset", "mnist"])
     assert code == 2 and "invalid choice: 'mnist'" in err and err.count("\n") == 1
 
 
-def test_no_data_and_no_network(tmp_path, monkeypatch, capsys):
+def test_no_data_and_no_network(tmp_path, monkeypatch, cli):
     monkeypatch.delenv("MY_LLM_DATA", raising=False)
     (tmp_path / "empty").mkdir()
-    code, _, err = run(train.main, ["--data_dir", str(tmp_path / "empty"), "--out_dir", str(tmp_path / "run")], capsys)
+    code, _, err = cli(train.main, ["--data_dir", str(tmp_path / "empty"), "--out_dir", str(tmp_path / "run")])
     assert code == 2 and err.count("\n") == 1
     assert "no local copy of imdb (train.jsonl.gz)" in err and "MY_LLM_DATA" in err
 
 
-def test_checkpoint_of_another_stage_and_truncated_checkpoint(trained, tmp_path, capsys):
+def test_checkpoint_of_another_stage_and_truncated_checkpoint(trained, tmp_path, cli):
     other = tmp_path / "other.pt"
     save_checkpoint(other, {**checkpoint_header("stage2_rnn_lstm", "lstm"), "model_state": {}})
-    code, _, err = run(evaluate.main, ["--model_path", str(other), "--text", "good"], capsys)
+    code, _, err = cli(evaluate.main, ["--model_path", str(other), "--text", "good"])
     assert code == 2 and "made by stage2_rnn_lstm" in err and err.count("\n") == 1
 
     cut = tmp_path / "cut.pt"
     data = trained.read_bytes()
     cut.write_bytes(data[: len(data) // 3])
-    code, _, err = run(evaluate.main, ["--model_path", str(cut), "--text", "good"], capsys)
+    code, _, err = cli(evaluate.main, ["--model_path", str(cut), "--text", "good"])
     assert code == 2 and "not a readable checkpoint" in err and err.count("\n") == 1
 
-    code, _, err = run(evaluate.main, ["--model_path", str(tmp_path / "none.pt"), "--text", "good"], capsys)
+    code, _, err = cli(evaluate.main, ["--model_path", str(tmp_path / "none.pt"), "--text", "good"])
     assert code == 2 and "does not exist" in err
 
 
-def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, tiny_data, capsys):
-    code, _, err = run(train.main, train_args(tiny_data, tmp_path, "--resume"), capsys)
+def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, tiny_data, cli):
+    code, _, err = cli(train.main, train_args(tiny_data, tmp_path, "--resume"))
     assert code == 2 and "no resumable checkpoint" in err
 
 
-def test_ctrl_c_mid_epoch_then_resume_gives_the_same_model(tiny_data, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_mid_epoch_then_resume_gives_the_same_model(tiny_data, tmp_path, cli, monkeypatch):
     """Interrupt at step 5 of epoch 2, resume, and land on bit-identical weights and history."""
     common = ["--epochs", "3", "--patience", "5", "--batch_size", "32", "--impl", "scratch", "--dropout", "0.3"]
-    code, _, err = run(train.main, train_args(tiny_data, tmp_path / "a", *common), capsys)
+    code, _, err = cli(train.main, train_args(tiny_data, tmp_path / "a", *common))
     assert code == 0, err
     uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage1_mlp")
 
@@ -155,14 +146,14 @@ def test_ctrl_c_mid_epoch_then_resume_gives_the_same_model(tiny_data, tmp_path, 
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered in the middle of epoch 2
         return loss
     monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
-    code, _, err = run(train.main, train_args(tiny_data, tmp_path / "b", *common), capsys)
+    code, _, err = cli(train.main, train_args(tiny_data, tmp_path / "b", *common))
     assert code == 130 and "--resume" in err
     saved = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage1_mlp")
     assert saved["epoch"] == 1 and saved["step_in_epoch"] == 5
     assert (tmp_path / "b" / "ck" / "best_model.pt").is_file()  # epoch 1's best model is not lost
 
     monkeypatch.setattr(train, "train_step", real_step)
-    code, _, err = run(train.main, train_args(tiny_data, tmp_path / "b", *common, "--resume"), capsys)
+    code, _, err = cli(train.main, train_args(tiny_data, tmp_path / "b", *common, "--resume"))
     assert code == 0, err
     resumed = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage1_mlp")
     for name, value in uninterrupted["model_state"].items():

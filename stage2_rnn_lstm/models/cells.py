@@ -118,13 +118,13 @@ class ScratchRecurrent(nn.Module):
         self.cells = nn.ModuleList(cell(input_size if k == 0 else hidden_size, hidden_size) for k in range(num_layers))
         self.dropout = nn.Dropout(dropout)
 
-    def init_state(self, batch: int, device: torch.device | None = None) -> State:
-        zeros = torch.zeros(self.num_layers, batch, self.hidden_size, device=device)
+    def init_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        zeros = torch.zeros(self.num_layers, batch, self.hidden_size, device=device, dtype=dtype)
         return (zeros, zeros.clone()) if self.mode == "lstm" else zeros
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         if state is None:
-            state = self.init_state(x.shape[0], x.device)
+            state = self.init_state(x.shape[0], x.device, x.dtype)
         finals = []
         for k, cell in enumerate(self.cells):
             layer_state = (state[0][k], state[1][k]) if self.mode == "lstm" else state[k]

@@ -75,10 +75,11 @@ class RNNLanguageModel(nn.Module):
         """
         self.eval()
         logits, state = self(prompt[None, :])
-        for _ in range(steps):
+        for step in range(steps):
             token = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
             yield token
-            logits, state = self(torch.tensor([[token]], device=prompt.device), state)
+            if step + 1 < steps:
+                logits, state = self(torch.tensor([[token]], device=prompt.device), state)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -98,6 +99,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         sorted_logits, order = logits.sort(descending=True)
         cumulative = F.softmax(sorted_logits, dim=-1).cumsum(-1)
         drop = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p   # keep up to and including the crossing
+        drop[0] = False                                                  # the most likely token always stays
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     probs = F.softmax(logits, dim=-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))

@@ -13,13 +13,6 @@ TINY = ["--embed_dim", "16", "--hidden_dim", "16", "--batch_size", "4", "--seq_l
         "--warmup_steps", "2"]
 
 
-def run(main, argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        run_main(main, argv)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
 def lm_args(data, tmp_path, *extra):
     return ["--data_dir", str(data), "--out_dir", str(tmp_path / "run"), "--checkpoint",
             str(tmp_path / "ck" / "best.pt"), *TINY, *extra]
@@ -36,45 +29,45 @@ def char_model(lm_data, tmp_path_factory):
 
 @pytest.mark.parametrize("model_type, impl, vocab_type", [
     ("lstm", "scratch", "char"), ("gru", "torch", "char"), ("rnn", "scratch", "word"), ("lstm", "torch", "word")])
-def test_train_evaluate_smoke(lm_data, tmp_path, capsys, model_type, impl, vocab_type):
-    code, out, err = run(train.main, lm_args(lm_data, tmp_path, "--model_type", model_type, "--impl", impl,
-                                             "--vocab_type", vocab_type, "--epochs", "2", "--lr", "0.01"), capsys)
+def test_train_evaluate_smoke(lm_data, tmp_path, cli, model_type, impl, vocab_type):
+    code, out, err = cli(train.main, lm_args(lm_data, tmp_path, "--model_type", model_type, "--impl", impl,
+                                             "--vocab_type", vocab_type, "--epochs", "2", "--lr", "0.01"))
     assert code == 0, err
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history[-1]["val_loss"] < history[0]["val_loss"] + 0.5 and "tokens_per_s" in history[0]
     assert (tmp_path / "ck" / f"{vocab_type}_vocabulary.json").is_file()
     assert "tokens/s" in (tmp_path / "run" / "train.log").read_text()
-    code, out, err = run(evaluate.main, ["--checkpoint", str(tmp_path / "ck" / "best.pt"), "--data_dir", str(lm_data),
-                                         "--out_dir", str(tmp_path / "eval"), "--num_threads", "1"], capsys)
+    code, out, err = cli(evaluate.main, ["--checkpoint", str(tmp_path / "ck" / "best.pt"), "--data_dir", str(lm_data),
+                                         "--out_dir", str(tmp_path / "eval"), "--num_threads", "1"])
     assert code == 0, err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["split"] == ("test" if vocab_type == "word" else "valid")
     assert metrics["metrics"]["ppl"] > 1
 
 
-def test_char_model_learns_the_tiny_text(char_model, capsys):
-    code, out, _ = run(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--length", "40",
-                                       "--temperature", "0"], capsys)
+def test_char_model_learns_the_tiny_text(char_model, cli):
+    code, out, _ = cli(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--length", "40",
+                                       "--temperature", "0"])
     assert code == 0 and out.startswith("First") and len(out) >= 40
     # the same seed gives the same sample
-    again = run(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--length", "40",
-                                "--temperature", "0.9", "--seed", "3"], capsys)[1]
-    assert again == run(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--length", "40",
-                                        "--temperature", "0.9", "--seed", "3"], capsys)[1]
+    again = cli(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--length", "40",
+                                "--temperature", "0.9", "--seed", "3"])[1]
+    assert again == cli(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--length", "40",
+                                        "--temperature", "0.9", "--seed", "3"])[1]
 
 
-def test_interactive_session(char_model, monkeypatch, capsys):
+def test_interactive_session(char_model, monkeypatch, cli):
     lines = iter(["", ":temp 0.5", ":top_k x", ":top_p 2", ":length 10", ":settings", "Speak ñ", ":bogus",
                   ":help", ":quit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
-    code, out, _ = run(generate.main, ["--checkpoint", str(char_model), "--interactive"], capsys)
+    code, out, _ = cli(generate.main, ["--checkpoint", str(char_model), "--interactive"])
     assert code == 0
     assert "(empty prompt" in out and "temperature = 0.5" in out and "length = 10" in out
     assert ":top_k needs a valid int" in out and "top_p must be in (0, 1]" in out
     assert "not in the vocabulary" in out and "'ñ'" in out and "unknown command :bogus" in out
 
 
-def test_interactive_ends_on_ctrl_d_and_survives_ctrl_c(char_model, monkeypatch, capsys):
+def test_interactive_ends_on_ctrl_d_and_survives_ctrl_c(char_model, monkeypatch, cli):
     events = iter([KeyboardInterrupt, "Sp", EOFError])
 
     def fake_input(prompt=""):
@@ -83,7 +76,7 @@ def test_interactive_ends_on_ctrl_d_and_survives_ctrl_c(char_model, monkeypatch,
             raise event
         return event
     monkeypatch.setattr("builtins.input", fake_input)
-    code, out, _ = run(generate.main, ["--checkpoint", str(char_model), "--interactive", "--length", "5"], capsys)
+    code, out, _ = cli(generate.main, ["--checkpoint", str(char_model), "--interactive", "--length", "5"])
     assert code == 0 and "Sp" in out
 
 
@@ -92,29 +85,29 @@ def test_interactive_ends_on_ctrl_d_and_survives_ctrl_c(char_model, monkeypatch,
     (["--temperature", "-1"], "temperature must be >= 0"),
     (["--top_p", "0"], "top_p must be in (0, 1]"),
 ])
-def test_generate_bad_settings(char_model, capsys, argv, message):
-    code, _, err = run(generate.main, ["--checkpoint", str(char_model), *argv], capsys)
+def test_generate_bad_settings(char_model, cli, argv, message):
+    code, _, err = cli(generate.main, ["--checkpoint", str(char_model), *argv])
     assert code == 2 and message in err and err.count("\n") == 1
 
 
-def test_vocabulary_that_does_not_match_the_checkpoint(char_model, tmp_path, capsys):
+def test_vocabulary_that_does_not_match_the_checkpoint(char_model, tmp_path, cli):
     other = tmp_path / "other_vocab.json"
     other.write_text(json.dumps({"format": "stage2-vocabulary-v1", "kind": "char", "itos": ["<unk>", "a", "b"]}))
-    code, _, err = run(generate.main, ["--checkpoint", str(char_model), "--vocab", str(other)], capsys)
+    code, _, err = cli(generate.main, ["--checkpoint", str(char_model), "--vocab", str(other)])
     assert code == 2 and "does not match" in err and err.count("\n") == 1
-    code, _, err = run(generate.main, ["--checkpoint", str(char_model), "--vocab",
-                                       str(char_model.parent / "char_vocabulary.json"), "--length", "3"], capsys)
+    code, _, err = cli(generate.main, ["--checkpoint", str(char_model), "--vocab",
+                                       str(char_model.parent / "char_vocabulary.json"), "--length", "3"])
     assert code == 0, err
 
 
-def test_wrong_and_broken_checkpoints(char_model, tmp_path, capsys):
+def test_wrong_and_broken_checkpoints(char_model, tmp_path, cli):
     stage1 = tmp_path / "stage1.pt"
     save_checkpoint(stage1, {**checkpoint_header("stage1_mlp", "ngram_mlp"), "model_state": {}})
-    code, _, err = run(generate.main, ["--checkpoint", str(stage1)], capsys)
+    code, _, err = cli(generate.main, ["--checkpoint", str(stage1)])
     assert code == 2 and "made by stage1_mlp" in err
     cut = tmp_path / "cut.pt"
     cut.write_bytes(char_model.read_bytes()[:5000])
-    code, _, err = run(evaluate.main, ["--checkpoint", str(cut)], capsys)
+    code, _, err = cli(evaluate.main, ["--checkpoint", str(cut)])
     assert code == 2 and "not a readable checkpoint" in err and err.count("\n") == 1
 
 
@@ -123,22 +116,22 @@ def test_wrong_and_broken_checkpoints(char_model, tmp_path, capsys):
     (["--dataset", "ptb", "--vocab_type", "char"], "--dataset ptb goes with --vocab_type word"),
     (["--tie_weights", "1", "--embed_dim", "8"], "--tie_weights 1 needs --embed_dim == --hidden_dim"),
 ])
-def test_train_bad_flags(capsys, argv, message):
-    code, _, err = run(train.main, argv, capsys)
+def test_train_bad_flags(cli, argv, message):
+    code, _, err = cli(train.main, argv)
     assert code == 2 and message in err and err.count("\n") == 1
 
 
-def test_missing_data(tmp_path, monkeypatch, capsys):
+def test_missing_data(tmp_path, monkeypatch, cli):
     monkeypatch.delenv("MY_LLM_DATA", raising=False)
     (tmp_path / "empty").mkdir()
-    code, _, err = run(train.main, ["--data_dir", str(tmp_path / "empty"), "--out_dir", str(tmp_path / "r")], capsys)
+    code, _, err = cli(train.main, ["--data_dir", str(tmp_path / "empty"), "--out_dir", str(tmp_path / "r")])
     assert code == 2 and "no local copy of tiny_shakespeare (input.txt)" in err and err.count("\n") == 1
 
 
-def test_ctrl_c_mid_epoch_then_resume_is_exact(lm_data, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_mid_epoch_then_resume_is_exact(lm_data, tmp_path, cli, monkeypatch):
     """The loss curve and the weights after Ctrl-C + --resume equal those of an uninterrupted run."""
     common = ["--epochs", "2", "--impl", "scratch", "--model_type", "lstm", "--dropout", "0.2"]
-    code, _, err = run(train.main, lm_args(lm_data, tmp_path / "a", *common), capsys)
+    code, _, err = cli(train.main, lm_args(lm_data, tmp_path / "a", *common))
     assert code == 0, err
     uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage2_rnn_lstm")
 
@@ -152,13 +145,13 @@ def test_ctrl_c_mid_epoch_then_resume_is_exact(lm_data, tmp_path, capsys, monkey
             os.kill(os.getpid(), signal.SIGINT)
         return result
     monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
-    code, _, err = run(train.main, lm_args(lm_data, tmp_path / "b", *common), capsys)
+    code, _, err = cli(train.main, lm_args(lm_data, tmp_path / "b", *common))
     assert code == 130 and "--resume" in err
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     saved = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage2_rnn_lstm")
     assert saved["global_step"] == 20 and saved["hidden"] is not None
 
-    code, _, err = run(train.main, lm_args(lm_data, tmp_path / "b", *common, "--resume"), capsys)
+    code, _, err = cli(train.main, lm_args(lm_data, tmp_path / "b", *common, "--resume"))
     assert code == 0, err
     resumed = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage2_rnn_lstm")
     for name, value in uninterrupted["model_state"].items():
@@ -168,18 +161,17 @@ def test_ctrl_c_mid_epoch_then_resume_is_exact(lm_data, tmp_path, capsys, monkey
         [{k: v for k, v in r.items() if k not in drop} for r in resumed["history"]]
 
 
-def test_classifier_smoke_and_resume_guard(tiny_data, tmp_path, capsys):
+def test_classifier_smoke_and_resume_guard(tiny_data, tmp_path, cli):
     argv = ["--data_dir", str(tiny_data), "--out_dir", str(tmp_path / "run"), "--checkpoint",
             str(tmp_path / "ck" / "clf.pt"), "--embed_dim", "16", "--hidden_dim", "16", "--epochs", "3",
             "--patience", "3", "--num_threads", "1", "--lr", "0.01", "--batch_size", "16"]
-    code, _, err = run(train_classifier.main, argv + ["--impl", "scratch"], capsys)
+    code, _, err = cli(train_classifier.main, argv + ["--impl", "scratch"])
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["metrics"]["accuracy"] > 0.8
     assert {"macro_f1", "latency_ms_bs1", "val_accuracy"} <= set(metrics["metrics"])
     assert (tmp_path / "ck" / "clf.vocab.json").is_file()
-    code, _, err = run(train_classifier.main, argv + ["--dataset", "ag_news", "--out_dir", str(tmp_path / "ag")],
-                       capsys)
+    code, _, err = cli(train_classifier.main, argv + ["--dataset", "ag_news", "--out_dir", str(tmp_path / "ag")])
     assert code == 0, err
-    code, _, err = run(train_classifier.main, argv + ["--out_dir", str(tmp_path / "none"), "--resume"], capsys)
+    code, _, err = cli(train_classifier.main, argv + ["--out_dir", str(tmp_path / "none"), "--resume"])
     assert code == 2 and "no resumable checkpoint" in err
