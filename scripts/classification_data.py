@@ -100,7 +100,11 @@ def read_imdb_jsonl(path: Path) -> tuple[list[str], list[int]]:
 def _download(name: str, split: str) -> TextDataset:
     """Download through Hugging Face `datasets` (imported here: it is slow to import and needs the network)."""
     import datasets as hf_datasets  # noqa: PLC0415
+    import huggingface_hub  # noqa: PLC0415
 
+    # offline, the hub client logs a warning per retry; the one-line error below says it all
+    huggingface_hub.utils.logging.set_verbosity_error()
+    hf_datasets.logging.set_verbosity_error()
     ds = hf_datasets.load_dataset("ag_news" if name == "ag_news" else "imdb", split=split)
     classes = AG_NEWS_CLASSES if name == "ag_news" else IMDB_CLASSES
     return TextDataset(list(ds["text"]), [int(x) for x in ds["label"]], classes, f"huggingface:{name}/{split}")
@@ -124,7 +128,10 @@ def load_split(name: str, split: str, data_dir: str | None = None) -> TextDatase
     try:
         return _download(name, split)
     except Exception as err:  # no network, hub down, not cached: all end the same way for a user
-        raise missing_data_error(name, [filename], data_dir, f"{type(err).__name__}") from None
+        error = missing_data_error(name, [filename], data_dir, f"{type(err).__name__}")
+        if name == "ag_news" and split == "train":  # the course machines' copy has the test split only
+            error = UserError(f"{error} (offline copies of AG News often hold only test.csv; IMDb works offline)")
+        raise error from None
 
 
 def train_val_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

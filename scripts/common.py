@@ -79,6 +79,12 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`): not an error of ours
+        try:  # point stdout at /dev/null so the interpreter's final flush does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        sys.exit(1)
     sys.exit(code or 0)
 
 

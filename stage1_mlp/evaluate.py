@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, choices=DATASETS, help="test set (default: the one it was trained on)")
     p.add_argument("--text", default=None, help="classify this text and print class probabilities")
     p.add_argument("--interactive", action="store_true", help="classify texts typed at a prompt")
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test documents (0: all)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only N evenly spaced test documents (0: all)")
     p.add_argument("--batch_size", type=int, default=1024, help="batch size for the accuracy pass and throughput")
     p.add_argument("--latency_samples", type=int, default=500, help="documents timed one at a time for latency")
     p.add_argument("--out_dir", default=None, help="where outputs go (default: runs/eval_<dataset> in this stage)")
@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = load_split(dataset, "test", args.data_dir)
     if len(test.classes) != len(clf.classes):
         raise UserError(f"{args.model_path} predicts {len(clf.classes)} classes but {dataset} has {len(test.classes)}")
-    if args.limit:
-        test = test.subset(list(range(min(args.limit, len(test)))))
+    if args.limit:  # evenly spaced, so a file sorted by label still gives every class
+        test = test.subset(list(range(0, len(test), max(1, len(test) // args.limit)))[: args.limit])
     tick = time.perf_counter()
     data = FeatureSet.from_texts(clf.featurizer, test.texts, test.labels)
     featurize_seconds = time.perf_counter() - tick

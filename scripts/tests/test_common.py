@@ -35,6 +35,13 @@ def test_run_main_interrupt_exits_130(capsys):
     assert code == 130 and "saved last.pt" in err
 
 
+def test_run_main_broken_pipe_is_quiet(capsys):
+    def main(argv):
+        raise BrokenPipeError
+    code, err = exit_of(main, capsys)
+    assert code == 1 and err == ""
+
+
 def test_argparser_bad_choice_is_one_line_with_status_2(capsys):
     parser = ArgParser(prog="train.py")
     parser.add_argument("--dataset", choices=["imdb", "ag_news"])
