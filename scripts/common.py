@@ -306,11 +306,7 @@ def write_metrics(path: Path, *, stage: str, model: str, dataset: str, split: st
     }
     if extra:
         payload.update(extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, payload)
     return payload
 
 
@@ -323,7 +319,8 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path, what: str = "file") -> Any:
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file a user pointed to; a missing or malformed one is a UserError naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")

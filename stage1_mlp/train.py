@@ -107,14 +107,15 @@ def load_optimizer_state(impl: str, optimizer: Any, state: Any) -> None:
 
 @torch.no_grad()
 def evaluate_loss_acc(model: Any, data: FeatureSet, device: torch.device, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over `data` (dropout off)."""
+    """Mean cross-entropy and accuracy over `data` (dropout off; the model's mode is restored after)."""
+    was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     for ids, offsets, labels in data.batches(batch_size):
         logits = model(ids.to(device), offsets.to(device))
         total_loss += F.cross_entropy(logits, labels.to(device), reduction="sum").item()
         correct += (logits.argmax(1).cpu() == labels).sum().item()
-    model.train()
+    model.train(was_training)
     return total_loss / len(data), correct / len(data)
 
 

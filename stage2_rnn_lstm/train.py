@@ -174,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not last_path.is_file():
             raise UserError(f"--resume: no resumable checkpoint at {last_path}; train without --resume first")
         resume = load_checkpoint(last_path, STAGE, [MODEL_NAME], map_location=device)
+        if resume["dataset"] != args.dataset:
+            raise UserError(f"--resume: {last_path} was trained on {resume['dataset']}, not {args.dataset}")
     log = setup_logging(out_dir)
 
     splits, kind = load_corpus(args.dataset, args.data_dir)

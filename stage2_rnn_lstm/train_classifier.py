@@ -130,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not last_path.is_file():
             raise UserError(f"--resume: no resumable checkpoint at {last_path}; train without --resume first")
         resume = load_checkpoint(last_path, STAGE, [MODEL_NAME], map_location=device)
+        if resume["dataset"] != args.dataset:
+            raise UserError(f"--resume: {last_path} was trained on {resume['dataset']}, not {args.dataset}")
     log = setup_logging(out_dir)
 
     full = load_split(args.dataset, "train", args.data_dir)
@@ -149,10 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_seed(args.seed)
     config = ClassifierConfig(len(itos), len(full.classes), args.model_type, args.impl, args.embed_dim,
                               args.hidden_dim, args.num_layers, args.dropout)
+    if resume:  # the model's shape comes from the run being resumed, whatever the flags say now
+        config = ClassifierConfig(**resume["config"])
     model = RNNClassifier(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     params = count_params(model)
-    log.info(f"{args.model_type.upper()} classifier ({args.impl}): {params:,} parameters")
+    log.info(f"{config.model_type.upper()} classifier ({config.impl}): {params:,} parameters")
     state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": [],
                              "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_seen": 0}
     if resume:
@@ -160,8 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         optimizer.load_state_dict(resume["optimizer_state"])
         state = {k: resume[k] for k in state}
         set_rng_state(resume["rng_state"])
-    save_json_vocab = best_path.with_suffix(".vocab.json")
-    write_json(save_json_vocab, {"format": "stage2-classifier-vocabulary-v1", "itos": itos})
+    write_json(best_path.with_suffix(".vocab.json"), {"format": "stage2-classifier-vocabulary-v1", "itos": itos})
 
     def payload(extra: dict[str, Any]) -> dict[str, Any]:
         return {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": itos,
@@ -215,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # the test set, read only now, scored with the best checkpoint
     best = load_checkpoint(best_path, STAGE, [MODEL_NAME], map_location=device)
+    if best["dataset"] != args.dataset or best["config"] != config.to_dict():
+        raise UserError(f"{best_path} no longer holds this run's best model (another run wrote over it); "
+                        "give each run its own --checkpoint")
     model.load_state_dict(best["model_state"])
     test = load_split(args.dataset, "test", args.data_dir)
     if args.limit:

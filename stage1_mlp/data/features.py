@@ -12,7 +12,6 @@ an n-gram: "not good" is one feature, but the document as a whole is an unordere
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from scripts.common import UserError, write_json
+from scripts.common import UserError, read_json, write_json
 
 TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?|[!?]"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
@@ -99,11 +98,7 @@ class Featurizer:
 
     @classmethod
     def load(cls, path: Path) -> "Featurizer":
-        try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise UserError(f"cannot read vocabulary {path} ({err})") from None
-        return cls.from_dict(obj, str(path))
+        return cls.from_dict(read_json(path, "vocabulary"), str(path))
 
 
 @dataclass

@@ -11,7 +11,6 @@ where batch i stopped: the model's hidden state can be carried over (and detache
 from __future__ import annotations
 
 import gzip
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Iterator
 
 import torch
 
-from scripts.common import UserError, cache_dir, download, find_local_data, missing_data_error, write_json
+from scripts.common import (UserError, cache_dir, download, find_local_data, missing_data_error, read_json,
+                            write_json)
 
 UNK, EOS = "<unk>", "<eos>"
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -82,14 +82,7 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"vocabulary {path} does not exist")
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"vocabulary {path} is not valid JSON ({err})") from None
-        return cls.from_dict(obj, str(path))
+        return cls.from_dict(read_json(path, "vocabulary"), str(path))
 
 
 # ----------------------------------------------------------------------------- the corpora

@@ -121,6 +121,12 @@ def test_train_bad_flags(cli, argv, message):
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+def test_resume_of_another_dataset_is_refused(char_model, lm_data, tmp_path, cli):
+    code, _, err = cli(train.main, ["--data_dir", lm_data, "--out_dir", char_model.parent.parent / "run",
+                                    "--vocab_type", "word", "--resume"])
+    assert code == 2 and "was trained on shakespeare, not ptb" in err and err.count("\n") == 1
+
+
 def test_missing_data(tmp_path, monkeypatch, cli):
     monkeypatch.delenv("MY_LLM_DATA", raising=False)
     (tmp_path / "empty").mkdir()
@@ -171,7 +177,14 @@ def test_classifier_smoke_and_resume_guard(tiny_data, tmp_path, cli):
     assert metrics["split"] == "test" and metrics["metrics"]["accuracy"] > 0.8
     assert {"macro_f1", "latency_ms_bs1", "val_accuracy"} <= set(metrics["metrics"])
     assert (tmp_path / "ck" / "clf.vocab.json").is_file()
-    code, _, err = cli(train_classifier.main, argv + ["--dataset", "ag_news", "--out_dir", str(tmp_path / "ag")])
+    code, _, err = cli(train_classifier.main, argv + ["--dataset", "ag_news", "--out_dir", str(tmp_path / "ag"),
+                                                      "--checkpoint", str(tmp_path / "ck" / "ag.pt")])
     assert code == 0, err
     code, _, err = cli(train_classifier.main, argv + ["--out_dir", str(tmp_path / "none"), "--resume"])
     assert code == 2 and "no resumable checkpoint" in err
+    # resuming takes the model's shape from the saved run, not from today's flags; the data set must match
+    code, _, err = cli(train_classifier.main, argv + ["--epochs", "4", "--hidden_dim", "32", "--resume"])
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 4
+    code, _, err = cli(train_classifier.main, argv + ["--dataset", "ag_news", "--resume"])
+    assert code == 2 and "was trained on imdb, not ag_news" in err

@@ -22,6 +22,9 @@ def test_vocabulary_json_round_trip_and_unknowns(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="not a stage 2 vocabulary"):
         Vocabulary.load(tmp_path / "bad.json")
+    (tmp_path / "cut.json").write_text('{"itos": ["<unk>", "a"')
+    with pytest.raises(UserError, match="not valid JSON"):
+        Vocabulary.load(tmp_path / "cut.json")
 
 
 def test_batchify_and_bptt_walk_contiguous_streams():
