@@ -172,19 +172,26 @@ def sample_block() -> str:
     return "\n".join(parts)
 
 
-def write_tables() -> None:
-    blocks = {"stage2_samples": sample_block()}
+def readme_blocks() -> dict[Path, dict[str, str]]:
+    """Every generated block, per README, from whatever results/ holds."""
+    stage = {"stage2_samples": sample_block()}
+    top = {}
     if any(RESULTS.glob("lstm_*_eval.json")):
-        blocks["stage2_lm"] = lm_table()
+        stage["stage2_lm"] = top["language_models"] = lm_table()
     if (RESULTS / "speed.json").is_file():
-        blocks["stage2_speed"] = speed_table()
+        stage["stage2_speed"] = speed_table()
     if classify_rows():
-        blocks["stage2_classify"] = classify_table(with_hardware=False)
-    update_file(STAGE_DIR / "README.md", blocks)
-    if classify_rows():
-        update_file(REPO_ROOT / "README.md", {"classification_imdb_lstm": classify_table(with_hardware=True)})
-    if any(RESULTS.glob("lstm_*_eval.json")):
-        update_file(REPO_ROOT / "README.md", {"language_models": lm_table()})
+        first = classify_rows()[0]["test"]
+        stage["stage2_classify"] = (classify_table(with_hardware=False) +
+                                    f"\n\nCommand: `python stage2_rnn_lstm/bench.py --parts classify` on "
+                                    f"{first['hardware']} (torch {first['torch']}).\n")
+        top["classification_imdb_lstm"] = classify_table(with_hardware=True)
+    return {STAGE_DIR / "README.md": stage, REPO_ROOT / "README.md": top}
+
+
+def write_tables() -> None:
+    for readme, blocks in readme_blocks().items():
+        update_file(readme, blocks)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
