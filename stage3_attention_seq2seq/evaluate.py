@@ -1,0 +1,100 @@
+"""Score a stage 3 translator with sacreBLEU and chrF, greedy and beam search, on a held-out split.
+
+    python evaluate.py --model_path checkpoints/best_attention_model.pt          # Multi30k test_2016_flickr
+    python evaluate.py --model_path checkpoints/best_attention_model.pt --beam_size 10 --alpha 0.6
+
+The output is detokenised and compared with the raw reference sentences (sacreBLEU's own 13a
+tokenisation, cased), so the number is comparable with published ones; the signature says exactly how.
+Writes metrics.json and translations.txt (beam search, one line per source line) to
+runs/eval_<checkpoint name>/ (or --out_dir), and metrics.json also to --metrics_out if given.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+from scripts.common import (ArgParser, UserError, add_common_args, check_positive, count_params,  # noqa: E402
+                            get_device, run_main, set_threads, write_metrics)
+from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs  # noqa: E402
+from stage3_attention_seq2seq.translator import STAGE, corpus_scores, load_model, translate_sentences  # noqa: E402
+
+STAGE_DIR = Path(__file__).resolve().parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgParser(description="Evaluate a stage 3 translator: sacreBLEU and chrF, greedy and beam search.")
+    p.add_argument("--model_path", default=str(STAGE_DIR / "checkpoints" / "best_attention_model.pt"),
+                   help="checkpoint written by train.py")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the model was trained on")
+    p.add_argument("--split", default="test", choices=SPLITS, help="test = Multi30k test_2016_flickr")
+    p.add_argument("--beam_size", type=int, default=5, help="beam width for the beam-search score")
+    p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (0: none)")
+    p.add_argument("--unk_replace", type=int, choices=[0, 1], default=1,
+                   help="1: replace <unk> by the most attended source word")
+    p.add_argument("--batch_size", type=int, default=128, help="sentences translated at once")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N pairs (0: all)")
+    p.add_argument("--out_dir", default=None, help="default: runs/eval_<checkpoint name>")
+    p.add_argument("--metrics_out", default=None, help="also write metrics.json here")
+    add_common_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_positive(args, "beam_size", "batch_size")
+    set_threads(args.num_threads)
+    device = get_device(args.device)
+    started = time.time()
+    model, src_vocab, tgt_vocab, ckpt = load_model(args.model_path, device)
+    dataset = args.dataset or ckpt["dataset"]
+    pairs = load_pairs(dataset, args.split, args.data_dir)
+    if args.limit:
+        pairs = pairs[: args.limit]
+    if not pairs:
+        raise UserError(f"{dataset} {args.split} has no sentence pairs to score")
+    sources, references = [s for s, _ in pairs], [t for _, t in pairs]
+
+    metrics: dict = {"sentences": len(pairs), "beam_size": args.beam_size, "alpha": args.alpha,
+                     "unk_replace": bool(args.unk_replace)}
+    outputs = {}
+    for name, beam in (("greedy", 1), ("beam", args.beam_size)):
+        tick = time.perf_counter()
+        translations = translate_sentences(model, src_vocab, tgt_vocab, sources, device, beam, args.alpha,
+                                           args.batch_size, unk_replace=bool(args.unk_replace), progress=True)
+        seconds = time.perf_counter() - tick
+        scores = corpus_scores([t.text for t in translations], references)
+        outputs[name] = translations
+        metrics.update({f"bleu_{name}": scores["bleu"], f"chrf_{name}": scores["chrf"],
+                        f"sentences_per_s_{name}": round(len(pairs) / seconds, 1)})
+        metrics.setdefault("bleu_signature", scores["bleu_signature"])
+        metrics.setdefault("chrf_signature", scores["chrf_signature"])
+        print(f"{name:6s} (beam {beam:2d}): {scores['bleu_detail']}  chrF {scores['chrf']:.2f}  "
+              f"{len(pairs) / seconds:,.1f} sentences/s")
+    unknown = sum(t.source_tokens.count("<unk>") for t in outputs["beam"])
+    metrics["source_unknown_rate"] = round(unknown / max(1, sum(len(t.source_tokens) for t in outputs["beam"])), 4)
+
+    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.model_path).stem}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "translations.txt").write_text("".join(t.text + "\n" for t in outputs["beam"]), encoding="utf-8")
+    config = model.config
+    common = dict(stage=STAGE, model=f"{config.attention_type}_{config.impl}", dataset=dataset,
+                  split="test_2016_flickr" if dataset == "multi30k" and args.split == "test" else args.split,
+                  metrics=metrics, params=count_params(model), seconds=time.time() - started,
+                  seconds_key="eval_seconds", device=device,
+                  extra={"checkpoint": str(args.model_path), "attention_type": config.attention_type,
+                         "trained_epochs": ckpt.get("epoch"), "history": ckpt.get("history", [])})
+    write_metrics(out_dir / "metrics.json", **common)
+    if args.metrics_out:
+        write_metrics(Path(args.metrics_out), **common)
+    print(f"{metrics['bleu_signature']}\n{metrics['chrf_signature']}")
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'translations.txt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

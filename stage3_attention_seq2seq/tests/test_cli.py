@@ -1,0 +1,200 @@
+"""train.py, evaluate.py and translate.py end to end on tiny data, and every bad input."""
+import gzip
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from scripts.common import checkpoint_header, load_checkpoint, save_checkpoint
+from stage3_attention_seq2seq import evaluate, train, translate
+
+TINY = ["--embed_dim", "32", "--hidden_dim", "32", "--attention_dim", "16", "--batch_size", "32",
+        "--num_threads", "1", "--warmup_steps", "5", "--lr", "0.01", "--dropout", "0.1"]
+
+
+def train_args(data, tmp_path, *extra):
+    return ["--data_dir", str(data), "--out_dir", str(tmp_path / "run"), "--checkpoint",
+            str(tmp_path / "ck" / "best.pt"), *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(mt_data, tmp_path_factory):
+    """A Bahdanau model trained long enough on the tiny captions to translate them."""
+    from scripts.common import run_main
+    tmp = tmp_path_factory.mktemp("s3")
+    with pytest.raises(SystemExit) as info:
+        run_main(train.main, train_args(mt_data, tmp, "--epochs", "8"))
+    assert info.value.code == 0
+    return tmp / "ck" / "best.pt"
+
+
+def test_training_learns_and_evaluate_scores_with_sacrebleu(trained, mt_data, tmp_path, cli):
+    history = json.loads((trained.parent.parent / "run" / "history.json").read_text())
+    assert history[-1]["val_bleu"] > 50 > history[0]["val_bleu"]
+    assert "target tokens/s" in (trained.parent.parent / "run" / "train.log").read_text()
+    assert (trained.parent / "best.vocab.json").is_file()
+    code, out, err = cli(evaluate.main, ["--model_path", trained, "--data_dir", mt_data, "--out_dir", tmp_path / "e",
+                                         "--num_threads", "1"])
+    assert code == 0, err
+    assert "nrefs:1|case:mixed|eff:no|tok:13a" in out                     # sacrebleu's signature is printed
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    m = metrics["metrics"]
+    assert metrics["split"] == "test_2016_flickr" and m["bleu_beam"] > 50 and m["bleu_greedy"] > 50
+    assert m["sentences_per_s_beam"] > 0 and 0 < m["chrf_beam"] <= 100
+    lines = (tmp_path / "e" / "translations.txt").read_text().splitlines()
+    assert len(lines) == 40 and all(line.strip() for line in lines)
+
+
+@pytest.mark.parametrize("kind, impl", [("luong_dot", "torch"), ("luong_general", "scratch"),
+                                        ("luong_concat", "scratch"), ("none", "torch")])
+def test_every_attention_type_trains(mt_data, tmp_path, cli, kind, impl):
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--attention_type", kind, "--impl", impl,
+                                              "--epochs", "1", "--max_steps", "6", "--teacher_forcing_end", "0.5"))
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "ck" / "best.pt", "stage3_attention_seq2seq")["config"]["attention_type"] == kind
+
+
+def test_translate_a_sentence_with_heatmap(trained, tmp_path, cli):
+    code, out, err = cli(translate.main, ["--model_path", trained, "A dog is running in the park.",
+                                          "--heatmap", tmp_path / "map.png"])
+    assert code == 0, err
+    assert out.strip() == "Un chien court dans le parc."
+    assert (tmp_path / "map.png").stat().st_size > 1000
+    code, out, err = cli(translate.main, ["--model_path", trained, "A", "zebra", "is", "eating.", "--beam_size", "1"])
+    assert code == 0 and "unknown words read as <unk>: zebra" in err and out.strip()
+
+
+def test_translate_a_file_keeps_line_alignment(trained, tmp_path, cli):
+    (tmp_path / "in.txt").write_text("A man is sitting.\n\nA girl is playing in the snow.\n")
+    code, _, err = cli(translate.main, ["--model_path", trained, "--input", tmp_path / "in.txt",
+                                        "--output", tmp_path / "out.txt"])
+    assert code == 0, err
+    assert (tmp_path / "out.txt").read_text().splitlines() == ["Un homme est assis.", "",
+                                                               "Une fille joue dans la neige."]
+    code, _, err = cli(translate.main, ["--model_path", trained, "--input", tmp_path / "nope.txt"])
+    assert code == 2 and "nope.txt does not exist" in err
+
+
+def test_interactive_session_survives_bad_input(trained, monkeypatch, cli):
+    events = iter(["", "qwerty zxcv", ":beam x", ":beam 1", ":settings", "A woman is eating.", KeyboardInterrupt])
+
+    def fake_input(prompt=""):
+        event = next(events)
+        if isinstance(event, type):
+            raise event
+        return event
+    monkeypatch.setattr("builtins.input", fake_input)
+    code, out, err = cli(translate.main, ["--model_path", trained, "--interactive"])
+    assert code == 0, err
+    assert "error: empty sentence" in out and "none of the words of 'qwerty zxcv'" in out
+    assert ":beam takes a positive whole number" in out and "beam 1" in out
+    assert "fr> Une femme mange." in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([""], "empty sentence"),
+    (["qwerty", "zxcv"], "is in the model's English vocabulary"),
+    ([], "give one of: a sentence, --input FILE, or --interactive"),
+    (["A dog.", "--beam_size", "0"], "--beam_size must be"),
+])
+def test_translate_bad_input_is_one_line(trained, cli, argv, message):
+    code, _, err = cli(translate.main, ["--model_path", trained, *argv])
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_no_attention_model_has_no_heatmap(mt_data, tmp_path, cli):
+    assert cli(train.main, train_args(mt_data, tmp_path, "--attention_type", "none", "--max_steps", "2"))[0] == 0
+    code, _, err = cli(translate.main, ["--model_path", tmp_path / "ck" / "best.pt", "A dog.", "--heatmap",
+                                        tmp_path / "x.png"])
+    assert code == 2 and "no attention weights to draw" in err
+
+
+def test_wrong_and_broken_checkpoints(trained, tmp_path, cli):
+    other = tmp_path / "stage2.pt"
+    save_checkpoint(other, {**checkpoint_header("stage2_rnn_lstm", "rnn_lm"), "model_state": {}})
+    code, _, err = cli(evaluate.main, ["--model_path", other])
+    assert code == 2 and "made by stage2_rnn_lstm" in err and err.count("\n") == 1
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(trained.read_bytes()[:4000])
+    code, _, err = cli(translate.main, ["--model_path", cut, "A dog."])
+    assert code == 2 and "not a readable checkpoint" in err and err.count("\n") == 1
+    code, _, err = cli(evaluate.main, ["--model_path", tmp_path / "missing.pt"])
+    assert code == 2 and "does not exist" in err
+
+
+def test_missing_and_misaligned_data(mt_data, tmp_path, monkeypatch, cli):
+    monkeypatch.delenv("MY_LLM_DATA", raising=False)
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(train.main, ["--data_dir", tmp_path / "empty", "--out_dir", tmp_path / "r"])
+    assert code == 2 and "no local copy of multi30k" in err and err.count("\n") == 1
+    bad = tmp_path / "bad" / "multi30k"
+    bad.mkdir(parents=True)
+    for name in ("train", "val", "test_2016_flickr"):
+        for lang in ("en", "fr"):
+            (bad / f"{name}.{lang}.gz").write_bytes((mt_data / "multi30k" / f"{name}.{lang}.gz").read_bytes())
+    with gzip.open(bad / "train.fr.gz", "wt", encoding="utf-8") as f:
+        f.write("Un chien.\n")
+    code, _, err = cli(train.main, ["--data_dir", tmp_path / "bad", "--out_dir", tmp_path / "r"])
+    assert code == 2 and "the files must be line-aligned" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--attention_type", "luong_magic"], "invalid choice: 'luong_magic'"),
+    (["--teacher_forcing_end", "1.5"], "--teacher_forcing_end must be in [0, 1]"),
+    (["--dropout", "1"], "--dropout must be in [0, 1)"),
+])
+def test_train_bad_flags(cli, argv, message):
+    code, _, err = cli(train.main, argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_ctrl_c_mid_epoch_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch):
+    """Weights and curves after Ctrl-C + --resume equal an uninterrupted run's (dropout and sampling included)."""
+    common = ["--epochs", "2", "--limit", "200", "--val_limit", "10", "--teacher_forcing_end", "0.5"]
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "a", *common))
+    assert code == 0, err
+    uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage3_attention_seq2seq")
+
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 9:                                   # epoch 2, batch 2 of 7
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common))
+    assert code == 130 and "--resume" in err
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    saved = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage3_attention_seq2seq")
+    assert saved["global_step"] == 9 and saved["epoch"] == 1 and saved["batch_in_epoch"] == 2
+    assert (tmp_path / "b" / "ck" / "best.pt").is_file()                  # epoch 1's best survived
+
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
+    assert code == 0, err
+    resumed = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage3_attention_seq2seq")
+    for name, value in uninterrupted["model_state"].items():
+        assert torch.equal(resumed["model_state"][name], value), name
+    drop = ("tgt_tokens_per_s", "elapsed_s", "val_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in uninterrupted["history"]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in resumed["history"]]
+
+
+def test_resume_needs_a_run_of_the_same_dataset(mt_data, tmp_path, cli):
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--resume"))
+    assert code == 2 and "no resumable checkpoint" in err
+    assert cli(train.main, train_args(mt_data, tmp_path, "--max_steps", "1"))[0] == 0
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--dataset", "tatoeba", "--resume"))
+    assert code == 2 and "was trained on multi30k, not tatoeba" in err
+
+
+def test_tatoeba_trains_and_evaluates(mt_data, tmp_path, cli):
+    assert cli(train.main, train_args(mt_data, tmp_path, "--dataset", "tatoeba", "--max_steps", "3"))[0] == 0
+    code, _, err = cli(evaluate.main, ["--model_path", tmp_path / "ck" / "best.pt", "--data_dir", mt_data,
+                                       "--out_dir", tmp_path / "e", "--beam_size", "2"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["dataset"] == "tatoeba"

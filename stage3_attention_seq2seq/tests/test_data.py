@@ -1,0 +1,105 @@
+"""Tokenizer, vocabularies, corpus readers and batches."""
+import gzip
+
+import pytest
+
+from scripts.common import UserError
+from stage3_attention_seq2seq.data.translation import (EOS_ID, PAD_ID, UNK_ID, Vocabulary, bucketed_batches,
+                                                       detokenize, encode_pairs, load_pairs, load_vocabularies,
+                                                       read_parallel, save_vocabularies, split_by_source, tokenize)
+
+
+@pytest.mark.parametrize("text, tokens", [
+    ("Un homme, l'air fatigué.", ["Un", "homme", "##,", "l'", "air", "fatigué", "##."]),
+    ("Qu'est-ce que c'est ?", ["Qu'", "est", "##-", "##ce", "que", "c'", "est", "?"]),
+    ("A man's 3.5-inch \"hat\"!", ["A", "man'", "s", "3", "##.", "##5", "##-", "##inch", '"', '##hat', '##"', "##!"]),
+])
+def test_tokenize_marks_glued_tokens_and_detokenize_inverts_it(text, tokens):
+    assert tokenize(text) == tokens
+    assert detokenize(tokens) == text
+
+
+def test_detokenize_skips_specials_and_tokenize_normalises_spaces():
+    assert detokenize(["<bos>", "Un", "chat", "##.", "<eos>"]) == "Un chat."
+    assert detokenize(tokenize("  Deux   chiens\u202f! ")) == "Deux chiens !"
+
+
+def test_tokenizer_is_reversible_on_real_multi30k(real_data):
+    lines = []
+    for name in ("train.fr.gz", "test_2016_flickr.fr.gz", "test_2016_flickr.en.gz"):
+        with gzip.open(real_data / "multi30k" / name, "rt", encoding="utf-8") as f:
+            lines += f.read().splitlines()[:3000]
+    broken = [line for line in lines if detokenize(tokenize(line)) != " ".join(line.split())]
+    assert len(broken) <= len(lines) // 1000, broken[:5]
+
+
+def test_vocabulary_min_freq_unknowns_and_json(tmp_path):
+    sentences = [["a", "b", "a"], ["a", "c"], ["b"]]
+    vocab = Vocabulary.build(sentences, min_freq=2)
+    assert vocab.itos == ["<pad>", "<unk>", "<bos>", "<eos>", "a", "b"]
+    assert vocab.encode(["a", "c", "zzz"]) == [4, UNK_ID, UNK_ID]
+    assert vocab.decode([4, 5, EOS_ID, 4]) == ["a", "b"]
+    save_vocabularies(tmp_path / "v.json", vocab, vocab)
+    src, tgt = load_vocabularies(tmp_path / "v.json")
+    assert src.itos == tgt.itos == vocab.itos
+    (tmp_path / "bad.json").write_text('{"source": {"itos": ["x"]}, "target": {"itos": ["x"]}}')
+    with pytest.raises(UserError, match="must start with"):
+        load_vocabularies(tmp_path / "bad.json")
+
+
+def write(path, lines):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def test_misaligned_files_and_empty_lines_are_named(tmp_path):
+    write(tmp_path / "a.en.gz", ["A dog.", "A cat."])
+    write(tmp_path / "a.fr.gz", ["Un chien."])
+    with pytest.raises(UserError, match=r"has 2 lines but .*a.fr.gz has 1: the files must be line-aligned"):
+        read_parallel(tmp_path / "a.en.gz", tmp_path / "a.fr.gz")
+    write(tmp_path / "a.fr.gz", ["Un chien.", "  "])
+    with pytest.raises(UserError, match=r"a.fr.gz, line 2: empty sentence"):
+        read_parallel(tmp_path / "a.en.gz", tmp_path / "a.fr.gz")
+
+
+def test_loaders_read_the_real_formats(mt_data):
+    train = load_pairs("multi30k", "train", str(mt_data))
+    assert len(train) == 600 and all(e.endswith(".") and f.endswith(".") for e, f in train)
+    splits = {s: load_pairs("tatoeba", s, str(mt_data)) for s in ("train", "valid", "test")}
+    assert sum(len(p) for p in splits.values()) == 900
+    sources = {s: {e for e, _ in p} for s, p in splits.items()}
+    assert not (sources["train"] & sources["test"]) and not (sources["valid"] & sources["test"])
+    assert splits["test"] == load_pairs("tatoeba", "test", str(mt_data))      # a fixed split
+
+
+def test_tatoeba_malformed_line_and_missing_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("MY_LLM_DATA", raising=False)
+    (tmp_path / "fra_eng_tatoeba").mkdir()
+    write(tmp_path / "fra_eng_tatoeba" / "fra.txt.gz", ["Go.\tVa !", "no tab here"])
+    with pytest.raises(UserError, match=r"fra.txt.gz, line 2: expected 'english<TAB>french'"):
+        load_pairs("tatoeba", "train", str(tmp_path))
+    with pytest.raises(UserError, match=r"no local copy of multi30k .* pass --data_dir"):
+        load_pairs("multi30k", "train", str(tmp_path))
+
+
+def test_split_by_source_groups_translations_of_one_sentence():
+    pairs = [(f"s{i % 50}", f"t{i}") for i in range(200)]
+    split = split_by_source(pairs, held_out=5, seed=1)
+    assert sum(len(v) for v in split.values()) == 200
+    for name in ("valid", "test"):
+        assert len({e for e, _ in split[name]}) == 5 and len(split[name]) == 20
+
+
+def test_bucketed_batches_cover_everything_once_and_resume_exactly():
+    examples = encode_pairs([(f"w{i % 7} " * (1 + i % 9), "x " * (1 + i % 5)) for i in range(103)],
+                            Vocabulary.build([["w1"]], 1), Vocabulary.build([["x"]], 1))
+    batches = list(bucketed_batches(examples, 10, shuffle=True, seed=3, epoch=2))
+    seen = sorted(i for b in batches for i in b.indices)
+    assert seen == list(range(103))
+    again = list(bucketed_batches(examples, 10, shuffle=True, seed=3, epoch=2, start=4))
+    assert [b.indices for b in again] == [b.indices for b in batches[4:]]
+    assert [b.indices for b in bucketed_batches(examples, 10, True, 3, 3)] != [b.indices for b in batches]
+    for batch in batches:
+        lengths = (batch.src != PAD_ID).sum(1)
+        assert lengths.tolist() == batch.src_lengths.tolist() and lengths.max() - lengths.min() <= 2
+        assert all(batch.src[i, n - 1] == EOS_ID for i, n in enumerate(batch.src_lengths.tolist()))

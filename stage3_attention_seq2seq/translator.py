@@ -1,0 +1,94 @@
+"""What train.py, evaluate.py and translate.py share: load a trained model, translate many sentences
+in length-sorted batches, and score the output with sacrebleu."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import sacrebleu
+import torch
+from tqdm import tqdm
+
+from scripts.common import UserError, load_checkpoint
+from stage3_attention_seq2seq.data.translation import (EOS_ID, UNK, Vocabulary, detokenize, make_batch,
+                                                       tokenize)
+from stage3_attention_seq2seq.models.search import beam_search, greedy_decode
+from stage3_attention_seq2seq.models.seq2seq import Seq2Seq, Seq2SeqConfig
+
+STAGE = "stage3_attention_seq2seq"
+MODEL_NAME = "seq2seq_attention"
+
+
+@dataclass
+class Translation:
+    source_tokens: list[str]     # as the model read them (unknown words shown as <unk>), without <eos>
+    tokens: list[str]            # the output tokens, without <eos>
+    text: str                    # detokenised output
+    attention: torch.Tensor | None = None   # (len(tokens) + 1, len(source_tokens) + 1), <eos> rows/cols included
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocabulary, Vocabulary, dict[str, Any]]:
+    """A trained model in eval mode, its two vocabularies and the checkpoint dict."""
+    ckpt = load_checkpoint(path, STAGE, [MODEL_NAME], map_location="cpu")
+    try:
+        model = Seq2Seq(Seq2SeqConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model_state"])
+        src_vocab, tgt_vocab = Vocabulary.from_dict(ckpt["src_vocab"]), Vocabulary.from_dict(ckpt["tgt_vocab"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        reason = str(err).splitlines()[0][:120]
+        raise UserError(f"{path} does not hold a complete stage 3 model ({reason}); retrain it") from None
+    return model.to(device).eval(), src_vocab, tgt_vocab, ckpt
+
+
+@torch.no_grad()
+def translate_sentences(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, sentences: Sequence[str],
+                        device: torch.device, beam_size: int = 1, alpha: float = 1.0, batch_size: int = 128,
+                        return_attention: bool = False, unk_replace: bool = False,
+                        progress: bool = False) -> list[Translation]:
+    """Translate in batches of similar length (sorted, then put back in input order).
+
+    unk_replace: where the model writes <unk>, copy the source word it attended to most
+    (Luong et al. 2015, "Addressing the rare word problem"): names and numbers come through.
+    """
+    model.eval()
+    encoded = [(src_vocab.encode(tokenize(s)) + [EOS_ID], [EOS_ID]) for s in sentences]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    need_attention = return_attention or unk_replace
+    results: list[Translation | None] = [None] * len(sentences)
+    bar = tqdm(total=len(sentences), unit="sent", desc="translating", disable=True if not progress else None,
+               leave=False)
+    for start in range(0, len(order), batch_size):
+        batch = make_batch(encoded, order[start: start + batch_size])
+        src = batch.src.to(device)
+        if beam_size > 1:
+            ids, weights = beam_search(model, src, beam_size, alpha, return_attention=need_attention)
+        else:
+            ids, weights = greedy_decode(model, src, return_attention=need_attention)
+        for row, index in enumerate(batch.indices):
+            source_tokens = tokenize(sentences[index])
+            out_ids = ids[row].tolist()
+            tokens = tgt_vocab.decode(out_ids)
+            attention = None
+            if weights is not None:
+                attention = weights[row, : len(tokens) + 1, : int(batch.src_lengths[row])].cpu()
+            if unk_replace and attention is not None:
+                tokens = [source_tokens[min(int(attention[i].argmax()), len(source_tokens) - 1)] if tok == UNK
+                          else tok for i, tok in enumerate(tokens)]
+            results[index] = Translation([t if t in src_vocab.stoi else UNK for t in source_tokens], tokens,
+                                         detokenize(tokens), attention if return_attention else None)
+        bar.update(len(batch.indices))
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """sacreBLEU (13a tokenisation, cased, as published numbers use) and chrF, with their signatures."""
+    bleu = sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
+    chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])
+    return {"bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2),
+            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
+            "bleu_detail": str(bleu_score)}
+
