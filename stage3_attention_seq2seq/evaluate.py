@@ -53,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, src_vocab, tgt_vocab, ckpt = load_model(args.model_path, device)
     dataset = args.dataset or ckpt["dataset"]
     pairs = load_pairs(dataset, args.split, args.data_dir)
+    if args.limit < 0:
+        raise UserError(f"--limit must be >= 0, got {args.limit}")
     if args.limit:
         pairs = pairs[: args.limit]
     if not pairs:
@@ -79,8 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics["source_unknown_rate"] = round(unknown / max(1, sum(len(t.source_tokens) for t in outputs["beam"])), 4)
 
     out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.model_path).stem}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "translations.txt").write_text("".join(t.text + "\n" for t in outputs["beam"]), encoding="utf-8")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "translations.txt").write_text("".join(t.text + "\n" for t in outputs["beam"]), encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"cannot write to {out_dir} ({err.strerror or err}); pass another --out_dir") from None
     config = model.config
     common = dict(stage=STAGE, model=f"{config.attention_type}_{config.impl}", dataset=dataset,
                   split="test_2016_flickr" if dataset == "multi30k" and args.split == "test" else args.split,

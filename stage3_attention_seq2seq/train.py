@@ -4,10 +4,11 @@
     python train.py --attention_type bahdanau --epochs 30   # the course's command
     python train.py --attention_type luong_general          # or luong_dot, luong_concat, none (no attention)
     python train.py --dataset tatoeba                       # 167k everyday sentence pairs
+    python train.py --teacher_forcing_end 0.8               # scheduled sampling
     python train.py --resume                                # carry on after Ctrl-C
 
-Teacher forcing, scheduled: from --teacher_forcing 1.0 in the first epoch to --teacher_forcing_end 0.8
-in the last, the model is fed its own guesses for a growing share of words. Label-smoothed
+Teacher forcing, optionally scheduled: with --teacher_forcing_end 0.8 the model is fed its own guesses
+for a share of words growing linearly from 0 (first epoch) to 20% (last epoch). Label-smoothed
 cross-entropy, gradient clipping, and BLEU on the validation set after each epoch; the best epoch is
 kept in checkpoints/best_attention_model.pt (bahdanau) or checkpoints/best_<attention_type>_model.pt.
 """
@@ -39,6 +40,9 @@ from stage3_attention_seq2seq.models.seq2seq import Seq2Seq, Seq2SeqConfig  # no
 from stage3_attention_seq2seq.translator import MODEL_NAME, STAGE, corpus_scores, translate_sentences  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
+# flags that decide the data order, the model or the schedule: a resumed run must keep them (--epochs may grow)
+RESUME_MUST_MATCH = ("attention_type", "impl", "batch_size", "limit", "max_len", "min_freq", "seed", "lr",
+                     "warmup_steps", "teacher_forcing", "teacher_forcing_end", "embed_dim", "hidden_dim")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", default="scratch", choices=["scratch", "torch"],
                    help="recurrent parts: scratch (models/rnn.py) or torch (nn.GRU, nn.GRUCell)")
     p.add_argument("--embed_dim", type=int, default=256, help="word embedding size (also the readout size)")
-    p.add_argument("--hidden_dim", type=int, default=256, help="encoder GRU size per direction; decoder is twice it")
+    p.add_argument("--hidden_dim", type=int, default=128, help="encoder GRU size per direction; decoder is twice it")
     p.add_argument("--attention_dim", type=int, default=256, help="hidden size of additive attention")
     p.add_argument("--dropout", type=float, default=0.3, help="dropout on embeddings and the readout")
     p.add_argument("--tie_embeddings", type=int, choices=[0, 1], default=1,
@@ -64,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     p.add_argument("--teacher_forcing", type=float, default=1.0,
                    help="probability of feeding the true previous word in the first epoch")
-    p.add_argument("--teacher_forcing_end", type=float, default=0.8,
-                   help="... in the last epoch, linearly in between (scheduled sampling)")
-    p.add_argument("--epochs", type=int, default=11, help="passes over the training pairs")
+    p.add_argument("--teacher_forcing_end", type=float, default=1.0,
+                   help="... in the last epoch, linearly in between (< 1: scheduled sampling, e.g. 0.8)")
+    p.add_argument("--epochs", type=int, default=16, help="passes over the training pairs")
     p.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N training pairs (0: all)")
     p.add_argument("--val_limit", type=int, default=0, help="score only the first N validation pairs (0: all)")
@@ -79,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    check_positive(args, "embed_dim", "hidden_dim", "attention_dim", "min_freq", "batch_size", "epochs")
+    check_positive(args, "embed_dim", "hidden_dim", "attention_dim", "min_freq", "batch_size", "epochs", "clip")
+    for flag in ("max_len", "warmup_steps", "max_steps", "limit", "val_limit"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
     for flag in ("dropout", "label_smoothing"):
         if not 0.0 <= getattr(args, flag) < 1.0:
             raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
@@ -189,6 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume = load_checkpoint(last_path, STAGE, [MODEL_NAME], map_location=device)
         if resume["dataset"] != args.dataset:
             raise UserError(f"--resume: {last_path} was trained on {resume['dataset']}, not {args.dataset}")
+        changed = [f"--{k} {resume['args'][k]} (now {getattr(args, k)})" for k in RESUME_MUST_MATCH
+                   if resume["args"].get(k) != getattr(args, k)]
+        if changed:
+            raise UserError(f"--resume: {last_path} was trained with {', '.join(changed)}; resume with the same "
+                            "flags, or start a new run with another --out_dir")
     log = setup_logging(out_dir)
 
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)
@@ -203,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         src_vocab = Vocabulary.build([tokenize(s) for s, _ in train_pairs], args.min_freq)
         tgt_vocab = Vocabulary.build([tokenize(t) for _, t in train_pairs], args.min_freq)
     train_examples = encode_pairs(train_pairs, src_vocab, tgt_vocab, args.max_len)
+    if not train_examples:
+        raise UserError(f"no training pairs left (of {len(train_pairs):,}) after --limit/--max_len; loosen them")
     valid_examples = encode_pairs(valid_pairs, src_vocab, tgt_vocab)
     log.info(f"{args.dataset}: {len(train_examples):,} training pairs (of {len(train_pairs):,}), "
              f"{len(valid_pairs):,} validation; vocabularies en {len(src_vocab):,} / fr {len(tgt_vocab):,} "
@@ -219,18 +233,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(f"attention {config.attention_type} ({config.impl}): {params:,} parameters, {config}")
 
     state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best_val_bleu": -1.0,
-                             "best_epoch": 0, "history": [], "train_seconds": 0.0, "epoch_loss_sum": 0.0,
-                             "epoch_tokens": 0}
+                             "best_epoch": 0, "history": [], "train_seconds": 0.0, "wall_seconds": 0.0,
+                             "epoch_loss_sum": 0.0, "epoch_tokens": 0}
     if resume:
         model.load_state_dict(resume["model_state"])
         optimizer.load_state_dict(resume["optimizer_state"])
-        state = {k: resume[k] for k in state}
+        state = {k: resume.get(k, v) for k, v in state.items()}
         set_rng_state(resume["rng_state"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}")
     vocab_path = best_path.with_suffix(".vocab.json")
     save_vocabularies(vocab_path, src_vocab, tgt_vocab)
 
+    wall_before = state["wall_seconds"]       # wall time of earlier sessions of this run (resumed)
+
     def save_last() -> None:
+        state["wall_seconds"] = wall_before + time.time() - started
         save_checkpoint(last_path, checkpoint_payload(args, model, src_vocab, tgt_vocab, {
             **state, "optimizer_state": optimizer.state_dict(), "rng_state": rng_state()}))
 
@@ -262,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"{row['tgt_tokens_per_s']:,.0f} target tokens/s  {(time.time() - started) / 60:.1f} min")
             save_last()
 
+    if not state["history"]:
+        raise UserError(f"this run finished no epoch (it stopped at step {state['global_step']}); nothing to report")
     write_json(out_dir / "history.json", state["history"])
     plot_curves(state["history"], out_dir / "curves.png", [["train_loss", "val_loss"], ["val_bleu"],
                                                            ["tgt_tokens_per_s"]],
@@ -269,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     best = max(state["history"], key=lambda r: r["val_bleu"])
     speed = sum(r["tgt_tokens_per_s"] for r in state["history"]) / len(state["history"])
     write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{config.attention_type}_{config.impl}",
-                  dataset=args.dataset, split="valid", params=params, seconds=time.time() - started,
+                  dataset=args.dataset, split="valid", params=params, seconds=wall_before + time.time() - started,
                   seconds_key="train_seconds", device=device,
                   metrics={"val_bleu_greedy": best["val_bleu"], "val_chrf_greedy": best["val_chrf"],
                            "val_loss": best["val_loss"], "best_epoch": best["epoch"],

@@ -20,7 +20,7 @@ from typing import Sequence  # noqa: E402
 import torch  # noqa: E402
 
 from scripts.common import ArgParser, UserError, add_common_args, check_positive, get_device, run_main, set_threads  # noqa: E402
-from stage3_attention_seq2seq.data.translation import UNK, EOS, Vocabulary, tokenize  # noqa: E402
+from stage3_attention_seq2seq.data.translation import EOS, UNK, Vocabulary, split_lines, tokenize  # noqa: E402
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq  # noqa: E402
 from stage3_attention_seq2seq.translator import Translation, load_model, translate_sentences  # noqa: E402
 
@@ -78,9 +78,13 @@ def draw_heatmap(translation: Translation, path: str | Path, title: str = "") ->
     ax.set_title(title or translation.text, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot write the heatmap {path} ({err})") from None
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -104,7 +108,7 @@ def translate_file(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary,
     if not path.is_file():
         raise UserError(f"--input {path} does not exist")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = split_lines(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise UserError(f"--input {path} is not UTF-8 text") from None
     todo = [i for i, line in enumerate(lines) if tokenize(line)]
@@ -116,10 +120,14 @@ def translate_file(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary,
     text = "".join(line + "\n" for line in out)
     if args.output:
         target = Path(args.output)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write --output {target} ({err.strerror or err})") from None
         print(f"translated {len(todo):,} sentences ({len(lines) - len(todo)} empty lines kept empty) -> {target}",
               file=sys.stderr)
     else:
@@ -140,7 +148,7 @@ def interactive(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, ar
             return
         try:
             if line.startswith(":"):
-                heatmap = command(line, args, heatmap)
+                heatmap = command(line, args, heatmap, model.attention is not None)
             else:
                 print("fr> " + translate_one(model, src_vocab, tgt_vocab, line, args, device, heatmap))
         except UserError as err:
@@ -149,7 +157,7 @@ def interactive(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, ar
             print("\n(interrupted)")
 
 
-def command(line: str, args: argparse.Namespace, heatmap: str | None) -> str | None:
+def command(line: str, args: argparse.Namespace, heatmap: str | None, has_attention: bool) -> str | None:
     name, _, value = line.partition(" ")
     if name == ":beam":
         if not value.strip().isdigit() or int(value) < 1:
@@ -157,6 +165,8 @@ def command(line: str, args: argparse.Namespace, heatmap: str | None) -> str | N
         args.beam_size = int(value)
     elif name == ":heatmap":
         heatmap = None if value.strip() in ("", "off") else value.strip()
+        if heatmap and not has_attention:
+            raise UserError("this model has no attention weights to draw (--attention_type none)")
     elif name == ":settings":
         pass
     else:
@@ -174,7 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("give one of: a sentence, --input FILE, or --interactive")
     set_threads(args.num_threads)
     device = get_device(args.device)
+    if args.heatmap and args.input is not None:
+        raise UserError("--heatmap draws one sentence; give a sentence (or use :heatmap in --interactive)")
     model, src_vocab, tgt_vocab, _ = load_model(args.model_path, device)
+    if args.heatmap and model.attention is None:
+        raise UserError("this model has no attention weights to draw (--attention_type none); drop --heatmap")
     if args.input is not None:
         translate_file(model, src_vocab, tgt_vocab, args, device)
     elif args.interactive:

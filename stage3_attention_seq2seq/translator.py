@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from scripts.common import UserError, load_checkpoint
 from stage3_attention_seq2seq.data.translation import (EOS_ID, UNK, Vocabulary, detokenize, make_batch,
-                                                       tokenize)
+                                                       strip_glue, tokenize)
 from stage3_attention_seq2seq.models.search import beam_search, greedy_decode
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
@@ -65,21 +65,39 @@ def translate_sentences(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabu
             ids, weights = beam_search(model, src, beam_size, alpha, return_attention=need_attention)
         else:
             ids, weights = greedy_decode(model, src, return_attention=need_attention)
+        ids = ids.cpu()
+        weights = weights.cpu() if weights is not None else None
         for row, index in enumerate(batch.indices):
             source_tokens = tokenize(sentences[index])
-            out_ids = ids[row].tolist()
-            tokens = tgt_vocab.decode(out_ids)
+            tokens = tgt_vocab.decode(ids[row].tolist())
             attention = None
             if weights is not None:
-                attention = weights[row, : len(tokens) + 1, : int(batch.src_lengths[row])].cpu()
+                attention = weights[row, : len(tokens) + 1, : int(batch.src_lengths[row])]
             if unk_replace and attention is not None:
-                tokens = [source_tokens[min(int(attention[i].argmax()), len(source_tokens) - 1)] if tok == UNK
-                          else tok for i, tok in enumerate(tokens)]
+                written = len(tokens)
+                tokens, kept = replace_unknowns(tokens, source_tokens, attention)
+                attention = attention[kept + ([written] if attention.size(0) > written else [])]  # rows stay aligned
             results[index] = Translation([t if t in src_vocab.stoi else UNK for t in source_tokens], tokens,
                                          detokenize(tokens), attention if return_attention else None)
         bar.update(len(batch.indices))
     bar.close()
     return results  # type: ignore[return-value]
+
+
+def replace_unknowns(tokens: list[str], source_tokens: list[str],
+                     attention: torch.Tensor) -> tuple[list[str], list[int]]:
+    """Each <unk> output becomes the source word it attends to most (the source <eos> column is left out).
+    A copied word gets French spacing (no "##" glue); a copied punctuation mark is dropped.
+    Returns the new tokens and, for each, the position of the output token it came from."""
+    out, kept = [], []
+    for i, token in enumerate(tokens):
+        if token == UNK:
+            token = strip_glue(source_tokens[int(attention[i, : len(source_tokens)].argmax())])
+            if not any(ch.isalnum() for ch in token):
+                continue
+        out.append(token)
+        kept.append(i)
+    return out, kept
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:

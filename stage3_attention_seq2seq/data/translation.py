@@ -13,6 +13,7 @@ by sacrebleu on the model's detokenised output against the raw reference text, a
 from __future__ import annotations
 
 import gzip
+import os
 import random
 import re
 import zipfile
@@ -34,12 +35,13 @@ DATASETS = ("multi30k", "tatoeba")
 SPLITS = ("train", "valid", "test")
 MULTI30K_FILES = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
-TATOEBA_URL = "https://www.manythings.org/anki/fra-eng.zip"
+TATOEBA_URL = "https://www.manythings.org/anki/fra-eng.zip"   # today a newer, larger release than the
+#                                                            2019 copy in shared/data: its split differs
 TATOEBA_SPLIT_SEED = 1234          # the split never depends on --seed: every run sees the same test set
 TATOEBA_HELD_OUT = 3000            # English sentences in valid and in test each
 
-# a word (letters/digits/_), optionally with a trailing elision apostrophe, or any single other mark
-_TOKEN = re.compile(r"\w+['’]|\w+|[^\w\s]")
+# an elided word ("l'", "qu'": letters, then an apostrophe right before another word), a word, or one mark
+_TOKEN = re.compile(r"\w+['’](?=\w)|\w+|[^\w\s]")
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -50,10 +52,19 @@ def tokenize(text: str) -> list[str]:
     end = -1
     for match in _TOKEN.finditer(text):
         token = match.group()
-        glued = match.start() == end and tokens[-1][-1] not in "'’"
+        glued = match.start() == end and not is_elision(tokens[-1])
         tokens.append(GLUE + token if glued else token)
         end = match.end()
     return tokens
+
+
+def strip_glue(token: str) -> str:
+    return token[len(GLUE):] if token.startswith(GLUE) else token
+
+
+def is_elision(token: str) -> bool:
+    """"l'", "qu'": a word ending in an apostrophe; the next word always follows it without a space."""
+    return len(token) > 1 and token[-1] in "'’" and not token.startswith(GLUE)
 
 
 def detokenize(tokens: Sequence[str]) -> str:
@@ -63,8 +74,8 @@ def detokenize(tokens: Sequence[str]) -> str:
         if token in SPECIALS:
             continue
         if token.startswith(GLUE) and len(token) > len(GLUE):
-            out.append(token[len(GLUE):])
-        elif out and out[-1][-1] in "'’" and len(out[-1]) > 1:
+            out.append(strip_glue(token))
+        elif out and is_elision(out[-1]):
             out.append(token)
         else:
             out.append((" " if out else "") + token)
@@ -132,11 +143,17 @@ def load_vocabularies(path: str | Path) -> tuple[Vocabulary, Vocabulary]:
 Pairs = list[tuple[str, str]]
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines split at "\n" only (str.splitlines would also split at \x0c, \x85, \u2028 ...: line i must stay line i)."""
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def _read_lines(path: Path) -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            return f.read().splitlines()
+        with opener(path, "rt", encoding="utf-8", newline="\n") as f:
+            return split_lines(f.read())
     except (OSError, UnicodeDecodeError, EOFError) as err:
         raise UserError(f"cannot read {path} ({err}); is it a UTF-8 (gzip) text file?") from None
 
@@ -144,6 +161,8 @@ def _read_lines(path: Path) -> list[str]:
 def read_parallel(src_path: Path, tgt_path: Path) -> Pairs:
     """Two line-aligned files -> pairs; different line counts or an empty line is an error naming the file."""
     src, tgt = _read_lines(src_path), _read_lines(tgt_path)
+    if not src:
+        raise UserError(f"{src_path} is empty; it must hold one sentence per line")
     if len(src) != len(tgt):
         raise UserError(f"{src_path} has {len(src):,} lines but {tgt_path} has {len(tgt):,}: "
                         "the files must be line-aligned (line i translates line i)")
@@ -188,7 +207,9 @@ def load_tatoeba(data_dir: str | None, split: str) -> Pairs:
             if not cached.is_file():
                 archive = download(TATOEBA_URL, cached.with_name("fra-eng.zip"))
                 with zipfile.ZipFile(archive) as z:
-                    cached.write_bytes(z.read("fra.txt"))
+                    tmp = cached.with_name(f".fra.txt.tmp{os.getpid()}")
+                    tmp.write_bytes(z.read("fra.txt"))
+                    os.replace(tmp, cached)       # atomic: an interrupted unzip never looks finished
         except Exception as err:  # noqa: BLE001
             raise missing_data_error("fra_eng_tatoeba", ["fra.txt.gz"], data_dir, str(err)) from None
         pairs = read_tatoeba(cached)

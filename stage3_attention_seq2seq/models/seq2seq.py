@@ -35,7 +35,7 @@ class Seq2SeqConfig:
     attention_type: str = "bahdanau"
     impl: str = "scratch"            # scratch: models/rnn.py; torch: nn.GRU / nn.GRUCell
     embed_dim: int = 256
-    hidden_dim: int = 256            # per encoder direction; the decoder state has 2 * hidden_dim
+    hidden_dim: int = 128            # per encoder direction; the decoder state has 2 * hidden_dim
     attention_dim: int = 256         # size of the additive attention's hidden layer
     dropout: float = 0.3
     tie_embeddings: bool = True

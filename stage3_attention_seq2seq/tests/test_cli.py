@@ -75,6 +75,10 @@ def test_translate_a_file_keeps_line_alignment(trained, tmp_path, cli):
                                                                "Une fille joue dans la neige."]
     code, _, err = cli(translate.main, ["--model_path", trained, "--input", tmp_path / "nope.txt"])
     assert code == 2 and "nope.txt does not exist" in err
+    code, _, err = cli(translate.main, ["--model_path", trained, "--input", tmp_path / "in.txt", "--output", tmp_path])
+    assert code == 2 and "cannot write --output" in err and err.count("\n") == 1
+    code, _, err = cli(translate.main, ["--model_path", trained, "--input", tmp_path / "in.txt", "--heatmap", "x.png"])
+    assert code == 2 and "--heatmap draws one sentence" in err
 
 
 def test_interactive_session_survives_bad_input(trained, monkeypatch, cli):
@@ -138,12 +142,15 @@ def test_missing_and_misaligned_data(mt_data, tmp_path, monkeypatch, cli):
         f.write("Un chien.\n")
     code, _, err = cli(train.main, ["--data_dir", tmp_path / "bad", "--out_dir", tmp_path / "r"])
     assert code == 2 and "the files must be line-aligned" in err and err.count("\n") == 1
+    code, _, err = cli(train.main, ["--data_dir", mt_data, "--out_dir", tmp_path / "r", "--max_len", "2"])
+    assert code == 2 and "no training pairs left" in err
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--attention_type", "luong_magic"], "invalid choice: 'luong_magic'"),
     (["--teacher_forcing_end", "1.5"], "--teacher_forcing_end must be in [0, 1]"),
     (["--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["--limit", "-5"], "--limit must be >= 0"),
 ])
 def test_train_bad_flags(cli, argv, message):
     code, _, err = cli(train.main, argv)
@@ -184,12 +191,18 @@ def test_ctrl_c_mid_epoch_then_resume_is_exact(mt_data, tmp_path, cli, monkeypat
         [{k: v for k, v in r.items() if k not in drop} for r in resumed["history"]]
 
 
-def test_resume_needs_a_run_of_the_same_dataset(mt_data, tmp_path, cli):
+def test_resume_needs_a_run_of_the_same_dataset_and_flags(mt_data, tmp_path, cli):
     code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--resume"))
     assert code == 2 and "no resumable checkpoint" in err
     assert cli(train.main, train_args(mt_data, tmp_path, "--max_steps", "1"))[0] == 0
     code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--dataset", "tatoeba", "--resume"))
     assert code == 2 and "was trained on multi30k, not tatoeba" in err
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--batch_size", "8", "--resume"))
+    assert code == 2 and "--batch_size 32 (now 8)" in err and err.count("\n") == 1
+    # a finished run resumed with more epochs carries on; its wall time adds up across the two sessions
+    first = json.loads((tmp_path / "run" / "metrics.json").read_text())["train_seconds"]
+    assert cli(train.main, train_args(mt_data, tmp_path, "--max_steps", "2", "--epochs", "2", "--resume"))[0] == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train_seconds"] > first
 
 
 def test_tatoeba_trains_and_evaluates(mt_data, tmp_path, cli):

@@ -33,6 +33,19 @@ def test_tokenizer_is_reversible_on_real_multi30k(real_data):
     assert len(broken) <= len(lines) // 1000, broken[:5]
 
 
+def test_unknown_words_are_copied_from_the_most_attended_source_word():
+    import torch
+
+    from stage3_attention_seq2seq.translator import replace_unknowns
+    source = ["A", "man", "on", "the", "Titanic", "##."]
+    attention = torch.zeros(5, 7)
+    for row, column in enumerate([0, 1, 4, 5, 6]):    # "<unk>" at rows 2 (-> Titanic) and 3 (-> "##.")
+        attention[row, column] = 1.0
+    tokens, kept = replace_unknowns(["Un", "homme", "<unk>", "<unk>", "sur"], source, attention)
+    assert tokens == ["Un", "homme", "Titanic", "sur"] and kept == [0, 1, 2, 4]
+    assert detokenize(tokens) == "Un homme Titanic sur"
+
+
 def test_vocabulary_min_freq_unknowns_and_json(tmp_path):
     sentences = [["a", "b", "a"], ["a", "c"], ["b"]]
     vocab = Vocabulary.build(sentences, min_freq=2)
@@ -59,6 +72,11 @@ def test_misaligned_files_and_empty_lines_are_named(tmp_path):
         read_parallel(tmp_path / "a.en.gz", tmp_path / "a.fr.gz")
     write(tmp_path / "a.fr.gz", ["Un chien.", "  "])
     with pytest.raises(UserError, match=r"a.fr.gz, line 2: empty sentence"):
+        read_parallel(tmp_path / "a.en.gz", tmp_path / "a.fr.gz")
+    write(tmp_path / "a.fr.gz", ["Un chien.", "Un\x0cchat."])                 # only \n ends a line
+    assert read_parallel(tmp_path / "a.en.gz", tmp_path / "a.fr.gz")[1] == ("A cat.", "Un\x0cchat.")
+    write(tmp_path / "a.en.gz", [])
+    with pytest.raises(UserError, match=r"a.en.gz is empty"):
         read_parallel(tmp_path / "a.en.gz", tmp_path / "a.fr.gz")
 
 
