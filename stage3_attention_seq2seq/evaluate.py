@@ -21,7 +21,8 @@ from typing import Sequence  # noqa: E402
 from scripts.common import (ArgParser, UserError, add_common_args, check_positive, count_params,  # noqa: E402
                             get_device, run_main, set_threads, write_metrics)
 from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs  # noqa: E402
-from stage3_attention_seq2seq.translator import STAGE, corpus_scores, load_model, translate_sentences  # noqa: E402
+from scripts.translation_data import corpus_scores  # noqa: E402
+from stage3_attention_seq2seq.translator import STAGE, load_model, translate_sentences  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
 

@@ -37,7 +37,8 @@ from stage3_attention_seq2seq.data.translation import (DATASETS, PAD_ID, Vocabul
                                                        tokenize)
 from stage3_attention_seq2seq.models.attention import ATTENTION_TYPES  # noqa: E402
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq, Seq2SeqConfig  # noqa: E402
-from stage3_attention_seq2seq.translator import MODEL_NAME, STAGE, corpus_scores, translate_sentences  # noqa: E402
+from scripts.translation_data import corpus_scores  # noqa: E402
+from stage3_attention_seq2seq.translator import MODEL_NAME, STAGE, translate_sentences  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
 # flags that decide the data order, the model or the schedule: a resumed run must keep them (--epochs may grow)
@@ -83,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    check_positive(args, "embed_dim", "hidden_dim", "attention_dim", "min_freq", "batch_size", "epochs", "clip")
+    check_positive(args, "embed_dim", "hidden_dim", "attention_dim", "min_freq", "batch_size", "epochs")
+    for flag in ("lr", "clip"):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag} must be > 0, got {getattr(args, flag)}")
     for flag in ("max_len", "warmup_steps", "max_steps", "limit", "val_limit"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")

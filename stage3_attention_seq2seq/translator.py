@@ -1,12 +1,11 @@
-"""What train.py, evaluate.py and translate.py share: load a trained model, translate many sentences
-in length-sorted batches, and score the output with sacrebleu."""
+"""What train.py, evaluate.py and translate.py share: load a trained model and translate many sentences
+in length-sorted batches (scored by `scripts.translation_data.corpus_scores`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import sacrebleu
 import torch
 from tqdm import tqdm
 
@@ -98,15 +97,3 @@ def replace_unknowns(tokens: list[str], source_tokens: list[str],
         out.append(token)
         kept.append(i)
     return out, kept
-
-
-def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """sacreBLEU (13a tokenisation, cased, as published numbers use) and chrF, with their signatures."""
-    bleu = sacrebleu.metrics.BLEU()
-    chrf = sacrebleu.metrics.CHRF()
-    bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
-    chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])
-    return {"bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2),
-            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
-            "bleu_detail": str(bleu_score)}
-

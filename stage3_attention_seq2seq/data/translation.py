@@ -1,22 +1,17 @@
-"""Translation data: sentence pairs, a reversible word tokenizer, vocabularies, and length-bucketed batches.
+"""Translation data for stage 3: a reversible word tokenizer, vocabularies, and length-bucketed batches.
 
-Two English -> French corpora:
-- multi30k: image captions (train 29,000 / val 1,014 / test_2016_flickr 1,000 pairs), the main task;
-- tatoeba: 167k short everyday sentences (manythings.org's fra-eng), split here with a fixed seed,
-  grouped by English sentence so that no source sentence is in two splits.
+The two English -> French corpora (multi30k, the main task, and tatoeba) are read by
+`scripts/translation_data.py`, which every translating stage shares; `load_pairs` is re-exported here.
 
 Tokens are words and punctuation marks. A mark written without a space before it carries a `##`
 prefix ("homme." -> "homme", "##."), and a word ending in an apostrophe ("l'", "d'", "qu'") joins
-the next word, so `detokenize(tokenize(s)) == s` for almost every sentence: BLEU is then computed
-by sacrebleu on the model's detokenised output against the raw reference text, as it should be.
+the next word, so `detokenize(tokenize(s)) == " ".join(s.split())` on every line of both corpora:
+BLEU is then computed by sacrebleu on the model's detokenised output against the raw reference text.
 """
 from __future__ import annotations
 
-import gzip
-import os
 import random
 import re
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +19,13 @@ from typing import Iterator, Sequence
 
 import torch
 
-from scripts.common import (UserError, cache_dir, download, find_local_data, missing_data_error, read_json,
-                            write_json)
+from scripts.common import UserError, read_json, write_json
+from scripts.translation_data import DATASETS, SPLITS, Pairs, load_pairs, split_lines  # noqa: F401 (re-exported)
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 GLUE = "##"
-DATASETS = ("multi30k", "tatoeba")
-SPLITS = ("train", "valid", "test")
-MULTI30K_FILES = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
-MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
-TATOEBA_URL = "https://www.manythings.org/anki/fra-eng.zip"   # today a newer, larger release than the
-#                                                            2019 copy in shared/data: its split differs
-TATOEBA_SPLIT_SEED = 1234          # the split never depends on --seed: every run sees the same test set
-TATOEBA_HELD_OUT = 3000            # English sentences in valid and in test each
-
 # an elided word ("l'", "qu'": letters, then an apostrophe right before another word), a word, or one mark
 _TOKEN = re.compile(r"\w+['’](?=\w)|\w+|[^\w\s]")
 
@@ -137,106 +123,6 @@ def load_vocabularies(path: str | Path) -> tuple[Vocabulary, Vocabulary]:
     except (KeyError, TypeError):
         raise UserError(f"vocabulary file {path} lacks 'source'/'target' entries; "
                         "regenerate it with train.py") from None
-
-
-# ----------------------------------------------------------------------------- corpora
-Pairs = list[tuple[str, str]]
-
-
-def split_lines(text: str) -> list[str]:
-    """Lines split at "\n" only (str.splitlines would also split at \x0c, \x85, \u2028 ...: line i must stay line i)."""
-    lines = text.split("\n")
-    return lines[:-1] if lines and lines[-1] == "" else lines
-
-
-def _read_lines(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-            return split_lines(f.read())
-    except (OSError, UnicodeDecodeError, EOFError) as err:
-        raise UserError(f"cannot read {path} ({err}); is it a UTF-8 (gzip) text file?") from None
-
-
-def read_parallel(src_path: Path, tgt_path: Path) -> Pairs:
-    """Two line-aligned files -> pairs; different line counts or an empty line is an error naming the file."""
-    src, tgt = _read_lines(src_path), _read_lines(tgt_path)
-    if not src:
-        raise UserError(f"{src_path} is empty; it must hold one sentence per line")
-    if len(src) != len(tgt):
-        raise UserError(f"{src_path} has {len(src):,} lines but {tgt_path} has {len(tgt):,}: "
-                        "the files must be line-aligned (line i translates line i)")
-    for path, lines in ((src_path, src), (tgt_path, tgt)):
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                raise UserError(f"{path}, line {number}: empty sentence; every line must hold one")
-    return list(zip(src, tgt))
-
-
-def load_multi30k(data_dir: str | None, split: str) -> Pairs:
-    names = [f"{MULTI30K_FILES[split]}.{lang}.gz" for lang in ("en", "fr")]
-    folder = find_local_data("multi30k", names, data_dir)
-    if folder is None:
-        folder = cache_dir("multi30k")
-        try:
-            for name in names:
-                download(MULTI30K_URL.format(name=name), folder / name)
-        except Exception as err:  # noqa: BLE001 - any network failure ends in the same one-line message
-            raise missing_data_error("multi30k", names, data_dir, str(err)) from None
-    return read_parallel(folder / names[0], folder / names[1])
-
-
-def read_tatoeba(path: Path) -> Pairs:
-    """`english<TAB>french[<TAB>attribution]` lines; a malformed one names its line."""
-    pairs = []
-    for number, line in enumerate(_read_lines(path), 1):
-        fields = line.split("\t")
-        if len(fields) < 2 or not fields[0].strip() or not fields[1].strip():
-            raise UserError(f"{path}, line {number}: expected 'english<TAB>french', got {line[:60]!r}")
-        pairs.append((fields[0], fields[1]))
-    return pairs
-
-
-def load_tatoeba(data_dir: str | None, split: str) -> Pairs:
-    folder = find_local_data("fra_eng_tatoeba", ["fra.txt.gz"], data_dir)
-    if folder is not None:
-        pairs = read_tatoeba(folder / "fra.txt.gz")
-    else:
-        cached = cache_dir("fra_eng_tatoeba") / "fra.txt"
-        try:
-            if not cached.is_file():
-                archive = download(TATOEBA_URL, cached.with_name("fra-eng.zip"))
-                with zipfile.ZipFile(archive) as z:
-                    tmp = cached.with_name(f".fra.txt.tmp{os.getpid()}")
-                    tmp.write_bytes(z.read("fra.txt"))
-                    os.replace(tmp, cached)       # atomic: an interrupted unzip never looks finished
-        except Exception as err:  # noqa: BLE001
-            raise missing_data_error("fra_eng_tatoeba", ["fra.txt.gz"], data_dir, str(err)) from None
-        pairs = read_tatoeba(cached)
-    return split_by_source(pairs)[split]
-
-
-def split_by_source(pairs: Pairs, held_out: int = TATOEBA_HELD_OUT,
-                    seed: int = TATOEBA_SPLIT_SEED) -> dict[str, Pairs]:
-    """A fixed-seed split by English sentence: all translations of one sentence land in one split."""
-    sources = sorted({src for src, _ in pairs})
-    random.Random(seed).shuffle(sources)
-    held_out = min(held_out, len(sources) // 4)
-    where = {src: "valid" for src in sources[:held_out]}
-    where.update({src: "test" for src in sources[held_out: 2 * held_out]})
-    out: dict[str, Pairs] = {split: [] for split in SPLITS}
-    for pair in pairs:
-        out[where.get(pair[0], "train")].append(pair)
-    return out
-
-
-def load_pairs(dataset: str, split: str, data_dir: str | None) -> Pairs:
-    """Raw (english, french) sentence pairs of one split."""
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    return load_multi30k(data_dir, split) if dataset == "multi30k" else load_tatoeba(data_dir, split)
 
 
 # ----------------------------------------------------------------------------- tensors and batches

@@ -1,12 +1,12 @@
-"""Tokenizer, vocabularies, corpus readers and batches."""
+"""Tokenizer, vocabularies and batches (the corpus readers are tested in scripts/tests)."""
 import gzip
 
 import pytest
 
 from scripts.common import UserError
 from stage3_attention_seq2seq.data.translation import (EOS_ID, PAD_ID, UNK_ID, Vocabulary, bucketed_batches,
-                                                       detokenize, encode_pairs, load_pairs, load_vocabularies,
-                                                       read_parallel, save_vocabularies, split_by_source, tokenize)
+                                                       detokenize, encode_pairs, load_vocabularies,
+                                                       save_vocabularies, tokenize)
 
 
 @pytest.mark.parametrize("text, tokens", [
@@ -58,54 +58,6 @@ def test_vocabulary_min_freq_unknowns_and_json(tmp_path):
     (tmp_path / "bad.json").write_text('{"source": {"itos": ["x"]}, "target": {"itos": ["x"]}}')
     with pytest.raises(UserError, match="must start with"):
         load_vocabularies(tmp_path / "bad.json")
-
-
-def write(path, lines):
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
-
-
-def test_misaligned_files_and_empty_lines_are_named(tmp_path):
-    write(tmp_path / "a.en.gz", ["A dog.", "A cat."])
-    write(tmp_path / "a.fr.gz", ["Un chien."])
-    with pytest.raises(UserError, match=r"has 2 lines but .*a.fr.gz has 1: the files must be line-aligned"):
-        read_parallel(tmp_path / "a.en.gz", tmp_path / "a.fr.gz")
-    write(tmp_path / "a.fr.gz", ["Un chien.", "  "])
-    with pytest.raises(UserError, match=r"a.fr.gz, line 2: empty sentence"):
-        read_parallel(tmp_path / "a.en.gz", tmp_path / "a.fr.gz")
-    write(tmp_path / "a.fr.gz", ["Un chien.", "Un\x0cchat."])                 # only \n ends a line
-    assert read_parallel(tmp_path / "a.en.gz", tmp_path / "a.fr.gz")[1] == ("A cat.", "Un\x0cchat.")
-    write(tmp_path / "a.en.gz", [])
-    with pytest.raises(UserError, match=r"a.en.gz is empty"):
-        read_parallel(tmp_path / "a.en.gz", tmp_path / "a.fr.gz")
-
-
-def test_loaders_read_the_real_formats(mt_data):
-    train = load_pairs("multi30k", "train", str(mt_data))
-    assert len(train) == 600 and all(e.endswith(".") and f.endswith(".") for e, f in train)
-    splits = {s: load_pairs("tatoeba", s, str(mt_data)) for s in ("train", "valid", "test")}
-    assert sum(len(p) for p in splits.values()) == 900
-    sources = {s: {e for e, _ in p} for s, p in splits.items()}
-    assert not (sources["train"] & sources["test"]) and not (sources["valid"] & sources["test"])
-    assert splits["test"] == load_pairs("tatoeba", "test", str(mt_data))      # a fixed split
-
-
-def test_tatoeba_malformed_line_and_missing_data(tmp_path, monkeypatch):
-    monkeypatch.delenv("MY_LLM_DATA", raising=False)
-    (tmp_path / "fra_eng_tatoeba").mkdir()
-    write(tmp_path / "fra_eng_tatoeba" / "fra.txt.gz", ["Go.\tVa !", "no tab here"])
-    with pytest.raises(UserError, match=r"fra.txt.gz, line 2: expected 'english<TAB>french'"):
-        load_pairs("tatoeba", "train", str(tmp_path))
-    with pytest.raises(UserError, match=r"no local copy of multi30k .* pass --data_dir"):
-        load_pairs("multi30k", "train", str(tmp_path))
-
-
-def test_split_by_source_groups_translations_of_one_sentence():
-    pairs = [(f"s{i % 50}", f"t{i}") for i in range(200)]
-    split = split_by_source(pairs, held_out=5, seed=1)
-    assert sum(len(v) for v in split.values()) == 200
-    for name in ("valid", "test"):
-        assert len({e for e, _ in split[name]}) == 5 and len(split[name]) == 20
 
 
 def test_bucketed_batches_cover_everything_once_and_resume_exactly():
