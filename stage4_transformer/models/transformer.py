@@ -1,0 +1,288 @@
+"""The Transformer (Vaswani et al. 2017) from tensor operations: attention, multi-head attention,
+positional encodings, encoder and decoder layers (post-LN as in the paper, or pre-LN), the full
+encoder-decoder, and a cache of keys and values for fast decoding.
+
+Parameter names and layouts follow PyTorch's own modules (`in_proj_weight`, `out_proj`, `linear1`,
+`norm1`, ...), so the tests copy weights between this file and `nn.MultiheadAttention`,
+`nn.TransformerEncoderLayer` and `nn.TransformerDecoderLayer` and compare outputs and gradients.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAD_ID = 0
+
+
+@dataclass
+class TransformerConfig:
+    src_vocab_size: int
+    tgt_vocab_size: int
+    d_model: int = 256
+    n_heads: int = 4
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    max_len: int = 256
+    norm_first: bool = True              # pre-LN; False: post-LN as in the paper
+    positional: str = "sinusoidal"       # or "learned"
+    share_embeddings: bool = True        # one matrix for source, target and output (a joint subword vocabulary)
+    impl: str = "scratch"                # or "torch": the same model on nn.Transformer
+    use_sdpa: bool = True                # scratch attention through F.scaled_dot_product_attention
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- attention
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 mask: torch.Tensor | None = None, dropout: float = 0.0,
+                                 training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, written out.
+
+    query (..., T, d_k), key (..., S, d_k), value (..., S, d_v); mask broadcastable to (..., T, S),
+    True where attending is allowed. Returns the output (..., T, d_v) and the weights (..., T, S).
+    Dividing by sqrt(d_k) keeps the scores' variance near 1 whatever d_k is, so the softmax does not
+    saturate (and its gradient vanish) as heads get wider.
+    """
+    scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))          # (..., T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return F.dropout(weights, dropout, training) @ value, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O,  head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+    The h projections of size d_model/h are done as one (3 d_model, d_model) matrix, `in_proj_weight`,
+    laid out as in nn.MultiheadAttention (rows: W^Q, then W^K, then W^V).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, use_sdpa: bool = True):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.d_model, self.n_heads, self.dropout, self.use_sdpa = d_model, n_heads, dropout, use_sdpa
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.n_heads, -1).transpose(1, 2)          # (B, h, L, d_k)
+
+    def project(self, x: torch.Tensor, which: slice) -> torch.Tensor:
+        return F.linear(x, self.in_proj_weight[which], self.in_proj_bias[which])
+
+    def project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of `memory` (B, S, D), split into heads: (B, h, S, d_k) each."""
+        d = self.d_model
+        key, value = self.project(memory, slice(d, 3 * d)).chunk(2, dim=-1)
+        return self.split_heads(key), self.split_heads(value)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                cache: dict | None = None, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """query (B, T, D) attends to key_value (B, S, D) (itself when None). mask: (B or 1, 1 or T, S), True = allowed.
+
+        cache (decoding one position at a time): for self-attention the new key/value are appended
+        to cache["key"]/cache["value"]; for cross-attention they are computed once and kept.
+        """
+        d = self.d_model
+        if key_value is None:                                                    # self-attention
+            q, k, v = self.project(query, slice(0, 3 * d)).chunk(3, dim=-1)
+            q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+            if cache is not None:
+                if "key" in cache:
+                    k = torch.cat([cache["key"], k], dim=2)                     # (B, h, t, d_k)
+                    v = torch.cat([cache["value"], v], dim=2)
+                cache["key"], cache["value"] = k, v
+        else:                                                                    # cross-attention
+            q = self.split_heads(self.project(query, slice(0, d)))
+            if cache is not None and "key" in cache:
+                k, v = cache["key"], cache["value"]
+            else:
+                k, v = self.project_kv(key_value)
+                if cache is not None:
+                    cache["key"], cache["value"] = k, v
+        head_mask = mask.unsqueeze(1) if mask is not None else None              # (B, 1, T or 1, S)
+        dropout = self.dropout if self.training else 0.0
+        if self.use_sdpa and not need_weights:
+            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=head_mask, dropout_p=dropout), None
+        else:
+            out, weights = scaled_dot_product_attention(q, k, v, head_mask, dropout, self.training)
+        out = out.transpose(1, 2).reshape(query.size(0), query.size(1), d)       # (B, T, D): heads concatenated
+        return self.out_proj(out), weights
+
+
+# ----------------------------------------------------------------------------- positions
+def sinusoidal_encoding(max_len: int, d_model: int) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d)): (max_len, d_model)."""
+    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)           # (L, 1)
+    frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    encoding = torch.zeros(max_len, d_model)
+    encoding[:, 0::2] = torch.sin(position * frequency)
+    encoding[:, 1::2] = torch.cos(position * frequency)
+    return encoding
+
+
+class PositionalEncoding(nn.Module):
+    """Adds position information to the (scaled) embeddings: fixed sinusoids, or a learned table."""
+
+    def __init__(self, d_model: int, max_len: int, kind: str = "sinusoidal"):
+        super().__init__()
+        self.kind = kind
+        if kind == "sinusoidal":
+            self.register_buffer("table", sinusoidal_encoding(max_len, d_model), persistent=False)
+        elif kind == "learned":
+            self.table = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
+        else:
+            raise ValueError(f"unknown positional encoding {kind!r}; choose sinusoidal or learned")
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """x (B, L, D) holds positions start .. start + L - 1."""
+        if start + x.size(1) > self.table.size(0):
+            raise ValueError(f"sequence of {start + x.size(1)} positions is longer than max_len {self.table.size(0)}")
+        return x + self.table[start: start + x.size(1)]
+
+
+# ----------------------------------------------------------------------------- layers
+class EncoderLayer(nn.Module):
+    """x + SelfAttention(x), then x + FFN(x), FFN(x) = W_2 ReLU(W_1 x + b_1) + b_2, each with LayerNorm:
+    post-LN  x = LN(x + Sublayer(x))   (the paper);    pre-LN  x = x + Sublayer(LN(x))   (trains more easily)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm_first: bool, use_sdpa: bool = True):
+        super().__init__()
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, use_sdpa)
+        self.linear1, self.linear2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.self_attn(x, mask=mask)[0]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.dropout(self.attend(self.norm1(x), mask))
+            return x + self.dropout(self.feed_forward(self.norm2(x)))
+        x = self.norm1(x + self.dropout(self.attend(x, mask)))
+        return self.norm2(x + self.dropout(self.feed_forward(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention (each position sees itself and the ones before), cross-attention to the
+    encoder output, then the feed-forward block; residuals and LayerNorm as in EncoderLayer."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm_first: bool, use_sdpa: bool = True):
+        super().__init__()
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, use_sdpa)
+        self.multihead_attn = MultiHeadAttention(d_model, n_heads, dropout, use_sdpa)
+        self.linear1, self.linear2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, self_mask: torch.Tensor | None,
+                memory_mask: torch.Tensor | None, cache: dict | None = None) -> torch.Tensor:
+        self_cache = cache.setdefault("self", {}) if cache is not None else None
+        cross_cache = cache.setdefault("cross", {}) if cache is not None else None
+        blocks = [lambda h: self.self_attn(h, mask=self_mask, cache=self_cache)[0],
+                  lambda h: self.multihead_attn(h, memory, memory_mask, cache=cross_cache)[0],
+                  self.feed_forward]
+        for block, norm in zip(blocks, (self.norm1, self.norm2, self.norm3)):
+            x = x + self.dropout(block(norm(x))) if self.norm_first else norm(x + self.dropout(block(x)))
+        return x
+
+
+# ----------------------------------------------------------------------------- the model
+def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
+    """(1, T, T): position t may attend to positions 0..t (True on and below the diagonal)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril().unsqueeze(0)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer for translation.
+
+        x = Dropout(Embed(tokens) * sqrt(d_model) + PE)
+        encoder: N x EncoderLayer, then LayerNorm          -> memory (B, S, D)
+        decoder: N x DecoderLayer(memory), then LayerNorm  -> h (B, T, D)
+        p(y_t | y_<t, x) = softmax(h_t W_emb^T + b)        (output matrix = target embedding)
+
+    The final LayerNorms are needed by pre-LN (its residual stream is never normalised otherwise);
+    nn.Transformer always has them, so this model does too, post-LN included, and the two match exactly.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = c = config
+        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=PAD_ID)
+        self.tgt_embed = self.src_embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.d_model,
+                                                                                   padding_idx=PAD_ID)
+        for embedding in {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values():
+            nn.init.normal_(embedding.weight, std=c.d_model ** -0.5)   # times sqrt(d_model): unit-size inputs
+            nn.init.zeros_(embedding.weight[PAD_ID])
+        self.positions = PositionalEncoding(c.d_model, c.max_len, c.positional)
+        self.dropout = nn.Dropout(c.dropout)
+        if c.impl == "scratch":
+            self.encoder_layers = nn.ModuleList(EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first,
+                                                             c.use_sdpa) for _ in range(c.n_encoder_layers))
+            self.decoder_layers = nn.ModuleList(DecoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first,
+                                                             c.use_sdpa) for _ in range(c.n_decoder_layers))
+            self.encoder_norm, self.decoder_norm = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
+        elif c.impl == "torch":
+            self.transformer = nn.Transformer(c.d_model, c.n_heads, c.n_encoder_layers, c.n_decoder_layers, c.d_ff,
+                                              c.dropout, batch_first=True, norm_first=c.norm_first)
+        else:
+            raise ValueError(f"unknown impl {c.impl!r}; choose scratch or torch")
+        self.generator = nn.Linear(c.d_model, c.tgt_vocab_size)
+        self.generator.weight = self.tgt_embed.weight
+
+    def embed(self, tokens: torch.Tensor, embedding: nn.Embedding, start: int = 0) -> torch.Tensor:
+        return self.dropout(self.positions(embedding(tokens) * math.sqrt(self.config.d_model), start))
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src (B, S) -> memory (B, S, D) and the key mask (B, 1, S), True on real tokens."""
+        mask = (src != PAD_ID).unsqueeze(1)
+        x = self.embed(src, self.src_embed)
+        if self.config.impl == "torch":
+            return self.transformer.encoder(x, src_key_padding_mask=~mask.squeeze(1)), mask
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        return self.encoder_norm(x), mask
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+               cache: list[dict] | None = None, start: int = 0) -> torch.Tensor:
+        """Decoder states (B, T, D) for the target inputs tgt_in (B, T) at positions start..start+T-1.
+
+        With `cache` (one dict per layer), earlier positions' keys and values are reused, so a step
+        that feeds only the newest word costs one position, not the whole prefix.
+        """
+        x = self.embed(tgt_in, self.tgt_embed, start)
+        self_mask = None if cache is not None and tgt_in.size(1) == 1 else causal_mask(tgt_in.size(1), tgt_in.device)
+        if self.config.impl == "torch":
+            if cache is not None:
+                raise ValueError("the nn.Transformer model decodes without a cache")
+            return self.transformer.decoder(x, memory, tgt_mask=~self_mask.squeeze(0),
+                                            memory_key_padding_mask=~memory_mask.squeeze(1))
+        for i, layer in enumerate(self.decoder_layers):
+            x = layer(x, memory, self_mask, memory_mask, cache[i] if cache is not None else None)
+        return self.decoder_norm(x)
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) for the next word after each prefix of tgt_in (<bos> y_1 ... y_{T-1})."""
+        memory, memory_mask = self.encode(src)
+        return self.generator(self.decode(tgt_in, memory, memory_mask))

@@ -1,0 +1,65 @@
+"""train.py on tiny data: it learns, writes its files, refuses bad flags, and resumes exactly after Ctrl-C."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from scripts.common import load_checkpoint
+from stage4_transformer import train
+from stage4_transformer.translator import load_model, translate_sentences
+
+TINY = ["--d_model", "64", "--n_heads", "4", "--layers", "2", "--d_ff", "128", "--vocab_size", "200",
+        "--max_tokens", "512", "--warmup_steps", "20", "--lr", "2e-3", "--num_threads", "1"]
+
+
+def train_args(data, tmp_path, *extra):
+    return ["--data_dir", str(data), "--out_dir", str(tmp_path / "run"), "--checkpoint",
+            str(tmp_path / "ck" / "best.pt"), *TINY, *extra]
+
+
+@pytest.mark.parametrize("impl", ["scratch", "torch"])
+def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--impl", impl, "--epochs", "6"))
+    assert code == 0, err
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[-1]["val_bleu"] > 30 > history[0]["val_bleu"] and "tgt_tokens_per_s" in history[0]
+    model, vocab, _ = load_model(tmp_path / "ck" / "best.pt", torch.device("cpu"))
+    assert model.config.impl == impl and (tmp_path / "ck" / "best.tokenizer.json").is_file()
+    assert translate_sentences(model, vocab, ["A dog is running."], torch.device("cpu"))[0].strip()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--d_model", "30", "--n_heads", "4"], "--d_model 30 must be divisible by --n_heads 4"),
+    (["--positional", "rotary"], "invalid choice: 'rotary'"),
+    (["--lr", "0"], "--lr must be > 0"),
+])
+def test_bad_flags_are_one_line(cli, argv, message):
+    code, _, err = cli(train.main, argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch):
+    common = ["--epochs", "2", "--limit", "200", "--val_limit", "10"]
+    assert cli(train.main, train_args(mt_data, tmp_path / "a", *common))[0] == 0
+    uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage4_transformer")
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == uninterrupted["batches_per_epoch"] + 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common))
+    assert code == 130 and "--resume" in err
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
+    assert code == 0, err
+    resumed = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
+    for name, value in uninterrupted["model_state"].items():
+        assert torch.equal(resumed["model_state"][name], value), name
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--d_model", "32", "--resume"))
+    assert code == 2 and "--d_model 64 (now 32)" in err

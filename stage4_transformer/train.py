@@ -1,0 +1,311 @@
+"""Train the Transformer on English -> French translation (stage 4), on the same data as stage 3.
+
+    python train.py                                   # scratch Transformer on Multi30k, the default settings
+    python train.py --impl torch                      # the same model built on nn.Transformer
+    python train.py --norm_first 0                    # post-LN, as in the paper (pre-LN is the default)
+    python train.py --schedule cosine                 # instead of warm-up + inverse square root
+    python train.py --resume                          # carry on after Ctrl-C
+
+A joint English-French BPE vocabulary is trained on the training pairs first (Hugging Face `tokenizers`).
+Label-smoothed cross-entropy, the paper's warm-up then 1/sqrt(step) schedule, gradient clipping, bf16
+autocast on CUDA, BLEU on the validation set after each epoch; the best epoch is kept in
+checkpoints/best_transformer.pt.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, check_positive,  # noqa: E402
+                            checkpoint_header, count_params, get_device, load_checkpoint, rng_state, run_main,
+                            save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging, write_json,
+                            write_metrics)
+from scripts.plots import plot_curves  # noqa: E402
+from scripts.translation_data import DATASETS, corpus_scores, load_pairs  # noqa: E402
+from stage4_transformer.data.batches import count_batches, encode_pairs, token_batches  # noqa: E402
+from stage4_transformer.data.subword import PAD_ID, SubwordVocab  # noqa: E402
+from stage4_transformer.models.transformer import Transformer, TransformerConfig  # noqa: E402
+from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences  # noqa: E402
+
+STAGE_DIR = Path(__file__).resolve().parent
+RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "layers", "d_ff", "norm_first", "positional", "vocab_size",
+                     "max_tokens", "limit", "max_len", "seed", "lr", "warmup_steps", "schedule")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgParser(description="Train an English->French Transformer (stage 4).")
+    p.add_argument("--dataset", default="multi30k", choices=DATASETS, help="sentence pairs to train on")
+    p.add_argument("--impl", default="scratch", choices=["scratch", "torch"],
+                   help="scratch: models/transformer.py; torch: the same model on nn.Transformer")
+    p.add_argument("--d_model", type=int, default=256, help="model width")
+    p.add_argument("--n_heads", type=int, default=4, help="attention heads")
+    p.add_argument("--layers", type=int, default=3, help="encoder layers (and as many decoder layers)")
+    p.add_argument("--d_ff", type=int, default=1024, help="feed-forward inner width")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout on sublayer outputs, attention, embeddings")
+    p.add_argument("--norm_first", type=int, choices=[0, 1], default=1, help="1: pre-LN; 0: post-LN (the paper)")
+    p.add_argument("--positional", default="sinusoidal", choices=["sinusoidal", "learned"], help="position encoding")
+    p.add_argument("--share_embeddings", type=int, choices=[0, 1], default=1,
+                   help="1: one embedding matrix for source, target and output")
+    p.add_argument("--use_sdpa", type=int, choices=[0, 1], default=1,
+                   help="1: scratch attention via F.scaled_dot_product_attention; 0: the written-out softmax")
+    p.add_argument("--vocab_size", type=int, default=8000, help="joint BPE vocabulary size")
+    p.add_argument("--max_len", type=int, default=100, help="drop training pairs longer than this many pieces")
+    p.add_argument("--max_tokens", type=int, default=4096, help="padded target pieces per batch")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, reached at the end of warm-up")
+    p.add_argument("--warmup_steps", type=int, default=1000, help="linear warm-up steps")
+    p.add_argument("--schedule", default="inverse_sqrt", choices=["inverse_sqrt", "cosine"],
+                   help="after warm-up: lr * sqrt(warmup/step) (the paper), or cosine to 10%%")
+    p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW decoupled weight decay")
+    p.add_argument("--clip", type=float, default=1.0, help="clip the gradient norm to this")
+    p.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training pairs")
+    p.add_argument("--amp", type=int, choices=[0, 1], default=1, help="1: bf16 autocast on CUDA (ignored on CPU)")
+    p.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N training pairs (0: all)")
+    p.add_argument("--val_limit", type=int, default=0, help="score only the first N validation pairs (0: all)")
+    p.add_argument("--checkpoint", default=None, help="best checkpoint (default checkpoints/best_transformer.pt)")
+    p.add_argument("--out_dir", default=None, help="run folder (default runs/transformer_<impl>_<dataset>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    add_common_args(p)
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    check_positive(args, "d_model", "n_heads", "layers", "d_ff", "vocab_size", "max_tokens", "epochs")
+    for flag in ("lr", "clip"):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag} must be > 0, got {getattr(args, flag)}")
+    for flag in ("max_len", "warmup_steps", "max_steps", "limit", "val_limit"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    for flag in ("dropout", "label_smoothing"):
+        if not 0.0 <= getattr(args, flag) < 1.0:
+            raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    if args.d_model % args.n_heads:
+        raise UserError(f"--d_model {args.d_model} must be divisible by --n_heads {args.n_heads}")
+    if args.vocab_size < 100:
+        raise UserError(f"--vocab_size {args.vocab_size} is too small (at least 100: the characters come first)")
+    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / "best_transformer.pt")
+    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"transformer_{args.impl}_{args.dataset}")
+    return args
+
+
+def lr_at(step: int, args: argparse.Namespace, total: int) -> float:
+    """Linear warm-up to --lr, then lr * sqrt(warmup / step) (Vaswani et al.'s schedule, with the peak
+    as the knob instead of d_model^-0.5), or a cosine decay to lr/10 at `total` steps."""
+    warmup = max(1, args.warmup_steps)
+    if step < warmup:
+        return args.lr * (step + 1) / warmup
+    if args.schedule == "inverse_sqrt":
+        return args.lr * math.sqrt(warmup / (step + 1))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy per real target piece (padding ignored), computed in float32."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=PAD_ID,
+                           label_smoothing=label_smoothing)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA: matmuls in bfloat16, no loss scaling needed (bf16 has float32's range)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def validate(model: Transformer, examples: list, pairs: list, vocab: SubwordVocab, device: torch.device,
+             amp: bool) -> dict[str, float]:
+    """Validation loss (no smoothing) and greedy BLEU against the raw references."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in token_batches(examples, 8192, shuffle=False):
+        batch = batch.to(device)
+        with autocast(device, amp):
+            logits = model(batch.src, batch.tgt_in)
+        total += sequence_loss(logits, batch.tgt_out).item() * batch.target_tokens
+        count += batch.target_tokens
+    with autocast(device, amp):
+        hypotheses = translate_sentences(model, vocab, [s for s, _ in pairs], device, batch_size=256)
+    scores = corpus_scores(hypotheses, [t for _, t in pairs])
+    model.train()
+    return {"val_loss": total / max(count, 1), "val_bleu": scores["bleu"], "val_chrf": scores["chrf"]}
+
+
+def checkpoint_payload(args: argparse.Namespace, model: Transformer, vocab: SubwordVocab,
+                       extra: dict[str, Any]) -> dict[str, Any]:
+    return {**checkpoint_header(STAGE, MODEL_NAME), "config": model.config.to_dict(), "dataset": args.dataset,
+            "vocab": vocab.to_json(), "args": vars(args),
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+
+
+def train_one_epoch(args: argparse.Namespace, model: Transformer, optimizer: torch.optim.Optimizer, examples: list,
+                    state: dict[str, Any], total_steps: int, device: torch.device, interrupt: StopOnInterrupt,
+                    save_last: Callable[[], None]) -> tuple[int, float]:
+    """One pass over the training pairs from `state["batch_in_epoch"]`; returns (target pieces, seconds)."""
+    epoch = state["epoch"] + 1
+    bar = tqdm(total=state["batches_per_epoch"], initial=state["batch_in_epoch"], desc=f"epoch {epoch}",
+               unit="batch", disable=None, leave=False)
+    tokens, tick, seconds_before = 0, time.time(), state["train_seconds"]
+    for batch in token_batches(examples, args.max_tokens, True, args.seed, epoch, state["batch_in_epoch"]):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(state["global_step"], args, total_steps)
+        batch = batch.to(device)
+        with autocast(device, bool(args.amp)):
+            logits = model(batch.src, batch.tgt_in)
+        loss = sequence_loss(logits, batch.tgt_out, args.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        tokens += batch.target_tokens
+        state["epoch_loss_sum"] += loss.item() * batch.target_tokens
+        state["epoch_tokens"] += batch.target_tokens
+        state["batch_in_epoch"] += 1
+        state["global_step"] += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", tgt_tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
+        state["train_seconds"] = seconds_before + time.time() - tick
+        interrupt.stop_if_requested(save_last, f"{Path(args.out_dir) / 'last.pt'} at epoch {epoch}, "
+                                               f"batch {state['batch_in_epoch']}")
+        if args.max_steps and state["global_step"] >= args.max_steps:
+            break
+    bar.close()
+    seconds = time.time() - tick
+    state["train_seconds"] = seconds_before + seconds
+    return tokens, seconds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = resolve_args(build_parser().parse_args(argv))
+    started = time.time()
+    set_threads(args.num_threads)
+    device = get_device(args.device)
+    out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
+    last_path = out_dir / "last.pt"
+    resume = None
+    if args.resume:
+        if not last_path.is_file():
+            raise UserError(f"--resume: no resumable checkpoint at {last_path}; train without --resume first")
+        resume = load_checkpoint(last_path, STAGE, [MODEL_NAME], map_location="cpu")
+        if resume["dataset"] != args.dataset:
+            raise UserError(f"--resume: {last_path} was trained on {resume['dataset']}, not {args.dataset}")
+        changed = [f"--{k} {resume['args'][k]} (now {getattr(args, k)})" for k in RESUME_MUST_MATCH
+                   if resume["args"].get(k) != getattr(args, k)]
+        if changed:
+            raise UserError(f"--resume: {last_path} was trained with {', '.join(changed)}; resume with the same "
+                            "flags, or start a new run with another --out_dir")
+    log = setup_logging(out_dir)
+
+    train_pairs = load_pairs(args.dataset, "train", args.data_dir)
+    valid_pairs = load_pairs(args.dataset, "valid", args.data_dir)
+    if args.limit:
+        train_pairs = train_pairs[: args.limit]
+    if args.val_limit:
+        valid_pairs = valid_pairs[: args.val_limit]
+    tick = time.time()
+    if resume:
+        vocab = SubwordVocab.from_json(resume["vocab"])
+    else:
+        vocab = SubwordVocab.train((text for pair in train_pairs for text in pair), args.vocab_size)
+    train_examples = encode_pairs(train_pairs, vocab, args.max_len)
+    if not train_examples:
+        raise UserError(f"no training pairs left (of {len(train_pairs):,}) after --limit/--max_len; loosen them")
+    valid_examples = encode_pairs(valid_pairs, vocab)
+    log.info(f"{args.dataset}: {len(train_examples):,} training pairs (of {len(train_pairs):,}), "
+             f"{len(valid_pairs):,} validation; joint BPE vocabulary {len(vocab):,} pieces "
+             f"({time.time() - tick:.1f} s); run folder {out_dir}")
+
+    set_seed(args.seed)
+    config = TransformerConfig(len(vocab), len(vocab), args.d_model, args.n_heads, args.layers, args.layers,
+                               args.d_ff, args.dropout, max(args.max_len, 256) + 2, bool(args.norm_first),
+                               args.positional, bool(args.share_embeddings), args.impl, bool(args.use_sdpa))
+    if resume:
+        config = TransformerConfig(**resume["config"])
+    model = Transformer(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+    params = count_params(model)
+    log.info(f"Transformer ({config.impl}): {params:,} parameters, {config}")
+
+    state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best_val_bleu": -1.0,
+                             "best_epoch": 0, "history": [], "train_seconds": 0.0, "wall_seconds": 0.0,
+                             "epoch_loss_sum": 0.0, "epoch_tokens": 0,
+                             "batches_per_epoch": count_batches(train_examples, args.max_tokens)}
+    if resume:
+        model.load_state_dict(resume["model_state"])
+        optimizer.load_state_dict(resume["optimizer_state"])
+        state = {k: resume.get(k, v) for k, v in state.items()}
+        set_rng_state(resume["rng_state"])
+        log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}")
+    best_path.parent.mkdir(parents=True, exist_ok=True)
+    best_path.with_suffix(".tokenizer.json").write_text(vocab.to_json(), encoding="utf-8")
+    wall_before = state["wall_seconds"]
+
+    def save_last() -> None:
+        state["wall_seconds"] = wall_before + time.time() - started
+        save_checkpoint(last_path, checkpoint_payload(args, model, vocab, {
+            **state, "optimizer_state": optimizer.state_dict(), "rng_state": rng_state()}))
+
+    total_steps = args.epochs * state["batches_per_epoch"]
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    model.train()
+    with StopOnInterrupt() as interrupt:
+        while state["epoch"] < args.epochs and not (args.max_steps and state["global_step"] >= args.max_steps):
+            epoch = state["epoch"] + 1
+            tokens, seconds = train_one_epoch(args, model, optimizer, train_examples, state, total_steps, device,
+                                              interrupt, save_last)
+            tick = time.time()
+            scores = validate(model, valid_examples, valid_pairs, vocab, device, bool(args.amp))
+            row = {"epoch": epoch, "steps": state["global_step"],
+                   "train_loss": state["epoch_loss_sum"] / max(state["epoch_tokens"], 1), **scores,
+                   "tgt_tokens_per_s": tokens / max(seconds, 1e-9), "lr": optimizer.param_groups[0]["lr"],
+                   "elapsed_s": state["train_seconds"], "val_seconds": time.time() - tick}
+            state["history"].append(row)
+            state.update(epoch=epoch, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_tokens=0)
+            improved = scores["val_bleu"] > state["best_val_bleu"]
+            if improved:
+                state.update(best_val_bleu=scores["val_bleu"], best_epoch=epoch)
+                save_checkpoint(best_path, checkpoint_payload(args, model, vocab, {
+                    "epoch": epoch, "best_val_bleu": scores["val_bleu"], "history": state["history"]}))
+            log.info(f"epoch {epoch:2d}  train loss {row['train_loss']:.3f}  val loss {scores['val_loss']:.3f}  "
+                     f"val BLEU {scores['val_bleu']:.2f} (greedy){'  *best*' if improved else ''}  "
+                     f"{row['tgt_tokens_per_s']:,.0f} target tokens/s  "
+                     f"{(wall_before + time.time() - started) / 60:.1f} min")
+            save_last()
+
+    if not state["history"]:
+        raise UserError(f"this run finished no epoch (it stopped at step {state['global_step']}); nothing to report")
+    write_json(out_dir / "history.json", state["history"])
+    plot_curves(state["history"], out_dir / "curves.png", [["train_loss", "val_loss"], ["val_bleu"], ["lr"],
+                                                           ["tgt_tokens_per_s"]],
+                title=f"Transformer ({config.impl}) on {args.dataset}")
+    best = max(state["history"], key=lambda r: r["val_bleu"])
+    speed = sum(r["tgt_tokens_per_s"] for r in state["history"]) / len(state["history"])
+    write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"transformer_{config.impl}", dataset=args.dataset,
+                  split="valid", params=params, seconds=wall_before + time.time() - started,
+                  seconds_key="train_seconds", device=device,
+                  metrics={"val_bleu_greedy": best["val_bleu"], "val_chrf_greedy": best["val_chrf"],
+                           "val_loss": best["val_loss"], "best_epoch": best["epoch"],
+                           "epochs_run": len(state["history"]), "train_tgt_tokens_per_s": speed,
+                           "fit_seconds": round(state["train_seconds"], 3)},
+                  extra={"checkpoint": str(best_path), "train_pairs": len(train_examples)})
+    log.info(f"best val BLEU {best['val_bleu']:.2f} (greedy) at epoch {best['epoch']}; checkpoint {best_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,57 @@
+"""What train.py, evaluate.py and translate.py share: load a trained Transformer and translate many
+sentences in length-sorted batches."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm import tqdm
+
+from scripts.common import UserError, load_checkpoint
+from stage4_transformer.data.batches import make_batch
+from stage4_transformer.data.subword import EOS_ID, SubwordVocab
+from stage4_transformer.models.search import beam_search, greedy_decode
+from stage4_transformer.models.transformer import Transformer, TransformerConfig
+
+STAGE = "stage4_transformer"
+MODEL_NAME = "transformer_mt"
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[Transformer, SubwordVocab, dict[str, Any]]:
+    """A trained model in eval mode, its subword vocabulary and the checkpoint dict."""
+    ckpt = load_checkpoint(path, STAGE, [MODEL_NAME], map_location="cpu")
+    try:
+        model = Transformer(TransformerConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model_state"])
+        vocab = SubwordVocab.from_json(ckpt["vocab"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        reason = str(err).splitlines()[0][:120]
+        raise UserError(f"{path} does not hold a complete stage 4 model ({reason}); retrain it") from None
+    return model.to(device).eval(), vocab, ckpt
+
+
+@torch.no_grad()
+def translate_sentences(model: Transformer, vocab: SubwordVocab, sentences: Sequence[str], device: torch.device,
+                        beam_size: int = 1, alpha: float = 1.0, batch_size: int = 128, use_cache: bool = True,
+                        progress: bool = False) -> list[str]:
+    """Detokenised translations, in input order (translated in batches of similar length)."""
+    model.eval()
+    encoded = [(vocab.encode(s)[: model.config.max_len - 1] + [EOS_ID], [EOS_ID]) for s in sentences]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    out: list[str] = [""] * len(sentences)
+    bar = tqdm(total=len(sentences), unit="sent", desc="translating", disable=True if not progress else None,
+               leave=False)
+    for start in range(0, len(order), batch_size):
+        batch = make_batch(encoded, order[start: start + batch_size])
+        src = batch.src.to(device)
+        max_len = min(model.config.max_len - 1, int(1.5 * src.size(1)) + 10)
+        if beam_size > 1:
+            ids = beam_search(model, src, beam_size, alpha, max_len=max_len, use_cache=use_cache)
+        else:
+            ids = greedy_decode(model, src, max_len=max_len, use_cache=use_cache)
+        for row, index in zip(ids.cpu().tolist(), batch.indices):
+            out[index] = vocab.decode(row)
+        bar.update(len(batch.indices))
+    bar.close()
+    return out
