@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
 
+import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 from operator import itemgetter  # noqa: E402
@@ -68,7 +69,12 @@ def result_row(name: str) -> dict:
             "chrf": m["chrf_beam"], "val_bleu": t["val_bleu_greedy"], "epochs": t["epochs_run"],
             "minutes": train["train_seconds"] / 60, "tokens_per_s": t["train_tgt_tokens_per_s"],
             "beam_sent_s": m["sentences_per_s_beam"], "params": train["params"], "hardware": train["hardware"],
-            "command": train["command"].replace(str(STAGE_DIR) + "/", ""), "signature": m["bleu_signature"]}
+            "command": short_paths(train["command"]), "signature": m["bleu_signature"]}
+
+
+def short_paths(command: str) -> str:
+    """The bench's absolute run and checkpoint paths, relative to this stage (the same in every checkout)."""
+    return re.sub(r"\S*/stage3_attention_seq2seq/(runs|checkpoints)/", r"\1/", command)
 
 
 COLUMNS = [(title, itemgetter(key)) for key, title in (
