@@ -33,7 +33,7 @@ class TransformerConfig:
     positional: str = "sinusoidal"       # or "learned"
     share_embeddings: bool = True        # one matrix for source, target and output (a joint subword vocabulary)
     impl: str = "scratch"                # or "torch": the same model on nn.Transformer
-    use_sdpa: bool = True                # scratch attention through F.scaled_dot_product_attention
+    use_sdpa: bool = False               # scratch attention through F.scaled_dot_product_attention
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -63,3 +63,21 @@ def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch):
         assert torch.equal(resumed["model_state"][name], value), name
     code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--d_model", "32", "--resume"))
     assert code == 2 and "--d_model 64 (now 32)" in err
+
+
+def test_evaluate_scores_with_and_without_the_cache(mt_data, tmp_path, cli):
+    from stage4_transformer import evaluate
+    assert cli(train.main, train_args(mt_data, tmp_path, "--epochs", "3"))[0] == 0
+    outputs = []
+    for flag in ([], ["--no_kv_cache"]):
+        out_dir = tmp_path / ("e" + str(len(flag)))
+        code, out, err = cli(evaluate.main, ["--model_path", tmp_path / "ck" / "best.pt", "--data_dir", mt_data,
+                                             "--out_dir", out_dir, "--beam_size", "3", "--num_threads", "1", *flag])
+        assert code == 0, err
+        assert "nrefs:1|case:mixed|eff:no|tok:13a" in out
+        metrics = json.loads((out_dir / "metrics.json").read_text())
+        assert metrics["split"] == "test_2016_flickr" and metrics["metrics"]["kv_cache"] == (not flag)
+        outputs.append((out_dir / "translations.txt").read_text())
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 40
+    code, _, err = cli(evaluate.main, ["--model_path", tmp_path / "missing.pt"])
+    assert code == 2 and "does not exist" in err
