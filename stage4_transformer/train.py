@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(faster on CPU with a padding mask, measured)")
     p.add_argument("--vocab_size", type=int, default=8000, help="joint BPE vocabulary size")
     p.add_argument("--max_len", type=int, default=100, help="drop training pairs longer than this many pieces")
-    p.add_argument("--max_tokens", type=int, default=4096, help="padded target pieces per batch")
+    p.add_argument("--max_tokens", type=int, default=2048, help="padded target pieces per batch")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, reached at the end of warm-up")
     p.add_argument("--warmup_steps", type=int, default=300, help="linear warm-up steps")
     p.add_argument("--schedule", default="inverse_sqrt", choices=["inverse_sqrt", "cosine"],
