@@ -69,6 +69,8 @@ class MultiHeadAttention(nn.Module):
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
         self.d_model, self.n_heads, self.dropout, self.use_sdpa = d_model, n_heads, dropout, use_sdpa
+        self.keep_weights = False          # True: every call stores its attention weights in .last_weights
+        self.last_weights: torch.Tensor | None = None
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
         self.out_proj = nn.Linear(d_model, d_model)
@@ -114,10 +116,13 @@ class MultiHeadAttention(nn.Module):
                     cache["key"], cache["value"] = k, v
         head_mask = mask.unsqueeze(1) if mask is not None else None              # (B, 1, T or 1, S)
         dropout = self.dropout if self.training else 0.0
+        need_weights = need_weights or self.keep_weights
         if self.use_sdpa and not need_weights:
             out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=head_mask, dropout_p=dropout), None
         else:
             out, weights = scaled_dot_product_attention(q, k, v, head_mask, dropout, self.training)
+        if self.keep_weights:
+            self.last_weights = weights.detach()                                 # (B, h, T, S)
         out = out.transpose(1, 2).reshape(query.size(0), query.size(1), d)       # (B, T, D): heads concatenated
         return self.out_proj(out), weights
 
@@ -281,6 +286,21 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder_layers):
             x = layer(x, memory, self_mask, memory_mask, cache[i] if cache is not None else None)
         return self.decoder_norm(x)
+
+    @torch.no_grad()
+    def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Every decoder layer's cross-attention weights for a given output: (layers, B, heads, T, S)."""
+        if self.config.impl != "scratch":
+            raise ValueError("attention maps come from the scratch model (--impl scratch)")
+        layers = [layer.multihead_attn for layer in self.decoder_layers]
+        for attention in layers:
+            attention.keep_weights = True
+        try:
+            self.forward(src, tgt_in)
+            return torch.stack([attention.last_weights for attention in layers])
+        finally:
+            for attention in layers:
+                attention.keep_weights, attention.last_weights = False, None
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V) for the next word after each prefix of tgt_in (<bos> y_1 ... y_{T-1})."""

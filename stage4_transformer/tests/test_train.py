@@ -81,3 +81,47 @@ def test_evaluate_scores_with_and_without_the_cache(mt_data, tmp_path, cli):
     assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 40
     code, _, err = cli(evaluate.main, ["--model_path", tmp_path / "missing.pt"])
     assert code == 2 and "does not exist" in err
+
+
+@pytest.fixture(scope="module")
+def trained(mt_data, tmp_path_factory):
+    from scripts.common import run_main
+    tmp = tmp_path_factory.mktemp("s4")
+    with pytest.raises(SystemExit) as info:
+        run_main(train.main, train_args(mt_data, tmp, "--epochs", "6"))
+    assert info.value.code == 0
+    return tmp / "ck" / "best.pt"
+
+
+def test_translate_sentence_heatmap_file_and_interactive(trained, tmp_path, cli, monkeypatch):
+    from stage4_transformer import translate
+    code, out, err = cli(translate.main, ["--model_path", trained, "A dog is running in the park.",
+                                          "--heatmap", tmp_path / "map.png"])
+    assert code == 0, err
+    assert out.strip() and (tmp_path / "map.png").stat().st_size > 1000
+    (tmp_path / "in.txt").write_text("A man is sitting.\n\nA girl is playing.\n")
+    code, _, err = cli(translate.main, ["--model_path", trained, "--input", tmp_path / "in.txt",
+                                        "--output", tmp_path / "out.txt"])
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert code == 0 and len(lines) == 3 and lines[1] == "" and lines[0] and lines[2]
+    events = iter(["", ":beam 0", ":beam 2", "A dog is eating.", EOFError])
+
+    def fake_input(prompt=""):
+        event = next(events)
+        if isinstance(event, type):
+            raise event
+        return event
+    monkeypatch.setattr("builtins.input", fake_input)
+    code, out, _ = cli(translate.main, ["--model_path", trained, "--interactive"])
+    assert code == 0 and "error: empty sentence" in out and ":beam takes a positive" in out and "fr> " in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([" "], "empty sentence"),
+    ([], "give one of: a sentence, --input FILE, or --interactive"),
+    (["--input", "x.txt", "--heatmap", "m.png"], "--heatmap draws one sentence"),
+])
+def test_translate_bad_input(trained, cli, argv, message):
+    from stage4_transformer import translate
+    code, _, err = cli(translate.main, ["--model_path", trained, *argv])
+    assert code == 2 and message in err and err.count("\n") == 1

@@ -143,3 +143,16 @@ def test_cached_and_uncached_search_write_the_same_words():
     torched = Transformer(tiny_config(impl="torch")).eval()
     torched.load_state_dict({torch_names(k): v for k, v in model.state_dict().items()})
     assert torch.equal(beam_search(torched, src, 4, max_len=8), beam_search(model, src, 4, max_len=8))
+
+
+def test_cross_attention_maps_are_distributions_over_real_source_pieces():
+    torch.manual_seed(0)
+    model = Transformer(tiny_config()).eval()
+    src = torch.tensor([[5, 6, 7, 3, PAD_ID], [8, 9, 10, 11, 3]])
+    tgt = torch.tensor([[2, 4, 5], [2, 6, 7]])
+    before = model(src, tgt)
+    maps = model.cross_attention(src, tgt)
+    assert maps.shape == (2, 2, H, 3, 5)                                           # layers, B, heads, T, S
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2, H, 3))
+    assert torch.all(maps[:, 0, :, :, 4] == 0)                                      # the pad column
+    torch.testing.assert_close(model(src, tgt), before)                             # nothing left switched on
