@@ -1,0 +1,36 @@
+"""The Transformer-encoder classifier on tiny IMDb / AG News files in the real formats."""
+import json
+
+import torch
+
+from stage4_transformer import train_classifier
+from stage4_transformer.models.classifier import ClassifierConfig, TransformerClassifier
+
+
+def test_padding_does_not_change_the_prediction():
+    torch.manual_seed(0)
+    model = TransformerClassifier(ClassifierConfig(50, 2, d_model=16, n_heads=2, layers=1, d_ff=32)).eval()
+    text = torch.tensor([[5, 6, 7, 8]])
+    padded = torch.tensor([[5, 6, 7, 8, 0, 0, 0]])
+    torch.testing.assert_close(model(text), model(padded))
+
+
+def test_classifier_trains_scores_and_guards_resume(tiny_data, tmp_path, cli):
+    argv = ["--data_dir", str(tiny_data), "--out_dir", str(tmp_path / "run"), "--checkpoint",
+            str(tmp_path / "ck" / "clf.pt"), "--d_model", "32", "--layers", "1", "--d_ff", "64", "--epochs", "4",
+            "--patience", "4", "--vocab_size", "300", "--lr", "3e-3", "--batch_size", "16", "--num_threads", "1"]
+    code, _, err = cli(train_classifier.main, argv)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["metrics"]["accuracy"] > 0.8
+    assert {"macro_f1", "latency_ms_bs1", "val_accuracy", "train_tokens_per_s"} <= set(metrics["metrics"])
+    code, _, err = cli(train_classifier.main, argv + ["--dataset", "ag_news", "--out_dir", str(tmp_path / "ag"),
+                                                      "--checkpoint", str(tmp_path / "ck" / "ag.pt")])
+    assert code == 0, err
+    code, _, err = cli(train_classifier.main, argv + ["--epochs", "5", "--resume"])
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 5
+    code, _, err = cli(train_classifier.main, argv + ["--d_model", "64", "--resume"])
+    assert code == 2 and "--d_model 32 (now 64)" in err
+    code, _, err = cli(train_classifier.main, argv + ["--n_heads", "5"])
+    assert code == 2 and "divisible" in err
