@@ -1,0 +1,209 @@
+"""Stage 4 benchmark: every number in the stage README, from default settings, on this machine.
+
+    python stage4_transformer/bench.py                     # all parts
+    python stage4_transformer/bench.py --parts main        # the Transformer with the default settings (~30 min)
+    python stage4_transformer/bench.py --tables_only       # rebuild the README tables from results/
+
+main:     `train.py` with no flags, then `evaluate.py` on test_2016_flickr (with and without the cache).
+speed:    training target tokens/s of the scratch model and of the nn.Transformer model, same shape,
+          same batches, measured one after the other in one run.
+heatmaps: `translate.py --heatmap` on one sentence (every decoder layer and head).
+classify: `train_classifier.py` on IMDb (and AG News when its training split can be had).
+Each writes JSON files into stage4_transformer/results/.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from operator import itemgetter  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+import torch  # noqa: E402
+
+from scripts.common import REPO_ROOT, ArgParser, UserError, hardware, read_json, run_main, write_json  # noqa: E402
+from scripts.report import markdown_table, update_file  # noqa: E402
+from scripts.translation_data import load_pairs  # noqa: E402
+from stage4_transformer.data.batches import encode_pairs, token_batches  # noqa: E402
+from stage4_transformer.data.subword import SubwordVocab  # noqa: E402
+from stage4_transformer.models.transformer import Transformer, TransformerConfig  # noqa: E402
+from stage4_transformer.train import build_parser as train_parser  # noqa: E402
+from stage4_transformer.train import sequence_loss  # noqa: E402
+
+STAGE_DIR = Path(__file__).resolve().parent
+RESULTS = STAGE_DIR / "results"
+STAGE3_RESULTS = REPO_ROOT / "stage3_attention_seq2seq" / "results"
+PARTS = ("main", "speed", "heatmaps", "classify")
+HEATMAP_SENTENCE = "A young woman in a red dress is singing into a microphone."
+
+
+def run(script: str, *argv: str) -> None:
+    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
+    print("$", " ".join(cmd[1:]), flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise UserError(f"{script} failed; see its message above")
+
+
+def short_paths(command: str) -> str:
+    return re.sub(r"\S*/stage4_transformer/(runs|checkpoints)/", r"\1/", command)
+
+
+def main_run(extra: list[str]) -> None:
+    run_dir, checkpoint = STAGE_DIR / "runs" / "bench_main", STAGE_DIR / "checkpoints" / "bench_main.pt"
+    run("train.py", "--out_dir", str(run_dir), "--checkpoint", str(checkpoint), *extra)
+    run("evaluate.py", "--model_path", str(checkpoint), "--out_dir", str(run_dir / "eval"), *extra)
+    run("evaluate.py", "--model_path", str(checkpoint), "--out_dir", str(run_dir / "eval_no_cache"), "--no_kv_cache",
+        *extra)
+    RESULTS.mkdir(exist_ok=True)
+    for source, name in (("metrics.json", "main_train.json"), ("history.json", "main_history.json"),
+                         ("curves.png", "main_curves.png"), ("eval/metrics.json", "main_test.json"),
+                         ("eval/translations.txt", "main_translations.txt"),
+                         ("eval_no_cache/metrics.json", "main_test_no_cache.json")):
+        shutil.copy(run_dir / source, RESULTS / name)
+
+
+def training_speed(config: TransformerConfig, batches: list, steps: int) -> float:
+    """Target tokens per second over `steps` training steps (after 3 warm-up steps)."""
+    torch.manual_seed(0)
+    model = Transformer(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens, start = 0, 0.0
+    for i, batch in enumerate(batches[: steps + 3]):
+        if i == 3:
+            tokens, start = 0, time.perf_counter()
+        loss = sequence_loss(model(batch.src, batch.tgt_in), batch.tgt_out, 0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        tokens += batch.target_tokens
+    return tokens / (time.perf_counter() - start)
+
+
+def speed(data_dir: str | None, steps: int = 40) -> None:
+    """Scratch against nn.Transformer (and the scratch model with F.scaled_dot_product_attention), one run."""
+    defaults = train_parser().parse_args([])
+    pairs = load_pairs("multi30k", "train", data_dir)
+    vocab = SubwordVocab.train((t for pair in pairs for t in pair), defaults.vocab_size)
+    batches = list(token_batches(encode_pairs(pairs, vocab, defaults.max_len), defaults.max_tokens, True))
+    rows = []
+    for name, impl, sdpa in (("scratch", "scratch", False), ("scratch + F.sdpa", "scratch", True),
+                             ("nn.Transformer", "torch", False)):
+        config = TransformerConfig(len(vocab), len(vocab), defaults.d_model, defaults.n_heads, defaults.layers,
+                                   defaults.layers, defaults.d_ff, defaults.dropout, defaults.max_len + 2,
+                                   bool(defaults.norm_first), defaults.positional, True, impl, sdpa)
+        rows.append({"model": name, "tokens_per_s": training_speed(config, batches, steps)})
+    reference = rows[-1]["tokens_per_s"]
+    for row in rows:
+        row["ratio"] = row["tokens_per_s"] / reference
+    write_json(RESULTS / "speed.json", {"rows": rows, "steps": steps, "max_tokens": defaults.max_tokens,
+                                        "hardware": hardware("cpu"), "torch": torch.__version__,
+                                        "command": "python stage4_transformer/bench.py --parts speed"})
+
+
+def classify(extra: list[str]) -> None:
+    for dataset in ("imdb", "ag_news"):
+        run_dir = STAGE_DIR / "runs" / f"bench_classify_{dataset}"
+        try:
+            run("train_classifier.py", "--dataset", dataset, "--out_dir", str(run_dir), "--checkpoint",
+                str(STAGE_DIR / "checkpoints" / f"bench_classifier_{dataset}.pt"), *extra)
+        except UserError:
+            if dataset == "ag_news":   # its training split cannot be had offline: say so, keep the IMDb result
+                print("AG News not measured (no training split here)", flush=True)
+                continue
+            raise
+        shutil.copy(run_dir / "metrics.json", RESULTS / f"classify_{dataset}_test.json")
+
+
+# ----------------------------------------------------------------------------- tables
+def stage3_row() -> dict | None:
+    if not (STAGE3_RESULTS / "main_test.json").is_file():
+        return None
+    train, test = read_json(STAGE3_RESULTS / "main_train.json"), read_json(STAGE3_RESULTS / "main_test.json")
+    return {"model": "stage 3: GRU + Bahdanau attention", "bleu_beam": test["metrics"]["bleu_beam"],
+            "bleu_greedy": test["metrics"]["bleu_greedy"], "chrf": test["metrics"]["chrf_beam"],
+            "params": train["params"], "minutes": train["train_seconds"] / 60,
+            "tokens_per_s": train["metrics"]["train_tgt_tokens_per_s"],
+            "beam_sent_s": test["metrics"]["sentences_per_s_beam"], "hardware": train["hardware"]}
+
+
+def stage4_row() -> dict:
+    train, test = read_json(RESULTS / "main_train.json"), read_json(RESULTS / "main_test.json")
+    return {"model": "stage 4: Transformer (scratch)", "bleu_beam": test["metrics"]["bleu_beam"],
+            "bleu_greedy": test["metrics"]["bleu_greedy"], "chrf": test["metrics"]["chrf_beam"],
+            "params": train["params"], "minutes": train["train_seconds"] / 60,
+            "tokens_per_s": train["metrics"]["train_tgt_tokens_per_s"],
+            "beam_sent_s": test["metrics"]["sentences_per_s_beam"], "hardware": train["hardware"],
+            "command": short_paths(train["command"])}
+
+
+MT_COLUMNS = [(title, itemgetter(key)) for key, title in (
+    ("model", "model"), ("bleu_beam", "test BLEU (beam 5)"), ("bleu_greedy", "test BLEU (greedy)"),
+    ("chrf", "chrF (beam)"), ("params", "parameters"), ("minutes", "train min"),
+    ("tokens_per_s", "target tokens/s"), ("beam_sent_s", "beam sentences/s"))]
+
+
+def readme_blocks() -> dict[Path, dict[str, str]]:
+    stage: dict[str, str] = {}
+    if (RESULTS / "main_test.json").is_file():
+        rows = [r for r in (stage3_row(), stage4_row()) if r]
+        stage["stage4_translation"] = (markdown_table(rows, MT_COLUMNS) + f"\n\nCommand: `{rows[-1]['command']}`, "
+                                       f"then `python evaluate.py`; hardware: {rows[-1]['hardware']}.")
+        cached = read_json(RESULTS / "main_test.json")["metrics"]
+        uncached = read_json(RESULTS / "main_test_no_cache.json")["metrics"]
+        stage["stage4_cache"] = markdown_table([
+            {"decoding": name, "cached": cached[key], "uncached": uncached[key], "same_bleu": cached[bleu] ==
+             uncached[bleu], "speedup": cached[key] / uncached[key]}
+            for name, key, bleu in (("greedy", "sentences_per_s_greedy", "bleu_greedy"),
+                                    ("beam 5", "sentences_per_s_beam", "bleu_beam"))],
+            [("decoding", itemgetter("decoding")), ("sentences/s with cache", itemgetter("cached")),
+             ("without", itemgetter("uncached")), ("same BLEU", itemgetter("same_bleu")),
+             ("speed-up", itemgetter("speedup"))])
+    if (RESULTS / "speed.json").is_file():
+        data = read_json(RESULTS / "speed.json")
+        stage["stage4_speed"] = (markdown_table(data["rows"], [
+            ("model", itemgetter("model")), ("training target tokens/s", itemgetter("tokens_per_s")),
+            ("against nn.Transformer", itemgetter("ratio"))]) +
+            f"\n\nCommand: `{data['command']}` ({data['steps']} steps each, batches of {data['max_tokens']} "
+            f"target pieces); hardware: {data['hardware']}.")
+    rows = [read_json(p) for p in sorted(RESULTS.glob("classify_*_test.json"))]
+    if rows:
+        stage["stage4_classify"] = markdown_table(rows, [
+            ("data", itemgetter("dataset")), ("test accuracy", lambda r: f"{100 * r['metrics']['accuracy']:.2f}%"),
+            ("macro-F1", lambda r: f"{100 * r['metrics']['macro_f1']:.2f}"),
+            ("train time", lambda r: f"{r['train_seconds']:.0f} s"),
+            ("ms per text (batch 1)", lambda r: f"{r['metrics']['latency_ms_bs1']:.2f}"),
+            ("parameters", itemgetter("params")), ("hardware", itemgetter("hardware"))])
+    return {STAGE_DIR / "README.md": stage}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgParser(description="Stage 4 benchmark: train and evaluate, then rebuild the README tables.")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to run")
+    p.add_argument("--tables_only", action="store_true", help="only rebuild the README tables from results/")
+    p.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
+    args = p.parse_args(argv)
+    extra = ["--data_dir", args.data_dir] if args.data_dir else []
+    if not args.tables_only:
+        RESULTS.mkdir(exist_ok=True)
+        if "main" in args.parts:
+            main_run(extra)
+        if "speed" in args.parts:
+            speed(args.data_dir)
+        if "heatmaps" in args.parts:
+            run("translate.py", "--model_path", str(STAGE_DIR / "checkpoints" / "bench_main.pt"), HEATMAP_SENTENCE,
+                "--heatmap", str(RESULTS / "heatmap_layers_heads.png"), *extra)
+        if "classify" in args.parts:
+            classify(extra)
+    for readme, blocks in readme_blocks().items():
+        if readme.is_file():
+            print(readme.relative_to(REPO_ROOT), "updated" if update_file(readme, blocks) else "unchanged")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
