@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm_first", type=int, choices=[0, 1], default=1, help="1: pre-LN; 0: post-LN (the paper)")
     p.add_argument("--positional", default="sinusoidal", choices=["sinusoidal", "learned"], help="position encoding")
     p.add_argument("--share_embeddings", type=int, choices=[0, 1], default=1,
-                   help="1: one embedding matrix for source, target and output")
+                   help="1: source, target and output share one matrix; 0: the source gets its own "
+                        "(target and output stay tied)")
     p.add_argument("--use_sdpa", type=int, choices=[0, 1], default=0,
                    help="1: scratch attention via F.scaled_dot_product_attention; 0: the written-out softmax "
                         "(faster on CPU with a padding mask, measured)")
