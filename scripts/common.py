@@ -287,6 +287,26 @@ def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None =
     return ckpt
 
 
+def load_resume(last_path: Path, stage: str, model: str, args: Any, must_match: Sequence[str] = (),
+                map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The checkpoint `--resume` continues from (None without --resume), after checking that it exists,
+    was made by this stage's `model`, on the same --dataset, and with the same values of `must_match`
+    (the flags that decide the data order, the model or the schedule)."""
+    if not args.resume:
+        return None
+    if not Path(last_path).is_file():
+        raise UserError(f"--resume: no resumable checkpoint at {last_path}; train without --resume first")
+    resume = load_checkpoint(last_path, stage, [model], map_location=map_location)
+    if resume.get("dataset") != args.dataset:
+        raise UserError(f"--resume: {last_path} was trained on {resume.get('dataset')}, not {args.dataset}")
+    saved = resume.get("args", {})
+    changed = [f"--{k} {saved.get(k)} (now {getattr(args, k)})" for k in must_match if saved.get(k) != getattr(args, k)]
+    if changed:
+        raise UserError(f"--resume: {last_path} was trained with {', '.join(changed)}; resume with the same flags, "
+                        "or start a new run with another --out_dir")
+    return resume
+
+
 # ----------------------------------------------------------------------------- metrics files
 def write_metrics(path: Path, *, stage: str, model: str, dataset: str, split: str, metrics: dict[str, Any],
                   params: int, seconds: float, seconds_key: str, device: torch.device | str,
@@ -311,13 +331,21 @@ def write_metrics(path: Path, *, stage: str, model: str, dataset: str, split: st
     return payload
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+def write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (temporary file, then rename): never a half-written file at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, check_positive,  # noqa: E402
-                            checkpoint_header, count_params, get_device, load_checkpoint, rng_state, run_main,
+                            checkpoint_header, count_params, get_device, load_resume, rng_state, run_main,
                             save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging, write_json,
                             write_metrics)
 from scripts.plots import plot_curves  # noqa: E402
@@ -169,13 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = get_device(args.device)
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
     last_path = out_dir / "last.pt"
-    resume = None
-    if args.resume:
-        if not last_path.is_file():
-            raise UserError(f"--resume: no resumable checkpoint at {last_path}; train without --resume first")
-        resume = load_checkpoint(last_path, STAGE, [MODEL_NAME], map_location=device)
-        if resume["dataset"] != args.dataset:
-            raise UserError(f"--resume: {last_path} was trained on {resume['dataset']}, not {args.dataset}")
+    resume = load_resume(last_path, STAGE, MODEL_NAME, args, map_location=device)
     log = setup_logging(out_dir)
 
     splits, kind = load_corpus(args.dataset, args.data_dir)

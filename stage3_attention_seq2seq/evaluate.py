@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 from typing import Sequence  # noqa: E402
 
 from scripts.common import (ArgParser, UserError, add_common_args, check_positive, count_params,  # noqa: E402
-                            get_device, run_main, set_threads, write_metrics)
+                            get_device, run_main, set_threads, write_metrics, write_text)
 from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs  # noqa: E402
 from scripts.translation_data import corpus_scores  # noqa: E402
 from stage3_attention_seq2seq.translator import STAGE, load_model, translate_sentences  # noqa: E402
@@ -83,8 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.model_path).stem}"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "translations.txt").write_text("".join(t.text + "\n" for t in outputs["beam"]), encoding="utf-8")
+        write_text(out_dir / "translations.txt", "".join(t.text + "\n" for t in outputs["beam"]))
     except OSError as err:
         raise UserError(f"cannot write to {out_dir} ({err.strerror or err}); pass another --out_dir") from None
     config = model.config

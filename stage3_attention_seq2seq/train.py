@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, check_positive,  # noqa: E402
-                            checkpoint_header, count_params, get_device, load_checkpoint, rng_state, run_main,
+                            checkpoint_header, count_params, get_device, load_resume, rng_state, run_main,
                             save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging, write_json,
                             write_metrics)
 from scripts.plots import plot_curves  # noqa: E402
@@ -193,18 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = get_device(args.device)
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
     last_path = out_dir / "last.pt"
-    resume = None
-    if args.resume:
-        if not last_path.is_file():
-            raise UserError(f"--resume: no resumable checkpoint at {last_path}; train without --resume first")
-        resume = load_checkpoint(last_path, STAGE, [MODEL_NAME], map_location=device)
-        if resume["dataset"] != args.dataset:
-            raise UserError(f"--resume: {last_path} was trained on {resume['dataset']}, not {args.dataset}")
-        changed = [f"--{k} {resume['args'][k]} (now {getattr(args, k)})" for k in RESUME_MUST_MATCH
-                   if resume["args"].get(k) != getattr(args, k)]
-        if changed:
-            raise UserError(f"--resume: {last_path} was trained with {', '.join(changed)}; resume with the same "
-                            "flags, or start a new run with another --out_dir")
+    resume = load_resume(last_path, STAGE, MODEL_NAME, args, RESUME_MUST_MATCH)
     log = setup_logging(out_dir)
 
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)

@@ -13,13 +13,13 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
 
 import argparse  # noqa: E402
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
-from scripts.common import ArgParser, UserError, add_common_args, check_positive, get_device, run_main, set_threads  # noqa: E402
+from scripts.common import (ArgParser, UserError, add_common_args, check_positive, get_device, run_main,  # noqa: E402
+                            set_threads, write_text)
 from stage3_attention_seq2seq.data.translation import EOS, UNK, Vocabulary, split_lines, tokenize  # noqa: E402
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq  # noqa: E402
 from stage3_attention_seq2seq.translator import Translation, load_model, translate_sentences  # noqa: E402
@@ -120,13 +120,9 @@ def translate_file(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary,
     text = "".join(line + "\n" for line in out)
     if args.output:
         target = Path(args.output)
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, target)
+            write_text(target, text)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise UserError(f"cannot write --output {target} ({err.strerror or err})") from None
         print(f"translated {len(todo):,} sentences ({len(lines) - len(todo)} empty lines kept empty) -> {target}",
               file=sys.stderr)

@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 from typing import Sequence  # noqa: E402
 
 from scripts.common import (ArgParser, UserError, add_common_args, check_positive, count_params,  # noqa: E402
-                            get_device, run_main, set_threads, write_metrics)
+                            get_device, run_main, set_threads, write_metrics, write_text)
 from scripts.translation_data import DATASETS, SPLITS, corpus_scores, load_pairs  # noqa: E402
 from stage4_transformer.translator import STAGE, load_model, translate_sentences  # noqa: E402
 
@@ -76,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.model_path).stem}"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "translations.txt").write_text("".join(t + "\n" for t in outputs["beam"]), encoding="utf-8")
+        write_text(out_dir / "translations.txt", "".join(t + "\n" for t in outputs["beam"]))
     except OSError as err:
         raise UserError(f"cannot write to {out_dir} ({err.strerror or err}); pass another --out_dir") from None
     common = dict(stage=STAGE, model=f"transformer_{model.config.impl}", dataset=dataset,

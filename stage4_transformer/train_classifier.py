@@ -25,9 +25,9 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split  # noqa: E402
 from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, check_positive,  # noqa: E402
-                            checkpoint_header, count_params, get_device, load_checkpoint, rng_state, run_main,
-                            save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging, write_json,
-                            write_metrics)
+                            checkpoint_header, count_params, get_device, load_checkpoint, load_resume,
+                            rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads,
+                            setup_logging, write_json, write_metrics)
 from stage4_transformer.data.batches import pad  # noqa: E402
 from stage4_transformer.data.subword import SubwordVocab  # noqa: E402
 from stage4_transformer.models.classifier import ClassifierConfig, TransformerClassifier  # noqa: E402
@@ -116,17 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.out_dir or STAGE_DIR / "runs" / f"classify_{args.dataset}")
     best_path = Path(args.checkpoint or STAGE_DIR / "checkpoints" / f"best_classifier_{args.dataset}.pt")
     last_path = out_dir / "last.pt"
-    resume = None
-    if args.resume:
-        if not last_path.is_file():
-            raise UserError(f"--resume: no resumable checkpoint at {last_path}; train without --resume first")
-        resume = load_checkpoint(last_path, STAGE, [MODEL_NAME], map_location="cpu")
-        if resume["dataset"] != args.dataset:
-            raise UserError(f"--resume: {last_path} was trained on {resume['dataset']}, not {args.dataset}")
-        changed = [f"--{k} {resume['args'][k]} (now {getattr(args, k)})" for k in RESUME_MUST_MATCH
-                   if resume["args"].get(k) != getattr(args, k)]
-        if changed:
-            raise UserError(f"--resume: {last_path} was trained with {', '.join(changed)}; resume with the same flags")
+    resume = load_resume(last_path, STAGE, MODEL_NAME, args, RESUME_MUST_MATCH)
     log = setup_logging(out_dir)
 
     full = load_split(args.dataset, "train", args.data_dir)

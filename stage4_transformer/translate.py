@@ -13,13 +13,13 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
 
 import argparse  # noqa: E402
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
-from scripts.common import ArgParser, UserError, add_common_args, check_positive, get_device, run_main, set_threads  # noqa: E402
+from scripts.common import (ArgParser, UserError, add_common_args, check_positive, get_device, run_main,  # noqa: E402
+                            set_threads, write_text)
 from scripts.translation_data import split_lines  # noqa: E402
 from stage4_transformer.data.subword import BOS_ID, EOS_ID, SubwordVocab  # noqa: E402
 from stage4_transformer.models.transformer import Transformer  # noqa: E402
@@ -114,13 +114,9 @@ def translate_file(model: Transformer, vocab: SubwordVocab, args: argparse.Names
         sys.stdout.write(text)
         return
     target = Path(args.output)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        write_text(target, text)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write --output {target} ({err.strerror or err})") from None
     print(f"translated {len(todo):,} sentences ({len(lines) - len(todo)} empty lines kept empty) -> {target}",
           file=sys.stderr)
