@@ -2,7 +2,7 @@
 
 What lives here (and nowhere else):
 - the command line: `ArgParser` (one-line errors), `add_common_args`, `run_main` (exit codes);
-- seeds, threads and `--device auto|cpu|cuda|mps`;
+- seeds, threads and `--device auto|cpu|cuda|mps`; bf16 autocast where the hardware has it;
 - logging to the console and to `<run dir>/train.log`;
 - checkpoints: atomic save, safe load (`weights_only=True`), stage/model checks, RNG state for resume;
 - `metrics.json` files, in the one format the README tables are made from;
@@ -14,6 +14,7 @@ and exits with status 2. A traceback always means a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -165,6 +166,31 @@ def get_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise UserError(f"unknown --device {name!r}; choose auto, cpu, cuda or mps")
     return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bfloat16 matrix instructions (Intel AMX or AVX512-BF16, read from /proc/cpuinfo).
+
+    Elsewhere bf16 matmuls are emulated and slower than float32, so autocast stays off there.
+    """
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, and on CPUs with native bf16: matmuls in bfloat16, softmax, norms and losses
+    in float32. No loss scaling is needed, since bf16 has float32's exponent range."""
+    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def amp_name(device: torch.device, enabled: bool = True) -> str:
+    """What `autocast` does on this device, for the log: 'bf16 autocast' or 'float32'."""
+    return "float32" if isinstance(autocast(device, enabled), contextlib.nullcontext) else "bf16 autocast"
 
 
 def hardware(device: torch.device | str = "cpu") -> str:

@@ -24,10 +24,10 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split  # noqa: E402
-from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, check_positive,  # noqa: E402
-                            checkpoint_header, count_params, get_device, load_checkpoint, load_resume,
-                            rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads,
-                            setup_logging, write_json, write_metrics)
+from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, amp_name,  # noqa: E402
+                            autocast, check_positive, checkpoint_header, count_params, get_device,
+                            load_checkpoint, load_resume, rng_state, run_main, save_checkpoint, set_rng_state,
+                            set_seed, set_threads, setup_logging, write_json, write_metrics)
 from stage4_transformer.data.batches import pad  # noqa: E402
 from stage4_transformer.data.subword import SubwordVocab  # noqa: E402
 from stage4_transformer.models.classifier import ClassifierConfig, TransformerClassifier  # noqa: E402
@@ -68,12 +68,14 @@ def in_order(docs: list[list[int]], batch_size: int) -> Iterator[tuple[list[int]
 
 @torch.no_grad()
 def predict(model: TransformerClassifier, docs: list[list[int]], device: torch.device,
-            batch_size: int = 128) -> torch.Tensor:
+            batch_size: int = 128, amp: bool = False) -> torch.Tensor:
     """Class probabilities (N, C) in the original order."""
     model.eval()
     probs = torch.zeros(len(docs), model.config.num_classes)
     for index, tokens in in_order(docs, batch_size):
-        probs[index] = torch.softmax(model(tokens.to(device)).float(), dim=1).cpu()
+        with autocast(device, amp):
+            logits = model(tokens.to(device))
+        probs[index] = torch.softmax(logits.float(), dim=1).cpu()
     model.train()
     return probs
 
@@ -93,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs without a better validation accuracy before stopping")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up over 200 steps)")
     p.add_argument("--batch_size", type=int, default=64, help="texts per step")
+    p.add_argument("--amp", type=int, choices=[0, 1], default=1,
+                   help="1: bf16 autocast on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16); 0: float32")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
     p.add_argument("--val_fraction", type=float, default=0.1, help="share of train held out for validation")
     p.add_argument("--limit", type=int, default=0, help="use only N training and N test texts (0: all)")
@@ -139,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = TransformerClassifier(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98))
     params = count_params(model)
-    log.info(f"Transformer classifier: {params:,} parameters, {config}")
+    log.info(f"Transformer classifier: {params:,} parameters, {config}; {amp_name(device, bool(args.amp))}")
     state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_val_acc": -1.0, "bad_epochs": 0,
                              "history": [], "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_seen": 0}
     if resume:
@@ -168,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for group in optimizer.param_groups:
                     group["lr"] = args.lr * min(1.0, (state["step"] + 1) / 200)
                 tokens_batch = pad([train_x[i] for i in index]).to(device)
-                loss = F.cross_entropy(model(tokens_batch), train_y[index].to(device))
+                with autocast(device, bool(args.amp)):
+                    logits = model(tokens_batch)
+                loss = F.cross_entropy(logits.float(), train_y[index].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -185,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.close()
             seconds = time.time() - tick
             state["train_seconds"] = seconds_before + seconds
-            val_acc = (predict(model, val_x, device).argmax(1) == val_y).double().mean().item()
+            val_acc = (predict(model, val_x, device, amp=bool(args.amp)).argmax(1) == val_y).double().mean().item()
             row = {"epoch": epoch, "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1),
                    "val_acc": val_acc, "tokens_per_s": tokens / max(seconds, 1e-9), "epoch_seconds": seconds}
             state["history"].append(row)
@@ -210,13 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit:
         test = test.subset(list(range(0, len(test), max(1, len(test) // args.limit)))[: args.limit])
     test_x = encode(test.texts, vocab, args.max_len)
-    preds = predict(model, test_x, device).argmax(1)
+    preds = predict(model, test_x, device, amp=bool(args.amp)).argmax(1)
     metrics = classification_report(torch.tensor(test.labels), preds, test.classes)
     model.eval()
     with torch.no_grad():
         tick = time.perf_counter()
         for text in test.texts[:200]:
-            model(pad(encode([text], vocab, args.max_len)).to(device))
+            with autocast(device, bool(args.amp)):
+                model(pad(encode([text], vocab, args.max_len)).to(device))
         metrics["latency_ms_bs1"] = (time.perf_counter() - tick) / min(200, len(test.texts)) * 1000
     metrics["val_accuracy"] = state["best_val_acc"]
     metrics["train_tokens_per_s"] = sum(r["tokens_per_s"] for r in state["history"]) / len(state["history"])
