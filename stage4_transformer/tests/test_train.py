@@ -11,7 +11,7 @@ from stage4_transformer import train
 from stage4_transformer.translator import load_model, translate_sentences
 
 TINY = ["--d_model", "64", "--n_heads", "4", "--layers", "2", "--d_ff", "128", "--vocab_size", "200",
-        "--max_tokens", "512", "--warmup_steps", "20", "--lr", "2e-3", "--num_threads", "1"]
+        "--max_tokens", "512", "--warmup_steps", "20", "--lr", "2e-3", "--dropout", "0.1", "--num_threads", "1"]
 
 
 def train_args(data, tmp_path, *extra):
@@ -34,10 +34,37 @@ def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
     (["--d_model", "30", "--n_heads", "4"], "--d_model 30 must be divisible by --n_heads 4"),
     (["--positional", "rotary"], "invalid choice: 'rotary'"),
     (["--lr", "0"], "--lr must be > 0"),
+    (["--average_last", "-1"], "--average_last must be >= 0"),
 ])
 def test_bad_flags_are_one_line(cli, argv, message):
     code, _, err = cli(train.main, argv)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_checkpoint_averaging_is_the_mean_of_the_last_epochs(mt_data, tmp_path, cli, monkeypatch):
+    seen = []
+    real_add = train.add_weights
+
+    def remember(state, model):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        real_add(state, model)
+    monkeypatch.setattr(train, "add_weights", remember)
+    argv = train_args(mt_data, tmp_path, "--epochs", "3", "--average_last", "2", "--limit", "200", "--val_limit", "10")
+    assert cli(train.main, argv)[0] == 0
+    assert len(seen) == 2                                   # epochs 2 and 3
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert metrics["averaged_epochs"] == [2, 3] and metrics["averaged_val_bleu"] is not None
+    last = load_checkpoint(tmp_path / "run" / "last.pt", "stage4_transformer")
+    for name, value in seen[-1].items():                     # last.pt: the last epoch itself, not the average
+        assert torch.equal(last["model_state"][name], value), name
+        assert torch.allclose(last["weight_sum"][name], seen[0][name].float() + value.float())
+    best = load_checkpoint(tmp_path / "ck" / "best.pt", "stage4_transformer")
+    if last["averaged"]["kept"]:
+        assert best["averaged_epochs"] == [2, 3]
+        for name, value in seen[-1].items():
+            assert torch.allclose(best["model_state"][name].float(), (seen[0][name].float() + value.float()) / 2)
+    else:
+        assert "averaged_epochs" not in best
 
 
 def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch):
