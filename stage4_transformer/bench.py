@@ -26,7 +26,8 @@ from typing import Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
-from scripts.common import REPO_ROOT, ArgParser, UserError, hardware, read_json, run_main, write_json  # noqa: E402
+from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, autocast, hardware, read_json,  # noqa: E402
+                            run_main, write_json)
 from scripts.report import markdown_table, update_file  # noqa: E402
 from scripts.translation_data import load_pairs  # noqa: E402
 from stage4_transformer.data.batches import encode_pairs, token_batches  # noqa: E402
@@ -40,6 +41,7 @@ RESULTS = STAGE_DIR / "results"
 STAGE3_RESULTS = REPO_ROOT / "stage3_attention_seq2seq" / "results"
 PARTS = ("main", "speed", "heatmaps", "classify")
 HEATMAP_SENTENCE = "A young woman in a red dress is singing into a microphone."
+ALPHAS = ("0.6", "1.0", "1.4")   # length-penalty exponents tried on the validation set
 
 
 def run(script: str, *argv: str) -> None:
@@ -53,13 +55,28 @@ def short_paths(command: str) -> str:
     return re.sub(r"\S*/stage4_transformer/(runs|checkpoints)/", r"\1/", command)
 
 
+def choose_alpha(checkpoint: Path, run_dir: Path, extra: list[str]) -> str:
+    """The beam's length penalty, chosen on the validation set (never on test): the best beam-5 BLEU wins."""
+    scores = {}
+    for alpha in ALPHAS:
+        out = run_dir / f"valid_alpha_{alpha}"
+        run("evaluate.py", "--model_path", str(checkpoint), "--split", "valid", "--alpha", alpha, "--out_dir",
+            str(out), *extra)
+        scores[alpha] = read_json(out / "metrics.json")["metrics"]["bleu_beam"]
+    best = max(ALPHAS, key=lambda a: scores[a])
+    write_json(RESULTS / "main_alpha.json", {"split": "valid", "beam_size": 5, "val_bleu_beam": scores,
+                                             "chosen": best})
+    return best
+
+
 def main_run(extra: list[str]) -> None:
     run_dir, checkpoint = STAGE_DIR / "runs" / "bench_main", STAGE_DIR / "checkpoints" / "bench_main.pt"
     run("train.py", "--out_dir", str(run_dir), "--checkpoint", str(checkpoint), *extra)
-    run("evaluate.py", "--model_path", str(checkpoint), "--out_dir", str(run_dir / "eval"), *extra)
-    run("evaluate.py", "--model_path", str(checkpoint), "--out_dir", str(run_dir / "eval_no_cache"), "--no_kv_cache",
-        *extra)
     RESULTS.mkdir(exist_ok=True)
+    alpha = choose_alpha(checkpoint, run_dir, extra)
+    run("evaluate.py", "--model_path", str(checkpoint), "--alpha", alpha, "--out_dir", str(run_dir / "eval"), *extra)
+    run("evaluate.py", "--model_path", str(checkpoint), "--alpha", alpha, "--out_dir", str(run_dir / "eval_no_cache"),
+        "--no_kv_cache", *extra)
     for source, name in (("metrics.json", "main_train.json"), ("history.json", "main_history.json"),
                          ("curves.png", "main_curves.png"), ("eval/metrics.json", "main_test.json"),
                          ("eval/translations.txt", "main_translations.txt"),
@@ -67,8 +84,8 @@ def main_run(extra: list[str]) -> None:
         shutil.copy(run_dir / source, RESULTS / name)
 
 
-def training_speed(config: TransformerConfig, batches: list, steps: int) -> float:
-    """Target tokens per second over `steps` training steps (after 3 warm-up steps)."""
+def training_speed(config: TransformerConfig, batches: list, steps: int, amp: bool) -> float:
+    """Target tokens per second over `steps` training steps (after 3 warm-up steps), as train.py runs them."""
     torch.manual_seed(0)
     model = Transformer(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -76,7 +93,8 @@ def training_speed(config: TransformerConfig, batches: list, steps: int) -> floa
     for i, batch in enumerate(batches[: steps + 3]):
         if i == 3:
             tokens, start = 0, time.perf_counter()
-        loss = sequence_loss(model(batch.src, batch.tgt_in), batch.tgt_out, 0.1)
+        with autocast(torch.device("cpu"), amp):
+            loss = sequence_loss(model(batch.src, batch.tgt_in), batch.tgt_out, 0.1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -96,11 +114,12 @@ def speed(data_dir: str | None, steps: int = 40) -> None:
         config = TransformerConfig(len(vocab), len(vocab), defaults.d_model, defaults.n_heads, defaults.layers,
                                    defaults.layers, defaults.d_ff, defaults.dropout, defaults.max_len + 2,
                                    bool(defaults.norm_first), defaults.positional, True, impl, sdpa)
-        rows.append({"model": name, "tokens_per_s": training_speed(config, batches, steps)})
+        rows.append({"model": name, "tokens_per_s": training_speed(config, batches, steps, bool(defaults.amp))})
     reference = rows[-1]["tokens_per_s"]
     for row in rows:
         row["ratio"] = row["tokens_per_s"] / reference
     write_json(RESULTS / "speed.json", {"rows": rows, "steps": steps, "max_tokens": defaults.max_tokens,
+                                        "precision": amp_name(torch.device("cpu"), bool(defaults.amp)),
                                         "hardware": hardware("cpu"), "torch": torch.__version__,
                                         "command": "python stage4_transformer/bench.py --parts speed"})
 
@@ -138,7 +157,8 @@ def stage4_row() -> dict:
             "params": train["params"], "minutes": train["train_seconds"] / 60,
             "tokens_per_s": train["metrics"]["train_tgt_tokens_per_s"],
             "beam_sent_s": test["metrics"]["sentences_per_s_beam"], "hardware": train["hardware"],
-            "command": short_paths(train["command"])}
+            "command": short_paths(train["command"]), "signature": test["metrics"]["bleu_signature"],
+            "alpha": f"{test['metrics']['alpha']:g}"}
 
 
 MT_COLUMNS = [(title, itemgetter(key)) for key, title in (
@@ -147,12 +167,30 @@ MT_COLUMNS = [(title, itemgetter(key)) for key, title in (
     ("tokens_per_s", "target tokens/s"), ("beam_sent_s", "beam sentences/s"))]
 
 
+CLASSIFY_COLUMNS = [
+    ("model", itemgetter("model")), ("data", itemgetter("dataset")),
+    ("test accuracy", lambda r: f"{100 * r['metrics']['accuracy']:.2f}%"),
+    ("test macro-F1", lambda r: f"{100 * r['metrics']['macro_f1']:.2f}"),
+    ("train time", lambda r: f"{r['train_seconds']:.0f} s"),
+    ("latency, batch 1", lambda r: f"{r['metrics']['latency_ms_bs1']:.2f} ms"),
+    ("parameters", itemgetter("params")), ("hardware", itemgetter("hardware"))]
+TOP_COLUMNS = [(title, itemgetter(key)) for key, title in (
+    ("model", "model"), ("bleu_beam", "test BLEU (beam 5)"), ("chrf", "chrF"), ("minutes", "train min"),
+    ("tokens_per_s", "target tokens/s"), ("params", "parameters"), ("hardware", "hardware"))]
+
+
 def readme_blocks() -> dict[Path, dict[str, str]]:
+    """Every generated block, per README, from whatever results/ holds."""
     stage: dict[str, str] = {}
+    top: dict[str, str] = {}
     if (RESULTS / "main_test.json").is_file():
         rows = [r for r in (stage3_row(), stage4_row()) if r]
-        stage["stage4_translation"] = (markdown_table(rows, MT_COLUMNS) + f"\n\nCommand: `{rows[-1]['command']}`, "
-                                       f"then `python evaluate.py`; hardware: {rows[-1]['hardware']}.")
+        note = (f"\n\nCommand: `{rows[-1]['command']}`, then `python evaluate.py --model_path <checkpoint> "
+                f"--alpha {rows[-1]['alpha']}` (beam 5; the length penalty alpha chosen on the validation set); "
+                f"hardware: {rows[-1]['hardware']}; sacreBLEU signature `{rows[-1]['signature']}`. "
+                "Stage 3 counts words, stage 4 BPE pieces.")
+        stage["stage4_translation"] = markdown_table(rows, MT_COLUMNS) + note
+        top["translation_transformer"] = markdown_table(rows[-1:], TOP_COLUMNS) + note
         cached = read_json(RESULTS / "main_test.json")["metrics"]
         uncached = read_json(RESULTS / "main_test_no_cache.json")["metrics"]
         stage["stage4_cache"] = markdown_table([
@@ -169,16 +207,13 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             ("model", itemgetter("model")), ("training target tokens/s", itemgetter("tokens_per_s")),
             ("against nn.Transformer", itemgetter("ratio"))]) +
             f"\n\nCommand: `{data['command']}` ({data['steps']} steps each, batches of {data['max_tokens']} "
-            f"target pieces); hardware: {data['hardware']}.")
+            f"target pieces, {data['precision']}); hardware: {data['hardware']}.")
     rows = [read_json(p) for p in sorted(RESULTS.glob("classify_*_test.json"))]
     if rows:
-        stage["stage4_classify"] = markdown_table(rows, [
-            ("data", itemgetter("dataset")), ("test accuracy", lambda r: f"{100 * r['metrics']['accuracy']:.2f}%"),
-            ("macro-F1", lambda r: f"{100 * r['metrics']['macro_f1']:.2f}"),
-            ("train time", lambda r: f"{r['train_seconds']:.0f} s"),
-            ("ms per text (batch 1)", lambda r: f"{r['metrics']['latency_ms_bs1']:.2f}"),
-            ("parameters", itemgetter("params")), ("hardware", itemgetter("hardware"))])
-    return {STAGE_DIR / "README.md": stage}
+        stage["stage4_classify"] = markdown_table(rows, CLASSIFY_COLUMNS[1:])
+        top["classification_transformer"] = markdown_table(
+            [{**r, "model": "Transformer encoder (`scratch`)"} for r in rows], CLASSIFY_COLUMNS)
+    return {STAGE_DIR / "README.md": stage, REPO_ROOT / "README.md": top}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
