@@ -194,8 +194,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
         cached = read_json(RESULTS / "main_test.json")["metrics"]
         uncached = read_json(RESULTS / "main_test_no_cache.json")["metrics"]
         stage["stage4_cache"] = markdown_table([
-            {"decoding": name, "cached": cached[key], "uncached": uncached[key], "same_bleu": cached[bleu] ==
-             uncached[bleu], "speedup": cached[key] / uncached[key]}
+            {"decoding": name, "cached": cached[key], "uncached": uncached[key], "same_bleu": "yes" if cached[bleu] ==
+             uncached[bleu] else "no", "speedup": cached[key] / uncached[key]}
             for name, key, bleu in (("greedy", "sentences_per_s_greedy", "bleu_greedy"),
                                     ("beam 5", "sentences_per_s_beam", "bleu_beam"))],
             [("decoding", itemgetter("decoding")), ("sentences/s with cache", itemgetter("cached")),
