@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -168,11 +169,10 @@ def get_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_bf16() -> bool:
-    """True on CPUs with native bfloat16 matrix instructions (Intel AMX or AVX512-BF16, read from /proc/cpuinfo).
-
-    Elsewhere bf16 matmuls are emulated and slower than float32, so autocast stays off there.
-    """
+    """True on CPUs with native bfloat16 matrix instructions (Intel AMX or AVX512-BF16, read from /proc/cpuinfo
+    once per process). Elsewhere bf16 matmuls are emulated and slower than float32, so autocast stays off there."""
     try:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
     except OSError:
@@ -180,17 +180,20 @@ def cpu_has_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
 
 
+def uses_bf16(device: torch.device, enabled: bool = True) -> bool:
+    """Whether `autocast` computes in bf16 here: on CUDA, and on CPUs with native bf16 (unless --amp 0)."""
+    return enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, and on CPUs with native bf16: matmuls in bfloat16, softmax, norms and losses
-    in float32. No loss scaling is needed, since bf16 has float32's exponent range."""
-    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast where `uses_bf16`: matmuls in bfloat16, softmax, norms and losses in float32.
+    No loss scaling is needed, since bf16 has float32's exponent range."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(device, enabled) else contextlib.nullcontext()
 
 
 def amp_name(device: torch.device, enabled: bool = True) -> str:
     """What `autocast` does on this device, for the log: 'bf16 autocast' or 'float32'."""
-    return "float32" if isinstance(autocast(device, enabled), contextlib.nullcontext) else "bf16 autocast"
+    return "bf16 autocast" if uses_bf16(device, enabled) else "float32"
 
 
 def hardware(device: torch.device | str = "cpu") -> str:
