@@ -210,9 +210,10 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             f"target pieces, {data['precision']}); hardware: {data['hardware']}.")
     rows = [read_json(p) for p in sorted(RESULTS.glob("classify_*_test.json"))]
     if rows:
-        stage["stage4_classify"] = markdown_table(rows, CLASSIFY_COLUMNS[1:])
+        note = "\n\nCommand: " + ", ".join(f"`{short_paths(r['command'])}`" for r in rows) + "."
+        stage["stage4_classify"] = markdown_table(rows, CLASSIFY_COLUMNS[1:]) + note
         top["classification_transformer"] = markdown_table(
-            [{**r, "model": "Transformer encoder (`scratch`)"} for r in rows], CLASSIFY_COLUMNS)
+            [{**r, "model": "Transformer encoder (`scratch`)"} for r in rows], CLASSIFY_COLUMNS) + note
     return {STAGE_DIR / "README.md": stage, REPO_ROOT / "README.md": top}
 
 
