@@ -10,16 +10,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_curves(history: list[dict], path: Path, panels: Sequence[Sequence[str]], title: str = "") -> None:
-    """One panel per group of history keys, plotted against `epoch` (keys missing from a row are skipped)."""
+def plot_curves(history: list[dict], path: Path, panels: Sequence[Sequence[str]], title: str = "",
+                x: str = "epoch") -> None:
+    """One panel per group of history keys, plotted against `x` (keys missing from a row are skipped)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, keys in zip(axes[0], panels):
         for key in keys:
-            points = [(row["epoch"], row[key]) for row in history if key in row]
+            points = [(row[x], row[key]) for row in history if key in row]
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", label=key)
-        ax.set_xlabel("epoch")
+                ax.plot(xs, ys, marker="o" if len(xs) < 60 else None, label=key)
+        ax.set_xlabel(x)
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

@@ -1,0 +1,164 @@
+"""Pretraining text, tokenised once into memory-mapped arrays of token ids, and random training windows.
+
+- `shakespeare`: tiny Shakespeare (1.1 MB), first 90% train and last 10% validation (as nanoGPT splits it);
+- `gutenberg`: 105 English books for training, 6 other books for validation (about 70 MB),
+  the books separated by the special token `<|endoftext|>`.
+
+`prepare` tokenises a split once and writes `train.bin` / `val.bin` (uint16 ids, or uint32 for a
+vocabulary over 65,536) beside the tokenizer's JSON in a cache folder. Training then reads random
+windows straight from the memory map: a corpus of any size costs no RAM, and a second run starts at once.
+"""
+from __future__ import annotations
+
+import gzip
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from scripts.common import (UserError, cache_dir, download, find_local_data, missing_data_error, read_json,
+                            write_json)
+from stage5_gpt.data.bpe import ByteLevelBPE, CharTokenizer, load_tokenizer
+
+STAGE_DIR = Path(__file__).resolve().parents[1]
+DATA_CACHE = STAGE_DIR / "data_cache"
+EOT = "<|endoftext|>"
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+GUTENBERG_SOURCE = ("the corpus of ../shared/data/gutenberg_en (see its MANIFEST.md for how it was built "
+                    "from public-domain Project Gutenberg books)")
+DATASETS = {"shakespeare": ("tiny_shakespeare", ["input.txt"]),
+            "gutenberg": ("gutenberg_en", ["train.txt.gz", "valid.txt.gz"])}
+
+
+def _read(path: Path) -> str:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, EOFError) as err:
+        raise UserError(f"cannot read {path} ({err}); replace it with a fresh copy") from None
+
+
+def load_text(dataset: str, data_dir: str | None, limit: int = 0) -> dict[str, str]:
+    """{"train": text, "val": text}; `limit` keeps only the first N characters of the training text."""
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    name, files = DATASETS[dataset]
+    folder = find_local_data(name, files, data_dir)
+    if dataset == "shakespeare":
+        if folder is None:
+            try:
+                folder = download(SHAKESPEARE_URL, cache_dir(name) / "input.txt").parent
+            except Exception as err:  # noqa: BLE001 - any network failure means "no copy"
+                raise missing_data_error(name, files, data_dir, str(err)) from None
+        text = _read(folder / "input.txt")
+        cut = int(0.9 * len(text))
+        splits = {"train": text[:cut], "val": text[cut:]}
+    else:
+        if folder is None:
+            raise missing_data_error(name, files, data_dir, f"no public single-file download; it is {GUTENBERG_SOURCE}")
+        splits = {"train": _read(folder / "train.txt.gz"), "val": _read(folder / "valid.txt.gz")}
+    for split, text in splits.items():
+        if len(text) < 1000:
+            raise UserError(f"{dataset} {split} split holds only {len(text)} characters; is the file truncated?")
+    if limit:
+        splits["train"] = splits["train"][:limit]
+    return splits
+
+
+def train_tokenizer(kind: str, text: str, vocab_size: int, max_chars: int) -> CharTokenizer | ByteLevelBPE:
+    """A character vocabulary, or a byte-level BPE trained on the first `max_chars` of the training text."""
+    if kind == "char":
+        return CharTokenizer.train(text)
+    if kind == "bpe":
+        return ByteLevelBPE.train(text[:max_chars] if max_chars else text, vocab_size, special_tokens=(EOT,))
+    raise UserError(f"unknown tokenizer {kind!r}; choose char or bpe")
+
+
+@dataclass
+class TokenData:
+    """The token ids of both splits (memory-mapped) and the tokenizer that made them."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: CharTokenizer | ByteLevelBPE
+    folder: Path
+
+
+def _ids_dtype(vocab_size: int) -> type:
+    return np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+def _write_ids(path: Path, ids: list[int], dtype: type) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    np.asarray(ids, dtype=dtype).tofile(tmp)
+    tmp.replace(path)
+
+
+def prepare(dataset: str, data_dir: str | None, make_tokenizer: Callable[[str], CharTokenizer | ByteLevelBPE],
+            cache_name: str, limit: int = 0, log: Callable[[str], None] = print,
+            cache_root: Path | None = None) -> TokenData:
+    """Tokenise `dataset` once into `<cache_root>/<cache_name>/` and memory-map it.
+
+    `make_tokenizer(train_text)` builds the tokenizer the first time; later runs reuse the saved one,
+    so every checkpoint trained on this folder shares the same ids. Delete the folder to start over.
+    """
+    folder = (cache_root or DATA_CACHE) / (cache_name + (f"-limit{limit}" if limit else ""))
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        meta = read_json(meta_path, "token cache metadata")
+        tokenizer = load_tokenizer(folder / "tokenizer.json")
+        dtype = _ids_dtype(tokenizer.vocab_size)
+        arrays = {}
+        for split in ("train", "val"):
+            path = folder / f"{split}.bin"
+            if not path.is_file() or path.stat().st_size != meta[f"{split}_tokens"] * np.dtype(dtype).itemsize:
+                raise UserError(f"token cache {folder} is incomplete ({path.name}); delete the folder and rerun")
+            arrays[split] = np.memmap(path, dtype=dtype, mode="r")
+        return TokenData(arrays["train"], arrays["val"], tokenizer, folder)
+
+    splits = load_text(dataset, data_dir, limit)
+    folder.mkdir(parents=True, exist_ok=True)
+    tick = time.time()
+    tokenizer = make_tokenizer(splits["train"])
+    log(f"tokenizer: {tokenizer.vocab_size:,} tokens, trained in {time.time() - tick:.1f} s")
+    tokenizer.save(folder / "tokenizer.json")
+    dtype = _ids_dtype(tokenizer.vocab_size)
+    meta = {"dataset": dataset, "tokenizer": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size}
+    for split, text in splits.items():
+        tick = time.time()
+        ids = tokenizer.encode(text)
+        _write_ids(folder / f"{split}.bin", ids, dtype)
+        meta[f"{split}_chars"], meta[f"{split}_tokens"] = len(text), len(ids)
+        meta[f"{split}_bytes"] = len(text.encode("utf-8"))
+        log(f"{dataset} {split}: {len(text):,} characters -> {len(ids):,} tokens in {time.time() - tick:.1f} s")
+    write_json(meta_path, meta)   # written last: its presence means the folder is complete
+    return prepare(dataset, data_dir, make_tokenizer, cache_name, limit, log, cache_root)
+
+
+def bytes_per_token(folder: Path, split: str = "val") -> float:
+    """UTF-8 bytes per token of a prepared split (to turn nats per token into bits per byte)."""
+    meta = read_json(folder / "meta.json", "token cache metadata")
+    return meta[f"{split}_bytes"] / meta[f"{split}_tokens"]
+
+
+def sequential_windows(data: np.ndarray, block_size: int,
+                       batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every token of `data` predicted once, as (inputs, targets) batches of non-overlapping windows (the last
+    one shorter): for the exact loss over a whole split, rather than an estimate from random windows."""
+    n = len(data) - 1                       # the last token is only ever a target
+    full = n // block_size
+
+    def window(start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(data[start: start + length].astype(np.int64)),
+                torch.from_numpy(data[start + 1: start + 1 + length].astype(np.int64)))
+    for first in range(0, full, batch_size):
+        pairs = [window(i * block_size, block_size) for i in range(first, min(full, first + batch_size))]
+        yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    if n % block_size:
+        x, y = window(full * block_size, n % block_size)
+        yield x[None], y[None]

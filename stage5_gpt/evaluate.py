@@ -1,0 +1,113 @@
+"""Score a trained GPT-mini (stage 5) on held-out text: loss, perplexity and bits per byte.
+
+    python evaluate.py                                                 # char model, tiny Shakespeare validation
+    python evaluate.py --checkpoint checkpoints/gpt_gutenberg_bpe.pt   # BPE model, 6 held-out books
+    python evaluate.py --text_file my_text.txt                         # any UTF-8 text file
+
+Every token of the text is predicted once, in non-overlapping windows of the model's context (so each
+window starts without history: slightly pessimistic, and exact, not an estimate from random windows).
+Bits per byte divides the total loss by the UTF-8 bytes of the text: unlike loss per token, it compares
+models with different tokenizers (a char model and a BPE model) on the same text.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from scripts.common import (ArgParser, UserError, add_common_args, autocast, get_device,  # noqa: E402
+                            load_checkpoint, run_main, set_threads, write_metrics)
+from stage5_gpt.data.corpus import load_text, sequential_windows  # noqa: E402
+from stage5_gpt.generate import DEFAULT_CHECKPOINT, load_model  # noqa: E402
+from stage5_gpt.models.gpt import GPT  # noqa: E402
+
+STAGE = "stage5_gpt"
+RUNS = Path(__file__).resolve().parent / "runs"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgParser(description="Validation loss, perplexity and bits per byte of a GPT-mini (stage 5).")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="a checkpoint written by train.py")
+    p.add_argument("--init_from", default=None, help="score GPT-2's weights instead: gpt2 (online) or a folder")
+    p.add_argument("--tokenizer", default=None, help="tokenizer JSON (must match the checkpoint; default its own)")
+    p.add_argument("--dataset", default=None, choices=["shakespeare", "gutenberg"],
+                   help="whose validation split to score (default: the checkpoint's)")
+    p.add_argument("--text_file", default=None, help="score this UTF-8 text file instead of a validation split")
+    p.add_argument("--batch_size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N characters (0: all)")
+    p.add_argument("--amp", type=int, choices=[0, 1], default=0, help="1: bf16 autocast (faster, less exact)")
+    p.add_argument("--metrics_out", default=None, help="metrics.json path (default: beside the checkpoint's runs)")
+    add_common_args(p)
+    return p
+
+
+@torch.no_grad()
+def score(model: GPT, ids: np.ndarray, batch_size: int, device: torch.device, amp: bool) -> tuple[float, int]:
+    """(summed cross-entropy in nats, number of predicted tokens) over every token of `ids`."""
+    total, count = 0.0, 0
+    batches = sequential_windows(ids, model.config.block_size, batch_size)
+    n_batches = math.ceil((len(ids) - 1) / model.config.block_size / batch_size)
+    for x, y in tqdm(batches, total=n_batches, desc="scoring", unit="batch", disable=None, leave=False):
+        with autocast(device, amp):
+            logits, _ = model(x.to(device))
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
+        count += y.numel()
+    return total, count
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    set_threads(args.num_threads)
+    device = get_device(args.device)
+    model, tokenizer = load_model(args, device)
+    if args.text_file:
+        path = Path(args.text_file)
+        if not path.is_file():
+            raise UserError(f"--text_file {path} does not exist")
+        try:
+            text, dataset = path.read_text(encoding="utf-8"), path.name
+        except UnicodeDecodeError:
+            raise UserError(f"--text_file {path} is not UTF-8 text") from None
+    else:
+        if args.dataset is None and args.init_from:
+            raise UserError("with --init_from, say what to score: --dataset or --text_file")
+        dataset = args.dataset
+        if dataset is None:
+            dataset = load_checkpoint(args.checkpoint, STAGE)["dataset"]
+        text = load_text(dataset, args.data_dir)["val"]
+    text = text[: args.limit] if args.limit else text
+    tick = time.time()
+    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+    if len(ids) < 2:
+        raise UserError("the text is too short to score: it needs at least two tokens")
+    nats, count = score(model, ids, args.batch_size, device, bool(args.amp))
+    seconds = time.time() - tick
+    n_bytes = len(text.encode("utf-8"))
+    loss = nats / count
+    metrics = {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": nats / math.log(2) / n_bytes,
+               "tokens": count, "bytes": n_bytes, "bytes_per_token": n_bytes / len(ids),
+               "tokens_per_s": count / max(seconds, 1e-9)}
+    name = args.init_from or Path(args.checkpoint).stem
+    out = Path(args.metrics_out) if args.metrics_out else RUNS / f"eval_{Path(name).name}" / "metrics.json"
+    write_metrics(out, stage=STAGE, model="gpt", dataset=dataset, split="val" if not args.text_file else "text",
+                  metrics=metrics, params=model.num_params(), seconds=seconds, seconds_key="eval_seconds",
+                  device=device, extra={"checkpoint": args.init_from or args.checkpoint})
+    print(f"{dataset}: loss {loss:.4f} nats/token, perplexity {metrics['perplexity']:.2f}, "
+          f"{metrics['bits_per_byte']:.4f} bits/byte over {count:,} tokens ({n_bytes:,} bytes) in {seconds:.1f} s")
+    print(f"metrics: {out}")
+    return 0
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,218 @@
+"""Generate text with a trained GPT-mini (stage 5), streaming it as it comes.
+
+    python generate.py --prompt "ROMEO:"                                  # char-level Shakespeare model
+    python generate.py --prompt "ROMEO:" --temperature 0.8 --top_p 0.9 --max_new_tokens 300 --seed 1
+    python generate.py --checkpoint checkpoints/gpt_gutenberg_bpe.pt --prompt "It was a dark night"
+    python generate.py --init_from gpt2 --prompt "Hello"                  # OpenAI's GPT-2 weights (online)
+    python generate.py --interactive                                      # a prompt loop; :help lists commands
+    python generate.py --prompt "ROMEO:" --no_kv_cache                    # recompute the whole context per token
+
+Sampling: --temperature divides the logits (0: always the likeliest token), --top_k keeps the k
+likeliest tokens, --top_p the smallest set reaching probability p. With the KV cache each new token costs
+one position of work; --no_kv_cache gives the same tokens, slower.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import argparse  # noqa: E402
+import codecs  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+import torch  # noqa: E402
+
+from scripts.common import ArgParser, UserError, add_common_args, get_device, load_checkpoint, run_main, set_threads  # noqa: E402,E501
+from stage5_gpt.data.bpe import load_tokenizer  # noqa: E402
+from stage5_gpt.models.gpt import GPT, GPTConfig  # noqa: E402
+
+STAGE = "stage5_gpt"
+STAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT = STAGE_DIR / "checkpoints" / "gpt_shakespeare_char.pt"
+SETTINGS = {"temperature": float, "top_k": int, "top_p": float, "max_new_tokens": int, "seed": int}
+HELP = """commands (type them instead of a prompt):
+  :temperature 0.8   :top_k 40   :top_p 0.9   :max_new_tokens 200   :seed 1   change a setting
+  :cache on|off      use the KV cache or recompute the context      :settings   show the settings
+  :help              this list            :quit (or Ctrl-D)  leave; Ctrl-C stops a running generation"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgParser(description="Generate text with a trained GPT-mini, or with GPT-2's weights (stage 5).")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="a checkpoint written by train.py")
+    p.add_argument("--init_from", default=None, help="use GPT-2 weights instead: gpt2 (online) or a local folder")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer JSON to use (must be the one the checkpoint was trained with; default: its own)")
+    p.add_argument("--prompt", default=None, help="text to continue (default: a new line, or <|endoftext|> for BPE)")
+    p.add_argument("--max_new_tokens", type=int, default=500, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
+    p.add_argument("--top_k", type=int, default=0, help="sample from the k likeliest tokens only (0: all)")
+    p.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling: smallest set with probability p")
+    p.add_argument("--num_samples", type=int, default=1, help="independent samples for the prompt")
+    p.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context for every token")
+    p.add_argument("--interactive", action="store_true", help="read prompts from the keyboard, one per line")
+    add_common_args(p)
+    return p
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    if settings["temperature"] < 0:
+        raise UserError(f"temperature must be >= 0, got {settings['temperature']}")
+    if settings["top_k"] < 0:
+        raise UserError(f"top_k must be >= 0, got {settings['top_k']}")
+    if not 0 < settings["top_p"] <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {settings['top_p']}")
+    if settings["max_new_tokens"] < 1:
+        raise UserError(f"max_new_tokens must be at least 1, got {settings['max_new_tokens']}")
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Any]:
+    """The model and its tokenizer, from a checkpoint (checked against --tokenizer) or from GPT-2."""
+    if args.init_from:
+        from stage5_gpt.models.hf import load_gpt2  # noqa: PLC0415
+
+        model, tokenizer = load_gpt2(args.init_from)
+    else:
+        ckpt = load_checkpoint(args.checkpoint, STAGE, ["gpt"])
+        tokenizer = load_tokenizer(ckpt["tokenizer"])
+        if args.tokenizer:
+            given = load_tokenizer(Path(args.tokenizer))
+            if given.fingerprint() != ckpt.get("tokenizer_fingerprint"):
+                raise UserError(f"--tokenizer {args.tokenizer} is not the tokenizer {args.checkpoint} was trained "
+                                "with (ids would mean other tokens); drop --tokenizer to use the checkpoint's own")
+            tokenizer = given
+        model = GPT(GPTConfig(**ckpt["config"]))
+        try:
+            model.load_state_dict(ckpt["model_state"])
+        except RuntimeError as err:
+            raise UserError(f"{args.checkpoint} does not fit its own config ({str(err).splitlines()[0][:120]}); "
+                            "the file is damaged, retrain it") from None
+    return model.to(device).eval(), tokenizer
+
+
+def encode_prompt(text: str, tokenizer: Any, block_size: int) -> tuple[list[int], str | None]:
+    """Token ids of the prompt (the last block_size of them), and a note when it had to be cut."""
+    ids = tokenizer.encode(text)
+    if len(ids) > block_size:
+        note = (f"note: the prompt is {len(ids)} tokens, longer than the model's context of {block_size}; "
+                f"it keeps only the last {block_size}")
+        return ids[-block_size:], note
+    return ids, None
+
+
+def default_prompt(tokenizer: Any) -> str:
+    return "<|endoftext|>" if getattr(tokenizer, "eot_id", None) is not None else "\n"
+
+
+def token_bytes(tokenizer: Any, ids: list[int]) -> bytes:
+    if hasattr(tokenizer, "decode_bytes"):
+        return tokenizer.decode_bytes(ids)
+    return tokenizer.decode(ids).encode("utf-8")
+
+
+def stream(model: GPT, tokenizer: Any, prompt_ids: list[int], settings: dict[str, Any], use_cache: bool,
+           device: torch.device, out: Any = None) -> tuple[list[int], float]:
+    """Write the continuation to `out` token by token; return the new ids and tokens per second.
+    A BPE token may end in the middle of a UTF-8 character: the incremental decoder holds such bytes back
+    until the character is complete."""
+    out = out or sys.stdout
+    generator = torch.Generator(device=device).manual_seed(settings["seed"])
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    new: list[int] = []
+    tick = time.perf_counter()
+    eot = getattr(tokenizer, "eot_id", None)
+    try:
+        for token in model.generate(idx, settings["max_new_tokens"], settings["temperature"], settings["top_k"],
+                                    settings["top_p"], use_cache=use_cache, generator=generator, stop_token=eot):
+            new.append(int(token[0]))
+            if new[-1] == eot:
+                break
+            out.write(decoder.decode(token_bytes(tokenizer, [new[-1]])))
+            out.flush()
+    finally:
+        out.write(decoder.decode(b"", final=True) + "\n")
+        out.flush()
+    return new, len(new) / max(time.perf_counter() - tick, 1e-9)
+
+
+def interactive(model: GPT, tokenizer: Any, settings: dict[str, Any], use_cache: bool, device: torch.device) -> None:
+    print(f"GPT-mini, context {model.config.block_size} tokens. Type a prompt and press Enter; :help for commands.")
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        command = line.strip()
+        if not command:
+            print("(empty prompt: type some text to continue, or :help)")
+            continue
+        if command.startswith(":"):
+            name, _, value = command[1:].partition(" ")
+            if name in ("quit", "exit", "q"):
+                return
+            if name == "help":
+                print(HELP)
+            elif name == "settings":
+                print(", ".join(f"{k} {v}" for k, v in settings.items()) + f", cache {'on' if use_cache else 'off'}")
+            elif name == "cache" and value.strip() in ("on", "off"):
+                use_cache = value.strip() == "on"
+            elif name in SETTINGS:
+                try:
+                    trial = {**settings, name: SETTINGS[name](value)}
+                    check_settings(trial)
+                    settings.update(trial)
+                except (ValueError, UserError) as err:
+                    print(f"error: {name} needs a valid number ({err})")
+            else:
+                print(f"unknown command {command!r}; :help lists them")
+            continue
+        try:
+            ids, note = encode_prompt(line, tokenizer, model.config.block_size)
+        except UserError as err:
+            print(f"error: {err}")
+            continue
+        if note:
+            print(note)
+        print(line, end="")
+        try:
+            _, speed = stream(model, tokenizer, ids, settings, use_cache, device)
+            print(f"[{speed:.0f} tokens/s]")
+        except KeyboardInterrupt:
+            print("\n(stopped)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    check_settings(settings)
+    if args.num_samples < 1:
+        raise UserError(f"--num_samples must be at least 1, got {args.num_samples}")
+    set_threads(args.num_threads)
+    device = get_device(args.device)
+    model, tokenizer = load_model(args, device)
+    if args.interactive:
+        interactive(model, tokenizer, settings, not args.no_kv_cache, device)
+        return 0
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("--prompt is empty; give some text to continue (or leave --prompt out to start fresh)")
+    prompt = args.prompt if args.prompt is not None else default_prompt(tokenizer)
+    ids, note = encode_prompt(prompt, tokenizer, model.config.block_size)
+    if note:
+        print(note, file=sys.stderr)
+    for sample in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"--- sample {sample + 1}")
+        if args.prompt is not None:
+            sys.stdout.write(prompt)
+        _, speed = stream(model, tokenizer, ids, {**settings, "seed": args.seed + sample}, not args.no_kv_cache,
+                          device)
+        print(f"[{speed:.0f} tokens/s, {'KV cache' if not args.no_kv_cache else 'no cache'}]", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,211 @@
+"""train.py, evaluate.py and generate.py end to end on tiny data: smoke, exact resume, DDP, bad input."""
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scripts.common import checkpoint_header, load_checkpoint, save_checkpoint
+from stage5_gpt import evaluate, generate, train
+from stage5_gpt.tests.conftest import tiny_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def char_run(lm_data, tmp_path_factory):
+    """One finished tiny char-level run, shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("char_run")
+    from scripts.common import run_main
+
+    with pytest.raises(SystemExit) as info:
+        run_main(train.main, [str(a) for a in tiny_args(lm_data, out, "--dropout", "0.1")])
+    assert info.value.code == 0
+    return out
+
+
+def test_training_writes_checkpoints_metrics_and_curves(char_run):
+    metrics = json.loads((char_run / "run" / "metrics.json").read_text())
+    assert metrics["stage"] == "stage5_gpt" and metrics["dataset"] == "shakespeare"
+    assert metrics["metrics"]["steps"] == 12 and metrics["metrics"]["train_tokens_per_s"] > 0
+    assert 0 < metrics["metrics"]["mfu"] < 1 and metrics["metrics"]["flops_per_token"] > 0
+    history = json.loads((char_run / "run" / "history.json").read_text())
+    assert [row["step"] for row in history["evals"]] == [6, 12]
+    assert [step for step, _ in history["curve"]] == list(range(1, 13))
+    assert (char_run / "run" / "curves.png").is_file() and (char_run / "best.pt").is_file()
+    log = (char_run / "run" / "train.log").read_text()
+    assert "tokens/s" in log and "MFU" in log
+    tokenizer = json.loads(next((char_run / "cache").glob("*/tokenizer.json")).read_text())
+    assert tokenizer["type"] == "char"
+
+
+def test_the_loss_goes_down(lm_data, tmp_path, cli):
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path, "--max_steps", "60", "--eval_interval", "30",
+                                             "--lr", "1e-2", "--min_lr", "1e-3"))
+    assert code == 0, err
+    evals = json.loads((tmp_path / "run" / "history.json").read_text())["evals"]
+    vocab = load_checkpoint(tmp_path / "best.pt", "stage5_gpt")["config"]["vocab_size"]
+    # a model that knows nothing scores ln(vocab) (about 3.6 here); 60 steps learn the letter frequencies and more
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] and evals[-1]["val_loss"] < math.log(vocab) - 0.6
+
+
+def test_evaluate_scores_every_validation_token(char_run, lm_data, cli, tmp_path):
+    out = tmp_path / "m.json"
+    code, stdout, err = cli(evaluate.main, ["--checkpoint", char_run / "best.pt", "--data_dir", lm_data,
+                                            "--metrics_out", out, "--device", "cpu"])
+    assert code == 0, err
+    metrics = json.loads(out.read_text())["metrics"]
+    text = (lm_data / "tiny_shakespeare" / "input.txt").read_text()
+    val = text[int(0.9 * len(text)):]
+    assert metrics["tokens"] == len(val) - 1 and metrics["bytes"] == len(val)
+    assert metrics["bits_per_byte"] == pytest.approx(metrics["loss"] * metrics["tokens"] / len(val) / math.log(2))
+    assert "bits/byte" in stdout
+
+
+def test_generate_same_text_with_and_without_the_kv_cache(char_run, cli):
+    argv = ["--checkpoint", char_run / "best.pt", "--prompt", "ROMEO:", "--max_new_tokens", "40",
+            "--temperature", "0", "--device", "cpu"]
+    code, cached, err = cli(generate.main, argv)
+    assert code == 0, err
+    code, uncached, err = cli(generate.main, [*argv, "--no_kv_cache"])
+    assert code == 0, err
+    assert cached == uncached and cached.startswith("ROMEO:") and len(cached) > 40
+
+
+def test_a_prompt_longer_than_the_context_is_cut_and_said(char_run, cli):
+    code, out, err = cli(generate.main, ["--checkpoint", char_run / "best.pt", "--prompt", "the king " * 10,
+                                         "--max_new_tokens", "5", "--device", "cpu"])
+    assert code == 0 and "longer than the model's context of 16" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", "  "], "--prompt is empty"),
+    (["--prompt", "ROMEO: ☃"], "☃"),
+    (["--top_p", "0"], "top_p must be in (0, 1]"),
+    (["--temperature", "-1"], "temperature must be >= 0"),
+])
+def test_bad_generation_input_is_one_line(char_run, cli, argv, message):
+    code, _, err = cli(generate.main, ["--checkpoint", char_run / "best.pt", "--device", "cpu", *argv])
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_interactive_survives_empty_lines_bad_settings_and_ends_on_eof(char_run, monkeypatch, cli):
+    lines = ["", ":temperature 0", ":top_k x", ":bogus", ":settings", ":max_new_tokens 5", "ROMEO:", "☃", ""]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines)))
+    code, out, err = cli(generate.main, ["--checkpoint", char_run / "best.pt", "--interactive", "--device", "cpu"])
+    assert code == 0, err
+    assert "empty prompt" in out and "needs a valid number" in out and "unknown command" in out
+    assert "temperature 0.0" in out and "tokens/s]" in out and "☃" in out
+
+
+def test_a_tokenizer_that_does_not_match_the_checkpoint_is_refused(char_run, lm_data, tmp_path, cli):
+    from stage5_gpt.data.bpe import CharTokenizer
+
+    other = tmp_path / "other.json"
+    CharTokenizer.train("abcdef xyz\n").save(other)
+    code, _, err = cli(generate.main, ["--checkpoint", char_run / "best.pt", "--tokenizer", other, "--device", "cpu"])
+    assert code == 2 and "is not the tokenizer" in err
+    own = next((char_run / "cache").glob("*/tokenizer.json"))
+    code, _, err = cli(generate.main, ["--checkpoint", char_run / "best.pt", "--tokenizer", own, "--prompt", "ROMEO:",
+                                       "--max_new_tokens", "3", "--device", "cpu"])
+    assert code == 0, err
+
+
+def test_checkpoints_of_another_stage_or_truncated_are_refused(char_run, tmp_path, cli):
+    other = tmp_path / "stage4.pt"
+    save_checkpoint(other, {**checkpoint_header("stage4_transformer", "transformer"), "model_state": {}})
+    code, _, err = cli(generate.main, ["--checkpoint", other, "--device", "cpu"])
+    assert code == 2 and "stage4_transformer" in err and err.count("\n") == 1
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes((char_run / "best.pt").read_bytes()[:2000])
+    code, _, err = cli(evaluate.main, ["--checkpoint", truncated, "--device", "cpu"])
+    assert code == 2 and "not a readable checkpoint" in err
+    code, _, err = cli(generate.main, ["--checkpoint", tmp_path / "missing.pt", "--device", "cpu"])
+    assert code == 2 and "does not exist" in err
+
+
+def test_missing_data_and_bad_flags(tmp_path, monkeypatch, cli):
+    monkeypatch.delenv("MY_LLM_DATA", raising=False)
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(train.main, tiny_args(tmp_path / "empty", tmp_path))
+    assert code == 2 and "no local copy of tiny_shakespeare" in err and err.count("\n") == 1
+    code, _, err = cli(train.main, tiny_args(tmp_path / "empty", tmp_path, "--n_embd", "15"))
+    assert code == 2 and "divisible" in err
+    code, _, err = cli(train.main, ["--preset", "huge"])
+    assert code == 2 and "invalid choice" in err
+
+
+def test_ctrl_c_then_resume_gives_the_uninterrupted_loss_curve(lm_data, tmp_path, cli, monkeypatch):
+    """Bit-exact on CPU: the same losses at every step and the same final weights (dropout on)."""
+    common = ["--dropout", "0.1", "--grad_accum", "2"]
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path / "a", *common))
+    assert code == 0, err
+    uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage5_gpt")
+
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path / "b", *common))
+    assert code == 130 and "--resume" in err
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage5_gpt")["step"] == 8
+
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path / "b", *common, "--resume"))
+    assert code == 0, err
+    resumed = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage5_gpt")
+    assert resumed["curve"] == uninterrupted["curve"]
+    for name, value in uninterrupted["model_state"].items():
+        assert torch.equal(resumed["model_state"][name], value), name
+    assert [r["val_loss"] for r in resumed["history"]] == [r["val_loss"] for r in uninterrupted["history"]]
+
+
+def test_resume_with_other_flags_or_without_a_run_is_refused(char_run, lm_data, tmp_path, cli):
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path, "--resume"))
+    assert code == 2 and "no resumable checkpoint" in err
+    code, _, err = cli(train.main, tiny_args(lm_data, char_run, "--n_embd", "32", "--resume"))
+    assert code == 2 and "--n_embd 16 (now 32)" in err
+
+
+def test_bpe_on_gutenberg_format_trains_and_generates(lm_data, tmp_path, cli):
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path, "--preset", "gutenberg", "--vocab_size", "300"))
+    assert code == 0, err
+    code, out, err = cli(generate.main, ["--checkpoint", tmp_path / "best.pt", "--prompt", "Café",
+                                         "--max_new_tokens", "8", "--device", "cpu"])
+    assert code == 0 and out.startswith("Café"), err
+
+
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(lm_data, tmp_path):
+    """torchrun, 2 processes, gloo on CPU: ranks stay identical (train.py checks it) and end where a single
+    process with twice the gradient accumulation ends."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    same = ["--max_steps", "6", "--eval_interval", "6", "--dropout", "0"]   # dropout masks differ per process
+    flags = [str(a) for a in tiny_args(lm_data, tmp_path / "ddp", *same)]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(ROOT / "stage5_gpt" / "train.py"), *flags], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert "parameters identical on all 2 processes" in ddp.stdout
+    flags = [str(a) for a in tiny_args(lm_data, tmp_path / "one", *same, "--grad_accum", "2")]
+    one = subprocess.run([sys.executable, str(ROOT / "stage5_gpt" / "train.py"), *flags], env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-2000:]
+    a = load_checkpoint(tmp_path / "ddp" / "run" / "last.pt", "stage5_gpt")
+    b = load_checkpoint(tmp_path / "one" / "run" / "last.pt", "stage5_gpt")
+    for name, value in a["model_state"].items():
+        torch.testing.assert_close(value, b["model_state"][name], atol=1e-5, rtol=1e-4)
+    assert [s for s, _ in a["curve"]] == [s for s, _ in b["curve"]]
+    for (_, la), (_, lb) in zip(a["curve"], b["curve"]):
+        assert la == pytest.approx(lb, abs=1e-4)

@@ -1,0 +1,466 @@
+"""Pretrain GPT-mini (stage 5): characters of tiny Shakespeare, or BPE tokens of English books.
+
+    python train.py                                   # char-level tiny Shakespeare, the default model (~20 min CPU)
+    python train.py --preset baby                     # nanoGPT's CPU "baby GPT" shape, 2000 steps
+    python train.py --preset gutenberg                # byte-level BPE (8192) on 105 Gutenberg books
+    python train.py --resume                          # carry on after Ctrl-C, bit-exact on CPU
+    torchrun --standalone --nproc_per_node 4 train.py --preset gutenberg     # data-parallel on 4 GPUs
+
+Training is counted in optimizer steps. Each step sees --batch_size x --grad_accum x (number of
+processes) random windows of --block_size tokens; the learning rate warms up linearly for
+--warmup_steps, then follows a cosine down to --min_lr at --max_steps. Every --eval_interval steps the
+loss is estimated on --eval_iters fixed random batches of each split, the best model is saved to
+--checkpoint and a resumable `last.pt` to the run folder.
+
+Data-parallel training (DDP): started by torchrun, each process holds a copy of the model and takes
+its own share of every step's windows; gradients are averaged across processes in backward, so all
+copies stay identical. Several machines: `torchrun --nnodes 2 --node_rank 0|1 --master_addr HOST
+--master_port 29500 --nproc_per_node 8 train.py ...` on each one.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, amp_name,  # noqa: E402
+                            autocast, check_positive, checkpoint_header, get_device, hardware, load_resume,
+                            rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads,
+                            setup_logging, write_json, write_metrics)
+from stage5_gpt.data.bpe import ByteLevelBPE, CharTokenizer  # noqa: E402
+from stage5_gpt.data.corpus import DATA_CACHE, DATASETS, TokenData, prepare, train_tokenizer  # noqa: E402
+from stage5_gpt.models.gpt import ATTENTION_IMPLS, GPT, GPTConfig  # noqa: E402
+from stage5_gpt.models.hf import load_gpt2  # noqa: E402
+
+STAGE = "stage5_gpt"
+STAGE_DIR = Path(__file__).resolve().parent
+MODEL_NAME = "gpt"
+# good settings per preset (flags left unset take these); "baby" is nanoGPT's CPU example, for comparison
+PRESETS: dict[str, dict[str, Any]] = {
+    "char": dict(dataset="shakespeare", tokenizer="char", vocab_size=0, bias=0, n_layer=4, n_head=4, n_embd=256,
+                 block_size=256, dropout=0.1, batch_size=16, grad_accum=1, max_steps=5000, lr=2e-3, min_lr=2e-4,
+                 warmup_steps=100, weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=50),
+    "baby": dict(dataset="shakespeare", tokenizer="char", vocab_size=0, bias=0, n_layer=4, n_head=4, n_embd=128,
+                 block_size=64, dropout=0.0, batch_size=12, grad_accum=1, max_steps=2000, lr=1e-3, min_lr=1e-4,
+                 warmup_steps=100, weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=20),
+    "gutenberg": dict(dataset="gutenberg", tokenizer="bpe", vocab_size=8192, bias=0, n_layer=4, n_head=4, n_embd=256,
+                      block_size=256, dropout=0.0, batch_size=16, grad_accum=1, max_steps=4000, lr=2e-3,
+                      min_lr=2e-4, warmup_steps=200, weight_decay=0.1, beta2=0.95, eval_interval=500,
+                      eval_iters=50),
+}
+# dense bf16 tensor-core peak of some GPUs (FLOP/s), for model FLOPs utilisation
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12,
+                  "T4": 65e12, "V100": 125e12}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgParser(description="Pretrain GPT-mini, a decoder-only Transformer language model (stage 5).")
+    p.add_argument("--preset", default="char", choices=sorted(PRESETS),
+                   help="settings for unset flags: char (default model), baby (nanoGPT's CPU shape), gutenberg (BPE)")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS), help="text to train on")
+    p.add_argument("--tokenizer", default=None, choices=["char", "bpe"], help="characters, or byte-level BPE")
+    p.add_argument("--vocab_size", type=int, default=None, help="BPE vocabulary size, special tokens included")
+    p.add_argument("--bpe_train_chars", type=int, default=10_000_000,
+                   help="train the BPE on the first N characters of the training text (0: all)")
+    p.add_argument("--init_from", default="scratch",
+                   help="scratch, or GPT-2 weights: gpt2 / gpt2-medium / ... (Hugging Face, online) or a local "
+                        "folder holding a transformers GPT-2 (config.json, weights, vocab.json, merges.txt)")
+    p.add_argument("--n_layer", type=int, default=None, help="Transformer blocks")
+    p.add_argument("--n_head", type=int, default=None, help="attention heads per block")
+    p.add_argument("--n_embd", type=int, default=None, help="model width d (divisible by --n_head)")
+    p.add_argument("--block_size", type=int, default=None, help="context length in tokens")
+    p.add_argument("--dropout", type=float, default=None, help="dropout on attention weights and residual branches")
+    p.add_argument("--bias", type=int, choices=[0, 1], default=None,
+                   help="1: biases in Linear and LayerNorm as in GPT-2; 0: none (a little faster, as good)")
+    p.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLS,
+                   help="manual: softmax(QK^T/sqrt(d))V written out; sdpa: F.scaled_dot_product_attention (faster)")
+    p.add_argument("--batch_size", type=int, default=None, help="windows per micro-batch, per process")
+    p.add_argument("--grad_accum", type=int, default=None, help="micro-batches summed into each optimizer step")
+    p.add_argument("--max_steps", type=int, default=None, help="optimizer steps; the cosine schedule ends here")
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
+    p.add_argument("--min_lr", type=float, default=None, help="learning rate at the end of the cosine")
+    p.add_argument("--warmup_steps", type=int, default=None, help="linear warm-up steps")
+    p.add_argument("--weight_decay", type=float, default=None, help="AdamW decoupled weight decay (matrices only)")
+    p.add_argument("--beta2", type=float, default=None, help="AdamW beta2")
+    p.add_argument("--clip", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
+    p.add_argument("--eval_interval", type=int, default=None, help="estimate losses and save every N steps")
+    p.add_argument("--eval_iters", type=int, default=None, help="batches per loss estimate")
+    p.add_argument("--log_interval", type=int, default=10, help="log loss, tokens/s and MFU every N steps")
+    p.add_argument("--amp", type=int, choices=[0, 1], default=1,
+                   help="1: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16 (elsewhere float32)")
+    p.add_argument("--compile", type=int, choices=[0, 1], default=0, help="1: torch.compile the model")
+    p.add_argument("--peak_tflops", type=float, default=0.0,
+                   help="hardware peak for MFU (0: known GPUs from a table; CPUs by timing a matmul at start)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N characters of the training text")
+    p.add_argument("--cache_dir", default=str(DATA_CACHE), help="where the tokenised data sets are kept")
+    p.add_argument("--checkpoint", default=None, help="best checkpoint (default checkpoints/gpt_<dataset>_<tok>.pt)")
+    p.add_argument("--out_dir", default=None, help="run folder (default runs/gpt_<dataset>_<tok>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    add_common_args(p)
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill unset flags from the preset and check what a user may get wrong."""
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.init_from != "scratch":
+        args.tokenizer = "gpt2"
+    if args.tokenizer == "bpe" and args.vocab_size < 257 + 1:
+        raise UserError(f"--vocab_size must exceed 257 (256 bytes and <|endoftext|>), got {args.vocab_size}")
+    check_positive(args, "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps",
+                   "eval_interval", "eval_iters", "log_interval")
+    if args.n_embd % args.n_head:
+        raise UserError(f"--n_embd {args.n_embd} must be divisible by --n_head {args.n_head}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.warmup_steps < 0:
+        raise UserError(f"--warmup_steps must be >= 0, got {args.warmup_steps}")
+    if not (args.lr > 0 and 0 <= args.min_lr <= args.lr):
+        raise UserError(f"need --lr > 0 and 0 <= --min_lr <= --lr, got {args.lr} and {args.min_lr}")
+    run = f"gpt_{args.dataset}_{args.tokenizer}"
+    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"{run}.pt")
+    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / run)
+    return args
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    """Linear warm-up to --lr, then cosine decay to --min_lr at --max_steps (a function of the step alone)."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = min(1.0, (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps))
+    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: GPT, args: argparse.Namespace, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on the matrices only: decaying biases, LayerNorm gains or the
+    embedding rows of rare tokens only pulls them towards zero for no gain."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel updates every tensor (CUDA and CPU); measured faster than the per-tensor loop
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), **fused)
+
+
+def peak_flops(device: torch.device, args: argparse.Namespace) -> tuple[float, str]:
+    """The FLOP/s that MFU divides by, and where the number came from."""
+    if args.peak_tflops > 0:
+        return args.peak_tflops * 1e12, "--peak_tflops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return value, f"{name} bf16 dense peak"
+    # CPUs (and unknown GPUs): time a large matmul in the dtype training uses
+    dtype = torch.bfloat16 if (args.amp and device.type == "cuda") or (args.amp and "bf16" in amp_name(device)) \
+        else torch.float32
+    a = torch.full((1024, 1024), 0.5, device=device, dtype=dtype)   # not randn: leave the RNG to training
+    for _ in range(3):
+        a @ a
+    reps, tick = 20, time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * 1024 ** 3 * reps / (time.perf_counter() - tick), f"measured 1024x1024 {str(dtype)[6:]} matmul"
+
+
+class Distributed:
+    """Rank, world size and the helpers the loop needs; a single process is world size 1."""
+
+    def __init__(self, device_name: str) -> None:
+        self.enabled = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = get_device(device_name)
+        if self.enabled:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        self.master = self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any (so all ranks stop at the same step)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def mean(self, value: float) -> float:
+        """The average of `value` over all processes (the loss of the whole global batch)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.item() / self.world
+
+    def check_in_sync(self, model: torch.nn.Module) -> None:
+        """DDP's promise, checked: after the last step every process holds exactly the same parameters."""
+        if not self.enabled:
+            return
+        flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+        gathered = [torch.empty_like(flat) for _ in range(self.world)]
+        dist.all_gather(gathered, flat)
+        if not all(torch.equal(gathered[0], g) for g in gathered[1:]):
+            raise RuntimeError("the processes' parameters differ after training: DDP lost synchronisation")
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def load_data(args: argparse.Namespace, ddp: Distributed, log: Any,
+              gpt2_tokenizer: ByteLevelBPE | None) -> TokenData:
+    """Tokenise once (the first process), then every process memory-maps the same files."""
+    if gpt2_tokenizer is not None:
+        name = f"{args.dataset}-gpt2-{gpt2_tokenizer.fingerprint()[:8]}"
+        make = lambda text: gpt2_tokenizer  # noqa: E731
+    elif args.tokenizer == "char":
+        name, make = f"{args.dataset}-char", CharTokenizer.train
+    else:
+        name = f"{args.dataset}-bpe{args.vocab_size}-{args.bpe_train_chars}"
+        make = lambda text: train_tokenizer("bpe", text, args.vocab_size, args.bpe_train_chars)  # noqa: E731
+    if ddp.master:
+        data = prepare(args.dataset, args.data_dir, make, name, args.limit, log.info, Path(args.cache_dir))
+    ddp.barrier()
+    if not ddp.master:
+        data = prepare(args.dataset, args.data_dir, make, name, args.limit, log.info, Path(args.cache_dir))
+    return data
+
+
+def window_starts(n_tokens: int, args: argparse.Namespace, world: int, generator: torch.Generator) -> torch.Tensor:
+    """Random window starts for one optimizer step of every process: (world * grad_accum, batch_size).
+    Every process draws the same numbers and takes its own rows, so a run on N processes sees exactly
+    the windows of a one-process run with N times the accumulation."""
+    high = n_tokens - args.block_size - 1
+    if high < 1:
+        raise UserError(f"the training data holds {n_tokens} tokens, fewer than one window of "
+                        f"{args.block_size + 1}; lower --block_size or drop --limit")
+    return torch.randint(high, (world * args.grad_accum, args.batch_size), generator=generator)
+
+
+def windows(data: np.ndarray, starts: torch.Tensor, block: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    x = torch.stack([torch.from_numpy(data[s: s + block].astype(np.int64)) for s in starts.tolist()])
+    y = torch.stack([torch.from_numpy(data[s + 1: s + 1 + block].astype(np.int64)) for s in starts.tolist()])
+    if device.type == "cuda":   # pinned memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+@torch.no_grad()
+def estimate_loss(model: torch.nn.Module, data: np.ndarray, args: argparse.Namespace,
+                  device: torch.device, seed: int) -> float:
+    """Mean loss on --eval_iters batches of random windows, always the same ones (own generator): the
+    estimates at different steps are comparable and the training RNG is not disturbed."""
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    losses = []
+    for _ in range(args.eval_iters):
+        high = len(data) - args.block_size - 1
+        starts = torch.randint(high, (args.batch_size,), generator=generator)
+        x, y = windows(data, starts, args.block_size, device)
+        with autocast(device, bool(args.amp)):
+            _, loss = model(x, y)
+        losses.append(loss.item())
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
+def checkpoint_payload(args: argparse.Namespace, model: GPT, tokenizer: Any, extra: dict[str, Any]) -> dict:
+    return {**checkpoint_header(STAGE, MODEL_NAME), "config": model.config.to_dict(), "dataset": args.dataset,
+            "tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint(), "args": vars(args),
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = resolve_args(build_parser().parse_args(argv))
+    started = time.time()
+    set_threads(args.num_threads)
+    ddp = Distributed(args.device)
+    try:
+        return train(args, ddp, started)
+    finally:
+        ddp.close()
+
+
+def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
+    device = ddp.device
+    out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
+    last_path = out_dir / "last.pt"
+    must_match = ["tokenizer", "vocab_size", "bias", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                  "grad_accum", "max_steps", "lr", "min_lr", "warmup_steps", "limit", "init_from"]
+    resume = load_resume(last_path, STAGE, MODEL_NAME, args, must_match, map_location="cpu")
+    log = setup_logging(out_dir if ddp.master else None)
+    if not ddp.master:
+        log.disabled = True
+
+    gpt2 = load_gpt2(args.init_from, args.attention, args.dropout) if args.init_from != "scratch" else None
+    data = load_data(args, ddp, log, gpt2[1] if gpt2 else None)
+    tokenizer = data.tokenizer
+    if resume and resume.get("tokenizer_fingerprint") != tokenizer.fingerprint():
+        raise UserError(f"--resume: {last_path} was trained with another tokenizer than {data.folder}; "
+                        "start a new run with another --out_dir")
+    log.info(f"{args.dataset}: {len(data.train):,} train / {len(data.val):,} val tokens, "
+             f"{tokenizer.vocab_size:,}-token {type(tokenizer).__name__}; run folder {out_dir}")
+
+    set_seed(args.seed + ddp.rank)          # dropout differs per process; the data order does not
+    if gpt2:
+        model = gpt2[0]
+        config = model.config
+    else:
+        config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=bool(args.bias),
+                           attention=args.attention)
+        model = GPT(config)
+    model.to(device)
+    optimizer = make_optimizer(model, args, device)
+    data_generator = torch.Generator().manual_seed(args.seed)
+    state: dict[str, Any] = {"step": 0, "best_val_loss": math.inf, "best_step": 0, "history": [], "curve": [],
+                             "train_seconds": 0.0, "tokens_seen": 0}
+    if resume:
+        model.load_state_dict(resume["model_state"])
+        optimizer.load_state_dict(resume["optimizer_state"])
+        state = {k: resume[k] for k in state}
+        data_generator.set_state(resume["data_rng"])
+        set_rng_state(resume["rng_state"])
+        log.info(f"resumed at step {state['step']}")
+    params = model.num_params()
+    flops_per_token = model.flops_per_token(args.block_size)
+    peak, peak_source = peak_flops(device, args)
+    tokens_per_step = args.batch_size * args.block_size * args.grad_accum * ddp.world
+    log.info(f"GPT ({args.attention}, {amp_name(device, bool(args.amp))}): {params:,} parameters, "
+             f"{flops_per_token / 1e6:.1f} MFLOPs/token, {tokens_per_step:,} tokens/step, {ddp.world} process(es) "
+             f"on {hardware(device)}; MFU against {peak / 1e12:.2f} TFLOP/s ({peak_source})")
+
+    raw_model = model
+    if args.compile:
+        model = torch.compile(model)
+    if ddp.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save_last() -> None:
+        if ddp.master:
+            save_checkpoint(last_path, checkpoint_payload(args, raw_model, tokenizer, {
+                **state, "optimizer_state": optimizer.state_dict(), "rng_state": rng_state(),
+                "data_rng": data_generator.get_state()}))
+
+    def evaluate_and_save() -> None:
+        row = {"step": state["step"], "train_loss": estimate_loss(raw_model, data.train, args, device, 1),
+               "val_loss": estimate_loss(raw_model, data.val, args, device, 2),
+               "lr": optimizer.param_groups[0]["lr"], "tokens_seen": state["tokens_seen"],
+               "elapsed_s": round(state["train_seconds"], 3)}
+        state["history"].append(row)
+        improved = row["val_loss"] < state["best_val_loss"]
+        if improved:
+            state.update(best_val_loss=row["val_loss"], best_step=state["step"])
+            if ddp.master:
+                save_checkpoint(best_path, checkpoint_payload(args, raw_model, tokenizer, {
+                    "step": state["step"], "best_val_loss": row["val_loss"], "history": state["history"]}))
+        log.info(f"step {state['step']:5d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
+                 f"{'  *best*' if improved else ''}  {state['train_seconds'] / 60:.1f} min")
+        save_last()
+
+    model.train()
+    tick, window_tokens, window_steps = time.time(), 0, 0
+    with StopOnInterrupt() as interrupt:
+        while state["step"] < args.max_steps:
+            step_start = time.time()
+            lr = lr_at(state["step"], args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            starts = window_starts(len(data.train), args, ddp.world, data_generator)
+            loss_sum = 0.0
+            for micro in range(args.grad_accum):
+                x, y = windows(data.train, starts[ddp.rank * args.grad_accum + micro], args.block_size, device)
+                sync = micro == args.grad_accum - 1 or not ddp.enabled
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, bool(args.amp)):
+                    _, loss = model(x, y)
+                (loss / args.grad_accum).backward()
+                loss_sum += loss.item() / args.grad_accum
+            if args.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = ddp.mean(loss_sum)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            state["step"] += 1
+            state["tokens_seen"] += tokens_per_step
+            state["train_seconds"] += time.time() - step_start
+            state["curve"].append([state["step"], round(loss_sum, 6)])
+            window_tokens += tokens_per_step
+            window_steps += 1
+            if state["step"] % args.log_interval == 0 or state["step"] == args.max_steps:
+                seconds = time.time() - tick
+                speed = window_tokens / seconds
+                log.info(f"step {state['step']:5d}  loss {loss_sum:.4f}  lr {lr:.2e}  {speed:,.0f} tokens/s  "
+                         f"MFU {100 * speed * flops_per_token / peak:.1f}%  "
+                         f"{1000 * seconds / window_steps:.0f} ms/step")
+                tick, window_tokens, window_steps = time.time(), 0, 0
+            if state["step"] % args.eval_interval == 0 or state["step"] == args.max_steps:
+                evaluate_and_save()
+                tick, window_tokens, window_steps = time.time(), 0, 0   # evaluation is not training time
+            if ddp.any(interrupt.requested):
+                interrupt.requested = True
+                interrupt.stop_if_requested(save_last, f"{last_path} at step {state['step']}")
+
+    ddp.check_in_sync(raw_model)
+    if ddp.enabled:
+        log.info(f"parameters identical on all {ddp.world} processes")
+    if ddp.master:
+        finish(args, raw_model, state, params, flops_per_token, peak, peak_source, device, ddp, started, log)
+    return 0
+
+
+def finish(args: argparse.Namespace, model: GPT, state: dict[str, Any], params: int, flops_per_token: float,
+           peak: float, peak_source: str, device: torch.device, ddp: Distributed, started: float, log: Any) -> None:
+    """history.json, curves.png and metrics.json of the run."""
+    from scripts.plots import plot_curves  # noqa: PLC0415 - matplotlib only when a run ends
+
+    out_dir = Path(args.out_dir)
+    write_json(out_dir / "history.json", {"evals": state["history"], "curve": state["curve"]})
+    plot_curves(state["history"], out_dir / "curves.png", [["train_loss", "val_loss"], ["lr"]], x="step",
+                title=f"GPT on {args.dataset} ({args.tokenizer})")
+    tokens_per_s = state["tokens_seen"] / max(state["train_seconds"], 1e-9)
+    best = min(state["history"], key=lambda r: r["val_loss"])
+    metrics = {"val_loss": best["val_loss"], "best_step": best["step"],
+               "final_val_loss": state["history"][-1]["val_loss"],
+               "final_train_loss": state["history"][-1]["train_loss"], "steps": state["step"],
+               "tokens_seen": state["tokens_seen"], "train_tokens_per_s": tokens_per_s,
+               "flops_per_token": flops_per_token, "mfu": tokens_per_s * flops_per_token / peak,
+               "peak_flops": peak, "peak_source": peak_source, "fit_seconds": round(state["train_seconds"], 3),
+               "processes": ddp.world}
+    write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"gpt_{args.preset}", dataset=args.dataset,
+                  split="val", params=params, seconds=time.time() - started, seconds_key="train_seconds",
+                  device=device, metrics=metrics,
+                  extra={"checkpoint": str(args.checkpoint), "tokenizer": args.tokenizer,
+                         "config": model.config.to_dict(), "amp": amp_name(device, bool(args.amp))})
+    log.info(f"best val loss {best['val_loss']:.4f} at step {best['step']}; {tokens_per_s:,.0f} tokens/s; "
+                f"checkpoint {args.checkpoint}")
+
+
+if __name__ == "__main__":
+    run_main(main)
