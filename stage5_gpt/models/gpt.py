@@ -31,7 +31,8 @@ class GPTConfig:
     n_layer: int = 6
     n_head: int = 6
     n_embd: int = 384
-    dropout: float = 0.0
+    dropout: float = 0.0        # on the embeddings and on each residual branch
+    attn_dropout: float = 0.0   # on the attention weights (costly on CPU: the fused kernel has no dropout there)
     bias: bool = True           # biases in Linear and LayerNorm, as GPT-2 has them
     attention: str = "sdpa"     # "manual": softmax(QK^T/sqrt(d))V written out; "sdpa": F.scaled_dot_product_attention
 
@@ -84,9 +85,9 @@ class CausalSelfAttention(nn.Module):
         self.attention = config.attention
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = nn.Dropout(config.dropout)
+        self.attn_dropout = nn.Dropout(config.attn_dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.dropout = config.dropout
+        self.attn_dropout_p = config.attn_dropout
         self.last_weights: torch.Tensor | None = None  # (B, nh, T, T), kept when record_weights is set
         self.record_weights = False
 
@@ -104,7 +105,7 @@ class CausalSelfAttention(nn.Module):
             # one fused kernel; a plain causal mask when queries and keys cover the same positions
             mask = None if S == T or T == 1 else causal_mask(T, S, x.device)
             y = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=S == T and T > 1,
-                                               dropout_p=self.dropout if self.training else 0.0)
+                                               dropout_p=self.attn_dropout_p if self.training else 0.0)
         else:
             scores = query @ key.transpose(-2, -1) / math.sqrt(hs)      # (B, nh, T, S)
             scores = scores.masked_fill(~causal_mask(T, S, x.device), float("-inf"))

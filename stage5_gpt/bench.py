@@ -1,0 +1,249 @@
+"""Stage 5 benchmark: every number in the stage README, from the default settings, on this machine.
+
+    python stage5_gpt/bench.py                                 # all parts
+    python stage5_gpt/bench.py --parts char                    # the default char-level model (~20 min)
+    python stage5_gpt/bench.py --parts baby --nanogpt_dir ~/nanoGPT   # also time nanoGPT's own train.py
+    python stage5_gpt/bench.py --tables_only                   # rebuild the README tables from results/
+
+baby:      `train.py --preset baby` (nanoGPT's CPU "baby GPT": 4 layers, 4 heads, 128 wide, context 64,
+           batch 12, 2000 steps); with --nanogpt_dir, nanoGPT's train.py with the same flags right after,
+           on the same machine and threads, so the two speeds are measured side by side.
+char:      `train.py` with no flags (the default model), then `evaluate.py` over the whole validation text.
+kv:        generation speed of the char model with and without the KV cache, for 64 ... 512 new tokens.
+bpe:       training our byte-level BPE (8192 tokens) on the first 10 MB of the Gutenberg training text,
+           beside Hugging Face `tokenizers` (Rust) with the same settings.
+gutenberg: `train.py --preset gutenberg` (BPE pretraining on 105 books), then `evaluate.py` on 6 other books.
+Each writes JSON files into stage5_gpt/results/.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+import torch  # noqa: E402
+
+from scripts.common import (ArgParser, UserError, hardware, load_checkpoint, read_json,  # noqa: E402
+                            run_main, write_json)
+from scripts.report import markdown_table, update_file  # noqa: E402
+
+STAGE_DIR = Path(__file__).resolve().parent
+RESULTS = STAGE_DIR / "results"
+PARTS = ("baby", "char", "kv", "bpe", "gutenberg")
+BABY_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+              "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+              "--lr_decay_iters=2000", "--dropout=0.0"]   # nanoGPT README's CPU command, verbatim
+
+
+def run(script: str, *argv: str) -> None:
+    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
+    print("$", " ".join(cmd[1:]), flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise UserError(f"{script} failed; see its message above")
+
+
+def short_paths(command: str) -> str:
+    return re.sub(r"\S*/stage5_gpt/(runs|checkpoints)/", r"\1/", command)
+
+
+def copy_run(run_dir: Path, name: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    shutil.copy(run_dir / "metrics.json", RESULTS / f"{name}_train.json")
+    shutil.copy(run_dir / "history.json", RESULTS / f"{name}_history.json")
+
+
+def train_and_evaluate(name: str, preset: list[str], extra: list[str]) -> None:
+    run_dir, checkpoint = STAGE_DIR / "runs" / f"bench_{name}", STAGE_DIR / "checkpoints" / f"bench_{name}.pt"
+    shutil.rmtree(run_dir, ignore_errors=True)   # a benchmark starts fresh, never resumes
+    run("train.py", *preset, "--out_dir", str(run_dir), "--checkpoint", str(checkpoint), *extra)
+    run("evaluate.py", "--checkpoint", str(checkpoint), "--metrics_out", str(run_dir / "eval.json"), *extra)
+    copy_run(run_dir, name)
+    shutil.copy(run_dir / "eval.json", RESULTS / f"{name}_eval.json")
+
+
+def nanogpt(nanogpt_dir: Path, threads: int) -> None:
+    """nanoGPT's own train.py with the baby-GPT flags; its log gives ms per iteration and the losses."""
+    data = nanogpt_dir / "data" / "shakespeare_char"
+    if not (data / "train.bin").is_file():
+        raise UserError(f"{data}/train.bin is missing: copy tiny Shakespeare's input.txt there and run prepare.py")
+    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *BABY_FLAGS,
+           "--eval_interval=250", "--out_dir=out-bench-baby"]
+    print("$ (in", nanogpt_dir, ")", " ".join(cmd[1:]), flush=True)
+    env = {"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"}
+    tick = time.time()
+    result = subprocess.run(cmd, cwd=nanogpt_dir, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise UserError(f"nanoGPT's train.py failed: {result.stderr.strip().splitlines()[-1:]}")
+    times = [float(m) for m in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", result.stdout, re.M)
+             for m in [m[1]] if int(m[0]) >= 10]
+    evals = [(int(s), float(t), float(v)) for s, t, v in
+             re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", result.stdout, re.M)]
+    ms = sum(times) / len(times)
+    write_json(RESULTS / "nanogpt_baby.json", {
+        "source": "karpathy/nanoGPT train.py", "flags": BABY_FLAGS, "ms_per_iter": ms,
+        "tokens_per_s": 12 * 64 / (ms / 1000), "evals": evals, "val_loss": min(v for _, _, v in evals),
+        "final_val_loss": evals[-1][2], "wall_seconds": time.time() - tick, "hardware": hardware("cpu"),
+        "torch": torch.__version__})
+
+
+def kv_speed(checkpoint: Path, lengths: Sequence[int] = (64, 128, 256, 512), repeats: int = 2) -> None:
+    """Seconds to generate N new tokens (batch 1, greedy) with and without the KV cache, same model."""
+    from stage5_gpt.models.gpt import GPT, GPTConfig  # noqa: PLC0415
+
+    ckpt = load_checkpoint(checkpoint, "stage5_gpt", ["gpt"])
+    model = GPT(GPTConfig(**ckpt["config"])).eval()
+    model.load_state_dict(ckpt["model_state"])
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    rows = []
+    for n in lengths:
+        row = {"new_tokens": n}
+        for name, cache in (("cached", True), ("uncached", False)):
+            best = float("inf")
+            for _ in range(repeats):
+                tick = time.perf_counter()
+                tokens = torch.cat(list(model.generate(prompt, n, temperature=0.0, use_cache=cache)))
+                best = min(best, time.perf_counter() - tick)
+            row[f"{name}_seconds"], row[f"{name}_tokens"] = best, tokens.tolist()
+        assert row["cached_tokens"] == row["uncached_tokens"], "the KV cache changed the greedy output"
+        row["same_tokens"] = True
+        del row["cached_tokens"], row["uncached_tokens"]
+        row["speedup"] = row["uncached_seconds"] / row["cached_seconds"]
+        print(f"{n} new tokens: {row['cached_seconds']:.2f} s cached, {row['uncached_seconds']:.2f} s uncached "
+              f"({row['speedup']:.1f}x)", flush=True)
+        rows.append(row)
+    write_json(RESULTS / "kv_cache.json", {"checkpoint": checkpoint.name, "block_size": model.config.block_size,
+                                           "batch": 1, "decoding": "greedy", "rows": rows,
+                                           "hardware": hardware("cpu"), "torch": torch.__version__})
+
+
+def bpe_speed(data_dir: str | None, chars: int = 10_000_000, vocab_size: int = 8192) -> None:
+    from stage5_gpt.data.bpe import ByteLevelBPE  # noqa: PLC0415
+    from stage5_gpt.data.corpus import load_text  # noqa: PLC0415
+
+    text = load_text("gutenberg", data_dir)["train"][:chars]
+    tick = time.perf_counter()
+    ours = ByteLevelBPE.train(text, vocab_size)
+    ours_seconds = time.perf_counter() - tick
+    tick = time.perf_counter()
+    ids = ours.encode(text)
+    encode_seconds = time.perf_counter() - tick
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: PLC0415
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    tick = time.perf_counter()
+    hf.train_from_iterator([text], trainer)
+    hf_seconds = time.perf_counter() - tick
+    hf_merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+                 for m in __import__("json").loads(hf.to_str())["model"]["merges"]]
+    same = hf_merges == [(ours.token_str(a), ours.token_str(b)) for a, b in ours.merges]
+    write_json(RESULTS / "bpe.json", {
+        "chars": len(text), "bytes": len(text.encode("utf-8")), "vocab_size": vocab_size,
+        "train_seconds": ours_seconds,
+        "encode_seconds": encode_seconds, "tokens": len(ids), "bytes_per_token": len(text.encode("utf-8")) / len(ids),
+        "hf_tokenizers_train_seconds": hf_seconds, "same_merges_as_hf": same, "hardware": hardware("cpu"),
+        "torch": torch.__version__})
+    print(f"BPE {vocab_size} on {len(text):,} chars: ours {ours_seconds:.1f} s, HF tokenizers {hf_seconds:.1f} s, "
+          f"same merges: {same}", flush=True)
+
+
+def mins(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def readme_blocks() -> dict[Path, dict[str, str]]:
+    """The README tables, made from results/*.json (parts not run yet are left out)."""
+    blocks: dict[str, str] = {}
+    rows = []
+    for name, label in (("baby", "baby GPT (`--preset baby`)"), ("char", "default (`train.py`, no flags)"),
+                        ("gutenberg", "BPE 8192, Gutenberg (`--preset gutenberg`)")):
+        if not (RESULTS / f"{name}_train.json").is_file():
+            continue
+        train, evaluation = read_json(RESULTS / f"{name}_train.json"), read_json(RESULTS / f"{name}_eval.json")
+        m, e = train["metrics"], evaluation["metrics"]
+        rows.append({"model": label, "data": train["dataset"], "est": m["val_loss"], "exact": e["loss"],
+                     "bpb": e["bits_per_byte"], "time": mins(m["fit_seconds"]), "steps": m["steps"],
+                     "speed": m["train_tokens_per_s"], "mfu": f"{100 * m['mfu']:.1f}%", "params": train["params"],
+                     "hardware": train["hardware"], "amp": train.get("amp", "")})
+    if rows:
+        table = markdown_table(rows, [("model", lambda r: r["model"]), ("data", lambda r: r["data"]),
+                                      ("val loss (estimate)", lambda r: f"{r['est']:.3f}"),
+                                      ("val loss (every token)", lambda r: f"{r['exact']:.3f}"),
+                                      ("bits/byte", lambda r: f"{r['bpb']:.3f}"),
+                                      ("training time", lambda r: r["time"]), ("steps", lambda r: r["steps"]),
+                                      ("tokens/s", lambda r: f"{r['speed']:,.0f}"), ("MFU", lambda r: r["mfu"]),
+                                      ("parameters", lambda r: r["params"]), ("precision", lambda r: r["amp"]),
+                                      ("hardware", lambda r: r["hardware"])])
+        blocks["stage5_pretrain"] = table + "\n\nCommand: `python stage5_gpt/bench.py --parts baby char gutenberg`."
+    if (RESULTS / "nanogpt_baby.json").is_file() and (RESULTS / "baby_train.json").is_file():
+        ng, ours = read_json(RESULTS / "nanogpt_baby.json"), read_json(RESULTS / "baby_train.json")
+        table = markdown_table([
+            {"who": "this course, `train.py --preset baby`", "val": ours["metrics"]["val_loss"],
+             "speed": ours["metrics"]["train_tokens_per_s"]},
+            {"who": "nanoGPT `train.py` (its README's CPU command)", "val": ng["val_loss"],
+             "speed": ng["tokens_per_s"]},
+        ], [("program", lambda r: r["who"]), ("best val loss (20 batches)", lambda r: f"{r['val']:.3f}"),
+            ("training tokens/s", lambda r: f"{r['speed']:,.0f}")])
+        blocks["stage5_nanogpt"] = (table + f"\n\nSame machine, one after the other: {ng['hardware']}, torch "
+                                    f"{ng['torch']}. Command: `python stage5_gpt/bench.py --parts baby "
+                                    "--nanogpt_dir PATH`.")
+    if (RESULTS / "kv_cache.json").is_file():
+        kv = read_json(RESULTS / "kv_cache.json")
+        table = markdown_table(kv["rows"], [
+            ("new tokens", lambda r: r["new_tokens"]), ("with KV cache", lambda r: f"{r['cached_seconds']:.2f} s"),
+            ("without", lambda r: f"{r['uncached_seconds']:.2f} s"), ("speed-up", lambda r: f"{r['speedup']:.1f}x"),
+            ("same tokens", lambda r: "yes" if r["same_tokens"] else "no")])
+        blocks["stage5_kv"] = (table + f"\n\nThe default char model (context {kv['block_size']}), batch 1, greedy; "
+                               f"{kv['hardware']}. Command: `python stage5_gpt/bench.py --parts kv`.")
+    if (RESULTS / "bpe.json").is_file():
+        b = read_json(RESULTS / "bpe.json")
+        blocks["stage5_bpe"] = markdown_table([b], [
+            ("text", lambda r: f"{r['chars']:,} characters of Gutenberg"), ("vocabulary", lambda r: r["vocab_size"]),
+            ("train (ours, Python)", lambda r: f"{r['train_seconds']:.1f} s"),
+            ("train (HF tokenizers, Rust)", lambda r: f"{r['hf_tokenizers_train_seconds']:.1f} s"),
+            ("same merges", lambda r: "yes" if r["same_merges_as_hf"] else "no"),
+            ("encode (ours)", lambda r: f"{r['encode_seconds']:.1f} s"),
+            ("bytes/token", lambda r: f"{r['bytes_per_token']:.2f}")]) + (
+            f"\n\n{b['hardware']}. Command: `python stage5_gpt/bench.py --parts bpe`.")
+    return {STAGE_DIR / "README.md": blocks}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgParser(description="Stage 5 benchmark: the numbers in stage5_gpt/README.md.")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which measurements to run")
+    p.add_argument("--nanogpt_dir", default=None, help="a nanoGPT checkout, to time its train.py beside ours")
+    p.add_argument("--data_dir", default=None, help="folder holding the data sets (default $MY_LLM_DATA)")
+    p.add_argument("--tables_only", action="store_true", help="only rebuild the README tables from results/")
+    args = p.parse_args(argv)
+    extra = ["--data_dir", args.data_dir] if args.data_dir else []
+    threads = torch.get_num_threads()
+    if not args.tables_only:
+        RESULTS.mkdir(exist_ok=True)
+        if "baby" in args.parts:
+            train_and_evaluate("baby", ["--preset", "baby"], extra)
+            if args.nanogpt_dir:
+                nanogpt(Path(args.nanogpt_dir).expanduser().resolve(), threads)
+        if "char" in args.parts:
+            train_and_evaluate("char", [], extra)
+        if "kv" in args.parts:
+            kv_speed(STAGE_DIR / "checkpoints" / "bench_char.pt")
+        if "bpe" in args.parts:
+            bpe_speed(args.data_dir)
+        if "gutenberg" in args.parts:
+            train_and_evaluate("gutenberg", ["--preset", "gutenberg"], extra)
+    for path, blocks in readme_blocks().items():
+        if path.is_file() and blocks:
+            update_file(path, {k: short_paths(v) for k, v in blocks.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
