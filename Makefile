@@ -1,8 +1,9 @@
 # my_llm: every target sets up what it needs. Run from the repository root.
 #   make demo   create .venv, install requirements.txt, train and evaluate stage 1 on IMDb
 #   make test   create .venv (with the test packages) and run the whole test suite
-#   make bench  every stage's benchmark (stage 1 ~5 min, stage 2 ~50 min, stage 3 ~95 min, stage 4 ~45 min
-#               on 2 CPU cores); make bench-stage1 / ... / bench-stage4 for one. Results go to stageN_*/results/.
+#   make bench  every stage's benchmark (stage 1 ~5 min, stage 2 ~50 min, stage 3 ~95 min, stage 4 ~45 min,
+#               stage 5 ~50 min on 2 CPU cores); make bench-stage1 / ... / bench-stage5 for one. Results go to
+#               stageN_*/results/. Stage 5's nanoGPT comparison and GPU part need flags: see stage5_gpt/README.md.
 # Data: a local copy is read from $MY_LLM_DATA when set (e.g. export MY_LLM_DATA=../shared/data);
 # otherwise the data sets are downloaded with Hugging Face `datasets`.
 
@@ -10,7 +11,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup setup-dev demo test bench bench-stage1 bench-stage2 bench-stage3 bench-stage4 clean
+.PHONY: setup setup-dev demo test bench bench-stage1 bench-stage2 bench-stage3 bench-stage4 bench-stage5 clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +36,7 @@ demo: setup
 test: setup-dev
 	$(PY) -m pytest -q
 
-bench: bench-stage1 bench-stage2 bench-stage3 bench-stage4
+bench: bench-stage1 bench-stage2 bench-stage3 bench-stage4 bench-stage5
 
 bench-stage1: setup
 	$(PY) stage1_mlp/bench.py
@@ -49,7 +50,11 @@ bench-stage3: setup
 bench-stage4: setup
 	$(PY) stage4_transformer/bench.py
 
+bench-stage5: setup
+	$(PY) stage5_gpt/bench.py --parts baby char kv bpe gutenberg
+
 clean:
 	rm -rf stage1_mlp/runs stage1_mlp/checkpoints stage2_rnn_lstm/runs stage2_rnn_lstm/checkpoints \
 		stage3_attention_seq2seq/runs stage3_attention_seq2seq/checkpoints \
-		stage4_transformer/runs stage4_transformer/checkpoints .pytest_cache
+		stage4_transformer/runs stage4_transformer/checkpoints stage5_gpt/runs stage5_gpt/checkpoints \
+		stage5_gpt/data_cache .pytest_cache

@@ -13,6 +13,8 @@ kv:        generation speed of the char model with and without the KV cache, for
 bpe:       training our byte-level BPE (8192 tokens) on the first 10 MB of the Gutenberg training text,
            beside Hugging Face `tokenizers` (Rust) with the same settings.
 gutenberg: `train.py --preset gutenberg` (BPE pretraining on 105 books), then `evaluate.py` on 6 other books.
+gpu:       on a CUDA machine: the default char model, and GPT-2 small's shape on Gutenberg for 200 steps,
+           eager and with --compile 1 (tokens/s and MFU against the card's bf16 peak).
 Each writes JSON files into stage5_gpt/results/.
 """
 import pathlib
@@ -29,13 +31,17 @@ from typing import Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
-from scripts.common import (ArgParser, UserError, hardware, load_checkpoint, read_json,  # noqa: E402
+from scripts.common import (REPO_ROOT, ArgParser, UserError, hardware, load_checkpoint, read_json,  # noqa: E402
                             run_main, write_json)
 from scripts.report import markdown_table, update_file  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
-PARTS = ("baby", "char", "kv", "bpe", "gutenberg")
+PARTS = ("baby", "char", "kv", "bpe", "gutenberg", "gpu")
+# GPT-2 small's shape (124M with GPT-2's vocabulary; 92M with our 8192 tokens), a short run for speed and MFU
+GPT2_SMALL = ["--preset", "gutenberg", "--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "1024",
+              "--batch_size", "16", "--max_steps", "200", "--warmup_steps", "50", "--lr", "6e-4", "--min_lr", "6e-5",
+              "--eval_interval", "200", "--eval_iters", "10", "--log_interval", "20"]
 BABY_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
               "--lr_decay_iters=2000", "--dropout=0.0"]   # nanoGPT README's CPU command, verbatim
@@ -80,10 +86,14 @@ def nanogpt(nanogpt_dir: Path, threads: int) -> None:
     result = subprocess.run(cmd, cwd=nanogpt_dir, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise UserError(f"nanoGPT's train.py failed: {result.stderr.strip().splitlines()[-1:]}")
-    times = [float(m) for m in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", result.stdout, re.M)
-             for m in [m[1]] if int(m[0]) >= 10]
+    (STAGE_DIR / "runs").mkdir(exist_ok=True)
+    (STAGE_DIR / "runs" / "nanogpt_baby.log").write_text(result.stdout)
+    iters = re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", result.stdout, re.M)
+    times = [float(ms) for it, ms in iters if int(it) >= 10]   # the first iterations include warm-up
     evals = [(int(s), float(t), float(v)) for s, t, v in
              re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", result.stdout, re.M)]
+    if not times or not evals:
+        raise UserError("could not read nanoGPT's log (runs/nanogpt_baby.log): has its output format changed?")
     ms = sum(times) / len(times)
     write_json(RESULTS / "nanogpt_baby.json", {
         "source": "karpathy/nanoGPT train.py", "flags": BABY_FLAGS, "ms_per_iter": ms,
@@ -155,6 +165,18 @@ def bpe_speed(data_dir: str | None, chars: int = 10_000_000, vocab_size: int = 8
           f"same merges: {same}", flush=True)
 
 
+def gpu(extra: list[str]) -> None:
+    if not torch.cuda.is_available():
+        raise UserError("--parts gpu needs a CUDA GPU")
+    train_and_evaluate("gpu_char", ["--device", "cuda", "--log_interval", "100"], extra)
+    for name, flags in (("gpu_gpt2small_eager", []), ("gpu_gpt2small_compiled", ["--compile", "1"])):
+        run_dir = STAGE_DIR / "runs" / f"bench_{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run("train.py", *GPT2_SMALL, *flags, "--device", "cuda", "--out_dir", str(run_dir), "--checkpoint",
+            str(STAGE_DIR / "checkpoints" / f"bench_{name}.pt"), *extra)
+        shutil.copy(run_dir / "metrics.json", RESULTS / f"{name}_train.json")
+
+
 def mins(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -213,7 +235,37 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             ("encode (ours)", lambda r: f"{r['encode_seconds']:.1f} s"),
             ("bytes/token", lambda r: f"{r['bytes_per_token']:.2f}")]) + (
             f"\n\n{b['hardware']}. Command: `python stage5_gpt/bench.py --parts bpe`.")
-    return {STAGE_DIR / "README.md": blocks}
+    gpu_rows = [(label, read_json(RESULTS / f"{name}_train.json")) for name, label in (
+        ("gpu_char", "default char model (`train.py --device cuda`)"),
+        ("gpu_gpt2small_eager", "GPT-2 small shape, Gutenberg BPE, 200 steps"),
+        ("gpu_gpt2small_compiled", "same, `--compile 1`")) if (RESULTS / f"{name}_train.json").is_file()]
+    if gpu_rows:
+        table = markdown_table(gpu_rows, [
+            ("run", lambda r: r[0]), ("parameters", lambda r: r[1]["params"]),
+            ("tokens/step", lambda r: r[1]["metrics"]["tokens_seen"] // r[1]["metrics"]["steps"]),
+            ("val loss", lambda r: f"{r[1]['metrics']['val_loss']:.3f}"),
+            ("tokens/s (steady)", lambda r: f"{r[1]['metrics'].get('steady_tokens_per_s', 0):,.0f}"),
+            ("MFU (steady)", lambda r: f"{100 * r[1]['metrics'].get('steady_mfu', 0):.1f}%"),
+            ("tokens/s (whole run)", lambda r: f"{r[1]['metrics']['train_tokens_per_s']:,.0f}"),
+            ("training time", lambda r: f"{r[1]['metrics']['fit_seconds']:.0f} s"),
+            ("GPU", lambda r: r[1]["hardware"]), ("torch", lambda r: r[1]["torch"])])
+        peak = gpu_rows[0][1]["metrics"]
+        blocks["stage5_gpu"] = (table + f"\n\nMFU against {peak['peak_flops'] / 1e12:,.0f} TFLOP/s "
+                                f"({peak['peak_source']}); "
+                                "steady = the median logging window after the first (the first holds warm-up and "
+                                "compilation). bf16 autocast. Command: `python stage5_gpt/bench.py --parts gpu`.")
+    top: dict[str, str] = {}
+    if (RESULTS / "char_train.json").is_file():
+        train, evaluation = read_json(RESULTS / "char_train.json"), read_json(RESULTS / "char_eval.json")
+        m, e = train["metrics"], evaluation["metrics"]
+        top["language_models_gpt"] = markdown_table([train], [
+            ("model", lambda r: "GPT-mini, char level (stage 5)"), ("data", lambda r: r["dataset"]),
+            ("score", lambda r: f"valid loss {m['val_loss']:.3f} nats (estimate), {e['loss']:.3f} over every token, "
+                                f"{e['bits_per_byte']:.3f} bits/char"),
+            ("training time", lambda r: f"{mins(m['fit_seconds'])} ({m['steps']:,} steps)"),
+            ("tokens/s", lambda r: f"{m['train_tokens_per_s']:,.0f}"), ("parameters", lambda r: r["params"]),
+            ("hardware", lambda r: r["hardware"])]) + "\n\nCommand: `python stage5_gpt/bench.py --parts char`."
+    return {STAGE_DIR / "README.md": blocks, REPO_ROOT / "README.md": top}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bpe_speed(args.data_dir)
         if "gutenberg" in args.parts:
             train_and_evaluate("gutenberg", ["--preset", "gutenberg"], extra)
+        if "gpu" in args.parts:
+            gpu(extra)
     for path, blocks in readme_blocks().items():
         if path.is_file() and blocks:
             update_file(path, {k: short_paths(v) for k, v in blocks.items()})

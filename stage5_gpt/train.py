@@ -346,7 +346,7 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
     optimizer = make_optimizer(model, args, device)
     data_generator = torch.Generator().manual_seed(args.seed)
     state: dict[str, Any] = {"step": 0, "best_val_loss": math.inf, "best_step": 0, "history": [], "curve": [],
-                             "train_seconds": 0.0, "tokens_seen": 0}
+                             "train_seconds": 0.0, "tokens_seen": 0, "speeds": []}
     if resume:
         model.load_state_dict(resume["model_state"])
         optimizer.load_state_dict(resume["optimizer_state"])
@@ -423,6 +423,7 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
             if state["step"] % args.log_interval == 0 or state["step"] == args.max_steps:
                 seconds = time.time() - tick
                 speed = window_tokens / seconds
+                state["speeds"].append(speed)
                 log.info(f"step {state['step']:5d}  loss {loss_sum:.4f}  lr {lr:.2e}  {speed:,.0f} tokens/s  "
                          f"MFU {100 * speed * flops_per_token / peak:.1f}%  "
                          f"{1000 * seconds / window_steps:.0f} ms/step")
@@ -452,12 +453,15 @@ def finish(args: argparse.Namespace, model: GPT, state: dict[str, Any], params: 
     plot_curves(state["history"], out_dir / "curves.png", [["train_loss", "val_loss"], ["lr"]], x="step",
                 title=f"GPT on {args.dataset} ({args.tokenizer})")
     tokens_per_s = state["tokens_seen"] / max(state["train_seconds"], 1e-9)
+    # steady state: the median logging window after the first (which holds warm-up and any compilation)
+    steady = float(np.median(state["speeds"][1:] or state["speeds"] or [tokens_per_s]))
     best = min(state["history"], key=lambda r: r["val_loss"])
     metrics = {"val_loss": best["val_loss"], "best_step": best["step"],
                "final_val_loss": state["history"][-1]["val_loss"],
                "final_train_loss": state["history"][-1]["train_loss"], "steps": state["step"],
                "tokens_seen": state["tokens_seen"], "train_tokens_per_s": tokens_per_s,
-               "flops_per_token": flops_per_token, "mfu": tokens_per_s * flops_per_token / peak,
+               "steady_tokens_per_s": steady, "flops_per_token": flops_per_token,
+               "mfu": tokens_per_s * flops_per_token / peak, "steady_mfu": steady * flops_per_token / peak,
                "peak_flops": peak, "peak_source": peak_source, "fit_seconds": round(state["train_seconds"], 3),
                "processes": ddp.world}
     write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"gpt_{args.preset}", dataset=args.dataset,

@@ -11,7 +11,10 @@ windows straight from the memory map: a corpus of any size costs no RAM, and a s
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,8 +30,11 @@ STAGE_DIR = Path(__file__).resolve().parents[1]
 DATA_CACHE = STAGE_DIR / "data_cache"
 EOT = "<|endoftext|>"
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-GUTENBERG_SOURCE = ("the corpus of ../shared/data/gutenberg_en (see its MANIFEST.md for how it was built "
-                    "from public-domain Project Gutenberg books)")
+GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/{id}/pg{id}.txt"
+GUTENBERG_BOOKS = Path(__file__).resolve().parent / "gutenberg_books.json"   # the 111 books: number, title, split
+PG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.M | re.I)
+PG_END = re.compile(r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg|"
+                    r"The Project Gutenberg Etext of)", re.M | re.I)
 DATASETS = {"shakespeare": ("tiny_shakespeare", ["input.txt"]),
             "gutenberg": ("gutenberg_en", ["train.txt.gz", "valid.txt.gz"])}
 
@@ -41,6 +47,38 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError, EOFError) as err:
         raise UserError(f"cannot read {path} ({err}); replace it with a fresh copy") from None
+
+
+def clean_gutenberg(raw: str) -> str:
+    """One book's text without Project Gutenberg's header and licence: between the START and END lines,
+    NFC-normalised, LF line ends, no leading or trailing blank lines (the recipe of gutenberg_en/MANIFEST.md)."""
+    text = unicodedata.normalize("NFC", raw.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n"))
+    start = PG_START.search(text)
+    if start:
+        text = text[start.end():]
+    end = PG_END.search(text)
+    if end:
+        text = text[: end.start()]
+    return text.strip("\n") + "\n"
+
+
+def download_gutenberg(folder: Path) -> Path:
+    """Rebuild gutenberg_en/{train,valid}.txt.gz from gutenberg.org: every book of GUTENBERG_BOOKS, cleaned, in
+    Gutenberg-number order, each followed by a line <|endoftext|>. (Today's files on gutenberg.org may differ a
+    little from the snapshot the shared copy was made from.)"""
+    books = json.loads(GUTENBERG_BOOKS.read_text(encoding="utf-8"))
+    for split, name in (("train", "train.txt.gz"), ("valid", "valid.txt.gz")):
+        if (folder / name).is_file():
+            continue
+        parts = []
+        for book in sorted((b for b in books if b["split"] == split), key=lambda b: b["pg_id"]):
+            raw = download(GUTENBERG_URL.format(id=book["pg_id"]), folder / "books" / f"pg{book['pg_id']}.txt")
+            parts.append(clean_gutenberg(raw.read_text(encoding="utf-8", errors="replace")) + "\n" + EOT + "\n")
+        tmp = folder / f".{name}.part"
+        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+            f.write("".join(parts))
+        tmp.replace(folder / name)
+    return folder
 
 
 def load_text(dataset: str, data_dir: str | None, limit: int = 0) -> dict[str, str]:
@@ -60,7 +98,10 @@ def load_text(dataset: str, data_dir: str | None, limit: int = 0) -> dict[str, s
         splits = {"train": text[:cut], "val": text[cut:]}
     else:
         if folder is None:
-            raise missing_data_error(name, files, data_dir, f"no public single-file download; it is {GUTENBERG_SOURCE}")
+            try:
+                folder = download_gutenberg(cache_dir(name))
+            except Exception as err:  # noqa: BLE001 - any network failure means "no copy"
+                raise missing_data_error(name, files, data_dir, str(err)) from None
         splits = {"train": _read(folder / "train.txt.gz"), "val": _read(folder / "valid.txt.gz")}
     for split, text in splits.items():
         if len(text) < 1000:
