@@ -5,6 +5,8 @@
     python stage5_gpt/bench.py --parts baby --nanogpt_dir ~/nanoGPT   # also time nanoGPT's own train.py
     python stage5_gpt/bench.py --tables_only                   # rebuild the README tables from results/
 
+baby_lr:   `train.py --preset baby` with each learning rate of BABY_LRS, scored by `evaluate.py` on the whole
+           validation text: how the preset's learning rate was chosen.
 baby:      `train.py --preset baby` (nanoGPT's CPU "baby GPT": 4 layers, 4 heads, 128 wide, context 64,
            batch 12, 2000 steps); with --nanogpt_dir, nanoGPT's train.py with the same flags right after,
            on the same machine and threads, so the two speeds are measured side by side.
@@ -37,7 +39,8 @@ from scripts.report import markdown_table, update_file  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
-PARTS = ("baby", "char", "kv", "bpe", "gutenberg", "gpu")
+PARTS = ("baby_lr", "baby", "char", "kv", "bpe", "gutenberg", "gpu")
+BABY_LRS = ("1e-3", "2e-3", "4e-3", "6e-3")   # nanoGPT's 1e-3 and three higher peaks; min_lr = lr / 10
 # GPT-2 small's shape (124M with GPT-2's vocabulary; 92M with our 8192 tokens), a short run for speed and MFU
 GPT2_SMALL = ["--preset", "gutenberg", "--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "1024",
               "--batch_size", "16", "--max_steps", "200", "--warmup_steps", "50", "--lr", "6e-4", "--min_lr", "6e-5",
@@ -73,6 +76,23 @@ def train_and_evaluate(name: str, preset: list[str], extra: list[str]) -> None:
     shutil.copy(run_dir / "eval.json", RESULTS / f"{name}_eval.json")
 
 
+def baby_lr_sweep(extra: list[str]) -> None:
+    rows = []
+    for lr in BABY_LRS:
+        run_dir = STAGE_DIR / "runs" / f"bench_baby_lr{lr}"
+        checkpoint = STAGE_DIR / "checkpoints" / f"bench_baby_lr{lr}.pt"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run("train.py", "--preset", "baby", "--lr", lr, "--min_lr", str(float(lr) / 10), "--out_dir", str(run_dir),
+            "--checkpoint", str(checkpoint), *extra)
+        run("evaluate.py", "--checkpoint", str(checkpoint), "--metrics_out", str(run_dir / "eval.json"), *extra)
+        evaluation = read_json(run_dir / "eval.json")
+        rows.append({"lr": float(lr), "min_lr": float(lr) / 10, "val_loss_every_token": evaluation["metrics"]["loss"],
+                     "train_command": read_json(run_dir / "metrics.json")["command"]})
+    best = min(rows, key=lambda r: r["val_loss_every_token"])
+    write_json(RESULTS / "baby_lr_sweep.json", {"rows": rows, "chosen": best["lr"], "split": "val",
+                                                "hardware": hardware("cpu"), "torch": torch.__version__})
+
+
 def nanogpt(nanogpt_dir: Path, threads: int) -> None:
     """nanoGPT's own train.py with the baby-GPT flags; its log gives ms per iteration and the losses."""
     data = nanogpt_dir / "data" / "shakespeare_char"
@@ -88,17 +108,23 @@ def nanogpt(nanogpt_dir: Path, threads: int) -> None:
         raise UserError(f"nanoGPT's train.py failed: {result.stderr.strip().splitlines()[-1:]}")
     (STAGE_DIR / "runs").mkdir(exist_ok=True)
     (STAGE_DIR / "runs" / "nanogpt_baby.log").write_text(result.stdout)
-    iters = re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", result.stdout, re.M)
-    times = [float(ms) for it, ms in iters if int(it) >= 10]   # the first iterations include warm-up
+    nanogpt_results(result.stdout, time.time() - tick)
+
+
+def nanogpt_results(log: str, wall_seconds: float) -> None:
+    """results/nanogpt_baby.json from nanoGPT's log (kept in runs/nanogpt_baby.log)."""
+    iters = re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", log, re.M)
+    # skip the first iterations (warm-up) and every 250th (its time includes nanoGPT's evaluation)
+    times = [float(ms) for it, ms in iters if int(it) >= 10 and int(it) % 250]
     evals = [(int(s), float(t), float(v)) for s, t, v in
-             re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", result.stdout, re.M)]
+             re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", log, re.M)]
     if not times or not evals:
         raise UserError("could not read nanoGPT's log (runs/nanogpt_baby.log): has its output format changed?")
     ms = sum(times) / len(times)
     write_json(RESULTS / "nanogpt_baby.json", {
         "source": "karpathy/nanoGPT train.py", "flags": BABY_FLAGS, "ms_per_iter": ms,
         "tokens_per_s": 12 * 64 / (ms / 1000), "evals": evals, "val_loss": min(v for _, _, v in evals),
-        "final_val_loss": evals[-1][2], "wall_seconds": time.time() - tick, "hardware": hardware("cpu"),
+        "final_val_loss": evals[-1][2], "wall_seconds": wall_seconds, "hardware": hardware("cpu"),
         "torch": torch.__version__})
 
 
@@ -150,7 +176,8 @@ def bpe_speed(data_dir: str | None, chars: int = 10_000_000, vocab_size: int = 8
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     tick = time.perf_counter()
-    hf.train_from_iterator([text], trainer)
+    # ours never merges across or into <|endoftext|>; HF sees the text between those markers, the same thing
+    hf.train_from_iterator(text.split("<|endoftext|>"), trainer)
     hf_seconds = time.perf_counter() - tick
     hf_merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
                  for m in __import__("json").loads(hf.to_str())["model"]["merges"]]
@@ -194,6 +221,7 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
         rows.append({"model": label, "data": train["dataset"], "est": m["val_loss"], "exact": e["loss"],
                      "bpb": e["bits_per_byte"], "time": mins(m["fit_seconds"]), "steps": m["steps"],
                      "speed": m["train_tokens_per_s"], "mfu": f"{100 * m['mfu']:.1f}%", "params": train["params"],
+                     "flops": m["flops_per_token"],
                      "hardware": train["hardware"], "amp": train.get("amp", "")})
     if rows:
         table = markdown_table(rows, [("model", lambda r: r["model"]), ("data", lambda r: r["data"]),
@@ -202,7 +230,9 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                                       ("bits/byte", lambda r: f"{r['bpb']:.3f}"),
                                       ("training time", lambda r: r["time"]), ("steps", lambda r: r["steps"]),
                                       ("tokens/s", lambda r: f"{r['speed']:,.0f}"), ("MFU", lambda r: r["mfu"]),
-                                      ("parameters", lambda r: r["params"]), ("precision", lambda r: r["amp"]),
+                                      ("parameters", lambda r: r["params"]),
+                                      ("MFLOPs/token", lambda r: f"{r['flops'] / 1e6:.1f}"),
+                                      ("precision", lambda r: r["amp"]),
                                       ("hardware", lambda r: r["hardware"])])
         blocks["stage5_pretrain"] = table + "\n\nCommand: `python stage5_gpt/bench.py --parts baby char gutenberg`."
     if (RESULTS / "nanogpt_baby.json").is_file() and (RESULTS / "baby_train.json").is_file():
@@ -270,7 +300,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(description="Stage 5 benchmark: the numbers in stage5_gpt/README.md.")
-    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which measurements to run")
+    p.add_argument("--parts", nargs="+", default=[p for p in PARTS if p != "gpu"], choices=PARTS,
+                   help="which measurements to run (default: all but gpu)")
     p.add_argument("--nanogpt_dir", default=None, help="a nanoGPT checkout, to time its train.py beside ours")
     p.add_argument("--data_dir", default=None, help="folder holding the data sets (default $MY_LLM_DATA)")
     p.add_argument("--tables_only", action="store_true", help="only rebuild the README tables from results/")
@@ -279,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     if not args.tables_only:
         RESULTS.mkdir(exist_ok=True)
+        if "baby_lr" in args.parts:
+            baby_lr_sweep(extra)
         if "baby" in args.parts:
             train_and_evaluate("baby", ["--preset", "baby"], extra)
             if args.nanogpt_dir:

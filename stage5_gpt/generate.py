@@ -72,6 +72,8 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Any
     if args.init_from:
         from stage5_gpt.models.hf import load_gpt2  # noqa: PLC0415
 
+        if args.tokenizer:
+            raise UserError("--tokenizer does not apply with --init_from: GPT-2's own vocabulary is used")
         model, tokenizer = load_gpt2(args.init_from)
     else:
         ckpt = load_checkpoint(args.checkpoint, STAGE, ["gpt"])

@@ -1,6 +1,6 @@
 """Pretrain GPT-mini (stage 5): characters of tiny Shakespeare, or BPE tokens of English books.
 
-    python train.py                                   # char-level tiny Shakespeare, the default model (~20 min CPU)
+    python train.py                                   # char-level tiny Shakespeare, the default model
     python train.py --preset baby                     # nanoGPT's CPU "baby GPT" shape, 2000 steps
     python train.py --preset gutenberg                # byte-level BPE (8192) on 105 Gutenberg books
     python train.py --resume                          # carry on after Ctrl-C, bit-exact on CPU
@@ -26,6 +26,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
@@ -34,12 +35,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, amp_name,  # noqa: E402
                             autocast, check_positive, checkpoint_header, get_device, hardware, load_resume,
                             rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads,
-                            setup_logging, write_json, write_metrics)
-from stage5_gpt.data.bpe import ByteLevelBPE, CharTokenizer  # noqa: E402
+                            setup_logging, uses_bf16, write_json, write_metrics)
+from stage5_gpt.data.bpe import ByteLevelBPE  # noqa: E402
 from stage5_gpt.data.corpus import DATA_CACHE, DATASETS, TokenData, prepare, train_tokenizer  # noqa: E402
 from stage5_gpt.models.gpt import ATTENTION_IMPLS, GPT, GPTConfig  # noqa: E402
 from stage5_gpt.models.hf import load_gpt2  # noqa: E402
@@ -47,7 +49,9 @@ from stage5_gpt.models.hf import load_gpt2  # noqa: E402
 STAGE = "stage5_gpt"
 STAGE_DIR = Path(__file__).resolve().parent
 MODEL_NAME = "gpt"
-# good settings per preset (flags left unset take these); "baby" is nanoGPT's CPU example, for comparison
+# good settings per preset (flags left unset take these). "baby" is nanoGPT's CPU example, for comparison: its shape,
+# batch and steps, with a higher learning rate (4e-3, chosen on validation from 1e-3, 2e-3, 4e-3, 6e-3:
+# results/baby_lr_sweep.json)
 PRESETS: dict[str, dict[str, Any]] = {
     "char": dict(dataset="shakespeare", tokenizer="char", vocab_size=0,
                  n_layer=4, n_head=4, n_embd=256, block_size=256, bias=0, dropout=0.1, attn_dropout=0.0,
@@ -55,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=50, amp=1),
     "baby": dict(dataset="shakespeare", tokenizer="char", vocab_size=0,
                  n_layer=4, n_head=4, n_embd=128, block_size=64, bias=0, dropout=0.0, attn_dropout=0.0,
-                 batch_size=12, grad_accum=1, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+                 batch_size=12, grad_accum=1, max_steps=2000, lr=4e-3, min_lr=4e-4, warmup_steps=100,
                  weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=20, amp=0),
     "gutenberg": dict(dataset="gutenberg", tokenizer="bpe", vocab_size=8192,
                       n_layer=4, n_head=4, n_embd=256, block_size=256, bias=0, dropout=0.0, attn_dropout=0.0,
@@ -63,8 +67,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                       weight_decay=0.1, beta2=0.95, eval_interval=500, eval_iters=50, amp=1),
 }
 # dense bf16 tensor-core peak of some GPUs (FLOP/s), for model FLOPs utilisation
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12,
-                  "T4": 65e12, "V100": 125e12}
+# (first match wins, so "H100 PCIe" comes before the SXM card's "H100")
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L4": 121e12,
+                  "A10": 125e12, "4090": 165e12, "T4": 65e12, "V100": 125e12}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block_size", type=int, default=None, help="context length in tokens")
     p.add_argument("--dropout", type=float, default=None, help="dropout on the embeddings and residual branches")
     p.add_argument("--attn_dropout", type=float, default=None,
-                   help="dropout on the attention weights (0 in the presets: on CPU it halves the speed)")
+                   help="dropout on the attention weights (0 in the presets: on CPU the fused attention kernel has "
+                        "no dropout and falls back to a much slower path)")
     p.add_argument("--bias", type=int, choices=[0, 1], default=None,
                    help="1: biases in Linear and LayerNorm as in GPT-2; 0: none (a little faster, as good)")
     p.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLS,
@@ -133,11 +139,18 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for flag in ("dropout", "attn_dropout"):
         if not 0.0 <= getattr(args, flag) < 1.0:
             raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    if args.block_size < 2:
+        raise UserError(f"--block_size must be at least 2, got {args.block_size}")
+    if not 0 <= args.beta2 < 1 or args.weight_decay < 0:
+        raise UserError(f"need 0 <= --beta2 < 1 and --weight_decay >= 0, got {args.beta2} and {args.weight_decay}")
+    for flag in ("limit", "bpe_train_chars", "warmup_steps"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
     if args.warmup_steps < 0:
         raise UserError(f"--warmup_steps must be >= 0, got {args.warmup_steps}")
     if not (args.lr > 0 and 0 <= args.min_lr <= args.lr):
         raise UserError(f"need --lr > 0 and 0 <= --min_lr <= --lr, got {args.lr} and {args.min_lr}")
-    run = f"gpt_{args.dataset}_{args.tokenizer}"
+    run = "gpt_baby" if args.preset == "baby" else f"gpt_{args.dataset}_{args.tokenizer}"
     args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"{run}.pt")
     args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / run)
     return args
@@ -152,32 +165,33 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
 
 
 def make_optimizer(model: GPT, args: argparse.Namespace, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay on the matrices only: decaying biases, LayerNorm gains or the
-    embedding rows of rare tokens only pulls them towards zero for no gain."""
+    """AdamW with decoupled weight decay on the matrices only (weights and embedding tables, as GPT-2 and
+    nanoGPT do): decaying biases and LayerNorm gains would only pull offsets and scales towards zero."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel updates every tensor (CUDA and CPU); measured faster than the per-tensor loop
+    # fused: one kernel updates every tensor (CUDA and CPU) instead of a Python loop over them
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), **fused)
 
 
 def peak_flops(device: torch.device, args: argparse.Namespace) -> tuple[float, str]:
-    """The FLOP/s that MFU divides by, and where the number came from."""
+    """One device's peak FLOP/s (MFU divides by this times the number of processes), and its source."""
     if args.peak_tflops > 0:
         return args.peak_tflops * 1e12, "--peak_tflops"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, value in GPU_PEAK_FLOPS.items():
-            if key in name:
+            if re.search(rf"\b{key}\b", name):   # whole words: "L4" is not an L40S, "A10" not an A10G
                 return value, f"{name} bf16 dense peak"
     # CPUs (and unknown GPUs): time a large matmul in the dtype training uses
-    dtype = torch.bfloat16 if (args.amp and device.type == "cuda") or (args.amp and "bf16" in amp_name(device)) \
-        else torch.float32
+    dtype = torch.bfloat16 if uses_bf16(device, bool(args.amp)) else torch.float32
     a = torch.full((1024, 1024), 0.5, device=device, dtype=dtype)   # not randn: leave the RNG to training
     for _ in range(3):
         a @ a
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     reps, tick = 20, time.perf_counter()
     for _ in range(reps):
         a @ a
@@ -214,6 +228,14 @@ class Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def gather(self, obj: Any) -> list[Any]:
+        """`obj` from every process, in rank order (a one-item list for a single process)."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def mean(self, value: float) -> float:
         """The average of `value` over all processes (the loss of the whole global batch)."""
         if not self.enabled:
@@ -242,12 +264,13 @@ def load_data(args: argparse.Namespace, ddp: Distributed, log: Any,
     """Tokenise once (the first process), then every process memory-maps the same files."""
     if gpt2_tokenizer is not None:
         name = f"{args.dataset}-gpt2-{gpt2_tokenizer.fingerprint()[:8]}"
-        make = lambda text: gpt2_tokenizer  # noqa: E731
+        make = lambda splits: gpt2_tokenizer  # noqa: E731
     elif args.tokenizer == "char":
-        name, make = f"{args.dataset}-char", CharTokenizer.train
+        name = f"{args.dataset}-char"
+        make = lambda splits: train_tokenizer("char", splits)  # noqa: E731
     else:
         name = f"{args.dataset}-bpe{args.vocab_size}-{args.bpe_train_chars}"
-        make = lambda text: train_tokenizer("bpe", text, args.vocab_size, args.bpe_train_chars)  # noqa: E731
+        make = lambda splits: train_tokenizer("bpe", splits, args.vocab_size, args.bpe_train_chars)  # noqa: E731
     if ddp.master:
         data = prepare(args.dataset, args.data_dir, make, name, args.limit, log.info, Path(args.cache_dir))
     ddp.barrier()
@@ -312,37 +335,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         ddp.close()
 
 
+def build_model(args: argparse.Namespace, tokenizer: Any, gpt2: tuple[GPT, Any] | None, log: Any) -> GPT:
+    """GPT-2's model (--init_from) or a new one of the flags' shape."""
+    if gpt2:
+        model = gpt2[0]
+        if args.block_size > model.config.block_size:
+            raise UserError(f"--block_size {args.block_size} exceeds GPT-2's context of {model.config.block_size}")
+        log.info(f"model shape from {args.init_from}: {model.config.n_layer} layers, {model.config.n_head} heads, "
+                 f"{model.config.n_embd} wide (--n_layer, --n_head, --n_embd and --bias do not apply)")
+        return model
+    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                         n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn_dropout=args.attn_dropout,
+                         bias=bool(args.bias), attention=args.attention))
+
+
+def check_resume(resume: dict | None, last_path: Path, ddp: Distributed, data: TokenData) -> None:
+    """What load_resume cannot check from the flags: the number of processes and the tokenizer."""
+    if resume and resume.get("processes", 1) != ddp.world:
+        raise UserError(f"--resume: {last_path} was trained by {resume.get('processes', 1)} process(es), now "
+                        f"{ddp.world}; resume with the same number (the global batch and data order depend on it)")
+    if resume and resume.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
+        raise UserError(f"--resume: {last_path} was trained with another tokenizer than {data.folder}; "
+                        "start a new run with another --out_dir")
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: np.ndarray, starts: torch.Tensor,
+               args: argparse.Namespace, ddp: Distributed) -> float:
+    """One optimizer step over this process's --grad_accum micro-batches; returns the global batch's mean loss.
+
+    Each micro-batch's loss is divided by --grad_accum, so the summed gradients are those of the mean over
+    the whole batch. Under DDP, gradients are averaged across processes in the last micro-batch's backward
+    (no_sync skips that all-reduce for the others)."""
+    device = ddp.device
+    loss_sum = 0.0
+    for micro in range(args.grad_accum):
+        x, y = windows(data, starts[ddp.rank * args.grad_accum + micro], args.block_size, device)
+        sync = micro == args.grad_accum - 1 or not ddp.enabled
+        with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, bool(args.amp)):
+            _, loss = model(x, y)
+        (loss / args.grad_accum).backward()
+        loss_sum += loss.item() / args.grad_accum
+    if args.clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()   # so the step's wall time is the GPU's time, not the launch time
+    return ddp.mean(loss_sum)
+
+
 def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
     device = ddp.device
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
     last_path = out_dir / "last.pt"
     must_match = ["tokenizer", "vocab_size", "bias", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                  "grad_accum", "max_steps", "lr", "min_lr", "warmup_steps", "limit", "init_from"]
+                  "grad_accum", "max_steps", "lr", "min_lr", "warmup_steps", "limit", "init_from", "dropout",
+                  "attn_dropout", "weight_decay", "beta2", "clip", "attention", "amp"]
     resume = load_resume(last_path, STAGE, MODEL_NAME, args, must_match, map_location="cpu")
     log = setup_logging(out_dir if ddp.master else None)
-    if not ddp.master:
-        log.disabled = True
+    log.disabled = not ddp.master
 
     gpt2 = load_gpt2(args.init_from, args.attention, args.dropout) if args.init_from != "scratch" else None
     data = load_data(args, ddp, log, gpt2[1] if gpt2 else None)
     tokenizer = data.tokenizer
-    if resume and resume.get("tokenizer_fingerprint") != tokenizer.fingerprint():
-        raise UserError(f"--resume: {last_path} was trained with another tokenizer than {data.folder}; "
-                        "start a new run with another --out_dir")
+    check_resume(resume, last_path, ddp, data)
     log.info(f"{args.dataset}: {len(data.train):,} train / {len(data.val):,} val tokens, "
              f"{tokenizer.vocab_size:,}-token {type(tokenizer).__name__}; run folder {out_dir}")
 
     set_seed(args.seed + ddp.rank)          # dropout differs per process; the data order does not
-    if gpt2:
-        model = gpt2[0]
-        config = model.config
-    else:
-        config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
-                           attn_dropout=args.attn_dropout, bias=bool(args.bias),
-                           attention=args.attention)
-        model = GPT(config)
-    model.to(device)
+    model = build_model(args, tokenizer, gpt2, log).to(device)
     optimizer = make_optimizer(model, args, device)
     data_generator = torch.Generator().manual_seed(args.seed)
     state: dict[str, Any] = {"step": 0, "best_val_loss": math.inf, "best_step": 0, "history": [], "curve": [],
@@ -350,9 +411,9 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
     if resume:
         model.load_state_dict(resume["model_state"])
         optimizer.load_state_dict(resume["optimizer_state"])
-        state = {k: resume[k] for k in state}
+        state = {k: resume.get(k, v) for k, v in state.items()}
         data_generator.set_state(resume["data_rng"])
-        set_rng_state(resume["rng_state"])
+        set_rng_state(resume["rng_states"][ddp.rank])     # each process its own dropout stream
         log.info(f"resumed at step {state['step']}")
     params = model.num_params()
     flops_per_token = model.flops_per_token(args.block_size)
@@ -360,7 +421,7 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
     tokens_per_step = args.batch_size * args.block_size * args.grad_accum * ddp.world
     log.info(f"GPT ({args.attention}, {amp_name(device, bool(args.amp))}): {params:,} parameters, "
              f"{flops_per_token / 1e6:.1f} MFLOPs/token, {tokens_per_step:,} tokens/step, {ddp.world} process(es) "
-             f"on {hardware(device)}; MFU against {peak / 1e12:.2f} TFLOP/s ({peak_source})")
+             f"on {hardware(device)}; MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
 
     raw_model = model
     if args.compile:
@@ -369,10 +430,11 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save_last() -> None:
+        rng_states = ddp.gather(rng_state())   # called on every process: each one's RNG, for its dropout masks
         if ddp.master:
             save_checkpoint(last_path, checkpoint_payload(args, raw_model, tokenizer, {
-                **state, "optimizer_state": optimizer.state_dict(), "rng_state": rng_state(),
-                "data_rng": data_generator.get_state()}))
+                **state, "optimizer_state": optimizer.state_dict(), "rng_states": rng_states,
+                "data_rng": data_generator.get_state(), "processes": ddp.world}))
 
     def evaluate_and_save() -> None:
         row = {"step": state["step"], "train_loss": estimate_loss(raw_model, data.train, args, device, 1),
@@ -391,6 +453,8 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
         save_last()
 
     model.train()
+    bar = tqdm(total=args.max_steps, initial=state["step"], unit="step", disable=None if ddp.master else True,
+               leave=False)
     tick, window_tokens, window_steps = time.time(), 0, 0
     with StopOnInterrupt() as interrupt:
         while state["step"] < args.max_steps:
@@ -399,34 +463,22 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             starts = window_starts(len(data.train), args, ddp.world, data_generator)
-            loss_sum = 0.0
-            for micro in range(args.grad_accum):
-                x, y = windows(data.train, starts[ddp.rank * args.grad_accum + micro], args.block_size, device)
-                sync = micro == args.grad_accum - 1 or not ddp.enabled
-                with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, bool(args.amp)):
-                    _, loss = model(x, y)
-                (loss / args.grad_accum).backward()
-                loss_sum += loss.item() / args.grad_accum
-            if args.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = ddp.mean(loss_sum)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            loss = train_step(model, optimizer, data.train, starts, args, ddp)
             state["step"] += 1
             state["tokens_seen"] += tokens_per_step
             state["train_seconds"] += time.time() - step_start
-            state["curve"].append([state["step"], round(loss_sum, 6)])
+            state["curve"].append([state["step"], round(loss, 6)])
             window_tokens += tokens_per_step
             window_steps += 1
+            bar.update(1)
             if state["step"] % args.log_interval == 0 or state["step"] == args.max_steps:
                 seconds = time.time() - tick
                 speed = window_tokens / seconds
                 state["speeds"].append(speed)
-                log.info(f"step {state['step']:5d}  loss {loss_sum:.4f}  lr {lr:.2e}  {speed:,.0f} tokens/s  "
-                         f"MFU {100 * speed * flops_per_token / peak:.1f}%  "
-                         f"{1000 * seconds / window_steps:.0f} ms/step")
+                mfu = speed * flops_per_token / (peak * ddp.world)
+                bar.set_postfix(loss=f"{loss:.3f}", tokens_per_s=f"{speed:,.0f}", mfu=f"{100 * mfu:.1f}%")
+                log.info(f"step {state['step']:5d}  loss {loss:.4f}  lr {lr:.2e}  {speed:,.0f} tokens/s  "
+                         f"MFU {100 * mfu:.1f}%  {1000 * seconds / window_steps:.0f} ms/step")
                 tick, window_tokens, window_steps = time.time(), 0, 0
             if state["step"] % args.eval_interval == 0 or state["step"] == args.max_steps:
                 evaluate_and_save()
@@ -434,6 +486,7 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
             if ddp.any(interrupt.requested):
                 interrupt.requested = True
                 interrupt.stop_if_requested(save_last, f"{last_path} at step {state['step']}")
+    bar.close()
 
     ddp.check_in_sync(raw_model)
     if ddp.enabled:
@@ -461,7 +514,8 @@ def finish(args: argparse.Namespace, model: GPT, state: dict[str, Any], params: 
                "final_train_loss": state["history"][-1]["train_loss"], "steps": state["step"],
                "tokens_seen": state["tokens_seen"], "train_tokens_per_s": tokens_per_s,
                "steady_tokens_per_s": steady, "flops_per_token": flops_per_token,
-               "mfu": tokens_per_s * flops_per_token / peak, "steady_mfu": steady * flops_per_token / peak,
+               "mfu": tokens_per_s * flops_per_token / (peak * ddp.world),
+               "steady_mfu": steady * flops_per_token / (peak * ddp.world),
                "peak_flops": peak, "peak_source": peak_source, "fit_seconds": round(state["train_seconds"], 3),
                "processes": ddp.world}
     write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"gpt_{args.preset}", dataset=args.dataset,

@@ -111,11 +111,15 @@ def load_text(dataset: str, data_dir: str | None, limit: int = 0) -> dict[str, s
     return splits
 
 
-def train_tokenizer(kind: str, text: str, vocab_size: int, max_chars: int) -> CharTokenizer | ByteLevelBPE:
-    """A character vocabulary, or a byte-level BPE trained on the first `max_chars` of the training text."""
+def train_tokenizer(kind: str, splits: dict[str, str], vocab_size: int = 0,
+                    max_chars: int = 0) -> CharTokenizer | ByteLevelBPE:
+    """A character vocabulary of the whole text (both splits, as nanoGPT does: only the set of characters,
+    so a validation character unseen in training cannot break encoding), or a byte-level BPE trained on the
+    first `max_chars` of the training text (bytes cover any character, so it never needs the other split)."""
     if kind == "char":
-        return CharTokenizer.train(text)
+        return CharTokenizer.train(splits["train"] + splits["val"])
     if kind == "bpe":
+        text = splits["train"]
         return ByteLevelBPE.train(text[:max_chars] if max_chars else text, vocab_size, special_tokens=(EOT,))
     raise UserError(f"unknown tokenizer {kind!r}; choose char or bpe")
 
@@ -140,19 +144,24 @@ def _write_ids(path: Path, ids: list[int], dtype: type) -> None:
     tmp.replace(path)
 
 
-def prepare(dataset: str, data_dir: str | None, make_tokenizer: Callable[[str], CharTokenizer | ByteLevelBPE],
+def prepare(dataset: str, data_dir: str | None,
+            make_tokenizer: Callable[[dict[str, str]], CharTokenizer | ByteLevelBPE],
             cache_name: str, limit: int = 0, log: Callable[[str], None] = print,
             cache_root: Path | None = None) -> TokenData:
     """Tokenise `dataset` once into `<cache_root>/<cache_name>/` and memory-map it.
 
-    `make_tokenizer(train_text)` builds the tokenizer the first time; later runs reuse the saved one,
-    so every checkpoint trained on this folder shares the same ids. Delete the folder to start over.
+    `make_tokenizer(splits)` builds the tokenizer the first time, from the whole text (before `limit` cuts
+    the training split); later runs reuse the saved one, so every checkpoint trained on this folder shares
+    the same ids. Delete the folder to start over.
     """
     folder = (cache_root or DATA_CACHE) / (cache_name + (f"-limit{limit}" if limit else ""))
     meta_path = folder / "meta.json"
     if meta_path.is_file():
         meta = read_json(meta_path, "token cache metadata")
         tokenizer = load_tokenizer(folder / "tokenizer.json")
+        if not isinstance(meta, dict) or meta.get("tokenizer") != tokenizer.fingerprint() or not all(
+                isinstance(meta.get(f"{split}_tokens"), int) for split in ("train", "val")):
+            raise UserError(f"token cache {folder} does not match its tokenizer.json; delete the folder and rerun")
         dtype = _ids_dtype(tokenizer.vocab_size)
         arrays = {}
         for split in ("train", "val"):
@@ -162,10 +171,12 @@ def prepare(dataset: str, data_dir: str | None, make_tokenizer: Callable[[str], 
             arrays[split] = np.memmap(path, dtype=dtype, mode="r")
         return TokenData(arrays["train"], arrays["val"], tokenizer, folder)
 
-    splits = load_text(dataset, data_dir, limit)
+    splits = load_text(dataset, data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     tick = time.time()
-    tokenizer = make_tokenizer(splits["train"])
+    tokenizer = make_tokenizer(splits)
+    if limit:
+        splits["train"] = splits["train"][:limit]
     log(f"tokenizer: {tokenizer.vocab_size:,} tokens, trained in {time.time() - tick:.1f} s")
     tokenizer.save(folder / "tokenizer.json")
     dtype = _ids_dtype(tokenizer.vocab_size)
@@ -179,12 +190,6 @@ def prepare(dataset: str, data_dir: str | None, make_tokenizer: Callable[[str], 
         log(f"{dataset} {split}: {len(text):,} characters -> {len(ids):,} tokens in {time.time() - tick:.1f} s")
     write_json(meta_path, meta)   # written last: its presence means the folder is complete
     return prepare(dataset, data_dir, make_tokenizer, cache_name, limit, log, cache_root)
-
-
-def bytes_per_token(folder: Path, split: str = "val") -> float:
-    """UTF-8 bytes per token of a prepared split (to turn nats per token into bits per byte)."""
-    meta = read_json(folder / "meta.json", "token cache metadata")
-    return meta[f"{split}_bytes"] / meta[f"{split}_tokens"]
 
 
 def sequential_windows(data: np.ndarray, block_size: int,

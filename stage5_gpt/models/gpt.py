@@ -235,7 +235,7 @@ class GPT(nn.Module):
         caches = None
         for _ in range(max_new_tokens):
             if tokens.size(1) - window_start > block:      # the window is full: keep its newer half
-                window_start = tokens.size(1) - block // 2
+                window_start = tokens.size(1) - max(1, block // 2)
                 caches = None
             if use_cache:
                 if caches is None:   # (re)fill the cache with the whole window
@@ -266,6 +266,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p      # tokens past the nucleus
+        drop[:, 0] = False                                               # the likeliest token always stays
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
@@ -277,7 +278,14 @@ HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", 
 
 
 def config_from_hf_gpt2(hf_config: dict, attention: str = "sdpa") -> GPTConfig:
-    """Our config for a Hugging Face GPT2Config (as a dict, e.g. read from its config.json)."""
+    """Our config for a Hugging Face GPT2Config (as a dict, e.g. read from its config.json). Settings our
+    model does not have (another activation, MLP width or LayerNorm epsilon) are refused, not ignored."""
+    unsupported = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "n_inner": (None, 4 * hf_config["n_embd"]),
+                   "layer_norm_epsilon": (1e-5,), "scale_attn_by_inverse_layer_idx": (False,),
+                   "reorder_and_upcast_attn": (False,)}
+    for key, allowed in unsupported.items():
+        if key in hf_config and hf_config[key] not in allowed:
+            raise ValueError(f"this GPT-2 has {key}={hf_config[key]!r}; GPT-mini supports only {allowed[0]!r}")
     return GPTConfig(vocab_size=hf_config["vocab_size"], block_size=hf_config["n_positions"],
                      n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"],
                      dropout=0.0, bias=True, attention=attention)
@@ -296,9 +304,10 @@ def load_hf_gpt2_state(model: GPT, hf_state: dict[str, torch.Tensor]) -> None:
     unexpected = sorted(set(theirs) - set(ours))
     if missing or unexpected:
         raise ValueError(f"GPT-2 state dict does not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    theirs = {name: tensor.t() if name.endswith(HF_TRANSPOSED) else tensor for name, tensor in theirs.items()}
+    for name, tensor in theirs.items():   # every shape first, so a mismatch leaves the model untouched
+        if ours[name].shape != tensor.shape:
+            raise ValueError(f"{name}: GPT-2 has shape {tuple(tensor.shape)}, ours {tuple(ours[name].shape)}")
     with torch.no_grad():
         for name, tensor in theirs.items():
-            tensor = tensor.t() if name.endswith(HF_TRANSPOSED) else tensor
-            if ours[name].shape != tensor.shape:
-                raise ValueError(f"{name}: GPT-2 has shape {tuple(tensor.shape)}, ours {tuple(ours[name].shape)}")
             ours[name].copy_(tensor)

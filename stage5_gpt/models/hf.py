@@ -44,10 +44,13 @@ def load_gpt2(source: str, attention: str = "sdpa", dropout: float = 0.0) -> tup
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise UserError(f"--init_from {source}: cannot load GPT-2 weights ({reason}); go online, or pass a "
                         "folder saved with transformers' save_pretrained") from None
-    config = config_from_hf_gpt2(hf_model.config.to_dict(), attention)
-    config.dropout = dropout
-    model = GPT(config)
-    load_hf_gpt2_state(model, hf_model.state_dict())
+    try:
+        config = config_from_hf_gpt2(hf_model.config.to_dict(), attention)
+        config.dropout = dropout
+        model = GPT(config)
+        load_hf_gpt2_state(model, hf_model.state_dict())
+    except ValueError as err:
+        raise UserError(f"--init_from {source}: {err}") from None
     tokenizer = ByteLevelBPE.from_gpt2_files(vocab_file, merges_file)
     if tokenizer.vocab_size != config.vocab_size:
         raise UserError(f"--init_from {source}: the tokenizer has {tokenizer.vocab_size} tokens but the model "

@@ -6,7 +6,6 @@ import pytest
 
 from scripts.common import UserError
 from stage5_gpt.data import corpus
-from stage5_gpt.data.bpe import CharTokenizer
 
 RAW_BOOK = ("\ufeffThe Project Gutenberg eBook of Something\r\nLicence words\r\n"
             "*** START OF THE PROJECT GUTENBERG EBOOK SOMETHING ***\r\n\r\n\r\nCHAPTER I\r\nCafe\u0301 story.\r\n\r\n"
@@ -37,16 +36,19 @@ def test_gutenberg_is_rebuilt_from_the_book_list_when_no_copy_exists(tmp_path, m
 
 def test_prepare_tokenises_once_then_memory_maps(lm_data, tmp_path):
     logs = []
-    data = corpus.prepare("shakespeare", str(lm_data), CharTokenizer.train, "t", cache_root=tmp_path, log=logs.append)
+    make = lambda splits: corpus.train_tokenizer("char", splits)  # noqa: E731
+    data = corpus.prepare("shakespeare", str(lm_data), make, "t", cache_root=tmp_path, log=logs.append)
     text = (lm_data / "tiny_shakespeare" / "input.txt").read_text()
     assert isinstance(data.train, np.memmap) and data.train.dtype == np.uint16
     assert data.tokenizer.decode(data.train[:50].tolist()) == text[:50]
     assert len(data.train) + len(data.val) == len(text) and len(logs) == 3
     again = corpus.prepare("shakespeare", str(lm_data), lambda _: pytest.fail("retrained"), "t", cache_root=tmp_path)
     assert np.array_equal(again.val, data.val)
+    limited = corpus.prepare("shakespeare", str(lm_data), make, "t", limit=500, cache_root=tmp_path)
+    assert len(limited.train) == 500 and limited.tokenizer.fingerprint() == data.tokenizer.fingerprint()
     (tmp_path / "t" / "val.bin").write_bytes(b"\0\0")
     with pytest.raises(UserError, match="incomplete"):
-        corpus.prepare("shakespeare", str(lm_data), CharTokenizer.train, "t", cache_root=tmp_path)
+        corpus.prepare("shakespeare", str(lm_data), make, "t", cache_root=tmp_path)
 
 
 @pytest.mark.parametrize("n, block, batch", [(101, 10, 3), (100, 10, 4), (12, 16, 2)])

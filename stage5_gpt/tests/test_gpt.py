@@ -158,3 +158,25 @@ def test_gpt2_weights_from_transformers_give_the_same_logits():
         hf_out = hf_model.generate(idx[:1, :5], max_new_tokens=10, do_sample=False, pad_token_id=0)[0, 5:]
     ours = torch.cat(list(model.generate(idx[:1, :5], 10, temperature=0.0)))
     assert torch.equal(ours, hf_out)
+
+
+def test_after_the_window_slides_the_model_sees_exactly_the_newer_half():
+    """Context 16, prompt 3: at 17 tokens the window keeps the last 8, so token 17 is the greedy choice
+    for tokens 9..16 alone, fed fresh to the model (with and without the cache)."""
+    torch.manual_seed(9)
+    model = GPT(small_config()).eval()
+    prompt = torch.randint(0, 50, (1, 3))
+    for use_cache in (True, False):
+        new = torch.stack(list(model.generate(prompt, 20, temperature=0.0, use_cache=use_cache)), dim=1)
+        full = torch.cat([prompt, new], dim=1)
+        with torch.no_grad():
+            assert model(full[:, 9:17])[0][0, -1].argmax() == full[0, 17]
+            assert model(full[:, :16])[0][0, -1].argmax() == full[0, 16]   # before the slide: all 16 positions
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])       # probabilities 0.03, 0.64, 0.09, 0.24
+    draws = {sample_next(logits, 1.0, top_p=0.8, generator=torch.Generator().manual_seed(s)).item() for s in range(60)}
+    assert draws == {1, 3}
+    draws = {sample_next(logits, 1.0, top_p=0.9, generator=torch.Generator().manual_seed(s)).item() for s in range(80)}
+    assert draws == {1, 2, 3}

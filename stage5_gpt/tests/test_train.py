@@ -209,3 +209,53 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(lm_data,
     assert [s for s, _ in a["curve"]] == [s for s, _ in b["curve"]]
     for (_, la), (_, lb) in zip(a["curve"], b["curve"]):
         assert la == pytest.approx(lb, abs=1e-4)
+
+
+def test_init_from_a_local_gpt2_folder_trains_and_generates(lm_data, tmp_path, cli):
+    """--init_from FOLDER: a transformers GPT-2 saved with save_pretrained, plus vocab.json and merges.txt
+    (here a tiny random one with our own BPE's vocabulary written in GPT-2's format; nothing is downloaded)."""
+    transformers = pytest.importorskip("transformers")
+    from stage5_gpt.data.bpe import ByteLevelBPE
+    from stage5_gpt.tests.test_bpe import write_gpt2_files
+
+    text = (lm_data / "tiny_shakespeare" / "input.txt").read_text()
+    bpe = ByteLevelBPE.train(text, 300)
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    write_gpt2_files(bpe, folder)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    code, out, err = cli(generate.main, ["--init_from", folder, "--prompt", "ROMEO:", "--max_new_tokens", "5",
+                                         "--device", "cpu"])
+    assert code == 0 and out.startswith("ROMEO:"), err
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path, "--init_from", folder, "--max_steps", "4",
+                                             "--eval_interval", "4"))
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "best.pt", "stage5_gpt")["config"]["n_layer"] == 2
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path / "x", "--init_from", folder, "--block_size", "128"))
+    assert code == 2 and "exceeds GPT-2's context of 64" in err
+    code, _, err = cli(generate.main, ["--init_from", tmp_path / "nowhere", "--device", "cpu"])
+    assert code == 2 and "neither a folder nor" in err
+
+
+def test_resume_from_another_process_count_or_tokenizer_is_refused(char_run, lm_data, tmp_path, cli):
+    last = load_checkpoint(char_run / "run" / "last.pt", "stage5_gpt")
+    for change, message in (({"processes": 2}, "trained by 2 process(es), now 1"),
+                            ({"tokenizer_fingerprint": "0" * 16}, "another tokenizer")):
+        out = tmp_path / str(len(message))
+        save_checkpoint(out / "run" / "last.pt", {**last, **change})
+        code, _, err = cli(train.main, tiny_args(lm_data, out, "--dropout", "0.1", "--resume"))
+        assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_evaluate_a_text_file_and_refuse_bad_ones(char_run, tmp_path, cli):
+    text = tmp_path / "t.txt"
+    text.write_text("ROMEO:\nthe king shall speak.\n" * 20, encoding="utf-8")
+    code, out, err = cli(evaluate.main, ["--checkpoint", char_run / "best.pt", "--text_file", text,
+                                         "--metrics_out", tmp_path / "m.json", "--device", "cpu"])
+    assert code == 0 and "bits/byte" in out, err
+    code, _, err = cli(evaluate.main, ["--checkpoint", char_run / "best.pt", "--text_file", tmp_path / "no.txt"])
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
+    code, _, err = cli(evaluate.main, ["--checkpoint", char_run / "best.pt", "--text_file", tmp_path / "bin.txt"])
+    assert code == 2 and "not UTF-8" in err
