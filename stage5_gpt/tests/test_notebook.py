@@ -1,0 +1,22 @@
+"""visualize.ipynb runs top to bottom on a tiny finished run laid out like bench.py's results/."""
+import shutil
+
+from conftest import execute_notebook
+from stage5_gpt import train
+from stage5_gpt.tests.conftest import tiny_args
+
+NOTEBOOK = train.STAGE_DIR / "visualize.ipynb"
+
+
+def test_visualize_notebook_executes(lm_data, tmp_path, monkeypatch, cli):
+    results = tmp_path / "results"
+    results.mkdir()
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path, "--max_steps", "20", "--eval_interval", "10"))
+    assert code == 0, err
+    shutil.copy(tmp_path / "run" / "history.json", results / "char_history.json")
+    text = execute_notebook(NOTEBOOK, {"STAGE5_RESULTS": results, "STAGE5_CHECKPOINT": tmp_path / "best.pt",
+                                       "MY_LLM_DATA": lm_data}, monkeypatch)
+    assert "best validation loss" in text and "first 30 merges" in text and "decode(encode(x)) == x: True" in text
+    assert "attention above the diagonal is zero: True" in text and "every row sums to 1: True" in text
+    assert "=== temperature 1.0, top_p 0.9" in text
+    assert text.count("same tokens: True") == 4

@@ -1,0 +1,68 @@
+"""The README tables are exactly what bench.py makes from the committed result files, and they meet the floors."""
+import json
+from pathlib import Path
+
+from scripts.report import replace_block
+from stage5_gpt import bench, train
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def flags_of(command: str) -> set[str]:
+    return {word for word in command.split() if word.startswith("--")}
+
+
+def test_readme_tables_are_generated_from_results():
+    blocks = bench.readme_blocks()
+    assert set(blocks[bench.STAGE_DIR / "README.md"]) == {"stage5_pretrain", "stage5_nanogpt", "stage5_kv",
+                                                          "stage5_bpe", "stage5_gpu"}
+    assert set(blocks[bench.REPO_ROOT / "README.md"]) == {"language_models_gpt"}
+    for readme, named in blocks.items():
+        text = readme.read_text(encoding="utf-8")
+        for name, body in named.items():
+            assert replace_block(text, name, bench.short_paths(body)) == text, \
+                f"{readme} [{name}]: run `python stage5_gpt/bench.py --tables_only`"
+
+
+def test_default_char_model_reaches_1_60_within_20_minutes():
+    train, evaluation = load("char_train.json"), load("char_eval.json")
+    assert flags_of(train["command"]) <= {"--out_dir", "--checkpoint", "--data_dir"}, "the floor is for the defaults"
+    assert train["dataset"] == "shakespeare" and train["device"] == "cpu"
+    assert train["metrics"]["val_loss"] <= 1.60 and evaluation["metrics"]["loss"] <= 1.60
+    assert train["metrics"]["fit_seconds"] <= 20 * 60
+    assert evaluation["metrics"]["tokens"] == 111_539   # every token of the last 10% but the first
+
+
+def test_baby_gpt_beats_nanogpts_loss_and_speed_on_the_same_machine():
+    ours, theirs = load("baby_train.json"), load("nanogpt_baby.json")
+    config = ours["config"]
+    assert (config["n_layer"], config["n_head"], config["n_embd"], config["block_size"]) == (4, 4, 128, 64)
+    assert ours["metrics"]["steps"] == 2000 and ours["metrics"]["tokens_seen"] == 2000 * 12 * 64
+    assert ours["metrics"]["val_loss"] <= min(1.88, theirs["val_loss"])
+    assert ours["metrics"]["train_tokens_per_s"] >= theirs["tokens_per_s"]
+    sweep = load("baby_lr_sweep.json")   # the preset's learning rate is the sweep's best
+    best = min(sweep["rows"], key=lambda r: r["val_loss_every_token"])
+    assert sweep["chosen"] == best["lr"] == train.PRESETS["baby"]["lr"]
+    assert "--lr" not in ours["command"] and len(sweep["rows"]) >= 3
+    assert ours["hardware"] == theirs["hardware"]
+
+
+def test_kv_cache_is_at_least_5x_faster_for_512_tokens_with_the_same_output():
+    rows = {row["new_tokens"]: row for row in load("kv_cache.json")["rows"]}
+    assert rows[512]["speedup"] >= 5 and all(row["same_tokens"] for row in rows.values())
+
+
+def test_bpe_trains_on_10_mb_within_60_seconds_with_hf_identical_merges():
+    bpe = load("bpe.json")
+    assert bpe["bytes"] >= 10_000_000 and bpe["train_seconds"] <= 60 and bpe["same_merges_as_hf"]
+
+
+def test_gpu_speed_and_mfu_name_the_card():
+    for name in ("gpu_char_train.json", "gpu_gpt2small_eager_train.json", "gpu_gpt2small_compiled_train.json"):
+        run = load(name)
+        assert run["device"].startswith("cuda") and "NVIDIA" in run["hardware"]
+        assert 0 < run["metrics"]["steady_mfu"] < 1 and run["metrics"]["steady_tokens_per_s"] > 0
