@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,3 +61,20 @@ def update_file(path: Path, blocks: dict[str, str]) -> bool:
     if new != old:
         path.write_text(new, encoding="utf-8")
     return new != old
+
+
+def run_script(stage_dir: Path, script: str, *argv: str) -> None:
+    """Run one of a stage's programs as a learner would (a fresh Python process), echoing the command;
+    a failure stops the benchmark with the program's own message above it. Benches bind `stage_dir` once:
+    `run = functools.partial(run_script, STAGE_DIR)`."""
+    from scripts.common import UserError  # noqa: PLC0415 - common imports torch; tables alone should not
+
+    cmd = [sys.executable, str(Path(stage_dir) / script), *argv]
+    print("$", " ".join(cmd[1:]), flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise UserError(f"{script} failed; see its message above")
+
+
+def short_paths(command: str, stage: str) -> str:
+    """A bench's absolute run and checkpoint paths, relative to the stage (the same in every checkout)."""
+    return re.sub(rf"\S*/{re.escape(stage)}/(runs|checkpoints)/", r"\1/", command)

@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
 
+import functools  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -23,7 +24,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from scripts.common import REPO_ROOT, ArgParser, UserError, hardware, run_main, write_json  # noqa: E402
-from scripts.report import load_results, markdown_table, update_file  # noqa: E402
+from scripts.report import load_results, markdown_table, run_script, update_file  # noqa: E402
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel  # noqa: E402
 from stage2_rnn_lstm.train import DEFAULTS  # noqa: E402
 
@@ -32,11 +33,7 @@ RESULTS = STAGE_DIR / "results"
 PARTS = ("char", "word", "speed", "classify", "samples")
 
 
-def run(script: str, *argv: str) -> None:
-    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
-    print("$", " ".join(cmd[1:]), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise UserError(f"{script} failed; see its message above")
+run = functools.partial(run_script, STAGE_DIR)   # run("train.py", flags...): a stage program, echoed
 
 
 def language_model(vocab_type: str, extra: list[str]) -> None:

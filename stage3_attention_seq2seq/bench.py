@@ -17,15 +17,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
 
-import re  # noqa: E402
+import functools  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 from operator import itemgetter  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Sequence  # noqa: E402
 
-from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_json  # noqa: E402
-from scripts.report import markdown_table, update_file  # noqa: E402
+from scripts.common import REPO_ROOT, ArgParser, read_json, run_main, write_json  # noqa: E402
+from scripts.report import markdown_table, run_script, short_paths as report_short_paths, update_file  # noqa: E402
 from scripts.translation_data import corpus_scores  # noqa: E402
 from stage3_attention_seq2seq.data.translation import load_pairs, tokenize  # noqa: E402
 from stage3_attention_seq2seq.models.attention import ATTENTION_TYPES  # noqa: E402
@@ -39,11 +38,7 @@ HEATMAP_SENTENCES = {"heatmap_short": "A black dog is running on the grass.",
 EXAMPLES = 6
 
 
-def run(script: str, *argv: str) -> None:
-    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
-    print("$", " ".join(cmd[1:]), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise UserError(f"{script} failed; see its message above")
+run = functools.partial(run_script, STAGE_DIR)   # run("train.py", flags...): a stage program, echoed
 
 
 def train_and_evaluate(name: str, train_argv: list[str], extra: list[str]) -> None:
@@ -72,9 +67,7 @@ def result_row(name: str) -> dict:
             "command": short_paths(train["command"]), "signature": m["bleu_signature"]}
 
 
-def short_paths(command: str) -> str:
-    """The bench's absolute run and checkpoint paths, relative to this stage (the same in every checkout)."""
-    return re.sub(r"\S*/stage3_attention_seq2seq/(runs|checkpoints)/", r"\1/", command)
+short_paths = functools.partial(report_short_paths, stage="stage3_attention_seq2seq")
 
 
 COLUMNS = [(title, itemgetter(key)) for key, title in (

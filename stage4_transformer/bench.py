@@ -16,9 +16,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
 
-import re  # noqa: E402
+import functools  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from operator import itemgetter  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -28,7 +27,7 @@ import torch  # noqa: E402
 
 from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, autocast, hardware, read_json,  # noqa: E402
                             run_main, write_json)
-from scripts.report import markdown_table, update_file  # noqa: E402
+from scripts.report import markdown_table, run_script, short_paths as report_short_paths, update_file  # noqa: E402
 from scripts.translation_data import load_pairs  # noqa: E402
 from stage4_transformer.data.batches import encode_pairs, token_batches  # noqa: E402
 from stage4_transformer.data.subword import SubwordVocab  # noqa: E402
@@ -44,15 +43,10 @@ HEATMAP_SENTENCE = "A young woman in a red dress is singing into a microphone."
 ALPHAS = ("0.6", "1.0", "1.4")   # length-penalty exponents tried on the validation set
 
 
-def run(script: str, *argv: str) -> None:
-    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
-    print("$", " ".join(cmd[1:]), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise UserError(f"{script} failed; see its message above")
+run = functools.partial(run_script, STAGE_DIR)   # run("train.py", flags...): a stage program, echoed
 
 
-def short_paths(command: str) -> str:
-    return re.sub(r"\S*/stage4_transformer/(runs|checkpoints)/", r"\1/", command)
+short_paths = functools.partial(report_short_paths, stage="stage4_transformer")
 
 
 def choose_alpha(checkpoint: Path, run_dir: Path, extra: list[str]) -> str:

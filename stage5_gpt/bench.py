@@ -24,6 +24,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
 
+import functools  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -35,7 +36,7 @@ import torch  # noqa: E402
 
 from scripts.common import (REPO_ROOT, ArgParser, UserError, hardware, load_checkpoint, read_json,  # noqa: E402
                             run_main, write_json)
-from scripts.report import markdown_table, update_file  # noqa: E402
+from scripts.report import markdown_table, run_script, short_paths as report_short_paths, update_file  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
@@ -50,15 +51,10 @@ BABY_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_inter
               "--lr_decay_iters=2000", "--dropout=0.0"]   # nanoGPT README's CPU command, verbatim
 
 
-def run(script: str, *argv: str) -> None:
-    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
-    print("$", " ".join(cmd[1:]), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise UserError(f"{script} failed; see its message above")
+run = functools.partial(run_script, STAGE_DIR)   # run("train.py", flags...): a stage program, echoed
 
 
-def short_paths(command: str) -> str:
-    return re.sub(r"\S*/stage5_gpt/(runs|checkpoints)/", r"\1/", command)
+short_paths = functools.partial(report_short_paths, stage="stage5_gpt")
 
 
 def copy_run(run_dir: Path, name: str) -> None:
