@@ -15,8 +15,9 @@ kv:        generation speed of the char model with and without the KV cache, for
 bpe:       training our byte-level BPE (8192 tokens) on the first 10 MB of the Gutenberg training text,
            beside Hugging Face `tokenizers` (Rust) with the same settings.
 gutenberg: `train.py --preset gutenberg` (BPE pretraining on 105 books), then `evaluate.py` on 6 other books.
-gpu:       on a CUDA machine: the default char model, and GPT-2 small's shape on Gutenberg for 200 steps,
-           eager and with --compile 1 (tokens/s and MFU against the card's bf16 peak).
+gpu:       on a CUDA machine: the default char model, GPT-2 small's shape on Gutenberg for 200 steps, eager
+           and with --compile 1 (tokens/s and MFU against the card's bf16 peak), and GPU_BASE, a 14M-parameter
+           Gutenberg model pretrained in about two minutes (checkpoints/gpu_base_gutenberg.pt).
 Each writes JSON files into stage5_gpt/results/.
 """
 import pathlib
@@ -46,6 +47,10 @@ BABY_LRS = ("1e-3", "2e-3", "4e-3", "6e-3")   # nanoGPT's 1e-3 and three higher 
 GPT2_SMALL = ["--preset", "gutenberg", "--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "1024",
               "--batch_size", "16", "--max_steps", "200", "--warmup_steps", "50", "--lr", "6e-4", "--min_lr", "6e-5",
               "--eval_interval", "200", "--eval_iters", "10", "--log_interval", "20"]
+# a GPT-mini pretrained on Gutenberg in about two GPU minutes: the base that stage 5's fine-tuning starts from
+GPU_BASE = ["--preset", "gutenberg", "--n_layer", "6", "--n_head", "6", "--n_embd", "384", "--block_size", "512",
+            "--batch_size", "64", "--max_steps", "6000", "--warmup_steps", "300", "--lr", "1e-3", "--min_lr", "1e-4",
+            "--dropout", "0.1", "--eval_interval", "1000", "--eval_iters", "20", "--log_interval", "500"]
 BABY_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
               "--lr_decay_iters=2000", "--dropout=0.0"]   # nanoGPT README's CPU command, verbatim
@@ -198,6 +203,11 @@ def gpu(extra: list[str]) -> None:
         run("train.py", *GPT2_SMALL, *flags, "--device", "cuda", "--out_dir", str(run_dir), "--checkpoint",
             str(STAGE_DIR / "checkpoints" / f"bench_{name}.pt"), *extra)
         shutil.copy(run_dir / "metrics.json", RESULTS / f"{name}_train.json")
+    run_dir = STAGE_DIR / "runs" / "gpu_base"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run("train.py", *GPU_BASE, "--device", "cuda", "--out_dir", str(run_dir), "--checkpoint",
+        str(STAGE_DIR / "checkpoints" / "gpu_base_gutenberg.pt"), *extra)
+    shutil.copy(run_dir / "metrics.json", RESULTS / "gpu_base_train.json")
 
 
 def mins(seconds: float) -> str:
@@ -264,7 +274,9 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
     gpu_rows = [(label, read_json(RESULTS / f"{name}_train.json")) for name, label in (
         ("gpu_char", "default char model (`train.py --device cuda`)"),
         ("gpu_gpt2small_eager", "GPT-2 small shape, Gutenberg BPE, 200 steps"),
-        ("gpu_gpt2small_compiled", "same, `--compile 1`")) if (RESULTS / f"{name}_train.json").is_file()]
+        ("gpu_gpt2small_compiled", "same, `--compile 1`"),
+        ("gpu_base", "pretraining base for fine-tuning: 6 layers, 384 wide, context 512, Gutenberg BPE")
+    ) if (RESULTS / f"{name}_train.json").is_file()]
     if gpu_rows:
         table = markdown_table(gpu_rows, [
             ("run", lambda r: r[0]), ("parameters", lambda r: r[1]["params"]),
@@ -275,11 +287,19 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             ("tokens/s (whole run)", lambda r: f"{r[1]['metrics']['train_tokens_per_s']:,.0f}"),
             ("training time", lambda r: f"{r[1]['metrics']['fit_seconds']:.0f} s"),
             ("GPU", lambda r: r[1]["hardware"]), ("torch", lambda r: r[1]["torch"])])
+        if (RESULTS / "gpu_base_eval.json").is_file():
+            e = read_json(RESULTS / "gpu_base_eval.json")
+            note = (f"\n\nThe base's checkpoint (brought back to the CPU machine in bfloat16 and loaded as float32), "
+                    f"scored by `evaluate.py` on {e['hardware']}: {e['metrics']['loss']:.3f} nats per token over every "
+                    f"validation token, {e['metrics']['bits_per_byte']:.3f} bits/byte. Command: `{e['command']}`.")
+        else:
+            note = ""
         peak = gpu_rows[0][1]["metrics"]
         blocks["stage5_gpu"] = (table + f"\n\nMFU against {peak['peak_flops'] / 1e12:,.0f} TFLOP/s "
                                 f"({peak['peak_source']}); "
                                 "steady = the median logging window after the first (the first holds warm-up and "
-                                "compilation). bf16 autocast. Command: `python stage5_gpt/bench.py --parts gpu`.")
+                                "compilation). bf16 autocast. Command: `python stage5_gpt/bench.py --parts gpu`."
+                                + note)
     top: dict[str, str] = {}
     if (RESULTS / "char_train.json").is_file():
         train, evaluation = read_json(RESULTS / "char_train.json"), read_json(RESULTS / "char_eval.json")

@@ -62,7 +62,12 @@ def test_bpe_trains_on_10_mb_within_60_seconds_with_hf_identical_merges():
 
 
 def test_gpu_speed_and_mfu_name_the_card():
-    for name in ("gpu_char_train.json", "gpu_gpt2small_eager_train.json", "gpu_gpt2small_compiled_train.json"):
+    for name in ("gpu_char_train.json", "gpu_gpt2small_eager_train.json", "gpu_gpt2small_compiled_train.json",
+                 "gpu_base_train.json"):
         run = load(name)
         assert run["device"].startswith("cuda") and "NVIDIA" in run["hardware"]
         assert 0 < run["metrics"]["steady_mfu"] < 1 and run["metrics"]["steady_tokens_per_s"] > 0
+    base, cpu_eval = load("gpu_base_train.json"), load("gpu_base_eval.json")
+    assert cpu_eval["device"] == "cpu" and cpu_eval["dataset"] == "gutenberg"
+    assert cpu_eval["metrics"]["loss"] < load("gutenberg_eval.json")["metrics"]["loss"]   # better than the CPU preset
+    assert abs(cpu_eval["metrics"]["loss"] - base["metrics"]["val_loss"]) < 0.1
