@@ -26,6 +26,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
 
 import functools  # noqa: E402
+import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -62,30 +63,25 @@ run = functools.partial(run_script, STAGE_DIR)   # run("train.py", flags...): a 
 short_paths = functools.partial(report_short_paths, stage="stage5_gpt")
 
 
-def copy_run(run_dir: Path, name: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    shutil.copy(run_dir / "metrics.json", RESULTS / f"{name}_train.json")
-    shutil.copy(run_dir / "history.json", RESULTS / f"{name}_history.json")
-
-
-def train_and_evaluate(name: str, preset: list[str], extra: list[str]) -> None:
+def train_and_evaluate(name: str, flags: list[str], extra: list[str], keep: bool = True) -> Path:
+    """train.py from scratch (a benchmark never resumes), then evaluate.py on the whole validation text;
+    with `keep`, the run's metrics, history and evaluation are copied into results/ as <name>_*.json."""
     run_dir, checkpoint = STAGE_DIR / "runs" / f"bench_{name}", STAGE_DIR / "checkpoints" / f"bench_{name}.pt"
-    shutil.rmtree(run_dir, ignore_errors=True)   # a benchmark starts fresh, never resumes
-    run("train.py", *preset, "--out_dir", str(run_dir), "--checkpoint", str(checkpoint), *extra)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run("train.py", *flags, "--out_dir", str(run_dir), "--checkpoint", str(checkpoint), *extra)
     run("evaluate.py", "--checkpoint", str(checkpoint), "--metrics_out", str(run_dir / "eval.json"), *extra)
-    copy_run(run_dir, name)
-    shutil.copy(run_dir / "eval.json", RESULTS / f"{name}_eval.json")
+    if keep:
+        RESULTS.mkdir(exist_ok=True)
+        for source, target in (("metrics.json", "train"), ("history.json", "history"), ("eval.json", "eval")):
+            shutil.copy(run_dir / source, RESULTS / f"{name}_{target}.json")
+    return run_dir
 
 
 def baby_lr_sweep(extra: list[str]) -> None:
     rows = []
     for lr in BABY_LRS:
-        run_dir = STAGE_DIR / "runs" / f"bench_baby_lr{lr}"
-        checkpoint = STAGE_DIR / "checkpoints" / f"bench_baby_lr{lr}.pt"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run("train.py", "--preset", "baby", "--lr", lr, "--min_lr", str(float(lr) / 10), "--out_dir", str(run_dir),
-            "--checkpoint", str(checkpoint), *extra)
-        run("evaluate.py", "--checkpoint", str(checkpoint), "--metrics_out", str(run_dir / "eval.json"), *extra)
+        run_dir = train_and_evaluate(f"baby_lr{lr}", ["--preset", "baby", "--lr", lr, "--min_lr", str(float(lr) / 10)],
+                                     extra, keep=False)
         evaluation = read_json(run_dir / "eval.json")
         rows.append({"lr": float(lr), "min_lr": float(lr) / 10, "val_loss_every_token": evaluation["metrics"]["loss"],
                      "train_command": read_json(run_dir / "metrics.json")["command"]})
@@ -181,7 +177,7 @@ def bpe_speed(data_dir: str | None, chars: int = 10_000_000, vocab_size: int = 8
     hf.train_from_iterator(text.split("<|endoftext|>"), trainer)
     hf_seconds = time.perf_counter() - tick
     hf_merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-                 for m in __import__("json").loads(hf.to_str())["model"]["merges"]]
+                 for m in json.loads(hf.to_str())["model"]["merges"]]
     same = hf_merges == [(ours.token_str(a), ours.token_str(b)) for a, b in ours.merges]
     write_json(RESULTS / "bpe.json", {
         "chars": len(text), "bytes": len(text.encode("utf-8")), "vocab_size": vocab_size,

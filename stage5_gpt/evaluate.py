@@ -25,8 +25,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from scripts.common import (ArgParser, UserError, add_common_args, autocast, get_device,  # noqa: E402
-                            load_checkpoint, run_main, set_threads, write_metrics)
+from scripts.common import (ArgParser, UserError, add_common_args, autocast, check_positive,  # noqa: E402
+                            get_device, run_main, set_threads, write_metrics)
 from stage5_gpt.data.corpus import load_text, sequential_windows  # noqa: E402
 from stage5_gpt.generate import DEFAULT_CHECKPOINT, load_model  # noqa: E402
 from stage5_gpt.models.gpt import GPT  # noqa: E402
@@ -67,11 +67,12 @@ def score(model: GPT, ids: np.ndarray, batch_size: int, device: torch.device, am
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    check_positive(args, "batch_size")
+    if args.limit < 0:
+        raise UserError(f"--limit must be >= 0, got {args.limit}")
     set_threads(args.num_threads)
     device = get_device(args.device)
-    model, tokenizer = load_model(args, device)
+    model, tokenizer, trained_on = load_model(args, device)
     if args.text_file:
         path = Path(args.text_file)
         if not path.is_file():
@@ -81,11 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UnicodeDecodeError:
             raise UserError(f"--text_file {path} is not UTF-8 text") from None
     else:
-        if args.dataset is None and args.init_from:
-            raise UserError("with --init_from, say what to score: --dataset or --text_file")
-        dataset = args.dataset
+        dataset = args.dataset or trained_on
         if dataset is None:
-            dataset = load_checkpoint(args.checkpoint, STAGE)["dataset"]
+            raise UserError("with --init_from, say what to score: --dataset or --text_file")
         text = load_text(dataset, args.data_dir)["val"]
     text = text[: args.limit] if args.limit else text
     tick = time.time()

@@ -67,14 +67,16 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise UserError(f"max_new_tokens must be at least 1, got {settings['max_new_tokens']}")
 
 
-def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Any]:
-    """The model and its tokenizer, from a checkpoint (checked against --tokenizer) or from GPT-2."""
+def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Any, str | None]:
+    """The model, its tokenizer and the data set it was trained on (None for GPT-2), from a checkpoint
+    (checked against --tokenizer) or from GPT-2."""
     if args.init_from:
         from stage5_gpt.models.hf import load_gpt2  # noqa: PLC0415
 
         if args.tokenizer:
             raise UserError("--tokenizer does not apply with --init_from: GPT-2's own vocabulary is used")
         model, tokenizer = load_gpt2(args.init_from)
+        dataset = None
     else:
         ckpt = load_checkpoint(args.checkpoint, STAGE, ["gpt"])
         tokenizer = load_tokenizer(ckpt["tokenizer"])
@@ -84,13 +86,13 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Any
                 raise UserError(f"--tokenizer {args.tokenizer} is not the tokenizer {args.checkpoint} was trained "
                                 "with (ids would mean other tokens); drop --tokenizer to use the checkpoint's own")
             tokenizer = given
-        model = GPT(GPTConfig(**ckpt["config"]))
+        model, dataset = GPT(GPTConfig(**ckpt["config"])), ckpt.get("dataset")
         try:
             model.load_state_dict(ckpt["model_state"])
         except RuntimeError as err:
             raise UserError(f"{args.checkpoint} does not fit its own config ({str(err).splitlines()[0][:120]}); "
                             "the file is damaged, retrain it") from None
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), tokenizer, dataset
 
 
 def encode_prompt(text: str, tokenizer: Any, block_size: int) -> tuple[list[int], str | None]:
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--num_samples must be at least 1, got {args.num_samples}")
     set_threads(args.num_threads)
     device = get_device(args.device)
-    model, tokenizer = load_model(args, device)
+    model, tokenizer, _ = load_model(args, device)
     if args.interactive:
         interactive(model, tokenizer, settings, not args.no_kv_cache, device)
         return 0

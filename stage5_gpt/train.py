@@ -42,7 +42,7 @@ from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_ar
                             rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads,
                             setup_logging, uses_bf16, write_json, write_metrics)
 from stage5_gpt.data.bpe import ByteLevelBPE  # noqa: E402
-from stage5_gpt.data.corpus import DATA_CACHE, DATASETS, TokenData, prepare, train_tokenizer  # noqa: E402
+from stage5_gpt.data.corpus import DATA_CACHE, DATASETS, TokenData, prepare, train_tokenizer, windows  # noqa: E402
 from stage5_gpt.models.gpt import ATTENTION_IMPLS, GPT, GPTConfig  # noqa: E402
 from stage5_gpt.models.hf import load_gpt2  # noqa: E402
 
@@ -146,8 +146,6 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for flag in ("limit", "bpe_train_chars", "warmup_steps"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    if args.warmup_steps < 0:
-        raise UserError(f"--warmup_steps must be >= 0, got {args.warmup_steps}")
     if not (args.lr > 0 and 0 <= args.min_lr <= args.lr):
         raise UserError(f"need --lr > 0 and 0 <= --min_lr <= --lr, got {args.lr} and {args.min_lr}")
     run = "gpt_baby" if args.preset == "baby" else f"gpt_{args.dataset}_{args.tokenizer}"
@@ -279,20 +277,27 @@ def load_data(args: argparse.Namespace, ddp: Distributed, log: Any,
     return data
 
 
-def window_starts(n_tokens: int, args: argparse.Namespace, world: int, generator: torch.Generator) -> torch.Tensor:
+def random_starts(data: np.ndarray, block_size: int, shape: tuple[int, ...],
+                  generator: torch.Generator) -> torch.Tensor:
+    """Random window starts of the given shape, each leaving room for block_size + 1 tokens."""
+    high = len(data) - block_size - 1
+    if high < 1:
+        raise UserError(f"a split holds {len(data)} tokens, fewer than one window of {block_size + 1}; "
+                        "lower --block_size or drop --limit")
+    return torch.randint(high, shape, generator=generator)
+
+
+def window_starts(data: np.ndarray, args: argparse.Namespace, world: int,
+                  generator: torch.Generator) -> torch.Tensor:
     """Random window starts for one optimizer step of every process: (world * grad_accum, batch_size).
     Every process draws the same numbers and takes its own rows, so a run on N processes sees exactly
     the windows of a one-process run with N times the accumulation."""
-    high = n_tokens - args.block_size - 1
-    if high < 1:
-        raise UserError(f"the training data holds {n_tokens} tokens, fewer than one window of "
-                        f"{args.block_size + 1}; lower --block_size or drop --limit")
-    return torch.randint(high, (world * args.grad_accum, args.batch_size), generator=generator)
+    return random_starts(data, args.block_size, (world * args.grad_accum, args.batch_size), generator)
 
 
-def windows(data: np.ndarray, starts: torch.Tensor, block: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    x = torch.stack([torch.from_numpy(data[s: s + block].astype(np.int64)) for s in starts.tolist()])
-    y = torch.stack([torch.from_numpy(data[s + 1: s + 1 + block].astype(np.int64)) for s in starts.tolist()])
+def batch_on(data: np.ndarray, starts: torch.Tensor, block: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(inputs, targets) of the windows at `starts`, on `device`."""
+    x, y = windows(data, starts.tolist(), block)
     if device.type == "cuda":   # pinned memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
@@ -308,9 +313,8 @@ def estimate_loss(model: torch.nn.Module, data: np.ndarray, args: argparse.Names
     model.eval()
     losses = []
     for _ in range(args.eval_iters):
-        high = len(data) - args.block_size - 1
-        starts = torch.randint(high, (args.batch_size,), generator=generator)
-        x, y = windows(data, starts, args.block_size, device)
+        starts = random_starts(data, args.block_size, (args.batch_size,), generator)
+        x, y = batch_on(data, starts, args.block_size, device)
         with autocast(device, bool(args.amp)):
             _, loss = model(x, y)
         losses.append(loss.item())
@@ -369,7 +373,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: n
     device = ddp.device
     loss_sum = 0.0
     for micro in range(args.grad_accum):
-        x, y = windows(data, starts[ddp.rank * args.grad_accum + micro], args.block_size, device)
+        x, y = batch_on(data, starts[ddp.rank * args.grad_accum + micro], args.block_size, device)
         sync = micro == args.grad_accum - 1 or not ddp.enabled
         with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, bool(args.amp)):
             _, loss = model(x, y)
@@ -462,7 +466,7 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
             lr = lr_at(state["step"], args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            starts = window_starts(len(data.train), args, ddp.world, data_generator)
+            starts = window_starts(data.train, args, ddp.world, data_generator)
             loss = train_step(model, optimizer, data.train, starts, args, ddp)
             state["step"] += 1
             state["tokens_seen"] += tokens_per_step

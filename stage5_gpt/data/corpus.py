@@ -17,7 +17,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -81,8 +81,8 @@ def download_gutenberg(folder: Path) -> Path:
     return folder
 
 
-def load_text(dataset: str, data_dir: str | None, limit: int = 0) -> dict[str, str]:
-    """{"train": text, "val": text}; `limit` keeps only the first N characters of the training text."""
+def load_text(dataset: str, data_dir: str | None) -> dict[str, str]:
+    """{"train": text, "val": text}."""
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     name, files = DATASETS[dataset]
@@ -106,8 +106,6 @@ def load_text(dataset: str, data_dir: str | None, limit: int = 0) -> dict[str, s
     for split, text in splits.items():
         if len(text) < 1000:
             raise UserError(f"{dataset} {split} split holds only {len(text)} characters; is the file truncated?")
-    if limit:
-        splits["train"] = splits["train"][:limit]
     return splits
 
 
@@ -192,19 +190,20 @@ def prepare(dataset: str, data_dir: str | None,
     return prepare(dataset, data_dir, make_tokenizer, cache_name, limit, log, cache_root)
 
 
+def windows(data: np.ndarray, starts: Sequence[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (B, length) and targets (B, length), the same windows shifted by one: each window of
+    length + 1 ids is read from the (memory-mapped) array once and split."""
+    rows = torch.stack([torch.from_numpy(data[s: s + length + 1].astype(np.int64)) for s in starts])
+    return rows[:, :-1], rows[:, 1:]
+
+
 def sequential_windows(data: np.ndarray, block_size: int,
                        batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every token of `data` predicted once, as (inputs, targets) batches of non-overlapping windows (the last
     one shorter): for the exact loss over a whole split, rather than an estimate from random windows."""
     n = len(data) - 1                       # the last token is only ever a target
     full = n // block_size
-
-    def window(start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.from_numpy(data[start: start + length].astype(np.int64)),
-                torch.from_numpy(data[start + 1: start + 1 + length].astype(np.int64)))
     for first in range(0, full, batch_size):
-        pairs = [window(i * block_size, block_size) for i in range(first, min(full, first + batch_size))]
-        yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        yield windows(data, [i * block_size for i in range(first, min(full, first + batch_size))], block_size)
     if n % block_size:
-        x, y = window(full * block_size, n % block_size)
-        yield x[None], y[None]
+        yield windows(data, [full * block_size], n % block_size)
