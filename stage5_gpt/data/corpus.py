@@ -22,8 +22,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from scripts.common import (UserError, cache_dir, download, find_local_data, missing_data_error, read_json,
-                            write_json)
+from scripts.common import (UserError, cache_dir, data_candidates, download, find_local_data, missing_data_error,
+                            read_json, write_json)
 from stage5_gpt.data.bpe import ByteLevelBPE, CharTokenizer, load_tokenizer
 
 STAGE_DIR = Path(__file__).resolve().parents[1]
@@ -152,6 +152,9 @@ def prepare(dataset: str, data_dir: str | None,
     the training split); later runs reuse the saved one, so every checkpoint trained on this folder shares
     the same ids. Delete the folder to start over.
     """
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    data_candidates(DATASETS[dataset][0], data_dir)   # a --data_dir that is not a folder is an error, cache or not
     folder = (cache_root or DATA_CACHE) / (cache_name + (f"-limit{limit}" if limit else ""))
     meta_path = folder / "meta.json"
     if meta_path.is_file():

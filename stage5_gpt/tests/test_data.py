@@ -44,6 +44,8 @@ def test_prepare_tokenises_once_then_memory_maps(lm_data, tmp_path):
     assert len(data.train) + len(data.val) == len(text) and len(logs) == 3
     again = corpus.prepare("shakespeare", str(lm_data), lambda _: pytest.fail("retrained"), "t", cache_root=tmp_path)
     assert np.array_equal(again.val, data.val)
+    with pytest.raises(UserError, match="is not a folder"):   # a wrong --data_dir is refused even from the cache
+        corpus.prepare("shakespeare", str(tmp_path / "nowhere"), make, "t", cache_root=tmp_path)
     limited = corpus.prepare("shakespeare", str(lm_data), make, "t", limit=500, cache_root=tmp_path)
     assert len(limited.train) == 500 and limited.tokenizer.fingerprint() == data.tokenizer.fingerprint()
     (tmp_path / "t" / "val.bin").write_bytes(b"\0\0")
