@@ -1,8 +1,15 @@
-"""Score a trained GPT-mini (stage 5) on held-out text: loss, perplexity and bits per byte.
+"""Score a GPT-mini (stage 5): loss, perplexity and bits per byte on held-out text, or a fine-tuned model's tasks.
 
     python evaluate.py                                                 # char model, tiny Shakespeare validation
     python evaluate.py --checkpoint checkpoints/gpt_gutenberg_bpe.pt   # BPE model, 6 held-out books
     python evaluate.py --text_file my_text.txt                         # any UTF-8 text file
+    python evaluate.py --checkpoint checkpoints/ft_imdb_full.pt        # a fine-tuned model on its tasks' test splits
+    python evaluate.py --checkpoint checkpoints/ft_multi_full.pt --task translate    # one task: sacreBLEU, chrF
+    python evaluate.py --checkpoint checkpoints/ft_multi_full.pt --dataset gutenberg # what fine-tuning forgot
+
+A fine-tuned checkpoint is scored on each task's test split (accuracy, macro-F1, confusion matrix; or sacreBLEU
+and chrF of greedy translations), with examples per second and the latency at batch 1, into
+<out>/test_<task>.json. With --dataset or --text_file it is scored as a language model instead.
 
 Every token of the text is predicted once, in non-overlapping windows of the model's context (so each
 window starts without history: slightly pessimistic, and exact, not an estimate from random windows).
@@ -26,9 +33,10 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from scripts.common import (ArgParser, UserError, add_common_args, autocast, check_positive,  # noqa: E402
-                            get_device, run_main, set_threads, write_metrics)
+                            get_device, load_checkpoint, run_main, set_threads, write_metrics)
 from stage5_gpt.data.corpus import load_text, sequential_windows  # noqa: E402
 from stage5_gpt.generate import DEFAULT_CHECKPOINT, load_model  # noqa: E402
+from stage5_gpt.data.tasks import TASKS, evaluate_task, load_task, tokenize  # noqa: E402
 from stage5_gpt.models.gpt import GPT  # noqa: E402
 
 STAGE = "stage5_gpt"
@@ -44,7 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whose validation split to score (default: the checkpoint's)")
     p.add_argument("--text_file", default=None, help="score this UTF-8 text file instead of a validation split")
     p.add_argument("--batch_size", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N characters (0: all)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="score only the first N characters (0: all); for tasks, the first N test examples")
+    p.add_argument("--task", default=None, choices=list(TASKS),
+                   help="a fine-tuned checkpoint: score only this task (default: every task it was tuned on)")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="a fine-tuned checkpoint: which split")
+    p.add_argument("--out_dir", default=None, help="a fine-tuned checkpoint: where test_<task>.json go "
+                                                   "(default runs/eval_<checkpoint name>)")
     p.add_argument("--amp", type=int, choices=[0, 1], default=0, help="1: bf16 autocast (faster, less exact)")
     p.add_argument("--metrics_out", default=None, help="metrics.json path (default: beside the checkpoint's runs)")
     add_common_args(p)
@@ -72,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--limit must be >= 0, got {args.limit}")
     set_threads(args.num_threads)
     device = get_device(args.device)
+    if not (args.init_from or args.text_file or args.dataset) and finetune_info(args.checkpoint):
+        return evaluate_tasks(args, device)
+    if args.task:
+        raise UserError(f"--task needs a fine-tuned checkpoint; {args.checkpoint} is a pretrained language model")
     model, tokenizer, trained_on = load_model(args, device)
     if args.text_file:
         path = Path(args.text_file)
@@ -107,6 +125,46 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{metrics['bits_per_byte']:.4f} bits/byte over {count:,} tokens ({n_bytes:,} bytes) in {seconds:.1f} s")
     print(f"metrics: {out}")
     return 0
+
+def finetune_info(path: str) -> dict | None:
+    """The fine-tuning record of a checkpoint (None for a pretrained one, or a file that is not there)."""
+    if not Path(path).is_file():
+        return None
+    return load_checkpoint(path, STAGE, ["gpt", "gpt_classifier"]).get("finetune")
+
+
+def evaluate_tasks(args: argparse.Namespace, device: torch.device) -> int:
+    """Score a fine-tuned checkpoint on the test (or validation) split of its tasks."""
+    from stage5_gpt.finetune import load_finetuned, model_label  # noqa: PLC0415
+
+    model, tokenizer, info = load_finetuned(args.checkpoint, device)
+    tasks = [args.task] if args.task else info["tasks"]
+    if args.task and args.task not in info["tasks"]:
+        raise UserError(f"{args.checkpoint} was fine-tuned on {', '.join(info['tasks'])}, not {args.task}")
+    out_dir = Path(args.out_dir) if args.out_dir else RUNS / f"eval_{Path(args.checkpoint).stem}"
+    for task in tasks:
+        data = tokenize(tokenizer, load_task(task, args.split, args.data_dir, info.get("ag_news_source", "official"),
+                                             args.limit))
+        tick = time.time()
+        metrics = evaluate_task(info["kind"], model, tokenizer, data, info["max_len"], args.batch_size, device,
+                                bool(args.amp))
+        seconds = time.time() - tick
+        out = out_dir / f"{args.split}_{task}.json"
+        write_metrics(out, stage=STAGE, model=model_label(info),
+                      dataset="multi30k" if task == "translate" else task,
+                      split="test_2016_flickr" if task == "translate" and args.split == "test" else args.split,
+                      metrics=metrics, params=sum(p.numel() for p in model.parameters()), seconds=seconds,
+                      seconds_key="eval_seconds", device=device,
+                      extra={"task": task, "checkpoint": args.checkpoint, "data_source": data.source,
+                             "test_size": len(data), **{k: info[k] for k in ("method", "scratch", "tasks", "base",
+                                                                             "trainable_params")}})
+        score = (f"BLEU {metrics['bleu']:.2f}, chrF {metrics['chrf']:.2f} (greedy)" if task == "translate" else
+                 f"accuracy {100 * metrics['accuracy']:.2f}%, macro-F1 {100 * metrics['macro_f1']:.2f}")
+        print(f"{task} ({args.split}, {len(data):,} examples): {score}; "
+              f"{metrics['latency_ms_bs1']:.1f} ms per example at batch 1")
+        print(f"metrics: {out}")
+    return 0
+
 
 if __name__ == "__main__":
     run_main(main)

@@ -6,10 +6,17 @@
     python generate.py --init_from gpt2 --prompt "Hello"                  # OpenAI's GPT-2 weights (online)
     python generate.py --interactive                                      # a prompt loop; :help lists commands
     python generate.py --prompt "ROMEO:" --no_kv_cache                    # recompute the whole context per token
+    python generate.py --checkpoint checkpoints/ft_multi_full.pt --task translate --prompt "A dog runs."
+    python generate.py --checkpoint checkpoints/ft_multi_full.pt --interactive    # then :task imdb / translate
+    python generate.py --checkpoint checkpoints/ft_imdb_full.pt --prompt "What a film!"   # a classifier: label
 
 Sampling: --temperature divides the logits (0: always the likeliest token), --top_k keeps the k
 likeliest tokens, --top_p the smallest set reaching probability p. With the KV cache each new token costs
 one position of work; --no_kv_cache gives the same tokens, slower.
+
+Fine-tuned models (finetune.py): with --task (or :task in the interactive loop) a multi-task model gets the
+task's prompt around your text and answers greedily up to <|endoftext|>; a classifier prints the class of
+each text and its probability.
 """
 import pathlib
 import sys
@@ -25,8 +32,9 @@ from typing import Any, Sequence  # noqa: E402
 import torch  # noqa: E402
 
 from scripts.common import ArgParser, UserError, add_common_args, get_device, load_checkpoint, run_main, set_threads  # noqa: E402,E501
+from stage5_gpt.data import tasks  # noqa: E402
 from stage5_gpt.data.bpe import load_tokenizer  # noqa: E402
-from stage5_gpt.models.gpt import GPT, GPTConfig  # noqa: E402
+from stage5_gpt.models.gpt import GPT  # noqa: E402
 
 STAGE = "stage5_gpt"
 STAGE_DIR = Path(__file__).resolve().parent
@@ -35,6 +43,7 @@ SETTINGS = {"temperature": float, "top_k": int, "top_p": float, "max_new_tokens"
 HELP = """commands (type them instead of a prompt):
   :temperature 0.8   :top_k 40   :top_p 0.9   :max_new_tokens 200   :seed 1   change a setting
   :cache on|off      use the KV cache or recompute the context      :settings   show the settings
+  :task NAME|none    a fine-tuned multi-task model: wrap each line in that task's prompt
   :help              this list            :quit (or Ctrl-D)  leave; Ctrl-C stops a running generation"""
 
 
@@ -46,12 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer JSON to use (must be the one the checkpoint was trained with; default: its own)")
     p.add_argument("--prompt", default=None, help="text to continue (default: a new line, or <|endoftext|> for BPE)")
     p.add_argument("--max_new_tokens", type=int, default=500, help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="softmax temperature (0: greedy; default 0.8, and 0 with --task)")
     p.add_argument("--top_k", type=int, default=0, help="sample from the k likeliest tokens only (0: all)")
     p.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling: smallest set with probability p")
     p.add_argument("--num_samples", type=int, default=1, help="independent samples for the prompt")
     p.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context for every token")
     p.add_argument("--interactive", action="store_true", help="read prompts from the keyboard, one per line")
+    p.add_argument("--task", default=None, help="a fine-tuned multi-task model: wrap the prompt in this task's prompt")
     add_common_args(p)
     return p
 
@@ -67,9 +78,10 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise UserError(f"max_new_tokens must be at least 1, got {settings['max_new_tokens']}")
 
 
-def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Any, str | None]:
+def load_model(args: argparse.Namespace, device: torch.device, classifier_ok: bool = False
+               ) -> tuple[torch.nn.Module, Any, str | None]:
     """The model, its tokenizer and the data set it was trained on (None for GPT-2), from a checkpoint
-    (checked against --tokenizer) or from GPT-2."""
+    (checked against --tokenizer) or from GPT-2. A fine-tuned classifier only where classifier_ok."""
     if args.init_from:
         from stage5_gpt.models.hf import load_gpt2  # noqa: PLC0415
 
@@ -78,20 +90,18 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Any
         model, tokenizer = load_gpt2(args.init_from)
         dataset = None
     else:
-        ckpt = load_checkpoint(args.checkpoint, STAGE, ["gpt"])
-        tokenizer = load_tokenizer(ckpt["tokenizer"])
+        from stage5_gpt.finetune import model_from_checkpoint  # noqa: PLC0415
+
+        ckpt = load_checkpoint(args.checkpoint, STAGE, ["gpt", "gpt_classifier"] if classifier_ok else ["gpt"])
+        model, tokenizer = model_from_checkpoint(ckpt, args.checkpoint)
+        model.finetune = ckpt.get("finetune")
         if args.tokenizer:
             given = load_tokenizer(Path(args.tokenizer))
             if given.fingerprint() != ckpt.get("tokenizer_fingerprint"):
                 raise UserError(f"--tokenizer {args.tokenizer} is not the tokenizer {args.checkpoint} was trained "
                                 "with (ids would mean other tokens); drop --tokenizer to use the checkpoint's own")
             tokenizer = given
-        model, dataset = GPT(GPTConfig(**ckpt["config"])), ckpt.get("dataset")
-        try:
-            model.load_state_dict(ckpt["model_state"])
-        except RuntimeError as err:
-            raise UserError(f"{args.checkpoint} does not fit its own config ({str(err).splitlines()[0][:120]}); "
-                            "the file is damaged, retrain it") from None
+        dataset = ckpt.get("dataset")
     return model.to(device).eval(), tokenizer, dataset
 
 
@@ -141,8 +151,52 @@ def stream(model: GPT, tokenizer: Any, prompt_ids: list[int], settings: dict[str
     return new, len(new) / max(time.perf_counter() - tick, 1e-9)
 
 
-def interactive(model: GPT, tokenizer: Any, settings: dict[str, Any], use_cache: bool, device: torch.device) -> None:
+def task_prompt(model: GPT, tokenizer: Any, task: str, text: str) -> list[int]:
+    """Token ids of `text` wrapped in a fine-tuned multi-task model's prompt for `task`."""
+    info = getattr(model, "finetune", None)
+    if not info or info["kind"] != "prompt":
+        raise UserError("a task needs a multi-task model from `finetune.py --task multi`; this one is not")
+    if task not in info["tasks"]:
+        raise UserError(f"unknown task {task!r}: this model was fine-tuned on {', '.join(info['tasks'])}")
+    room = info["max_len"] // 2 if task == "translate" else 8
+    return tasks.encode_prompt(tokenizer, task, tokenizer.encode(text, allowed_special=False), info["max_len"], room)
+
+
+@torch.no_grad()
+def classify(model: tasks.GPTClassifier, tokenizer: Any, text: str, device: torch.device) -> str:
+    """'label (probability)' for one text, and the other classes' probabilities."""
+    info = model.finetune
+    classes = info["classes"][info["tasks"][0]]
+    ids = tasks.fit(tokenizer.encode(text, allowed_special=False), info["max_len"] - 1) + [tokenizer.eot_id]
+    logits = model(torch.tensor([ids], device=device), torch.tensor([len(ids)], device=device))
+    probs = torch.softmax(logits.float(), -1)[0].tolist()
+    order = sorted(range(len(classes)), key=lambda c: -probs[c])
+    return f"{classes[order[0]]} ({probs[order[0]]:.1%})  " + "  ".join(f"{classes[c]} {probs[c]:.1%}"
+                                                                     for c in order[1:])
+
+
+def classify_loop(model: tasks.GPTClassifier, tokenizer: Any, device: torch.device) -> None:
+    info = model.finetune
+    print(f"a {info['tasks'][0]} classifier ({', '.join(info['classes'][info['tasks'][0]])}). "
+          "Type a text and press Enter; :quit or Ctrl-D to leave.")
+    while True:
+        try:
+            line = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if line in (":quit", ":exit", ":q"):
+            return
+        print(classify(model, tokenizer, line, device) if line else "(empty text: type something to classify)")
+
+
+def interactive(model: GPT, tokenizer: Any, settings: dict[str, Any], use_cache: bool, device: torch.device,
+                task: str | None = None) -> None:
+    info = getattr(model, "finetune", None)
     print(f"GPT-mini, context {model.config.block_size} tokens. Type a prompt and press Enter; :help for commands.")
+    if info and info["kind"] == "prompt":
+        print(f"fine-tuned on {', '.join(info['tasks'])}: ':task NAME' wraps each line in that task's prompt "
+              f"(now: {task or 'none'})")
     while True:
         try:
             line = input("> ")
@@ -163,6 +217,14 @@ def interactive(model: GPT, tokenizer: Any, settings: dict[str, Any], use_cache:
                 print(", ".join(f"{k} {v}" for k, v in settings.items()) + f", cache {'on' if use_cache else 'off'}")
             elif name == "cache" and value.strip() in ("on", "off"):
                 use_cache = value.strip() == "on"
+            elif name == "task":
+                try:
+                    if value.strip() not in ("", "none"):
+                        task_prompt(model, tokenizer, value.strip(), "x")   # checks the task
+                    task = None if value.strip() in ("", "none") else value.strip()
+                    print(f"task: {task or 'none'}")
+                except UserError as err:
+                    print(f"error: {err}")
             elif name in SETTINGS:
                 try:
                     trial = {**settings, name: SETTINGS[name](value)}
@@ -174,13 +236,16 @@ def interactive(model: GPT, tokenizer: Any, settings: dict[str, Any], use_cache:
                 print(f"unknown command {command!r}; :help lists them")
             continue
         try:
-            ids, note = encode_prompt(line, tokenizer, model.config.block_size)
+            if task:
+                ids, note = task_prompt(model, tokenizer, task, line), None
+            else:
+                ids, note = encode_prompt(line, tokenizer, model.config.block_size)
         except UserError as err:
             print(f"error: {err}")
             continue
         if note:
             print(note)
-        print(line, end="")
+        print(f"{task}:" if task else line, end="")
         try:
             _, speed = stream(model, tokenizer, ids, settings, use_cache, device)
             print(f"[{speed:.0f} tokens/s]")
@@ -190,28 +255,42 @@ def interactive(model: GPT, tokenizer: Any, settings: dict[str, Any], use_cache:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.task else 0.8)
+    settings = {"temperature": temperature, "top_k": args.top_k, "top_p": args.top_p,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     check_settings(settings)
     if args.num_samples < 1:
         raise UserError(f"--num_samples must be at least 1, got {args.num_samples}")
     set_threads(args.num_threads)
     device = get_device(args.device)
-    model, tokenizer, _ = load_model(args, device)
+    model, tokenizer, _ = load_model(args, device, classifier_ok=True)
+    if isinstance(model, tasks.GPTClassifier):
+        if args.interactive:
+            classify_loop(model, tokenizer, device)
+        elif not (args.prompt or "").strip():
+            raise UserError(f"{args.checkpoint} is a classifier: give the text to classify with --prompt")
+        else:
+            print(classify(model, tokenizer, args.prompt, device))
+        return 0
+    if args.task:
+        task_prompt(model, tokenizer, args.task, "x")   # a clear error now for a wrong task or model
     if args.interactive:
-        interactive(model, tokenizer, settings, not args.no_kv_cache, device)
+        interactive(model, tokenizer, settings, not args.no_kv_cache, device, args.task)
         return 0
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty; give some text to continue (or leave --prompt out to start fresh)")
     prompt = args.prompt if args.prompt is not None else default_prompt(tokenizer)
-    ids, note = encode_prompt(prompt, tokenizer, model.config.block_size)
+    if args.task:
+        ids, note = task_prompt(model, tokenizer, args.task, prompt), None
+    else:
+        ids, note = encode_prompt(prompt, tokenizer, model.config.block_size)
     if note:
         print(note, file=sys.stderr)
     for sample in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {sample + 1}")
         if args.prompt is not None:
-            sys.stdout.write(prompt)
+            sys.stdout.write(f"{prompt}\n{args.task}:" if args.task else prompt)
         _, speed = stream(model, tokenizer, ids, {**settings, "seed": args.seed + sample}, not args.no_kv_cache,
                           device)
         print(f"[{speed:.0f} tokens/s, {'KV cache' if not args.no_kv_cache else 'no cache'}]", file=sys.stderr)

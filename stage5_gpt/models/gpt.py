@@ -189,10 +189,10 @@ class GPT(nn.Module):
         n = self.num_params() - self.wpe.weight.numel()
         return 6 * n + 12 * self.config.n_layer * self.config.n_embd * T
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, vocab) and, with targets, the mean cross-entropy.
-        With caches, idx holds only the new positions; they continue where the caches stop."""
+    def hidden(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> the final hidden states (B, T, C), after the last LayerNorm.
+        With caches, idx holds only the new positions; they continue where the caches stop.
+        Fine-tuning puts a classification head on these (stage5_gpt/finetune.py)."""
         B, T = idx.shape
         start = caches[0].length if caches else 0
         if start + T > self.config.block_size:
@@ -201,7 +201,13 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))                       # (B, T, C)
         for i, block in enumerate(self.h):
             x = block(x, caches[i] if caches else None)
-        logits = self.lm_head(self.ln_f(x))                                # (B, T, vocab)
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                caches: list[KVCache] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, vocab) and, with targets, the mean cross-entropy
+        (targets of -1 are ignored). With caches, idx holds only the new positions."""
+        logits = self.lm_head(self.hidden(idx, caches))                    # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)

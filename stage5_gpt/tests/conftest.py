@@ -1,9 +1,12 @@
 """Tiny data sets in the real formats, and the flags of a model small enough to train in a second."""
 import gzip
+import os
 import random
+import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 WORDS = ("the king queen lord my good sir what thou art not shall be love death night day come go "
          "speak hear heart blood noble sweet fair true").split()
@@ -39,3 +42,17 @@ def tiny_args(data: Path, out: Path, *extra) -> list[str]:
             "--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16", "--batch_size", "4",
             "--max_steps", "12", "--eval_interval", "6", "--eval_iters", "2", "--warmup_steps", "2",
             "--log_interval", "3", "--num_threads", "1", "--device", "cpu", *extra]
+
+
+def ctrl_c_after_steps(monkeypatch, steps: int) -> None:
+    """Press Ctrl-C (SIGINT to this process) right after the optimizer's `steps`-th step."""
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)

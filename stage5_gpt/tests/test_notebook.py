@@ -20,3 +20,4 @@ def test_visualize_notebook_executes(lm_data, tmp_path, monkeypatch, cli):
     assert "attention above the diagonal is zero: True" in text and "every row sums to 1: True" in text
     assert "=== temperature 1.0, top_p 0.9" in text
     assert text.count("same tokens: True") == 4
+    assert "merged == unmerged: True" in text and "no fine-tuning results yet" in text

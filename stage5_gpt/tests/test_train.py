@@ -3,7 +3,6 @@ import io
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from scripts.common import checkpoint_header, load_checkpoint, save_checkpoint
 from stage5_gpt import evaluate, generate, train
-from stage5_gpt.tests.conftest import tiny_args
+from stage5_gpt.tests.conftest import ctrl_c_after_steps, tiny_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -149,15 +148,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_loss_curve(lm_data, tmp_path
     uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage5_gpt")
 
     real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def step_then_ctrl_c(self, *args, **kwargs):
-        result = real_step(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 8:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
+    ctrl_c_after_steps(monkeypatch, 8)
     code, _, err = cli(train.main, tiny_args(lm_data, tmp_path / "b", *common))
     assert code == 130 and "--resume" in err
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)

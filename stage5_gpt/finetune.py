@@ -1,0 +1,475 @@
+"""Fine-tune a pretrained GPT-mini (stage 5) for classification, or for several tasks at once.
+
+    python finetune.py --base checkpoints/gpt_gutenberg_bpe.pt --task imdb          # full fine-tuning, last-token head
+    python finetune.py --base ... --task imdb --method head                          # train the head only
+    python finetune.py --base ... --task imdb --method last_blocks --train_blocks 2   # the last 2 blocks and the head
+    python finetune.py --base ... --task imdb --method lora --lora_rank 8            # LoRA adapters and the head
+    python finetune.py --base ... --task imdb --scratch                              # same model, random weights
+    python finetune.py --base gpt2 --task imdb                                       # GPT-2's weights (online)
+    python finetune.py --base ... --task multi --tasks imdb,ag_news,translate        # one model, task prompts
+    python finetune.py ... --resume                                                  # carry on after Ctrl-C
+
+--task imdb / ag_news puts a Linear head on the hidden state of the last token (<|endoftext|> appended to the
+text). --task multi trains the language model itself, text to text: every example is a task prompt and its
+answer (data/tasks.py), the loss on the answer only. After each epoch the validation split is scored and the
+best model is kept (LoRA merged into the weights); at the end it is scored on each task's test split,
+written to <out_dir>/test_<task>.json.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, amp_name,  # noqa: E402
+                            autocast, check_positive, checkpoint_header, get_device, hardware, load_checkpoint,
+                            load_resume, rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads,
+                            setup_logging, write_json, write_metrics)
+from stage5_gpt.data import tasks as T  # noqa: E402
+from stage5_gpt.data.bpe import load_tokenizer  # noqa: E402
+from stage5_gpt.models.gpt import GPT, GPTConfig  # noqa: E402
+from stage5_gpt.models.lora import add_lora, merge_lora, trainable_fraction  # noqa: E402
+
+STAGE = "stage5_gpt"
+STAGE_DIR = Path(__file__).resolve().parent
+METHODS = ("full", "head", "last_blocks", "lora")
+# learning rates that suit each method (--lr overrides): frozen bodies and fresh adapters take larger steps
+DEFAULT_LR = {"full": 1e-4, "head": 2e-3, "last_blocks": 2e-4, "lora": 1e-3, "scratch": 3e-4}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgParser(description="Fine-tune a pretrained GPT-mini for classification or several tasks (stage 5).")
+    p.add_argument("--base", default=str(STAGE_DIR / "checkpoints" / "gpt_gutenberg_bpe.pt"),
+                   help="a checkpoint from train.py (BPE), or gpt2 / gpt2-medium / a local GPT-2 folder")
+    p.add_argument("--scratch", action="store_true",
+                   help="same architecture and tokenizer as --base, random weights: what pretraining buys")
+    p.add_argument("--task", default="imdb", choices=["imdb", "ag_news", "multi"],
+                   help="imdb / ag_news: a classification head; multi: text-to-text over --tasks")
+    p.add_argument("--tasks", default="imdb,ag_news,translate",
+                   help=f"comma-separated tasks of --task multi, from {', '.join(T.TASKS)}")
+    p.add_argument("--method", default="full", choices=METHODS,
+                   help="what is trained: everything, the head only, the last --train_blocks blocks, or LoRA")
+    p.add_argument("--train_blocks", type=int, default=2, help="--method last_blocks: how many blocks train")
+    p.add_argument("--lora_rank", type=int, default=8, help="LoRA rank r")
+    p.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA scale alpha (the update is alpha/r * B A)")
+    p.add_argument("--lora_targets", default="c_attn,c_proj",
+                   help="comma-separated Linear names that get LoRA (c_attn, c_proj, c_fc)")
+    p.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA branch's input")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training split")
+    p.add_argument("--batch_size", type=int, default=16, help="examples per step")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak AdamW learning rate (default per method: " +
+                        ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    p.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up")
+    p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (matrices only)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout in the model and before the head")
+    p.add_argument("--clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    p.add_argument("--max_len", type=int, default=0,
+                   help="tokens per example, longer texts cut (head and tail kept); 0: the model's context")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N training examples of each task")
+    p.add_argument("--eval_limit", type=int, default=0, help="score only the first N validation/test examples")
+    p.add_argument("--eval_batch_size", type=int, default=64, help="examples per batch when scoring")
+    p.add_argument("--ag_news_source", default="official", choices=T.AG_NEWS_SOURCES,
+                   help="official (downloads the training split), or test_carveout: train on 6,000 rows of the "
+                        "official test split and test on the other 1,600 (when only test.csv exists)")
+    p.add_argument("--cache_dir", default=str(STAGE_DIR / "data_cache" / "tasks"),
+                   help="where tokenised task data is kept between runs ('' for none)")
+    p.add_argument("--amp", type=int, choices=[0, 1], default=1, help="bf16 autocast where the hardware has it")
+    p.add_argument("--log_interval", type=int, default=50, help="log loss and speed every N steps")
+    p.add_argument("--checkpoint", default=None, help="best model (default checkpoints/ft_<task>_<method>.pt)")
+    p.add_argument("--out_dir", default=None, help="run folder (default runs/ft_<task>_<method>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    add_common_args(p)
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    check_positive(args, "epochs", "batch_size", "eval_batch_size", "lora_rank", "train_blocks", "log_interval")
+    args.task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.task == "multi" else [args.task]
+    for task in args.task_list:
+        T.check_task(task)
+    if len(set(args.task_list)) != len(args.task_list) or not args.task_list:
+        raise UserError(f"--tasks must name each task once, got {args.tasks!r}")
+    if args.task == "multi" and args.method == "head":
+        raise UserError("--method head needs a classification head: use --task imdb or ag_news")
+    if args.scratch and args.method != "full":
+        raise UserError("--scratch trains every weight from random values: use it with --method full")
+    for flag in ("limit", "eval_limit", "max_len"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    for flag in ("dropout", "lora_dropout", "warmup"):
+        if not 0.0 <= getattr(args, flag) < 1.0:
+            raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    args.lr = args.lr if args.lr is not None else DEFAULT_LR["scratch" if args.scratch else args.method]
+    if args.lr <= 0:
+        raise UserError(f"--lr must be > 0, got {args.lr}")
+    args.lora_target_list = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+    args.dataset = args.task if args.task != "multi" else "multi:" + ",".join(args.task_list)
+    name = f"ft_{args.task}_{'scratch' if args.scratch else args.method}"
+    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"{name}.pt")
+    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / name)
+    return args
+
+
+# ----------------------------------------------------------------------------- model
+def load_base(args: argparse.Namespace, log: Any) -> tuple[GPT, Any, str]:
+    """The pretrained GPT (its dropout set to --dropout), its tokenizer, and where it came from."""
+    if args.base in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") or (Path(args.base).is_dir()):
+        from stage5_gpt.models.hf import load_gpt2  # noqa: PLC0415
+
+        model, tokenizer = load_gpt2(args.base, "sdpa", args.dropout)
+        if args.scratch:
+            model = GPT(model.config)
+        return model, tokenizer, f"GPT-2 ({args.base})"
+    ckpt = load_checkpoint(args.base, STAGE, ["gpt"])
+    tokenizer = load_tokenizer(ckpt["tokenizer"])
+    T.eot_of(tokenizer)   # a char-level base cannot mark the end of a text
+    config = GPTConfig(**{**ckpt["config"], "dropout": args.dropout})
+    model = GPT(config)
+    if not args.scratch:
+        try:
+            model.load_state_dict(ckpt["model_state"])
+        except RuntimeError as err:
+            raise UserError(f"--base {args.base} does not fit its own config ({str(err).splitlines()[0][:120]}); "
+                            "the file is damaged") from None
+    log.info(f"base {args.base}: {model.num_params():,} parameters, {config.n_layer} layers, {config.n_embd} wide, "
+             f"context {config.block_size}{' (architecture only: random weights)' if args.scratch else ''}")
+    return model, tokenizer, str(args.base)
+
+
+def prepare_model(args: argparse.Namespace, gpt: GPT, classes: list[str] | None) -> nn.Module:
+    """The model to train (a GPTClassifier for one classification task, else the GPT), with only the
+    parameters of --method left trainable."""
+    model: nn.Module = T.GPTClassifier(gpt, len(classes), args.dropout) if classes else gpt
+    if args.method == "lora":
+        add_lora(gpt, args.lora_rank, args.lora_alpha, args.lora_target_list, args.lora_dropout)
+    elif args.method in ("head", "last_blocks"):
+        if args.method == "last_blocks" and args.train_blocks > gpt.config.n_layer:
+            raise UserError(f"--train_blocks {args.train_blocks} exceeds the model's {gpt.config.n_layer} blocks")
+        for param in gpt.parameters():
+            param.requires_grad_(False)
+        if args.method == "last_blocks":
+            for module in [*gpt.h[-args.train_blocks:], gpt.ln_f]:
+                module.requires_grad_(True)
+    if classes:
+        model.head.requires_grad_(True)
+    return model
+
+
+def finetuned_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights to keep: LoRA merged into a copy, so the saved model is a plain GPT (and head)."""
+    if any("lora_" in name for name, _ in model.named_parameters()):
+        model = copy.deepcopy(model)
+        merge_lora(model)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def model_label(info: dict[str, Any]) -> str:
+    """How results files name a fine-tuned model: gpt_full, gpt_lora, gpt_scratch, gpt_multitask, ..."""
+    if info["kind"] == "prompt":
+        return "gpt_multitask_scratch" if info["scratch"] else "gpt_multitask"
+    return "gpt_scratch" if info["scratch"] else f"gpt_{info['method']}"
+
+
+def load_finetuned(path: str | Path, device: torch.device) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """A checkpoint written by finetune.py: (model, tokenizer, fine-tuning info). The model is a
+    GPTClassifier (kind 'head') or a GPT (kind 'prompt')."""
+    ckpt = load_checkpoint(path, STAGE, ["gpt", "gpt_classifier"])
+    if not ckpt.get("finetune"):
+        raise UserError(f"{path} is a pretrained model, not a fine-tuned one; run finetune.py first")
+    model, tokenizer = model_from_checkpoint(ckpt, path)
+    return model.to(device).eval(), tokenizer, ckpt["finetune"]
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> tuple[nn.Module, Any]:
+    """The GPT (or, for a 'gpt_classifier' checkpoint, the GPTClassifier) and the tokenizer of a loaded checkpoint."""
+    tokenizer = load_tokenizer(ckpt["tokenizer"])
+    gpt = GPT(GPTConfig(**ckpt["config"]))
+    info = ckpt.get("finetune") or {}
+    model: nn.Module = gpt
+    if ckpt.get("model") == "gpt_classifier":
+        model = T.GPTClassifier(gpt, len(info["classes"][info["tasks"][0]]))
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except (RuntimeError, KeyError) as err:
+        raise UserError(f"{path} does not fit its own config ({str(err).splitlines()[0][:120]}); "
+                        "the file is damaged") from None
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- data
+def load_splits(args: argparse.Namespace, tokenizer: Any, log: Any) -> dict[str, dict[str, T.TaskData]]:
+    """Train, validation and test data of each task, tokenised (and cached in --cache_dir)."""
+    splits: dict[str, dict[str, T.TaskData]] = {}
+    for task in args.task_list:
+        splits[task] = {split: T.load_task(task, split, args.data_dir, args.ag_news_source,
+                                           args.limit if split == "train" else args.eval_limit)
+                        for split in ("train", "val", "test")}
+        for data in splits[task].values():
+            T.tokenize(tokenizer, data, args.cache_dir or None)
+        sizes = ", ".join(f"{len(d):,} {s}" for s, d in splits[task].items())
+        log.info(f"{task} ({splits[task]['test'].source}): {sizes}")
+    return splits
+
+
+def encode_train(args: argparse.Namespace, tokenizer: Any, splits: dict[str, dict[str, T.TaskData]],
+                 kind: str) -> list[Any]:
+    """Training examples: (ids, label) for the head, (prompt ids, answer ids) text to text."""
+    if kind == "head":
+        data = splits[args.task_list[0]]["train"]
+        return list(zip(T.encode_for_head(tokenizer, data, args.max_len), data.labels))
+    return [ex for task in args.task_list
+            for ex in T.encode_text_to_text(tokenizer, splits[task]["train"], args.max_len)]
+
+
+def example_length(example: Any) -> int:
+    return len(example[0]) + (len(example[1]) if isinstance(example[1], list) else 0)
+
+
+def make_batch(examples: Sequence[Any], kind: str, pad: int) -> tuple[torch.Tensor, ...]:
+    if kind == "head":
+        ids, lengths = T.pad_batch([ids for ids, _ in examples], pad)
+        return ids, lengths, torch.tensor([label for _, label in examples])
+    return T.lm_batch(examples, pad)
+
+
+def epoch_batches(lengths: list[int], args: argparse.Namespace, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a function of --seed and the epoch alone, so --resume recomputes them."""
+    return T.bucket_batches(lengths, args.batch_size, torch.Generator().manual_seed(args.seed * 1000 + epoch))
+
+
+def lr_at(step: int, total: int, args: argparse.Namespace) -> float:
+    """Linear warm-up over --warmup of the steps, then a cosine down to a tenth of --lr."""
+    warm = max(1, int(args.warmup * total))
+    if step < warm:
+        return args.lr * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return args.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.999))
+
+
+def validate(model: nn.Module, kind: str, args: argparse.Namespace, tokenizer: Any,
+             splits: dict[str, dict[str, T.TaskData]], device: torch.device) -> dict[str, float]:
+    """Validation scores: accuracy per classification task, and (text to text) the answer loss."""
+    row: dict[str, float] = {}
+    amp = bool(args.amp)
+    for task in args.task_list:
+        data = splits[task]["val"]
+        if task in T.CLASSIFICATION_TASKS:
+            if kind == "head":
+                preds = T.predict_head(model, T.encode_for_head(tokenizer, data, args.max_len),
+                                       args.eval_batch_size, device, amp, tokenizer.eot_id)
+            else:
+                labels = T.label_tokens(tokenizer, task, data.classes)
+                prompts = [T.encode_prompt(tokenizer, task, ids, args.max_len, max(map(len, labels)))
+                           for ids in data.ids]
+                preds = T.predict_prompt(model, prompts, labels, args.eval_batch_size, device, amp, tokenizer.eot_id)
+            row[f"val_acc_{task}"] = (preds == torch.tensor(data.labels)).double().mean().item()
+        if kind == "prompt":
+            row[f"val_loss_{task}"] = answer_loss(model, T.encode_text_to_text(tokenizer, data, args.max_len),
+                                                  args, device, tokenizer.eot_id)
+    model.train()
+    return row
+
+
+@torch.no_grad()
+def answer_loss(model: GPT, examples: list[Any], args: argparse.Namespace, device: torch.device, pad: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in T.bucket_batches([example_length(e) for e in examples], args.eval_batch_size, None):
+        ids, targets = T.lm_batch([examples[i] for i in batch], pad)
+        with autocast(device, bool(args.amp)):
+            logits, _ = model(ids.to(device))
+        targets = targets.to(device)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,
+                                 reduction="sum").item()
+        count += int((targets >= 0).sum())
+    return total / max(count, 1)
+
+
+def selection_score(row: dict[str, float], kind: str) -> float:
+    """What picks the best epoch (higher is better): mean validation accuracy for a head, minus the mean
+    answer loss text to text."""
+    if kind == "head":
+        return sum(v for k, v in row.items() if k.startswith("val_acc_"))
+    losses = [v for k, v in row.items() if k.startswith("val_loss_")]
+    return -sum(losses) / len(losses)
+
+
+# ----------------------------------------------------------------------------- training
+def main(argv: Sequence[str] | None = None) -> int:
+    args = resolve_args(build_parser().parse_args(argv))
+    started = time.time()
+    set_threads(args.num_threads)
+    device = get_device(args.device)
+    out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
+    last_path = out_dir / "last.pt"
+    must_match = ["base", "scratch", "tasks", "method", "train_blocks", "lora_rank", "lora_alpha", "lora_targets",
+                  "lora_dropout", "epochs", "batch_size", "lr", "warmup", "weight_decay", "dropout", "max_len",
+                  "limit", "ag_news_source", "amp", "clip"]
+    kind = "head" if args.task in T.CLASSIFICATION_TASKS else "prompt"
+    log = setup_logging(out_dir)
+    set_seed(args.seed)
+    gpt, tokenizer, base_name = load_base(args, log)
+    if args.max_len > gpt.config.block_size:
+        raise UserError(f"--max_len {args.max_len} exceeds the model's context of {gpt.config.block_size}")
+    args.max_len = args.max_len or gpt.config.block_size       # 0: the model's context
+    resume = load_resume(last_path, STAGE, "gpt_classifier" if kind == "head" else "gpt", args, must_match)
+    splits = load_splits(args, tokenizer, log)
+    classes = {task: splits[task]["test"].classes for task in args.task_list}
+    model = prepare_model(args, gpt, classes[args.task] if kind == "head" else None).to(device)
+    trainable, total = trainable_fraction(model)
+    total -= sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)   # the merged model's size
+    log.info(f"{args.method}{' (from scratch)' if args.scratch else ''}: training {trainable:,} of {total:,} "
+             f"parameters ({100 * trainable / total:.2f}%) on {hardware(device)}, {amp_name(device, bool(args.amp))}")
+
+    examples = encode_train(args, tokenizer, splits, kind)
+    lengths = [example_length(e) for e in examples]
+    steps_per_epoch = len(epoch_batches(lengths, args, 0))
+    total_steps = steps_per_epoch * args.epochs
+    optimizer = make_optimizer(model, args)
+    state: dict[str, Any] = {"step": 0, "best_score": -math.inf, "best_epoch": 0, "history": [], "curve": [],
+                             "train_seconds": 0.0, "tokens_seen": 0, "examples_seen": 0}
+    if resume:
+        model.load_state_dict(resume["model_state"])
+        optimizer.load_state_dict(resume["optimizer_state"])
+        state = {k: resume.get(k, v) for k, v in state.items()}
+        set_rng_state(resume["rng_state"])
+        log.info(f"resumed at step {state['step']} of {total_steps}")
+
+    info = {"kind": kind, "tasks": args.task_list, "classes": classes, "method": args.method, "scratch": args.scratch,
+            "base": base_name, "max_len": args.max_len, "prompts": {t: T.PROMPTS[t] for t in args.task_list},
+            "ag_news_source": args.ag_news_source, "trainable_params": trainable,
+            "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha, "targets": args.lora_target_list}
+            if args.method == "lora" else None}
+
+    def payload(weights: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict[str, Any]:
+        return {**checkpoint_header(STAGE, "gpt_classifier" if kind == "head" else "gpt"),
+                "config": {**gpt.config.to_dict(), "dropout": 0.0}, "dataset": args.dataset,
+                "tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint(),
+                "args": vars(args), "finetune": info, "model_state": weights, **extra}
+
+    def save_last() -> None:
+        save_checkpoint(last_path, payload({k: v.detach().cpu() for k, v in model.state_dict().items()}, {
+            **state, "optimizer_state": optimizer.state_dict(), "rng_state": rng_state()}))
+
+    pad = tokenizer.eot_id
+    order: dict[int, list[list[int]]] = {}
+    model.train()
+    bar = tqdm(total=total_steps, initial=state["step"], unit="step", leave=False)
+    tick, window_tokens, window_examples = time.time(), 0, 0
+    with StopOnInterrupt() as interrupt:
+        while state["step"] < total_steps:
+            epoch, within = divmod(state["step"], steps_per_epoch)
+            if epoch not in order:   # the epoch's batches, drawn once
+                order.clear()
+                order[epoch] = epoch_batches(lengths, args, epoch)
+            batch_ids = order[epoch][within]
+            step_start = time.time()
+            lr = lr_at(state["step"], total_steps, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            tensors = [t.to(device) for t in make_batch([examples[i] for i in batch_ids], kind, pad)]
+            with autocast(device, bool(args.amp)):
+                if kind == "head":
+                    loss = F.cross_entropy(model(tensors[0], tensors[1]).float(), tensors[2])
+                else:
+                    _, loss = model(tensors[0], tensors[1])
+            loss.backward()
+            if args.clip > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            tokens = sum(lengths[i] for i in batch_ids)
+            state["step"] += 1
+            state["train_seconds"] += time.time() - step_start
+            state["tokens_seen"] += tokens
+            state["examples_seen"] += len(batch_ids)
+            state["curve"].append([state["step"], round(loss.item(), 6)])
+            window_tokens += tokens
+            window_examples += len(batch_ids)
+            bar.update(1)
+            if state["step"] % args.log_interval == 0:
+                seconds = time.time() - tick
+                log.info(f"step {state['step']:5d}/{total_steps}  loss {loss.item():.4f}  lr {lr:.2e}  "
+                         f"{window_tokens / seconds:,.0f} tokens/s  {window_examples / seconds:,.1f} examples/s")
+                tick, window_tokens, window_examples = time.time(), 0, 0
+            if state["step"] % steps_per_epoch == 0:
+                row = {"epoch": state["step"] // steps_per_epoch, "step": state["step"],
+                       "train_loss": float(sum(v for _, v in state["curve"][-steps_per_epoch:]) / steps_per_epoch),
+                       **validate(model, kind, args, tokenizer, splits, device),
+                       "elapsed_s": round(state["train_seconds"], 3)}
+                state["history"].append(row)
+                score = selection_score(row, kind)
+                improved = score > state["best_score"]
+                if improved:
+                    state.update(best_score=score, best_epoch=row["epoch"])
+                    save_checkpoint(best_path, payload(finetuned_state(model), {"epoch": row["epoch"]}))
+                shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("val_", "train_loss")))
+                log.info(f"epoch {row['epoch']}  {shown}{'  *best*' if improved else ''}  "
+                         f"{state['train_seconds'] / 60:.1f} min")
+                save_last()
+                tick, window_tokens, window_examples = time.time(), 0, 0
+            if interrupt.requested:
+                interrupt.stop_if_requested(save_last, f"{last_path} at step {state['step']}")
+    bar.close()
+    finish(args, state, splits, tokenizer, device, trainable, total, started, log)
+    return 0
+
+
+def finish(args: argparse.Namespace, state: dict[str, Any], splits: dict[str, dict[str, T.TaskData]],
+           tokenizer: Any, device: torch.device, trainable: int, total: int, started: float, log: Any) -> None:
+    """history.json, curves.png, and test_<task>.json for each task, scored with the best epoch's model."""
+    from scripts.plots import plot_curves  # noqa: PLC0415 - matplotlib only when a run ends
+
+    out_dir = Path(args.out_dir)
+    write_json(out_dir / "history.json", {"evals": state["history"], "curve": state["curve"]})
+    keys = sorted({k for row in state["history"] for k in row if k.startswith("val_")})
+    plot_curves(state["history"], out_dir / "curves.png", [["train_loss"], keys], x="epoch",
+                title=f"fine-tuning GPT-mini: {args.dataset} ({args.method})")
+    model, _, info = load_finetuned(args.checkpoint, device)
+    model_name = model_label(info)
+    train_speed = {"train_tokens_per_s": state["tokens_seen"] / max(state["train_seconds"], 1e-9),
+                   "train_examples_per_s": state["examples_seen"] / max(state["train_seconds"], 1e-9)}
+    for task in args.task_list:
+        metrics = T.evaluate_task(info["kind"], model, tokenizer, splits[task]["test"], args.max_len,
+                                  args.eval_batch_size, device, bool(args.amp))
+        metrics.update(train_speed, best_epoch=state["best_epoch"], epochs=args.epochs)
+        payload = write_metrics(
+            out_dir / f"test_{task}.json", stage=STAGE, model=model_name,
+            dataset="multi30k" if task == "translate" else task,
+            split="test_2016_flickr" if task == "translate" else "test", params=total,
+            seconds=state["train_seconds"], seconds_key="train_seconds", device=device, metrics=metrics,
+            extra={"task": task, "method": args.method, "scratch": args.scratch, "tasks": args.task_list,
+                   "base": info["base"], "trainable_params": trainable, "data_source": splits[task]["test"].source,
+                   "train_size": len(splits[task]["train"]), "test_size": len(splits[task]["test"]),
+                   "checkpoint": str(args.checkpoint), "amp": amp_name(device, bool(args.amp))})
+        score = (f"BLEU {metrics['bleu']:.2f}, chrF {metrics['chrf']:.2f} (greedy)" if task == "translate"
+                 else f"accuracy {100 * metrics['accuracy']:.2f}%, macro-F1 {100 * metrics['macro_f1']:.2f}")
+        log.info(f"test {task}: {score}; {payload['metrics']['latency_ms_bs1']:.1f} ms per example at batch 1")
+    log.info(f"done in {(time.time() - started) / 60:.1f} min; best epoch {state['best_epoch']}; "
+             f"checkpoint {args.checkpoint}")
+
+
+if __name__ == "__main__":
+    run_main(main)
