@@ -3,7 +3,8 @@
 #   make test   create .venv (with the test packages) and run the whole test suite
 #   make bench  every stage's benchmark (stage 1 ~5 min, stage 2 ~50 min, stage 3 ~95 min, stage 4 ~45 min,
 #               stage 5 ~50 min on 2 CPU cores); make bench-stage1 / ... / bench-stage5 for one. Results go to
-#               stageN_*/results/. Stage 5's nanoGPT comparison and GPU part need flags: see stage5_gpt/README.md.
+#               stageN_*/results/, then scripts/course_report.py rebuilds the top README's tables. Stage 5's nanoGPT
+#               comparison, GPU part and fine-tuning need flags (and a GPU): see stage5_gpt/README.md.
 # Data: a local copy is read from $MY_LLM_DATA when set (e.g. export MY_LLM_DATA=../shared/data);
 # otherwise the data sets are downloaded with Hugging Face `datasets`.
 
@@ -11,7 +12,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup setup-dev demo test bench bench-stage1 bench-stage2 bench-stage3 bench-stage4 bench-stage5 clean
+.PHONY: setup setup-dev demo test bench bench-stage1 bench-stage2 bench-stage3 bench-stage4 bench-stage5 report clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,10 @@ test: setup-dev
 	$(PY) -m pytest -q
 
 bench: bench-stage1 bench-stage2 bench-stage3 bench-stage4 bench-stage5
+	$(MAKE) report
+
+report: setup
+	$(PY) scripts/course_report.py
 
 bench-stage1: setup
 	$(PY) stage1_mlp/bench.py

@@ -1,5 +1,6 @@
 """Stage 1 benchmark: train and evaluate both implementations with default settings, then rebuild
-the README tables from the metrics.json files it wrote.
+the stage README tables from the metrics.json files it wrote (the course-wide tables in the top README are
+made from the same files by `python scripts/course_report.py`).
 
     python stage1_mlp/bench.py                 # IMDb, torch then scratch (about 10 minutes on 2 cores)
     python stage1_mlp/bench.py --tables_only   # only rebuild the README tables from results/
@@ -16,7 +17,7 @@ import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Sequence  # noqa: E402
 
-from scripts.common import REPO_ROOT, ArgParser, UserError, run_main, write_json  # noqa: E402
+from scripts.common import ArgParser, UserError, run_main, write_json  # noqa: E402
 from scripts.report import load_results, markdown_table, update_file  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
@@ -26,7 +27,8 @@ IMPLS = ("torch", "scratch")
 
 def run_one(dataset: str, impl: str, extra: list[str]) -> None:
     """train.py then evaluate.py for one implementation, exactly as a user would run them."""
-    run_dir, eval_dir = STAGE_DIR / "runs" / f"bench_{dataset}_{impl}", STAGE_DIR / "runs" / f"bench_eval_{dataset}_{impl}"
+    run_dir = STAGE_DIR / "runs" / f"bench_{dataset}_{impl}"
+    eval_dir = STAGE_DIR / "runs" / f"bench_eval_{dataset}_{impl}"
     model_path = STAGE_DIR / "checkpoints" / f"bench_{dataset}_{impl}.pt"
     python = sys.executable
     subprocess.run([python, str(STAGE_DIR / "train.py"), "--dataset", dataset, "--impl", impl, "--out_dir",
@@ -45,9 +47,10 @@ def speed_summary(dataset: str) -> dict:
     train = {impl: load_results([RESULTS / f"{dataset}_{impl}_train.json"])[0] for impl in IMPLS}
     test = {impl: load_results([RESULTS / f"{dataset}_{impl}_test.json"])[0] for impl in IMPLS}
     speed = {impl: train[impl]["metrics"]["train_samples_per_s"] for impl in IMPLS}
+    accuracy = {impl: test[impl]["metrics"]["accuracy"] for impl in IMPLS}
     return {"dataset": dataset, "train_samples_per_s": speed,
             "scratch_over_torch_speed": speed["scratch"] / speed["torch"],
-            "accuracy_gap_points": 100 * abs(test["scratch"]["metrics"]["accuracy"] - test["torch"]["metrics"]["accuracy"]),
+            "accuracy_gap_points": 100 * abs(accuracy["scratch"] - accuracy["torch"]),
             "hardware": train["torch"]["hardware"]}
 
 
@@ -61,7 +64,8 @@ def tables(dataset: str) -> dict[str, str]:
         ("implementation", lambda r: f"`--impl {r['impl']}`"),
         ("test accuracy", lambda r: f"{100 * r['test']['metrics']['accuracy']:.2f}%"),
         ("test macro-F1", lambda r: f"{100 * r['test']['metrics']['macro_f1']:.2f}"),
-        ("best val accuracy", lambda r: f"{100 * r['train']['metrics']['val_accuracy']:.2f}% (epoch {r['train']['metrics']['best_epoch']})"),
+        ("best val accuracy", lambda r: f"{100 * r['train']['metrics']['val_accuracy']:.2f}% "
+                                        f"(epoch {r['train']['metrics']['best_epoch']})"),
         ("train wall time", lambda r: f"{r['train']['train_seconds']:.0f} s"),
         ("train samples/s", lambda r: round(r["train"]["metrics"]["train_samples_per_s"])),
         ("latency, batch 1", lambda r: f"{r['test']['metrics']['latency_ms_bs1']:.2f} ms"),
@@ -74,11 +78,7 @@ def tables(dataset: str) -> dict[str, str]:
             f"default settings. Scratch trains at **{summary['scratch_over_torch_speed']:.2f}x** the speed of "
             f"the torch version in the same run; test accuracies differ by "
             f"{summary['accuracy_gap_points']:.2f} points.\n")
-    table = markdown_table(rows, columns) + "\n" + note
-    top_columns = [("model", lambda r: f"MLP, n-gram bag (`{r['impl']}`)"), *columns[1:3],
-                   ("train time", columns[4][1]), ("latency, batch 1", columns[6][1]), ("parameters", columns[8][1]),
-                   ("hardware", lambda r: r["train"]["hardware"])]
-    blocks = {f"stage1_{dataset}": table, f"classification_{dataset}": markdown_table(rows, top_columns)}
+    blocks = {f"stage1_{dataset}": markdown_table(rows, columns) + "\n" + note}
     gpu_rows = [{"impl": impl, "train": load_results([RESULTS / f"{dataset}_{impl}_cuda_train.json"])[0],
                  "test": load_results([RESULTS / f"{dataset}_{impl}_cuda_test.json"])[0]}
                 for impl in IMPLS if (RESULTS / f"{dataset}_{impl}_cuda_test.json").is_file()]
@@ -91,9 +91,7 @@ def tables(dataset: str) -> dict[str, str]:
 
 
 def write_tables(dataset: str) -> None:
-    blocks = tables(dataset)
-    update_file(STAGE_DIR / "README.md", {k: v for k, v in blocks.items() if k.startswith("stage1_")})
-    update_file(REPO_ROOT / "README.md", {k: v for k, v in blocks.items() if k.startswith("classification_")})
+    update_file(STAGE_DIR / "README.md", tables(dataset))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from typing import Sequence  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from scripts.common import REPO_ROOT, ArgParser, UserError, hardware, run_main, write_json  # noqa: E402
+from scripts.common import ArgParser, UserError, hardware, run_main, write_json  # noqa: E402
 from scripts.report import load_results, markdown_table, run_script, update_file  # noqa: E402
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel  # noqa: E402
 from stage2_rnn_lstm.train import DEFAULTS  # noqa: E402
@@ -95,7 +95,8 @@ def speed() -> None:
                                       d["dropout"], d["tie_weights"])
                     best[impl] = max(best[impl], training_speed(config, d["batch_size"], d["seq_len"]))
             rows.append({"vocab_type": vocab_type, "model_type": model_type, "torch_tokens_per_s": best["torch"],
-                         "scratch_tokens_per_s": best["scratch"], "scratch_over_torch": best["scratch"] / best["torch"]})
+                         "scratch_tokens_per_s": best["scratch"],
+                         "scratch_over_torch": best["scratch"] / best["torch"]})
             print(rows[-1], flush=True)
     write_json(RESULTS / "speed.json", {"rows": rows, "hardware": hardware(), "torch": str(torch.__version__),
                                         "command": "python stage2_rnn_lstm/bench.py --parts speed"})
@@ -146,7 +147,7 @@ def classify_rows() -> list[dict]:
     return [{"test": r} for r in load_results(sorted(RESULTS.glob("classify_*_test.json")))]
 
 
-def classify_table(with_hardware: bool) -> str:
+def classify_table() -> str:
     columns = [("model", lambda r: f"LSTM classifier (`{r['test']['model'].rsplit('_', 1)[1]}`)"),
                ("data", lambda r: r["test"]["dataset"]),
                ("test accuracy", lambda r: f"{100 * r['test']['metrics']['accuracy']:.2f}%"),
@@ -154,8 +155,6 @@ def classify_table(with_hardware: bool) -> str:
                ("train time", lambda r: f"{r['test']['train_seconds']:.0f} s"),
                ("latency, batch 1", lambda r: f"{r['test']['metrics']['latency_ms_bs1']:.2f} ms"),
                ("parameters", lambda r: r["test"]["params"])]
-    if with_hardware:
-        columns.append(("hardware", lambda r: r["test"]["hardware"]))
     return markdown_table(classify_rows(), columns)
 
 
@@ -170,20 +169,19 @@ def sample_block() -> str:
 
 
 def readme_blocks() -> dict[Path, dict[str, str]]:
-    """Every generated block, per README, from whatever results/ holds."""
+    """Every generated block of the stage README, from whatever results/ holds (the top README's course-wide
+    tables are made from the same files by `python scripts/course_report.py`)."""
     stage = {"stage2_samples": sample_block()}
-    top = {}
     if any(RESULTS.glob("lstm_*_eval.json")):
-        stage["stage2_lm"] = top["language_models"] = lm_table()
+        stage["stage2_lm"] = lm_table()
     if (RESULTS / "speed.json").is_file():
         stage["stage2_speed"] = speed_table()
     if classify_rows():
         first = classify_rows()[0]["test"]
-        stage["stage2_classify"] = (classify_table(with_hardware=False) +
+        stage["stage2_classify"] = (classify_table() +
                                     f"\n\nCommand: `python stage2_rnn_lstm/bench.py --parts classify` on "
                                     f"{first['hardware']} (torch {first['torch']}).\n")
-        top["classification_imdb_lstm"] = classify_table(with_hardware=True)
-    return {STAGE_DIR / "README.md": stage, REPO_ROOT / "README.md": top}
+    return {STAGE_DIR / "README.md": stage}
 
 
 def write_tables() -> None:

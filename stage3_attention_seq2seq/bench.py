@@ -75,9 +75,6 @@ COLUMNS = [(title, itemgetter(key)) for key, title in (
     ("chrf", "chrF (beam)"), ("val_bleu", "best val BLEU (greedy)"), ("epochs", "epochs"),
     ("minutes", "train min (incl. validation)"), ("tokens_per_s", "target tokens/s"),
     ("beam_sent_s", "beam sentences/s"), ("params", "parameters"))]
-TOP_COLUMNS = [(title, itemgetter(key)) for key, title in (
-    ("model", "model"), ("bleu_beam", "test BLEU (beam 5)"), ("chrf", "chrF"), ("minutes", "train min"),
-    ("tokens_per_s", "target tokens/s"), ("params", "parameters"), ("hardware", "hardware"))]
 
 
 def write_examples(data_dir: str | None) -> None:
@@ -126,9 +123,9 @@ def examples_block() -> str:
 
 
 def readme_blocks() -> dict[Path, dict[str, str]]:
-    """Every generated block, per README, from whatever results/ holds."""
+    """Every generated block of the stage README, from whatever results/ holds (the top README's course-wide
+    tables are made from the same files by `python scripts/course_report.py`)."""
     stage: dict[str, str] = {}
-    top: dict[str, str] = {}
     if (RESULTS / "main_test.json").is_file():
         row = result_row("main")
         note = (f"\n\nCommand: `{row['command']}`, then `python evaluate.py --model_path <checkpoint>` "
@@ -137,8 +134,6 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
         stage["stage3_main"] = markdown_table([row], COLUMNS) + note
         if (RESULTS / "main_examples.json").is_file():
             stage["stage3_examples"] = examples_block()
-        top["translation"] = markdown_table([{**row, "model": "GRU encoder-decoder + Bahdanau attention (stage 3)"}],
-                                            TOP_COLUMNS) + note
     names = [f"compare_{kind}" for kind in ATTENTION_TYPES if (RESULTS / f"compare_{kind}_test.json").is_file()]
     if names:
         rows = [result_row(n) for n in names]
@@ -146,7 +141,7 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             stage["stage3_lengths"] = lengths_block()
         stage["stage3_attention"] = (markdown_table(rows, COLUMNS) + f"\n\nEach: `{rows[0]['command']}` with its own "
                                      f"`--attention_type`; hardware: {rows[0]['hardware']}.")
-    return {STAGE_DIR / "README.md": stage, REPO_ROOT / "README.md": top}
+    return {STAGE_DIR / "README.md": stage}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -162,21 +162,18 @@ MT_COLUMNS = [(title, itemgetter(key)) for key, title in (
 
 
 CLASSIFY_COLUMNS = [
-    ("model", itemgetter("model")), ("data", itemgetter("dataset")),
+    ("data", itemgetter("dataset")),
     ("test accuracy", lambda r: f"{100 * r['metrics']['accuracy']:.2f}%"),
     ("test macro-F1", lambda r: f"{100 * r['metrics']['macro_f1']:.2f}"),
     ("train time", lambda r: f"{r['train_seconds']:.0f} s"),
     ("latency, batch 1", lambda r: f"{r['metrics']['latency_ms_bs1']:.2f} ms"),
     ("parameters", itemgetter("params")), ("hardware", itemgetter("hardware"))]
-TOP_COLUMNS = [(title, itemgetter(key)) for key, title in (
-    ("model", "model"), ("bleu_beam", "test BLEU (beam 5)"), ("chrf", "chrF"), ("minutes", "train min"),
-    ("tokens_per_s", "target tokens/s"), ("params", "parameters"), ("hardware", "hardware"))]
 
 
 def readme_blocks() -> dict[Path, dict[str, str]]:
-    """Every generated block, per README, from whatever results/ holds."""
+    """Every generated block of the stage README, from whatever results/ holds (the top README's course-wide
+    tables are made from the same files by `python scripts/course_report.py`)."""
     stage: dict[str, str] = {}
-    top: dict[str, str] = {}
     if (RESULTS / "main_test.json").is_file():
         rows = [r for r in (stage3_row(), stage4_row()) if r]
         note = (f"\n\nCommand: `{rows[-1]['command']}`, then `python evaluate.py --model_path <checkpoint> "
@@ -184,7 +181,6 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                 f"hardware: {rows[-1]['hardware']}; sacreBLEU signature `{rows[-1]['signature']}`. "
                 "Stage 3 counts words, stage 4 BPE pieces.")
         stage["stage4_translation"] = markdown_table(rows, MT_COLUMNS) + note
-        top["translation_transformer"] = markdown_table(rows[-1:], TOP_COLUMNS) + note
         cached = read_json(RESULTS / "main_test.json")["metrics"]
         uncached = read_json(RESULTS / "main_test_no_cache.json")["metrics"]
         stage["stage4_cache"] = markdown_table([
@@ -205,10 +201,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
     rows = [read_json(p) for p in sorted(RESULTS.glob("classify_*_test.json"))]
     if rows:
         note = "\n\nCommand: " + ", ".join(f"`{short_paths(r['command'])}`" for r in rows) + "."
-        stage["stage4_classify"] = markdown_table(rows, CLASSIFY_COLUMNS[1:]) + note
-        top["classification_transformer"] = markdown_table(
-            [{**r, "model": "Transformer encoder (`scratch`)"} for r in rows], CLASSIFY_COLUMNS) + note
-    return {STAGE_DIR / "README.md": stage, REPO_ROOT / "README.md": top}
+        stage["stage4_classify"] = markdown_table(rows, CLASSIFY_COLUMNS) + note
+    return {STAGE_DIR / "README.md": stage}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,11 @@ kv:        generation speed of the char model with and without the KV cache, for
 bpe:       training our byte-level BPE (8192 tokens) on the first 10 MB of the Gutenberg training text,
            beside Hugging Face `tokenizers` (Rust) with the same settings.
 gutenberg: `train.py --preset gutenberg` (BPE pretraining on 105 books), then `evaluate.py` on 6 other books.
+finetune:  fine-tuning FINETUNE_BASE (the GPU base, or --base) with `finetune.py`: IMDb with each method (full,
+           head only, last 2 blocks, LoRA) and from scratch, AG News (test-split carve-out) pretrained and from
+           scratch, and one multi-task model (IMDb, AG News, English->French) pretrained and from scratch. Meant
+           for a GPU (`--device cuda`): about 20 CPU-hours on the 2-core machine. `--collect DIR` instead imports
+           run folders made elsewhere (DIR/<run name>/test_<task>.json and history.json).
 gpu:       on a CUDA machine: the default char model, GPT-2 small's shape on Gutenberg for 200 steps, eager
            and with --compile 1 (tokens/s and MFU against the card's bf16 peak), and GPU_BASE, a 14M-parameter
            Gutenberg model pretrained in about two minutes (checkpoints/gpu_base_gutenberg.pt).
@@ -36,13 +41,13 @@ from typing import Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
-from scripts.common import (REPO_ROOT, ArgParser, UserError, hardware, load_checkpoint, read_json,  # noqa: E402
+from scripts.common import (ArgParser, UserError, hardware, load_checkpoint, read_json,  # noqa: E402
                             run_main, write_json)
 from scripts.report import markdown_table, run_script, short_paths as report_short_paths, update_file  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
-PARTS = ("baby_lr", "baby", "char", "kv", "bpe", "gutenberg", "gpu")
+PARTS = ("baby_lr", "baby", "char", "kv", "bpe", "gutenberg", "finetune", "gpu")
 BABY_LRS = ("1e-3", "2e-3", "4e-3", "6e-3")   # nanoGPT's 1e-3 and three higher peaks; min_lr = lr / 10
 # GPT-2 small's shape (124M with GPT-2's vocabulary; 92M with our 8192 tokens), a short run for speed and MFU
 GPT2_SMALL = ["--preset", "gutenberg", "--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "1024",
@@ -52,6 +57,20 @@ GPT2_SMALL = ["--preset", "gutenberg", "--n_layer", "12", "--n_head", "12", "--n
 GPU_BASE = ["--preset", "gutenberg", "--n_layer", "6", "--n_head", "6", "--n_embd", "384", "--block_size", "512",
             "--batch_size", "64", "--max_steps", "6000", "--warmup_steps", "300", "--lr", "1e-3", "--min_lr", "1e-4",
             "--dropout", "0.1", "--eval_interval", "1000", "--eval_iters", "20", "--log_interval", "500"]
+FINETUNE_BASE = STAGE_DIR / "checkpoints" / "gpu_base_gutenberg.pt"
+FINETUNE_COMMON = ["--epochs", "3", "--batch_size", "32"]
+# run name -> finetune.py flags (learning rates: the method defaults' neighbourhood, for batch 32)
+FINETUNE_RUNS = {
+    "imdb_full": ["--task", "imdb", "--method", "full", "--lr", "3e-4"],
+    "imdb_head": ["--task", "imdb", "--method", "head", "--lr", "2e-3"],
+    "imdb_last_blocks": ["--task", "imdb", "--method", "last_blocks", "--train_blocks", "2", "--lr", "3e-4"],
+    "imdb_lora": ["--task", "imdb", "--method", "lora", "--lr", "1e-3"],
+    "imdb_scratch": ["--task", "imdb", "--scratch", "--lr", "3e-4"],
+    "ag_news_full": ["--task", "ag_news", "--ag_news_source", "test_carveout", "--method", "full", "--lr", "1e-4"],
+    "ag_news_scratch": ["--task", "ag_news", "--ag_news_source", "test_carveout", "--scratch", "--lr", "3e-4"],
+    "multitask_full": ["--task", "multi", "--ag_news_source", "test_carveout", "--method", "full", "--lr", "2e-4"],
+    "multitask_scratch": ["--task", "multi", "--ag_news_source", "test_carveout", "--scratch", "--lr", "5e-4"],
+}
 BABY_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
               "--lr_decay_iters=2000", "--dropout=0.0"]   # nanoGPT README's CPU command, verbatim
@@ -206,6 +225,36 @@ def gpu(extra: list[str]) -> None:
     shutil.copy(run_dir / "metrics.json", RESULTS / "gpu_base_train.json")
 
 
+def finetune_bench(extra: list[str], base: Path, runs: Sequence[str]) -> None:
+    for name in runs:
+        run_dir = STAGE_DIR / "runs" / f"bench_ft_{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run("finetune.py", "--base", str(base), *FINETUNE_RUNS[name], *FINETUNE_COMMON, "--out_dir", str(run_dir),
+            "--checkpoint", str(STAGE_DIR / "checkpoints" / f"bench_ft_{name}.pt"), *extra)
+        if name == "multitask_full":   # forgetting: the tuned model as a language model on the held-out books
+            run("evaluate.py", "--checkpoint", str(STAGE_DIR / "checkpoints" / f"bench_ft_{name}.pt"), "--dataset",
+                "gutenberg", "--metrics_out", str(run_dir / "gutenberg_eval.json"), *extra)
+        collect_finetune(run_dir, name)
+
+
+def collect_finetune(run_dir: Path, name: str) -> None:
+    """Copy a fine-tuning run's test_<task>.json (and history.json) into results/: a one-task run `imdb_lora` as
+    finetune_imdb_lora_test.json; the multi-task runs per task, as finetune_<task>_multitask[_scratch]_test.json."""
+    tests = sorted(run_dir.glob("test_*.json"))
+    if not tests:
+        raise UserError(f"{run_dir} holds no test_<task>.json: not a finished finetune.py run")
+    RESULTS.mkdir(exist_ok=True)
+    for test in tests:
+        task = test.stem[len("test_"):]
+        target = (f"finetune_{task}_{name.replace('_full', '')}_test.json" if name.startswith("multitask")
+                  else f"finetune_{name}_test.json")
+        shutil.copy(test, RESULTS / target)
+    if (run_dir / "history.json").is_file():
+        shutil.copy(run_dir / "history.json", RESULTS / f"finetune_{name}_history.json")
+    if (run_dir / "gutenberg_eval.json").is_file():
+        shutil.copy(run_dir / "gutenberg_eval.json", RESULTS / f"finetune_{name}_gutenberg_eval.json")
+
+
 def mins(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -296,27 +345,62 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                                 "steady = the median logging window after the first (the first holds warm-up and "
                                 "compilation). bf16 autocast. Command: `python stage5_gpt/bench.py --parts gpu`."
                                 + note)
-    top: dict[str, str] = {}
-    if (RESULTS / "char_train.json").is_file():
-        train, evaluation = read_json(RESULTS / "char_train.json"), read_json(RESULTS / "char_eval.json")
-        m, e = train["metrics"], evaluation["metrics"]
-        top["language_models_gpt"] = markdown_table([train], [
-            ("model", lambda r: "GPT-mini, char level (stage 5)"), ("data", lambda r: r["dataset"]),
-            ("score", lambda r: f"valid loss {m['val_loss']:.3f} nats (estimate), {e['loss']:.3f} over every token, "
-                                f"{e['bits_per_byte']:.3f} bits/char"),
-            ("training time", lambda r: f"{mins(m['fit_seconds'])} ({m['steps']:,} steps)"),
-            ("tokens/s", lambda r: f"{m['train_tokens_per_s']:,.0f}"), ("parameters", lambda r: r["params"]),
-            ("hardware", lambda r: r["hardware"])]) + "\n\nCommand: `python stage5_gpt/bench.py --parts char`."
-    return {STAGE_DIR / "README.md": blocks, REPO_ROOT / "README.md": top}
+    finetune_rows = sorted((read_json(path) for path in RESULTS.glob("finetune_*_test.json")),
+                           key=lambda r: (TASK_ORDER.index(r["task"]), METHOD_ORDER.index(r["model"])))
+    if finetune_rows:
+        blocks["stage5_finetune"] = markdown_table(finetune_rows, [
+            ("task", lambda r: r["task"] + (" (test-split carve-out)" if "carve-out" in r.get("data_source", "")
+                                             else "")),
+            ("model", lambda r: METHOD_LABELS[r["model"]]),
+            ("trained parameters", lambda r: f"{trained_params(r):,} of {r['params']:,}"),
+            ("test score", lambda r: f"BLEU {r['metrics']['bleu']:.2f} (greedy), chrF {r['metrics']['chrf']:.2f}"
+             if r["task"] == "translate" else f"accuracy {100 * r['metrics']['accuracy']:.2f}%, "
+                                              f"macro-F1 {100 * r['metrics']['macro_f1']:.2f}"),
+            ("test examples", lambda r: f"{r['test_size']:,}"),
+            ("training time", lambda r: f"{r['train_seconds']:.0f} s" if "train_seconds" in r else "not kept"),
+            ("latency, batch 1", lambda r: f"{r['metrics']['latency_ms_bs1']:.1f} ms"),
+            ("scored on", lambda r: r["hardware"])]) + (
+            f"\n\nEvery model starts from `{FINETUNE_BASE.name}` (table above) or, for the from-scratch rows, from "
+            "random weights of the same shape; 3 epochs, batch 32, the best epoch on the validation split. Command: "
+            "`python stage5_gpt/bench.py --parts finetune --device cuda` (runs and flags in its FINETUNE_RUNS).")
+        forgot, base = RESULTS / "finetune_multitask_full_gutenberg_eval.json", RESULTS / "gpu_base_eval.json"
+        if forgot.is_file() and base.is_file():
+            after, before = read_json(forgot)["metrics"], read_json(base)["metrics"]
+            blocks["stage5_finetune"] += (
+                f"\n\nForgetting: as a language model on the 6 held-out Gutenberg books, the multi-task model scores "
+                f"{after['loss']:.3f} nats per token ({after['bits_per_byte']:.3f} bits/byte); the base it started "
+                f"from scored {before['loss']:.3f} ({before['bits_per_byte']:.3f} bits/byte). Command: "
+                f"`{read_json(forgot)['command']}`.")
+    return {STAGE_DIR / "README.md": blocks}
+
+
+def trained_params(result: dict) -> int:
+    """finetune.py writes trainable_params at the top; evaluate.py of this session's first runs nested it."""
+    return result.get("trainable_params", result.get("finetune", {}).get("trainable_params"))
+
+
+TASK_ORDER = ["imdb", "ag_news", "translate"]
+METHOD_ORDER = ["gpt_full", "gpt_last_blocks", "gpt_lora", "gpt_head", "gpt_scratch", "gpt_multitask",
+                "gpt_multitask_scratch"]
+METHOD_LABELS = {"gpt_full": "pretrained, full fine-tuning", "gpt_last_blocks": "pretrained, last 2 blocks + head",
+                 "gpt_lora": "pretrained, LoRA (r 8) + head", "gpt_head": "pretrained, head only",
+                 "gpt_scratch": "same model from random weights", "gpt_multitask": "pretrained, one multi-task model",
+                 "gpt_multitask_scratch": "one multi-task model from random weights"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(description="Stage 5 benchmark: the numbers in stage5_gpt/README.md.")
-    p.add_argument("--parts", nargs="+", default=[p for p in PARTS if p != "gpu"], choices=PARTS,
-                   help="which measurements to run (default: all but gpu)")
+    p.add_argument("--parts", nargs="+", default=[p for p in PARTS if p not in ("gpu", "finetune")], choices=PARTS,
+                   help="which measurements to run (default: all but gpu and finetune)")
     p.add_argument("--nanogpt_dir", default=None, help="a nanoGPT checkout, to time its train.py beside ours")
     p.add_argument("--data_dir", default=None, help="folder holding the data sets (default $MY_LLM_DATA)")
     p.add_argument("--tables_only", action="store_true", help="only rebuild the README tables from results/")
+    p.add_argument("--base", default=str(FINETUNE_BASE), help="--parts finetune: the pretrained checkpoint")
+    p.add_argument("--runs", nargs="+", default=list(FINETUNE_RUNS), choices=list(FINETUNE_RUNS),
+                   help="--parts finetune: which fine-tuning runs")
+    p.add_argument("--device", default=None, help="--parts finetune: passed to finetune.py (e.g. cuda)")
+    p.add_argument("--collect", default=None,
+                   help="import finished fine-tuning run folders DIR/<run name> into results/ instead of training")
     args = p.parse_args(argv)
     extra = ["--data_dir", args.data_dir] if args.data_dir else []
     threads = torch.get_num_threads()
@@ -336,6 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             bpe_speed(args.data_dir)
         if "gutenberg" in args.parts:
             train_and_evaluate("gutenberg", ["--preset", "gutenberg"], extra)
+        if "finetune" in args.parts and args.collect:
+            for name in args.runs:
+                if (Path(args.collect) / name).is_dir():
+                    collect_finetune(Path(args.collect) / name, name)
+        elif "finetune" in args.parts:
+            finetune_bench(extra + (["--device", args.device] if args.device else []), Path(args.base), args.runs)
         if "gpu" in args.parts:
             gpu(extra)
     for path, blocks in readme_blocks().items():

@@ -18,9 +18,9 @@ def flags_of(command: str) -> set[str]:
 
 def test_readme_tables_are_generated_from_results():
     blocks = bench.readme_blocks()
+    assert set(blocks) == {bench.STAGE_DIR / "README.md"}      # the top README's tables: scripts/course_report.py
     assert set(blocks[bench.STAGE_DIR / "README.md"]) == {"stage5_pretrain", "stage5_nanogpt", "stage5_kv",
-                                                          "stage5_bpe", "stage5_gpu"}
-    assert set(blocks[bench.REPO_ROOT / "README.md"]) == {"language_models_gpt"}
+                                                          "stage5_bpe", "stage5_gpu", "stage5_finetune"}
     for readme, named in blocks.items():
         text = readme.read_text(encoding="utf-8")
         for name, body in named.items():
@@ -71,3 +71,12 @@ def test_gpu_speed_and_mfu_name_the_card():
     assert cpu_eval["device"] == "cpu" and cpu_eval["dataset"] == "gutenberg"
     assert cpu_eval["metrics"]["loss"] < load("gutenberg_eval.json")["metrics"]["loss"]   # better than the CPU preset
     assert abs(cpu_eval["metrics"]["loss"] - base["metrics"]["val_loss"]) < 0.1
+
+
+def test_lora_trains_under_2_percent_within_1_5_points_and_pretraining_beats_scratch():
+    full, lora, scratch = (load(f"finetune_imdb_{name}_test.json") for name in ("full", "lora", "scratch"))
+    assert all(r["dataset"] == "imdb" and r["test_size"] == 25_000 for r in (full, lora, scratch))
+    assert bench.trained_params(lora) <= 0.02 * lora["params"]
+    assert abs(lora["metrics"]["accuracy"] - full["metrics"]["accuracy"]) <= 0.015
+    assert full["metrics"]["accuracy"] > scratch["metrics"]["accuracy"]
+    assert full["params"] == lora["params"] == scratch["params"]          # the same architecture
