@@ -153,7 +153,10 @@ def prepare_model(args: argparse.Namespace, gpt: GPT, classes: list[str] | None)
     parameters of --method left trainable."""
     model: nn.Module = T.GPTClassifier(gpt, len(classes), args.dropout) if classes else gpt
     if args.method == "lora":
-        add_lora(gpt, args.lora_rank, args.lora_alpha, args.lora_target_list, args.lora_dropout)
+        try:
+            add_lora(gpt, args.lora_rank, args.lora_alpha, args.lora_target_list, args.lora_dropout)
+        except ValueError as err:
+            raise UserError(f"--lora_targets {args.lora_targets}: {err} (c_attn, c_proj, c_fc)") from None
     elif args.method in ("head", "last_blocks"):
         if args.method == "last_blocks" and args.train_blocks > gpt.config.n_layer:
             raise UserError(f"--train_blocks {args.train_blocks} exceeds the model's {gpt.config.n_layer} blocks")

@@ -186,6 +186,7 @@ def test_bad_input_is_one_line_and_writes_nothing(base, ft_data, tmp_path, cli, 
     assert "no resumable checkpoint" in run("--resume")
     assert "invalid choice" in run("--method", "prefix")
     assert "--train_blocks 5 exceeds" in run("--method", "last_blocks", "--train_blocks", "5")
+    assert "no nn.Linear named ['q_proj']" in run("--method", "lora", "--lora_targets", "q_proj")
 
     # a character-level base model has no <|endoftext|> to mark the end of a text
     code, _, err = cli(train.main, tiny_args(lm_data, tmp_path / "char"))
