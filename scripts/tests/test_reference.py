@@ -222,3 +222,17 @@ def test_helpers():
     assert reference.bin_curve({1: 1.0, 2: 3.0, 3: 5.0, 4: 7.0, 5: 9.0}, 4) == {4: 4.0}
     long = reference.band([{x: float(x) for x in range(1000)}], 1)
     assert len(long) == reference.MAX_POINTS and long[0][0] == 0 and long[-1][0] == 999
+
+
+def test_committed_references_are_well_formed():
+    """Every committed <stage>/reference/*.json: made from at least 3 seeds, bands that hold their means."""
+    files = sorted(reference.REPO_ROOT.glob("stage*/reference/*.json"))
+    assert files, "no reference runs committed"
+    for path in files:
+        ref = json.loads(path.read_text())
+        assert ref["format"] == reference.FORMAT and ref["stage"] == path.parent.parent.name, path
+        assert len(ref["seeds"]) >= 3 and ref["hardware"] and ref["command"].startswith("python "), path
+        for name, curve in ref["curves"].items():
+            assert curve["points"], f"{path}: {name} is empty"
+            assert all(lo <= mean <= hi for _, mean, lo, hi in curve["points"]), f"{path}: {name}"
+        assert all(m["min"] <= m["mean"] <= m["max"] for m in ref["final"].values()), path
