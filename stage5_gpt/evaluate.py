@@ -86,11 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--limit must be >= 0, got {args.limit}")
     set_threads(args.num_threads)
     device = get_device(args.device)
-    if not (args.init_from or args.text_file or args.dataset) and finetune_info(args.checkpoint):
-        return evaluate_tasks(args, device)
+    ckpt = None if args.init_from else load_checkpoint(args.checkpoint, STAGE, ["gpt", "gpt_classifier"])
+    if ckpt and ckpt.get("finetune") and not (args.text_file or args.dataset):
+        return evaluate_tasks(args, device, ckpt)
     if args.task:
         raise UserError(f"--task needs a fine-tuned checkpoint; {args.checkpoint} is a pretrained language model")
-    model, tokenizer, trained_on = load_model(args, device)
+    if ckpt and ckpt["model"] == "gpt_classifier":
+        raise UserError(f"{args.checkpoint} is a classifier, not a language model: drop --dataset / --text_file")
+    model, tokenizer, trained_on = load_model(args, device, ckpt=ckpt)
     if args.text_file:
         path = Path(args.text_file)
         if not path.is_file():
@@ -126,18 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"metrics: {out}")
     return 0
 
-def finetune_info(path: str) -> dict | None:
-    """The fine-tuning record of a checkpoint (None for a pretrained one, or a file that is not there)."""
-    if not Path(path).is_file():
-        return None
-    return load_checkpoint(path, STAGE, ["gpt", "gpt_classifier"]).get("finetune")
 
-
-def evaluate_tasks(args: argparse.Namespace, device: torch.device) -> int:
+def evaluate_tasks(args: argparse.Namespace, device: torch.device, ckpt: dict) -> int:
     """Score a fine-tuned checkpoint on the test (or validation) split of its tasks."""
-    from stage5_gpt.finetune import load_finetuned, model_label  # noqa: PLC0415
+    from stage5_gpt.finetune import model_from_checkpoint, model_label  # noqa: PLC0415
 
-    model, tokenizer, info = load_finetuned(args.checkpoint, device)
+    model, tokenizer = model_from_checkpoint(ckpt, args.checkpoint)
+    model, info = model.to(device).eval(), ckpt["finetune"]
     tasks = [args.task] if args.task else info["tasks"]
     if args.task and args.task not in info["tasks"]:
         raise UserError(f"{args.checkpoint} was fine-tuned on {', '.join(info['tasks'])}, not {args.task}")

@@ -78,10 +78,11 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise UserError(f"max_new_tokens must be at least 1, got {settings['max_new_tokens']}")
 
 
-def load_model(args: argparse.Namespace, device: torch.device, classifier_ok: bool = False
-               ) -> tuple[torch.nn.Module, Any, str | None]:
+def load_model(args: argparse.Namespace, device: torch.device, classifier_ok: bool = False,
+               ckpt: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Any, str | None]:
     """The model, its tokenizer and the data set it was trained on (None for GPT-2), from a checkpoint
-    (checked against --tokenizer) or from GPT-2. A fine-tuned classifier only where classifier_ok."""
+    (checked against --tokenizer; `ckpt` when the caller has loaded it already) or from GPT-2.
+    A fine-tuned classifier only where classifier_ok."""
     if args.init_from:
         from stage5_gpt.models.hf import load_gpt2  # noqa: PLC0415
 
@@ -92,7 +93,7 @@ def load_model(args: argparse.Namespace, device: torch.device, classifier_ok: bo
     else:
         from stage5_gpt.finetune import model_from_checkpoint  # noqa: PLC0415
 
-        ckpt = load_checkpoint(args.checkpoint, STAGE, ["gpt", "gpt_classifier"] if classifier_ok else ["gpt"])
+        ckpt = ckpt or load_checkpoint(args.checkpoint, STAGE, ["gpt", "gpt_classifier"] if classifier_ok else ["gpt"])
         model, tokenizer = model_from_checkpoint(ckpt, args.checkpoint)
         model.finetune = ckpt.get("finetune")
         if args.tokenizer:

@@ -135,6 +135,8 @@ def test_a_classifier_in_generate_prints_the_class(base, ft_data, tmp_path, cli,
     assert code == 0 and out.split()[0] in ("World", "Sports", "Business", "Sci/Tech") and "%" in out, err
     code, _, err = cli(generate.main, ["--checkpoint", tmp_path / "ft.pt", "--device", "cpu"])
     assert code == 2 and "is a classifier" in err
+    code, _, err = cli(evaluate.main, ["--checkpoint", tmp_path / "ft.pt", "--dataset", "gutenberg", "--device", "cpu"])
+    assert code == 2 and "is a classifier, not a language model" in err
     monkeypatch.setattr("sys.stdin", io.StringIO("\nShares fall\n"))
     code, out, err = cli(generate.main, ["--checkpoint", tmp_path / "ft.pt", "--interactive", "--device", "cpu"])
     assert code == 0 and "empty text" in out and "%" in out, err
