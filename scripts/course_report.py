@@ -25,8 +25,8 @@ import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
-from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_text  # noqa: E402
-from scripts.report import markdown_table, replace_block  # noqa: E402
+from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main  # noqa: E402
+from scripts.report import markdown_table, replace_block, update_file  # noqa: E402
 
 COMMAND = "python scripts/course_report.py"
 IMAGES = Path("docs") / "images"
@@ -349,18 +349,6 @@ def targets(root: Path, blocks: dict[str, str]) -> dict[Path, dict[str, str]]:
     return out
 
 
-def rewritten(path: Path, blocks: dict[str, str]) -> tuple[str, str]:
-    """(text now, text with `blocks` regenerated)."""
-    old = path.read_text(encoding="utf-8")
-    new = old
-    for name, body in blocks.items():
-        try:
-            new = replace_block(new, name, body)
-        except KeyError:
-            raise UserError(f"{path}: <!-- results:{name} --> has no closing <!-- /results:{name} -->") from None
-    return old, new
-
-
 def stale(root: Path) -> list[str]:
     """'FILE [block, ...]' for each target file whose blocks differ from what the results make now."""
     out = []
@@ -391,10 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     records = load_records(root)
     for path, blocks in targets(root, course_blocks(records)).items():
-        old, new = rewritten(path, blocks)
-        if new != old:
-            write_text(path, new)
-        print(path.relative_to(root), "updated" if new != old else "unchanged")
+        print(path.relative_to(root), "updated" if update_file(path, blocks) else "unchanged")
     images = Path(args.images_dir) if args.images_dir else root / IMAGES
     for path in write_plots(records, images):
         print(path, "written")

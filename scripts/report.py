@@ -52,14 +52,20 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def update_file(path: Path, blocks: dict[str, str]) -> bool:
-    """Rewrite every named block in `path`; True if the file changed."""
+    """Rewrite every named block in `path` (atomically); True if the file changed."""
+    from scripts.common import UserError, write_text  # noqa: PLC0415 - common imports torch; tables alone should not
+
     path = Path(path)
     old = path.read_text(encoding="utf-8")
     new = old
     for name, body in blocks.items():
-        new = replace_block(new, name, body)
+        try:
+            new = replace_block(new, name, body)
+        except KeyError:
+            raise UserError(f"{path}: no <!-- results:{name} --> ... <!-- /results:{name} --> block; "
+                            "put the two marker lines where the table belongs") from None
     if new != old:
-        path.write_text(new, encoding="utf-8")
+        write_text(path, new)
     return new != old
 
 

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_settings(settings: dict[str, Any]) -> None:
-    if settings["temperature"] < 0:
+    if settings["temperature"] is not None and settings["temperature"] < 0:
         raise UserError(f"temperature must be >= 0, got {settings['temperature']}")
     if settings["top_k"] < 0:
         raise UserError(f"top_k must be >= 0, got {settings['top_k']}")
@@ -152,6 +152,13 @@ def stream(model: GPT, tokenizer: Any, prompt_ids: list[int], settings: dict[str
     return new, len(new) / max(time.perf_counter() - tick, 1e-9)
 
 
+def sampling(settings: dict[str, Any], task: str | None) -> dict[str, Any]:
+    """The settings to generate with: an unset temperature is 0 (greedy) for a task's answer, 0.8 for free text."""
+    if settings["temperature"] is not None:
+        return settings
+    return {**settings, "temperature": 0.0 if task else 0.8}
+
+
 def task_prompt(model: GPT, tokenizer: Any, task: str, text: str) -> list[int]:
     """Token ids of `text` wrapped in a fine-tuned multi-task model's prompt for `task`."""
     info = getattr(model, "finetune", None)
@@ -215,7 +222,8 @@ def interactive(model: GPT, tokenizer: Any, settings: dict[str, Any], use_cache:
             if name == "help":
                 print(HELP)
             elif name == "settings":
-                print(", ".join(f"{k} {v}" for k, v in settings.items()) + f", cache {'on' if use_cache else 'off'}")
+                print(", ".join(f"{k} {v}" for k, v in sampling(settings, task).items())
+                      + f", cache {'on' if use_cache else 'off'}")
             elif name == "cache" and value.strip() in ("on", "off"):
                 use_cache = value.strip() == "on"
             elif name == "task":
@@ -248,7 +256,7 @@ def interactive(model: GPT, tokenizer: Any, settings: dict[str, Any], use_cache:
             print(note)
         print(f"{task}:" if task else line, end="")
         try:
-            _, speed = stream(model, tokenizer, ids, settings, use_cache, device)
+            _, speed = stream(model, tokenizer, ids, sampling(settings, task), use_cache, device)
             print(f"[{speed:.0f} tokens/s]")
         except KeyboardInterrupt:
             print("\n(stopped)")
@@ -256,8 +264,7 @@ def interactive(model: GPT, tokenizer: Any, settings: dict[str, Any], use_cache:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    temperature = args.temperature if args.temperature is not None else (0.0 if args.task else 0.8)
-    settings = {"temperature": temperature, "top_k": args.top_k, "top_p": args.top_p,
+    settings = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     check_settings(settings)
     if args.num_samples < 1:
@@ -292,8 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--- sample {sample + 1}")
         if args.prompt is not None:
             sys.stdout.write(f"{prompt}\n{args.task}:" if args.task else prompt)
-        _, speed = stream(model, tokenizer, ids, {**settings, "seed": args.seed + sample}, not args.no_kv_cache,
-                          device)
+        _, speed = stream(model, tokenizer, ids, {**sampling(settings, args.task), "seed": args.seed + sample},
+                          not args.no_kv_cache, device)
         print(f"[{speed:.0f} tokens/s, {'KV cache' if not args.no_kv_cache else 'no cache'}]", file=sys.stderr)
     return 0
 

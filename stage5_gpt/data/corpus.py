@@ -132,7 +132,8 @@ class TokenData:
     folder: Path
 
 
-def _ids_dtype(vocab_size: int) -> type:
+def ids_dtype(vocab_size: int) -> type:
+    """The smallest unsigned integer type that holds every token id."""
     return np.uint16 if vocab_size <= 65536 else np.uint32
 
 
@@ -163,7 +164,7 @@ def prepare(dataset: str, data_dir: str | None,
         if not isinstance(meta, dict) or meta.get("tokenizer") != tokenizer.fingerprint() or not all(
                 isinstance(meta.get(f"{split}_tokens"), int) for split in ("train", "val")):
             raise UserError(f"token cache {folder} does not match its tokenizer.json; delete the folder and rerun")
-        dtype = _ids_dtype(tokenizer.vocab_size)
+        dtype = ids_dtype(tokenizer.vocab_size)
         arrays = {}
         for split in ("train", "val"):
             path = folder / f"{split}.bin"
@@ -180,7 +181,7 @@ def prepare(dataset: str, data_dir: str | None,
         splits["train"] = splits["train"][:limit]
     log(f"tokenizer: {tokenizer.vocab_size:,} tokens, trained in {time.time() - tick:.1f} s")
     tokenizer.save(folder / "tokenizer.json")
-    dtype = _ids_dtype(tokenizer.vocab_size)
+    dtype = ids_dtype(tokenizer.vocab_size)
     meta = {"dataset": dataset, "tokenizer": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size}
     for split, text in splits.items():
         tick = time.time()

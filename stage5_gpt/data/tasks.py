@@ -23,6 +23,7 @@ Two ways to use a pretrained GPT on them:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -37,6 +38,7 @@ import torch.nn as nn
 from scripts.classification_data import classification_report, load_split, train_val_split
 from scripts.common import UserError, autocast
 from scripts.translation_data import corpus_scores, load_pairs
+from stage5_gpt.data.corpus import ids_dtype
 
 TASKS = ("imdb", "ag_news", "translate")
 CLASSIFICATION_TASKS = ("imdb", "ag_news")
@@ -87,7 +89,12 @@ def load_task(task: str, split: str, data_dir: str | None, ag_news_source: str =
         data = TaskData(task, [en for en, _ in pairs], targets=[fr for _, fr in pairs], source="multi30k")
     else:
         carveout = task == "ag_news" and ag_news_source == "test_carveout"
-        raw = load_split(task, "test" if carveout or split == "test" else "train", data_dir)
+        try:
+            raw = load_split(task, "test" if carveout or split == "test" else "train", data_dir)
+        except UserError as err:
+            if task == "ag_news" and not carveout:
+                raise UserError(f"{err}; or train on part of the test split: --ag_news_source test_carveout") from None
+            raise
         indices = list(range(len(raw.texts)))
         if carveout:
             perm = torch.randperm(len(indices), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
@@ -147,7 +154,8 @@ def tokenize(tokenizer: Any, data: TaskData, cache_dir: str | Path | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         offsets = np.cumsum([0] + [len(x) for x in data.ids])
         tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, flat=np.array([t for x in data.ids for t in x], dtype=np.int32), offsets=offsets)
+        flat = np.array([t for x in data.ids for t in x], dtype=ids_dtype(tokenizer.vocab_size))
+        np.savez(tmp, flat=flat, offsets=offsets)
         os.replace(tmp, path)
     return data
 
@@ -158,11 +166,16 @@ def encode_for_head(tokenizer: Any, data: TaskData, max_len: int) -> list[list[i
     return [fit(ids, max_len - 1) + [eot] for ids in tokenize(tokenizer, data).ids]
 
 
+@functools.lru_cache(maxsize=16)
+def prompt_parts(tokenizer: Any, task: str) -> tuple[list[int], list[int]]:
+    """The tokens of `task`'s prompt before and after the text (encoded once per tokenizer)."""
+    before, after = PROMPTS[task][0].split("{text}")
+    return tokenizer.encode(before, allowed_special=False), tokenizer.encode(after, allowed_special=False)
+
+
 def encode_prompt(tokenizer: Any, task: str, text_ids: list[int], max_len: int, answer_room: int) -> list[int]:
     """The prompt of `task` around a text's tokens, the text cut so that the prompt leaves `answer_room` tokens."""
-    template = PROMPTS[task][0]
-    before, after = template.split("{text}")
-    pre, post = tokenizer.encode(before, allowed_special=False), tokenizer.encode(after, allowed_special=False)
+    pre, post = prompt_parts(tokenizer, task)
     room = max_len - answer_room - len(pre) - len(post)
     if room < 1:
         raise UserError(f"--max_len {max_len} leaves no room for the {task} prompt; raise it")

@@ -119,12 +119,14 @@ def test_multitask_model_scores_each_task_and_answers_through_its_prompts(base, 
     code, out, err = cli(generate.main, ["--checkpoint", tmp_path / "ft.pt", "--task", "translate", "--prompt",
                                          "A dog is running.", "--max_new_tokens", "12", "--device", "cpu"])
     assert code == 0 and out.startswith("A dog is running.\ntranslate:"), err
-    monkeypatch.setattr("sys.stdin", io.StringIO(":task imdb\nGreat fun!\n:task poetry\n:task none\nHello\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(":settings\n:task imdb\n:settings\nGreat fun!\n:task poetry\n"
+                                                 ":task none\nHello\n"))
     code, out, err = cli(generate.main, ["--checkpoint", tmp_path / "ft.pt", "--interactive", "--device", "cpu",
                                          "--max_new_tokens", "4"])
     assert code == 0, err
     assert "fine-tuned on imdb, ag_news, translate" in out and "task: imdb" in out and "imdb:" in out
     assert "unknown task 'poetry'" in out and "task: none" in out
+    assert "temperature 0.8" in out and "temperature 0.0" in out          # free text samples; a task's answer is greedy
 
 
 def test_a_classifier_in_generate_prints_the_class(base, ft_data, tmp_path, cli, monkeypatch):
@@ -207,6 +209,8 @@ def test_bad_input_is_one_line_and_writes_nothing(base, ft_data, tmp_path, cli, 
 
     code, _, err = cli(evaluate.main, ["--checkpoint", base, "--task", "imdb", "--device", "cpu"])
     assert code == 2 and "needs a fine-tuned checkpoint" in err
+    code, _, err = cli(generate.main, ["--checkpoint", base, "--task", "imdb", "--prompt", "Fine", "--device", "cpu"])
+    assert code == 2 and "needs a multi-task model" in err
 
 
 # ----------------------------------------------------------------------------- data/tasks.py
