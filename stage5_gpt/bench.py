@@ -353,7 +353,7 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             ("task", lambda r: r["task"] + (" (test-split carve-out)" if "carve-out" in r.get("data_source", "")
                                              else "")),
             ("model", lambda r: METHOD_LABELS[r["model"]]),
-            ("trained parameters", lambda r: f"{trained_params(r):,} of {r['params']:,}"),
+            ("trained parameters", lambda r: f"{r['trainable_params']:,} of {r['params']:,}"),
             ("test score", lambda r: f"BLEU {r['metrics']['bleu']:.2f} (greedy), chrF {r['metrics']['chrf']:.2f}"
              if r["task"] == "translate" else f"accuracy {100 * r['metrics']['accuracy']:.2f}%, "
                                               f"macro-F1 {100 * r['metrics']['macro_f1']:.2f}"),
@@ -373,11 +373,6 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                 f"from scored {before['loss']:.3f} ({before['bits_per_byte']:.3f} bits/byte). Command: "
                 f"`{read_json(forgot)['command']}`.")
     return {STAGE_DIR / "README.md": blocks}
-
-
-def trained_params(result: dict) -> int:
-    """finetune.py writes trainable_params at the top; evaluate.py of this session's first runs nested it."""
-    return result.get("trainable_params", result.get("finetune", {}).get("trainable_params"))
 
 
 TASK_ORDER = ["imdb", "ag_news", "translate"]
