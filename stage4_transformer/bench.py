@@ -97,17 +97,20 @@ def training_speed(config: TransformerConfig, batches: list, steps: int, amp: bo
 
 
 def speed(data_dir: str | None, steps: int = 40) -> None:
-    """Scratch against nn.Transformer (and the scratch model with F.scaled_dot_product_attention), one run."""
+    """Scratch against nn.Transformer (and the scratch model with F.scaled_dot_product_attention, or with
+    --fast_dropout 1), one run."""
     defaults = train_parser().parse_args([])
     pairs = load_pairs("multi30k", "train", data_dir)
     vocab = SubwordVocab.train((t for pair in pairs for t in pair), defaults.vocab_size)
     batches = list(token_batches(encode_pairs(pairs, vocab, defaults.max_len), defaults.max_tokens, True))
     rows = []
-    for name, impl, sdpa in (("scratch", "scratch", False), ("scratch + F.sdpa", "scratch", True),
-                             ("nn.Transformer", "torch", False)):
+    for name, impl, sdpa, fast in (("scratch", "scratch", False, False), ("scratch + F.sdpa", "scratch", True, False),
+                                   ("scratch + fast dropout", "scratch", False, True),
+                                   ("nn.Transformer", "torch", False, False)):
         config = TransformerConfig(len(vocab), len(vocab), defaults.d_model, defaults.n_heads, defaults.layers,
-                                   defaults.layers, defaults.d_ff, defaults.dropout, defaults.max_len + 2,
-                                   bool(defaults.norm_first), defaults.positional, True, impl, sdpa)
+                                   defaults.layers, defaults.d_ff, defaults.dropout, max_len=defaults.max_len + 2,
+                                   norm_first=bool(defaults.norm_first), positional=defaults.positional,
+                                   share_embeddings=True, impl=impl, use_sdpa=sdpa, fast_dropout=fast)
         rows.append({"model": name, "tokens_per_s": training_speed(config, batches, steps, bool(defaults.amp))})
     reference = rows[-1]["tokens_per_s"]
     for row in rows:

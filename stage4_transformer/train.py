@@ -38,8 +38,9 @@ from stage4_transformer.models.transformer import Transformer, TransformerConfig
 from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
-RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "layers", "d_ff", "norm_first", "positional", "vocab_size",
-                     "max_tokens", "limit", "max_len", "seed", "lr", "warmup_steps", "schedule",
+RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "dropout",
+                     "attention_dropout", "activation_dropout", "fast_dropout", "norm_first", "positional",
+                     "vocab_size", "max_tokens", "limit", "max_len", "seed", "lr", "warmup_steps", "schedule",
                      "average_last")
 
 
@@ -51,8 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d_model", type=int, default=256, help="model width")
     p.add_argument("--n_heads", type=int, default=4, help="attention heads")
     p.add_argument("--layers", type=int, default=2, help="encoder layers (and as many decoder layers)")
+    p.add_argument("--encoder_layers", type=int, default=None, help="encoder layers (default: --layers)")
+    p.add_argument("--decoder_layers", type=int, default=None, help="decoder layers (default: --layers)")
     p.add_argument("--d_ff", type=int, default=512, help="feed-forward inner width")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout on sublayer outputs, attention, embeddings")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout on sublayer outputs and embeddings (and, "
+                   "unless set below, on attention weights and after the feed-forward ReLU)")
+    p.add_argument("--attention_dropout", type=float, default=None, help="dropout on attention weights "
+                   "(default: --dropout; the paper has none there)")
+    p.add_argument("--activation_dropout", type=float, default=None, help="dropout after the feed-forward ReLU "
+                   "(default: --dropout; the paper has none there)")
+    p.add_argument("--fast_dropout", type=int, choices=[0, 1], default=0, help="1: dropout masks from random bytes "
+                   "on the CPU, much faster than torch's Bernoulli sampling there (--impl scratch)")
     p.add_argument("--norm_first", type=int, choices=[0, 1], default=1, help="1: pre-LN; 0: post-LN (the paper)")
     p.add_argument("--positional", default="sinusoidal", choices=["sinusoidal", "learned"], help="position encoding")
     p.add_argument("--share_embeddings", type=int, choices=[0, 1], default=1,
@@ -88,16 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    check_positive(args, "d_model", "n_heads", "layers", "d_ff", "vocab_size", "max_tokens", "epochs")
+    args.encoder_layers = args.encoder_layers if args.encoder_layers is not None else args.layers
+    args.decoder_layers = args.decoder_layers if args.decoder_layers is not None else args.layers
+    check_positive(args, "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "vocab_size",
+                   "max_tokens", "epochs")
     for flag in ("lr", "clip"):
         if getattr(args, flag) <= 0:
             raise UserError(f"--{flag} must be > 0, got {getattr(args, flag)}")
     for flag in ("max_len", "warmup_steps", "max_steps", "limit", "val_limit", "average_last"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    for flag in ("dropout", "label_smoothing"):
-        if not 0.0 <= getattr(args, flag) < 1.0:
+    for flag in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+        if getattr(args, flag) is not None and not 0.0 <= getattr(args, flag) < 1.0:
             raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    if args.impl == "torch" and {args.attention_dropout, args.activation_dropout} - {None, args.dropout}:
+        raise UserError("nn.Transformer has one dropout rate; --attention_dropout/--activation_dropout need "
+                        "--impl scratch")
+    if args.impl == "torch" and args.fast_dropout:
+        raise UserError("--fast_dropout 1 needs --impl scratch (nn.Transformer draws its own dropout masks)")
+    for flag in ("attention_dropout", "activation_dropout"):
+        if getattr(args, flag) is None:
+            setattr(args, flag, args.dropout)
     if args.d_model % args.n_heads:
         raise UserError(f"--d_model {args.d_model} must be divisible by --n_heads {args.n_heads}")
     if args.vocab_size < 100:
@@ -246,9 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"({time.time() - tick:.1f} s); run folder {out_dir}")
 
     set_seed(args.seed)
-    config = TransformerConfig(len(vocab), len(vocab), args.d_model, args.n_heads, args.layers, args.layers,
-                               args.d_ff, args.dropout, max(args.max_len, 256) + 2, bool(args.norm_first),
-                               args.positional, bool(args.share_embeddings), args.impl, bool(args.use_sdpa))
+    config = TransformerConfig(len(vocab), len(vocab), args.d_model, args.n_heads, args.encoder_layers,
+                               args.decoder_layers, args.d_ff, args.dropout, args.attention_dropout,
+                               args.activation_dropout, max(args.max_len, 256) + 2, bool(args.norm_first),
+                               args.positional, bool(args.share_embeddings), args.impl, bool(args.use_sdpa),
+                               bool(args.fast_dropout))
     if resume:
         config = TransformerConfig(**resume["config"])
     model = Transformer(config).to(device)

@@ -35,6 +35,10 @@ def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
     (["--positional", "rotary"], "invalid choice: 'rotary'"),
     (["--lr", "0"], "--lr must be > 0"),
     (["--average_last", "-1"], "--average_last must be >= 0"),
+    (["--attention_dropout", "1.5"], "--attention_dropout must be in [0, 1)"),
+    (["--decoder_layers", "0"], "--decoder_layers must be at least 1"),
+    (["--impl", "torch", "--activation_dropout", "0"], "need --impl scratch"),
+    (["--impl", "torch", "--fast_dropout", "1"], "--fast_dropout 1 needs --impl scratch"),
 ])
 def test_bad_flags_are_one_line(cli, argv, message):
     code, _, err = cli(train.main, argv)

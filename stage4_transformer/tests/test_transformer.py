@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stage4_transformer.models.transformer import (PAD_ID, DecoderLayer, EncoderLayer, MultiHeadAttention,
-                                                   Transformer, TransformerConfig, causal_mask,
+                                                   Transformer, TransformerConfig, causal_mask, fast_dropout,
                                                    scaled_dot_product_attention, sinusoidal_encoding)
 
 D, H, FF = 16, 4, 32
@@ -156,3 +156,36 @@ def test_cross_attention_maps_are_distributions_over_real_source_pieces():
     torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2, H, 3))
     assert torch.all(maps[:, 0, :, :, 4] == 0)                                      # the pad column
     torch.testing.assert_close(model(src, tgt), before)                             # nothing left switched on
+
+
+def test_fast_dropout_drops_p_of_the_elements_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = (torch.rand(400, 1000) + 1.0).requires_grad_()
+    out = fast_dropout(x, 0.2, training=True)
+    dropped = out == 0
+    assert abs(dropped.float().mean().item() - 51 / 256) < 0.003               # p rounded to 51/256
+    torch.testing.assert_close(out[~dropped], x[~dropped] * 256 / 205)          # inverted dropout's scale
+    assert abs(out.mean().item() / x.mean().item() - 1) < 0.01
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, (~dropped).float() * 256 / 205)         # gradient only through kept ones
+    assert fast_dropout(x, 0.2, training=False) is x and fast_dropout(x, 0.0, training=True) is x
+    torch.manual_seed(1)
+    first = fast_dropout(x, 0.5, True)
+    torch.manual_seed(1)
+    assert torch.equal(first, fast_dropout(x, 0.5, True))                       # seeded: --resume stays exact
+    assert 0.48 < (first == 0).float().mean().item() < 0.52
+
+
+def test_attention_and_activation_dropout_rates_reach_their_modules():
+    model = Transformer(tiny_config(dropout=0.3, attention_dropout=0.0, activation_dropout=0.1,
+                                    n_encoder_layers=3, n_decoder_layers=1))
+    assert len(model.encoder_layers) == 3 and len(model.decoder_layers) == 1
+    layer = model.decoder_layers[0]
+    assert (layer.dropout.p, layer.activation_dropout.p, layer.self_attn.dropout, layer.multihead_attn.dropout,
+            model.dropout.p) == (0.3, 0.1, 0.0, 0.0, 0.3)
+    assert Transformer(tiny_config(dropout=0.3)).encoder_layers[0].self_attn.dropout == 0.3   # unset: --dropout
+    fast = Transformer(tiny_config(dropout=0.3, fast_dropout=True))
+    assert all(m.fast for m in fast.modules() if hasattr(m, "fast")) and fast.decoder_layers[0].self_attn.fast_dropout
+    assert not any(m.fast for m in model.modules() if hasattr(m, "fast"))       # default: torch's F.dropout
+    with pytest.raises(ValueError, match="one dropout rate"):
+        Transformer(tiny_config(impl="torch", dropout=0.3, attention_dropout=0.0))
