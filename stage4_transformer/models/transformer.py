@@ -47,9 +47,9 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p).
 
     Same as F.dropout, except on the CPU: there torch samples a Bernoulli mask one number at a time,
-    and that sampling was a quarter of a whole training step of this model on the 2-core CPU (measured
-    with torch.profiler). Here each element gets one random byte instead, four from each 32-bit draw,
-    about 8 times faster; p is rounded to a multiple of 1/256 (0.2 -> 51/256 = 0.199).
+    and torch.profiler shows that sampling as the costliest op of this model's training step on the
+    2-core CPU. Here each element gets one random byte instead, four from each 32-bit draw; p is
+    rounded to a multiple of 1/256 (0.2 -> 51/256 = 0.199). Speed: `bench.py --parts speed`.
     """
     if not training or p == 0.0:
         return x
@@ -67,11 +67,11 @@ def pick(value: float | None, default: float) -> float:
 
 
 class Dropout(nn.Module):
-    """nn.Dropout, or with fast=True the CPU mask of `fast_dropout` above (--fast_dropout 1)."""
+    """nn.Dropout, or with .fast the CPU mask of `fast_dropout` above (Transformer sets it from --fast_dropout)."""
 
-    def __init__(self, p: float, fast: bool = False):
+    def __init__(self, p: float):
         super().__init__()
-        self.p, self.fast = p, fast
+        self.p, self.fast = p, False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (fast_dropout if self.fast else F.dropout)(x, self.p, self.training)
