@@ -23,7 +23,9 @@ finetune:  fine-tuning FINETUNE_BASE (the GPU base, or --base) with `finetune.py
            run folders made elsewhere (DIR/<run name>/test_<task>.json and history.json).
 gpu:       on a CUDA machine: the default char model, GPT-2 small's shape on Gutenberg for 200 steps, eager
            and with --compile 1 (tokens/s and MFU against the card's bf16 peak), and GPU_BASE, a 14M-parameter
-           Gutenberg model pretrained in about two minutes (checkpoints/gpu_base_gutenberg.pt).
+           Gutenberg model pretrained in about two minutes (checkpoints/gpu_base_gutenberg.pt), then GPU_ADAPT:
+           that model's pretraining continued on the IMDb training reviews' text (checkpoints/gpu_base_imdb.pt),
+           the base of the *_adapted fine-tuning runs.
 Each writes JSON files into stage5_gpt/results/.
 """
 import pathlib
@@ -59,6 +61,12 @@ GPU_BASE = ["--preset", "gutenberg", "--n_layer", "6", "--n_head", "6", "--n_emb
             "--batch_size", "64", "--max_steps", "6000", "--warmup_steps", "300", "--lr", "1e-3", "--min_lr", "1e-4",
             "--dropout", "0.1", "--eval_interval", "1000", "--eval_iters", "20", "--log_interval", "500"]
 FINETUNE_BASE = STAGE_DIR / "checkpoints" / "gpu_base_gutenberg.pt"
+# the same base after continued pretraining on the IMDb training reviews' text (no labels; the test reviews are never
+# read): about 5.5 passes over its 8.7M tokens, at half the base's peak learning rate
+IMDB_BASE = STAGE_DIR / "checkpoints" / "gpu_base_imdb.pt"
+GPU_ADAPT = ["--preset", "gutenberg", "--init_from", str(FINETUNE_BASE), "--dataset", "imdb", "--block_size", "512",
+             "--batch_size", "64", "--max_steps", "1500", "--warmup_steps", "100", "--lr", "5e-4", "--min_lr", "5e-5",
+             "--dropout", "0.1", "--eval_interval", "250", "--eval_iters", "20", "--log_interval", "250"]
 FINETUNE_COMMON = ["--epochs", "3", "--batch_size", "32"]
 # run name -> finetune.py flags (learning rates: the method defaults' neighbourhood, for batch 32)
 FINETUNE_RUNS = {
@@ -71,6 +79,10 @@ FINETUNE_RUNS = {
     "ag_news_scratch": ["--task", "ag_news", "--ag_news_source", "test_carveout", "--scratch", "--lr", "3e-4"],
     "multitask_full": ["--task", "multi", "--ag_news_source", "test_carveout", "--method", "full", "--lr", "2e-4"],
     "multitask_scratch": ["--task", "multi", "--ag_news_source", "test_carveout", "--scratch", "--lr", "5e-4"],
+    # from IMDB_BASE: the same flags as the runs above
+    "imdb_full_adapted": ["--task", "imdb", "--method", "full", "--lr", "3e-4"],
+    "imdb_lora_adapted": ["--task", "imdb", "--method", "lora", "--lr", "1e-3"],
+    "imdb_head_adapted": ["--task", "imdb", "--method", "head", "--lr", "2e-3"],
 }
 BABY_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
@@ -221,17 +233,26 @@ def gpu(extra: list[str]) -> None:
         shutil.copy(run_dir / "metrics.json", RESULTS / f"{name}_train.json")
     run_dir = STAGE_DIR / "runs" / "gpu_base"
     shutil.rmtree(run_dir, ignore_errors=True)
-    run("train.py", *GPU_BASE, "--device", "cuda", "--out_dir", str(run_dir), "--checkpoint",
-        str(STAGE_DIR / "checkpoints" / "gpu_base_gutenberg.pt"), *extra)
+    run("train.py", *GPU_BASE, "--device", "cuda", "--out_dir", str(run_dir), "--checkpoint", str(FINETUNE_BASE),
+        *extra)
     shutil.copy(run_dir / "metrics.json", RESULTS / "gpu_base_train.json")
+    run_dir = STAGE_DIR / "runs" / "gpu_base_imdb"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run("train.py", *GPU_ADAPT, "--device", "cuda", "--out_dir", str(run_dir), "--checkpoint", str(IMDB_BASE), *extra)
+    shutil.copy(run_dir / "metrics.json", RESULTS / "gpu_base_imdb_train.json")
+
+
+def finetune_base(name: str, base: Path) -> Path:
+    """The pretrained checkpoint a fine-tuning run starts from: IMDB_BASE for the *_adapted runs, else `base`."""
+    return IMDB_BASE if name.endswith("_adapted") else base
 
 
 def finetune_bench(extra: list[str], base: Path, runs: Sequence[str]) -> None:
     for name in runs:
         run_dir = STAGE_DIR / "runs" / f"bench_ft_{name}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        run("finetune.py", "--base", str(base), *FINETUNE_RUNS[name], *FINETUNE_COMMON, "--out_dir", str(run_dir),
-            "--checkpoint", str(STAGE_DIR / "checkpoints" / f"bench_ft_{name}.pt"), *extra)
+        run("finetune.py", "--base", str(finetune_base(name, base)), *FINETUNE_RUNS[name], *FINETUNE_COMMON,
+            "--out_dir", str(run_dir), "--checkpoint", str(STAGE_DIR / "checkpoints" / f"bench_ft_{name}.pt"), *extra)
         if name == "multitask_full":   # forgetting: the tuned model as a language model on the held-out books
             run("evaluate.py", "--checkpoint", str(STAGE_DIR / "checkpoints" / f"bench_ft_{name}.pt"), "--dataset",
                 "gutenberg", "--metrics_out", str(run_dir / "gutenberg_eval.json"), *extra)
@@ -321,7 +342,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
         ("gpu_char", "default char model (`train.py --device cuda`)"),
         ("gpu_gpt2small_eager", "GPT-2 small shape, Gutenberg BPE, 200 steps"),
         ("gpu_gpt2small_compiled", "same, `--compile 1`"),
-        ("gpu_base", "pretraining base for fine-tuning: 6 layers, 384 wide, context 512, Gutenberg BPE")
+        ("gpu_base", "pretraining base for fine-tuning: 6 layers, 384 wide, context 512, Gutenberg BPE"),
+        ("gpu_base_imdb", "the same base, pretraining continued on the IMDb training reviews' text (no labels)"),
     ) if (RESULTS / f"{name}_train.json").is_file()]
     if gpu_rows:
         table = markdown_table(gpu_rows, [
@@ -346,13 +368,15 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                                 "steady = the median logging window after the first (the first holds warm-up and "
                                 "compilation). bf16 autocast. Command: `python stage5_gpt/bench.py --parts gpu`."
                                 + note)
-    finetune_rows = sorted((read_json(path) for path in RESULTS.glob("finetune_*_test.json")),
-                           key=lambda r: (TASK_ORDER.index(r["task"]), METHOD_ORDER.index(r["model"])))
+    finetune_rows = sorted(({**read_json(path), "adapted": path.stem.endswith("_adapted_test")}
+                            for path in RESULTS.glob("finetune_*_test.json")),
+                           key=lambda r: (TASK_ORDER.index(r["task"]), r["adapted"], METHOD_ORDER.index(r["model"])))
     if finetune_rows:
         blocks["stage5_finetune"] = markdown_table(finetune_rows, [
             ("task", lambda r: r["task"] + (" (test-split carve-out)" if "carve-out" in r.get("data_source", "")
                                              else "")),
-            ("model", lambda r: METHOD_LABELS[r["model"]]),
+            ("model", lambda r: METHOD_LABELS[r["model"]].replace("pretrained", "pretrained + IMDb text")
+             if r["adapted"] else METHOD_LABELS[r["model"]]),
             ("trained parameters", lambda r: f"{r['trainable_params']:,} of {r['params']:,}"),
             ("test score", lambda r: f"BLEU {r['metrics']['bleu']:.2f} (greedy), chrF {r['metrics']['chrf']:.2f}"
              if r["task"] == "translate" else f"accuracy {100 * r['metrics']['accuracy']:.2f}%, "
@@ -361,8 +385,10 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             ("training time", lambda r: f"{r['train_seconds']:.0f} s" if "train_seconds" in r else "not kept"),
             ("latency, batch 1", lambda r: f"{r['metrics']['latency_ms_bs1']:.1f} ms"),
             ("scored on", lambda r: r["hardware"])]) + (
-            f"\n\nEvery model starts from `{FINETUNE_BASE.name}` (table above) or, for the from-scratch rows, from "
-            "random weights of the same shape; 3 epochs, batch 32, the best epoch on the validation split. Command: "
+            f"\n\nEvery model starts from `{FINETUNE_BASE.name}` (table above), the \"+ IMDb text\" rows from "
+            f"`{IMDB_BASE.name}` (the same base after continued pretraining on the training reviews' text), the "
+            "from-scratch rows from random weights of the same shape; 3 epochs, batch 32, the best epoch on the "
+            "validation split. Command: "
             "`python stage5_gpt/bench.py --parts finetune --device cuda` (runs and flags in its FINETUNE_RUNS).")
         forgot, base = RESULTS / "finetune_multitask_full_gutenberg_eval.json", RESULTS / "gpu_base_eval.json"
         if forgot.is_file() and base.is_file():

@@ -132,20 +132,30 @@ def load_base(args: argparse.Namespace, log: Any) -> tuple[GPT, Any, str]:
         if args.scratch:
             model = GPT(model.config)
         return model, tokenizer, f"GPT-2 ({args.base})"
-    ckpt = load_checkpoint(args.base, STAGE, ["gpt"])
-    tokenizer = load_tokenizer(ckpt["tokenizer"])
+    model, tokenizer = pretrained_gpt(args.base, "--base", {"dropout": args.dropout}, random_init=args.scratch)
     T.eot_of(tokenizer)   # a char-level base cannot mark the end of a text
-    config = GPTConfig(**{**ckpt["config"], "dropout": args.dropout})
-    model = GPT(config)
-    if not args.scratch:
-        try:
-            model.load_state_dict(ckpt["model_state"])
-        except RuntimeError as err:
-            raise UserError(f"--base {args.base} does not fit its own config ({str(err).splitlines()[0][:120]}); "
-                            "the file is damaged") from None
+    config = model.config
     log.info(f"base {args.base}: {model.num_params():,} parameters, {config.n_layer} layers, {config.n_embd} wide, "
              f"context {config.block_size}{' (architecture only: random weights)' if args.scratch else ''}")
     return model, tokenizer, str(args.base)
+
+
+def pretrained_gpt(path: str | Path, flag: str, overrides: dict[str, Any] | None = None,
+                   random_init: bool = False) -> tuple[GPT, Any]:
+    """A pretrained GPT-mini from a train.py checkpoint (its config changed by `overrides`, e.g. dropout), and
+    its tokenizer. random_init: the same architecture with fresh random weights. `flag` names the option in errors."""
+    ckpt = load_checkpoint(path, STAGE, ["gpt"])
+    if ckpt.get("finetune"):
+        raise UserError(f"{flag} {path} is a fine-tuned model; start from a pretrained one (train.py's checkpoint)")
+    tokenizer = load_tokenizer(ckpt["tokenizer"])
+    model = GPT(GPTConfig(**{**ckpt["config"], **(overrides or {})}))
+    if not random_init:
+        try:
+            model.load_state_dict(ckpt["model_state"])
+        except RuntimeError as err:
+            raise UserError(f"{flag} {path} does not fit its own config ({str(err).splitlines()[0][:120]}); "
+                            "the file is damaged") from None
+    return model, tokenizer
 
 
 def prepare_model(args: argparse.Namespace, gpt: GPT, classes: list[str] | None) -> nn.Module:

@@ -41,7 +41,6 @@ from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_ar
                             autocast, check_positive, checkpoint_header, get_device, hardware, load_resume,
                             rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads,
                             setup_logging, uses_bf16, write_json, write_metrics)
-from stage5_gpt.data.bpe import ByteLevelBPE  # noqa: E402
 from stage5_gpt.data.corpus import DATA_CACHE, DATASETS, TokenData, prepare, train_tokenizer, windows  # noqa: E402
 from stage5_gpt.models.gpt import ATTENTION_IMPLS, GPT, GPTConfig  # noqa: E402
 from stage5_gpt.models.hf import load_gpt2  # noqa: E402
@@ -82,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bpe_train_chars", type=int, default=10_000_000,
                    help="train the BPE on the first N characters of the training text (0: all)")
     p.add_argument("--init_from", default="scratch",
-                   help="scratch, or GPT-2 weights: gpt2 / gpt2-medium / ... (Hugging Face, online) or a local "
-                        "folder holding a transformers GPT-2 (config.json, weights, vocab.json, merges.txt)")
+                   help="scratch; or GPT-2 weights: gpt2 / gpt2-medium / ... (Hugging Face, online) or a local "
+                        "folder holding a transformers GPT-2 (config.json, weights, vocab.json, merges.txt); or a "
+                        "checkpoint of this script, to continue pretraining it (e.g. on --dataset imdb) with its "
+                        "shape and tokenizer")
     p.add_argument("--n_layer", type=int, default=None, help="Transformer blocks")
     p.add_argument("--n_head", type=int, default=None, help="attention heads per block")
     p.add_argument("--n_embd", type=int, default=None, help="model width d (divisible by --n_head)")
@@ -128,8 +129,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.init_from != "scratch":
-        args.tokenizer = "gpt2"
+    if args.init_from != "scratch":   # the starting model's own vocabulary
+        args.tokenizer = "base" if Path(args.init_from).is_file() else "gpt2"
     if args.tokenizer == "bpe" and args.vocab_size < 257 + 1:
         raise UserError(f"--vocab_size must exceed 257 (256 bytes and <|endoftext|>), got {args.vocab_size}")
     check_positive(args, "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps",
@@ -257,12 +258,12 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def load_data(args: argparse.Namespace, ddp: Distributed, log: Any,
-              gpt2_tokenizer: ByteLevelBPE | None) -> TokenData:
-    """Tokenise once (the first process), then every process memory-maps the same files."""
-    if gpt2_tokenizer is not None:
-        name = f"{args.dataset}-gpt2-{gpt2_tokenizer.fingerprint()[:8]}"
-        make = lambda splits: gpt2_tokenizer  # noqa: E731
+def load_data(args: argparse.Namespace, ddp: Distributed, log: Any, given_tokenizer: Any | None) -> TokenData:
+    """Tokenise once (the first process), then every process memory-maps the same files. given_tokenizer:
+    the vocabulary of the model training starts from (--init_from), instead of one trained here."""
+    if given_tokenizer is not None:
+        name = f"{args.dataset}-{args.tokenizer}-{given_tokenizer.fingerprint()[:8]}"
+        make = lambda splits: given_tokenizer  # noqa: E731
     elif args.tokenizer == "char":
         name = f"{args.dataset}-char"
         make = lambda splits: train_tokenizer("char", splits)  # noqa: E731
@@ -339,12 +340,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         ddp.close()
 
 
-def build_model(args: argparse.Namespace, tokenizer: Any, gpt2: tuple[GPT, Any] | None, log: Any) -> GPT:
-    """GPT-2's model (--init_from) or a new one of the flags' shape."""
-    if gpt2:
-        model = gpt2[0]
+def load_init(args: argparse.Namespace) -> tuple[GPT, Any] | None:
+    """The model --init_from names and its tokenizer: GPT-2's, or a checkpoint of this script (whose dropout and
+    attention then follow the flags); None for scratch."""
+    if args.init_from == "scratch":
+        return None
+    if args.tokenizer == "gpt2":
+        return load_gpt2(args.init_from, args.attention, args.dropout)
+    from stage5_gpt.finetune import pretrained_gpt  # noqa: PLC0415 - the checkpoint loader fine-tuning uses too
+
+    return pretrained_gpt(args.init_from, "--init_from", {"dropout": args.dropout, "attn_dropout": args.attn_dropout,
+                                                            "attention": args.attention})
+
+
+def build_model(args: argparse.Namespace, tokenizer: Any, init: tuple[GPT, Any] | None, log: Any) -> GPT:
+    """The --init_from model (GPT-2's or a checkpoint's) or a new one of the flags' shape."""
+    if init:
+        model = init[0]
         if args.block_size > model.config.block_size:
-            raise UserError(f"--block_size {args.block_size} exceeds GPT-2's context of {model.config.block_size}")
+            raise UserError(f"--block_size {args.block_size} exceeds {args.init_from}'s context of "
+                            f"{model.config.block_size}")
         log.info(f"model shape from {args.init_from}: {model.config.n_layer} layers, {model.config.n_head} heads, "
                  f"{model.config.n_embd} wide (--n_layer, --n_head, --n_embd and --bias do not apply)")
         return model
@@ -399,15 +414,15 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
     log = setup_logging(out_dir if ddp.master else None)
     log.disabled = not ddp.master
 
-    gpt2 = load_gpt2(args.init_from, args.attention, args.dropout) if args.init_from != "scratch" else None
-    data = load_data(args, ddp, log, gpt2[1] if gpt2 else None)
+    init = load_init(args)
+    data = load_data(args, ddp, log, init[1] if init else None)
     tokenizer = data.tokenizer
     check_resume(resume, last_path, ddp, data)
     log.info(f"{args.dataset}: {len(data.train):,} train / {len(data.val):,} val tokens, "
              f"{tokenizer.vocab_size:,}-token {type(tokenizer).__name__}; run folder {out_dir}")
 
     set_seed(args.seed + ddp.rank)          # dropout differs per process; the data order does not
-    model = build_model(args, tokenizer, gpt2, log).to(device)
+    model = build_model(args, tokenizer, init, log).to(device)
     optimizer = make_optimizer(model, args, device)
     data_generator = torch.Generator().manual_seed(args.seed)
     state: dict[str, Any] = {"step": 0, "best_val_loss": math.inf, "best_step": 0, "history": [], "curve": [],

@@ -2,7 +2,11 @@
 
 - `shakespeare`: tiny Shakespeare (1.1 MB), first 90% train and last 10% validation (as nanoGPT splits it);
 - `gutenberg`: 105 English books for training, 6 other books for validation (about 70 MB),
-  the books separated by the special token `<|endoftext|>`.
+  the books separated by the special token `<|endoftext|>`;
+- `imdb`: the text of the IMDb training reviews without their labels, each followed by `<|endoftext|>`, split
+  as fine-tuning splits them (the same 90/10 train/validation reviews); the test reviews are never read. It is
+  for *continued* pretraining (`train.py --init_from <checkpoint> --dataset imdb`): a base model reads the
+  kind of text it will later classify before it sees a single label.
 
 `prepare` tokenises a split once and writes `train.bin` / `val.bin` (uint16 ids, or uint32 for a
 vocabulary over 65,536) beside the tokenizer's JSON in a cache folder. Training then reads random
@@ -36,7 +40,8 @@ PG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$"
 PG_END = re.compile(r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg|"
                     r"The Project Gutenberg Etext of)", re.M | re.I)
 DATASETS = {"shakespeare": ("tiny_shakespeare", ["input.txt"]),
-            "gutenberg": ("gutenberg_en", ["train.txt.gz", "valid.txt.gz"])}
+            "gutenberg": ("gutenberg_en", ["train.txt.gz", "valid.txt.gz"]),
+            "imdb": ("imdb", ["train.jsonl.gz"])}
 
 
 def _read(path: Path) -> str:
@@ -86,6 +91,11 @@ def load_text(dataset: str, data_dir: str | None) -> dict[str, str]:
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     name, files = DATASETS[dataset]
+    if dataset == "imdb":
+        from stage5_gpt.data.tasks import load_task  # noqa: PLC0415 - tasks imports this module
+
+        return {split: "".join(text + EOT for text in load_task("imdb", split, data_dir).texts)
+                for split in ("train", "val")}
     folder = find_local_data(name, files, data_dir)
     if dataset == "shakespeare":
         if folder is None:

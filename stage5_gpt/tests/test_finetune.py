@@ -213,6 +213,46 @@ def test_bad_input_is_one_line_and_writes_nothing(base, ft_data, tmp_path, cli, 
     assert code == 2 and "needs a multi-task model" in err
 
 
+def test_continued_pretraining_on_imdb_text_keeps_the_base_and_reads_no_test_review(base, ft_data, tmp_path, cli):
+    """train.py --init_from <checkpoint> --dataset imdb: the base's shape, tokenizer and weights as the start, the
+    training reviews' text as the corpus (split as fine-tuning splits them), then fine-tuning starts from it."""
+    from stage5_gpt.data.corpus import EOT, load_text
+
+    splits = load_text("imdb", str(ft_data))
+    train_reviews = T.load_task("imdb", "train", str(ft_data)).texts
+    val_reviews = T.load_task("imdb", "val", str(ft_data)).texts
+    assert splits["train"] == "".join(t + EOT for t in train_reviews)
+    assert splits["val"] == "".join(t + EOT for t in val_reviews)
+    assert not any(t in splits["train"] + splits["val"] for t in T.load_task("imdb", "test", str(ft_data)).texts)
+
+    out = tmp_path / "adapted"
+    args = tiny_args(ft_data, out, "--init_from", base, "--dataset", "imdb", "--block_size", "64", "--max_steps", "4",
+                     "--eval_interval", "4", "--lr", "1e-3", "--min_lr", "1e-4")
+    code, _, err = cli(train.main, args)
+    assert code == 0, err
+    start, adapted = load_checkpoint(base, "stage5_gpt"), load_checkpoint(out / "best.pt", "stage5_gpt")
+    assert adapted["dataset"] == "imdb" and adapted["args"]["tokenizer"] == "base"
+    assert adapted["tokenizer_fingerprint"] == start["tokenizer_fingerprint"]
+    assert {k: v for k, v in adapted["config"].items() if k != "dropout"} == \
+        {k: v for k, v in start["config"].items() if k != "dropout"}
+    moved = [k for k, v in adapted["model_state"].items() if not torch.equal(v, start["model_state"][k])]
+    assert moved and len(moved) < 2 * len(start["model_state"])   # trained from the base's weights, not new ones
+    code, _, err = cli(finetune.main, ft_args(out / "best.pt", ft_data, tmp_path / "ft", "--epochs", "1"))
+    assert code == 0, err
+
+    def refused(init_from, fragment):
+        code, _, err = cli(train.main, tiny_args(ft_data, tmp_path / "bad", "--init_from", init_from,
+                                                 "--dataset", "imdb", "--block_size", "64"))
+        assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+
+    refused(tmp_path / "ft" / "ft.pt", "holds a 'gpt_classifier' model")
+    refused(tmp_path / "nope.pt", "neither a folder nor")
+    code, _, err = cli(train.main, tiny_args(ft_data, tmp_path / "long", "--init_from", base, "--dataset", "imdb",
+                                             "--block_size", "128"))
+    assert code == 2 and "context of 64" in err
+    assert not (tmp_path / "bad" / "best.pt").exists()
+
+
 # ----------------------------------------------------------------------------- data/tasks.py
 def test_fit_keeps_the_head_and_the_tail():
     assert T.fit(list(range(10)), 20) == list(range(10))
