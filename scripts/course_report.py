@@ -49,7 +49,11 @@ MODELS: dict[str, tuple[str, str]] = {
     "gpt_lora": ("GPT-mini fine-tuned: LoRA", "GPT LoRA"),
     "gpt_full": ("GPT-mini fine-tuned: all weights", "GPT full"),
     "gpt_multitask": ("GPT-mini, multi-task fine-tuned", "GPT multi-task"),
+    "gpt_multitask_scratch": ("GPT-mini, multi-task, random init (no pretraining)", "GPT multi-task scratch"),
 }
+# stage 5's bench.py names the runs from the base whose pretraining went on over the IMDb training reviews' text
+# finetune_<run>_adapted_test.json: (what the long name, and the short one, add)
+ADAPTED = ("_adapted_test.json", ", base also pretrained on IMDb's training text", " + IMDb text")
 DATASETS = {"imdb": "IMDb", "ag_news": "AG News", "multi30k": "Multi30k", "shakespeare": "tiny Shakespeare",
             "ptb": "PTB"}
 CLASSIFICATION_DATASETS = ("imdb", "ag_news")
@@ -87,12 +91,13 @@ def stage_number(record: Record) -> int:
 def order(record: Record) -> tuple:
     model = str(record.get("model", ""))
     rank = list(MODELS).index(model) if model in MODELS else len(MODELS)
-    return stage_number(record), rank, model, record["_path"]
+    return stage_number(record), rank, model, str(record["_path"]).endswith(ADAPTED[0]), record["_path"]
 
 
 def model_name(record: Record, short: bool = False) -> str:
     model = str(record.get("model", "?"))
-    return MODELS[model][short] if model in MODELS else (model if short else f"`{model}`")
+    name = MODELS[model][short] if model in MODELS else (model if short else f"`{model}`")
+    return name + (ADAPTED[2 if short else 1] if str(record.get("_path", "")).endswith(ADAPTED[0]) else "")
 
 
 def training_record(record: Record, records: dict[str, Record]) -> Record:

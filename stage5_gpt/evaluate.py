@@ -34,7 +34,7 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.common import (ArgParser, UserError, add_common_args, autocast, check_positive,  # noqa: E402
                             get_device, load_checkpoint, run_main, set_threads, write_metrics)
-from stage5_gpt.data.corpus import load_text, sequential_windows  # noqa: E402
+from stage5_gpt.data.corpus import DATASETS, load_text, sequential_windows  # noqa: E402
 from stage5_gpt.generate import DEFAULT_CHECKPOINT, load_model  # noqa: E402
 from stage5_gpt.data.tasks import TASKS, evaluate_task, load_task, tokenize  # noqa: E402
 from stage5_gpt.models.gpt import GPT  # noqa: E402
@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="a checkpoint written by train.py")
     p.add_argument("--init_from", default=None, help="score GPT-2's weights instead: gpt2 (online) or a folder")
     p.add_argument("--tokenizer", default=None, help="tokenizer JSON (must match the checkpoint; default its own)")
-    p.add_argument("--dataset", default=None, choices=["shakespeare", "gutenberg"],
-                   help="whose validation split to score (default: the checkpoint's)")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                   help="whose validation split to score (default: the checkpoint's); imdb: the held-out training "
+                        "reviews' text")
     p.add_argument("--text_file", default=None, help="score this UTF-8 text file instead of a validation split")
     p.add_argument("--batch_size", type=int, default=16, help="windows per forward pass")
     p.add_argument("--limit", type=int, default=0,

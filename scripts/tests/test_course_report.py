@@ -81,6 +81,17 @@ def add_stage5_finetuning(root: Path) -> None:
                  metrics={"bleu": 41.5, "chrf": 61.25, "bleu_signature": "nrefs:1|tok:13a", "decoding": "greedy"})
 
 
+def test_runs_from_the_imdb_text_base_are_named_apart(repo):
+    add_stage5_finetuning(repo)
+    metrics_file(repo, "stage5_gpt/results/finetune_imdb_full_adapted_test.json", stage="stage5_gpt", model="gpt_full",
+                 dataset="imdb", train_seconds=120.0, params=13964160,
+                 metrics={"accuracy": 0.9083, "macro_f1": 0.9083, "latency_ms_bs1": 3.0})
+    rows = rows_of(course_report.course_blocks(course_report.load_records(repo))["course_classification"])
+    imdb = {row[0]: row[3] for row in rows if row[2] == "IMDb"}
+    assert imdb["GPT-mini fine-tuned: all weights, base also pretrained on IMDb's training text"] == "90.83%"
+    assert imdb["GPT-mini fine-tuned: all weights"] == "80.00%"
+
+
 def rows_of(block: str) -> list[list[str]]:
     lines = [line for line in block.splitlines() if line.startswith("| ")][1:]
     return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines]

@@ -21,3 +21,4 @@ def test_visualize_notebook_executes(lm_data, tmp_path, monkeypatch, cli):
     assert "=== temperature 1.0, top_p 0.9" in text
     assert text.count("same tokens: True") == 4
     assert "merged == unmerged: True" in text and "no fine-tuning results yet" in text
+    assert "no continued-pretraining history yet" in text
