@@ -130,6 +130,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.init_from != "scratch":   # the starting model's own vocabulary
+        if args.init_from.endswith(".pt") and not Path(args.init_from).is_file():
+            raise UserError(f"--init_from {args.init_from} does not exist (a checkpoint written by train.py)")
         args.tokenizer = "base" if Path(args.init_from).is_file() else "gpt2"
     if args.tokenizer == "bpe" and args.vocab_size < 257 + 1:
         raise UserError(f"--vocab_size must exceed 257 (256 bytes and <|endoftext|>), got {args.vocab_size}")
