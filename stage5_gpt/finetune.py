@@ -147,15 +147,7 @@ def pretrained_gpt(path: str | Path, flag: str, overrides: dict[str, Any] | None
     ckpt = load_checkpoint(path, STAGE, ["gpt"])
     if ckpt.get("finetune"):
         raise UserError(f"{flag} {path} is a fine-tuned model; start from a pretrained one (train.py's checkpoint)")
-    tokenizer = load_tokenizer(ckpt["tokenizer"])
-    model = GPT(GPTConfig(**{**ckpt["config"], **(overrides or {})}))
-    if not random_init:
-        try:
-            model.load_state_dict(ckpt["model_state"])
-        except RuntimeError as err:
-            raise UserError(f"{flag} {path} does not fit its own config ({str(err).splitlines()[0][:120]}); "
-                            "the file is damaged") from None
-    return model, tokenizer
+    return model_from_checkpoint(ckpt, f"{flag} {path}", overrides, random_init)
 
 
 def prepare_model(args: argparse.Namespace, gpt: GPT, classes: list[str] | None) -> nn.Module:
@@ -205,19 +197,22 @@ def load_finetuned(path: str | Path, device: torch.device) -> tuple[nn.Module, A
     return model.to(device).eval(), tokenizer, ckpt["finetune"]
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> tuple[nn.Module, Any]:
-    """The GPT (or, for a 'gpt_classifier' checkpoint, the GPTClassifier) and the tokenizer of a loaded checkpoint."""
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path, overrides: dict[str, Any] | None = None,
+                          random_init: bool = False) -> tuple[nn.Module, Any]:
+    """The GPT (or, for a 'gpt_classifier' checkpoint, the GPTClassifier) and the tokenizer of a loaded checkpoint;
+    `overrides` change its config (e.g. dropout), random_init keeps the architecture but not the weights."""
     tokenizer = load_tokenizer(ckpt["tokenizer"])
-    gpt = GPT(GPTConfig(**ckpt["config"]))
+    gpt = GPT(GPTConfig(**{**ckpt["config"], **(overrides or {})}))
     info = ckpt.get("finetune") or {}
     model: nn.Module = gpt
     if ckpt.get("model") == "gpt_classifier":
         model = T.GPTClassifier(gpt, len(info["classes"][info["tasks"][0]]))
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except (RuntimeError, KeyError) as err:
-        raise UserError(f"{path} does not fit its own config ({str(err).splitlines()[0][:120]}); "
-                        "the file is damaged") from None
+    if not random_init:
+        try:
+            model.load_state_dict(ckpt["model_state"])
+        except (RuntimeError, KeyError) as err:
+            raise UserError(f"{path} does not fit its own config ({str(err).splitlines()[0][:120]}); "
+                            "the file is damaged") from None
     return model, tokenizer
 
 

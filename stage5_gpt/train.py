@@ -43,7 +43,7 @@ from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_ar
                             setup_logging, uses_bf16, write_json, write_metrics)
 from stage5_gpt.data.corpus import DATA_CACHE, DATASETS, TokenData, prepare, train_tokenizer, windows  # noqa: E402
 from stage5_gpt.models.gpt import ATTENTION_IMPLS, GPT, GPTConfig  # noqa: E402
-from stage5_gpt.models.hf import load_gpt2  # noqa: E402
+from stage5_gpt.models.hf import GPT2_NAMES, load_gpt2  # noqa: E402
 
 STAGE = "stage5_gpt"
 STAGE_DIR = Path(__file__).resolve().parent
@@ -130,8 +130,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.init_from != "scratch":   # the starting model's own vocabulary
-        if args.init_from.endswith(".pt") and not Path(args.init_from).is_file():
-            raise UserError(f"--init_from {args.init_from} does not exist (a checkpoint written by train.py)")
+        if not Path(args.init_from).exists() and args.init_from not in GPT2_NAMES:
+            raise UserError(f"--init_from {args.init_from}: no such checkpoint or folder, and not one of "
+                            f"{', '.join(GPT2_NAMES[:4])}")
         args.tokenizer = "base" if Path(args.init_from).is_file() else "gpt2"
     if args.tokenizer == "bpe" and args.vocab_size < 257 + 1:
         raise UserError(f"--vocab_size must exceed 257 (256 bytes and <|endoftext|>), got {args.vocab_size}")

@@ -246,7 +246,7 @@ def test_continued_pretraining_on_imdb_text_keeps_the_base_and_reads_no_test_rev
         assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
 
     refused(tmp_path / "ft" / "ft.pt", "holds a 'gpt_classifier' model")
-    refused(tmp_path / "nope.pt", "does not exist")
+    refused(tmp_path / "nope.pt", "no such checkpoint or folder")
     code, _, err = cli(train.main, tiny_args(ft_data, tmp_path / "long", "--init_from", base, "--dataset", "imdb",
                                              "--block_size", "128"))
     assert code == 2 and "context of 64" in err
