@@ -4,6 +4,7 @@
     python train.py --impl torch                      # the same model built on nn.Transformer
     python train.py --norm_first 0                    # post-LN, as in the paper (pre-LN is the default)
     python train.py --schedule inverse_sqrt           # the paper's warm-up + 1/sqrt(step), not cosine
+    python train.py --bpe_dropout 0.1                 # BPE-dropout: the training pairs re-segmented each epoch
     python train.py --resume                          # carry on after Ctrl-C
 
 A joint English-French BPE vocabulary is trained on the training pairs first (Hugging Face `tokenizers`).
@@ -32,7 +33,7 @@ from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_ar
                             setup_logging, write_json, write_metrics)
 from scripts.plots import plot_curves  # noqa: E402
 from scripts.translation_data import DATASETS, corpus_scores, load_pairs  # noqa: E402
-from stage4_transformer.data.batches import count_batches, encode_pairs, token_batches  # noqa: E402
+from stage4_transformer.data.batches import BpeDropout, count_batches, encode_pairs, token_batches  # noqa: E402
 from stage4_transformer.data.subword import PAD_ID, SubwordVocab  # noqa: E402
 from stage4_transformer.models.transformer import Transformer, TransformerConfig  # noqa: E402
 from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences  # noqa: E402
@@ -40,8 +41,8 @@ from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences
 STAGE_DIR = Path(__file__).resolve().parent
 RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "dropout",
                      "attention_dropout", "activation_dropout", "fast_dropout", "norm_first", "positional",
-                     "vocab_size", "max_tokens", "limit", "max_len", "seed", "lr", "warmup_steps", "schedule",
-                     "average_last")
+                     "vocab_size", "bpe_dropout", "max_tokens", "limit", "max_len", "seed", "lr", "warmup_steps",
+                     "schedule", "average_last")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: scratch attention via F.scaled_dot_product_attention (fused; about 4%% faster in the "
                         "README's bf16 CPU measurement); 0: the written-out softmax that the notes explain")
     p.add_argument("--vocab_size", type=int, default=4000, help="joint BPE vocabulary size")
+    p.add_argument("--bpe_dropout", type=float, default=0.0, help="BPE-dropout on the training pairs: each merge "
+                   "skipped with this probability, new pieces each epoch (0: plain BPE; 0.1 is the paper's)")
     p.add_argument("--max_len", type=int, default=100, help="drop training pairs longer than this many pieces")
     p.add_argument("--max_tokens", type=int, default=2048, help="padded target pieces per batch")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, reached at the end of warm-up")
@@ -108,7 +111,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for flag in ("max_len", "warmup_steps", "max_steps", "limit", "val_limit", "average_last"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    for flag in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+    for flag in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing", "bpe_dropout"):
         if getattr(args, flag) is not None and not 0.0 <= getattr(args, flag) < 1.0:
             raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
     if args.impl == "torch" and {args.attention_dropout, args.activation_dropout} - {None, args.dropout}:
@@ -262,9 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not train_examples:
         raise UserError(f"no training pairs left (of {len(train_pairs):,}) after --limit/--max_len; loosen them")
     valid_examples = encode_pairs(valid_pairs, vocab)
+    resegment = BpeDropout(vocab, train_pairs, args.bpe_dropout, args.seed, args.max_len) if args.bpe_dropout else None
     log.info(f"{args.dataset}: {len(train_examples):,} training pairs (of {len(train_pairs):,}), "
-             f"{len(valid_pairs):,} validation; joint BPE vocabulary {len(vocab):,} pieces "
-             f"({time.time() - tick:.1f} s); run folder {out_dir}")
+             f"{len(valid_pairs):,} validation; joint BPE vocabulary {len(vocab):,} pieces"
+             f"{f', BPE-dropout {args.bpe_dropout}' if resegment else ''} ({time.time() - tick:.1f} s); "
+             f"run folder {out_dir}")
 
     set_seed(args.seed)
     config = TransformerConfig(len(vocab), len(vocab), args.d_model, args.n_heads, args.encoder_layers,
@@ -282,13 +287,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best_val_bleu": -1.0,
                              "best_epoch": 0, "history": [], "train_seconds": 0.0, "wall_seconds": 0.0,
                              "epoch_loss_sum": 0.0, "epoch_tokens": 0, "weight_sum": {}, "weight_count": 0,
-                             "averaged": {}, "batches_per_epoch": count_batches(train_examples, args.max_tokens)}
+                             "averaged": {}, "batches_per_epoch": 0}
     if resume:
         model.load_state_dict(resume["model_state"])
         optimizer.load_state_dict(resume["optimizer_state"])
         state = {k: resume.get(k, v) for k, v in state.items()}
         set_rng_state(resume["rng_state"])
         log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}")
+    def epoch_examples(epoch: int) -> list:
+        """The training pairs as this epoch sees them: plain BPE, or segmented afresh by BPE-dropout."""
+        return resegment.examples(epoch) if resegment else train_examples
+
+    # the schedule's length: epochs x batches of epoch 1 (with BPE-dropout later epochs differ by a batch or two)
+    steps_per_epoch = count_batches(epoch_examples(1), args.max_tokens)
     best_path.parent.mkdir(parents=True, exist_ok=True)
     best_path.with_suffix(".tokenizer.json").write_text(vocab.to_json(), encoding="utf-8")
     wall_before = state["wall_seconds"]
@@ -298,14 +309,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_checkpoint(last_path, checkpoint_payload(args, model, vocab, {
             **state, "optimizer_state": optimizer.state_dict(), "rng_state": rng_state()}))
 
-    total_steps = args.epochs * state["batches_per_epoch"]
+    total_steps = args.epochs * steps_per_epoch
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
     model.train()
     with StopOnInterrupt() as interrupt:
         while state["epoch"] < args.epochs and not (args.max_steps and state["global_step"] >= args.max_steps):
             epoch = state["epoch"] + 1
-            tokens, seconds = train_one_epoch(args, model, optimizer, train_examples, state, total_steps, device,
+            examples = epoch_examples(epoch)
+            state["batches_per_epoch"] = count_batches(examples, args.max_tokens)
+            tokens, seconds = train_one_epoch(args, model, optimizer, examples, state, total_steps, device,
                                               interrupt, save_last)
             tick = time.time()
             scores = validate(model, valid_examples, valid_pairs, vocab, device, bool(args.amp))

@@ -7,9 +7,14 @@ starts a word carries "▁" (the space before it, SentencePiece's convention), s
 for known characters: decode(encode(s)) == " ".join(s.split()).
 One vocabulary for both languages lets the model share one embedding matrix for source, target and
 output (they share many names, numbers and cognates).
+
+`SubwordVocab.segment` writes BPE out for one word, which BPE-dropout (data/batches.py) needs: with
+probability p each possible merge is skipped, so a word comes out in smaller pieces now and then.
 """
 from __future__ import annotations
 
+import json
+import random
 from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -28,6 +33,7 @@ class SubwordVocab:
             if tokenizer.token_to_id(special) != i:
                 raise UserError(f"subword vocabulary must have {special} at id {i}; retrain it with train.py")
         self.tokenizer = tokenizer
+        self._ranks: dict[tuple[str, str], int] | None = None
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> "SubwordVocab":
@@ -47,6 +53,39 @@ class SubwordVocab:
 
     def pieces(self, text: str) -> list[str]:
         return self.tokenizer.encode(normalize(text)).tokens
+
+    def words(self, text: str) -> list[str]:
+        """The words BPE works on: each marked with "▁" for the space before it (as the pre-tokenizer does)."""
+        return ["▁" + word for word in normalize(text).split(" ") if word]
+
+    def merge_ranks(self) -> dict[tuple[str, str], int]:
+        """(left, right) -> its rank in the learned merges: the lower, the earlier BPE applies it."""
+        if self._ranks is None:
+            merges = json.loads(self.tokenizer.to_str())["model"]["merges"]
+            pairs = (tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges)
+            self._ranks = {pair: rank for rank, pair in enumerate(pairs)}
+        return self._ranks
+
+    def segment(self, word: str, dropout: float = 0.0, rng: random.Random | None = None) -> list[str]:
+        """BPE on one "▁"-marked word: start from its characters and merge the adjacent pair of lowest rank
+        until no pair can be merged. With dropout p (BPE-dropout, Provilkov et al. 2020) each candidate pair
+        is skipped with probability p at each step, so the same word may come out in smaller pieces, each of
+        which is still in the vocabulary. With p = 0 this gives what `pieces` gives."""
+        ranks, symbols = self.merge_ranks(), list(word)
+        while len(symbols) > 1:
+            best, best_rank = -1, len(ranks)
+            for i in range(len(symbols) - 1):
+                rank = ranks.get((symbols[i], symbols[i + 1]), best_rank)
+                if rank < best_rank and not (dropout and rng.random() < dropout):
+                    best, best_rank = i, rank
+            if best < 0:
+                break
+            symbols[best: best + 2] = [symbols[best] + symbols[best + 1]]
+        return symbols
+
+    def piece_ids(self, pieces: Sequence[str]) -> list[int]:
+        ids = (self.tokenizer.token_to_id(piece) for piece in pieces)
+        return [UNK_ID if i is None else i for i in ids]          # a character never seen in training
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids to text, stopping at <eos>; <bos>/<pad> are dropped."""

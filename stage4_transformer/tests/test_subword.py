@@ -1,7 +1,10 @@
-"""The joint subword vocabulary: exact round trip, fixed special ids, JSON save and load."""
+"""The joint subword vocabulary: exact round trip, fixed special ids, JSON save and load, BPE-dropout."""
+import random
+
 import pytest
 
 from scripts.common import UserError
+from stage4_transformer.data.batches import BpeDropout, encode_pairs
 from stage4_transformer.data.subword import EOS_ID, PAD_ID, UNK_ID, SubwordVocab
 
 TEXTS = ["A man is riding a skateboard.", "Un homme fait du skateboard.", "Two dogs play in the snow.",
@@ -24,3 +27,38 @@ def test_json_round_trip_and_bad_files():
     assert len(again) == len(vocab) and again.encode("Deux chiens") == vocab.encode("Deux chiens")
     with pytest.raises(UserError, match="not a subword vocabulary"):
         SubwordVocab.from_json('{"nope": 1}')
+
+
+def test_written_out_bpe_matches_the_library():
+    vocab = SubwordVocab.train(TEXTS, vocab_size=150, min_frequency=1)
+    for text in TEXTS[:5] + ["skateboarders play in the water.", "Zwölf chiens."]:
+        pieces = [piece for word in vocab.words(text) for piece in vocab.segment(word)]
+        assert vocab.piece_ids(pieces) == vocab.encode(text), text        # an unseen character: <unk> in both
+        if "Z" not in text:
+            assert pieces == vocab.pieces(text), text
+
+
+def test_bpe_dropout_splits_words_into_known_pieces():
+    vocab = SubwordVocab.train(TEXTS, vocab_size=200, min_frequency=1)
+    rng, plain = random.Random(0), vocab.segment("▁skateboard")
+    samples = [vocab.segment("▁skateboard", 0.3, rng) for _ in range(200)]
+    assert all("".join(s) == "▁skateboard" and UNK_ID not in vocab.piece_ids(s) for s in samples)
+    assert plain in samples and len({tuple(s) for s in samples}) > 3          # mostly plain, sometimes finer
+    assert all(len(s) >= len(plain) for s in samples)
+    assert vocab.segment("▁skateboard", 1.0, rng) == list("▁skateboard")     # every merge skipped: characters
+
+
+def test_bpe_dropout_epochs_are_seeded_and_keep_the_pairs():
+    pairs = list(zip(TEXTS[0::2], TEXTS[1::2]))
+    vocab = SubwordVocab.train(TEXTS, vocab_size=200, min_frequency=1)
+    sampler = BpeDropout(vocab, pairs, 0.3, seed=1)
+    one, two = sampler.examples(1), sampler.examples(2)
+    assert one == BpeDropout(vocab, pairs, 0.3, seed=1).examples(1) and one != two   # resumable, new each epoch
+    plain = encode_pairs(pairs, vocab)
+    for (src, tgt), (src_plain, tgt_plain), (src_text, tgt_text) in zip(one, plain, pairs):
+        assert vocab.decode(src) == src_text and vocab.decode(tgt) == tgt_text and tgt[-1] == EOS_ID
+        assert len(src) >= len(src_plain) and len(tgt) >= len(tgt_plain)
+    assert sum(len(t) for _, t in one) > sum(len(t) for _, t in plain)
+    short = max(len(t) for _, t in plain) - 2                   # --max_len drops the same pairs as plain BPE
+    kept = BpeDropout(vocab, pairs, 0.3, seed=1, max_len=short).examples(1)
+    assert len(kept) == len(encode_pairs(pairs, vocab, short)) < len(pairs)

@@ -36,6 +36,7 @@ def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
     (["--lr", "0"], "--lr must be > 0"),
     (["--average_last", "-1"], "--average_last must be >= 0"),
     (["--attention_dropout", "1.5"], "--attention_dropout must be in [0, 1)"),
+    (["--bpe_dropout", "-0.1"], "--bpe_dropout must be in [0, 1)"),
     (["--decoder_layers", "0"], "--decoder_layers must be at least 1"),
     (["--impl", "torch", "--activation_dropout", "0"], "need --impl scratch"),
     (["--impl", "torch", "--fast_dropout", "1"], "--fast_dropout 1 needs --impl scratch"),
@@ -71,8 +72,9 @@ def test_checkpoint_averaging_is_the_mean_of_the_last_epochs(mt_data, tmp_path, 
         assert "averaged_epochs" not in best
 
 
-def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch):
-    common = ["--epochs", "2", "--limit", "200", "--val_limit", "10"]
+@pytest.mark.parametrize("bpe_dropout", ["0", "0.1"])
+def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dropout):
+    common = ["--epochs", "2", "--limit", "200", "--val_limit", "10", "--bpe_dropout", bpe_dropout]
     assert cli(train.main, train_args(mt_data, tmp_path / "a", *common))[0] == 0
     uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage4_transformer")
     real_step, calls = torch.optim.AdamW.step, {"n": 0}
