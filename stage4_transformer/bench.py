@@ -1,7 +1,9 @@
 """Stage 4 benchmark: every number in the stage README, from default settings, on this machine.
 
     python stage4_transformer/bench.py                     # all parts
-    python stage4_transformer/bench.py --parts main        # the Transformer with the default settings (~30 min)
+    python stage4_transformer/bench.py --parts main        # the Transformer with the default settings (~1 hour)
+    python stage4_transformer/bench.py --parts main --num_threads 1   # as in the README's stage 3 comparison, run
+                                                           # beside a second training (each gets one core)
     python stage4_transformer/bench.py --tables_only       # rebuild the README tables from results/
 
 main:     `train.py` with no flags, then `evaluate.py` on test_2016_flickr (with and without the cache).
@@ -101,7 +103,8 @@ def speed(data_dir: str | None, steps: int = 40) -> None:
     --fast_dropout 1), one run."""
     defaults = train_parser().parse_args([])
     pairs = load_pairs("multi30k", "train", data_dir)
-    vocab = SubwordVocab.train((t for pair in pairs for t in pair), defaults.vocab_size)
+    vocab = SubwordVocab.train((t for pair in pairs for t in pair), defaults.vocab_size,
+                               split_punctuation=bool(defaults.split_punctuation))
     batches = list(token_batches(encode_pairs(pairs, vocab, defaults.max_len), defaults.max_tokens, True))
     rows = []
     for name, impl, sdpa, fast in (("scratch", "scratch", False, False), ("scratch + F.sdpa", "scratch", True, False),
@@ -161,7 +164,13 @@ def stage4_row() -> dict:
 MT_COLUMNS = [(title, itemgetter(key)) for key, title in (
     ("model", "model"), ("bleu_beam", "test BLEU (beam 5)"), ("bleu_greedy", "test BLEU (greedy)"),
     ("chrf", "chrF (beam)"), ("params", "parameters"), ("minutes", "train min"),
-    ("tokens_per_s", "target tokens/s"), ("beam_sent_s", "beam sentences/s"))]
+    ("tokens_per_s", "target tokens/s"), ("beam_sent_s", "beam sentences/s"), ("hardware", "hardware"))]
+
+# results/vs_stage3.json: stage 3 and stage 4 trained side by side on one machine (two runs at once, 1 thread each)
+VS_COLUMNS = [(title, lambda r, k=key: r.get(k, "—")) for key, title in (
+    ("model", "model"), ("seed", "seed"), ("train_seconds", "train s"), ("epochs", "epochs"),
+    ("val_bleu_greedy", "val BLEU (greedy)"), ("test_bleu_beam5", "test BLEU (beam 5)"),
+    ("test_bleu_greedy", "test BLEU (greedy)"), ("alpha", "alpha"))]
 
 
 CLASSIFY_COLUMNS = [
@@ -181,8 +190,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
         rows = [r for r in (stage3_row(), stage4_row()) if r]
         note = (f"\n\nCommand: `{rows[-1]['command']}`, then `python evaluate.py --model_path <checkpoint> "
                 f"--alpha {rows[-1]['alpha']}` (beam 5; the length penalty alpha chosen on the validation set); "
-                f"hardware: {rows[-1]['hardware']}; sacreBLEU signature `{rows[-1]['signature']}`. "
-                "Stage 3 counts words, stage 4 BPE pieces.")
+                f"sacreBLEU signature `{rows[-1]['signature']}`. Stage 3 counts words, stage 4 BPE pieces; "
+                "each row's own hardware (same-machine comparison: the table below).")
         stage["stage4_translation"] = markdown_table(rows, MT_COLUMNS) + note
         cached = read_json(RESULTS / "main_test.json")["metrics"]
         uncached = read_json(RESULTS / "main_test_no_cache.json")["metrics"]
@@ -194,6 +203,10 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             [("decoding", itemgetter("decoding")), ("sentences/s with cache", itemgetter("cached")),
              ("without", itemgetter("uncached")), ("same BLEU", itemgetter("same_bleu")),
              ("speed-up", itemgetter("speedup"))])
+    if (RESULTS / "vs_stage3.json").is_file():
+        data = read_json(RESULTS / "vs_stage3.json")
+        stage["stage4_vs_stage3"] = (markdown_table(data["rows"], VS_COLUMNS) + "\n\n" +
+                                     " ".join(f"{k}: {data[k]}" for k in ("hardware", "commands")) + ".")
     if (RESULTS / "speed.json").is_file():
         data = read_json(RESULTS / "speed.json")
         stage["stage4_speed"] = (markdown_table(data["rows"], [
@@ -213,8 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to run")
     p.add_argument("--tables_only", action="store_true", help="only rebuild the README tables from results/")
     p.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
+    p.add_argument("--num_threads", type=int, default=0,
+                   help="CPU threads for the train and evaluate runs (0: torch's default, one per core)")
     args = p.parse_args(argv)
     extra = ["--data_dir", args.data_dir] if args.data_dir else []
+    if args.num_threads:
+        extra += ["--num_threads", str(args.num_threads)]
     if not args.tables_only:
         RESULTS.mkdir(exist_ok=True)
         if "main" in args.parts:

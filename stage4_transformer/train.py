@@ -41,8 +41,8 @@ from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences
 STAGE_DIR = Path(__file__).resolve().parent
 RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "dropout",
                      "attention_dropout", "activation_dropout", "fast_dropout", "norm_first", "positional",
-                     "vocab_size", "bpe_dropout", "max_tokens", "limit", "max_len", "seed", "lr", "warmup_steps",
-                     "schedule", "average_last")
+                     "vocab_size", "split_punctuation", "bpe_dropout", "max_tokens", "limit", "max_len", "seed", "lr",
+                     "warmup_steps", "schedule", "average_last")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,14 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder_layers", type=int, default=None, help="encoder layers (default: --layers)")
     p.add_argument("--decoder_layers", type=int, default=None, help="decoder layers (default: --layers)")
     p.add_argument("--d_ff", type=int, default=512, help="feed-forward inner width")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout on sublayer outputs and embeddings (and, "
-                   "unless set below, on attention weights and after the feed-forward ReLU)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout on sublayer outputs and embeddings, the "
+                   "paper's places (with --impl torch also on attention weights and after the feed-forward ReLU)")
     p.add_argument("--attention_dropout", type=float, default=None, help="dropout on attention weights "
-                   "(default: --dropout; the paper has none there)")
+                   "(default: 0 with --impl scratch, as in the paper; --dropout with --impl torch)")
     p.add_argument("--activation_dropout", type=float, default=None, help="dropout after the feed-forward ReLU "
-                   "(default: --dropout; the paper has none there)")
-    p.add_argument("--fast_dropout", type=int, choices=[0, 1], default=0, help="1: dropout masks from random bytes "
-                   "on the CPU, much faster than torch's Bernoulli sampling there (--impl scratch)")
+                   "(default: 0 with --impl scratch, as in the paper; --dropout with --impl torch)")
+    p.add_argument("--fast_dropout", type=int, choices=[0, 1], default=None, help="1: dropout masks from random "
+                   "bytes on the CPU, much faster than torch's Bernoulli sampling there (default: 1 with --impl "
+                   "scratch, 0 with --impl torch, which draws its own masks)")
     p.add_argument("--norm_first", type=int, choices=[0, 1], default=1, help="1: pre-LN; 0: post-LN (the paper)")
     p.add_argument("--positional", default="sinusoidal", choices=["sinusoidal", "learned"], help="position encoding")
     p.add_argument("--share_embeddings", type=int, choices=[0, 1], default=1,
@@ -73,15 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: scratch attention via F.scaled_dot_product_attention (fused; about 4%% faster in the "
                         "README's bf16 CPU measurement); 0: the written-out softmax that the notes explain")
     p.add_argument("--vocab_size", type=int, default=4000, help="joint BPE vocabulary size")
+    p.add_argument("--split_punctuation", type=int, choices=[0, 1], default=1,
+                   help="1: each punctuation mark is a word of its own before BPE learns its merges ('▁neige.' -> "
+                        "'▁neige', '.'); 0: split at spaces only (the first default)")
     p.add_argument("--bpe_dropout", type=float, default=0.0, help="BPE-dropout on the training pairs: each merge "
                    "skipped with this probability, new pieces each epoch (0: plain BPE; 0.1 is the paper's)")
     p.add_argument("--max_len", type=int, default=100, help="drop training pairs longer than this many pieces")
-    p.add_argument("--max_tokens", type=int, default=2048, help="padded target pieces per batch")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, reached at the end of warm-up")
-    p.add_argument("--warmup_steps", type=int, default=300, help="linear warm-up steps")
+    p.add_argument("--max_tokens", type=int, default=1024, help="padded target pieces per batch")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, reached at the end of warm-up")
+    p.add_argument("--warmup_steps", type=int, default=600, help="linear warm-up steps")
     p.add_argument("--schedule", default="cosine", choices=["inverse_sqrt", "cosine"],
                    help="after warm-up: lr * sqrt(warmup/step) (the paper), or cosine to 10%%")
-    p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW decoupled weight decay")
+    p.add_argument("--weight_decay", type=float, default=0.1, help="AdamW decoupled weight decay")
     p.add_argument("--clip", type=float, default=1.0, help="clip the gradient norm to this")
     p.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     p.add_argument("--epochs", type=int, default=16, help="passes over the training pairs")
@@ -119,9 +123,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
                         "--impl scratch")
     if args.impl == "torch" and args.fast_dropout:
         raise UserError("--fast_dropout 1 needs --impl scratch (nn.Transformer draws its own dropout masks)")
-    for flag in ("attention_dropout", "activation_dropout"):
+    for flag in ("attention_dropout", "activation_dropout"):    # scratch: the paper's places only
         if getattr(args, flag) is None:
-            setattr(args, flag, args.dropout)
+            setattr(args, flag, 0.0 if args.impl == "scratch" else args.dropout)
+    if args.fast_dropout is None:
+        args.fast_dropout = int(args.impl == "scratch")
     if args.d_model % args.n_heads:
         raise UserError(f"--d_model {args.d_model} must be divisible by --n_heads {args.n_heads}")
     if args.vocab_size < 100:
@@ -260,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if resume:
         vocab = SubwordVocab.from_json(resume["vocab"])
     else:
-        vocab = SubwordVocab.train((text for pair in train_pairs for text in pair), args.vocab_size)
+        vocab = SubwordVocab.train((text for pair in train_pairs for text in pair), args.vocab_size,
+                                   split_punctuation=bool(args.split_punctuation))
     train_examples = encode_pairs(train_pairs, vocab, args.max_len)
     if not train_examples:
         raise UserError(f"no training pairs left (of {len(train_pairs):,}) after --limit/--max_len; loosen them")

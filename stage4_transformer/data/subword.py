@@ -36,9 +36,14 @@ class SubwordVocab:
         self._ranks: dict[tuple[str, str], int] | None = None
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> "SubwordVocab":
+    def train(cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2,
+              split_punctuation: bool = False) -> "SubwordVocab":
+        """split_punctuation: each punctuation mark becomes a word of its own before BPE ("▁neige." -> "▁neige",
+        "."; "▁l'herbe" -> "▁l", "'", "herbe"), so no merge is spent on a word glued to its comma or full stop.
+        Decoding stays exact: only a piece that starts with "▁" had a space before it."""
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
+                                   if split_punctuation else pre_tokenizers.Metaspace())
         tokenizer.decoder = decoders.Metaspace()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                       special_tokens=list(SPECIALS), show_progress=False)
@@ -56,7 +61,7 @@ class SubwordVocab:
 
     def words(self, text: str) -> list[str]:
         """The words BPE works on: each marked with "▁" for the space before it (as the pre-tokenizer does)."""
-        return ["▁" + word for word in normalize(text).split(" ") if word]
+        return [word for word, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(normalize(text))]
 
     def merge_ranks(self) -> dict[tuple[str, str], int]:
         """(left, right) -> its rank in the learned merges: the lower, the earlier BPE applies it."""

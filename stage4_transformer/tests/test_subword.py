@@ -62,3 +62,18 @@ def test_bpe_dropout_epochs_are_seeded_and_keep_the_pairs():
     short = max(len(t) for _, t in plain) - 2                   # --max_len drops the same pairs as plain BPE
     kept = BpeDropout(vocab, pairs, 0.3, seed=1, max_len=short).examples(1)
     assert len(kept) == len(encode_pairs(pairs, vocab, short)) < len(pairs)
+
+
+def test_split_punctuation_keeps_marks_out_of_the_words_and_decodes_exactly():
+    glued = SubwordVocab.train(TEXTS, vocab_size=200, min_frequency=1)
+    split = SubwordVocab.train(TEXTS, vocab_size=200, min_frequency=1, split_punctuation=True)
+    assert "▁neige." in glued.pieces("dans la neige.")                        # a merge spent on a glued full stop
+    assert split.pieces("dans la neige.")[-2:] == ["▁neige", "."]
+    assert split.words("L'homme regarde, l'eau.") == ["▁L", "'", "homme", "▁regarde", ",", "▁l", "'", "eau", "."]
+    assert not any(p != "." and p.endswith(".") for p in split.tokenizer.get_vocab())
+    for text in ["L'homme regarde l'eau bleue.", "Un homme . Deux chiens.", "l'eau.L'homme"]:  # seen characters
+        assert split.decode(split.encode(text)) == text                          # spaces come only from "▁"
+        pieces = [piece for word in split.words(text) for piece in split.segment(word)]
+        assert pieces == split.pieces(text)                                      # BPE-dropout sees the same words
+    again = SubwordVocab.from_json(split.to_json())
+    assert again.pieces("la neige.") == split.pieces("la neige.")               # the pre-tokenizer is saved too

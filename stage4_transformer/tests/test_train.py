@@ -46,6 +46,14 @@ def test_bad_flags_are_one_line(cli, argv, message):
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("impl, dropouts, fast", [("scratch", (0.1, 0.0, 0.0), 1), ("torch", (0.1, 0.1, 0.1), 0)])
+def test_dropout_defaults_follow_the_implementation(impl, dropouts, fast):
+    # scratch: dropout only at the paper's places, with the fast CPU masks; nn.Transformer has one rate and
+    # draws its own masks, so its defaults must not trip the checks that refuse those flags with --impl torch
+    args = train.resolve_args(train.build_parser().parse_args(["--impl", impl]))
+    assert (args.dropout, args.attention_dropout, args.activation_dropout) == dropouts and args.fast_dropout == fast
+
+
 def test_checkpoint_averaging_is_the_mean_of_the_last_epochs(mt_data, tmp_path, cli, monkeypatch):
     seen = []
     real_add = train.add_weights
