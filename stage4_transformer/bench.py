@@ -205,8 +205,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
              ("speed-up", itemgetter("speedup"))])
     if (RESULTS / "vs_stage3.json").is_file():
         data = read_json(RESULTS / "vs_stage3.json")
-        stage["stage4_vs_stage3"] = (markdown_table(data["rows"], VS_COLUMNS) + "\n\n" +
-                                     " ".join(f"{k}: {data[k]}" for k in ("hardware", "commands")) + ".")
+        stage["stage4_vs_stage3"] = (markdown_table(data["rows"], VS_COLUMNS) +
+                                     f"\n\nHardware: {data['hardware']}. Commands: {data['commands']}.")
     if (RESULTS / "speed.json").is_file():
         data = read_json(RESULTS / "speed.json")
         stage["stage4_speed"] = (markdown_table(data["rows"], [

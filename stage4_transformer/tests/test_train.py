@@ -21,7 +21,8 @@ def train_args(data, tmp_path, *extra):
 
 @pytest.mark.parametrize("impl", ["scratch", "torch"])
 def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
-    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--impl", impl, "--epochs", "6"))
+    # 8 epochs at the default peak lr: with punctuation split off, the 200-piece vocabulary takes a few more epochs
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--impl", impl, "--epochs", "8", "--lr", "3e-3"))
     assert code == 0, err
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history[-1]["val_bleu"] > 30 > history[0]["val_bleu"] and "tgt_tokens_per_s" in history[0]
