@@ -1,9 +1,9 @@
 """Stage 4 benchmark: every number in the stage README, from default settings, on this machine.
 
     python stage4_transformer/bench.py                     # all parts
-    python stage4_transformer/bench.py --parts main        # the default Transformer (83 min of training, 1 thread)
-    python stage4_transformer/bench.py --parts main --num_threads 1   # as in the README's stage 3 comparison, run
-                                                           # beside a second training (each gets one core)
+    python stage4_transformer/bench.py --parts main        # the Transformer with the default settings: train, evaluate
+    python stage4_transformer/bench.py --parts main --num_threads 1   # as in the README's stage 3 comparison (83 min
+                                                           # of training beside a second run, one core each)
     python stage4_transformer/bench.py --tables_only       # rebuild the README tables from results/
 
 main:     `train.py` with no flags, then `evaluate.py` on test_2016_flickr (with and without the cache).
