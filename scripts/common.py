@@ -317,10 +317,12 @@ def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None =
 
 
 def load_resume(last_path: Path, stage: str, model: str, args: Any, must_match: Sequence[str] = (),
-                map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+                map_location: str | torch.device = "cpu",
+                before_flag: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The checkpoint `--resume` continues from (None without --resume), after checking that it exists,
     was made by this stage's `model`, on the same --dataset, and with the same values of `must_match`
-    (the flags that decide the data order, the model or the schedule)."""
+    (the flags that decide the data order, the model or the schedule). `before_flag` gives, for a flag added
+    later, the behaviour of checkpoints saved before it existed (they lack it in their args)."""
     if not args.resume:
         return None
     if not Path(last_path).is_file():
@@ -328,7 +330,7 @@ def load_resume(last_path: Path, stage: str, model: str, args: Any, must_match: 
     resume = load_checkpoint(last_path, stage, [model], map_location=map_location)
     if resume.get("dataset") != args.dataset:
         raise UserError(f"--resume: {last_path} was trained on {resume.get('dataset')}, not {args.dataset}")
-    saved = resume.get("args", {})
+    saved = {**(before_flag or {}), **resume.get("args", {})}
     changed = [f"--{k} {saved.get(k)} (now {getattr(args, k)})" for k in must_match if saved.get(k) != getattr(args, k)]
     if changed:
         raise UserError(f"--resume: {last_path} was trained with {', '.join(changed)}; resume with the same flags, "

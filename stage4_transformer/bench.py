@@ -167,7 +167,7 @@ MT_COLUMNS = [(title, itemgetter(key)) for key, title in (
     ("tokens_per_s", "target tokens/s"), ("beam_sent_s", "beam sentences/s"), ("hardware", "hardware"))]
 
 # results/vs_stage3.json: stage 3 and stage 4 trained side by side on one machine (two runs at once, 1 thread each)
-VS_COLUMNS = [(title, lambda r, k=key: r.get(k, "—")) for key, title in (
+VS_COLUMNS = [(title, itemgetter(key)) for key, title in (
     ("model", "model"), ("seed", "seed"), ("train_seconds", "train s"), ("epochs", "epochs"),
     ("val_bleu_greedy", "val BLEU (greedy)"), ("test_bleu_beam5", "test BLEU (beam 5)"),
     ("test_bleu_greedy", "test BLEU (greedy)"), ("alpha", "alpha"))]

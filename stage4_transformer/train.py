@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: source, target and output share one matrix; 0: the source gets its own "
                         "(target and output stay tied)")
     p.add_argument("--use_sdpa", type=int, choices=[0, 1], default=0,
-                   help="1: scratch attention via F.scaled_dot_product_attention (fused; about 4%% faster in the "
-                        "README's bf16 CPU measurement); 0: the written-out softmax that the notes explain")
+                   help="1: scratch attention via F.scaled_dot_product_attention (fused; faster in the README's "
+                        "speed table); 0: the written-out softmax that the notes explain")
     p.add_argument("--vocab_size", type=int, default=4000, help="joint BPE vocabulary size")
     p.add_argument("--split_punctuation", type=int, choices=[0, 1], default=1,
                    help="1: each punctuation mark is a word of its own before BPE learns its merges ('▁neige.' -> "
@@ -253,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = get_device(args.device)
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
     last_path = out_dir / "last.pt"
-    resume = load_resume(last_path, STAGE, MODEL_NAME, args, RESUME_MUST_MATCH)
+    resume = load_resume(last_path, STAGE, MODEL_NAME, args, RESUME_MUST_MATCH,
+                         before_flag={"split_punctuation": 0})          # BPE split at spaces only, then
     log = setup_logging(out_dir)
 
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)

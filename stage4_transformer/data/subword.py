@@ -60,7 +60,8 @@ class SubwordVocab:
         return self.tokenizer.encode(normalize(text)).tokens
 
     def words(self, text: str) -> list[str]:
-        """The words BPE works on: each marked with "▁" for the space before it (as the pre-tokenizer does)."""
+        """The words BPE works on, as the pre-tokenizer cuts them: "▁" marks a space before a word; with
+        split_punctuation a mark is a word of its own, without "▁" unless a space came before it."""
         return [word for word, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(normalize(text))]
 
     def merge_ranks(self) -> dict[tuple[str, str], int]:

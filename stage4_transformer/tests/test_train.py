@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from scripts.common import load_checkpoint
+from scripts.common import load_checkpoint, save_checkpoint
 from stage4_transformer import train
 from stage4_transformer.translator import load_model, translate_sentences
 
@@ -105,6 +105,11 @@ def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dr
         assert torch.equal(resumed["model_state"][name], value), name
     code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--d_model", "32", "--resume"))
     assert code == 2 and "--d_model 64 (now 32)" in err
+    old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
+    del old["args"]["split_punctuation"]                      # saved before the flag existed: spaces only
+    save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
+    assert code == 2 and "--split_punctuation 0 (now 1)" in err and err.count("\n") == 1
 
 
 def test_evaluate_scores_with_and_without_the_cache(mt_data, tmp_path, cli):
