@@ -280,8 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 title=f"{config.attention_type} attention on {args.dataset}")
     best = max(state["history"], key=lambda r: r["val_bleu"])
     speed = sum(r["tgt_tokens_per_s"] for r in state["history"]) / len(state["history"])
+    save_last()     # last.pt carries the wall time this report states, so a resumed run's total adds on to it
     write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{config.attention_type}_{config.impl}",
-                  dataset=args.dataset, split="valid", params=params, seconds=wall_before + time.time() - started,
+                  dataset=args.dataset, split="valid", params=params, seconds=state["wall_seconds"],
                   seconds_key="train_seconds", device=device,
                   metrics={"val_bleu_greedy": best["val_bleu"], "val_chrf_greedy": best["val_chrf"],
                            "val_loss": best["val_loss"], "best_epoch": best["epoch"],

@@ -364,8 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if averaged.get("kept"):
         best = {**averaged, "epoch": f"average of {averaged['epochs'][0]}-{averaged['epochs'][-1]}"}
     speed = sum(r["tgt_tokens_per_s"] for r in state["history"]) / len(state["history"])
+    save_last()     # last.pt carries the wall time this report states, so a resumed run's total adds on to it
     write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"transformer_{config.impl}", dataset=args.dataset,
-                  split="valid", params=params, seconds=wall_before + time.time() - started,
+                  split="valid", params=params, seconds=state["wall_seconds"],
                   seconds_key="train_seconds", device=device,
                   metrics={"val_bleu_greedy": best["val_bleu"], "val_chrf_greedy": best["val_chrf"],
                            "val_loss": best["val_loss"], "best_epoch": best["epoch"],
