@@ -41,8 +41,8 @@ from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences
 STAGE_DIR = Path(__file__).resolve().parent
 RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "dropout",
                      "attention_dropout", "activation_dropout", "fast_dropout", "norm_first", "positional",
-                     "vocab_size", "split_punctuation", "bpe_dropout", "max_tokens", "limit", "max_len", "seed", "lr",
-                     "warmup_steps", "schedule", "average_last")
+                     "vocab_size", "split_punctuation", "join_elisions", "bpe_dropout", "max_tokens", "limit",
+                     "max_len", "seed", "lr", "warmup_steps", "schedule", "average_last")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split_punctuation", type=int, choices=[0, 1], default=1,
                    help="1: each punctuation mark is a word of its own before BPE learns its merges ('▁neige.' -> "
                         "'▁neige', '.'); 0: split at spaces only (the first default)")
+    p.add_argument("--join_elisions", type=int, choices=[0, 1], default=0,
+                   help="1 (with --split_punctuation 1): an apostrophe stays on the word before it ('▁l'', "
+                        "'homme'), as in stage 3's tokenizer; 0: it is a word of its own")
     p.add_argument("--bpe_dropout", type=float, default=0.0, help="BPE-dropout on the training pairs: each merge "
                    "skipped with this probability, new pieces each epoch (0: plain BPE; 0.1 is the paper's)")
     p.add_argument("--max_len", type=int, default=100, help="drop training pairs longer than this many pieces")
@@ -128,6 +131,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, flag, 0.0 if args.impl == "scratch" else args.dropout)
     if args.fast_dropout is None:
         args.fast_dropout = int(args.impl == "scratch")
+    if args.join_elisions and not args.split_punctuation:
+        raise UserError("--join_elisions 1 needs --split_punctuation 1")
     if args.d_model % args.n_heads:
         raise UserError(f"--d_model {args.d_model} must be divisible by --n_heads {args.n_heads}")
     if args.vocab_size < 100:
@@ -254,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
     last_path = out_dir / "last.pt"
     resume = load_resume(last_path, STAGE, MODEL_NAME, args, RESUME_MUST_MATCH,
-                         before_flag={"split_punctuation": 0})          # BPE split at spaces only, then
+                         before_flag={"split_punctuation": 0, "join_elisions": 0})  # BPE split at spaces only, then
     log = setup_logging(out_dir)
 
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)
@@ -268,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         vocab = SubwordVocab.from_json(resume["vocab"])
     else:
         vocab = SubwordVocab.train((text for pair in train_pairs for text in pair), args.vocab_size,
-                                   split_punctuation=bool(args.split_punctuation))
+                                   split_punctuation=bool(args.split_punctuation),
+                                   join_elisions=bool(args.join_elisions))
     train_examples = encode_pairs(train_pairs, vocab, args.max_len)
     if not train_examples:
         raise UserError(f"no training pairs left (of {len(train_pairs):,}) after --limit/--max_len; loosen them")

@@ -17,7 +17,7 @@ import json
 import random
 from typing import Iterable, Sequence
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from scripts.common import UserError
 
@@ -37,13 +37,14 @@ class SubwordVocab:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2,
-              split_punctuation: bool = False) -> "SubwordVocab":
+              split_punctuation: bool = False, join_elisions: bool = False) -> "SubwordVocab":
         """split_punctuation: each punctuation mark becomes a word of its own before BPE ("▁neige." -> "▁neige",
         "."; "▁l'herbe" -> "▁l", "'", "herbe"), so no merge is spent on a word glued to its comma or full stop.
+        join_elisions (with split_punctuation): an apostrophe stays on the word before it ("▁l'", "herbe"), as
+        in stage 3's tokenizer, and a mark is any character that is neither a letter, a digit nor a space.
         Decoding stays exact: only a piece that starts with "▁" had a space before it."""
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-        tokenizer.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
-                                   if split_punctuation else pre_tokenizers.Metaspace())
+        tokenizer.pre_tokenizer = pre_tokenizer(split_punctuation, join_elisions)
         tokenizer.decoder = decoders.Metaspace()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                       special_tokens=list(SPECIALS), show_progress=False)
@@ -112,6 +113,19 @@ class SubwordVocab:
             return cls(Tokenizer.from_str(text))
         except Exception as err:  # noqa: BLE001 - the library raises its own exception types
             raise UserError(f"not a subword vocabulary ({str(err).splitlines()[0][:100]}); retrain it") from None
+
+
+def pre_tokenizer(split_punctuation: bool, join_elisions: bool) -> pre_tokenizers.PreTokenizer:
+    """How text is cut into the words BPE merges within: at spaces ("▁" marks one), then maybe at marks."""
+    if join_elisions and not split_punctuation:
+        raise UserError("--join_elisions 1 needs --split_punctuation 1")
+    if not split_punctuation:
+        return pre_tokenizers.Metaspace()
+    if not join_elisions:
+        return pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
+    return pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
+                                    pre_tokenizers.Split(Regex("['’]"), behavior="merged_with_previous"),
+                                    pre_tokenizers.Split(Regex(r"[^\w\s'’▁]"), behavior="isolated")])
 
 
 def normalize(text: str) -> str:

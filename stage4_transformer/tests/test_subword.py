@@ -77,3 +77,19 @@ def test_split_punctuation_keeps_marks_out_of_the_words_and_decodes_exactly():
         assert pieces == split.pieces(text)                                      # BPE-dropout sees the same words
     again = SubwordVocab.from_json(split.to_json())
     assert again.pieces("la neige.") == split.pieces("la neige.")               # the pre-tokenizer is saved too
+
+
+def test_join_elisions_keeps_the_apostrophe_on_the_word_before_it():
+    joined = SubwordVocab.train(TEXTS, vocab_size=200, min_frequency=1, split_punctuation=True, join_elisions=True)
+    assert joined.words("L'homme regarde, l'eau.") == ["▁L'", "homme", "▁regarde", ",", "▁l'", "eau", "."]
+    assert joined.words("A man's hat (red) costs 5$.") == ["▁A", "▁man'", "s", "▁hat", "▁", "(", "red", ")",
+                                                           "▁costs", "▁5", "$", "."]  # as --split_punctuation does
+    assert "▁l'" in joined.tokenizer.get_vocab()                                # a frequent elision is one piece
+    for text in ["L'homme regarde l'eau bleue.", "l'eau.L'homme", "Deux chiens ' jouent'."]:
+        assert joined.decode(joined.encode(text)) == text
+        pieces = [piece for word in joined.words(text) for piece in joined.segment(word)]
+        assert pieces == joined.pieces(text)                                     # BPE-dropout sees the same words
+    again = SubwordVocab.from_json(joined.to_json())
+    assert again.pieces("l'eau.") == joined.pieces("l'eau.")                    # the pre-tokenizer is saved too
+    with pytest.raises(UserError, match="--join_elisions 1 needs --split_punctuation 1"):
+        SubwordVocab.train(TEXTS, vocab_size=200, min_frequency=1, join_elisions=True)

@@ -41,6 +41,7 @@ def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
     (["--decoder_layers", "0"], "--decoder_layers must be at least 1"),
     (["--impl", "torch", "--activation_dropout", "0"], "need --impl scratch"),
     (["--impl", "torch", "--fast_dropout", "1"], "--fast_dropout 1 needs --impl scratch"),
+    (["--split_punctuation", "0", "--join_elisions", "1"], "--join_elisions 1 needs --split_punctuation 1"),
 ])
 def test_bad_flags_are_one_line(cli, argv, message):
     code, _, err = cli(train.main, argv)
@@ -105,6 +106,13 @@ def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dr
         assert torch.equal(resumed["model_state"][name], value), name
     code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--d_model", "32", "--resume"))
     assert code == 2 and "--d_model 64 (now 32)" in err
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--join_elisions", "1", "--resume"))
+    assert code == 2 and "--join_elisions 0 (now 1)" in err
+    old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
+    del old["args"]["join_elisions"]                          # saved before --join_elisions existed: it was 0
+    save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
+    assert code == 0, err                                     # so the same command still resumes
     old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
     del old["args"]["split_punctuation"]                      # saved before the flag existed: spaces only
     save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
