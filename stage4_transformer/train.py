@@ -34,7 +34,7 @@ from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_ar
 from scripts.plots import plot_curves  # noqa: E402
 from scripts.translation_data import DATASETS, corpus_scores, load_pairs  # noqa: E402
 from stage4_transformer.data.batches import BpeDropout, count_batches, encode_pairs, token_batches  # noqa: E402
-from stage4_transformer.data.subword import PAD_ID, SubwordVocab  # noqa: E402
+from stage4_transformer.data.subword import PAD_ID, SubwordVocab, pre_tokenizer  # noqa: E402
 from stage4_transformer.models.transformer import Transformer, TransformerConfig  # noqa: E402
 from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences  # noqa: E402
 
@@ -131,8 +131,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, flag, 0.0 if args.impl == "scratch" else args.dropout)
     if args.fast_dropout is None:
         args.fast_dropout = int(args.impl == "scratch")
-    if args.join_elisions and not args.split_punctuation:
-        raise UserError("--join_elisions 1 needs --split_punctuation 1")
+    pre_tokenizer(bool(args.split_punctuation), bool(args.join_elisions))   # refuses a bad pair before data loads
     if args.d_model % args.n_heads:
         raise UserError(f"--d_model {args.d_model} must be divisible by --n_heads {args.n_heads}")
     if args.vocab_size < 100:
@@ -258,8 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = get_device(args.device)
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
     last_path = out_dir / "last.pt"
+    # before_flag: what a last.pt saved before these flags existed did (split at spaces only, no joined elisions)
     resume = load_resume(last_path, STAGE, MODEL_NAME, args, RESUME_MUST_MATCH,
-                         before_flag={"split_punctuation": 0, "join_elisions": 0})  # BPE split at spaces only, then
+                         before_flag={"split_punctuation": 0, "join_elisions": 0})
     log = setup_logging(out_dir)
 
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)
