@@ -40,9 +40,9 @@ from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "dropout",
-                     "attention_dropout", "activation_dropout", "fast_dropout", "norm_first", "positional",
-                     "vocab_size", "split_punctuation", "join_elisions", "bpe_dropout", "max_tokens", "limit",
-                     "max_len", "seed", "lr", "warmup_steps", "schedule", "average_last")
+                     "attention_dropout", "activation_dropout", "fast_dropout", "norm_first", "norm", "fix_norm",
+                     "positional", "vocab_size", "split_punctuation", "join_elisions", "bpe_dropout", "max_tokens",
+                     "limit", "max_len", "seed", "lr", "warmup_steps", "schedule", "decay_vectors", "average_last")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "bytes on the CPU, much faster than torch's Bernoulli sampling there (default: 1 with --impl "
                    "scratch, 0 with --impl torch, which draws its own masks)")
     p.add_argument("--norm_first", type=int, choices=[0, 1], default=1, help="1: pre-LN; 0: post-LN (the paper)")
+    p.add_argument("--norm", default="layer", choices=["layer", "scale"],
+                   help="layer: LayerNorm; scale: ScaleNorm, g * x / ||x|| with one learned g (scratch only)")
+    p.add_argument("--fix_norm", type=int, choices=[0, 1], default=0,
+                   help="1: embedding rows are used at unit length, as inputs and as output weights (scratch only)")
     p.add_argument("--positional", default="sinusoidal", choices=["sinusoidal", "learned"], help="position encoding")
     p.add_argument("--share_embeddings", type=int, choices=[0, 1], default=1,
                    help="1: source, target and output share one matrix; 0: the source gets its own "
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="cosine", choices=["inverse_sqrt", "cosine"],
                    help="after warm-up: lr * sqrt(warmup/step) (the paper), or cosine to 10%%")
     p.add_argument("--weight_decay", type=float, default=0.1, help="AdamW decoupled weight decay")
+    p.add_argument("--decay_vectors", type=int, choices=[0, 1], default=1,
+                   help="1: weight decay on every parameter; 0: only on matrices (weights and embeddings), not on "
+                        "biases and norm gains")
     p.add_argument("--clip", type=float, default=1.0, help="clip the gradient norm to this")
     p.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     p.add_argument("--epochs", type=int, default=16, help="passes over the training pairs")
@@ -124,6 +131,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.impl == "torch" and {args.attention_dropout, args.activation_dropout} - {None, args.dropout}:
         raise UserError("nn.Transformer has one dropout rate; --attention_dropout/--activation_dropout need "
                         "--impl scratch")
+    if args.impl == "torch" and (args.norm != "layer" or args.fix_norm):
+        raise UserError("--norm scale and --fix_norm 1 need --impl scratch (nn.Transformer has LayerNorm and "
+                        "plain embeddings)")
     if args.impl == "torch" and args.fast_dropout:
         raise UserError("--fast_dropout 1 needs --impl scratch (nn.Transformer draws its own dropout masks)")
     for flag in ("attention_dropout", "activation_dropout"):    # scratch: the paper's places only
@@ -176,6 +186,16 @@ def validate(model: Transformer, examples: list, pairs: list, vocab: SubwordVoca
     scores = corpus_scores(hypotheses, [t for _, t in pairs])
     model.train()
     return {"val_loss": total / max(count, 1), "val_bleu": scores["bleu"], "val_chrf": scores["chrf"]}
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_vectors: bool) -> list[dict]:
+    """AdamW's parameter groups. decay_vectors=False: decay only matrices (ndim >= 2: linear weights,
+    embeddings); biases and norm gains (vectors and scalars) are left alone, as most GPT and BERT code does."""
+    params = list(model.parameters())
+    if decay_vectors:
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
 def checkpoint_payload(args: argparse.Namespace, model: Transformer, vocab: SubwordVocab,
@@ -257,9 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = get_device(args.device)
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
     last_path = out_dir / "last.pt"
-    # before_flag: what a last.pt saved before these flags existed did (split at spaces only, no joined elisions)
+    # before_flag: what a last.pt saved before these flags existed did (split at spaces only, no joined elisions,
+    # LayerNorm, plain embeddings, weight decay on every parameter)
     resume = load_resume(last_path, STAGE, MODEL_NAME, args, RESUME_MUST_MATCH,
-                         before_flag={"split_punctuation": 0, "join_elisions": 0})
+                         before_flag={"split_punctuation": 0, "join_elisions": 0, "norm": "layer", "fix_norm": 0,
+                                      "decay_vectors": 1})
     log = setup_logging(out_dir)
 
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)
@@ -290,11 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                args.decoder_layers, args.d_ff, args.dropout, args.attention_dropout,
                                args.activation_dropout, max(args.max_len, 256) + 2, bool(args.norm_first),
                                args.positional, bool(args.share_embeddings), args.impl, bool(args.use_sdpa),
-                               bool(args.fast_dropout))
+                               bool(args.fast_dropout), args.norm, bool(args.fix_norm))
     if resume:
         config = TransformerConfig(**resume["config"])
     model = Transformer(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, bool(args.decay_vectors)), lr=args.lr,
+                                  betas=(0.9, 0.98))
     params = count_params(model)
     log.info(f"Transformer ({config.impl}): {params:,} parameters, {config}; {amp_name(device, bool(args.amp))}")
 

@@ -41,6 +41,9 @@ def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
     (["--decoder_layers", "0"], "--decoder_layers must be at least 1"),
     (["--impl", "torch", "--activation_dropout", "0"], "need --impl scratch"),
     (["--impl", "torch", "--fast_dropout", "1"], "--fast_dropout 1 needs --impl scratch"),
+    (["--impl", "torch", "--norm", "scale"], "--fix_norm 1 need --impl scratch"),
+    (["--impl", "torch", "--fix_norm", "1"], "--fix_norm 1 need --impl scratch"),
+    (["--norm", "batch"], "invalid choice: 'batch'"),
     (["--split_punctuation", "0", "--join_elisions", "1"], "--join_elisions 1 needs --split_punctuation 1"),
 ])
 def test_bad_flags_are_one_line(cli, argv, message):
@@ -54,6 +57,19 @@ def test_dropout_defaults_follow_the_implementation(impl, dropouts, fast):
     # draws its own masks, so its defaults must not trip the checks that refuse those flags with --impl torch
     args = train.resolve_args(train.build_parser().parse_args(["--impl", impl]))
     assert (args.dropout, args.attention_dropout, args.activation_dropout) == dropouts and args.fast_dropout == fast
+
+
+@pytest.mark.parametrize("decay_vectors", [True, False])
+def test_weight_decay_groups(decay_vectors):
+    from stage4_transformer.models.transformer import Transformer, TransformerConfig
+    model = Transformer(TransformerConfig(30, 30, d_model=16, n_heads=4, d_ff=32, norm="scale"))
+    groups = train.param_groups(model, 0.1, decay_vectors)
+    ids = [id(p) for group in groups for p in group["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())           # each parameter exactly once
+    decayed = {id(p) for group in groups if group["weight_decay"] == 0.1 for p in group["params"]}
+    assert id(model.src_embed.weight) in decayed and id(model.encoder_layers[0].linear1.weight) in decayed
+    for vector in (model.encoder_layers[0].linear1.bias, model.encoder_norm.g, model.generator.bias):
+        assert (id(vector) in decayed) == decay_vectors
 
 
 def test_checkpoint_averaging_is_the_mean_of_the_last_epochs(mt_data, tmp_path, cli, monkeypatch):
@@ -82,9 +98,11 @@ def test_checkpoint_averaging_is_the_mean_of_the_last_epochs(mt_data, tmp_path, 
         assert "averaged_epochs" not in best
 
 
-@pytest.mark.parametrize("bpe_dropout", ["0", "0.1"])
-def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dropout):
-    common = ["--epochs", "2", "--limit", "200", "--val_limit", "10", "--bpe_dropout", bpe_dropout]
+@pytest.mark.parametrize("bpe_dropout, extra", [("0", []), ("0.1", ["--norm", "scale", "--fix_norm", "1",
+                                                                    "--decay_vectors", "0"])])
+def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dropout, extra):
+    # the second case also covers two AdamW parameter groups and ScaleNorm's scalar g across a resume
+    common = ["--epochs", "2", "--limit", "200", "--val_limit", "10", "--bpe_dropout", bpe_dropout, *extra]
     assert cli(train.main, train_args(mt_data, tmp_path / "a", *common))[0] == 0
     uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage4_transformer")
     real_step, calls = torch.optim.AdamW.step, {"n": 0}
@@ -110,9 +128,14 @@ def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dr
     assert code == 2 and "--join_elisions 0 (now 1)" in err
     old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
     del old["args"]["join_elisions"]                          # saved before --join_elisions existed: it was 0
+    for key in ("norm", "fix_norm", "decay_vectors") if not extra else ():
+        del old["args"][key]              # before these flags: LayerNorm, plain embeddings, decay on everything
     save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
     code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
     assert code == 0, err                                     # so the same command still resumes
+    if extra:
+        code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--norm", "layer", "--resume"))
+        assert code == 2 and "--norm scale (now layer)" in err
     old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
     del old["args"]["split_punctuation"]                      # saved before the flag existed: spaces only
     save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
