@@ -304,6 +304,8 @@ class Transformer(nn.Module):
 
     The final LayerNorms are needed by pre-LN (its residual stream is never normalised otherwise);
     nn.Transformer always has them, so this model does too, post-LN included, and the two match exactly.
+    norm="scale" swaps every LayerNorm for ScaleNorm; fix_norm=True uses each embedding row at unit length
+    (W_emb -> its rows divided by their lengths, at the input and in the softmax).
     """
 
     def __init__(self, config: TransformerConfig):
