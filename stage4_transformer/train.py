@@ -35,7 +35,7 @@ from scripts.plots import plot_curves  # noqa: E402
 from scripts.translation_data import DATASETS, corpus_scores, load_pairs  # noqa: E402
 from stage4_transformer.data.batches import BpeDropout, count_batches, encode_pairs, token_batches  # noqa: E402
 from stage4_transformer.data.subword import PAD_ID, SubwordVocab, pre_tokenizer  # noqa: E402
-from stage4_transformer.models.transformer import Transformer, TransformerConfig  # noqa: E402
+from stage4_transformer.models.transformer import Transformer, TransformerConfig, check_torch_impl  # noqa: E402
 from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
@@ -128,12 +128,12 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for flag in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing", "bpe_dropout"):
         if getattr(args, flag) is not None and not 0.0 <= getattr(args, flag) < 1.0:
             raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
-    if args.impl == "torch" and {args.attention_dropout, args.activation_dropout} - {None, args.dropout}:
-        raise UserError("nn.Transformer has one dropout rate; --attention_dropout/--activation_dropout need "
-                        "--impl scratch")
-    if args.impl == "torch" and (args.norm != "layer" or args.fix_norm):
-        raise UserError("--norm scale and --fix_norm 1 need --impl scratch (nn.Transformer has LayerNorm and "
-                        "plain embeddings)")
+    if args.impl == "torch":
+        try:
+            check_torch_impl(args.dropout, args.attention_dropout, args.activation_dropout, args.norm,
+                             bool(args.fix_norm))
+        except ValueError as err:
+            raise UserError(str(err)) from None
     if args.impl == "torch" and args.fast_dropout:
         raise UserError("--fast_dropout 1 needs --impl scratch (nn.Transformer draws its own dropout masks)")
     for flag in ("attention_dropout", "activation_dropout"):    # scratch: the paper's places only

@@ -289,6 +289,17 @@ class DecoderLayer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the model
+def check_torch_impl(dropout: float, attention_dropout: float | None, activation_dropout: float | None,
+                     norm: str, fix_norm: bool) -> None:
+    """What the nn.Transformer model cannot do (ValueError): train.py asks before any data loads."""
+    if pick(attention_dropout, dropout) != dropout or pick(activation_dropout, dropout) != dropout:
+        raise ValueError("nn.Transformer has one dropout rate; --attention_dropout/--activation_dropout need "
+                         "--impl scratch")
+    if norm != "layer" or fix_norm:
+        raise ValueError("--norm scale and --fix_norm 1 need --impl scratch (nn.Transformer has LayerNorm and "
+                         "plain embeddings)")
+
+
 def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
     """(1, T, T): position t may attend to positions 0..t (True on and below the diagonal)."""
     return torch.ones(length, length, dtype=torch.bool, device=device).tril().unsqueeze(0)
@@ -327,12 +338,7 @@ class Transformer(nn.Module):
                                                              c.use_sdpa, **extra) for _ in range(c.n_decoder_layers))
             self.encoder_norm, self.decoder_norm = make_norm(c.norm, c.d_model), make_norm(c.norm, c.d_model)
         elif c.impl == "torch":
-            if c.norm != "layer" or c.fix_norm:
-                raise ValueError("nn.Transformer has LayerNorm and plain embeddings; --norm scale and --fix_norm 1 "
-                                 "need --impl scratch")
-            if pick(c.attention_dropout, c.dropout) != c.dropout or pick(c.activation_dropout, c.dropout) != c.dropout:
-                raise ValueError("nn.Transformer has one dropout rate; separate attention or activation dropout "
-                                 "needs --impl scratch")
+            check_torch_impl(c.dropout, c.attention_dropout, c.activation_dropout, c.norm, c.fix_norm)
             self.transformer = nn.Transformer(c.d_model, c.n_heads, c.n_encoder_layers, c.n_decoder_layers, c.d_ff,
                                               c.dropout, batch_first=True, norm_first=c.norm_first)
         else:
