@@ -90,7 +90,7 @@ def training_speed(config: TransformerConfig, batches: list, steps: int, amp: bo
         if i == 3:
             tokens, start = 0, time.perf_counter()
         with autocast(torch.device("cpu"), amp):
-            loss = sequence_loss(model(batch.src, batch.tgt_in), batch.tgt_out, 0.1)
+            loss = sequence_loss(model(batch.src, batch.tgt_in), model.output_targets(batch.tgt_out), 0.1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -34,7 +34,7 @@ from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_ar
 from scripts.plots import plot_curves  # noqa: E402
 from scripts.translation_data import DATASETS, corpus_scores, load_pairs  # noqa: E402
 from stage4_transformer.data.batches import BpeDropout, count_batches, encode_pairs, token_batches  # noqa: E402
-from stage4_transformer.data.subword import PAD_ID, SubwordVocab, pre_tokenizer  # noqa: E402
+from stage4_transformer.data.subword import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SubwordVocab, pre_tokenizer  # noqa: E402
 from stage4_transformer.models.transformer import Transformer, TransformerConfig, check_torch_impl  # noqa: E402
 from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences  # noqa: E402
 
@@ -42,7 +42,8 @@ STAGE_DIR = Path(__file__).resolve().parent
 RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "dropout",
                      "attention_dropout", "activation_dropout", "fast_dropout", "norm_first", "norm", "fix_norm",
                      "positional", "vocab_size", "split_punctuation", "join_elisions", "bpe_dropout", "max_tokens",
-                     "limit", "max_len", "seed", "lr", "warmup_steps", "schedule", "decay_vectors", "average_last")
+                     "limit", "max_len", "seed", "lr", "warmup_steps", "schedule", "decay_vectors", "average_last",
+                     "word_dropout", "target_word_dropout", "output_vocab")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "'homme'), as in stage 3's tokenizer; 0: it is a word of its own")
     p.add_argument("--bpe_dropout", type=float, default=0.0, help="BPE-dropout on the training pairs: each merge "
                    "skipped with this probability, new pieces each epoch (0: plain BPE; 0.1 is the paper's)")
+    p.add_argument("--word_dropout", type=float, default=0.0, help="each source piece of a training batch (not "
+                   "<eos>) becomes <unk> with this probability, drawn afresh every batch (0: off)")
+    p.add_argument("--target_word_dropout", type=float, default=0.0, help="the same on the decoder's input pieces "
+                   "(not <bos>; the labels stay whole)")
+    p.add_argument("--output_vocab", default="all", choices=["all", "target"], help="target: the softmax covers only "
+                   "the pieces seen on the target side of the training pairs (a joint vocabulary's source-only "
+                   "pieces cost output columns and are never right); all: every piece")
     p.add_argument("--max_len", type=int, default=100, help="drop training pairs longer than this many pieces")
     p.add_argument("--max_tokens", type=int, default=1024, help="padded target pieces per batch")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, reached at the end of warm-up")
@@ -125,7 +133,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for flag in ("max_len", "warmup_steps", "max_steps", "limit", "val_limit", "average_last"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    for flag in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing", "bpe_dropout"):
+    for flag in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing", "bpe_dropout", "word_dropout",
+                 "target_word_dropout"):
         if getattr(args, flag) is not None and not 0.0 <= getattr(args, flag) < 1.0:
             raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
     if args.impl == "torch":
@@ -163,6 +172,22 @@ def lr_at(step: int, args: argparse.Namespace, total: int) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def target_pieces(examples: list, also: set[int] = frozenset()) -> list[int]:
+    """The specials and every piece id on the target side of the training pairs (and `also`: the pieces
+    BPE-dropout can cut), ascending: the softmax of --output_vocab target."""
+    return sorted({PAD_ID, UNK_ID, BOS_ID, EOS_ID, *also}.union(*(target for _, target in examples)))
+
+
+def word_dropout(tokens: torch.Tensor, p: float) -> torch.Tensor:
+    """Each real piece (not <pad>, <bos>, <eos>) replaced by <unk> with probability p: the model must translate
+    from context when a piece is missing (Sennrich & Zhang 2019 use it on small data). Global RNG, so resumable."""
+    if p == 0.0:
+        return tokens
+    hit = (torch.rand(tokens.shape, device=tokens.device) < p) & (tokens != PAD_ID) & (tokens != BOS_ID) \
+        & (tokens != EOS_ID)
+    return tokens.masked_fill(hit, UNK_ID)
+
+
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy per real target piece (padding ignored), computed in float32."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=PAD_ID,
@@ -179,7 +204,7 @@ def validate(model: Transformer, examples: list, pairs: list, vocab: SubwordVoca
         batch = batch.to(device)
         with autocast(device, amp):
             logits = model(batch.src, batch.tgt_in)
-        total += sequence_loss(logits, batch.tgt_out).item() * batch.target_tokens
+        total += sequence_loss(logits, model.output_targets(batch.tgt_out)).item() * batch.target_tokens
         count += batch.target_tokens
     with autocast(device, amp):
         hypotheses = translate_sentences(model, vocab, [s for s, _ in pairs], device, batch_size=256)
@@ -217,9 +242,10 @@ def train_one_epoch(args: argparse.Namespace, model: Transformer, optimizer: tor
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state["global_step"], args, total_steps)
         batch = batch.to(device)
+        src, tgt_in = word_dropout(batch.src, args.word_dropout), word_dropout(batch.tgt_in, args.target_word_dropout)
         with autocast(device, bool(args.amp)):
-            logits = model(batch.src, batch.tgt_in)
-        loss = sequence_loss(logits, batch.tgt_out, args.label_smoothing)
+            logits = model(src, tgt_in)
+        loss = sequence_loss(logits, model.output_targets(batch.tgt_out), args.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -281,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # LayerNorm, plain embeddings, weight decay on every parameter)
     resume = load_resume(last_path, STAGE, MODEL_NAME, args, RESUME_MUST_MATCH,
                          before_flag={"split_punctuation": 0, "join_elisions": 0, "norm": "layer", "fix_norm": 0,
-                                      "decay_vectors": 1})
+                                      "decay_vectors": 1, "word_dropout": 0.0, "target_word_dropout": 0.0,
+                                      "output_vocab": "all"})
     log = setup_logging(out_dir)
 
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)
@@ -312,14 +339,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                args.decoder_layers, args.d_ff, args.dropout, args.attention_dropout,
                                args.activation_dropout, max(args.max_len, 256) + 2, bool(args.norm_first),
                                args.positional, bool(args.share_embeddings), args.impl, bool(args.use_sdpa),
-                               bool(args.fast_dropout), args.norm, bool(args.fix_norm))
+                               bool(args.fast_dropout), args.norm, bool(args.fix_norm),
+                               target_pieces(train_examples, resegment.target_piece_ids() if resegment else set())
+                               if args.output_vocab == "target" else None)
     if resume:
         config = TransformerConfig(**resume["config"])
     model = Transformer(config).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, bool(args.decay_vectors)), lr=args.lr,
                                   betas=(0.9, 0.98))
     params = count_params(model)
-    log.info(f"Transformer ({config.impl}): {params:,} parameters, {config}; {amp_name(device, bool(args.amp))}")
+    softmax = f"softmax over {len(config.output_ids):,} target-side pieces; " if config.output_ids else ""
+    log.info(f"Transformer ({config.impl}): {params:,} parameters, {config}; "
+             f"{softmax}{amp_name(device, bool(args.amp))}")
 
     state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best_val_bleu": -1.0,
                              "best_epoch": 0, "history": [], "train_seconds": 0.0, "wall_seconds": 0.0,

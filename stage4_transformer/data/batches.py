@@ -60,6 +60,11 @@ class BpeDropout:
             out.append((sides[0], sides[1]))
         return out
 
+    def target_piece_ids(self) -> set[int]:
+        """Every piece an epoch can put on a target side: each target word's draws, and plain BPE's pieces."""
+        words = {w for _, tgt in self.pairs for w in tgt}
+        return {i for w in words for option in self.options[w] for i in option} | {i for _, t in self.plain for i in t}
+
     def pick(self, word: str, rng: random.Random) -> list[int]:
         options = self.options[word]
         return options[int(rng.random() * len(options))]

@@ -43,7 +43,7 @@ class Stepper:
             hidden = self.model.decode(self.prefix[:, -1:], self.memory, self.mask, self.cache, start=step)
         else:
             hidden = self.model.decode(self.prefix, self.memory, self.mask)
-        logp = torch.log_softmax(self.model.output(hidden[:, -1]).float(), dim=-1)
+        logp = self.model.full_vocab(torch.log_softmax(self.model.output(hidden[:, -1]).float(), dim=-1))
         logp[:, PAD_ID] = float("-inf")                                          # never write <pad> or <bos>
         logp[:, BOS_ID] = float("-inf")
         return logp

@@ -9,13 +9,14 @@ Parameter names and layouts follow PyTorch's own modules (`in_proj_weight`, `out
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 PAD_ID = 0
+UNK_ID = 1                      # as in data/subword.py
 
 
 @dataclass
@@ -39,6 +40,8 @@ class TransformerConfig:
     fast_dropout: bool = False           # dropout masks from random bytes on the CPU (`fast_dropout`)
     norm: str = "layer"                  # or "scale": ScaleNorm, g * x / ||x|| (`ScaleNorm`)
     fix_norm: bool = False               # embedding rows used at unit length, in and out (`Transformer.word_vectors`)
+    output_ids: list[int] | None = field(default=None, repr=False)   # the pieces the softmax covers,
+    #                                      ascending, the specials 0-3 first (None: all; `Transformer.output`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -345,6 +348,15 @@ class Transformer(nn.Module):
             raise ValueError(f"unknown impl {c.impl!r}; choose scratch or torch")
         self.generator = nn.Linear(c.d_model, c.tgt_vocab_size)
         self.generator.weight = self.tgt_embed.weight
+        if c.output_ids is not None:
+            ids = torch.tensor(c.output_ids, dtype=torch.long)
+            if ids[:4].tolist() != [0, 1, 2, 3] or not bool((ids[1:] > ids[:-1]).all()) \
+                    or int(ids[-1]) >= c.tgt_vocab_size:
+                raise ValueError("output_ids must ascend from the specials 0-3 and lie in the target vocabulary")
+            position = torch.full((c.tgt_vocab_size,), UNK_ID, dtype=torch.long)   # a piece not covered: <unk>
+            position[ids] = torch.arange(len(ids))
+            self.register_buffer("output_id_list", ids, persistent=False)           # softmax position -> piece id
+            self.register_buffer("output_position", position, persistent=False)    # piece id -> softmax position
         for module in self.modules():                  # --fast_dropout 1: every dropout of the scratch model
             if isinstance(module, Dropout):
                 module.fast = c.fast_dropout
@@ -361,8 +373,27 @@ class Transformer(nn.Module):
         return self.dropout(self.positions(vectors * math.sqrt(self.config.d_model), start))
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits h W^T + b over the target vocabulary, W = the target embedding (as used: `word_vectors`)."""
-        return F.linear(hidden, self.word_vectors(self.tgt_embed), self.generator.bias)
+        """Logits h W^T + b over the target vocabulary, W = the target embedding (as used: `word_vectors`).
+
+        With config.output_ids only over those pieces (the rows of W and b they pick, in that order):
+        a joint vocabulary's English-only pieces are never a right answer, and each costs a column of the
+        largest matrix product. `output_targets` maps labels to these positions, `full_vocab` maps back.
+        """
+        weight, bias = self.word_vectors(self.tgt_embed), self.generator.bias
+        if self.config.output_ids is not None:
+            weight, bias = weight[self.output_id_list], bias[self.output_id_list]
+        return F.linear(hidden, weight, bias)
+
+    def output_targets(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Target piece ids -> positions in `output`'s logits (a piece outside output_ids: <unk>'s)."""
+        return tokens if self.config.output_ids is None else self.output_position[tokens]
+
+    def full_vocab(self, scores: torch.Tensor) -> torch.Tensor:
+        """(N, V_out) scores over output_ids -> (N, V) over the whole vocabulary, -inf for the pieces left out."""
+        if self.config.output_ids is None:
+            return scores
+        full = scores.new_full((*scores.shape[:-1], self.config.tgt_vocab_size), float("-inf"))
+        return full.index_copy_(-1, self.output_id_list, scores)
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """src (B, S) -> memory (B, S, D) and the key mask (B, 1, S), True on real tokens."""
@@ -408,6 +439,7 @@ class Transformer(nn.Module):
                 attention.keep_weights, attention.last_weights = False, None
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) for the next word after each prefix of tgt_in (<bos> y_1 ... y_{T-1})."""
+        """Logits (B, T, V) for the next word after each prefix of tgt_in (<bos> y_1 ... y_{T-1});
+        with config.output_ids V is their number (labels through `output_targets`)."""
         memory, memory_mask = self.encode(src)
         return self.output(self.decode(tgt_in, memory, memory_mask))

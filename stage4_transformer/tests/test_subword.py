@@ -59,6 +59,9 @@ def test_bpe_dropout_epochs_are_seeded_and_keep_the_pairs():
         assert vocab.decode(src) == src_text and vocab.decode(tgt) == tgt_text and tgt[-1] == EOS_ID
         assert len(src) >= len(src_plain) and len(tgt) >= len(tgt_plain)
     assert sum(len(t) for _, t in one) > sum(len(t) for _, t in plain)
+    reachable = sampler.target_piece_ids()                      # --output_vocab target's softmax covers every
+    assert all(set(t) <= reachable for epoch in (1, 2, 3) for _, t in sampler.examples(epoch))   # epoch's labels
+    assert reachable > {i for _, t in plain for i in t}         # including pieces plain BPE never cuts
     short = max(len(t) for _, t in plain) - 2                   # --max_len drops the same pairs as plain BPE
     kept = BpeDropout(vocab, pairs, 0.3, seed=1, max_len=short).examples(1)
     assert len(kept) == len(encode_pairs(pairs, vocab, short)) < len(pairs)

@@ -45,6 +45,9 @@ def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
     (["--impl", "torch", "--fix_norm", "1"], "--fix_norm 1 need --impl scratch"),
     (["--norm", "batch"], "invalid choice: 'batch'"),
     (["--split_punctuation", "0", "--join_elisions", "1"], "--join_elisions 1 needs --split_punctuation 1"),
+    (["--word_dropout", "1"], "--word_dropout must be in [0, 1)"),
+    (["--target_word_dropout", "-0.5"], "--target_word_dropout must be in [0, 1)"),
+    (["--output_vocab", "source"], "invalid choice: 'source'"),
 ])
 def test_bad_flags_are_one_line(cli, argv, message):
     code, _, err = cli(train.main, argv)
@@ -57,6 +60,23 @@ def test_dropout_defaults_follow_the_implementation(impl, dropouts, fast):
     # draws its own masks, so its defaults must not trip the checks that refuse those flags with --impl torch
     args = train.resolve_args(train.build_parser().parse_args(["--impl", impl]))
     assert (args.dropout, args.attention_dropout, args.activation_dropout) == dropouts and args.fast_dropout == fast
+
+
+def test_word_dropout_hides_only_real_pieces():
+    torch.manual_seed(0)
+    tokens = torch.tensor([[2, 5, 6, 7, 8, 3, 0, 0]] * 4000)                  # <bos> 4 pieces <eos> <pad> <pad>
+    dropped = train.word_dropout(tokens, 0.25)
+    changed = dropped != tokens
+    assert not changed[:, [0, 5, 6, 7]].any()                                # specials and padding untouched
+    assert bool((dropped[changed] == 1).all())                               # the rest become <unk>
+    assert abs(changed.float().sum().item() / (4000 * 4) - 0.25) < 0.02
+    assert train.word_dropout(tokens, 0.0) is tokens                         # off: the batch as it was
+
+
+def test_target_pieces_are_the_specials_and_the_target_side():
+    examples = [([9, 8, 3], [5, 6, 3]), ([8, 3], [7, 5, 3])]
+    assert train.target_pieces(examples) == [0, 1, 2, 3, 5, 6, 7]
+    assert train.target_pieces(examples, {9, 4}) == [0, 1, 2, 3, 4, 5, 6, 7, 9]
 
 
 @pytest.mark.parametrize("decay_vectors", [True, False])
@@ -98,10 +118,13 @@ def test_checkpoint_averaging_is_the_mean_of_the_last_epochs(mt_data, tmp_path, 
         assert "averaged_epochs" not in best
 
 
-@pytest.mark.parametrize("bpe_dropout, extra", [("0", []), ("0.1", ["--norm", "scale", "--fix_norm", "1",
-                                                                    "--decay_vectors", "0"])])
+@pytest.mark.parametrize("bpe_dropout, extra", [
+    ("0", []), ("0.1", ["--norm", "scale", "--fix_norm", "1", "--decay_vectors", "0", "--output_vocab", "target"]),
+    ("0", ["--output_vocab", "target", "--word_dropout", "0.1", "--target_word_dropout", "0.1"])])
 def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dropout, extra):
-    # the second case also covers two AdamW parameter groups and ScaleNorm's scalar g across a resume
+    # the second case also covers two AdamW parameter groups, ScaleNorm's scalar g and a target-side softmax
+    # that includes BPE-dropout's pieces across a resume; the third the word-dropout draws (the global RNG, saved
+    # in last.pt) and a softmax over the target side only
     common = ["--epochs", "2", "--limit", "200", "--val_limit", "10", "--bpe_dropout", bpe_dropout, *extra]
     assert cli(train.main, train_args(mt_data, tmp_path / "a", *common))[0] == 0
     uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage4_transformer")
@@ -128,14 +151,22 @@ def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dr
     assert code == 2 and "--join_elisions 0 (now 1)" in err
     old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
     del old["args"]["join_elisions"]                          # saved before --join_elisions existed: it was 0
-    for key in ("norm", "fix_norm", "decay_vectors") if not extra else ():
-        del old["args"][key]              # before these flags: LayerNorm, plain embeddings, decay on everything
+    for key in ("norm", "fix_norm", "decay_vectors", "word_dropout", "target_word_dropout", "output_vocab") \
+            if not extra else ():
+        del old["args"][key]  # before these flags: LayerNorm, plain embeddings, decay on everything, whole inputs
     save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
     code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
     assert code == 0, err                                     # so the same command still resumes
-    if extra:
+    if "--norm" in extra:
         code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--norm", "layer", "--resume"))
         assert code == 2 and "--norm scale (now layer)" in err
+    if "--output_vocab" in extra:
+        model, vocab, _ = load_model(tmp_path / "b" / "ck" / "best.pt", torch.device("cpu"))
+        ids = model.config.output_ids                          # the piece list travels in the checkpoint
+        assert ids[:4] == [0, 1, 2, 3] and ids == sorted(ids) and len(ids) < len(vocab)
+        src, tgt = torch.tensor([[5, 6, 3]]), torch.tensor([[2, 7]])
+        assert model(src, tgt).shape == (1, 2, len(ids))
+        assert len(translate_sentences(model, vocab, ["A dog is running."], torch.device("cpu"))) == 1
     old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
     del old["args"]["split_punctuation"]                      # saved before the flag existed: spaces only
     save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)

@@ -179,6 +179,35 @@ def test_cached_and_uncached_search_write_the_same_words():
     assert torch.equal(beam_search(torched, src, 4, max_len=8), beam_search(model, src, 4, max_len=8))
 
 
+def test_output_vocab_scores_only_the_chosen_pieces():
+    # output_ids: the softmax's columns are the full model's columns for those pieces, labels map to their
+    # positions (<pad> stays 0, the ignored index; a piece left out becomes <unk>), and search writes only them
+    from stage4_transformer.models.search import beam_search, greedy_decode
+    ids = [0, 1, 2, 3, 5, 7, 9, 12, 15]
+    torch.manual_seed(1)
+    full = Transformer(tiny_config()).eval()
+    part = Transformer(tiny_config(output_ids=ids)).eval()
+    part.load_state_dict(full.state_dict())               # the index buffers are not weights: same keys
+    with torch.no_grad():
+        full.generator.bias.normal_(0, 2.0)
+        part.generator.bias.copy_(full.generator.bias)
+    src = torch.tensor([[5, 6, 7, 3, PAD_ID], [8, 9, 10, 11, 3]])
+    tgt = torch.tensor([[2, 5, 9], [2, 12, 7]])
+    logits = part(src, tgt)
+    assert logits.shape == (2, 3, len(ids))
+    torch.testing.assert_close(logits, full(src, tgt)[..., ids])
+    assert part.output_targets(torch.tensor([5, 9, PAD_ID, 3, 11])).tolist() == [4, 6, 0, 3, 1]
+    wide = part.full_vocab(logits[:, -1])
+    assert wide.shape == (2, 20) and torch.equal(wide[:, ids], logits[:, -1])
+    assert bool(torch.isinf(wide[:, [4, 6, 8, 19]]).all())
+    for words in (greedy_decode(part, src, max_len=8), beam_search(part, src, 3, max_len=8),
+                  beam_search(part, src, 3, max_len=8, use_cache=False)):
+        assert set(words.flatten().tolist()) <= set(ids)
+    for bad in ([1, 2, 3, 5], [0, 1, 2, 3, 7, 5], [0, 1, 2, 3, 20]):
+        with pytest.raises(ValueError, match="output_ids"):
+            Transformer(tiny_config(output_ids=bad))
+
+
 def test_cross_attention_maps_are_distributions_over_real_source_pieces():
     torch.manual_seed(0)
     model = Transformer(tiny_config()).eval()
