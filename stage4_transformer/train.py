@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
     last_path = out_dir / "last.pt"
     # before_flag: what a last.pt saved before these flags existed did (split at spaces only, no joined elisions,
-    # LayerNorm, plain embeddings, weight decay on every parameter)
+    # LayerNorm, plain embeddings, weight decay on every parameter, whole inputs, a softmax over every piece)
     resume = load_resume(last_path, STAGE, MODEL_NAME, args, RESUME_MUST_MATCH,
                          before_flag={"split_punctuation": 0, "join_elisions": 0, "norm": "layer", "fix_norm": 0,
                                       "decay_vectors": 1, "word_dropout": 0.0, "target_word_dropout": 0.0,
