@@ -27,7 +27,7 @@ from typing import Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
-from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, autocast, hardware, read_json,  # noqa: E402
+from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, hardware, read_json,  # noqa: E402
                             run_main, write_json)
 from scripts.report import markdown_table, run_script, short_paths as report_short_paths, update_file  # noqa: E402
 from scripts.translation_data import load_pairs  # noqa: E402
@@ -35,7 +35,7 @@ from stage4_transformer.data.batches import encode_pairs, token_batches  # noqa:
 from stage4_transformer.data.subword import SubwordVocab  # noqa: E402
 from stage4_transformer.models.transformer import Transformer, TransformerConfig  # noqa: E402
 from stage4_transformer.train import build_parser as train_parser  # noqa: E402
-from stage4_transformer.train import sequence_loss  # noqa: E402
+from stage4_transformer.train import batch_loss  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
@@ -89,8 +89,7 @@ def training_speed(config: TransformerConfig, batches: list, steps: int, amp: bo
     for i, batch in enumerate(batches[: steps + 3]):
         if i == 3:
             tokens, start = 0, time.perf_counter()
-        with autocast(torch.device("cpu"), amp):
-            loss = sequence_loss(model(batch.src, batch.tgt_in), model.output_targets(batch.tgt_out), 0.1)
+        loss = batch_loss(model, batch.src, batch.tgt_in, batch.tgt_out, torch.device("cpu"), amp, 0.1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -194,6 +194,15 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: 
                            label_smoothing=label_smoothing)
 
 
+def batch_loss(model: Transformer, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
+               device: torch.device, amp: bool, label_smoothing: float = 0.0) -> torch.Tensor:
+    """One batch's loss: the forward pass (under autocast when amp), the labels moved to the softmax's columns
+    (`Transformer.output_targets`: the same ids unless --output_vocab target), then `sequence_loss`."""
+    with autocast(device, amp):
+        logits = model(src, tgt_in)
+    return sequence_loss(logits, model.output_targets(tgt_out), label_smoothing)
+
+
 @torch.no_grad()
 def validate(model: Transformer, examples: list, pairs: list, vocab: SubwordVocab, device: torch.device,
              amp: bool) -> dict[str, float]:
@@ -202,9 +211,7 @@ def validate(model: Transformer, examples: list, pairs: list, vocab: SubwordVoca
     total, count = 0.0, 0
     for batch in token_batches(examples, 8192, shuffle=False):
         batch = batch.to(device)
-        with autocast(device, amp):
-            logits = model(batch.src, batch.tgt_in)
-        total += sequence_loss(logits, model.output_targets(batch.tgt_out)).item() * batch.target_tokens
+        total += batch_loss(model, batch.src, batch.tgt_in, batch.tgt_out, device, amp).item() * batch.target_tokens
         count += batch.target_tokens
     with autocast(device, amp):
         hypotheses = translate_sentences(model, vocab, [s for s, _ in pairs], device, batch_size=256)
@@ -243,9 +250,7 @@ def train_one_epoch(args: argparse.Namespace, model: Transformer, optimizer: tor
             group["lr"] = lr_at(state["global_step"], args, total_steps)
         batch = batch.to(device)
         src, tgt_in = word_dropout(batch.src, args.word_dropout), word_dropout(batch.tgt_in, args.target_word_dropout)
-        with autocast(device, bool(args.amp)):
-            logits = model(src, tgt_in)
-        loss = sequence_loss(logits, model.output_targets(batch.tgt_out), args.label_smoothing)
+        loss = batch_loss(model, src, tgt_in, batch.tgt_out, device, bool(args.amp), args.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
