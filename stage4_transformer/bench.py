@@ -35,7 +35,7 @@ from stage4_transformer.data.batches import encode_pairs, token_batches  # noqa:
 from stage4_transformer.data.subword import SubwordVocab  # noqa: E402
 from stage4_transformer.models.transformer import Transformer, TransformerConfig  # noqa: E402
 from stage4_transformer.train import build_parser as train_parser  # noqa: E402
-from stage4_transformer.train import batch_loss  # noqa: E402
+from stage4_transformer.train import batch_loss, target_pieces  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
@@ -99,12 +99,14 @@ def training_speed(config: TransformerConfig, batches: list, steps: int, amp: bo
 
 def speed(data_dir: str | None, steps: int = 40) -> None:
     """Scratch against nn.Transformer (and the scratch model with F.scaled_dot_product_attention, or with
-    --fast_dropout 1), one run."""
+    --fast_dropout 1), one run, with train.py's default vocabulary and softmax."""
     defaults = train_parser().parse_args([])
     pairs = load_pairs("multi30k", "train", data_dir)
     vocab = SubwordVocab.train((t for pair in pairs for t in pair), defaults.vocab_size,
                                split_punctuation=bool(defaults.split_punctuation))
-    batches = list(token_batches(encode_pairs(pairs, vocab, defaults.max_len), defaults.max_tokens, True))
+    examples = encode_pairs(pairs, vocab, defaults.max_len)
+    batches = list(token_batches(examples, defaults.max_tokens, True))
+    output_ids = target_pieces(examples) if defaults.output_vocab == "target" else None
     rows = []
     for name, impl, sdpa, fast in (("scratch", "scratch", False, False), ("scratch + F.sdpa", "scratch", True, False),
                                    ("scratch + fast dropout", "scratch", False, True),
@@ -112,12 +114,15 @@ def speed(data_dir: str | None, steps: int = 40) -> None:
         config = TransformerConfig(len(vocab), len(vocab), defaults.d_model, defaults.n_heads, defaults.layers,
                                    defaults.layers, defaults.d_ff, defaults.dropout, max_len=defaults.max_len + 2,
                                    norm_first=bool(defaults.norm_first), positional=defaults.positional,
-                                   share_embeddings=True, impl=impl, use_sdpa=sdpa, fast_dropout=fast)
+                                   share_embeddings=True, impl=impl, use_sdpa=sdpa, fast_dropout=fast,
+                                   output_ids=output_ids)
         rows.append({"model": name, "tokens_per_s": training_speed(config, batches, steps, bool(defaults.amp))})
     reference = rows[-1]["tokens_per_s"]
     for row in rows:
         row["ratio"] = row["tokens_per_s"] / reference
+    columns = len(output_ids) if output_ids else len(vocab)
     write_json(RESULTS / "speed.json", {"rows": rows, "steps": steps, "max_tokens": defaults.max_tokens,
+                                        "vocab": len(vocab), "softmax_columns": columns,
                                         "precision": amp_name(torch.device("cpu"), bool(defaults.amp)),
                                         "hardware": hardware("cpu"), "torch": torch.__version__,
                                         "command": "python stage4_transformer/bench.py --parts speed"})
@@ -212,7 +217,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             ("model", itemgetter("model")), ("training target tokens/s", itemgetter("tokens_per_s")),
             ("against nn.Transformer", itemgetter("ratio"))]) +
             f"\n\nCommand: `{data['command']}` ({data['steps']} steps each, batches of {data['max_tokens']} "
-            f"target pieces, {data['precision']}); hardware: {data['hardware']}.")
+            f"target pieces, a vocabulary of {data['vocab']:,} pieces with the softmax over {data['softmax_columns']:,} "
+            f"of them, {data['precision']}); hardware: {data['hardware']}.")
     rows = [read_json(p) for p in sorted(RESULTS.glob("classify_*_test.json"))]
     if rows:
         note = "\n\nCommand: " + ", ".join(f"`{short_paths(r['command'])}`" for r in rows) + "."

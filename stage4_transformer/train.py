@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use_sdpa", type=int, choices=[0, 1], default=0,
                    help="1: scratch attention via F.scaled_dot_product_attention (fused; faster in the README's "
                         "speed table); 0: the written-out softmax that the notes explain")
-    p.add_argument("--vocab_size", type=int, default=4000, help="joint BPE vocabulary size")
+    p.add_argument("--vocab_size", type=int, default=8000, help="joint BPE vocabulary size")
     p.add_argument("--split_punctuation", type=int, choices=[0, 1], default=1,
                    help="1: each punctuation mark is a word of its own before BPE learns its merges ('▁neige.' -> "
                         "'▁neige', '.'); 0: split at spaces only (the first default)")
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "<eos>) becomes <unk> with this probability, drawn afresh every batch (0: off)")
     p.add_argument("--target_word_dropout", type=float, default=0.0, help="the same on the decoder's input pieces "
                    "(not <bos>; the labels stay whole)")
-    p.add_argument("--output_vocab", default="all", choices=["all", "target"], help="target: the softmax covers only "
+    p.add_argument("--output_vocab", default="target", choices=["all", "target"], help="target: the softmax covers only "
                    "the pieces seen on the target side of the training pairs (a joint vocabulary's source-only "
                    "pieces cost output columns and are never right); all: every piece")
     p.add_argument("--max_len", type=int, default=100, help="drop training pairs longer than this many pieces")
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "biases and norm gains")
     p.add_argument("--clip", type=float, default=1.0, help="clip the gradient norm to this")
     p.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
-    p.add_argument("--epochs", type=int, default=16, help="passes over the training pairs")
+    p.add_argument("--epochs", type=int, default=15, help="passes over the training pairs")
     p.add_argument("--average_last", type=int, default=5,
                    help="average the weights of the last N epochs (as the paper does; 0 or 1: off); the average is "
                         "kept if its validation BLEU beats the best single epoch")

@@ -44,8 +44,10 @@ def test_translation_meets_the_bleu_floor_with_default_settings():
 
 def test_side_by_side_with_stage_3_on_one_machine():
     """results/vs_stage3.json: both stages' default commands, two seeds each, in the same conditions. Stage 4 seed 0
-    is the bench run itself; stage 4 trains in no more time than stage 3 on average. The issue's second floor (test
-    BLEU above stage 3's) is NOT met: the README says so, and this checks the numbers it quotes still show it."""
+    is the bench run itself. The issue's second floor (test BLEU above stage 3's in the same training time) is NOT
+    met: stage 4's test BLEU is lower, and its pair trained 0.7% longer on average (the shared VM ran about 6% slower
+    that hour than when the same model was timed in round 9; stage 3's pair ran earlier). The README says all this;
+    this checks the numbers it quotes still show it."""
     vs = load("vs_stage3.json")
     rows3 = [r for r in vs["rows"] if r["model"].startswith("stage 3")]
     rows4 = [r for r in vs["rows"] if r["model"].startswith("stage 4")]
@@ -58,8 +60,10 @@ def test_side_by_side_with_stage_3_on_one_machine():
     assert [r["test_bleu_beam5"] for r in rows3] == [r["test_bleu_beam5"] for r in same]
     seconds3, seconds4 = ([r["train_seconds"] for r in rows] for rows in (rows3, rows4))
     bleu3, bleu4 = ([r["test_bleu_beam5"] for r in rows] for rows in (rows3, rows4))
-    assert mean(seconds4) <= mean(seconds3)
+    assert abs(mean(seconds4) / mean(seconds3) - 1) < 0.01                    # about the same time (README: +0.7%)
     assert mean(bleu4) <= mean(bleu3)                                          # not met yet (README, issue 5)
+    previous = vs["previous_default_rows"]                                     # the defaults before round 10
+    assert [r["seed"] for r in previous] == [0, 1] and all(r["epochs"] == 16 for r in previous)
 
 
 def test_cache_changes_speed_not_output():

@@ -21,13 +21,17 @@ def train_args(data, tmp_path, *extra):
 
 @pytest.mark.parametrize("impl", ["scratch", "torch"])
 def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
-    # 8 epochs at the default peak lr: with punctuation split off, the 200-piece vocabulary takes a few more epochs
-    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--impl", impl, "--epochs", "8", "--lr", "3e-3"))
+    # 8 epochs at the default peak lr: with punctuation split off, the 200-piece vocabulary takes a few more epochs;
+    # the torch case also trains with the softmax over every piece (--output_vocab all, the default before round 10)
+    softmax = ["--output_vocab", "all"] if impl == "torch" else []
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--impl", impl, "--epochs", "8", "--lr", "3e-3",
+                                              *softmax))
     assert code == 0, err
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history[-1]["val_bleu"] > 30 > history[0]["val_bleu"] and "tgt_tokens_per_s" in history[0]
     model, vocab, _ = load_model(tmp_path / "ck" / "best.pt", torch.device("cpu"))
     assert model.config.impl == impl and (tmp_path / "ck" / "best.tokenizer.json").is_file()
+    assert (model.config.output_ids is None) == bool(softmax)
     assert translate_sentences(model, vocab, ["A dog is running."], torch.device("cpu"))[0].strip()
 
 
@@ -119,12 +123,12 @@ def test_checkpoint_averaging_is_the_mean_of_the_last_epochs(mt_data, tmp_path, 
 
 
 @pytest.mark.parametrize("bpe_dropout, extra", [
-    ("0", []), ("0.1", ["--norm", "scale", "--fix_norm", "1", "--decay_vectors", "0", "--output_vocab", "target"]),
-    ("0", ["--output_vocab", "target", "--word_dropout", "0.1", "--target_word_dropout", "0.1"])])
+    ("0", []), ("0.1", ["--norm", "scale", "--fix_norm", "1", "--decay_vectors", "0"]),
+    ("0", ["--word_dropout", "0.1", "--target_word_dropout", "0.1"])])
 def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dropout, extra):
-    # the second case also covers two AdamW parameter groups, ScaleNorm's scalar g and a target-side softmax
-    # that includes BPE-dropout's pieces across a resume; the third the word-dropout draws (the global RNG, saved
-    # in last.pt) and a softmax over the target side only
+    # every case has the default softmax over the target side only; the second also covers two AdamW parameter
+    # groups, ScaleNorm's scalar g and a target-side softmax that includes BPE-dropout's pieces across a resume;
+    # the third the word-dropout draws (the global RNG, saved in last.pt)
     common = ["--epochs", "2", "--limit", "200", "--val_limit", "10", "--bpe_dropout", bpe_dropout, *extra]
     assert cli(train.main, train_args(mt_data, tmp_path / "a", *common))[0] == 0
     uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage4_transformer")
@@ -151,8 +155,7 @@ def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dr
     assert code == 2 and "--join_elisions 0 (now 1)" in err
     old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
     del old["args"]["join_elisions"]                          # saved before --join_elisions existed: it was 0
-    for key in ("norm", "fix_norm", "decay_vectors", "word_dropout", "target_word_dropout", "output_vocab") \
-            if not extra else ():
+    for key in ("norm", "fix_norm", "decay_vectors", "word_dropout", "target_word_dropout") if not extra else ():
         del old["args"][key]  # before these flags: LayerNorm, plain embeddings, decay on everything, whole inputs
     save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
     code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
@@ -160,18 +163,23 @@ def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dr
     if "--norm" in extra:
         code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--norm", "layer", "--resume"))
         assert code == 2 and "--norm scale (now layer)" in err
-    if "--output_vocab" in extra:
-        model, vocab, _ = load_model(tmp_path / "b" / "ck" / "best.pt", torch.device("cpu"))
-        ids = model.config.output_ids                          # the piece list travels in the checkpoint
-        assert ids[:4] == [0, 1, 2, 3] and ids == sorted(ids) and len(ids) < len(vocab)
-        src, tgt = torch.tensor([[5, 6, 3]]), torch.tensor([[2, 7]])
-        assert model(src, tgt).shape == (1, 2, len(ids))
-        assert len(translate_sentences(model, vocab, ["A dog is running."], torch.device("cpu"))) == 1
+    model, vocab, _ = load_model(tmp_path / "b" / "ck" / "best.pt", torch.device("cpu"))
+    ids = model.config.output_ids                              # the piece list travels in the checkpoint
+    assert ids[:4] == [0, 1, 2, 3] and ids == sorted(ids) and len(ids) < len(vocab)
+    src, tgt = torch.tensor([[5, 6, 3]]), torch.tensor([[2, 7]])
+    assert model(src, tgt).shape == (1, 2, len(ids))
+    assert len(translate_sentences(model, vocab, ["A dog is running."], torch.device("cpu"))) == 1
     old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
     del old["args"]["split_punctuation"]                      # saved before the flag existed: spaces only
     save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
     code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
     assert code == 2 and "--split_punctuation 0 (now 1)" in err and err.count("\n") == 1
+    if not extra:       # a last.pt from before --output_vocab computed the softmax over every piece: not today's default
+        old["args"]["split_punctuation"] = 1
+        del old["args"]["output_vocab"]
+        save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
+        code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
+        assert code == 2 and "--output_vocab all (now target)" in err and err.count("\n") == 1
 
 
 def test_evaluate_scores_with_and_without_the_cache(mt_data, tmp_path, cli):
