@@ -217,8 +217,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             ("model", itemgetter("model")), ("training target tokens/s", itemgetter("tokens_per_s")),
             ("against nn.Transformer", itemgetter("ratio"))]) +
             f"\n\nCommand: `{data['command']}` ({data['steps']} steps each, batches of {data['max_tokens']} "
-            f"target pieces, a vocabulary of {data['vocab']:,} pieces with the softmax over {data['softmax_columns']:,} "
-            f"of them, {data['precision']}); hardware: {data['hardware']}.")
+            f"target pieces, a vocabulary of {data['vocab']:,} pieces with the softmax over "
+            f"{data['softmax_columns']:,} of them, {data['precision']}); hardware: {data['hardware']}.")
     rows = [read_json(p) for p in sorted(RESULTS.glob("classify_*_test.json"))]
     if rows:
         note = "\n\nCommand: " + ", ".join(f"`{short_paths(r['command'])}`" for r in rows) + "."

@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "<eos>) becomes <unk> with this probability, drawn afresh every batch (0: off)")
     p.add_argument("--target_word_dropout", type=float, default=0.0, help="the same on the decoder's input pieces "
                    "(not <bos>; the labels stay whole)")
-    p.add_argument("--output_vocab", default="target", choices=["all", "target"], help="target: the softmax covers only "
-                   "the pieces seen on the target side of the training pairs (a joint vocabulary's source-only "
-                   "pieces cost output columns and are never right); all: every piece")
+    p.add_argument("--output_vocab", default="target", choices=["all", "target"],
+                   help="target: the softmax covers only the pieces seen on the target side of the training pairs "
+                        "(a joint vocabulary's source-only pieces cost output columns and are never right); all: "
+                        "every piece (the default before round 10)")
     p.add_argument("--max_len", type=int, default=100, help="drop training pairs longer than this many pieces")
     p.add_argument("--max_tokens", type=int, default=1024, help="padded target pieces per batch")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, reached at the end of warm-up")

@@ -174,7 +174,7 @@ def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dr
     save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
     code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
     assert code == 2 and "--split_punctuation 0 (now 1)" in err and err.count("\n") == 1
-    if not extra:       # a last.pt from before --output_vocab computed the softmax over every piece: not today's default
+    if not extra:     # a last.pt from before --output_vocab computed the softmax over every piece: not today's default
         old["args"]["split_punctuation"] = 1
         del old["args"]["output_vocab"]
         save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
