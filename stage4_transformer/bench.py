@@ -2,7 +2,7 @@
 
     python stage4_transformer/bench.py                     # all parts
     python stage4_transformer/bench.py --parts main        # the Transformer with the default settings: train, evaluate
-    python stage4_transformer/bench.py --parts main --num_threads 1   # as in the README's stage 3 comparison (83 min
+    python stage4_transformer/bench.py --parts main --num_threads 1   # as in the README's stage 3 comparison (86-94 min
                                                            # of training beside a second run, one core each)
     python stage4_transformer/bench.py --tables_only       # rebuild the README tables from results/
 
