@@ -192,13 +192,17 @@ def translation_block(records: dict[str, Record]) -> str:
         value = training_record(r, records).get("train_seconds")
         return f"{value / 60:.1f}" if isinstance(value, (int, float)) else NONE
 
+    def hardware(r: Record) -> str:     # with the training's precision where it was recorded (bf16 on some CPUs)
+        precision = training_record(r, records).get("precision")
+        return r.get("hardware", NONE) + (f", {precision} training" if precision else "")
+
     columns = [
         ("model", model_name), ("stage", stage_number),
         ("test BLEU", lambda r: score(translation_scores(r["metrics"])["bleu"])),
         ("decoding", lambda r: translation_scores(r["metrics"])["decoding"]),
         ("chrF", lambda r: score(translation_scores(r["metrics"])["chrf"])),
         ("BLEU, greedy", lambda r: score(translation_scores(r["metrics"])["greedy"])),
-        ("train min", minutes), ("parameters", parameters), ("hardware", lambda r: r.get("hardware", NONE))]
+        ("train min", minutes), ("parameters", parameters), ("hardware", hardware)]
     splits = sorted({str(r.get("split")) for r in rows})
     signatures = sorted({str(r["metrics"].get("bleu_signature")) for r in rows})
     notes = [f"Made by `{COMMAND}` from {sources(rows) or 'no results yet'}; English to French, test set "

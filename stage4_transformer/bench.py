@@ -2,8 +2,9 @@
 
     python stage4_transformer/bench.py                     # all parts
     python stage4_transformer/bench.py --parts main        # the Transformer with the default settings: train, evaluate
-    python stage4_transformer/bench.py --parts main --num_threads 1   # as in the README's stage 3 comparison (86-94 min
-                                                           # of training beside a second run, one core each)
+    python stage4_transformer/bench.py --parts main --num_threads 1   # as in the README's stage 3 comparison (beside a
+                                                           # second run, one core each: 86-94 min of training in
+                                                           # float32, 41-43 min on a CPU with native bf16)
     python stage4_transformer/bench.py --tables_only       # rebuild the README tables from results/
 
 main:     `train.py` with no flags, then `evaluate.py` on test_2016_flickr (with and without the cache).
@@ -160,7 +161,8 @@ def stage4_row() -> dict:
             "bleu_greedy": test["metrics"]["bleu_greedy"], "chrf": test["metrics"]["chrf_beam"],
             "params": train["params"], "minutes": train["train_seconds"] / 60,
             "tokens_per_s": train["metrics"]["train_tgt_tokens_per_s"],
-            "beam_sent_s": test["metrics"]["sentences_per_s_beam"], "hardware": train["hardware"],
+            "beam_sent_s": test["metrics"]["sentences_per_s_beam"],
+            "hardware": train["hardware"] + (f", {train['precision']}" if "precision" in train else ""),
             "command": short_paths(train["command"]), "signature": test["metrics"]["bleu_signature"],
             "alpha": f"{test['metrics']['alpha']:g}"}
 
@@ -174,7 +176,8 @@ MT_COLUMNS = [(title, itemgetter(key)) for key, title in (
 VS_COLUMNS = [(title, itemgetter(key)) for key, title in (
     ("model", "model"), ("seed", "seed"), ("train_seconds", "train s"), ("epochs", "epochs"),
     ("val_bleu_greedy", "val BLEU (greedy)"), ("test_bleu_beam5", "test BLEU (beam 5)"),
-    ("test_bleu_greedy", "test BLEU (greedy)"), ("alpha", "alpha"))]
+    ("test_bleu_greedy", "test BLEU (greedy)"), ("alpha", "alpha"), ("precision", "precision"),
+    ("hardware", "hardware"))]
 
 
 CLASSIFY_COLUMNS = [

@@ -439,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "epochs_run": len(state["history"]), "train_tgt_tokens_per_s": speed,
                            "fit_seconds": round(state["train_seconds"], 3),
                            "averaged_val_bleu": averaged.get("val_bleu"), "averaged_epochs": averaged.get("epochs")},
-                  extra={"checkpoint": str(best_path), "train_pairs": len(train_examples)})
+                  extra={"checkpoint": str(best_path), "train_pairs": len(train_examples),
+                         "precision": amp_name(device, bool(args.amp))})
     log.info(f"best val BLEU {best['val_bleu']:.2f} (greedy) at epoch {best['epoch']}; checkpoint {best_path}")
     return 0
 

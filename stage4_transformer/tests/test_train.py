@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from scripts.common import load_checkpoint, save_checkpoint
+from scripts.common import amp_name, load_checkpoint, save_checkpoint
 from stage4_transformer import train
 from stage4_transformer.translator import load_model, translate_sentences
 
@@ -107,8 +107,10 @@ def test_checkpoint_averaging_is_the_mean_of_the_last_epochs(mt_data, tmp_path, 
     argv = train_args(mt_data, tmp_path, "--epochs", "3", "--average_last", "2", "--limit", "200", "--val_limit", "10")
     assert cli(train.main, argv)[0] == 0
     assert len(seen) == 2                                   # epochs 2 and 3
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = written["metrics"]
     assert metrics["averaged_epochs"] == [2, 3] and metrics["averaged_val_bleu"] is not None
+    assert written["precision"] == amp_name(torch.device("cpu")) in ("bf16 autocast", "float32")  # the machine's
     last = load_checkpoint(tmp_path / "run" / "last.pt", "stage4_transformer")
     for name, value in seen[-1].items():                     # last.pt: the last epoch itself, not the average
         assert torch.equal(last["model_state"][name], value), name
