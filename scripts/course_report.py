@@ -26,7 +26,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main  # noqa: E402
-from scripts.report import markdown_table, replace_block, update_file  # noqa: E402
+from scripts.report import hardware_label, markdown_table, replace_block, update_file  # noqa: E402
 
 COMMAND = "python scripts/course_report.py"
 IMAGES = Path("docs") / "images"
@@ -192,9 +192,8 @@ def translation_block(records: dict[str, Record]) -> str:
         value = training_record(r, records).get("train_seconds")
         return f"{value / 60:.1f}" if isinstance(value, (int, float)) else NONE
 
-    def hardware(r: Record) -> str:     # with the training's precision where it was recorded (bf16 on some CPUs)
-        precision = training_record(r, records).get("precision")
-        return r.get("hardware", NONE) + (f", {precision} training" if precision else "")
+    def hardware(r: Record) -> str:
+        return hardware_label(r.get("hardware", NONE), training_record(r, records).get("amp"))
 
     columns = [
         ("model", model_name), ("stage", stage_number),

@@ -36,6 +36,12 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def hardware_label(hardware: str, amp: str | None) -> str:
+    """A results table's hardware cell: the machine, and the training's autocast mode where the run recorded it
+    (`metrics.json`'s "amp", from `scripts.common.amp_name`): one CPU model can train in float32 or in bf16."""
+    return f"{hardware}, {amp} training" if amp else hardware
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
     lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:

@@ -30,7 +30,8 @@ import torch  # noqa: E402
 
 from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, hardware, read_json,  # noqa: E402
                             run_main, write_json)
-from scripts.report import markdown_table, run_script, short_paths as report_short_paths, update_file  # noqa: E402
+from scripts.report import (hardware_label, markdown_table, run_script, short_paths as report_short_paths,  # noqa: E402
+                            update_file)
 from scripts.translation_data import load_pairs  # noqa: E402
 from stage4_transformer.data.batches import encode_pairs, token_batches  # noqa: E402
 from stage4_transformer.data.subword import SubwordVocab  # noqa: E402
@@ -162,7 +163,7 @@ def stage4_row() -> dict:
             "params": train["params"], "minutes": train["train_seconds"] / 60,
             "tokens_per_s": train["metrics"]["train_tgt_tokens_per_s"],
             "beam_sent_s": test["metrics"]["sentences_per_s_beam"],
-            "hardware": train["hardware"] + (f", {train['precision']}" if "precision" in train else ""),
+            "hardware": hardware_label(train["hardware"], train.get("amp")),
             "command": short_paths(train["command"]), "signature": test["metrics"]["bleu_signature"],
             "alpha": f"{test['metrics']['alpha']:g}"}
 
@@ -176,7 +177,7 @@ MT_COLUMNS = [(title, itemgetter(key)) for key, title in (
 VS_COLUMNS = [(title, itemgetter(key)) for key, title in (
     ("model", "model"), ("seed", "seed"), ("train_seconds", "train s"), ("epochs", "epochs"),
     ("val_bleu_greedy", "val BLEU (greedy)"), ("test_bleu_beam5", "test BLEU (beam 5)"),
-    ("test_bleu_greedy", "test BLEU (greedy)"), ("alpha", "alpha"), ("precision", "precision"),
+    ("test_bleu_greedy", "test BLEU (greedy)"), ("alpha", "alpha"), ("amp", "precision"),
     ("hardware", "hardware"))]
 
 

@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "fit_seconds": round(state["train_seconds"], 3),
                            "averaged_val_bleu": averaged.get("val_bleu"), "averaged_epochs": averaged.get("epochs")},
                   extra={"checkpoint": str(best_path), "train_pairs": len(train_examples),
-                         "precision": amp_name(device, bool(args.amp))})
+                         "amp": amp_name(device, bool(args.amp))})
     log.info(f"best val BLEU {best['val_bleu']:.2f} (greedy) at epoch {best['epoch']}; checkpoint {best_path}")
     return 0
 
