@@ -13,7 +13,7 @@
 widened by a tolerance (see `allowance`), its final metrics against the reference's range, and a one-line verdict,
 and draws RUN_DIR/reference_compare.png. It exits 0 whether the run is inside or not; bad input is a one-line error
 (exit 2). Without --reference it picks, among <stage>/reference/*.json for the run's data set, the one made with the
-run's command, else the one of the run's model, else `default`.
+run's command, else the one of the run's model, else `default` (among equals, the one as long as the run).
 """
 from __future__ import annotations
 
@@ -364,7 +364,8 @@ def load_reference(path: Path) -> dict[str, Any]:
 
 
 def find_reference(run: Run) -> Path:
-    """The reference in <stage>/reference/ for the run's data set: same command, else same model, else 'default'."""
+    """The reference in <stage>/reference/ for the run's data set: same command, else same model, else 'default';
+    among equals, the one whose runs were as long as this one."""
     folder = REPO_ROOT / run.stage / "reference"
     candidates = []
     for path in sorted(folder.glob("*.json")):
@@ -377,9 +378,14 @@ def find_reference(run: Run) -> Path:
                         "build one with `python scripts/reference.py build ...` or pass --reference FILE")
     wanted = [("command", recipe(run.command)), ("model", run.metrics.get("model")), ("name", "default")]
     for field, value in wanted:
-        for path, ref in candidates:
-            if ref.get(field) == value:
+        matches = [(path, ref) for path, ref in candidates if ref.get(field) == value]
+        # one command can train for different lengths (stage 4's --epochs default follows the training precision):
+        # prefer the reference whose runs were as long as this one
+        for path, ref in matches:
+            if ref["length"]["max"] == run.last_x():
                 return path
+        if matches:
+            return matches[0][0]
     return candidates[0][0]
 
 

@@ -169,6 +169,20 @@ def test_default_reference_is_found_by_stage_dataset_and_command(tmp_path, cli, 
     assert code == 2 and "no reference for stage1_mlp on ag_news" in err and "(there: default, scratch)" in err
 
 
+def test_among_references_of_one_command_the_one_as_long_as_the_run_is_found(tmp_path, cli, monkeypatch):
+    # stage 4's default command trains 15 epochs in float32 and 19 with bf16 autocast: one band for each length
+    monkeypatch.setattr(reference, "REPO_ROOT", tmp_path / "repo")
+    stage = "stage4_transformer"
+    for name, epochs in (("default", 7), ("default_5_epochs", 5)):
+        runs = [write_run(tmp_path / name / f"s{seed}", stage, seed, epochs=epochs) for seed in (0, 1, 2)]
+        assert cli(reference.main, ["build", "--name", name, *runs])[0] == 0
+    folder = tmp_path / "repo" / stage / "reference"
+    for epochs, name in ((5, "default_5_epochs"), (7, "default"), (6, "default")):
+        mine = write_run(tmp_path / f"mine{epochs}", stage, seed=4, epochs=epochs)
+        code, stdout, err = cli(reference.main, ["compare", mine])
+        assert code == 0 and f"reference: {folder / name}.json" in stdout, (epochs, stdout)
+
+
 def test_bad_input_is_one_line_with_status_2(tmp_path, cli):
     out, _ = build_three(tmp_path, cli, "stage2_rnn_lstm")
     run = write_run(tmp_path / "run", "stage2_rnn_lstm", seed=0)
