@@ -35,6 +35,23 @@ def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
     assert translate_sentences(model, vocab, ["A dog is running."], torch.device("cpu"))[0].strip()
 
 
+@pytest.mark.parametrize("bf16, amp, epochs", [(True, True, train.EPOCHS_BF16), (True, False, train.EPOCHS_FLOAT32),
+                                               (False, True, train.EPOCHS_FLOAT32)])
+def test_default_epochs_follow_the_training_precision(monkeypatch, bf16, amp, epochs):
+    monkeypatch.setattr("scripts.common.cpu_has_bf16", lambda: bf16)
+    assert train.default_epochs(torch.device("cpu"), amp) == epochs
+    assert train.EPOCHS_BF16 > train.EPOCHS_FLOAT32
+
+
+def test_a_run_without_epochs_records_the_default_it_used(mt_data, tmp_path, cli):
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--max_steps", "2", "--limit", "100",
+                                              "--val_limit", "5", "--average_last", "0"))
+    assert code == 0, err
+    saved = load_checkpoint(tmp_path / "run" / "last.pt", train.STAGE)["args"]["epochs"]
+    assert saved == train.default_epochs(torch.device("cpu"), True)
+    assert f"{saved} epochs" in (tmp_path / "run" / "train.log").read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--d_model", "30", "--n_heads", "4"], "--d_model 30 must be divisible by --n_heads 4"),
     (["--positional", "rotary"], "invalid choice: 'rotary'"),
