@@ -44,9 +44,9 @@ def test_translation_meets_the_bleu_floor_with_default_settings():
 
 def test_side_by_side_with_stage_3():
     """results/vs_stage3.json: both stages' default commands, three seeds each, two trainings at once with 1 thread
-    each. Stage 4 seed 0 is the bench run itself; all three stage 4 runs and stage 3's seed 2 ran on an AMD EPYC with
-    native bf16 (stage 4 trains in bf16 autocast there, stage 3 in float32), stage 3's seeds 0 and 1 on an AMD EPYC
-    without bf16. Seed 2 of each ran at the same time: stage 4 took less training time. The issue's second floor
+    each. Stage 4 seed 0 is the bench run itself. All three stage 4 runs (19 epochs in bf16 autocast) and stage 3's
+    seeds 0 and 2 (float32) ran on an AMD EPYC with native bf16, stage 3's seed 1 on an AMD EPYC without bf16. Stage
+    4's seed 1 and stage 3's seed 0 ran at the same time: stage 4 took less training time. The issue's second floor
     (test BLEU above stage 3's in the same training time) is NOT met: stage 4's mean test BLEU is lower. The README
     says all this; this checks the numbers."""
     vs = load("vs_stage3.json")
@@ -54,22 +54,30 @@ def test_side_by_side_with_stage_3():
     rows4 = [r for r in vs["rows"] if r["model"].startswith("stage 4")]
     assert [r["seed"] for r in rows3] == [r["seed"] for r in rows4] == [0, 1, 2]
     assert all("--num_threads 1" in r["command"] and r["hardware"].endswith("1 torch threads") for r in vs["rows"])
-    assert all(r["amp"] == "bf16 autocast" for r in rows4) and rows3[2]["amp"] == "float32"
-    assert len({r["hardware"] for r in rows4 + rows3[2:]}) == 1 and rows3[0]["hardware"] != rows3[2]["hardware"]
+    assert all(r["amp"] == "bf16 autocast" and r["epochs"] == 19 for r in rows4)
+    assert all(r["amp"] == "float32" for r in rows3)
+    bf16_machine = {r["hardware"] for r in rows4}
+    assert len(bf16_machine) == 1 and {rows3[0]["hardware"], rows3[2]["hardware"]} == bf16_machine
+    assert rows3[1]["hardware"] not in bf16_machine
     train, test = load("main_train.json"), load("main_test.json")
-    assert train["amp"] == "bf16 autocast" and train["metrics"]["averaged_epochs"] == list(range(6, 16))
+    assert train["amp"] == "bf16 autocast" and train["metrics"]["averaged_epochs"] == list(range(10, 20))
     assert rows4[0]["train_seconds"] == round(train["train_seconds"])
     assert rows4[0]["test_bleu_beam5"] == test["metrics"]["bleu_beam"] and rows4[0]["alpha"] == test["metrics"]["alpha"]
-    same = json.loads((RESULTS / "sweep_gpu.json").read_text())["stage3_same_conditions"]["runs"]
-    assert [r["test_bleu_beam5"] for r in rows3[:2]] == [r["test_bleu_beam5"] for r in same]
-    assert rows4[2]["train_seconds"] < rows3[2]["train_seconds"]               # the same-hour pair: stage 4 is faster
+    pair = vs["same_hour_pair"]                                                # stage 4 seed 1 beside stage 3 seed 0
+    assert pair["stage4_train_seconds"] == rows4[pair["stage4_seed"]]["train_seconds"]
+    assert pair["stage3_train_seconds"] == rows3[pair["stage3_seed"]]["train_seconds"]
+    assert pair["stage4_train_seconds"] < pair["stage3_train_seconds"]        # stage 4 is faster
     bleu3, bleu4 = ([r["test_bleu_beam5"] for r in rows] for rows in (rows3, rows4))
     assert mean(bleu4) <= mean(bleu3)                                          # not met yet (README, issue 5)
+    bf16_15 = vs["bf16_15_epoch_rows"]                                         # round 12: 15 epochs in bf16
+    assert [r["seed"] for r in bf16_15] == [0, 1, 2] and all(r["epochs"] == 15 for r in bf16_15)
+    assert mean(r["test_bleu_beam5"] for r in bf16_15) < mean(bleu4)          # the 4 more epochs helped
     float32 = vs["float32_rows"]                       # the same defaults in float32 on the other machine (round 11)
     assert [r["seed"] for r in float32] == [0, 1] and all(r["amp"] == "float32" for r in float32)
     previous = vs["previous_default_rows"]                                     # round 10: the same epochs, 5 averaged
     assert [r["seed"] for r in previous] == [0, 1] and all(r["epochs"] == 15 for r in previous)
-    seconds3, seconds_previous = ([r["train_seconds"] for r in rows] for rows in (rows3[:2], previous))
+    rows3_float32_machine = vs["stage3_float32_machine_rows"] + rows3[1:2]     # stage 3 seeds 0 and 1 there
+    seconds3, seconds_previous = ([r["train_seconds"] for r in rows] for rows in (rows3_float32_machine, previous))
     assert abs(mean(seconds_previous) / mean(seconds3) - 1) < 0.01            # float32: about the same time (+0.7%)
     second = vs["second_default_rows"]                                         # the defaults before round 10
     assert [r["seed"] for r in second] == [0, 1] and all(r["epochs"] == 16 for r in second)
