@@ -318,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     set_threads(args.num_threads)
     device = get_device(args.device)
+    epochs_given = args.epochs is not None
     args.epochs = args.epochs or default_epochs(device, bool(args.amp))
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
     last_path = out_dir / "last.pt"
@@ -327,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          before_flag={"split_punctuation": 0, "join_elisions": 0, "norm": "layer", "fix_norm": 0,
                                       "decay_vectors": 1, "word_dropout": 0.0, "target_word_dropout": 0.0,
                                       "output_vocab": "all"})
+    if resume and not epochs_given:     # a resumed run keeps its own length (and schedule) unless --epochs is given
+        args.epochs = resume["args"].get("epochs", EPOCHS_FLOAT32)
     log = setup_logging(out_dir)
 
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)

@@ -43,13 +43,19 @@ def test_default_epochs_follow_the_training_precision(monkeypatch, bf16, amp, ep
     assert train.EPOCHS_BF16 > train.EPOCHS_FLOAT32
 
 
-def test_a_run_without_epochs_records_the_default_it_used(mt_data, tmp_path, cli):
+def test_a_run_without_epochs_records_the_default_it_used(mt_data, tmp_path, cli, monkeypatch):
     code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--max_steps", "2", "--limit", "100",
                                               "--val_limit", "5", "--average_last", "0"))
     assert code == 0, err
     saved = load_checkpoint(tmp_path / "run" / "last.pt", train.STAGE)["args"]["epochs"]
     assert saved == train.default_epochs(torch.device("cpu"), True)
     assert f"{saved} epochs" in (tmp_path / "run" / "train.log").read_text()
+    # --resume without --epochs keeps the run's own length, even where the default differs (another machine)
+    monkeypatch.setattr(train, "default_epochs", lambda device, amp: 3)
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--max_steps", "3", "--limit", "100",
+                                              "--val_limit", "5", "--average_last", "0", "--resume"))
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "run" / "last.pt", train.STAGE)["args"]["epochs"] == saved
 
 
 @pytest.mark.parametrize("argv, message", [
