@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=1.0, help="clip the gradient norm to this")
     p.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"passes over the training pairs (default: {EPOCHS_BF16} with bf16 autocast, {EPOCHS_FLOAT32} in "
-                        "float32; a bf16 epoch costs about 0.7 of a float32 one on a CPU, so both train for about as "
-                        "long as stage 3)")
+                   help=f"passes over the training pairs (default: {EPOCHS_BF16} with bf16 autocast, "
+                        f"{EPOCHS_FLOAT32} in float32; a bf16 epoch costs about 0.7 of a float32 one on a CPU, so "
+                        "both stay within stage 3's training time; --resume: the saved run's)")
     p.add_argument("--average_last", type=int, default=10,
                    help="average the weights of the last N epochs (the paper averages checkpoints too; 0 or 1: off); "
                         "the average is kept if its validation BLEU beats the best single epoch (5 before round 11)")
@@ -137,7 +137,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.decoder_layers = args.decoder_layers if args.decoder_layers is not None else args.layers
     check_positive(args, "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "vocab_size",
                    "max_tokens")
-    if args.epochs is not None:     # None: set in main() once the device is known
+    if args.epochs is not None:     # None: set in main() once the device and any --resume are known
         check_positive(args, "epochs")
     for flag in ("lr", "clip"):
         if getattr(args, flag) <= 0:
@@ -318,8 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     set_threads(args.num_threads)
     device = get_device(args.device)
-    epochs_given = args.epochs is not None
-    args.epochs = args.epochs or default_epochs(device, bool(args.amp))
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
     last_path = out_dir / "last.pt"
     # before_flag: what a last.pt saved before these flags existed did (split at spaces only, no joined elisions,
@@ -328,8 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          before_flag={"split_punctuation": 0, "join_elisions": 0, "norm": "layer", "fix_norm": 0,
                                       "decay_vectors": 1, "word_dropout": 0.0, "target_word_dropout": 0.0,
                                       "output_vocab": "all"})
-    if resume and not epochs_given:     # a resumed run keeps its own length (and schedule) unless --epochs is given
-        args.epochs = resume["args"].get("epochs", EPOCHS_FLOAT32)
+    if args.epochs is None:     # a resumed run keeps its own length (and schedule); a new one gets the default
+        args.epochs = resume["args"].get("epochs", EPOCHS_FLOAT32) if resume else default_epochs(device, bool(args.amp))
     log = setup_logging(out_dir)
 
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)
