@@ -54,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scratch: models/transformer.py; torch: the same model on nn.Transformer")
     p.add_argument("--d_model", type=int, default=256, help="model width")
     p.add_argument("--n_heads", type=int, default=4, help="attention heads")
-    p.add_argument("--layers", type=int, default=2, help="encoder layers (and as many decoder layers)")
+    p.add_argument("--layers", type=int, default=2, help="encoder layers")
     p.add_argument("--encoder_layers", type=int, default=None, help="encoder layers (default: --layers)")
-    p.add_argument("--decoder_layers", type=int, default=None, help="decoder layers (default: --layers)")
+    p.add_argument("--decoder_layers", type=int, default=3, help="decoder layers (default 3: one more than the "
+                   "encoder's 2: README, round 14)")
     p.add_argument("--d_ff", type=int, default=512, help="feed-forward inner width")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout on sublayer outputs and embeddings, the "
                    "paper's places (with --impl torch also on attention weights and after the feed-forward ReLU)")
@@ -110,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"passes over the training pairs (default: {EPOCHS_BF16} with bf16 autocast, "
-                        f"{EPOCHS_FLOAT32} in float32; a bf16 epoch costs about 0.7 of a float32 one on a CPU, so "
-                        "both stay within stage 3's training time; --resume: the saved run's)")
+                        f"{EPOCHS_FLOAT32} in float32; a bf16 epoch costs about 0.7 of a float32 one on a CPU; with "
+                        "bf16 the default run takes about 0.8 of stage 3's training time, in float32 about 1.2: "
+                        "README, round 14; --resume: the saved run's)")
     p.add_argument("--average_last", type=int, default=10,
                    help="average the weights of the last N epochs (the paper averages checkpoints too; 0 or 1: off); "
                         "the average is kept if its validation BLEU beats the best single epoch (5 before round 11)")
@@ -134,7 +136,6 @@ def default_epochs(device: torch.device, amp: bool) -> int:
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.encoder_layers = args.encoder_layers if args.encoder_layers is not None else args.layers
-    args.decoder_layers = args.decoder_layers if args.decoder_layers is not None else args.layers
     check_positive(args, "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "vocab_size",
                    "max_tokens")
     if args.epochs is not None:     # None: set in main() once the device and any --resume are known
