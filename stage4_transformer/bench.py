@@ -3,9 +3,9 @@
     python stage4_transformer/bench.py                     # all parts
     python stage4_transformer/bench.py --parts main        # the Transformer with the default settings: train, evaluate
     python stage4_transformer/bench.py --parts main --num_threads 1   # as in the README's stage 3 comparison (beside a
-                                                           # second run, one core each: 86-94 min of training, 15
-                                                           # epochs in float32; 27-45 min, 19 epochs in bf16 on
-                                                           # a CPU with native bf16)
+                                                           # second run, one core each: about 32 min, 19 epochs in
+                                                           # bf16 on a CPU with native bf16; 15 epochs in float32
+                                                           # took 86-94 min with 2+2 layers, about 1.2x that now)
     python stage4_transformer/bench.py --tables_only       # rebuild the README tables from results/
 
 main:     `train.py` with no flags, then `evaluate.py` on test_2016_flickr (with and without the cache).
