@@ -115,7 +115,8 @@ def speed(data_dir: str | None, steps: int = 40) -> None:
                                    ("scratch + fast dropout", "scratch", False, True),
                                    ("nn.Transformer", "torch", False, False)):
         config = TransformerConfig(len(vocab), len(vocab), defaults.d_model, defaults.n_heads, defaults.layers,
-                                   defaults.decoder_layers, defaults.d_ff, defaults.dropout, max_len=defaults.max_len + 2,
+                                   defaults.decoder_layers, defaults.d_ff, defaults.dropout,
+                                   max_len=defaults.max_len + 2,
                                    norm_first=bool(defaults.norm_first), positional=defaults.positional,
                                    share_embeddings=True, impl=impl, use_sdpa=sdpa, fast_dropout=fast,
                                    output_ids=output_ids)
