@@ -38,7 +38,7 @@ from stage4_transformer.data.batches import encode_pairs, token_batches  # noqa:
 from stage4_transformer.data.subword import SubwordVocab  # noqa: E402
 from stage4_transformer.models.transformer import Transformer, TransformerConfig  # noqa: E402
 from stage4_transformer.train import build_parser as train_parser  # noqa: E402
-from stage4_transformer.train import batch_loss, target_pieces  # noqa: E402
+from stage4_transformer.train import batch_loss, resolve_args, target_pieces  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
@@ -103,7 +103,7 @@ def training_speed(config: TransformerConfig, batches: list, steps: int, amp: bo
 def speed(data_dir: str | None, steps: int = 40) -> None:
     """Scratch against nn.Transformer (and the scratch model with F.scaled_dot_product_attention, or with
     --fast_dropout 1), one run, with train.py's default vocabulary and softmax."""
-    defaults = train_parser().parse_args([])
+    defaults = resolve_args(train_parser().parse_args([]))
     pairs = load_pairs("multi30k", "train", data_dir)
     vocab = SubwordVocab.train((t for pair in pairs for t in pair), defaults.vocab_size,
                                split_punctuation=bool(defaults.split_punctuation))
@@ -114,8 +114,8 @@ def speed(data_dir: str | None, steps: int = 40) -> None:
     for name, impl, sdpa, fast in (("scratch", "scratch", False, False), ("scratch + F.sdpa", "scratch", True, False),
                                    ("scratch + fast dropout", "scratch", False, True),
                                    ("nn.Transformer", "torch", False, False)):
-        config = TransformerConfig(len(vocab), len(vocab), defaults.d_model, defaults.n_heads, defaults.layers,
-                                   defaults.decoder_layers, defaults.d_ff, defaults.dropout,
+        config = TransformerConfig(len(vocab), len(vocab), defaults.d_model, defaults.n_heads,
+                                   defaults.encoder_layers, defaults.decoder_layers, defaults.d_ff, defaults.dropout,
                                    max_len=defaults.max_len + 2,
                                    norm_first=bool(defaults.norm_first), positional=defaults.positional,
                                    share_embeddings=True, impl=impl, use_sdpa=sdpa, fast_dropout=fast,

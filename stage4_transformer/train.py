@@ -39,8 +39,9 @@ from stage4_transformer.models.transformer import Transformer, TransformerConfig
 from stage4_transformer.translator import MODEL_NAME, STAGE, translate_sentences  # noqa: E402
 
 STAGE_DIR = Path(__file__).resolve().parent
+ENCODER_LAYERS, DECODER_LAYERS = 2, 3   # the default depth (--layers N sets both to N)
 EPOCHS_FLOAT32, EPOCHS_BF16 = 15, 19     # --epochs' default in float32 and with bf16 autocast (see its help)
-RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "dropout",
+RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "dropout",
                      "attention_dropout", "activation_dropout", "fast_dropout", "norm_first", "norm", "fix_norm",
                      "positional", "vocab_size", "split_punctuation", "join_elisions", "bpe_dropout", "max_tokens",
                      "limit", "max_len", "seed", "lr", "warmup_steps", "schedule", "decay_vectors", "average_last",
@@ -54,10 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scratch: models/transformer.py; torch: the same model on nn.Transformer")
     p.add_argument("--d_model", type=int, default=256, help="model width")
     p.add_argument("--n_heads", type=int, default=4, help="attention heads")
-    p.add_argument("--layers", type=int, default=2, help="encoder layers")
-    p.add_argument("--encoder_layers", type=int, default=None, help="encoder layers (default: --layers)")
-    p.add_argument("--decoder_layers", type=int, default=3, help="decoder layers (default 3: one more than the "
-                   "encoder's 2: README, round 14)")
+    p.add_argument("--layers", type=int, default=None, help="encoder and decoder layers (default: "
+                   f"{ENCODER_LAYERS} encoder, {DECODER_LAYERS} decoder layers)")
+    p.add_argument("--encoder_layers", type=int, default=None,
+                   help=f"encoder layers (default: --layers, else {ENCODER_LAYERS})")
+    p.add_argument("--decoder_layers", type=int, default=None,
+                   help=f"decoder layers (default: --layers, else {DECODER_LAYERS}: the third decoder layer fixed "
+                        "dropped halves of long sentences, README round 14)")
     p.add_argument("--d_ff", type=int, default=512, help="feed-forward inner width")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout on sublayer outputs and embeddings, the "
                    "paper's places (with --impl torch also on attention weights and after the feed-forward ReLU)")
@@ -135,8 +139,13 @@ def default_epochs(device: torch.device, amp: bool) -> int:
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    args.encoder_layers = args.encoder_layers if args.encoder_layers is not None else args.layers
-    check_positive(args, "d_model", "n_heads", "layers", "encoder_layers", "decoder_layers", "d_ff", "vocab_size",
+    if args.layers is not None:
+        check_positive(args, "layers")
+    shared = {"encoder_layers": ENCODER_LAYERS, "decoder_layers": DECODER_LAYERS}   # each: its flag, else --layers
+    for name, default in shared.items():
+        if getattr(args, name) is None:
+            setattr(args, name, args.layers if args.layers is not None else default)
+    check_positive(args, "d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "vocab_size",
                    "max_tokens")
     if args.epochs is not None:     # None: set in main() once the device and any --resume are known
         check_positive(args, "epochs")

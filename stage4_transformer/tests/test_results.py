@@ -40,8 +40,9 @@ def test_translation_meets_the_bleu_floor_with_default_settings():
     # what it trains) or spells out today's default value (seed 0's run was started before --decoder_layers' default
     # became 3, so its command names it; training on one machine is deterministic, so the run is the default run)
     words = train["command"].split()
-    run_args = vars(train_script.build_parser().parse_args(words[words.index("stage4_transformer/train.py") + 1:]))
-    defaults = vars(train_script.build_parser().parse_args([]))
+    parse = train_script.build_parser().parse_args
+    run_args = vars(train_script.resolve_args(parse(words[words.index("stage4_transformer/train.py") + 1:])))
+    defaults = vars(train_script.resolve_args(parse([])))
     place = {"out_dir", "checkpoint", "data_dir", "num_threads"}
     assert {k for k in defaults if run_args[k] != defaults[k]} <= place, "the floor is for the default settings"
     lines = (RESULTS / "main_translations.txt").read_text(encoding="utf-8").splitlines()

@@ -43,6 +43,15 @@ def test_default_epochs_follow_the_training_precision(monkeypatch, bf16, amp, ep
     assert train.EPOCHS_BF16 > train.EPOCHS_FLOAT32
 
 
+@pytest.mark.parametrize("argv, depth", [([], (2, 3)), (["--layers", "3"], (3, 3)),
+                                         (["--layers", "4", "--decoder_layers", "1"], (4, 1)),
+                                         (["--decoder_layers", "2"], (2, 2)), (["--encoder_layers", "1"], (1, 3))])
+def test_layer_flags(argv, depth):
+    """Default 2 encoder + 3 decoder layers; --layers N sets both; --encoder_layers / --decoder_layers win."""
+    args = train.resolve_args(train.build_parser().parse_args(argv))
+    assert (args.encoder_layers, args.decoder_layers) == depth
+
+
 def test_a_run_without_epochs_records_the_default_it_used(mt_data, tmp_path, cli, monkeypatch):
     code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--max_steps", "2", "--limit", "100",
                                               "--val_limit", "5", "--average_last", "0"))
@@ -66,6 +75,7 @@ def test_a_run_without_epochs_records_the_default_it_used(mt_data, tmp_path, cli
     (["--attention_dropout", "1.5"], "--attention_dropout must be in [0, 1)"),
     (["--bpe_dropout", "-0.1"], "--bpe_dropout must be in [0, 1)"),
     (["--decoder_layers", "0"], "--decoder_layers must be at least 1"),
+    (["--layers", "0"], "--layers must be at least 1"),
     (["--impl", "torch", "--activation_dropout", "0"], "need --impl scratch"),
     (["--impl", "torch", "--fast_dropout", "1"], "--fast_dropout 1 needs --impl scratch"),
     (["--impl", "torch", "--norm", "scale"], "--fix_norm 1 need --impl scratch"),
