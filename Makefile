@@ -1,40 +1,55 @@
 # my_llm: every target sets up what it needs. Run from the repository root.
-#   make demo   create .venv, install requirements.txt, train and evaluate stage 1 on IMDb
-#   make test   create .venv (with the test packages) and run the whole test suite
-#   make bench  every stage's benchmark (stage 1 ~5 min, stage 2 ~50 min, stage 3 ~95 min, stage 4 ~45 min,
-#               stage 5 ~50 min on 2 CPU cores); make bench-stage1 / ... / bench-stage5 for one. Results go to
-#               stageN_*/results/, then scripts/course_report.py rebuilds the top README's tables. Stage 5's nanoGPT
-#               comparison, GPU part and fine-tuning need flags (and a GPU): see stage5_gpt/README.md.
-# Data: a local copy is read from $MY_LLM_DATA when set (e.g. export MY_LLM_DATA=../shared/data);
+#   make setup  .venv with requirements.txt and the course itself (editable)       ~2 min on 2 CPU cores
+#   make demo   set up, train and evaluate stage 1 on IMDb                          ~3 min
+#   make test   set up (with the test packages), lint with ruff, run every test     ~5 min
+#   make lint   ruff over the whole repository
+#   make bench  every stage's benchmark (hours on 2 CPU cores); make bench-stage1 ... bench-stage5 for one;
+#               results go to stageN_*/results/, then scripts/course_report.py rebuilds the top README's tables
+# Data: a local copy is read from --data_dir or $MY_LLM_DATA (e.g. export MY_LLM_DATA=$PWD/../shared/data);
 # otherwise the data sets are downloaded with Hugging Face `datasets`.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+MIN_PYTHON := 3.11
 
-.PHONY: setup setup-dev demo test bench bench-stage1 bench-stage2 bench-stage3 bench-stage4 bench-stage5 report clean
+.PHONY: setup setup-dev check-python demo test lint bench bench-stage1 bench-stage2 bench-stage3 bench-stage4 \
+	bench-stage5 report clean
 
-$(VENV)/.installed: requirements.txt
+# Refuse a Python older than MIN_PYTHON before anything is built, and rebuild a .venv made by another Python.
+check-python:
+	@$(PYTHON) -c 'import sys; v = tuple(map(int, "$(MIN_PYTHON)".split("."))); sys.exit(0 if sys.version_info[:2] >= v else 1)' \
+		|| { echo "error: my_llm needs Python $(MIN_PYTHON) or newer; $(PYTHON) is $$($(PYTHON) -V 2>&1). Run make PYTHON=python3.11 (or newer)" >&2; exit 2; }
+	@want=$$($(PYTHON) -c 'import sys; print(sys.version.split()[0])'); \
+	if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)" != "$$want" ]; then \
+		echo "$(VENV) was made by another Python; rebuilding it with $(PYTHON) ($$want)"; rm -rf $(VENV); fi
+
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: check-python
+	@$(MAKE) --no-print-directory $(VENV)/.installed
 
-setup-dev: $(VENV)/.installed-dev
+setup-dev: check-python
+	@$(MAKE) --no-print-directory $(VENV)/.installed-dev
 
 demo: setup
 	$(PY) stage1_mlp/train.py --dataset imdb
-	$(PY) stage1_mlp/evaluate.py --model_path stage1_mlp/checkpoints/best_model.pt
-	$(PY) stage1_mlp/evaluate.py --model_path stage1_mlp/checkpoints/best_model.pt \
+	$(PY) stage1_mlp/evaluate.py --checkpoint stage1_mlp/checkpoints/best_model.pt
+	$(PY) stage1_mlp/evaluate.py --checkpoint stage1_mlp/checkpoints/best_model.pt \
 		--text "One of the best films I have seen this year: moving, funny and beautifully acted."
 
-test: setup-dev
+lint: setup-dev
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q
 
 bench: bench-stage1 bench-stage2 bench-stage3 bench-stage4 bench-stage5

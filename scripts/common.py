@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -47,22 +48,46 @@ class TrainingInterrupted(Exception):
 
 
 # ----------------------------------------------------------------------------- command line
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """`--help` shows every option's default and keeps the description's line breaks (its examples)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        # a default of None means "chosen by the program" (the help says how); booleans show as --x / --no-x
+        if action.default is None or action.default is argparse.SUPPRESS or "%(default)" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+
 class ArgParser(argparse.ArgumentParser):
-    """argparse, but a bad flag ends in one line on stderr (not a usage dump) and exit status 2."""
+    """argparse, but a bad flag ends in one line on stderr (not a usage dump) and exit status 2, and
+    `--help` shows every default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """The flags every program of the course takes."""
-    parser.add_argument("--data_dir", default=None,
-                        help=f"folder holding the data sets (default: ${DATA_ENV}, else download)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="where to run: auto picks cuda, then mps, then cpu")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for data split, init and dropout")
-    parser.add_argument("--num_threads", type=int, default=0,
-                        help="CPU threads for torch (0: torch's default, one per core)")
+def add_common_args(parser: argparse.ArgumentParser, seed_help: str = "random seed") -> None:
+    """The flags every program of the course takes, in their own group at the end of `--help`."""
+    group = parser.add_argument_group("data and hardware")
+    group.add_argument("--data_dir", default=None,
+                       help=f"folder holding the data sets (default: ${DATA_ENV}, else download)")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                       help="where to run: auto picks cuda, then mps, then cpu")
+    group.add_argument("--seed", type=int, default=0, help=seed_help)
+    group.add_argument("--num_threads", type=int, default=0,
+                       help="CPU threads for torch (0: torch's default, one per core)")
+
+
+def add_checkpoint_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str | None,
+                       help: str = "trained model to load") -> None:
+    """`--checkpoint PATH`, the one name for "a trained model" in every stage (`--model_path`, the
+    original course's spelling, is the same option)."""
+    parser.add_argument("--checkpoint", "--model_path", dest="checkpoint", default=default, help=help)
 
 
 def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
@@ -147,6 +172,18 @@ def check_positive(args: argparse.Namespace, *flags: str) -> None:
     for flag in flags:
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+
+
+def warmup_cosine(step: int, total: int, warmup: int, peak: float, final: float) -> float:
+    """The learning rate at optimizer step `step` (counted from 0): a linear warm-up to `peak` over
+    `warmup` steps, then half a cosine from `peak` down to `final` at step `total`, flat after that.
+
+    A function of the step alone, so a resumed run follows exactly the schedule of an uninterrupted one.
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def set_threads(num_threads: int) -> None:

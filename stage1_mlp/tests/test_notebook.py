@@ -1,7 +1,7 @@
 """visualize.ipynb runs top to bottom on a tiny finished run (so it never rots)."""
 from pathlib import Path
 
-from conftest import execute_notebook
+from scripts.testing import execute_notebook
 from stage1_mlp import evaluate, train
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "visualize.ipynb"

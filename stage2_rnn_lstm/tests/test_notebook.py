@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import execute_notebook
+from scripts.testing import execute_notebook
 from stage2_rnn_lstm import train
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "visualize.ipynb"

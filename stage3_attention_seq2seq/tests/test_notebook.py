@@ -3,7 +3,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import execute_notebook
+from scripts.testing import execute_notebook
 from stage3_attention_seq2seq import evaluate, train
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "visualize.ipynb"

@@ -2,7 +2,7 @@
 import json
 import shutil
 
-from conftest import execute_notebook
+from scripts.testing import execute_notebook
 from stage4_transformer import evaluate, train
 from stage4_transformer.tests.test_train import TINY
 

@@ -1,7 +1,7 @@
 """visualize.ipynb runs top to bottom on a tiny finished run laid out like bench.py's results/."""
 import shutil
 
-from conftest import execute_notebook
+from scripts.testing import execute_notebook
 from stage5_gpt import train
 from stage5_gpt.tests.conftest import tiny_args
 

@@ -1,17 +1,16 @@
-"""Shared pytest set-up: the repo root on sys.path, where the real data sets are (if anywhere),
-and tiny data sets in the real formats, so every stage's scripts can be exercised in seconds."""
+"""Shared pytest fixtures, loaded as a plugin (`-p scripts.testing` in pyproject.toml): where the real
+data sets are (if anywhere), and tiny data sets in the real formats, so every stage's scripts can be
+exercised in seconds."""
 import csv
 import gzip
 import json
 import os
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def real_data_dir() -> Path | None:

@@ -1,0 +1,91 @@
+"""Resume and Ctrl-C for a training loop, written once so each stage's `train.py` shows only the learning.
+
+A training loop that can be stopped and resumed must save, besides the model, everything that decides
+what happens next: the optimizer's moments, the step and epoch counters, the best score so far, the
+history, and the state of every random number generator. `ResumableRun` keeps those in one dict
+(`run.state`) and writes them to `<out_dir>/last.pt`:
+
+    run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", must_match=["model_type", "lr"],
+                       state={"step": 0, "epoch": 0, "best_val_loss": math.inf, "history": []})
+    vocab = Vocabulary.from_dict(run.resume["vocab"]) if run.resume else Vocabulary.build(...)
+    model, optimizer = ...
+    run.attach(model, optimizer, payload=lambda: {**checkpoint_header(...), "config": ..., "vocab": ...})
+    with run:                                   # the first Ctrl-C now asks the loop to stop at a safe point
+        while run.state["step"] < total:
+            ...forward, backward, step...
+            run.state["step"] += 1
+            run.step_done(f"step {run.state['step']}")   # after Ctrl-C: save last.pt, exit 130
+            if evaluating: ...; run.save()
+
+`--resume` then refuses a checkpoint of another stage, model, data set or of other `must_match` settings,
+restores the model, optimizer, counters and RNG state, and the run continues bit for bit as if never
+stopped (each stage has a test for that).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from scripts.common import StopOnInterrupt, load_resume, rng_state, save_checkpoint, set_rng_state
+
+
+class ResumableRun:
+    """The `--resume` / Ctrl-C bookkeeping of one training run (see the module docstring)."""
+
+    def __init__(self, args: argparse.Namespace, stage: str, model: str, last_path: Path, state: dict[str, Any],
+                 must_match: Sequence[str] = (), map_location: str | torch.device = "cpu") -> None:
+        self.last_path = Path(last_path)
+        self.state = dict(state)
+        # None without --resume; else the checked checkpoint (same stage, model, --dataset and must_match)
+        self.resume = load_resume(self.last_path, stage, model, args, must_match, map_location=map_location)
+        self._interrupt = StopOnInterrupt()
+        self._model: torch.nn.Module | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._payload: Callable[[], dict[str, Any]] = dict
+        self._extra: Callable[[], dict[str, Any]] = dict
+
+    def attach(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, payload: Callable[[], dict[str, Any]],
+               extra_state: Callable[[], dict[str, Any]] | None = None) -> bool:
+        """Register what `save` writes, and on `--resume` restore the model, optimizer, counters and RNGs.
+
+        `payload()` gives the stage's own checkpoint fields (header, config, vocabulary, args);
+        `extra_state()` any further state to save (the stage restores it from `run.resume` itself).
+        Returns True when a run was resumed. Call it after the model is built (building draws from the RNG)."""
+        self._model, self._optimizer, self._payload = model, optimizer, payload
+        self._extra = extra_state or dict
+        if self.resume is None:
+            return False
+        model.load_state_dict(self.resume["model_state"])
+        optimizer.load_state_dict(self.resume["optimizer_state"])
+        self.state = {key: self.resume[key] for key in self.state}
+        set_rng_state(self.resume["rng_state"])
+        return True
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What last.pt holds: the stage's payload, the model, the counters, the optimizer and the RNG state."""
+        assert self._model is not None and self._optimizer is not None, "call attach() first"
+        return {**self._payload(), "model_state": {k: v.detach().cpu() for k, v in self._model.state_dict().items()},
+                **self.state, "optimizer_state": self._optimizer.state_dict(), "rng_state": rng_state(),
+                **self._extra()}
+
+    def save(self) -> None:
+        """Write last.pt atomically (a crash while writing leaves the previous one whole)."""
+        save_checkpoint(self.last_path, self.checkpoint())
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._interrupt.requested
+
+    def step_done(self, where: str) -> None:
+        """Call between optimizer steps: after a Ctrl-C, save last.pt and end the program with exit status 130."""
+        self._interrupt.stop_if_requested(self.save, f"{self.last_path} at {where}")
+
+    def __enter__(self) -> "ResumableRun":
+        self._interrupt.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._interrupt.__exit__(*exc)
