@@ -14,19 +14,14 @@ are measured on the same 2 CPU cores, so that latencies and training times compa
 """
 from __future__ import annotations
 
-import pathlib
-import sys
+import fnmatch
+import io
+import re
+from pathlib import Path
+from typing import Any, Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
-
-import fnmatch  # noqa: E402
-import io  # noqa: E402
-import re  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
-
-from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main  # noqa: E402
-from scripts.report import hardware_label, markdown_table, replace_block, update_file  # noqa: E402
+from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main
+from scripts.report import hardware_label, markdown_table, replace_block, update_file
 
 COMMAND = "python scripts/course_report.py"
 IMAGES = Path("docs") / "images"

@@ -17,23 +17,18 @@ run's command, else the one of the run's model, else `default` (among equals, th
 """
 from __future__ import annotations
 
-import pathlib
-import sys
+import bisect
+import json
+import math
+import re
+import shlex
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
-
-import bisect  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Sequence  # noqa: E402
-
-from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_text  # noqa: E402
+from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_text
 
 FORMAT = "my_llm-reference-v1"
 Curve = dict[float, float]          # one run's series: x (epoch or step) -> value

@@ -14,20 +14,16 @@ first) and <out>/sweep.png.
 """
 from __future__ import annotations
 
-import pathlib
+import itertools
+import random
+import statistics
+import subprocess
 import sys
+from pathlib import Path
+from typing import Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
-
-import itertools  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_json, write_text  # noqa: E402
-from scripts.report import markdown_table  # noqa: E402
+from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_json, write_text
+from scripts.report import markdown_table
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
