@@ -1,7 +1,7 @@
 # my_llm: every target sets up what it needs. Run from the repository root.
-#   make setup  .venv with requirements.txt and the course itself (editable)       ~2 min on 2 CPU cores
-#   make demo   set up, train and evaluate stage 1 on IMDb                          ~3 min
-#   make test   set up (with the test packages), lint with ruff, run every test     ~5 min
+#   make setup  .venv with requirements.txt and the course itself (editable install)
+#   make demo   set up, then train and evaluate stage 1 on IMDb
+#   make test   set up (with the test packages), lint with ruff, run every test
 #   make lint   ruff over the whole repository
 #   make bench  every stage's benchmark (hours on 2 CPU cores); make bench-stage1 ... bench-stage5 for one;
 #               results go to stageN_*/results/, then scripts/course_report.py rebuilds the top README's tables
