@@ -5,9 +5,9 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+matplotlib.use("Agg")  # a file backend: plots are written to PNG files, with or without a display
 
 
 def plot_curves(history: list[dict], path: Path, panels: Sequence[Sequence[str]], title: str = "",
