@@ -428,18 +428,33 @@ def read_json(path: str | Path, what: str = "file") -> Any:
 
 
 # ----------------------------------------------------------------------------- data sets
-def data_candidates(name: str, data_dir: str | None) -> list[Path]:
-    """Folders that may hold data set `name`: `--data_dir` first, then `$MY_LLM_DATA`.
+def data_bases(data_dir: str | None) -> list[Path]:
+    """The folders to look in, as absolute paths: `--data_dir` alone when it is given (a folder the user
+    named is never silently swapped for another), else `$MY_LLM_DATA`.
 
-    Each base may be the folder of all data sets (`.../data`, holding `name/`) or `name/` itself.
-    """
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise UserError(f"--data_dir {data_dir} is not a folder; pass the folder that holds {name}/")
-    bases = [b for b in (data_dir, os.environ.get(DATA_ENV)) if b]
-    out: list[Path] = []
-    for base in bases:
-        out += [Path(base) / name, Path(base)]
-    return out
+    A relative `--data_dir` means relative to the folder the command is typed in. A relative `$MY_LLM_DATA`
+    may have been exported in another folder than the one a program now runs in (the README exports it in the
+    repo root, then a learner `cd`s into a stage folder): it is taken relative to the current folder if that
+    exists, else relative to the repo root."""
+    if data_dir is not None:
+        path = Path(data_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise UserError(f"--data_dir {data_dir} is not a folder ({path}); pass the folder that holds the data sets")
+        return [path]
+    env = os.environ.get(DATA_ENV)
+    if not env:
+        return []
+    path = Path(env).expanduser()
+    if path.is_absolute():
+        return [path]
+    tried = [(Path.cwd() / path).resolve(), (REPO_ROOT / path).resolve()]
+    return [next((p for p in tried if p.is_dir()), tried[0])]
+
+
+def data_candidates(name: str, data_dir: str | None) -> list[Path]:
+    """Folders that may hold data set `name`: under each of `data_bases`, the folder `name/` and the base itself
+    (a base may be the folder of all data sets, `.../data` holding `name/`, or `name/` itself)."""
+    return [folder for base in data_bases(data_dir) for folder in (base / name, base)]
 
 
 def find_local_data(name: str, files: Sequence[str], data_dir: str | None) -> Path | None:
@@ -451,7 +466,7 @@ def find_local_data(name: str, files: Sequence[str], data_dir: str | None) -> Pa
 
 
 def missing_data_error(name: str, files: Sequence[str], data_dir: str | None, download_error: str) -> UserError:
-    looked = [str(p) for p in data_candidates(name, data_dir)] or [f"(no --data_dir and no ${DATA_ENV})"]
+    looked = [str(p) for p in data_candidates(name, data_dir)] or [f"(nowhere: no --data_dir and no ${DATA_ENV})"]
     return UserError(f"no local copy of {name} ({', '.join(files)}) in {', '.join(looked)}, and the download "
                      f"failed ({download_error}); pass --data_dir or set {DATA_ENV} to the folder holding {name}/")
 

@@ -144,3 +144,34 @@ def test_metrics_file_has_the_course_format(tmp_path):
     assert {"stage", "model", "dataset", "split", "metrics", "params", "eval_seconds", "device", "torch",
             "command", "hardware"} <= set(data)
     assert data["eval_seconds"] == 1.235 and data["metrics"]["accuracy"] == 0.9
+
+
+def test_data_dir_is_never_swapped_for_the_environment(tmp_path, monkeypatch):
+    """A --data_dir that lacks a file does not fall back to $MY_LLM_DATA: the user named that folder."""
+    flag, env = tmp_path / "flag" / "imdb", tmp_path / "env" / "imdb"
+    flag.mkdir(parents=True)
+    env.mkdir(parents=True)
+    (env / "train.jsonl.gz").write_bytes(b"")
+    monkeypatch.setenv("MY_LLM_DATA", str(tmp_path / "env"))
+    assert find_local_data("imdb", ["train.jsonl.gz"], str(tmp_path / "flag")) is None
+    error = common.missing_data_error("imdb", ["train.jsonl.gz"], str(tmp_path / "flag"), "offline")
+    assert str(flag) in str(error) and str(env) not in str(error)
+
+
+def test_relative_data_paths_work_from_another_folder(tmp_path, monkeypatch):
+    """`export MY_LLM_DATA=../shared/data` typed in the repo root still works after `cd stage1_mlp`; a relative
+    --data_dir is relative to where the command is typed; errors show absolute paths."""
+    data = tmp_path / "repo_root_sibling" / "imdb"
+    data.mkdir(parents=True)
+    (data / "train.jsonl.gz").write_bytes(b"")
+    monkeypatch.setattr(common, "REPO_ROOT", tmp_path / "repo")
+    (tmp_path / "repo" / "stage1_mlp").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo" / "stage1_mlp")
+    monkeypatch.setenv("MY_LLM_DATA", "../../repo_root_sibling")   # relative to the repo root
+    assert find_local_data("imdb", ["train.jsonl.gz"], None) == data
+    monkeypatch.setenv("MY_LLM_DATA", "../nowhere")                 # a folder in neither place: absolute paths shown
+    error = str(common.missing_data_error("imdb", ["train.jsonl.gz"], None, "offline"))
+    assert str(tmp_path / "repo" / "nowhere" / "imdb") in error
+    monkeypatch.delenv("MY_LLM_DATA")
+    assert find_local_data("imdb", ["train.jsonl.gz"], "../../repo_root_sibling") == data  # against the cwd
+    assert "(nowhere: no --data_dir" in str(common.missing_data_error("imdb", ["x"], None, "offline"))
