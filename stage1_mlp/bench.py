@@ -5,20 +5,18 @@ made from the same files by `python scripts/course_report.py`).
     python stage1_mlp/bench.py                 # IMDb, torch then scratch (about 10 minutes on 2 cores)
     python stage1_mlp/bench.py --tables_only   # only rebuild the README tables from results/
 
+(From inside stage1_mlp/ the same commands are `python bench.py ...`.)
+
 Results go to stage1_mlp/results/<dataset>_<impl>_{train,test}.json and <dataset>_speed.json.
 """
-import pathlib
+import shutil
+import subprocess
 import sys
+from pathlib import Path
+from typing import Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
-
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-from scripts.common import ArgParser, UserError, run_main, write_json  # noqa: E402
-from scripts.report import load_results, markdown_table, update_file  # noqa: E402
+from scripts.common import ArgParser, UserError, run_main, write_json
+from scripts.report import load_results, markdown_table, update_file
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
@@ -29,11 +27,11 @@ def run_one(dataset: str, impl: str, extra: list[str]) -> None:
     """train.py then evaluate.py for one implementation, exactly as a user would run them."""
     run_dir = STAGE_DIR / "runs" / f"bench_{dataset}_{impl}"
     eval_dir = STAGE_DIR / "runs" / f"bench_eval_{dataset}_{impl}"
-    model_path = STAGE_DIR / "checkpoints" / f"bench_{dataset}_{impl}.pt"
+    checkpoint = STAGE_DIR / "checkpoints" / f"bench_{dataset}_{impl}.pt"
     python = sys.executable
     subprocess.run([python, str(STAGE_DIR / "train.py"), "--dataset", dataset, "--impl", impl, "--out_dir",
-                    str(run_dir), "--model_path", str(model_path), *extra], check=True)
-    subprocess.run([python, str(STAGE_DIR / "evaluate.py"), "--model_path", str(model_path), "--out_dir",
+                    str(run_dir), "--checkpoint", str(checkpoint), *extra], check=True)
+    subprocess.run([python, str(STAGE_DIR / "evaluate.py"), "--checkpoint", str(checkpoint), "--out_dir",
                     str(eval_dir), *extra], check=True)
     RESULTS.mkdir(exist_ok=True)
     shutil.copy(run_dir / "metrics.json", RESULTS / f"{dataset}_{impl}_train.json")
@@ -95,7 +93,7 @@ def write_tables(dataset: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgParser(description="Benchmark stage 1: both implementations, default settings, README tables.")
+    parser = ArgParser(description=__doc__)
     parser.add_argument("--dataset", default="imdb", choices=["imdb", "ag_news"], help="data set to benchmark")
     parser.add_argument("--tables_only", action="store_true", help="only rebuild README tables from results/")
     parser.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")

@@ -1,33 +1,43 @@
 """Evaluate a trained stage 1 classifier, or classify your own text.
 
-    python evaluate.py --model_path checkpoints/best_model.pt          # test accuracy, macro-F1, speed
-    python evaluate.py --text "A moving, beautifully acted film."      # one text, with probabilities
-    python evaluate.py --interactive                                   # type texts, Ctrl-D to quit
+    python stage1_mlp/evaluate.py                                    # test accuracy, macro-F1, speed
+    python stage1_mlp/evaluate.py --checkpoint stage1_mlp/checkpoints/best_model.pt
+    python stage1_mlp/evaluate.py --text "A moving, beautifully acted film."   # one text, with probabilities
+    python stage1_mlp/evaluate.py --interactive                      # type texts; :help lists commands
 
+(From inside stage1_mlp/ the same commands are `python evaluate.py ...`.)
 The test split is read here and nowhere else. Writes metrics.json, confusion_matrix.png and
 predictions.jsonl to runs/eval_<dataset>/ (or --out_dir), and metrics.json to --metrics_out if given.
 """
-import pathlib
-import sys
+from __future__ import annotations
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from scripts.common import (ArgParser, UserError, add_common_args, count_params, get_device,  # noqa: E402
-                            load_checkpoint, run_main, set_threads, write_metrics)
-from scripts.plots import plot_confusion  # noqa: E402
-from stage1_mlp.data.features import Featurizer, FeatureSet, tokenize  # noqa: E402
-from scripts.classification_data import DATASETS, classification_report, load_split  # noqa: E402
-from stage1_mlp.models.config import MLPConfig  # noqa: E402
-from stage1_mlp.models.mlp_scratch import ScratchMLP  # noqa: E402
-from stage1_mlp.models.mlp_torch import TorchMLP  # noqa: E402
+from scripts.classification_data import DATASETS, classification_report, load_split
+from scripts.common import (
+    ArgParser,
+    UserError,
+    add_checkpoint_arg,
+    add_common_args,
+    count_params,
+    get_device,
+    load_checkpoint,
+    run_main,
+    set_threads,
+    write_metrics,
+)
+from scripts.plots import plot_confusion
+from scripts.repl import Repl
+from stage1_mlp.data.features import FeatureSet, Featurizer, tokenize
+from stage1_mlp.models.config import MLPConfig
+from stage1_mlp.models.mlp_scratch import ScratchMLP
+from stage1_mlp.models.mlp_torch import TorchMLP
 
 STAGE = "stage1_mlp"
 STAGE_DIR = Path(__file__).resolve().parent
@@ -35,17 +45,19 @@ MODEL_NAME = "ngram_mlp"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgParser(description="Evaluate the stage 1 classifier on a test set, or classify given text.")
-    p.add_argument("--model_path", default=str(STAGE_DIR / "checkpoints" / "best_model.pt"), help="checkpoint to load")
-    p.add_argument("--dataset", default=None, choices=DATASETS, help="test set (default: the one it was trained on)")
+    p = ArgParser(description=__doc__)
+    add_checkpoint_arg(p, None, "trained model to load (when not given: stage1_mlp/checkpoints/best_model.pt)")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="test set (when not given: the one the model was trained on)")
     p.add_argument("--text", default=None, help="classify this text and print class probabilities")
     p.add_argument("--interactive", action="store_true", help="classify texts typed at a prompt")
     p.add_argument("--limit", type=int, default=0, help="evaluate only N evenly spaced test documents (0: all)")
     p.add_argument("--batch_size", type=int, default=1024, help="batch size for the accuracy pass and throughput")
     p.add_argument("--latency_samples", type=int, default=500, help="documents timed one at a time for latency")
-    p.add_argument("--out_dir", default=None, help="where outputs go (default: runs/eval_<dataset> in this stage)")
+    p.add_argument("--out_dir", default=None,
+                   help="where outputs go (when not given: stage1_mlp/runs/eval_<dataset>)")
     p.add_argument("--metrics_out", default=None, help="also write metrics.json to this file")
-    add_common_args(p)
+    add_common_args(p, seed_help="random seed (evaluation itself draws no random numbers)")
     return p
 
 
@@ -90,21 +102,26 @@ def format_prediction(clf: Classifier, text: str) -> str:
     return "\n".join(lines)
 
 
+def describe_features(clf: Classifier, text: str) -> str:
+    """What the model sees of a text: its words (unknown ones marked) and how many n-gram features it has."""
+    tokens = tokenize(text)
+    if not tokens:
+        return "(:features TEXT shows the features of TEXT, e.g. :features not bad at all)"
+    features = clf.featurizer.features(tokens)
+    words = " ".join(t if t in clf.featurizer.stoi else f"{t}(<unk>)" for t in tokens)
+    ngram_features = int((features >= clf.featurizer.num_words).sum())
+    ngrams = f"hashed n-grams (n = 2..{clf.featurizer.ngrams})" if clf.featurizer.ngrams > 1 else "n-grams (words only)"
+    return (f"{len(features)} distinct features: {len(features) - ngram_features} words and {ngram_features} {ngrams}"
+            f"\n  words: {words}")
+
+
 def interactive(clf: Classifier) -> int:
-    print(f"stage 1 MLP ({clf.dataset}: {', '.join(clf.classes)}). Type a text and press Enter; Ctrl-D quits.")
-    while True:
-        try:
-            text = input("> ")
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return 0
-        if not text.strip():
-            print("(empty input: type some text)")
-            continue
-        try:
-            print(format_prediction(clf, text))
-        except UserError as err:
-            print(f"({err})")
+    """Classify each line typed; `:features TEXT` shows what the model sees of a text."""
+    repl = Repl({}, extra_commands={
+        "features": (lambda text: describe_features(clf, text), "TEXT: the words and n-gram features of TEXT")})
+    banner = (f"stage 1 MLP ({clf.dataset}: {', '.join(clf.classes)}). Type a text and press Enter; "
+              ":help lists commands, :quit or Ctrl-D leaves.")
+    return repl.loop(lambda text: print(format_prediction(clf, text)), banner)
 
 
 def measure_latency(clf: Classifier, texts: list[str], samples: int) -> float:
@@ -124,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = get_device(args.device)
     if args.text is not None and not args.text.strip():
         raise UserError("--text is empty; give the text to classify, e.g. --text \"a wonderful film\"")
-    clf = Classifier(args.model_path, device)
+    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / "best_model.pt")
+    clf = Classifier(args.checkpoint, device)
     if args.text is not None:
         print(format_prediction(clf, args.text))
         return 0
@@ -135,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     test = load_split(dataset, "test", args.data_dir)
     if len(test.classes) != len(clf.classes):
-        raise UserError(f"{args.model_path} predicts {len(clf.classes)} classes but {dataset} has {len(test.classes)}")
+        raise UserError(f"{args.checkpoint} predicts {len(clf.classes)} classes but {dataset} has {len(test.classes)}")
     if args.limit:  # evenly spaced, so a file sorted by label still gives every class
         test = test.subset(list(range(0, len(test), max(1, len(test) // args.limit)))[: args.limit])
     tick = time.perf_counter()
@@ -170,11 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = dict(stage=STAGE, model=f"{MODEL_NAME}_{clf.impl}", dataset=dataset, split="test", metrics=metrics,
                   params=count_params(clf.model.parameters()), seconds=time.time() - started,
                   seconds_key="eval_seconds", device=device,
-                  extra={"checkpoint": str(args.model_path), "test_size": len(data)})
+                  extra={"checkpoint": str(args.checkpoint), "test_size": len(data)})
     write_metrics(out_dir / "metrics.json", **common)
     if args.metrics_out:
         write_metrics(Path(args.metrics_out), **common)
-    print(f"{dataset} test ({len(data)} documents), MLP ({clf.impl}) from {args.model_path}")
+    print(f"{dataset} test ({len(data)} documents), MLP ({clf.impl}) from {args.checkpoint}")
     print(f"  accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}")
     for name, row in report["per_class"].items():
         print(f"  {name:<10} precision {row['precision']:.4f}  recall {row['recall']:.4f}  f1 {row['f1']:.4f}")

@@ -94,7 +94,8 @@ class ScratchMLP:
             raise KeyError(f"parameters {sorted(state)} do not match {sorted(self.params)}")
         for name, value in state.items():
             if self.params[name].shape != value.shape:
-                raise KeyError(f"parameter {name} has shape {tuple(value.shape)}, expected {tuple(self.params[name].shape)}")
+                raise KeyError(f"parameter {name} has shape {tuple(value.shape)}, "
+                               f"expected {tuple(self.params[name].shape)}")
             self.params[name] = value.to(self.params[name].device).clone()
 
     def parameters(self) -> list[torch.Tensor]:

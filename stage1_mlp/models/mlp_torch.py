@@ -16,7 +16,7 @@ class TorchMLP(nn.Module):
         logits = W2 z + b2
 
     The embedding gradient is sparse (only the rows a batch touches), so it is trained with
-    `torch.optim.SparseAdam` and the dense layers with `torch.optim.Adam` (see `make_optimizers`).
+    `torch.optim.SparseAdam` and the dense layers with `torch.optim.Adam` (see `SparseDenseAdam`).
     Parameter names match `ScratchMLP`, so weights copy between the two.
     """
 
@@ -37,7 +37,28 @@ class TorchMLP(nn.Module):
         return self.fc2(z)                            # (B, num_classes)
 
 
-def make_optimizers(model: TorchMLP, lr: float) -> list[torch.optim.Optimizer]:
-    """SparseAdam for the (huge, sparsely used) embedding table, Adam for everything else."""
-    dense = [p for name, p in model.named_parameters() if not name.startswith("embedding.")]
-    return [torch.optim.SparseAdam([model.embedding.weight], lr=lr), torch.optim.Adam(dense, lr=lr)]
+class SparseDenseAdam:
+    """`torch.optim.SparseAdam` for the (huge, sparsely used) embedding table and `torch.optim.Adam` for the
+    dense layers, driven as one optimizer: `zero_grad()`, `step()`, `state_dict()`, `load_state_dict()`.
+
+    `torch.optim.Adam` refuses sparse gradients and `SparseAdam` refuses dense ones, hence two of them.
+    """
+
+    def __init__(self, model: TorchMLP, lr: float):
+        dense = [p for name, p in model.named_parameters() if not name.startswith("embedding.")]
+        self.optimizers = [torch.optim.SparseAdam([model.embedding.weight], lr=lr), torch.optim.Adam(dense, lr=lr)]
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> list[dict]:
+        return [optimizer.state_dict() for optimizer in self.optimizers]
+
+    def load_state_dict(self, state: list[dict]) -> None:
+        for optimizer, saved in zip(self.optimizers, state):
+            optimizer.load_state_dict(saved)

@@ -1,4 +1,5 @@
 """train.py and evaluate.py end to end on tiny data: smoke runs, resume, and every bad input."""
+import io
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ SMALL = ["--buckets", "2000", "--embed_dim", "16", "--hidden_dim", "16", "--num_
 
 def train_args(tiny_data, tmp_path, *extra):
     return ["--data_dir", str(tiny_data), "--out_dir", str(tmp_path / "run"),
-            "--model_path", str(tmp_path / "ck" / "best_model.pt"), *SMALL, *extra]
+            "--checkpoint", str(tmp_path / "ck" / "best_model.pt"), *SMALL, *extra]
 
 
 @pytest.mark.parametrize("impl", ["torch", "scratch"])
@@ -36,7 +37,7 @@ def test_train_then_evaluate_smoke(tiny_data, tmp_path, cli, impl):
     assert "samples/s" in (run_dir / "train.log").read_text()
 
     metrics_out = tmp_path / "m" / "eval.json"
-    code, out, err = cli(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"), "--data_dir",
+    code, out, err = cli(evaluate.main, ["--checkpoint", str(tmp_path / "ck" / "best_model.pt"), "--data_dir",
                                          str(tiny_data), "--out_dir", str(tmp_path / "eval"), "--metrics_out",
                                          str(metrics_out), "--latency_samples", "20", "--num_threads", "1"])
     assert code == 0, err
@@ -46,7 +47,7 @@ def test_train_then_evaluate_smoke(tiny_data, tmp_path, cli, impl):
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
     assert "accuracy" in out and "ms/document" in out
 
-    code, out, _ = cli(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"),
+    code, out, _ = cli(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"),  # the original spelling
                                        "--text", "A wonderful, superb and moving film!"])
     assert code == 0 and out.startswith("positive") and "negative" in out
 
@@ -55,7 +56,7 @@ def test_ag_news_four_classes(tiny_data, tmp_path, cli):
     code, _, err = cli(train.main, train_args(tiny_data, tmp_path, "--dataset", "ag_news", "--epochs", "3",
                                               "--lr", "0.01"))
     assert code == 0, err
-    code, out, _ = cli(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"), "--data_dir",
+    code, out, _ = cli(evaluate.main, ["--checkpoint", str(tmp_path / "ck" / "best_model.pt"), "--data_dir",
                                        str(tiny_data), "--out_dir", str(tmp_path / "eval"),
                                        "--latency_samples", "5"])
     assert code == 0 and "Sci/Tech" in out
@@ -71,19 +72,29 @@ def trained(tiny_data, tmp_path_factory):
     return tmp / "ck" / "best_model.pt"
 
 
-def test_interactive_survives_empty_input_and_ends_on_eof(trained, monkeypatch, cli):
-    lines = iter(["", "   ", "...", "a brilliant superb film", "zzzz qqqq"])
+def feed(monkeypatch, lines):
+    """Type `lines` at the prompt, then end of input (Ctrl-D)."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(line + "\n" for line in lines)))
 
-    def fake_input(prompt=""):
-        try:
-            return next(lines)
-        except StopIteration:
-            raise EOFError from None
-    monkeypatch.setattr("builtins.input", fake_input)
-    code, out, _ = cli(evaluate.main, ["--model_path", str(trained), "--interactive"])
+
+def test_interactive_survives_empty_input_and_ends_on_eof(trained, monkeypatch, cli):
+    feed(monkeypatch, ["", "   ", "...", "a brilliant superb film", "zzzz qqqq"])
+    code, out, _ = cli(evaluate.main, ["--checkpoint", str(trained), "--interactive"])
     assert code == 0
-    assert out.count("(empty input") == 2 and "no words to classify" in out
+    assert out.count("(empty line") == 2 and "no words to classify" in out
     assert "positive" in out and "only the model's prior" in out  # unknown words are said so
+
+
+def test_interactive_commands(trained, monkeypatch, cli):
+    """The course's REPL commands: help, settings, the classifier's :features, sampling settings refused, quit."""
+    feed(monkeypatch, [":help", ":settings", ":features not a brilliant zzzz film", ":features", ":temperature 0.5",
+                       ":bogus", ":q", "a brilliant film"])
+    code, out, _ = cli(evaluate.main, ["--checkpoint", str(trained), "--interactive"])
+    assert code == 0
+    assert ":features" in out and ":quit" in out and "(no settings)" in out
+    assert "distinct features" in out and "zzzz(<unk>)" in out and "e.g. :features" in out
+    assert ":temperature does not apply here" in out and "unknown command :bogus" in out
+    assert out.count("positive") == 1  # the banner names the classes; nothing was classified after :q
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -91,7 +102,7 @@ def test_interactive_survives_empty_input_and_ends_on_eof(trained, monkeypatch, 
     (["--text", "... -- ;;"], "no words to classify"),
 ])
 def test_evaluate_bad_text(trained, cli, argv, message):
-    code, _, err = cli(evaluate.main, ["--model_path", str(trained), *argv])
+    code, _, err = cli(evaluate.main, ["--checkpoint", str(trained), *argv])
     assert code == 2 and message in err and err.count("\n") == 1
 
 
@@ -111,22 +122,54 @@ def test_no_data_and_no_network(tmp_path, monkeypatch, cli):
 def test_checkpoint_of_another_stage_and_truncated_checkpoint(trained, tmp_path, cli):
     other = tmp_path / "other.pt"
     save_checkpoint(other, {**checkpoint_header("stage2_rnn_lstm", "lstm"), "model_state": {}})
-    code, _, err = cli(evaluate.main, ["--model_path", str(other), "--text", "good"])
+    code, _, err = cli(evaluate.main, ["--checkpoint", str(other), "--text", "good"])
     assert code == 2 and "made by stage2_rnn_lstm" in err and err.count("\n") == 1
 
     cut = tmp_path / "cut.pt"
     data = trained.read_bytes()
     cut.write_bytes(data[: len(data) // 3])
-    code, _, err = cli(evaluate.main, ["--model_path", str(cut), "--text", "good"])
+    code, _, err = cli(evaluate.main, ["--checkpoint", str(cut), "--text", "good"])
     assert code == 2 and "not a readable checkpoint" in err and err.count("\n") == 1
 
-    code, _, err = cli(evaluate.main, ["--model_path", str(tmp_path / "none.pt"), "--text", "good"])
+    code, _, err = cli(evaluate.main, ["--checkpoint", str(tmp_path / "none.pt"), "--text", "good"])
     assert code == 2 and "does not exist" in err
 
 
 def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, tiny_data, cli):
     code, _, err = cli(train.main, train_args(tiny_data, tmp_path, "--resume"))
     assert code == 2 and "no resumable checkpoint" in err
+
+
+def test_resume_refuses_other_flags_and_keeps_the_run(tmp_path, tiny_data, cli):
+    """--resume with another --impl, --lr or --dataset is refused in one line; last.pt is left as it was."""
+    assert cli(train.main, train_args(tiny_data, tmp_path, "--epochs", "1"))[0] == 0
+    last = tmp_path / "run" / "last.pt"
+    before = last.read_bytes()
+    for extra, message in [(["--impl", "scratch"], "--impl torch (now scratch)"), (["--lr", "0.5"], "--lr 0.001"),
+                           (["--dataset", "ag_news"], "trained on imdb, not ag_news")]:
+        code, _, err = cli(train.main, train_args(tiny_data, tmp_path, "--epochs", "2", "--resume", *extra))
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert last.read_bytes() == before
+    assert cli(train.main, train_args(tiny_data, tmp_path, "--epochs", "2", "--resume"))[0] == 0  # same flags: fine
+
+
+def test_model_path_is_the_checkpoint_option():
+    """`--model_path`, the original course's spelling, is the same option as `--checkpoint`."""
+    for parser in (train.build_parser(), evaluate.build_parser()):
+        assert parser.parse_args(["--model_path", "a.pt"]).checkpoint == "a.pt"
+        assert parser.parse_args(["--checkpoint", "b.pt"]).checkpoint == "b.pt"
+
+
+@pytest.mark.parametrize("program", ["train", "evaluate", "bench"])
+def test_help_runs_from_the_repo_root_the_stage_folder_and_as_a_module(program):
+    """No sys.path edits: the three ways of starting a program all find the course's packages."""
+    root = STAGE_DIR.parent
+    for argv, cwd in [([f"stage1_mlp/{program}.py"], root), ([f"{program}.py"], STAGE_DIR),
+                      (["-m", f"stage1_mlp.{program}"], root)]:
+        done = subprocess.run([sys.executable, *argv, "--help"], cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "(default:" in done.stdout, (argv, done.stderr)
+        for word in ("round", "issue", "floor", "session"):
+            assert word not in done.stdout.lower(), (argv, word)
 
 
 def test_ctrl_c_mid_epoch_then_resume_gives_the_same_model(tiny_data, tmp_path, cli, monkeypatch):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from scripts.common import UserError
-from stage1_mlp.data.features import Featurizer, FeatureSet, tokenize
+from stage1_mlp.data.features import FeatureSet, Featurizer, tokenize
 
 
 def test_tokenizer_lowercases_drops_html_and_keeps_exclamations():

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from stage1_mlp.models.config import MLPConfig
 from stage1_mlp.models.mlp_scratch import ScratchAdam, ScratchMLP, softmax_cross_entropy
-from stage1_mlp.models.mlp_torch import TorchMLP, make_optimizers
+from stage1_mlp.models.mlp_torch import SparseDenseAdam, TorchMLP
 from stage1_mlp.train import train_step
 
 torch.set_default_dtype(torch.float32)
@@ -86,12 +86,12 @@ def test_scratch_adam_matches_torch_adam_and_sparse_adam_over_steps():
     reference, scratch = twin_models(CONFIG)
     start = scratch.params["embedding.weight"].clone()
     reference.train(False)
-    optimizers = make_optimizers(reference, lr=0.01)
+    optimizer = SparseDenseAdam(reference, lr=0.01)
     adam = ScratchAdam(scratch.params, lr=0.01)
     scratch.eval()
     for step in range(5):
         ids, offsets, labels = make_batch(CONFIG.num_features, 4, seed=10 + step)
-        train_step("torch", reference, optimizers, ids, offsets, labels)
+        train_step("torch", reference, optimizer, ids, offsets, labels)
         train_step("scratch", scratch, adam, ids, offsets, labels)
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(scratch.params[name], value, msg=name)
@@ -124,11 +124,11 @@ def test_both_implementations_learn_a_separable_toy_task():
     offsets = torch.arange(0, 64 * 5, 5)
     torch.manual_seed(0)
     reference = TorchMLP(config)
-    optimizers = make_optimizers(reference, lr=0.05)
+    optimizer = SparseDenseAdam(reference, lr=0.05)
     scratch = ScratchMLP(config)
     adam = ScratchAdam(scratch.params, lr=0.05)
     for _ in range(30):
-        train_step("torch", reference, optimizers, ids, offsets, labels)
+        train_step("torch", reference, optimizer, ids, offsets, labels)
         train_step("scratch", scratch, adam, ids, offsets, labels)
     assert (reference(ids, offsets).argmax(1) == labels).all()
     assert (scratch(ids, offsets).argmax(1) == labels).all()
