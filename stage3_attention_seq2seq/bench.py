@@ -12,22 +12,20 @@ compare:  every --attention_type (and the no-attention baseline) trained for --c
 lengths:  test BLEU of each compared model by English source length (seconds; reads the translations).
 Each run's metrics.json, training history and test translations are copied into results/.
 """
-import pathlib
-import sys
+from __future__ import annotations
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import functools
+import shutil
+from operator import itemgetter
+from pathlib import Path
+from typing import Sequence
 
-import functools  # noqa: E402
-import shutil  # noqa: E402
-from operator import itemgetter  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-from scripts.common import REPO_ROOT, ArgParser, read_json, run_main, write_json  # noqa: E402
-from scripts.report import markdown_table, run_script, short_paths as report_short_paths, update_file  # noqa: E402
-from scripts.translation_data import corpus_scores  # noqa: E402
-from stage3_attention_seq2seq.data.translation import load_pairs, tokenize  # noqa: E402
-from stage3_attention_seq2seq.models.attention import ATTENTION_TYPES  # noqa: E402
+from scripts.common import REPO_ROOT, ArgParser, read_json, run_main, write_json
+from scripts.report import markdown_table, run_script, update_file
+from scripts.report import short_paths as report_short_paths
+from scripts.translation_data import corpus_scores
+from stage3_attention_seq2seq.data.translation import load_pairs, tokenize
+from stage3_attention_seq2seq.models.attention import ATTENTION_TYPES
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
@@ -46,7 +44,7 @@ def train_and_evaluate(name: str, train_argv: list[str], extra: list[str]) -> No
     run_dir = STAGE_DIR / "runs" / f"bench_{name}"
     checkpoint = STAGE_DIR / "checkpoints" / f"bench_{name}.pt"
     run("train.py", *train_argv, "--out_dir", str(run_dir), "--checkpoint", str(checkpoint), *extra)
-    run("evaluate.py", "--model_path", str(checkpoint), "--out_dir", str(run_dir / "eval"), *extra)
+    run("evaluate.py", "--checkpoint", str(checkpoint), "--out_dir", str(run_dir / "eval"), *extra)
     RESULTS.mkdir(exist_ok=True)
     shutil.copy(run_dir / "metrics.json", RESULTS / f"{name}_train.json")
     shutil.copy(run_dir / "eval" / "metrics.json", RESULTS / f"{name}_test.json")
@@ -128,7 +126,7 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
     stage: dict[str, str] = {}
     if (RESULTS / "main_test.json").is_file():
         row = result_row("main")
-        note = (f"\n\nCommand: `{row['command']}`, then `python evaluate.py --model_path <checkpoint>` "
+        note = (f"\n\nCommand: `{row['command']}`, then `python evaluate.py --checkpoint <checkpoint>` "
                 f"(beam 5, length penalty 1.0); hardware: {row['hardware']}; sacreBLEU signature "
                 f"`{row['signature']}`.")
         stage["stage3_main"] = markdown_table([row], COLUMNS) + note
@@ -158,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train_and_evaluate("main", [], extra)
         if "heatmaps" in args.parts:
             for name, sentence in HEATMAP_SENTENCES.items():
-                run("translate.py", "--model_path", str(STAGE_DIR / "checkpoints" / "bench_main.pt"), sentence,
+                run("translate.py", "--checkpoint", str(STAGE_DIR / "checkpoints" / "bench_main.pt"), sentence,
                     "--heatmap", str(RESULTS / f"{name}.png"))
         if "compare" in args.parts:
             for kind in ATTENTION_TYPES:

@@ -1,61 +1,77 @@
 """Score a stage 3 translator with sacreBLEU and chrF, greedy and beam search, on a held-out split.
 
-    python evaluate.py --model_path checkpoints/best_attention_model.pt          # Multi30k test_2016_flickr
-    python evaluate.py --model_path checkpoints/best_attention_model.pt --beam_size 10 --alpha 0.6
+    python stage3_attention_seq2seq/evaluate.py               # checkpoints/best_attention_model.pt on test_2016_flickr
+    python stage3_attention_seq2seq/evaluate.py --checkpoint stage3_attention_seq2seq/checkpoints/best_none_model.pt
+    python stage3_attention_seq2seq/evaluate.py --beam_size 10 --alpha 0.6 --split valid
+(the same commands work from inside stage3_attention_seq2seq/ as `python evaluate.py ...`)
 
 The output is detokenised and compared with the raw reference sentences (sacreBLEU's own 13a
 tokenisation, cased), so the number is comparable with published ones; the signature says exactly how.
 Writes metrics.json and translations.txt (beam search, one line per source line) to
 runs/eval_<checkpoint name>/ (or --out_dir), and metrics.json also to --metrics_out if given.
 """
-import pathlib
-import sys
+from __future__ import annotations
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import argparse
+import time
+from pathlib import Path
+from typing import Sequence
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-from scripts.common import (ArgParser, UserError, add_common_args, check_positive, count_params,  # noqa: E402
-                            get_device, run_main, set_threads, write_metrics, write_text)
-from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs  # noqa: E402
-from scripts.translation_data import corpus_scores  # noqa: E402
-from stage3_attention_seq2seq.translator import STAGE, load_model, translate_sentences  # noqa: E402
+from scripts.common import (
+    ArgParser,
+    UserError,
+    add_checkpoint_arg,
+    add_common_args,
+    check_positive,
+    count_params,
+    get_device,
+    run_main,
+    set_threads,
+    write_metrics,
+    write_text,
+)
+from scripts.translation_data import corpus_scores
+from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs
+from stage3_attention_seq2seq.translator import STAGE, check_alpha, check_beam, load_model, translate_sentences
 
 STAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT = STAGE_DIR / "checkpoints" / "best_attention_model.pt"     # train.py's default output
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Evaluate a stage 3 translator: sacreBLEU and chrF, greedy and beam search.")
-    p.add_argument("--model_path", default=str(STAGE_DIR / "checkpoints" / "best_attention_model.pt"),
-                   help="checkpoint written by train.py")
-    p.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the model was trained on")
+    add_checkpoint_arg(p, None, "model written by train.py "
+                                "(default: stage3_attention_seq2seq/checkpoints/best_attention_model.pt)")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="data set to score on (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=SPLITS, help="test = Multi30k test_2016_flickr")
     p.add_argument("--beam_size", type=int, default=5, help="beam width for the beam-search score")
     p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (0: none)")
-    p.add_argument("--unk_replace", type=int, choices=[0, 1], default=1,
-                   help="1: replace <unk> by the most attended source word")
+    p.add_argument("--unk_replace", action=argparse.BooleanOptionalAction, default=True,
+                   help="replace <unk> in the output by the most attended source word")
     p.add_argument("--batch_size", type=int, default=128, help="sentences translated at once")
     p.add_argument("--limit", type=int, default=0, help="score only the first N pairs (0: all)")
-    p.add_argument("--out_dir", default=None, help="default: runs/eval_<checkpoint name>")
-    p.add_argument("--metrics_out", default=None, help="also write metrics.json here")
-    add_common_args(p)
+    p.add_argument("--out_dir", default=None, help="where metrics.json and translations.txt go "
+                                                   "(default: stage3_attention_seq2seq/runs/eval_<checkpoint name>)")
+    p.add_argument("--metrics_out", default=None, help="also write metrics.json here (default: nowhere else)")
+    add_common_args(p, seed_help="unused: greedy and beam search draw no random numbers")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "beam_size", "batch_size")
+    args.checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
+    check_positive(args, "batch_size")
+    check_beam(args.beam_size)
+    check_alpha(args.alpha)
+    if args.limit < 0:
+        raise UserError(f"--limit must be >= 0, got {args.limit}")
     set_threads(args.num_threads)
     device = get_device(args.device)
     started = time.time()
-    model, src_vocab, tgt_vocab, ckpt = load_model(args.model_path, device)
+    model, src_vocab, tgt_vocab, ckpt = load_model(args.checkpoint, device)
     dataset = args.dataset or ckpt["dataset"]
     pairs = load_pairs(dataset, args.split, args.data_dir)
-    if args.limit < 0:
-        raise UserError(f"--limit must be >= 0, got {args.limit}")
     if args.limit:
         pairs = pairs[: args.limit]
     if not pairs:
@@ -63,12 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
 
     metrics: dict = {"sentences": len(pairs), "beam_size": args.beam_size, "alpha": args.alpha,
-                     "unk_replace": bool(args.unk_replace)}
+                     "unk_replace": args.unk_replace}
     outputs = {}
     for name, beam in (("greedy", 1), ("beam", args.beam_size)):
         tick = time.perf_counter()
         translations = translate_sentences(model, src_vocab, tgt_vocab, sources, device, beam, args.alpha,
-                                           args.batch_size, unk_replace=bool(args.unk_replace), progress=True)
+                                           args.batch_size, unk_replace=args.unk_replace, progress=True)
         seconds = time.perf_counter() - tick
         scores = corpus_scores([t.text for t in translations], references)
         outputs[name] = translations
@@ -81,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sum(t.source_tokens.count("<unk>") for t in outputs["beam"])
     metrics["source_unknown_rate"] = round(unknown / max(1, sum(len(t.source_tokens) for t in outputs["beam"])), 4)
 
-    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.model_path).stem}"
+    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.checkpoint).stem}"
     try:
         write_text(out_dir / "translations.txt", "".join(t.text + "\n" for t in outputs["beam"]))
     except OSError as err:
@@ -91,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   split="test_2016_flickr" if dataset == "multi30k" and args.split == "test" else args.split,
                   metrics=metrics, params=count_params(model), seconds=time.time() - started,
                   seconds_key="eval_seconds", device=device,
-                  extra={"checkpoint": str(args.model_path), "attention_type": config.attention_type,
+                  extra={"checkpoint": str(args.checkpoint), "attention_type": config.attention_type,
                          "trained_epochs": ckpt.get("epoch"), "history": ckpt.get("history", [])})
     write_metrics(out_dir / "metrics.json", **common)
     if args.metrics_out:

@@ -1,49 +1,59 @@
 """Translate English into French with a trained stage 3 model, and draw where it looked.
 
-    python translate.py "A man is riding a bike down the street."
-    python translate.py "Two dogs play in the snow." --heatmap attention.png     # the attention weights as a PNG
-    python translate.py --input sentences.en --output sentences.fr              # a file, one sentence a line
-    python translate.py --interactive                                            # type sentences; :help for commands
+    python stage3_attention_seq2seq/translate.py "A man is riding a bike down the street."
+    python stage3_attention_seq2seq/translate.py "Two dogs play in the snow." --heatmap attention.png
+    python stage3_attention_seq2seq/translate.py --input sentences.en --output sentences.fr
+    python stage3_attention_seq2seq/translate.py --interactive          # type sentences; :help lists commands
+(the same commands work from inside stage3_attention_seq2seq/ as `python translate.py ...`)
 
-Beam search (--beam_size 5) by default; --beam_size 1 is greedy.
+Beam search (--beam_size 5) by default; --beam_size 1 is greedy. The interactive prompt takes the
+course's commands (:beam, :settings, :help, :quit) plus :alpha VALUE and :heatmap FILE.png|off.
 """
-import pathlib
+from __future__ import annotations
+
+import argparse
 import sys
+from pathlib import Path
+from typing import Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import torch
 
-import argparse  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-import torch  # noqa: E402
-
-from scripts.common import (ArgParser, UserError, add_common_args, check_positive, get_device, run_main,  # noqa: E402
-                            set_threads, write_text)
-from stage3_attention_seq2seq.data.translation import EOS, UNK, Vocabulary, split_lines, tokenize  # noqa: E402
-from stage3_attention_seq2seq.models.seq2seq import Seq2Seq  # noqa: E402
-from stage3_attention_seq2seq.translator import Translation, load_model, translate_sentences  # noqa: E402
+from scripts.common import (
+    ArgParser,
+    UserError,
+    add_checkpoint_arg,
+    add_common_args,
+    check_positive,
+    get_device,
+    run_main,
+    set_threads,
+    write_text,
+)
+from scripts.repl import Repl
+from stage3_attention_seq2seq.data.translation import EOS, UNK, Vocabulary, split_lines, tokenize
+from stage3_attention_seq2seq.models.seq2seq import Seq2Seq
+from stage3_attention_seq2seq.translator import Translation, check_alpha, check_beam, load_model, translate_sentences
 
 STAGE_DIR = Path(__file__).resolve().parent
-HELP = """commands:  :beam N   beam width (1 = greedy)    :heatmap FILE.png   draw the next translation's attention
-           :heatmap off            :settings               :quit (or Ctrl-D)"""
+DEFAULT_CHECKPOINT = STAGE_DIR / "checkpoints" / "best_attention_model.pt"     # train.py's default output
+NO_ATTENTION = "this model has no attention weights to draw (--attention_type none)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Translate English to French with a trained stage 3 model.")
     p.add_argument("sentence", nargs="*", help="English text to translate (one sentence)")
-    p.add_argument("--model_path", default=str(STAGE_DIR / "checkpoints" / "best_attention_model.pt"),
-                   help="checkpoint written by train.py")
+    add_checkpoint_arg(p, None, "model written by train.py "
+                                "(default: stage3_attention_seq2seq/checkpoints/best_attention_model.pt)")
     p.add_argument("--input", default=None, help="translate this file, one sentence per line")
     p.add_argument("--output", default=None, help="write the file's translations here (default: stdout)")
-    p.add_argument("--interactive", action="store_true", help="type sentences at a prompt")
+    p.add_argument("--interactive", action="store_true", help="type sentences at a prompt (:help lists commands)")
     p.add_argument("--beam_size", type=int, default=5, help="beam width (1: greedy)")
-    p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent")
-    p.add_argument("--unk_replace", type=int, choices=[0, 1], default=1,
-                   help="1: replace <unk> in the output by the most attended source word")
+    p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (0: none)")
+    p.add_argument("--unk_replace", action=argparse.BooleanOptionalAction, default=True,
+                   help="replace <unk> in the output by the most attended source word")
     p.add_argument("--batch_size", type=int, default=64, help="sentences per batch with --input")
-    p.add_argument("--heatmap", default=None, help="save the attention weights of the sentence as this PNG")
-    add_common_args(p)
+    p.add_argument("--heatmap", default=None, help="save the sentence's attention weights as this PNG (default: none)")
+    add_common_args(p, seed_help="unused: greedy and beam search draw no random numbers")
     return p
 
 
@@ -61,12 +71,12 @@ def check_known(sentence: str, src_vocab: Vocabulary) -> list[str]:
 
 def draw_heatmap(translation: Translation, path: str | Path, title: str = "") -> Path:
     """Rows: output words (+ <eos>); columns: source words (+ <eos>); colour: attention weight."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     if translation.attention is None:
-        raise UserError("this model has no attention weights to draw (--attention_type none)")
+        raise UserError(NO_ATTENTION)
     weights = translation.attention.numpy()
     rows, cols = translation.tokens + [EOS], translation.source_tokens + [EOS]
     fig, ax = plt.subplots(figsize=(0.45 * len(cols) + 2, 0.4 * len(rows) + 1.5))
@@ -88,14 +98,15 @@ def draw_heatmap(translation: Translation, path: str | Path, title: str = "") ->
     return path
 
 
-def translate_one(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, sentence: str, args: argparse.Namespace,
-                  device: torch.device, heatmap: str | None) -> str:
+def translate_one(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, sentence: str, device: torch.device,
+                  beam: int, alpha: float, unk_replace: bool, heatmap: str | None) -> str:
+    """One sentence; unknown words are named on stderr, the attention drawn to `heatmap` if given."""
     unknown = check_known(sentence, src_vocab)
     if unknown:
         print(f"note: unknown words read as {UNK}: {' '.join(unknown)}", file=sys.stderr)
-    result = translate_sentences(model, src_vocab, tgt_vocab, [sentence], device, args.beam_size, args.alpha,
+    result = translate_sentences(model, src_vocab, tgt_vocab, [sentence], device, beam, alpha,
                                  return_attention=heatmap is not None and model.attention is not None,
-                                 unk_replace=bool(args.unk_replace))[0]
+                                 unk_replace=unk_replace)[0]
     if heatmap:
         print(f"attention heatmap: {draw_heatmap(result, heatmap)}", file=sys.stderr)
     return result.text
@@ -113,7 +124,7 @@ def translate_file(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary,
         raise UserError(f"--input {path} is not UTF-8 text") from None
     todo = [i for i, line in enumerate(lines) if tokenize(line)]
     results = translate_sentences(model, src_vocab, tgt_vocab, [lines[i] for i in todo], device, args.beam_size,
-                                  args.alpha, args.batch_size, unk_replace=bool(args.unk_replace), progress=True)
+                                  args.alpha, args.batch_size, unk_replace=args.unk_replace, progress=True)
     out = [""] * len(lines)
     for i, result in zip(todo, results):
         out[i] = result.text
@@ -131,66 +142,59 @@ def translate_file(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary,
 
 
 def interactive(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, args: argparse.Namespace,
-                device: torch.device) -> None:
-    print(f"English -> French ({model.config.attention_type} attention). {HELP}")
-    heatmap: str | None = args.heatmap
-    while True:
-        try:
-            line = input("en> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        if line in (":quit", ":q", ":exit"):
-            return
-        try:
-            if line.startswith(":"):
-                heatmap = command(line, args, heatmap, model.attention is not None)
-            else:
-                print("fr> " + translate_one(model, src_vocab, tgt_vocab, line, args, device, heatmap))
-        except UserError as err:
-            print(f"error: {err}")
-        except KeyboardInterrupt:
-            print("\n(interrupted)")
+                device: torch.device) -> int:
+    """A prompt loop through the course's Repl: :beam and :alpha set the search, :heatmap FILE.png|off the drawing."""
+    heatmap = {"path": args.heatmap}
 
+    def set_heatmap(value: str) -> str:
+        if not value:
+            return (f"heatmap = {heatmap['path'] or 'off'}  "
+                    "(:heatmap FILE.png draws each translation, :heatmap off stops)")
+        if value.lower() == "off":
+            heatmap["path"] = None
+        elif model.attention is None:
+            return f"(:heatmap kept off: {NO_ATTENTION})"
+        else:
+            heatmap["path"] = value
+        return f"heatmap = {heatmap['path'] or 'off'}"
 
-def command(line: str, args: argparse.Namespace, heatmap: str | None, has_attention: bool) -> str | None:
-    name, _, value = line.partition(" ")
-    if name == ":beam":
-        if not value.strip().isdigit() or int(value) < 1:
-            raise UserError(":beam takes a positive whole number, e.g. :beam 5")
-        args.beam_size = int(value)
-    elif name == ":heatmap":
-        heatmap = None if value.strip() in ("", "off") else value.strip()
-        if heatmap and not has_attention:
-            raise UserError("this model has no attention weights to draw (--attention_type none)")
-    elif name == ":settings":
-        pass
-    else:
-        print(HELP)
-        return heatmap
-    print(f"beam {args.beam_size}, alpha {args.alpha}, heatmap {heatmap or 'off'}")
-    return heatmap
+    repl = Repl({"beam": args.beam_size, "alpha": args.alpha},
+                extra_settings={"alpha": (lambda text: check_alpha(float(text), "alpha"),
+                                          "length penalty exponent (0 = none)")},
+                extra_commands={"heatmap": (set_heatmap,
+                                            "FILE.png: draw each translation's attention there; off: stop")})
+
+    def answer(line: str) -> None:
+        print("fr> " + translate_one(model, src_vocab, tgt_vocab, line, device, repl.settings["beam"],
+                                     repl.settings["alpha"], args.unk_replace, heatmap["path"]))
+
+    banner = (f"English -> French ({model.config.attention_type} attention, beam {args.beam_size}). "
+              "Type a sentence; :help lists the commands, :quit (or Ctrl-D) leaves.")
+    return repl.loop(answer, banner, prompt="en> ")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "beam_size", "batch_size")
-    modes = sum([bool(args.sentence), args.input is not None, args.interactive])
-    if modes != 1:
+    args.checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
+    check_positive(args, "batch_size")
+    check_beam(args.beam_size)
+    check_alpha(args.alpha)
+    if sum([bool(args.sentence), args.input is not None, args.interactive]) != 1:
         raise UserError("give one of: a sentence, --input FILE, or --interactive")
-    set_threads(args.num_threads)
-    device = get_device(args.device)
     if args.heatmap and args.input is not None:
         raise UserError("--heatmap draws one sentence; give a sentence (or use :heatmap in --interactive)")
-    model, src_vocab, tgt_vocab, _ = load_model(args.model_path, device)
+    set_threads(args.num_threads)
+    device = get_device(args.device)
+    model, src_vocab, tgt_vocab, _ = load_model(args.checkpoint, device)
     if args.heatmap and model.attention is None:
-        raise UserError("this model has no attention weights to draw (--attention_type none); drop --heatmap")
+        raise UserError(f"{NO_ATTENTION}; drop --heatmap")
     if args.input is not None:
         translate_file(model, src_vocab, tgt_vocab, args, device)
     elif args.interactive:
-        interactive(model, src_vocab, tgt_vocab, args, device)
+        return interactive(model, src_vocab, tgt_vocab, args, device)
     else:
-        print(translate_one(model, src_vocab, tgt_vocab, " ".join(args.sentence), args, device, args.heatmap))
+        print(translate_one(model, src_vocab, tgt_vocab, " ".join(args.sentence), device, args.beam_size,
+                            args.alpha, args.unk_replace, args.heatmap))
     return 0
 
 

@@ -2,6 +2,7 @@
 in length-sorted batches (scored by `scripts.translation_data.corpus_scores`)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,8 +11,16 @@ import torch
 from tqdm import tqdm
 
 from scripts.common import UserError, load_checkpoint
-from stage3_attention_seq2seq.data.translation import (EOS_ID, UNK, Vocabulary, detokenize, make_batch,
-                                                       strip_glue, tokenize)
+from scripts.repl import check_setting
+from stage3_attention_seq2seq.data.translation import (
+    EOS_ID,
+    UNK,
+    Vocabulary,
+    detokenize,
+    make_batch,
+    strip_glue,
+    tokenize,
+)
 from stage3_attention_seq2seq.models.search import beam_search, greedy_decode
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
@@ -25,6 +34,21 @@ class Translation:
     tokens: list[str]            # the output tokens, without <eos>
     text: str                    # detokenised output
     attention: torch.Tensor | None = None   # (len(tokens) + 1, len(source_tokens) + 1), <eos> rows/cols included
+
+
+def check_beam(value: int, name: str = "--beam_size") -> int:
+    """The beam width a user asked for: the same rule as the REPL's `:beam` (1 = greedy, at most 64)."""
+    try:
+        return check_setting("beam", value)
+    except UserError as err:
+        raise UserError(str(err).replace("beam", name, 1)) from None
+
+
+def check_alpha(value: float, name: str = "--alpha") -> float:
+    """The length penalty exponent: finite, between 0 (no penalty) and 10."""
+    if not (math.isfinite(value) and 0.0 <= value <= 10.0):
+        raise UserError(f"{name} must be between 0 (no length penalty) and 10, got {value}")
+    return value
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocabulary, Vocabulary, dict[str, Any]]:

@@ -36,7 +36,7 @@ def test_training_learns_and_evaluate_scores_with_sacrebleu(trained, mt_data, tm
     assert "target tokens/s" in (trained.parent.parent / "run" / "train.log").read_text()
     assert (trained.parent / "best.vocab.json").is_file()
     code, out, err = cli(evaluate.main, ["--model_path", trained, "--data_dir", mt_data, "--out_dir", tmp_path / "e",
-                                         "--num_threads", "1"])
+                                         "--num_threads", "1"])      # --model_path: the same option as --checkpoint
     assert code == 0, err
     assert "nrefs:1|case:mixed|eff:no|tok:13a" in out                     # sacrebleu's signature is printed
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
@@ -62,55 +62,83 @@ def test_translate_a_sentence_with_heatmap(trained, tmp_path, cli):
     assert code == 0, err
     assert out.strip() == "Un chien court dans le parc."
     assert (tmp_path / "map.png").stat().st_size > 1000
-    code, out, err = cli(translate.main, ["--model_path", trained, "A", "zebra", "is", "eating.", "--beam_size", "1"])
+    code, out, err = cli(translate.main, ["--checkpoint", trained, "A", "zebra", "is", "eating.", "--beam_size", "1"])
     assert code == 0 and "unknown words read as <unk>: zebra" in err and out.strip()
 
 
 def test_translate_a_file_keeps_line_alignment(trained, tmp_path, cli):
     (tmp_path / "in.txt").write_text("A man is sitting.\n\nA girl is playing in the snow.\n")
-    code, _, err = cli(translate.main, ["--model_path", trained, "--input", tmp_path / "in.txt",
+    code, _, err = cli(translate.main, ["--checkpoint", trained, "--input", tmp_path / "in.txt",
                                         "--output", tmp_path / "out.txt"])
     assert code == 0, err
     assert (tmp_path / "out.txt").read_text().splitlines() == ["Un homme est assis.", "",
                                                                "Une fille joue dans la neige."]
-    code, _, err = cli(translate.main, ["--model_path", trained, "--input", tmp_path / "nope.txt"])
+    code, _, err = cli(translate.main, ["--checkpoint", trained, "--input", tmp_path / "nope.txt"])
     assert code == 2 and "nope.txt does not exist" in err
-    code, _, err = cli(translate.main, ["--model_path", trained, "--input", tmp_path / "in.txt", "--output", tmp_path])
+    code, _, err = cli(translate.main, ["--checkpoint", trained, "--input", tmp_path / "in.txt", "--output", tmp_path])
     assert code == 2 and "cannot write --output" in err and err.count("\n") == 1
-    code, _, err = cli(translate.main, ["--model_path", trained, "--input", tmp_path / "in.txt", "--heatmap", "x.png"])
+    code, _, err = cli(translate.main, ["--checkpoint", trained, "--input", tmp_path / "in.txt", "--heatmap", "x.png"])
     assert code == 2 and "--heatmap draws one sentence" in err
 
 
-def test_interactive_session_survives_bad_input(trained, monkeypatch, cli):
-    events = iter(["", "qwerty zxcv", ":beam x", ":beam 1", ":settings", "A woman is eating.", KeyboardInterrupt])
+class TypedLines:
+    """Stands in for sys.stdin, so `input()` reads these lines; an exception class in the list is raised instead
+    (KeyboardInterrupt: Ctrl-C at the prompt); after the last line, end of input (Ctrl-D)."""
 
-    def fake_input(prompt=""):
-        event = next(events)
-        if isinstance(event, type):
-            raise event
-        return event
-    monkeypatch.setattr("builtins.input", fake_input)
-    code, out, err = cli(translate.main, ["--model_path", trained, "--interactive"])
+    def __init__(self, lines):
+        self.lines = iter(lines)
+
+    def readline(self):
+        line = next(self.lines, None)
+        if isinstance(line, type):
+            raise line
+        return "" if line is None else line + "\n"
+
+
+def fake_keyboard(monkeypatch, lines):
+    monkeypatch.setattr("sys.stdin", TypedLines(lines))
+
+
+def test_interactive_session_survives_bad_input(trained, monkeypatch, cli):
+    fake_keyboard(monkeypatch, ["", "qwerty zxcv", ":beam x", ":beam 0", ":b 1", ":settings", "A woman is eating.",
+                                KeyboardInterrupt, ":alpha nan", ":alpha 0.6", ":temperature 0.5", ":nonsense"])
+    code, out, err = cli(translate.main, ["--checkpoint", trained, "--interactive"])
     assert code == 0, err
-    assert "error: empty sentence" in out and "none of the words of 'qwerty zxcv'" in out
-    assert ":beam takes a positive whole number" in out and "beam 1" in out
+    assert "(empty line" in out and "none of the words of 'qwerty zxcv'" in out
+    assert "(:beam kept 5: 'x' is not a whole number)" in out and "beam must be between 1 (greedy) and 64" in out
+    assert "beam = 1" in out and "beam 1, alpha 1.0" in out
     assert "fr> Une femme mange." in out
+    assert "(:alpha kept 1.0: alpha must be between 0" in out and "alpha = 0.6" in out
+    assert "(:temperature does not apply here" in out and "(unknown command :nonsense; type :help)" in out
+
+
+def test_interactive_heatmap_and_help(trained, tmp_path, monkeypatch, cli):
+    picture = tmp_path / "map.png"
+    fake_keyboard(monkeypatch, [":help", ":heatmap", f":heatmap {picture}", "A dog is running in the park.",
+                                ":heatmap off", ":s", ":q"])
+    code, out, err = cli(translate.main, ["--checkpoint", trained, "--interactive", "--no-unk_replace"])
+    assert code == 0, err
+    assert ":beam VALUE" in out and ":alpha VALUE" in out and ":heatmap" in out and ":quit" in out
+    assert "heatmap = off  (:heatmap FILE.png" in out and f"heatmap = {picture}" in out
+    assert "fr> Un chien court dans le parc." in out and picture.stat().st_size > 1000
+    assert "attention heatmap:" in err and "heatmap = off\nen> beam 5, alpha 1.0" in out
 
 
 @pytest.mark.parametrize("argv, message", [
     ([""], "empty sentence"),
     (["qwerty", "zxcv"], "is in the model's English vocabulary"),
     ([], "give one of: a sentence, --input FILE, or --interactive"),
-    (["A dog.", "--beam_size", "0"], "--beam_size must be"),
+    (["A dog.", "--beam_size", "0"], "--beam_size must be between 1 (greedy) and 64"),
+    (["A dog.", "--alpha", "-1"], "--alpha must be between 0 (no length penalty) and 10"),
 ])
 def test_translate_bad_input_is_one_line(trained, cli, argv, message):
-    code, _, err = cli(translate.main, ["--model_path", trained, *argv])
+    code, _, err = cli(translate.main, ["--checkpoint", trained, *argv])
     assert code == 2 and message in err and err.count("\n") == 1
 
 
 def test_no_attention_model_has_no_heatmap(mt_data, tmp_path, cli):
     assert cli(train.main, train_args(mt_data, tmp_path, "--attention_type", "none", "--max_steps", "2"))[0] == 0
-    code, _, err = cli(translate.main, ["--model_path", tmp_path / "ck" / "best.pt", "A dog.", "--heatmap",
+    code, _, err = cli(translate.main, ["--checkpoint", tmp_path / "ck" / "best.pt", "A dog.", "--heatmap",
                                         tmp_path / "x.png"])
     assert code == 2 and "no attention weights to draw" in err
 
@@ -118,13 +146,13 @@ def test_no_attention_model_has_no_heatmap(mt_data, tmp_path, cli):
 def test_wrong_and_broken_checkpoints(trained, tmp_path, cli):
     other = tmp_path / "stage2.pt"
     save_checkpoint(other, {**checkpoint_header("stage2_rnn_lstm", "rnn_lm"), "model_state": {}})
-    code, _, err = cli(evaluate.main, ["--model_path", other])
+    code, _, err = cli(evaluate.main, ["--checkpoint", other])
     assert code == 2 and "made by stage2_rnn_lstm" in err and err.count("\n") == 1
     cut = tmp_path / "cut.pt"
     cut.write_bytes(trained.read_bytes()[:4000])
-    code, _, err = cli(translate.main, ["--model_path", cut, "A dog."])
+    code, _, err = cli(translate.main, ["--checkpoint", cut, "A dog."])
     assert code == 2 and "not a readable checkpoint" in err and err.count("\n") == 1
-    code, _, err = cli(evaluate.main, ["--model_path", tmp_path / "missing.pt"])
+    code, _, err = cli(evaluate.main, ["--checkpoint", tmp_path / "missing.pt"])
     assert code == 2 and "does not exist" in err
 
 
@@ -206,8 +234,36 @@ def test_resume_needs_a_run_of_the_same_dataset_and_flags(mt_data, tmp_path, cli
 
 
 def test_tatoeba_trains_and_evaluates(mt_data, tmp_path, cli):
-    assert cli(train.main, train_args(mt_data, tmp_path, "--dataset", "tatoeba", "--max_steps", "3"))[0] == 0
-    code, _, err = cli(evaluate.main, ["--model_path", tmp_path / "ck" / "best.pt", "--data_dir", mt_data,
-                                       "--out_dir", tmp_path / "e", "--beam_size", "2"])
+    assert cli(train.main, train_args(mt_data, tmp_path, "--dataset", "tatoeba", "--max_steps", "3",
+                                      "--no-tie_embeddings"))[0] == 0
+    assert load_checkpoint(tmp_path / "ck" / "best.pt", "stage3_attention_seq2seq")["config"]["tie_embeddings"] is False
+    code, _, err = cli(evaluate.main, ["--checkpoint", tmp_path / "ck" / "best.pt", "--data_dir", mt_data,
+                                       "--out_dir", tmp_path / "e", "--beam_size", "2", "--no-unk_replace"])
     assert code == 0, err
-    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["dataset"] == "tatoeba"
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["dataset"] == "tatoeba" and metrics["metrics"]["unk_replace"] is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--unk_replace", "1"], "unrecognized arguments: 1"),          # on/off flags are --x / --no-x, not 0/1
+    (["--beam_size", "65"], "--beam_size must be between 1 (greedy) and 64, got 65"),
+    (["--alpha", "nan"], "--alpha must be between 0 (no length penalty) and 10"),
+    (["--limit", "-1"], "--limit must be >= 0"),
+])
+def test_evaluate_bad_flags(cli, argv, message):
+    code, _, err = cli(evaluate.main, argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_help_shows_defaults_in_groups_and_honest_seeds():
+    text = " ".join(train.build_parser().format_help().split())        # the same whatever the terminal's width
+    for default in ("(default: bahdanau)", "(default: 16)", "(default: 0.002)", "(default: 128)", "(default: 200)"):
+        assert default in text, default
+    assert "--tie_embeddings, --no-tie_embeddings" in text and "(default: True)" in text
+    body = text[text.index("options:"):]                               # after the usage lines
+    assert body.index("--epochs") < body.index("model:") < body.index("--embed_dim") < body.index("training:")
+    assert "checkpoints/best_attention_model.pt for bahdanau" in text and "initialisation, data order" in text
+    for program in (translate, evaluate):
+        text = " ".join(program.build_parser().format_help().split())
+        assert "--checkpoint CHECKPOINT, --model_path CHECKPOINT" in text and "data order" not in text
+        assert "--unk_replace, --no-unk_replace" in text and "(default: 5)" in text

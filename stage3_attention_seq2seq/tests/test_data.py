@@ -4,9 +4,18 @@ import gzip
 import pytest
 
 from scripts.common import UserError
-from stage3_attention_seq2seq.data.translation import (EOS_ID, PAD_ID, UNK_ID, Vocabulary, bucketed_batches,
-                                                       detokenize, encode_pairs, load_vocabularies,
-                                                       save_vocabularies, tokenize)
+from stage3_attention_seq2seq.data.translation import (
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    Vocabulary,
+    bucketed_batches,
+    detokenize,
+    encode_pairs,
+    load_vocabularies,
+    save_vocabularies,
+    tokenize,
+)
 
 
 @pytest.mark.parametrize("text, tokens", [

@@ -19,7 +19,7 @@ def test_visualize_notebook_executes(mt_data, tmp_path, monkeypatch, cli):
         code, _, err = cli(train.main, ["--data_dir", mt_data, "--out_dir", tmp_path / kind, "--checkpoint",
                                         checkpoint, "--attention_type", kind, "--epochs", epochs, *TINY])
         assert code == 0, err
-        code, _, err = cli(evaluate.main, ["--model_path", checkpoint, "--data_dir", mt_data,
+        code, _, err = cli(evaluate.main, ["--checkpoint", checkpoint, "--data_dir", mt_data,
                                            "--out_dir", tmp_path / kind / "eval", "--num_threads", "1"])
         assert code == 0, err
         shutil.copy(tmp_path / kind / "eval" / "metrics.json", results / f"compare_{kind}_test.json")
