@@ -8,25 +8,24 @@ Parts: char (train + evaluate + a sample), word (PTB train + test + a sample), s
 against nn.RNN/LSTM/GRU, same run), classify (LSTM classifier on IMDb), samples (only redraw the samples).
 Each writes JSON files into stage2_rnn_lstm/results/.
 """
-import pathlib
+from __future__ import annotations
+
+import argparse
+import functools
+import shutil
+import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import torch
+import torch.nn.functional as F
 
-import functools  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from scripts.common import ArgParser, UserError, hardware, run_main, write_json  # noqa: E402
-from scripts.report import load_results, markdown_table, run_script, update_file  # noqa: E402
-from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel  # noqa: E402
-from stage2_rnn_lstm.train import DEFAULTS  # noqa: E402
+from scripts.common import ArgParser, UserError, hardware, run_main, write_json
+from scripts.report import load_results, markdown_table, run_script, update_file
+from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
+from stage2_rnn_lstm.train import DEFAULTS
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
@@ -54,7 +53,8 @@ def write_sample(vocab_type: str) -> None:
     """A fixed-seed sample from the benchmark checkpoint, for the README."""
     checkpoint = STAGE_DIR / "checkpoints" / f"bench_lstm_{vocab_type}.pt"
     prompt = "ROMEO:" if vocab_type == "char" else "the company said"
-    argv = ["--checkpoint", str(checkpoint), "--prompt", prompt, "--length", "400" if vocab_type == "char" else "60",
+    length = "400" if vocab_type == "char" else "60"
+    argv = ["--checkpoint", str(checkpoint), "--prompt", prompt, "--max_new_tokens", length,
             "--temperature", "0.8", "--seed", "0"]
     sample = subprocess.run([sys.executable, str(STAGE_DIR / "generate.py"), *argv], capture_output=True, text=True)
     if sample.returncode != 0:
@@ -91,8 +91,9 @@ def speed() -> None:
             best = {"torch": 0.0, "scratch": 0.0}
             for _ in range(2):  # alternate, keep each one's best: background noise hits both alike
                 for impl in ("torch", "scratch"):
-                    config = LMConfig(vocab_size, model_type, impl, d["embed_dim"], d["hidden_dim"], d["num_layers"],
-                                      d["dropout"], d["tie_weights"])
+                    config = LMConfig(vocab_size=vocab_size, model_type=model_type, impl=impl,
+                                      embed_dim=d["embed_dim"], hidden_dim=d["hidden_dim"], num_layers=d["num_layers"],
+                                      dropout=d["dropout"], tie_weights=d["tie_weights"])
                     best[impl] = max(best[impl], training_speed(config, d["batch_size"], d["seq_len"]))
             rows.append({"vocab_type": vocab_type, "model_type": model_type, "torch_tokens_per_s": best["torch"],
                          "scratch_tokens_per_s": best["scratch"],
@@ -192,7 +193,8 @@ def write_tables() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgParser(description="Benchmark stage 2 with default settings and rebuild its README tables.")
     parser.add_argument("--parts", nargs="+", default=list(PARTS[:4]), choices=PARTS, help="which measurements to run")
-    parser.add_argument("--tables_only", action="store_true", help="only rebuild README tables from results/")
+    parser.add_argument("--tables_only", action=argparse.BooleanOptionalAction, default=False,
+                        help="only rebuild the README tables from results/")
     parser.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
     args = parser.parse_args(argv)
     extra = ["--data_dir", args.data_dir] if args.data_dir else []

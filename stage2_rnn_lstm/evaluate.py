@@ -1,29 +1,36 @@
 """Evaluate a stage 2 language model: perplexity (word level) or bits per character (char level).
 
-    python evaluate.py --checkpoint checkpoints/best_lstm_char.pt        # validation loss and bits/char
-    python evaluate.py --checkpoint checkpoints/best_lstm_word.pt        # PTB test perplexity
+    python stage2_rnn_lstm/evaluate.py                                                  # the default char model
+    python stage2_rnn_lstm/evaluate.py --checkpoint stage2_rnn_lstm/checkpoints/best_lstm_word.pt   # PTB test
 
 Tiny Shakespeare has no test split, so the char model is scored on its validation 10%.
 Writes metrics.json to runs/eval_<model>_<vocab>/ (or --out_dir) and to --metrics_out if given.
 """
-import pathlib
-import sys
+from __future__ import annotations
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from scripts.common import (ArgParser, UserError, add_common_args, count_params, get_device,  # noqa: E402
-                            load_checkpoint, run_main, set_threads, write_metrics)
-from stage2_rnn_lstm.data.corpus import Vocabulary, batchify, load_corpus  # noqa: E402
-from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel  # noqa: E402
-from stage2_rnn_lstm.train import MODEL_NAME, STAGE, evaluate_stream  # noqa: E402
+from scripts.common import (
+    ArgParser,
+    UserError,
+    add_checkpoint_arg,
+    add_common_args,
+    count_params,
+    get_device,
+    load_checkpoint,
+    run_main,
+    set_threads,
+    write_metrics,
+)
+from stage2_rnn_lstm.data.corpus import Vocabulary, batchify, load_corpus
+from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
+from stage2_rnn_lstm.train import MODEL_NAME, STAGE, evaluate_stream
 
 STAGE_DIR = Path(__file__).resolve().parent
 
@@ -49,7 +56,7 @@ def load_language_model(checkpoint: str | Path, vocab_path: str | None,
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Evaluate a stage 2 language model.")
-    p.add_argument("--checkpoint", default=str(STAGE_DIR / "checkpoints" / "best_lstm_char.pt"), help="checkpoint")
+    add_checkpoint_arg(p, str(STAGE_DIR / "checkpoints" / "best_lstm_char.pt"), help="trained language model to score")
     p.add_argument("--vocab", default=None, help="vocabulary JSON (optional: the checkpoint holds its own)")
     p.add_argument("--split", default=None, choices=["valid", "test"],
                    help="default: test for PTB, valid for Shakespeare (which has no test split)")
@@ -57,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq_len", type=int, default=128, help="tokens per forward pass (the state carries over)")
     p.add_argument("--out_dir", default=None, help="default: runs/eval_<model>_<vocab> in this stage")
     p.add_argument("--metrics_out", default=None, help="also write metrics.json here")
-    add_common_args(p)
+    add_common_args(p, seed_help="unused: scoring draws no random numbers")
     return p
 
 

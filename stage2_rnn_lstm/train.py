@@ -1,39 +1,51 @@
 """Train a recurrent language model (stage 2): characters of Shakespeare or words of Penn Treebank.
 
-    python train.py                                                # char LSTM on tiny Shakespeare
-    python train.py --model_type lstm --vocab_type char --epochs 15
-    python train.py --vocab_type word                              # word LSTM on Penn Treebank
-    python train.py --impl scratch                                 # the cells of models/cells.py, not nn.LSTM
-    python train.py --resume                                       # carry on after Ctrl-C
+    python stage2_rnn_lstm/train.py                           # char LSTM on tiny Shakespeare
+    python stage2_rnn_lstm/train.py --epochs 15               # the same model, a longer schedule
+    python stage2_rnn_lstm/train.py --vocab_type word         # word LSTM on Penn Treebank
+    python stage2_rnn_lstm/train.py --impl scratch            # the cells of models/cells.py, not nn.LSTM
+    python stage2_rnn_lstm/train.py --resume                  # carry on after Ctrl-C
 
 Truncated backpropagation through time: the text is cut into --batch_size parallel streams, read
 --seq_len tokens at a time; the hidden state flows from one batch to the next but gradients stop there.
 Writes checkpoints/best_<model>_<vocab>.pt, checkpoints/<vocab>_vocabulary.json and runs/<run>/.
 """
-import pathlib
-import sys
+from __future__ import annotations
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import argparse
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Sequence  # noqa: E402
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, check_positive,  # noqa: E402
-                            checkpoint_header, count_params, get_device, load_resume, rng_state, run_main,
-                            save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging, write_json,
-                            write_metrics)
-from scripts.plots import plot_curves  # noqa: E402
-from stage2_rnn_lstm.data.corpus import (DATASETS, Vocabulary, batchify, bptt_batches, load_corpus,  # noqa: E402
-                                         num_batches)
-from stage2_rnn_lstm.models.cells import State, detach_state  # noqa: E402
-from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel  # noqa: E402
+from scripts.common import (
+    ArgParser,
+    UserError,
+    add_checkpoint_arg,
+    add_common_args,
+    check_positive,
+    checkpoint_header,
+    count_params,
+    get_device,
+    run_main,
+    save_checkpoint,
+    set_seed,
+    set_threads,
+    setup_logging,
+    warmup_cosine,
+    write_json,
+    write_metrics,
+)
+from scripts.plots import plot_curves
+from scripts.training import ResumableRun
+from stage2_rnn_lstm.data.corpus import DATASETS, Vocabulary, batchify, bptt_batches, load_corpus, num_batches
+from stage2_rnn_lstm.models.cells import detach_state
+from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
 
 STAGE = "stage2_rnn_lstm"
 STAGE_DIR = Path(__file__).resolve().parent
@@ -48,31 +60,43 @@ DEFAULTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgParser(description="Train a char- or word-level RNN/LSTM/GRU language model (stage 2).")
+    p = ArgParser(description="Train a char- or word-level RNN/LSTM/GRU language model (stage 2).\n"
+                              "Options shown without a default take the good setting of --vocab_type.")
     p.add_argument("--model_type", default="lstm", choices=["rnn", "lstm", "gru"], help="recurrent cell")
     p.add_argument("--vocab_type", default="char", choices=["char", "word"], help="tokens: characters or words")
-    p.add_argument("--dataset", default=None, choices=DATASETS, help="default: shakespeare (char), ptb (word)")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="shakespeare for char, ptb for word")
     p.add_argument("--impl", default="torch", choices=["scratch", "torch"],
-                   help="scratch: cells of models/cells.py; torch: nn.RNN/nn.LSTM/nn.GRU")
-    p.add_argument("--embed_dim", type=int, default=None, help="token embedding size (char 128, word 400)")
-    p.add_argument("--hidden_dim", type=int, default=None, help="hidden (and cell) state size (char 512, word 400)")
-    p.add_argument("--num_layers", type=int, default=None, help="stacked recurrent layers (2)")
-    p.add_argument("--dropout", type=float, default=None, help="dropout on embeddings, between layers, on outputs")
-    p.add_argument("--tie_weights", type=int, choices=[0, 1], default=None,
-                   help="1: decoder shares the embedding matrix (word default; needs embed_dim == hidden_dim)")
-    p.add_argument("--batch_size", type=int, default=None, help="parallel text streams (char 64, word 32)")
-    p.add_argument("--seq_len", type=int, default=None, help="BPTT length: tokens per batch and stream (128 / 35)")
-    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (char 3e-3, word 2e-3)")
-    p.add_argument("--weight_decay", type=float, default=None, help="AdamW decoupled weight decay")
-    p.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this (char 1.0, word 0.5)")
+                   help="scratch: the cells of models/cells.py; torch: nn.RNN/nn.LSTM/nn.GRU")
     p.add_argument("--epochs", type=int, default=None, help="passes over the training text (char 7, word 6)")
-    p.add_argument("--warmup_steps", type=int, default=100, help="linear warm-up, then cosine decay to 10%%")
-    p.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N training tokens (0: all)")
-    p.add_argument("--checkpoint", default=None, help="best checkpoint path (default checkpoints/best_<model>_<vocab>.pt)")
-    p.add_argument("--out_dir", default=None, help="run folder (default runs/<model>_<vocab>_<impl>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
-    add_common_args(p)
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (char 3e-3, word 2e-3)")
+    p.add_argument("--batch_size", type=int, default=None, help="parallel text streams (char 64, word 32)")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--embed_dim", type=int, default=None, help="token embedding size (char 128, word 400)")
+    model.add_argument("--hidden_dim", type=int, default=None, help="hidden (and cell) state size (char 512, word 400)")
+    model.add_argument("--num_layers", type=int, default=None, help="stacked recurrent layers (2 for both)")
+    model.add_argument("--dropout", type=float, default=None,
+                       help="dropout on embeddings, between layers and on outputs (char 0.25, word 0.4)")
+    model.add_argument("--tie_weights", action=argparse.BooleanOptionalAction, default=None,
+                       help="the decoder shares the embedding matrix (needs embed_dim == hidden_dim; "
+                            "on for word, off for char)")
+
+    training = p.add_argument_group("training")
+    training.add_argument("--seq_len", type=int, default=None,
+                          help="BPTT length: tokens per batch and stream (char 128, word 35)")
+    training.add_argument("--clip", type=float, default=None,
+                          help="clip the gradient norm to this (char 1.0, word 0.5)")
+    training.add_argument("--weight_decay", type=float, default=None, help="AdamW decoupled weight decay (0 for both)")
+    training.add_argument("--warmup_steps", type=int, default=100, help="linear warm-up, then cosine decay to lr/10")
+    training.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    training.add_argument("--limit", type=int, default=0, help="use only the first N training tokens (0: all)")
+
+    output = p.add_argument_group("output and resume")
+    add_checkpoint_arg(output, None, help="where to write the best model (checkpoints/best_<model>_<vocab>.pt)")
+    output.add_argument("--out_dir", default=None, help="run folder (runs/<model>_<vocab>_<impl>)")
+    output.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                        help="continue from <out_dir>/last.pt")
+    add_common_args(p, seed_help="seed for initialisation and dropout")
     return p
 
 
@@ -81,12 +105,13 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in DEFAULTS[args.vocab_type].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.tie_weights = bool(args.tie_weights)
     if (args.dataset == "ptb") != (args.vocab_type == "word"):
-        raise UserError(f"--dataset {args.dataset} goes with --vocab_type {'word' if args.dataset == 'ptb' else 'char'}")
+        wanted = "word" if args.dataset == "ptb" else "char"
+        raise UserError(f"--dataset {args.dataset} goes with --vocab_type {wanted}")
     check_positive(args, "embed_dim", "hidden_dim", "num_layers", "batch_size", "seq_len", "epochs")
     if args.tie_weights and args.embed_dim != args.hidden_dim:
-        raise UserError(f"--tie_weights 1 needs --embed_dim == --hidden_dim (got {args.embed_dim} and {args.hidden_dim})")
+        raise UserError(f"--tie_weights needs --embed_dim == --hidden_dim (got {args.embed_dim} and "
+                        f"{args.hidden_dim}); change one, or pass --no-tie_weights")
     if not 0.0 <= args.dropout < 1.0:
         raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
     run = f"{args.model_type}_{args.vocab_type}"
@@ -95,12 +120,18 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up to `peak`, then cosine decay to peak/10 at `total` steps (a function of the step alone)."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+def load_data(args: argparse.Namespace, saved_vocab: dict | None,
+              log: logging.Logger) -> tuple[Vocabulary, torch.Tensor, torch.Tensor, int]:
+    """The vocabulary (the resumed run's, else built from the training text), the batchified training and
+    validation streams, and the number of training tokens."""
+    splits, kind = load_corpus(args.dataset, args.data_dir)
+    train_tokens = splits["train"][: args.limit] if args.limit else splits["train"]
+    vocab = Vocabulary.from_dict(saved_vocab) if saved_vocab else Vocabulary.build(splits["train"], kind)
+    train_data = batchify(vocab.encode(train_tokens), args.batch_size)                # (B, N / B)
+    valid_data = batchify(vocab.encode(splits["valid"]), min(args.batch_size, 16))
+    log.info(f"{args.dataset}: {len(train_tokens):,} train / {len(splits['valid']):,} valid {kind}s, "
+             f"vocabulary {len(vocab)}; run folder {args.out_dir}")
+    return vocab, train_data, valid_data, len(train_tokens)
 
 
 @torch.no_grad()
@@ -117,49 +148,46 @@ def evaluate_stream(model: RNNLanguageModel, data: torch.Tensor, seq_len: int, d
     return total / count
 
 
-def checkpoint_payload(args: argparse.Namespace, model: RNNLanguageModel, vocab: Vocabulary,
-                       extra: dict[str, Any]) -> dict[str, Any]:
-    return {**checkpoint_header(STAGE, MODEL_NAME), "config": model.config.to_dict(), "vocab": vocab.to_dict(),
-            "dataset": args.dataset, "args": vars(args),
-            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
-
-
 def train_one_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer: torch.optim.Optimizer,
-                    data: torch.Tensor, state: dict[str, Any], total_steps: int, device: torch.device,
-                    interrupt: StopOnInterrupt, save_last: Callable[[], None]) -> tuple[int, float]:
-    """One pass over the training streams from `state["batch_in_epoch"]`; returns (tokens, seconds)."""
-    epoch = state["epoch"] + 1
-    bar = tqdm(total=num_batches(data, args.seq_len), initial=state["batch_in_epoch"], desc=f"epoch {epoch}",
-               unit="batch", disable=None, leave=False)
-    hidden: State | None = state["hidden"]
+                    data: torch.Tensor, run: ResumableRun, total_steps: int, device: torch.device) -> tuple[int, float]:
+    """One pass over the training streams, from batch `run.state["batch_in_epoch"]`; returns (tokens, seconds)."""
+    state = run.state
+    bar = tqdm(total=num_batches(data, args.seq_len), initial=state["batch_in_epoch"],
+               desc=f"epoch {state['epoch'] + 1}", unit="batch", disable=None, leave=False)
     tokens, tick, seconds_before = 0, time.time(), state["train_seconds"]
-    for inputs, targets in bptt_batches(data, args.seq_len, state["batch_in_epoch"]):
+    for inputs, targets in bptt_batches(data, args.seq_len, state["batch_in_epoch"]):    # (B, T), (B, T)
+        lr = warmup_cosine(state["global_step"], total_steps, args.warmup_steps, args.lr, args.lr / 10)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(state["global_step"], total_steps, args.warmup_steps, args.lr)
-        hidden = detach_state(hidden) if hidden is not None else None
-        logits, hidden = model(inputs.to(device), hidden)
+            group["lr"] = lr
+        logits, hidden = model(inputs.to(device), state["hidden"])                       # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
+
+        state["hidden"] = detach_state(hidden)          # the values flow on to the next batch, the gradients stop
         tokens += targets.numel()
         state["epoch_loss_sum"] += loss.item() * targets.numel()
         state["epoch_tokens"] += targets.numel()
         state["batch_in_epoch"] += 1
         state["global_step"] += 1
-        state["hidden"] = detach_state(hidden)
+        state["train_seconds"] = seconds_before + time.time() - tick
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
-        state["train_seconds"] = seconds_before + time.time() - tick
-        interrupt.stop_if_requested(save_last, f"{Path(args.out_dir) / 'last.pt'} at epoch {epoch}, "
-                                               f"batch {state['batch_in_epoch']}")
+        run.step_done(f"epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}")
         if args.max_steps and state["global_step"] >= args.max_steps:
             break
     bar.close()
-    seconds = time.time() - tick
-    state["train_seconds"] = seconds_before + seconds
-    return tokens, seconds
+    return tokens, time.time() - tick
+
+
+def epoch_row(state: dict[str, Any], val_loss: float, tokens: int, seconds: float, lr: float) -> dict[str, Any]:
+    """One line of history.json: the epoch's mean training loss, validation loss, perplexity and bits per token."""
+    return {"epoch": state["epoch"] + 1, "steps": state["global_step"],
+            "train_loss": state["epoch_loss_sum"] / max(state["epoch_tokens"], 1), "val_loss": val_loss,
+            "val_ppl": math.exp(val_loss), "val_bpc": val_loss / math.log(2),
+            "tokens_per_s": tokens / max(seconds, 1e-9), "lr": lr, "elapsed_s": state["train_seconds"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,86 +196,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.num_threads)
     device = get_device(args.device)
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
-    last_path = out_dir / "last.pt"
-    resume = load_resume(last_path, STAGE, MODEL_NAME, args, map_location=device)
+    run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", map_location=device, state={
+        "epoch": 0, "batch_in_epoch": 0, "global_step": 0, "hidden": None, "best_val_loss": math.inf,
+        "best_epoch": 0, "history": [], "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_tokens": 0})
     log = setup_logging(out_dir)
-
-    splits, kind = load_corpus(args.dataset, args.data_dir)
-    train_tokens = splits["train"][: args.limit] if args.limit else splits["train"]
-    vocab = Vocabulary.from_dict(resume["vocab"]) if resume else Vocabulary.build(splits["train"], kind)
-    train_data = batchify(vocab.encode(train_tokens), args.batch_size)
-    valid_data = batchify(vocab.encode(splits["valid"]), min(args.batch_size, 16))
-    log.info(f"{args.dataset}: {len(train_tokens):,} train / {len(splits['valid']):,} valid {kind}s, "
-             f"vocabulary {len(vocab)}; run folder {out_dir}")
+    vocab, train_data, valid_data, train_size = load_data(args, run.resume and run.resume["vocab"], log)
 
     set_seed(args.seed)
-    config = LMConfig(len(vocab), args.model_type, args.impl, args.embed_dim, args.hidden_dim, args.num_layers,
-                      args.dropout, args.tie_weights)
-    if resume:
-        config = LMConfig(**resume["config"])
+    config = LMConfig(**run.resume["config"]) if run.resume else LMConfig(
+        vocab_size=len(vocab), model_type=args.model_type, impl=args.impl, embed_dim=args.embed_dim,
+        hidden_dim=args.hidden_dim, num_layers=args.num_layers, dropout=args.dropout, tie_weights=args.tie_weights)
     model = RNNLanguageModel(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    params = count_params(model)
-    log.info(f"{args.model_type.upper()} ({args.impl}): {params:,} parameters, {config}")
-
-    state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "hidden": None,
-                             "best_val_loss": math.inf, "best_epoch": 0, "history": [], "train_seconds": 0.0,
-                             "epoch_loss_sum": 0.0, "epoch_tokens": 0}
-    if resume:
-        model.load_state_dict(resume["model_state"])
-        optimizer.load_state_dict(resume["optimizer_state"])
-        state = {k: resume[k] for k in state}
-        set_rng_state(resume["rng_state"])
-        log.info(f"resumed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}")
-    best_path.parent.mkdir(parents=True, exist_ok=True)
-    vocab_path = best_path.parent / f"{kind}_vocabulary.json"
+    log.info(f"{config.model_type.upper()} ({config.impl}): {count_params(model):,} parameters, {config}")
+    payload = {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": vocab.to_dict(),
+               "dataset": args.dataset, "args": vars(args)}
+    if run.attach(model, optimizer, payload=lambda: payload):
+        log.info(f"resumed at epoch {run.state['epoch'] + 1}, batch {run.state['batch_in_epoch']}")
+    vocab_path = best_path.parent / f"{vocab.kind}_vocabulary.json"
     vocab.save(vocab_path)
 
-    def save_last() -> None:
-        save_checkpoint(last_path, checkpoint_payload(args, model, vocab, {
-            **state, "optimizer_state": optimizer.state_dict(), "rng_state": rng_state()}))
-
+    state = run.state
     total_steps = args.epochs * num_batches(train_data, args.seq_len)
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
-    with StopOnInterrupt() as interrupt:
+    with run:
         while state["epoch"] < args.epochs and not (args.max_steps and state["global_step"] >= args.max_steps):
-            epoch = state["epoch"] + 1
-            tokens, seconds = train_one_epoch(args, model, optimizer, train_data, state, total_steps, device,
-                                              interrupt, save_last)
+            tokens, seconds = train_one_epoch(args, model, optimizer, train_data, run, total_steps, device)
             val_loss = evaluate_stream(model, valid_data, args.seq_len, device)
-            row = {"epoch": epoch, "steps": state["global_step"],
-                   "train_loss": state["epoch_loss_sum"] / max(state["epoch_tokens"], 1), "val_loss": val_loss,
-                   "val_ppl": math.exp(val_loss), "val_bpc": val_loss / math.log(2),
-                   "tokens_per_s": tokens / max(seconds, 1e-9), "lr": optimizer.param_groups[0]["lr"],
-                   "elapsed_s": state["train_seconds"]}
+            row = epoch_row(state, val_loss, tokens, seconds, optimizer.param_groups[0]["lr"])
             state["history"].append(row)
-            state.update(epoch=epoch, batch_in_epoch=0, hidden=None, epoch_loss_sum=0.0, epoch_tokens=0)
+            state.update(epoch=row["epoch"], batch_in_epoch=0, hidden=None, epoch_loss_sum=0.0, epoch_tokens=0)
             improved = val_loss < state["best_val_loss"]
             if improved:
-                state.update(best_val_loss=val_loss, best_epoch=epoch)
-                save_checkpoint(best_path, checkpoint_payload(args, model, vocab, {
-                    "epoch": epoch, "best_val_loss": val_loss, "history": state["history"]}))
-            log.info(f"epoch {epoch:2d}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
+                state.update(best_val_loss=val_loss, best_epoch=row["epoch"])
+                save_checkpoint(best_path, {**payload, "model_state": cpu_weights(model), "epoch": row["epoch"],
+                                            "best_val_loss": val_loss, "history": state["history"]})
+            log.info(f"epoch {row['epoch']:2d}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
                      f"(ppl {row['val_ppl']:.2f}, {row['val_bpc']:.3f} bits/token){'  *best*' if improved else ''}  "
                      f"{row['tokens_per_s']:,.0f} tokens/s  {state['train_seconds'] / 60:.1f} min")
-            save_last()
-
-    write_json(out_dir / "history.json", state["history"])
-    plot_curves(state["history"], out_dir / "curves.png", [["train_loss", "val_loss"], ["tokens_per_s"]],
-                title=f"{args.model_type.upper()} ({args.impl}) on {args.dataset}")
-    best = min(state["history"], key=lambda r: r["val_loss"])
-    speed = sum(r["tokens_per_s"] for r in state["history"]) / len(state["history"])
-    write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{args.model_type}_{args.vocab_type}_{args.impl}",
-                  dataset=args.dataset, split="valid", params=params, seconds=time.time() - started,
-                  seconds_key="train_seconds", device=device,
-                  metrics={"val_loss": best["val_loss"], "val_ppl": best["val_ppl"], "val_bpc": best["val_bpc"],
-                           "best_epoch": best["epoch"], "epochs_run": len(state["history"]),
-                           "train_tokens_per_s": speed, "fit_seconds": round(state["train_seconds"], 3)},
-                  extra={"checkpoint": str(best_path), "vocab": str(vocab_path), "train_tokens": len(train_tokens)})
+            run.save()
+    best = write_results(args, state["history"], count_params(model), time.time() - started, device, vocab_path,
+                         train_size)
     log.info(f"best val loss {best['val_loss']:.4f} (ppl {best['val_ppl']:.2f}) at epoch {best['epoch']}; "
              f"checkpoint {best_path}")
     return 0
+
+
+def cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def write_results(args: argparse.Namespace, history: list[dict[str, Any]], params: int, seconds: float,
+                  device: torch.device, vocab_path: Path, train_size: int) -> dict[str, Any]:
+    """history.json, curves.png and metrics.json (the best epoch's scores) in the run folder; returns the best row."""
+    out_dir = Path(args.out_dir)
+    write_json(out_dir / "history.json", history)
+    plot_curves(history, out_dir / "curves.png", [["train_loss", "val_loss"], ["tokens_per_s"]],
+                title=f"{args.model_type.upper()} ({args.impl}) on {args.dataset}")
+    best = min(history, key=lambda r: r["val_loss"])
+    write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{args.model_type}_{args.vocab_type}_{args.impl}",
+                  dataset=args.dataset, split="valid", params=params, seconds=seconds,
+                  seconds_key="train_seconds", device=device,
+                  metrics={"val_loss": best["val_loss"], "val_ppl": best["val_ppl"], "val_bpc": best["val_bpc"],
+                           "best_epoch": best["epoch"], "epochs_run": len(history),
+                           "train_tokens_per_s": sum(r["tokens_per_s"] for r in history) / len(history),
+                           "fit_seconds": round(history[-1]["elapsed_s"], 3)},
+                  extra={"checkpoint": args.checkpoint, "vocab": str(vocab_path), "train_tokens": train_size})
+    return best
 
 
 if __name__ == "__main__":

@@ -1,35 +1,47 @@
 """Train the LSTM text classifier on IMDb or AG News, then score it on the test set (stage 2).
 
-    python train_classifier.py --dataset imdb
-    python train_classifier.py --dataset ag_news --epochs 5
-    python train_classifier.py --dataset imdb --resume            # after Ctrl-C
+    python stage2_rnn_lstm/train_classifier.py --dataset imdb
+    python stage2_rnn_lstm/train_classifier.py --dataset ag_news --epochs 5
+    python stage2_rnn_lstm/train_classifier.py --dataset imdb --resume        # after Ctrl-C
 
 The same files, validation split and test set as stage 1's MLP, so the two can be compared directly.
 Writes checkpoints/best_classifier_<dataset>.pt (vocabulary inside and beside it as JSON) and
 runs/classify_<dataset>/ with metrics.json (test accuracy, macro-F1, training time, ms per document).
 """
-import pathlib
-import sys
+from __future__ import annotations
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import argparse
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
-import argparse  # noqa: E402
-import re  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Iterator, Sequence  # noqa: E402
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split  # noqa: E402
-from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, check_positive,  # noqa: E402
-                            checkpoint_header, count_params, get_device, load_checkpoint, load_resume,
-                            rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads,
-                            setup_logging, write_json, write_metrics)
-from stage2_rnn_lstm.models.classifier import ClassifierConfig, RNNClassifier  # noqa: E402
+from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split
+from scripts.common import (
+    ArgParser,
+    UserError,
+    add_checkpoint_arg,
+    add_common_args,
+    check_positive,
+    checkpoint_header,
+    count_params,
+    get_device,
+    load_checkpoint,
+    run_main,
+    save_checkpoint,
+    set_seed,
+    set_threads,
+    setup_logging,
+    write_json,
+    write_metrics,
+)
+from scripts.training import ResumableRun
+from stage2_rnn_lstm.models.classifier import ClassifierConfig, RNNClassifier
 
 STAGE = "stage2_rnn_lstm"
 STAGE_DIR = Path(__file__).resolve().parent
@@ -72,7 +84,8 @@ def bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Gener
     return [batches[i] for i in shuffled]
 
 
-def in_order_batches(docs: list[torch.Tensor], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+def in_order_batches(docs: list[torch.Tensor],
+                     batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     by_length = sorted(range(len(docs)), key=lambda i: len(docs[i]))
     for start in range(0, len(docs), batch_size):
         index = by_length[start:start + batch_size]
@@ -96,24 +109,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="imdb", choices=DATASETS, help="data set")
     p.add_argument("--model_type", default="lstm", choices=["rnn", "lstm", "gru"], help="recurrent cell")
     p.add_argument("--impl", default="torch", choices=["torch", "scratch"], help="nn.LSTM or the cells of models/")
-    p.add_argument("--embed_dim", type=int, default=128, help="word embedding size")
-    p.add_argument("--hidden_dim", type=int, default=128, help="hidden state size")
-    p.add_argument("--num_layers", type=int, default=1, help="stacked recurrent layers")
-    p.add_argument("--dropout", type=float, default=0.3, help="dropout on embeddings and the pooled vector")
-    p.add_argument("--vocab_size", type=int, default=30000, help="most frequent words kept (the rest are <unk>)")
-    p.add_argument("--max_len", type=int, default=400, help="read at most this many tokens of each text")
     p.add_argument("--epochs", type=int, default=4, help="most epochs (early stopping on validation accuracy)")
-    p.add_argument("--patience", type=int, default=1, help="epochs without a better validation accuracy before stopping")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     p.add_argument("--batch_size", type=int, default=64, help="texts per step")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="share of train held out for validation")
-    p.add_argument("--limit", type=int, default=0, help="use only N training and N test texts (0: all)")
-    p.add_argument("--checkpoint", default=None, help="default checkpoints/best_classifier_<dataset>.pt")
-    p.add_argument("--out_dir", default=None, help="default runs/classify_<dataset>")
-    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
-    add_common_args(p)
+
+    model = p.add_argument_group("model")
+    model.add_argument("--embed_dim", type=int, default=128, help="word embedding size")
+    model.add_argument("--hidden_dim", type=int, default=128, help="hidden state size")
+    model.add_argument("--num_layers", type=int, default=1, help="stacked recurrent layers")
+    model.add_argument("--dropout", type=float, default=0.3, help="dropout on embeddings and the pooled vector")
+    model.add_argument("--vocab_size", type=int, default=30000, help="most frequent words kept (the rest are <unk>)")
+    model.add_argument("--max_len", type=int, default=400, help="read at most this many tokens of each text")
+
+    training = p.add_argument_group("training")
+    training.add_argument("--patience", type=int, default=1,
+                          help="epochs without a better validation accuracy before stopping")
+    training.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    training.add_argument("--val_fraction", type=float, default=0.1, help="share of train held out for validation")
+    training.add_argument("--limit", type=int, default=0, help="use only N training and N test texts (0: all)")
+
+    output = p.add_argument_group("output and resume")
+    add_checkpoint_arg(output, None, help="where to write the best model (checkpoints/best_classifier_<dataset>.pt)")
+    output.add_argument("--out_dir", default=None, help="run folder (runs/classify_<dataset>)")
+    output.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                        help="continue from <out_dir>/last.pt")
+    add_common_args(p, seed_help="seed for the validation split, initialisation, batch order and dropout")
     return p
+
+
+def load_data(args: argparse.Namespace, saved_vocab: list[str] | None) -> dict[str, Any]:
+    """Training and validation texts as token ids (the validation split held out of train), the vocabulary
+    (the resumed run's, else built from the training texts) and the class names."""
+    full = load_split(args.dataset, "train", args.data_dir)
+    if args.limit:
+        full = full.subset(torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed))[:args.limit])
+    train_idx, val_idx = train_val_split(len(full), args.val_fraction, args.seed)
+    train_docs = [tokenize(full.texts[i]) for i in train_idx.tolist()]
+    itos = saved_vocab or build_vocab(train_docs, args.vocab_size)
+    stoi = {w: i for i, w in enumerate(itos)}
+    return {"itos": itos, "stoi": stoi, "classes": full.classes, "source": full.source,
+            "train_x": encode(train_docs, stoi, args.max_len),
+            "train_y": torch.tensor([full.labels[i] for i in train_idx.tolist()]),
+            "val_x": encode([tokenize(full.texts[i]) for i in val_idx.tolist()], stoi, args.max_len),
+            "val_y": torch.tensor([full.labels[i] for i in val_idx.tolist()])}
+
+
+def train_one_epoch(args: argparse.Namespace, model: RNNClassifier, optimizer: torch.optim.Optimizer,
+                    data: dict[str, Any], run: ResumableRun, device: torch.device) -> tuple[int, float]:
+    """One pass over the training texts in length buckets, from batch `run.state["batch_in_epoch"]`;
+    returns (tokens read, seconds)."""
+    state, epoch = run.state, run.state["epoch"] + 1
+    batches = bucketed_batches([len(d) for d in data["train_x"]], args.batch_size,
+                               torch.Generator().manual_seed(args.seed * 10_007 + epoch))
+    bar = tqdm(total=len(batches), initial=state["batch_in_epoch"], desc=f"epoch {epoch}", disable=None, leave=False)
+    tick, tokens, seconds_before = time.time(), 0, state["train_seconds"]
+    for index in batches[state["batch_in_epoch"]:]:
+        inputs, lengths = pad_batch([data["train_x"][i] for i in index])                # (B, T), (B,)
+        logits = model(inputs.to(device), lengths.to(device))                           # (B, C)
+        loss = F.cross_entropy(logits, data["train_y"][index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+
+        tokens += int(lengths.sum())
+        state["epoch_loss_sum"] += loss.item() * len(index)
+        state["epoch_seen"] += len(index)
+        state["batch_in_epoch"] += 1
+        state["train_seconds"] = seconds_before + time.time() - tick
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
+        run.step_done(f"epoch {epoch}, batch {state['batch_in_epoch']}")
+    bar.close()
+    return tokens, time.time() - tick
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,93 +192,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = get_device(args.device)
     out_dir = Path(args.out_dir or STAGE_DIR / "runs" / f"classify_{args.dataset}")
     best_path = Path(args.checkpoint or STAGE_DIR / "checkpoints" / f"best_classifier_{args.dataset}.pt")
-    last_path = out_dir / "last.pt"
-    resume = load_resume(last_path, STAGE, MODEL_NAME, args, map_location=device)
+    run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", map_location=device, state={
+        "epoch": 0, "batch_in_epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": [],
+        "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_seen": 0})
     log = setup_logging(out_dir)
-
-    full = load_split(args.dataset, "train", args.data_dir)
-    if args.limit:
-        full = full.subset(torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed))[:args.limit])
-    train_idx, val_idx = train_val_split(len(full), args.val_fraction, args.seed)
-    train_docs = [tokenize(full.texts[i]) for i in train_idx.tolist()]
-    itos = resume["vocab"] if resume else build_vocab(train_docs, args.vocab_size)
-    stoi = {w: i for i, w in enumerate(itos)}
-    train_x = encode(train_docs, stoi, args.max_len)
-    train_y = torch.tensor([full.labels[i] for i in train_idx.tolist()])
-    val_x = encode([tokenize(full.texts[i]) for i in val_idx.tolist()], stoi, args.max_len)
-    val_y = torch.tensor([full.labels[i] for i in val_idx.tolist()])
-    log.info(f"{full.source}: {len(train_x)} train / {len(val_x)} val texts, vocabulary {len(itos)}, "
+    data = load_data(args, run.resume and run.resume["vocab"])
+    train_x, itos = data["train_x"], data["itos"]
+    log.info(f"{data['source']}: {len(train_x)} train / {len(data['val_x'])} val texts, vocabulary {len(itos)}, "
              f"{sum(len(d) for d in train_x) / len(train_x):.0f} tokens per text (cut at {args.max_len})")
 
     set_seed(args.seed)
-    config = ClassifierConfig(len(itos), len(full.classes), args.model_type, args.impl, args.embed_dim,
-                              args.hidden_dim, args.num_layers, args.dropout)
-    if resume:  # the model's shape comes from the run being resumed, whatever the flags say now
-        config = ClassifierConfig(**resume["config"])
+    # on --resume the model's shape comes from the run being resumed, whatever the flags say now
+    config = ClassifierConfig(**run.resume["config"]) if run.resume else ClassifierConfig(
+        vocab_size=len(itos), num_classes=len(data["classes"]), model_type=args.model_type, impl=args.impl,
+        embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, num_layers=args.num_layers, dropout=args.dropout)
     model = RNNClassifier(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    params = count_params(model)
-    log.info(f"{config.model_type.upper()} classifier ({config.impl}): {params:,} parameters")
-    state: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": [],
-                             "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_seen": 0}
-    if resume:
-        model.load_state_dict(resume["model_state"])
-        optimizer.load_state_dict(resume["optimizer_state"])
-        state = {k: resume[k] for k in state}
-        set_rng_state(resume["rng_state"])
+    log.info(f"{config.model_type.upper()} classifier ({config.impl}): {count_params(model):,} parameters")
+    payload = {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": itos,
+               "classes": data["classes"], "dataset": args.dataset, "args": vars(args)}
+    run.attach(model, optimizer, payload=lambda: payload)
     write_json(best_path.with_suffix(".vocab.json"), {"format": "stage2-classifier-vocabulary-v1", "itos": itos})
 
-    def payload(extra: dict[str, Any]) -> dict[str, Any]:
-        return {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": itos,
-                "classes": full.classes, "dataset": args.dataset, "args": vars(args),
-                "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
-
-    def save_last() -> None:
-        save_checkpoint(last_path, payload({**state, "optimizer_state": optimizer.state_dict(),
-                                            "rng_state": rng_state()}))
-
-    with StopOnInterrupt() as interrupt:
+    state = run.state
+    with run:
         while state["epoch"] < args.epochs and state["bad_epochs"] < args.patience:
-            epoch = state["epoch"] + 1
-            batches = bucketed_batches([len(d) for d in train_x], args.batch_size,
-                                       torch.Generator().manual_seed(args.seed * 10_007 + epoch))
-            bar = tqdm(total=len(batches), initial=state["batch_in_epoch"], desc=f"epoch {epoch}", disable=None,
-                       leave=False)
-            tick, tokens, seconds_before = time.time(), 0, state["train_seconds"]
-            for index in batches[state["batch_in_epoch"]:]:
-                tokens_batch, lengths = pad_batch([train_x[i] for i in index])
-                loss = F.cross_entropy(model(tokens_batch.to(device), lengths.to(device)), train_y[index].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-                optimizer.step()
-                tokens += int(lengths.sum())
-                state["epoch_loss_sum"] += loss.item() * len(index)
-                state["epoch_seen"] += len(index)
-                state["batch_in_epoch"] += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
-                state["train_seconds"] = seconds_before + time.time() - tick
-                interrupt.stop_if_requested(save_last, f"{last_path} at epoch {epoch}, batch {state['batch_in_epoch']}")
-            bar.close()
-            seconds = time.time() - tick
-            state["train_seconds"] = seconds_before + seconds
-            val_acc = (predict(model, val_x, device).argmax(1) == val_y).double().mean().item()
-            row = {"epoch": epoch, "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1),
+            tokens, seconds = train_one_epoch(args, model, optimizer, data, run, device)
+            val_acc = (predict(model, data["val_x"], device).argmax(1) == data["val_y"]).double().mean().item()
+            row = {"epoch": state["epoch"] + 1, "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1),
                    "val_acc": val_acc, "tokens_per_s": tokens / max(seconds, 1e-9), "epoch_seconds": seconds}
             state["history"].append(row)
-            state.update(epoch=epoch, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_seen=0)
+            state.update(epoch=row["epoch"], batch_in_epoch=0, epoch_loss_sum=0.0, epoch_seen=0)
             if val_acc > state["best_val_acc"]:
                 state.update(best_val_acc=val_acc, bad_epochs=0)
-                save_checkpoint(best_path, payload({"epoch": epoch, "best_val_acc": val_acc}))
+                weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                save_checkpoint(best_path, {**payload, "model_state": weights, "epoch": row["epoch"],
+                                            "best_val_acc": val_acc})
             else:
                 state["bad_epochs"] += 1
-            log.info(f"epoch {epoch}  train loss {row['train_loss']:.4f}  val acc {val_acc:.4f}  "
+            log.info(f"epoch {row['epoch']}  train loss {row['train_loss']:.4f}  val acc {val_acc:.4f}  "
                      f"{row['tokens_per_s']:,.0f} tokens/s  {seconds:.0f}s")
-            save_last()
+            run.save()
     train_seconds = time.time() - started
 
-    # the test set, read only now, scored with the best checkpoint
+    metrics = score_on_test(args, model, best_path, config, data["stoi"], device)
+    metrics["val_accuracy"] = state["best_val_acc"]
+    metrics["train_tokens_per_s"] = sum(r["tokens_per_s"] for r in state["history"]) / len(state["history"])
+    write_json(out_dir / "history.json", state["history"])
+    write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{args.model_type}_classifier_{args.impl}",
+                  dataset=args.dataset, split="test", metrics=metrics, params=count_params(model),
+                  seconds=train_seconds, seconds_key="train_seconds", device=device,
+                  extra={"checkpoint": str(best_path), "test_size": metrics.pop("test_size"),
+                         "train_size": len(train_x)})
+    log.info(f"{args.dataset} test: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+             f"{metrics['latency_ms_bs1']:.2f} ms/text at batch 1; trained in {train_seconds / 60:.1f} min")
+    return 0
+
+
+def score_on_test(args: argparse.Namespace, model: RNNClassifier, best_path: Path, config: ClassifierConfig,
+              stoi: dict[str, int], device: torch.device) -> dict[str, Any]:
+    """Load the best checkpoint into `model` and score it on the test set, read only now: accuracy, macro-F1,
+    per-class scores, the confusion matrix and the latency of one text at a time."""
     best = load_checkpoint(best_path, STAGE, [MODEL_NAME], map_location=device)
     if best["dataset"] != args.dataset or best["config"] != config.to_dict():
         raise UserError(f"{best_path} no longer holds this run's best model (another run wrote over it); "
@@ -220,26 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit:
         test = test.subset(list(range(0, len(test), max(1, len(test) // args.limit)))[: args.limit])
     test_x = encode([tokenize(t) for t in test.texts], stoi, args.max_len)
-    preds = predict(model, test_x, device).argmax(1)
-    metrics = classification_report(torch.tensor(test.labels), preds, test.classes)
+    metrics = classification_report(torch.tensor(test.labels), predict(model, test_x, device).argmax(1), test.classes)
     model.eval()
     with torch.no_grad():
         sample = test.texts[:200]
         tick = time.perf_counter()
         for text in sample:
-            tokens_batch, lengths = pad_batch(encode([tokenize(text)], stoi, args.max_len))
-            model(tokens_batch.to(device), lengths.to(device))
+            inputs, lengths = pad_batch(encode([tokenize(text)], stoi, args.max_len))
+            model(inputs.to(device), lengths.to(device))
         metrics["latency_ms_bs1"] = (time.perf_counter() - tick) / len(sample) * 1000
-    metrics["val_accuracy"] = state["best_val_acc"]
-    metrics["train_tokens_per_s"] = sum(r["tokens_per_s"] for r in state["history"]) / len(state["history"])
-    write_json(out_dir / "history.json", state["history"])
-    write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{args.model_type}_classifier_{args.impl}",
-                  dataset=args.dataset, split="test", metrics=metrics, params=params, seconds=train_seconds,
-                  seconds_key="train_seconds", device=device,
-                  extra={"checkpoint": str(best_path), "test_size": len(test_x), "train_size": len(train_x)})
-    log.info(f"{args.dataset} test: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
-             f"{metrics['latency_ms_bs1']:.2f} ms/text at batch 1; trained in {train_seconds / 60:.1f} min")
-    return 0
+    return {**metrics, "test_size": len(test_x)}
 
 
 if __name__ == "__main__":

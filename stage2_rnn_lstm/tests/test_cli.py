@@ -13,6 +13,20 @@ TINY = ["--embed_dim", "16", "--hidden_dim", "16", "--batch_size", "4", "--seq_l
         "--warmup_steps", "2"]
 
 
+class TypedLines:
+    """Stands in for sys.stdin, so `input()` reads these lines; an exception class in the list is raised instead
+    (KeyboardInterrupt: Ctrl-C at the prompt); after the last line, end of input (Ctrl-D)."""
+
+    def __init__(self, lines):
+        self.lines = iter(lines)
+
+    def readline(self):
+        line = next(self.lines, None)
+        if isinstance(line, type):
+            raise line
+        return "" if line is None else line + "\n"
+
+
 def lm_args(data, tmp_path, *extra):
     return ["--data_dir", str(data), "--out_dir", str(tmp_path / "run"), "--checkpoint",
             str(tmp_path / "ck" / "best.pt"), *TINY, *extra]
@@ -46,44 +60,65 @@ def test_train_evaluate_smoke(lm_data, tmp_path, cli, model_type, impl, vocab_ty
 
 
 def test_char_model_learns_the_tiny_text(char_model, cli):
-    code, out, _ = cli(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--length", "40",
+    code, out, _ = cli(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--max_new_tokens", "40",
                                        "--temperature", "0"])
     assert code == 0 and out.startswith("First") and len(out) >= 40
-    # the same seed gives the same sample
-    again = cli(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--length", "40",
+    # the same seed gives the same sample; --model_path and --length are the same options as --checkpoint and
+    # --max_new_tokens
+    again = cli(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--max_new_tokens", "40",
                                 "--temperature", "0.9", "--seed", "3"])[1]
-    assert again == cli(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--length", "40",
+    assert again == cli(generate.main, ["--model_path", str(char_model), "--prompt", "First", "--length", "40",
                                         "--temperature", "0.9", "--seed", "3"])[1]
 
 
+def test_evaluate_takes_model_path(char_model, lm_data, tmp_path, cli):
+    code, out, err = cli(evaluate.main, ["--model_path", str(char_model), "--data_dir", str(lm_data),
+                                         "--out_dir", str(tmp_path / "eval"), "--num_threads", "1"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(char_model)
+
+
 def test_interactive_session(char_model, monkeypatch, cli):
-    lines = iter(["", ":temp 0.5", ":top_k x", ":top_p 2", ":length 10", ":settings", "Speak ñ", ":bogus",
-                  ":help", ":quit"])
-    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    lines = ["", ":temp 0.5", ":top_k x", ":top_p 2", ":length 10", ":settings", "Speak ñ", ":bogus",
+                  ":temperature 0", ":max_new_tokens 12", ":n 0", ":seed 7", ":k 5", ":p 0.9", ":beam 3", ":t",
+                  ":help", ":quit", "never read"]
+    monkeypatch.setattr("sys.stdin", TypedLines(lines))
     code, out, _ = cli(generate.main, ["--checkpoint", str(char_model), "--interactive"])
     assert code == 0
-    assert "(empty prompt" in out and "temperature = 0.5" in out and "length = 10" in out
-    assert ":top_k needs a valid int" in out and "top_p must be in (0, 1]" in out
+    assert "(empty line" in out and "temperature = 0.5" in out and "max_new_tokens = 10" in out
+    assert "(:top_k kept 0:" in out and "(:top_p kept 1.0: top_p must be in (0, 1]" in out
     assert "not in the vocabulary" in out and "'ñ'" in out and "unknown command :bogus" in out
+    assert "temperature = 0.0" in out and "max_new_tokens = 12" in out and "(:max_new_tokens kept 12:" in out
+    assert "seed = 7" in out and "top_k = 5" in out and "top_p = 0.9" in out
+    assert "(:beam does not apply here" in out and "temperature = 0.0  (:temperature VALUE sets it)" in out
+    assert ":max_new_tokens VALUE" in out and ":quit" in out     # the help text
+
+
+def test_interactive_settings_change_the_sample(char_model, monkeypatch, cli):
+    """:temperature 0 with :max_new_tokens 5 gives the same text as the flags do."""
+    monkeypatch.setattr("sys.stdin", TypedLines([":temperature 0", ":max_new_tokens 5", "First", ":q"]))
+    out = cli(generate.main, ["--checkpoint", str(char_model), "--interactive"])[1]
+    expected = cli(generate.main, ["--checkpoint", str(char_model), "--prompt", "First", "--temperature", "0",
+                                   "--max_new_tokens", "5"])[1]
+    assert expected in out
 
 
 def test_interactive_ends_on_ctrl_d_and_survives_ctrl_c(char_model, monkeypatch, cli):
-    events = iter([KeyboardInterrupt, "Sp", EOFError])
-
-    def fake_input(prompt=""):
-        event = next(events)
-        if isinstance(event, type):
-            raise event
-        return event
-    monkeypatch.setattr("builtins.input", fake_input)
-    code, out, _ = cli(generate.main, ["--checkpoint", str(char_model), "--interactive", "--length", "5"])
+    monkeypatch.setattr("sys.stdin", TypedLines([KeyboardInterrupt, "Sp", EOFError]))
+    code, out, _ = cli(generate.main, ["--checkpoint", str(char_model), "--interactive", "--max_new_tokens", "5"])
     assert code == 0 and "Sp" in out
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--prompt", ""], "--prompt is empty"),
-    (["--temperature", "-1"], "temperature must be >= 0"),
-    (["--top_p", "0"], "top_p must be in (0, 1]"),
+    (["--temperature", "-1"], "--temperature must be 0 (greedy) or between 0.01 and 100"),
+    (["--temperature", "nan"], "--temperature must be 0 (greedy) or between 0.01 and 100"),
+    (["--top_p", "0"], "--top_p must be in (0, 1]"),
+    (["--top_k", "-2"], "--top_k must be between 0"),
+    (["--max_new_tokens", "0"], "--max_new_tokens must be between 1 and"),
+    (["--length", "0"], "--max_new_tokens must be between 1 and"),
+    (["--seed", "-1"], "--seed must be between 0 and"),
+    (["--interactive", "1"], "unrecognized arguments: 1"),
 ])
 def test_generate_bad_settings(char_model, cli, argv, message):
     code, _, err = cli(generate.main, ["--checkpoint", str(char_model), *argv])
@@ -96,7 +131,7 @@ def test_vocabulary_that_does_not_match_the_checkpoint(char_model, tmp_path, cli
     code, _, err = cli(generate.main, ["--checkpoint", str(char_model), "--vocab", str(other)])
     assert code == 2 and "does not match" in err and err.count("\n") == 1
     code, _, err = cli(generate.main, ["--checkpoint", str(char_model), "--vocab",
-                                       str(char_model.parent / "char_vocabulary.json"), "--length", "3"])
+                                       str(char_model.parent / "char_vocabulary.json"), "--max_new_tokens", "3"])
     assert code == 0, err
 
 
@@ -114,11 +149,45 @@ def test_wrong_and_broken_checkpoints(char_model, tmp_path, cli):
 @pytest.mark.parametrize("argv, message", [
     (["--model_type", "transformer"], "invalid choice: 'transformer'"),
     (["--dataset", "ptb", "--vocab_type", "char"], "--dataset ptb goes with --vocab_type word"),
-    (["--tie_weights", "1", "--embed_dim", "8"], "--tie_weights 1 needs --embed_dim == --hidden_dim"),
+    (["--tie_weights", "--embed_dim", "8"], "--tie_weights needs --embed_dim == --hidden_dim"),
+    (["--vocab_type", "word", "--embed_dim", "8"], "--tie_weights needs --embed_dim == --hidden_dim"),
+    (["--tie_weights", "1"], "unrecognized arguments: 1"),
+    (["--dropout", "1"], "--dropout must be in [0, 1)"),
 ])
 def test_train_bad_flags(cli, argv, message):
     code, _, err = cli(train.main, argv)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_tie_weights_on_and_off(lm_data, tmp_path, cli):
+    """Word models tie the decoder to the embedding unless --no-tie_weights; --tie_weights ties a char model."""
+    tiny = ["--epochs", "1", "--max_steps", "2"]
+    sizes = {}
+    runs = {"word": ["--vocab_type", "word"], "word_untied": ["--vocab_type", "word", "--no-tie_weights"],
+            "char": [], "char_tied": ["--tie_weights"]}
+    for name, extra in runs.items():
+        code, _, err = cli(train.main, lm_args(lm_data, tmp_path / name, *tiny, *extra))
+        assert code == 0, err
+        ckpt = load_checkpoint(tmp_path / name / "ck" / "best.pt", "stage2_rnn_lstm")
+        metrics = json.loads((tmp_path / name / "run" / "metrics.json").read_text())
+        sizes[name] = (ckpt["config"]["tie_weights"], metrics["params"])
+    assert sizes["word"][0] is True and sizes["word_untied"][0] is False
+    assert sizes["char"][0] is False and sizes["char_tied"][0] is True
+    vocab = len(json.loads((tmp_path / "word" / "ck" / "word_vocabulary.json").read_text())["itos"])
+    assert sizes["word_untied"][1] - sizes["word"][1] == vocab * 16      # one V x H matrix fewer when tied
+
+
+def test_help_shows_defaults_and_groups(cli):
+    code, out, _ = cli(train.main, ["--help"])
+    assert code == 0
+    out = " ".join(out.split())                                  # whatever the terminal's width
+    assert "--tie_weights, --no-tie_weights" in out and "--checkpoint CHECKPOINT, --model_path CHECKPOINT" in out
+    assert "--resume, --no-resume" in out and "(default: 100)" in out
+    for group in ("model:", "training:", "output and resume:", "data and hardware:"):
+        assert group in out
+    assert out.index("--epochs") < out.index("model:")          # what a learner changes comes first
+    out = " ".join(cli(generate.main, ["--help"])[1].split())
+    assert "--max_new_tokens MAX_NEW_TOKENS, --length MAX_NEW_TOKENS" in out and "seed for sampling" in out
 
 
 def test_resume_of_another_dataset_is_refused(char_model, lm_data, tmp_path, cli):
