@@ -20,18 +20,8 @@ from typing import Any, Sequence
 import torch
 
 from scripts.classification_data import DATASETS, classification_report, load_split
-from scripts.common import (
-    ArgParser,
-    UserError,
-    add_checkpoint_arg,
-    add_common_args,
-    count_params,
-    get_device,
-    load_checkpoint,
-    run_main,
-    set_threads,
-    write_metrics,
-)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, get_device,
+                            load_checkpoint, run_main, set_threads, write_metrics)
 from scripts.plots import plot_confusion
 from scripts.repl import Repl
 from stage1_mlp.data.features import FeatureSet, Featurizer, tokenize

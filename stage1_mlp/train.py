@@ -22,23 +22,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scripts.classification_data import DATASETS, load_split, train_val_split
-from scripts.common import (
-    ArgParser,
-    UserError,
-    add_checkpoint_arg,
-    add_common_args,
-    check_positive,
-    checkpoint_header,
-    count_params,
-    get_device,
-    run_main,
-    save_checkpoint,
-    set_seed,
-    set_threads,
-    setup_logging,
-    write_json,
-    write_metrics,
-)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive,
+                            checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
+                            set_threads, setup_logging, write_json, write_metrics)
 from scripts.plots import plot_curves
 from scripts.training import ResumableRun
 from stage1_mlp.data.features import FeatureSet, Featurizer, tokenize

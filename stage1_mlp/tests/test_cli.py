@@ -162,7 +162,7 @@ def test_model_path_is_the_checkpoint_option():
 
 @pytest.mark.parametrize("program", ["train", "evaluate", "bench"])
 def test_help_runs_from_the_repo_root_the_stage_folder_and_as_a_module(program):
-    """No sys.path edits: the three ways of starting a program all find the course's packages."""
+    """Nothing edits the import path: the three ways of starting a program all find the course's packages."""
     root = STAGE_DIR.parent
     for argv, cwd in [([f"stage1_mlp/{program}.py"], root), ([f"{program}.py"], STAGE_DIR),
                       (["-m", f"stage1_mlp.{program}"], root)]:
