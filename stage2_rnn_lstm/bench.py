@@ -61,7 +61,8 @@ def write_sample(vocab_type: str) -> None:
         raise UserError(f"generate.py failed: {sample.stderr.strip()}")
     shown = " ".join(f"'{a}'" if " " in a or ":" in a else a for a in argv[2:])
     write_json(RESULTS / f"lstm_{vocab_type}_sample.json",
-               {"text": sample.stdout, "command": f"python generate.py --checkpoint {checkpoint.name} {shown}"})
+               {"text": sample.stdout, "command": f"python stage2_rnn_lstm/generate.py --checkpoint "
+                                                 f"stage2_rnn_lstm/checkpoints/{checkpoint.name} {shown}"})
 
 
 def training_speed(config: LMConfig, batch: int, seq_len: int, steps: int = 20) -> float:

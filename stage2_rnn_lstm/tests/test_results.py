@@ -20,7 +20,7 @@ def test_readme_tables_are_generated_from_results():
                 f"{readme} [{name}]: run `python stage2_rnn_lstm/bench.py --tables_only`"
 
 
-def test_results_meet_the_issue_floors():
+def test_results_meet_the_targets():
     """The committed benchmark: char val loss <= 1.55 within 20 min, PTB test perplexity <= 125 within 30 min."""
     char_train = json.loads((RESULTS / "lstm_char_train.json").read_text())
     char_eval = json.loads((RESULTS / "lstm_char_eval.json").read_text())
