@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     log.info(f"attention {model.config.attention_type} ({model.config.impl}): {count_params(model):,} parameters, "
              f"{model.config}")
-    wall_before = run.resume["wall_seconds"] if run.resume else 0.0      # earlier sessions of a resumed run
+    wall_before = run.resume["wall_seconds"] if run.resume else 0.0      # time before this --resume
 
     def wall_seconds() -> float:
         return wall_before + time.time() - started
