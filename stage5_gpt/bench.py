@@ -22,31 +22,32 @@ finetune:  fine-tuning FINETUNE_BASE (the GPU base, or --base) with `finetune.py
            4,500 tokens/s, which puts each IMDb run near 1.5 hours there. `--collect DIR` instead imports
            run folders made elsewhere (DIR/<run name>/test_<task>.json and history.json).
 gpu:       on a CUDA machine: the default char model, GPT-2 small's shape on Gutenberg for 200 steps, eager
-           and with --compile 1 (tokens/s and MFU against the card's bf16 peak), and GPU_BASE, a 14M-parameter
+           and with --compile (tokens/s and MFU against the card's bf16 peak), and GPU_BASE, a 14M-parameter
            Gutenberg model pretrained in about two minutes (checkpoints/gpu_base_gutenberg.pt), then GPU_ADAPT:
            that model's pretraining continued on the IMDb training reviews' text (checkpoints/gpu_base_imdb.pt),
            the base of the *_adapted fine-tuning runs.
 Each writes JSON files into stage5_gpt/results/.
 """
-import pathlib
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import torch
 
-import functools  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-import torch  # noqa: E402
-
-from scripts.common import (ArgParser, UserError, hardware, load_checkpoint, read_json,  # noqa: E402
-                            run_main, write_json)
-from scripts.report import markdown_table, run_script, short_paths as report_short_paths, update_file  # noqa: E402
+from scripts.common import ArgParser, UserError, hardware, load_checkpoint, read_json, run_main, write_json
+from scripts.report import markdown_table, run_script, update_file
+from scripts.report import short_paths as report_short_paths
+from stage5_gpt.data.bpe import ByteLevelBPE
+from stage5_gpt.data.corpus import load_text
+from stage5_gpt.models.gpt import GPT, GPTConfig
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
@@ -161,8 +162,6 @@ def nanogpt_results(log: str, wall_seconds: float) -> None:
 
 def kv_speed(checkpoint: Path, lengths: Sequence[int] = (64, 128, 256, 512), repeats: int = 2) -> None:
     """Seconds to generate N new tokens (batch 1, greedy) with and without the KV cache, same model."""
-    from stage5_gpt.models.gpt import GPT, GPTConfig  # noqa: PLC0415
-
     ckpt = load_checkpoint(checkpoint, "stage5_gpt", ["gpt"])
     model = GPT(GPTConfig(**ckpt["config"])).eval()
     model.load_state_dict(ckpt["model_state"])
@@ -190,9 +189,6 @@ def kv_speed(checkpoint: Path, lengths: Sequence[int] = (64, 128, 256, 512), rep
 
 
 def bpe_speed(data_dir: str | None, chars: int = 10_000_000, vocab_size: int = 8192) -> None:
-    from stage5_gpt.data.bpe import ByteLevelBPE  # noqa: PLC0415
-    from stage5_gpt.data.corpus import load_text  # noqa: PLC0415
-
     text = load_text("gutenberg", data_dir)["train"][:chars]
     tick = time.perf_counter()
     ours = ByteLevelBPE.train(text, vocab_size)
@@ -200,7 +196,7 @@ def bpe_speed(data_dir: str | None, chars: int = 10_000_000, vocab_size: int = 8
     tick = time.perf_counter()
     ids = ours.encode(text)
     encode_seconds = time.perf_counter() - tick
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: PLC0415
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers   # Hugging Face's Rust BPE, only for this part
 
     hf = Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -227,7 +223,7 @@ def gpu(extra: list[str]) -> None:
     if not torch.cuda.is_available():
         raise UserError("--parts gpu needs a CUDA GPU")
     train_and_evaluate("gpu_char", ["--device", "cuda", "--log_interval", "100"], extra)
-    for name, flags in (("gpu_gpt2small_eager", []), ("gpu_gpt2small_compiled", ["--compile", "1"])):
+    for name, flags in (("gpu_gpt2small_eager", []), ("gpu_gpt2small_compiled", ["--compile"])):
         run_dir = STAGE_DIR / "runs" / f"bench_{name}"
         shutil.rmtree(run_dir, ignore_errors=True)
         run("train.py", *GPT2_SMALL, *flags, "--device", "cuda", "--out_dir", str(run_dir), "--checkpoint",
@@ -297,7 +293,7 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                      "bpb": e["bits_per_byte"], "time": mins(m["fit_seconds"]), "steps": m["steps"],
                      "speed": m["train_tokens_per_s"], "mfu": f"{100 * m['mfu']:.1f}%", "params": train["params"],
                      "flops": m["flops_per_token"],
-                     "hardware": train["hardware"], "amp": train.get("amp", "")})
+                     "hardware": train["hardware"], "amp": train["amp"]})
     if rows:
         table = markdown_table(rows, [("model", lambda r: r["model"]), ("data", lambda r: r["data"]),
                                       ("val loss (estimate)", lambda r: f"{r['est']:.3f}"),
@@ -343,7 +339,7 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
     gpu_rows = [(label, read_json(RESULTS / f"{name}_train.json")) for name, label in (
         ("gpu_char", "default char model (`train.py --device cuda`)"),
         ("gpu_gpt2small_eager", "GPT-2 small shape, Gutenberg BPE, 200 steps"),
-        ("gpu_gpt2small_compiled", "same, `--compile 1`"),
+        ("gpu_gpt2small_compiled", "same, `--compile`"),
         ("gpu_base", "pretraining base for fine-tuning: 6 layers, 384 wide, context 512, Gutenberg BPE"),
         ("gpu_base_imdb", "the same base, pretraining continued on the IMDb training reviews' text (no labels)"),
     ) if (RESULTS / f"{name}_train.json").is_file()]
@@ -352,8 +348,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
             ("run", lambda r: r[0]), ("parameters", lambda r: r[1]["params"]),
             ("tokens/step", lambda r: r[1]["metrics"]["tokens_seen"] // r[1]["metrics"]["steps"]),
             ("val loss", lambda r: f"{r[1]['metrics']['val_loss']:.3f}"),
-            ("tokens/s (steady)", lambda r: f"{r[1]['metrics'].get('steady_tokens_per_s', 0):,.0f}"),
-            ("MFU (steady)", lambda r: f"{100 * r[1]['metrics'].get('steady_mfu', 0):.1f}%"),
+            ("tokens/s (steady)", lambda r: f"{r[1]['metrics']['steady_tokens_per_s']:,.0f}"),
+            ("MFU (steady)", lambda r: f"{100 * r[1]['metrics']['steady_mfu']:.1f}%"),
             ("tokens/s (whole run)", lambda r: f"{r[1]['metrics']['train_tokens_per_s']:,.0f}"),
             ("training time", lambda r: f"{r[1]['metrics']['fit_seconds']:.0f} s"),
             ("GPU", lambda r: r[1]["hardware"]), ("torch", lambda r: r[1]["torch"])])
@@ -386,7 +382,7 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                            key=lambda r: (TASK_ORDER.index(r["task"]), r["adapted"], METHOD_ORDER.index(r["model"])))
     if finetune_rows:
         blocks["stage5_finetune"] = markdown_table(finetune_rows, [
-            ("task", lambda r: r["task"] + (" (test-split carve-out)" if "carve-out" in r.get("data_source", "")
+            ("task", lambda r: r["task"] + (" (test-split carve-out)" if "carve-out" in r["data_source"]
                                              else "")),
             ("model", lambda r: METHOD_LABELS[r["model"]].replace("pretrained", "pretrained + IMDb text")
              if r["adapted"] else METHOD_LABELS[r["model"]]),
@@ -395,7 +391,7 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
              if r["task"] == "translate" else f"accuracy {100 * r['metrics']['accuracy']:.2f}%, "
                                               f"macro-F1 {100 * r['metrics']['macro_f1']:.2f}"),
             ("test examples", lambda r: f"{r['test_size']:,}"),
-            ("training time", lambda r: f"{r['train_seconds']:.0f} s" if "train_seconds" in r else "not kept"),
+            ("training time", lambda r: f"{r['train_seconds']:.0f} s"),
             ("latency, batch 1", lambda r: f"{r['metrics']['latency_ms_bs1']:.1f} ms"),
             ("scored on", lambda r: r["hardware"])]) + (
             f"\n\nEvery model starts from `{FINETUNE_BASE.name}` (table above), the \"+ IMDb text\" rows from "

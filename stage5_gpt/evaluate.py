@@ -16,28 +16,26 @@ window starts without history: slightly pessimistic, and exact, not an estimate 
 Bits per byte divides the total loss by the UTF-8 bytes of the text: unlike loss per token, it compares
 models with different tokenizers (a char model and a BPE model) on the same text.
 """
-import pathlib
-import sys
+from __future__ import annotations
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Sequence
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from scripts.common import (ArgParser, UserError, add_common_args, autocast, check_positive,  # noqa: E402
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, autocast, check_positive,
                             get_device, load_checkpoint, run_main, set_threads, write_metrics)
-from stage5_gpt.data.corpus import DATASETS, load_text, sequential_windows  # noqa: E402
-from stage5_gpt.generate import DEFAULT_CHECKPOINT, load_model  # noqa: E402
-from stage5_gpt.data.tasks import TASKS, evaluate_task, load_task, tokenize  # noqa: E402
-from stage5_gpt.models.gpt import GPT  # noqa: E402
+from stage5_gpt.data.corpus import DATASETS, load_text, sequential_windows
+from stage5_gpt.data.tasks import TASKS, evaluate_task, load_task, tokenize
+from stage5_gpt.finetune import model_from_checkpoint, model_label
+from stage5_gpt.generate import DEFAULT_CHECKPOINT, load_model
+from stage5_gpt.models.gpt import GPT
 
 STAGE = "stage5_gpt"
 RUNS = Path(__file__).resolve().parent / "runs"
@@ -45,7 +43,7 @@ RUNS = Path(__file__).resolve().parent / "runs"
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Validation loss, perplexity and bits per byte of a GPT-mini (stage 5).")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="a checkpoint written by train.py")
+    add_checkpoint_arg(p, str(DEFAULT_CHECKPOINT), "a checkpoint written by train.py or finetune.py")
     p.add_argument("--init_from", default=None, help="score GPT-2's weights instead: gpt2 (online) or a folder")
     p.add_argument("--tokenizer", default=None, help="tokenizer JSON (must match the checkpoint; default its own)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
@@ -60,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["val", "test"], help="a fine-tuned checkpoint: which split")
     p.add_argument("--out_dir", default=None, help="a fine-tuned checkpoint: where test_<task>.json go "
                                                    "(default runs/eval_<checkpoint name>)")
-    p.add_argument("--amp", type=int, choices=[0, 1], default=0, help="1: bf16 autocast (faster, less exact)")
-    p.add_argument("--metrics_out", default=None, help="metrics.json path (default: beside the checkpoint's runs)")
-    add_common_args(p)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast where the hardware has it (faster, less exact)")
+    p.add_argument("--metrics_out", default=None,
+                   help="metrics.json path (default: runs/eval_<checkpoint name>/metrics.json)")
+    add_common_args(p, seed_help="random seed (scoring draws no random numbers)")
     return p
 
 
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     if len(ids) < 2:
         raise UserError("the text is too short to score: it needs at least two tokens")
-    nats, count = score(model, ids, args.batch_size, device, bool(args.amp))
+    nats, count = score(model, ids, args.batch_size, device, args.amp)
     seconds = time.time() - tick
     n_bytes = len(text.encode("utf-8"))
     loss = nats / count
@@ -133,8 +133,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def evaluate_tasks(args: argparse.Namespace, device: torch.device, ckpt: dict) -> int:
     """Score a fine-tuned checkpoint on the test (or validation) split of its tasks."""
-    from stage5_gpt.finetune import model_from_checkpoint, model_label  # noqa: PLC0415
-
     model, tokenizer = model_from_checkpoint(ckpt, args.checkpoint)
     model, info = model.to(device).eval(), ckpt["finetune"]
     tasks = [args.task] if args.task else info["tasks"]
@@ -142,11 +140,11 @@ def evaluate_tasks(args: argparse.Namespace, device: torch.device, ckpt: dict) -
         raise UserError(f"{args.checkpoint} was fine-tuned on {', '.join(info['tasks'])}, not {args.task}")
     out_dir = Path(args.out_dir) if args.out_dir else RUNS / f"eval_{Path(args.checkpoint).stem}"
     for task in tasks:
-        data = tokenize(tokenizer, load_task(task, args.split, args.data_dir, info.get("ag_news_source", "official"),
+        data = tokenize(tokenizer, load_task(task, args.split, args.data_dir, info["ag_news_source"],
                                              args.limit))
         tick = time.time()
         metrics = evaluate_task(info["kind"], model, tokenizer, data, info["max_len"], args.batch_size, device,
-                                bool(args.amp))
+                                args.amp)
         seconds = time.time() - tick
         out = out_dir / f"{args.split}_{task}.json"
         write_metrics(out, stage=STAGE, model=model_label(info),

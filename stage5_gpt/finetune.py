@@ -15,82 +15,96 @@ answer (data/tasks.py), the loss on the answer only. After each epoch the valida
 best model is kept (LoRA merged into the weights); at the end it is scored on each task's test split,
 written to <out_dir>/test_<task>.json.
 """
-import pathlib
-import sys
+from __future__ import annotations
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import argparse
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, amp_name,  # noqa: E402
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, amp_name,
                             autocast, check_positive, checkpoint_header, get_device, hardware, load_checkpoint,
-                            load_resume, rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads,
-                            setup_logging, write_json, write_metrics)
-from stage5_gpt.data import tasks as T  # noqa: E402
-from stage5_gpt.data.bpe import load_tokenizer  # noqa: E402
-from stage5_gpt.models.gpt import GPT, GPTConfig  # noqa: E402
-from stage5_gpt.models.lora import add_lora, merge_lora, trainable_fraction  # noqa: E402
+                            run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
+                            write_metrics)
+from scripts.training import ResumableRun
+from stage5_gpt.data import tasks as T
+from stage5_gpt.models.gpt import GPT
+from stage5_gpt.models.hf import GPT2_NAMES, load_gpt2
+from stage5_gpt.models.lora import add_lora, merge_lora, trainable_fraction
+from stage5_gpt.train import gpt_from_checkpoint, load_pretrained, load_weights
 
 STAGE = "stage5_gpt"
 STAGE_DIR = Path(__file__).resolve().parent
 METHODS = ("full", "head", "last_blocks", "lora")
 # learning rates that suit each method (--lr overrides): frozen bodies and fresh adapters take larger steps
 DEFAULT_LR = {"full": 1e-4, "head": 2e-3, "last_blocks": 2e-4, "lora": 1e-3, "scratch": 3e-4}
+# what --resume compares with the saved run: the flags that decide the model, the data order and the schedule
+RESUME_MUST_MATCH = ["base", "scratch", "tasks", "method", "train_blocks", "lora_rank", "lora_alpha", "lora_targets",
+                     "lora_dropout", "epochs", "batch_size", "lr", "warmup", "weight_decay", "dropout", "max_len",
+                     "limit", "ag_news_source", "amp", "clip"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Fine-tune a pretrained GPT-mini for classification or several tasks (stage 5).")
     p.add_argument("--base", default=str(STAGE_DIR / "checkpoints" / "gpt_gutenberg_bpe.pt"),
-                   help="a checkpoint from train.py (BPE), or gpt2 / gpt2-medium / a local GPT-2 folder")
-    p.add_argument("--scratch", action="store_true",
-                   help="same architecture and tokenizer as --base, random weights: what pretraining buys")
+                   help="the pretrained model: a checkpoint from train.py (BPE), or gpt2 / gpt2-medium / a local "
+                        "GPT-2 folder")
     p.add_argument("--task", default="imdb", choices=["imdb", "ag_news", "multi"],
                    help="imdb / ag_news: a classification head; multi: text-to-text over --tasks")
     p.add_argument("--tasks", default="imdb,ag_news,translate",
                    help=f"comma-separated tasks of --task multi, from {', '.join(T.TASKS)}")
     p.add_argument("--method", default="full", choices=METHODS,
                    help="what is trained: everything, the head only, the last --train_blocks blocks, or LoRA")
-    p.add_argument("--train_blocks", type=int, default=2, help="--method last_blocks: how many blocks train")
-    p.add_argument("--lora_rank", type=int, default=8, help="LoRA rank r")
-    p.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA scale alpha (the update is alpha/r * B A)")
-    p.add_argument("--lora_targets", default="c_attn,c_proj",
-                   help="comma-separated Linear names that get LoRA (c_attn, c_proj, c_fc)")
-    p.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA branch's input")
+    p.add_argument("--scratch", action=argparse.BooleanOptionalAction, default=False,
+                   help="same architecture and tokenizer as --base, random weights: what pretraining buys")
     p.add_argument("--epochs", type=int, default=3, help="passes over the training split")
-    p.add_argument("--batch_size", type=int, default=16, help="examples per step")
     p.add_argument("--lr", type=float, default=None,
                    help="peak AdamW learning rate (default per method: " +
                         ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    p.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up")
-    p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (matrices only)")
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout in the model and before the head")
-    p.add_argument("--clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    p.add_argument("--max_len", type=int, default=0,
-                   help="tokens per example, longer texts cut (head and tail kept); 0: the model's context")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N training examples of each task")
-    p.add_argument("--eval_limit", type=int, default=0, help="score only the first N validation/test examples")
-    p.add_argument("--eval_batch_size", type=int, default=64, help="examples per batch when scoring")
-    p.add_argument("--ag_news_source", default="official", choices=T.AG_NEWS_SOURCES,
-                   help="official (downloads the training split), or test_carveout: train on 6,000 rows of the "
-                        "official test split and test on the other 1,600 (when only test.csv exists)")
-    p.add_argument("--cache_dir", default=str(STAGE_DIR / "data_cache" / "tasks"),
-                   help="where tokenised task data is kept between runs ('' for none)")
-    p.add_argument("--amp", type=int, choices=[0, 1], default=1, help="bf16 autocast where the hardware has it")
-    p.add_argument("--log_interval", type=int, default=50, help="log loss and speed every N steps")
-    p.add_argument("--checkpoint", default=None, help="best model (default checkpoints/ft_<task>_<method>.pt)")
-    p.add_argument("--out_dir", default=None, help="run folder (default runs/ft_<task>_<method>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
-    add_common_args(p)
+    p.add_argument("--batch_size", type=int, default=16, help="examples per step")
+
+    method = p.add_argument_group("method")
+    method.add_argument("--train_blocks", type=int, default=2, help="--method last_blocks: how many blocks train")
+    method.add_argument("--lora_rank", type=int, default=8, help="LoRA rank r")
+    method.add_argument("--lora_alpha", type=float, default=16.0,
+                        help="LoRA scale alpha (the update is alpha/r * B A)")
+    method.add_argument("--lora_targets", default="c_attn,c_proj",
+                        help="comma-separated Linear names that get LoRA (c_attn, c_proj, c_fc)")
+    method.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA branch's input")
+
+    training = p.add_argument_group("training")
+    training.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up")
+    training.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (matrices only)")
+    training.add_argument("--dropout", type=float, default=0.1, help="dropout in the model and before the head")
+    training.add_argument("--clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    training.add_argument("--max_len", type=int, default=0,
+                          help="tokens per example, longer texts cut (head and tail kept); 0: the model's context")
+    training.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                          help="bf16 autocast where the hardware has it")
+    training.add_argument("--log_interval", type=int, default=50, help="log loss and speed every N steps")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--limit", type=int, default=0, help="use only the first N training examples of each task")
+    data.add_argument("--eval_limit", type=int, default=0, help="score only the first N validation/test examples")
+    data.add_argument("--eval_batch_size", type=int, default=64, help="examples per batch when scoring")
+    data.add_argument("--ag_news_source", default="official", choices=T.AG_NEWS_SOURCES,
+                      help="official (downloads the training split), or test_carveout: train on 6,000 rows of the "
+                           "official test split and test on the other 1,600 (when only test.csv exists)")
+    data.add_argument("--cache_dir", default=str(STAGE_DIR / "data_cache" / "tasks"),
+                      help="where tokenised task data is kept between runs ('' for none)")
+
+    output = p.add_argument_group("output and resume")
+    add_checkpoint_arg(output, None, "where the best model is written (default: checkpoints/ft_<task>_<method>.pt)")
+    output.add_argument("--out_dir", default=None, help="run folder (default: runs/ft_<task>_<method>)")
+    output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    add_common_args(p, seed_help="seed for the head's initialisation, the batch order and dropout")
     return p
 
 
@@ -125,29 +139,17 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- model
 def load_base(args: argparse.Namespace, log: Any) -> tuple[GPT, Any, str]:
     """The pretrained GPT (its dropout set to --dropout), its tokenizer, and where it came from."""
-    if args.base in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") or (Path(args.base).is_dir()):
-        from stage5_gpt.models.hf import load_gpt2  # noqa: PLC0415
-
+    if args.base in GPT2_NAMES or Path(args.base).is_dir():
         model, tokenizer = load_gpt2(args.base, "sdpa", args.dropout)
         if args.scratch:
             model = GPT(model.config)
         return model, tokenizer, f"GPT-2 ({args.base})"
-    model, tokenizer = pretrained_gpt(args.base, "--base", {"dropout": args.dropout}, random_init=args.scratch)
+    model, tokenizer = load_pretrained(args.base, "--base", {"dropout": args.dropout}, random_init=args.scratch)
     T.eot_of(tokenizer)   # a char-level base cannot mark the end of a text
     config = model.config
     log.info(f"base {args.base}: {model.num_params():,} parameters, {config.n_layer} layers, {config.n_embd} wide, "
              f"context {config.block_size}{' (architecture only: random weights)' if args.scratch else ''}")
     return model, tokenizer, str(args.base)
-
-
-def pretrained_gpt(path: str | Path, flag: str, overrides: dict[str, Any] | None = None,
-                   random_init: bool = False) -> tuple[GPT, Any]:
-    """A pretrained GPT-mini from a train.py checkpoint (its config changed by `overrides`, e.g. dropout), and
-    its tokenizer. random_init: the same architecture with fresh random weights. `flag` names the option in errors."""
-    ckpt = load_checkpoint(path, STAGE, ["gpt"])
-    if ckpt.get("finetune"):
-        raise UserError(f"{flag} {path} is a fine-tuned model; start from a pretrained one (train.py's checkpoint)")
-    return model_from_checkpoint(ckpt, f"{flag} {path}", overrides, random_init)
 
 
 def prepare_model(args: argparse.Namespace, gpt: GPT, classes: list[str] | None) -> nn.Module:
@@ -197,22 +199,15 @@ def load_finetuned(path: str | Path, device: torch.device) -> tuple[nn.Module, A
     return model.to(device).eval(), tokenizer, ckpt["finetune"]
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path, overrides: dict[str, Any] | None = None,
-                          random_init: bool = False) -> tuple[nn.Module, Any]:
-    """The GPT (or, for a 'gpt_classifier' checkpoint, the GPTClassifier) and the tokenizer of a loaded checkpoint;
-    `overrides` change its config (e.g. dropout), random_init keeps the architecture but not the weights."""
-    tokenizer = load_tokenizer(ckpt["tokenizer"])
-    gpt = GPT(GPTConfig(**{**ckpt["config"], **(overrides or {})}))
-    info = ckpt.get("finetune") or {}
-    model: nn.Module = gpt
-    if ckpt.get("model") == "gpt_classifier":
-        model = T.GPTClassifier(gpt, len(info["classes"][info["tasks"][0]]))
-    if not random_init:
-        try:
-            model.load_state_dict(ckpt["model_state"])
-        except (RuntimeError, KeyError) as err:
-            raise UserError(f"{path} does not fit its own config ({str(err).splitlines()[0][:120]}); "
-                            "the file is damaged") from None
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> tuple[nn.Module, Any]:
+    """The model of a loaded checkpoint and its tokenizer: a GPT (pretrained, or fine-tuned text to text), or for
+    a 'gpt_classifier' checkpoint the GPTClassifier."""
+    if ckpt["model"] != "gpt_classifier":
+        return gpt_from_checkpoint(ckpt, str(path))
+    gpt, tokenizer = gpt_from_checkpoint(ckpt, str(path), random_init=True)   # the weights are the classifier's
+    info = ckpt["finetune"]
+    model = T.GPTClassifier(gpt, len(info["classes"][info["tasks"][0]]))
+    load_weights(model, ckpt, str(path))
     return model, tokenizer
 
 
@@ -257,15 +252,6 @@ def epoch_batches(lengths: list[int], args: argparse.Namespace, epoch: int) -> l
     return T.bucket_batches(lengths, args.batch_size, torch.Generator().manual_seed(args.seed * 1000 + epoch))
 
 
-def lr_at(step: int, total: int, args: argparse.Namespace) -> float:
-    """Linear warm-up over --warmup of the steps, then a cosine down to a tenth of --lr."""
-    warm = max(1, int(args.warmup * total))
-    if step < warm:
-        return args.lr * (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, total - warm))
-    return args.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
 def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -278,7 +264,7 @@ def validate(model: nn.Module, kind: str, args: argparse.Namespace, tokenizer: A
              splits: dict[str, dict[str, T.TaskData]], device: torch.device) -> dict[str, float]:
     """Validation scores: accuracy per classification task, and (text to text) the answer loss."""
     row: dict[str, float] = {}
-    amp = bool(args.amp)
+    amp = args.amp
     for task in args.task_list:
         data = splits[task]["val"]
         if task in T.CLASSIFICATION_TASKS:
@@ -304,7 +290,7 @@ def answer_loss(model: GPT, examples: list[Any], args: argparse.Namespace, devic
     total, count = 0.0, 0
     for batch in T.bucket_batches([example_length(e) for e in examples], args.eval_batch_size, None):
         ids, targets = T.lm_batch([examples[i] for i in batch], pad)
-        with autocast(device, bool(args.amp)):
+        with autocast(device, args.amp):
             logits, _ = model(ids.to(device))
         targets = targets.to(device)
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,
@@ -323,123 +309,147 @@ def selection_score(row: dict[str, float], kind: str) -> float:
 
 
 # ----------------------------------------------------------------------------- training
-def main(argv: Sequence[str] | None = None) -> int:
-    args = resolve_args(build_parser().parse_args(argv))
-    started = time.time()
-    set_threads(args.num_threads)
-    device = get_device(args.device)
-    out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
-    last_path = out_dir / "last.pt"
-    must_match = ["base", "scratch", "tasks", "method", "train_blocks", "lora_rank", "lora_alpha", "lora_targets",
-                  "lora_dropout", "epochs", "batch_size", "lr", "warmup", "weight_decay", "dropout", "max_len",
-                  "limit", "ag_news_source", "amp", "clip"]
-    kind = "head" if args.task in T.CLASSIFICATION_TASKS else "prompt"
-    log = setup_logging(out_dir)
-    set_seed(args.seed)
-    gpt, tokenizer, base_name = load_base(args, log)
-    if args.max_len > gpt.config.block_size:
-        raise UserError(f"--max_len {args.max_len} exceeds the model's context of {gpt.config.block_size}")
-    args.max_len = args.max_len or gpt.config.block_size       # 0: the model's context
-    resume = load_resume(last_path, STAGE, "gpt_classifier" if kind == "head" else "gpt", args, must_match)
-    splits = load_splits(args, tokenizer, log)
-    classes = {task: splits[task]["test"].classes for task in args.task_list}
-    model = prepare_model(args, gpt, classes[args.task] if kind == "head" else None).to(device)
-    trainable, total = trainable_fraction(model)
-    total -= sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)   # the merged model's size
-    log.info(f"{args.method}{' (from scratch)' if args.scratch else ''}: training {trainable:,} of {total:,} "
-             f"parameters ({100 * trainable / total:.2f}%) on {hardware(device)}, {amp_name(device, bool(args.amp))}")
+class Throughput:
+    """Tokens and examples per second since the last report."""
 
-    examples = encode_train(args, tokenizer, splits, kind)
-    lengths = [example_length(e) for e in examples]
-    steps_per_epoch = len(epoch_batches(lengths, args, 0))
-    total_steps = steps_per_epoch * args.epochs
-    optimizer = make_optimizer(model, args)
-    state: dict[str, Any] = {"step": 0, "best_score": -math.inf, "best_epoch": 0, "history": [], "curve": [],
-                             "train_seconds": 0.0, "tokens_seen": 0, "examples_seen": 0}
-    if resume:
-        model.load_state_dict(resume["model_state"])
-        optimizer.load_state_dict(resume["optimizer_state"])
-        state = {k: resume.get(k, v) for k, v in state.items()}
-        set_rng_state(resume["rng_state"])
-        log.info(f"resumed at step {state['step']} of {total_steps}")
+    def __init__(self) -> None:
+        self.restart()
 
-    info = {"kind": kind, "tasks": args.task_list, "classes": classes, "method": args.method, "scratch": args.scratch,
+    def restart(self) -> None:
+        self.tick, self.tokens, self.examples = time.time(), 0, 0
+
+    def add(self, tokens: int, examples: int) -> None:
+        self.tokens += tokens
+        self.examples += examples
+
+    def report(self) -> str:
+        seconds = time.time() - self.tick
+        text = f"{self.tokens / seconds:,.0f} tokens/s  {self.examples / seconds:,.1f} examples/s"
+        self.restart()
+        return text
+
+
+def finetune_info(args: argparse.Namespace, kind: str, classes: dict[str, list[str]], base_name: str,
+                  trainable: int) -> dict[str, Any]:
+    """What a fine-tuned checkpoint says about its training: kind, tasks, classes, method, prompts, base."""
+    return {"kind": kind, "tasks": args.task_list, "classes": classes, "method": args.method, "scratch": args.scratch,
             "base": base_name, "max_len": args.max_len, "prompts": {t: T.PROMPTS[t] for t in args.task_list},
             "ag_news_source": args.ag_news_source, "trainable_params": trainable,
             "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha, "targets": args.lora_target_list}
             if args.method == "lora" else None}
 
-    def payload(weights: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict[str, Any]:
-        return {**checkpoint_header(STAGE, "gpt_classifier" if kind == "head" else "gpt"),
-                "config": {**gpt.config.to_dict(), "dropout": 0.0}, "dataset": args.dataset,
-                "tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint(),
-                "args": vars(args), "finetune": info, "model_state": weights, **extra}
 
-    def save_last() -> None:
-        save_checkpoint(last_path, payload({k: v.detach().cpu() for k, v in model.state_dict().items()}, {
-            **state, "optimizer_state": optimizer.state_dict(), "rng_state": rng_state()}))
+def count_trainable(model: nn.Module) -> tuple[int, int]:
+    """(trained parameters, parameters of the model as saved): LoRA's adapters are merged away when saving."""
+    trainable, total = trainable_fraction(model)
+    return trainable, total - sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
 
-    pad = tokenizer.eot_id
-    order: dict[int, list[list[int]]] = {}
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: list[torch.Tensor], kind: str,
+               args: argparse.Namespace, device: torch.device) -> float:
+    """Forward, loss, backward, clip and update on one batch; returns the loss. A head's batch is (ids, lengths,
+    labels); a text-to-text batch is (ids, targets), the targets -1 except on the answer."""
+    with autocast(device, args.amp):
+        if kind == "head":
+            loss = F.cross_entropy(model(batch[0], batch[1]).float(), batch[2])
+        else:
+            _, loss = model(batch[0], batch[1])
+    loss.backward()
+    if args.clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()   # so the step's wall time is the GPU's time, not the launch time
+    return loss.item()
+
+
+def epoch_row(model: nn.Module, kind: str, args: argparse.Namespace, tokenizer: Any,
+              splits: dict[str, dict[str, T.TaskData]], device: torch.device, state: dict[str, Any],
+              steps_per_epoch: int) -> dict[str, Any]:
+    """The history row of the epoch just ended: its mean training loss and the validation scores."""
+    return {"epoch": state["step"] // steps_per_epoch, "step": state["step"],
+            "train_loss": float(sum(v for _, v in state["curve"][-steps_per_epoch:]) / steps_per_epoch),
+            **validate(model, kind, args, tokenizer, splits, device), "elapsed_s": round(state["train_seconds"], 3)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = resolve_args(build_parser().parse_args(argv))
+    started = time.time()
+    set_threads(args.num_threads)
+    device = get_device(args.device)
+    kind = "head" if args.task in T.CLASSIFICATION_TASKS else "prompt"
+    log = setup_logging(Path(args.out_dir))
+    set_seed(args.seed)
+    gpt, tokenizer, base_name = load_base(args, log)
+    if args.max_len > gpt.config.block_size:
+        raise UserError(f"--max_len {args.max_len} exceeds the model's context of {gpt.config.block_size}")
+    args.max_len = args.max_len or gpt.config.block_size       # 0: the model's context
+    model_name = "gpt_classifier" if kind == "head" else "gpt"
+    run = ResumableRun(args, STAGE, model_name, Path(args.out_dir) / "last.pt", must_match=RESUME_MUST_MATCH,
+                       state={"step": 0, "best_score": -math.inf, "best_epoch": 0, "history": [], "curve": [],
+                              "train_seconds": 0.0, "tokens_seen": 0, "examples_seen": 0})
+    splits = load_splits(args, tokenizer, log)
+    classes = {task: splits[task]["test"].classes for task in args.task_list}
+    model = prepare_model(args, gpt, classes[args.task] if kind == "head" else None).to(device)
+    trainable, total = count_trainable(model)
+    log.info(f"{args.method}{' (from scratch)' if args.scratch else ''}: training {trainable:,} of {total:,} "
+             f"parameters ({100 * trainable / total:.2f}%) on {hardware(device)}, {amp_name(device, args.amp)}")
+
+    examples = encode_train(args, tokenizer, splits, kind)
+    lengths = [example_length(e) for e in examples]
+    steps_per_epoch = len(epoch_batches(lengths, args, 0))
+    total_steps = steps_per_epoch * args.epochs
+    warmup_steps = max(1, int(args.warmup * total_steps))
+    optimizer = make_optimizer(model, args)
+    info = finetune_info(args, kind, classes, base_name, trainable)
+
+    def payload() -> dict[str, Any]:   # what both checkpoints hold besides the weights (and, in last.pt, the run)
+        return {**checkpoint_header(STAGE, model_name), "config": {**gpt.config.to_dict(), "dropout": 0.0},
+                "dataset": args.dataset, "tokenizer": tokenizer.to_dict(),
+                "tokenizer_fingerprint": tokenizer.fingerprint(), "args": vars(args), "finetune": info}
+
+    if run.attach(model, optimizer, payload):
+        log.info(f"resumed at step {run.state['step']} of {total_steps}")
+    state, order, pad, speed = run.state, {}, tokenizer.eot_id, Throughput()
     model.train()
     bar = tqdm(total=total_steps, initial=state["step"], unit="step", leave=False)
-    tick, window_tokens, window_examples = time.time(), 0, 0
-    with StopOnInterrupt() as interrupt:
+    with run:   # from here, Ctrl-C stops the loop after a step and saves last.pt
         while state["step"] < total_steps:
             epoch, within = divmod(state["step"], steps_per_epoch)
             if epoch not in order:   # the epoch's batches, drawn once
-                order.clear()
-                order[epoch] = epoch_batches(lengths, args, epoch)
+                order = {epoch: epoch_batches(lengths, args, epoch)}
             batch_ids = order[epoch][within]
             step_start = time.time()
-            lr = lr_at(state["step"], total_steps, args)
+            lr = warmup_cosine(state["step"], total_steps, warmup_steps, args.lr, args.lr / 10)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            tensors = [t.to(device) for t in make_batch([examples[i] for i in batch_ids], kind, pad)]
-            with autocast(device, bool(args.amp)):
-                if kind == "head":
-                    loss = F.cross_entropy(model(tensors[0], tensors[1]).float(), tensors[2])
-                else:
-                    _, loss = model(tensors[0], tensors[1])
-            loss.backward()
-            if args.clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            batch = [t.to(device) for t in make_batch([examples[i] for i in batch_ids], kind, pad)]
+            loss = train_step(model, optimizer, batch, kind, args, device)
             tokens = sum(lengths[i] for i in batch_ids)
             state["step"] += 1
             state["train_seconds"] += time.time() - step_start
             state["tokens_seen"] += tokens
             state["examples_seen"] += len(batch_ids)
-            state["curve"].append([state["step"], round(loss.item(), 6)])
-            window_tokens += tokens
-            window_examples += len(batch_ids)
+            state["curve"].append([state["step"], round(loss, 6)])
+            speed.add(tokens, len(batch_ids))
             bar.update(1)
             if state["step"] % args.log_interval == 0:
-                seconds = time.time() - tick
-                log.info(f"step {state['step']:5d}/{total_steps}  loss {loss.item():.4f}  lr {lr:.2e}  "
-                         f"{window_tokens / seconds:,.0f} tokens/s  {window_examples / seconds:,.1f} examples/s")
-                tick, window_tokens, window_examples = time.time(), 0, 0
+                log.info(f"step {state['step']:5d}/{total_steps}  loss {loss:.4f}  lr {lr:.2e}  {speed.report()}")
             if state["step"] % steps_per_epoch == 0:
-                row = {"epoch": state["step"] // steps_per_epoch, "step": state["step"],
-                       "train_loss": float(sum(v for _, v in state["curve"][-steps_per_epoch:]) / steps_per_epoch),
-                       **validate(model, kind, args, tokenizer, splits, device),
-                       "elapsed_s": round(state["train_seconds"], 3)}
+                row = epoch_row(model, kind, args, tokenizer, splits, device, state, steps_per_epoch)
                 state["history"].append(row)
-                score = selection_score(row, kind)
-                improved = score > state["best_score"]
+                improved = selection_score(row, kind) > state["best_score"]
                 if improved:
-                    state.update(best_score=score, best_epoch=row["epoch"])
-                    save_checkpoint(best_path, payload(finetuned_state(model), {"epoch": row["epoch"]}))
+                    state.update(best_score=selection_score(row, kind), best_epoch=row["epoch"])
+                    save_checkpoint(Path(args.checkpoint),
+                                    {**payload(), "model_state": finetuned_state(model), "epoch": row["epoch"]})
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("val_", "train_loss")))
                 log.info(f"epoch {row['epoch']}  {shown}{'  *best*' if improved else ''}  "
                          f"{state['train_seconds'] / 60:.1f} min")
-                save_last()
-                tick, window_tokens, window_examples = time.time(), 0, 0
-            if interrupt.requested:
-                interrupt.stop_if_requested(save_last, f"{last_path} at step {state['step']}")
+                run.save()
+                speed.restart()   # validation is not training time
+            run.step_done(f"step {state['step']}")
     bar.close()
     finish(args, state, splits, tokenizer, device, trainable, total, started, log)
     return 0
@@ -448,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def finish(args: argparse.Namespace, state: dict[str, Any], splits: dict[str, dict[str, T.TaskData]],
            tokenizer: Any, device: torch.device, trainable: int, total: int, started: float, log: Any) -> None:
     """history.json, curves.png, and test_<task>.json for each task, scored with the best epoch's model."""
-    from scripts.plots import plot_curves  # noqa: PLC0415 - matplotlib only when a run ends
+    from scripts.plots import plot_curves   # matplotlib, only when a run ends
 
     out_dir = Path(args.out_dir)
     write_json(out_dir / "history.json", {"evals": state["history"], "curve": state["curve"]})
@@ -461,7 +471,7 @@ def finish(args: argparse.Namespace, state: dict[str, Any], splits: dict[str, di
                    "train_examples_per_s": state["examples_seen"] / max(state["train_seconds"], 1e-9)}
     for task in args.task_list:
         metrics = T.evaluate_task(info["kind"], model, tokenizer, splits[task]["test"], args.max_len,
-                                  args.eval_batch_size, device, bool(args.amp))
+                                  args.eval_batch_size, device, args.amp)
         metrics.update(train_speed, best_epoch=state["best_epoch"], epochs=args.epochs)
         payload = write_metrics(
             out_dir / f"test_{task}.json", stage=STAGE, model=model_name,
@@ -471,7 +481,7 @@ def finish(args: argparse.Namespace, state: dict[str, Any], splits: dict[str, di
             extra={"task": task, "method": args.method, "scratch": args.scratch, "tasks": args.task_list,
                    "base": info["base"], "trainable_params": trainable, "data_source": splits[task]["test"].source,
                    "train_size": len(splits[task]["train"]), "test_size": len(splits[task]["test"]),
-                   "checkpoint": str(args.checkpoint), "amp": amp_name(device, bool(args.amp))})
+                   "checkpoint": str(args.checkpoint), "amp": amp_name(device, args.amp)})
         score = (f"BLEU {metrics['bleu']:.2f}, chrF {metrics['chrf']:.2f} (greedy)" if task == "translate"
                  else f"accuracy {100 * metrics['accuracy']:.2f}%, macro-F1 {100 * metrics['macro_f1']:.2f}")
         log.info(f"test {task}: {score}; {payload['metrics']['latency_ms_bs1']:.1f} ms per example at batch 1")

@@ -5,77 +5,79 @@
     python generate.py --checkpoint checkpoints/gpt_gutenberg_bpe.pt --prompt "It was a dark night"
     python generate.py --init_from gpt2 --prompt "Hello"                  # OpenAI's GPT-2 weights (online)
     python generate.py --interactive                                      # a prompt loop; :help lists commands
-    python generate.py --prompt "ROMEO:" --no_kv_cache                    # recompute the whole context per token
+    python generate.py --prompt "ROMEO:" --no-kv_cache                    # recompute the whole context per token
     python generate.py --checkpoint checkpoints/ft_multi_full.pt --task translate --prompt "A dog runs."
     python generate.py --checkpoint checkpoints/ft_multi_full.pt --interactive    # then :task imdb / translate
     python generate.py --checkpoint checkpoints/ft_imdb_full.pt --prompt "What a film!"   # a classifier: label
 
 Sampling: --temperature divides the logits (0: always the likeliest token), --top_k keeps the k
 likeliest tokens, --top_p the smallest set reaching probability p. With the KV cache each new token costs
-one position of work; --no_kv_cache gives the same tokens, slower.
+one position of work; --no-kv_cache gives the same tokens, slower.
 
 Fine-tuned models (finetune.py): with --task (or :task in the interactive loop) a multi-task model gets the
 task's prompt around your text and answers greedily up to <|endoftext|>; a classifier prints the class of
 each text and its probability.
 """
-import pathlib
+from __future__ import annotations
+
+import argparse
+import codecs
 import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import torch
 
-import argparse  # noqa: E402
-import codecs  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
-
-import torch  # noqa: E402
-
-from scripts.common import ArgParser, UserError, add_common_args, get_device, load_checkpoint, run_main, set_threads  # noqa: E402,E501
-from stage5_gpt.data import tasks  # noqa: E402
-from stage5_gpt.data.bpe import load_tokenizer  # noqa: E402
-from stage5_gpt.models.gpt import GPT  # noqa: E402
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, get_device, load_checkpoint,
+                            run_main, set_threads)
+from scripts.repl import STANDARD, Repl, check_setting
+from stage5_gpt.data import tasks
+from stage5_gpt.data.bpe import load_tokenizer
+from stage5_gpt.finetune import model_from_checkpoint
+from stage5_gpt.models.gpt import GPT
+from stage5_gpt.models.hf import load_gpt2
 
 STAGE = "stage5_gpt"
 STAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = STAGE_DIR / "checkpoints" / "gpt_shakespeare_char.pt"
-SETTINGS = {"temperature": float, "top_k": int, "top_p": float, "max_new_tokens": int, "seed": int}
-HELP = """commands (type them instead of a prompt):
-  :temperature 0.8   :top_k 40   :top_p 0.9   :max_new_tokens 200   :seed 1   change a setting
-  :cache on|off      use the KV cache or recompute the context      :settings   show the settings
-  :task NAME|none    a fine-tuned multi-task model: wrap each line in that task's prompt
-  :help              this list            :quit (or Ctrl-D)  leave; Ctrl-C stops a running generation"""
+FREE_TEXT_TEMPERATURE = 0.8   # an unset --temperature: this for free text, 0 (greedy) for a task's answer
+SAMPLING = ("temperature", "top_k", "top_p", "max_new_tokens", "seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Generate text with a trained GPT-mini, or with GPT-2's weights (stage 5).")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="a checkpoint written by train.py")
+    add_checkpoint_arg(p, str(DEFAULT_CHECKPOINT), "a checkpoint written by train.py or finetune.py")
     p.add_argument("--init_from", default=None, help="use GPT-2 weights instead: gpt2 (online) or a local folder")
     p.add_argument("--tokenizer", default=None,
-                   help="tokenizer JSON to use (must be the one the checkpoint was trained with; default: its own)")
-    p.add_argument("--prompt", default=None, help="text to continue (default: a new line, or <|endoftext|> for BPE)")
-    p.add_argument("--max_new_tokens", type=int, default=500, help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="softmax temperature (0: greedy; default 0.8, and 0 with --task)")
-    p.add_argument("--top_k", type=int, default=0, help="sample from the k likeliest tokens only (0: all)")
-    p.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling: smallest set with probability p")
-    p.add_argument("--num_samples", type=int, default=1, help="independent samples for the prompt")
-    p.add_argument("--no_kv_cache", action="store_true", help="recompute the whole context for every token")
+                   help="tokenizer JSON to use; must be the one the checkpoint was trained with (default: its own)")
+    p.add_argument("--prompt", default=None,
+                   help="text to continue (default: a new line, or <|endoftext|> for a BPE model)")
     p.add_argument("--interactive", action="store_true", help="read prompts from the keyboard, one per line")
     p.add_argument("--task", default=None, help="a fine-tuned multi-task model: wrap the prompt in this task's prompt")
-    add_common_args(p)
+    sampling = p.add_argument_group("sampling")
+    sampling.add_argument("--max_new_tokens", type=int, default=500, help="tokens to generate")
+    sampling.add_argument("--temperature", type=float, default=None,
+                          help=f"softmax temperature, 0 = greedy (default: {FREE_TEXT_TEMPERATURE} for free text, "
+                               "0 for a task's answer)")
+    sampling.add_argument("--top_k", type=int, default=0, help="sample from the k likeliest tokens only (0: all)")
+    sampling.add_argument("--top_p", type=float, default=0.95,
+                          help="nucleus sampling: the smallest set of tokens with probability p")
+    sampling.add_argument("--num_samples", type=int, default=1, help="independent samples for the prompt")
+    sampling.add_argument("--kv_cache", action=argparse.BooleanOptionalAction, default=True,
+                          help="keep each layer's keys and values; without, the whole context is recomputed for "
+                               "every token (same tokens, slower)")
+    add_common_args(p, seed_help="seed for sampling")
     return p
 
 
-def check_settings(settings: dict[str, Any]) -> None:
-    if settings["temperature"] is not None and settings["temperature"] < 0:
-        raise UserError(f"temperature must be >= 0, got {settings['temperature']}")
-    if settings["top_k"] < 0:
-        raise UserError(f"top_k must be >= 0, got {settings['top_k']}")
-    if not 0 < settings["top_p"] <= 1:
-        raise UserError(f"top_p must be in (0, 1], got {settings['top_p']}")
-    if settings["max_new_tokens"] < 1:
-        raise UserError(f"max_new_tokens must be at least 1, got {settings['max_new_tokens']}")
+def check_flags(args: argparse.Namespace) -> None:
+    """The sampling flags, checked as the interactive loop checks its :commands."""
+    for name in SAMPLING:
+        if getattr(args, name) is not None:
+            check_setting(name, getattr(args, name))
+    if args.num_samples < 1:
+        raise UserError(f"--num_samples must be at least 1, got {args.num_samples}")
 
 
 def load_model(args: argparse.Namespace, device: torch.device, classifier_ok: bool = False,
@@ -84,25 +86,21 @@ def load_model(args: argparse.Namespace, device: torch.device, classifier_ok: bo
     (checked against --tokenizer; `ckpt` when the caller has loaded it already) or from GPT-2.
     A fine-tuned classifier only where classifier_ok."""
     if args.init_from:
-        from stage5_gpt.models.hf import load_gpt2  # noqa: PLC0415
-
         if args.tokenizer:
             raise UserError("--tokenizer does not apply with --init_from: GPT-2's own vocabulary is used")
         model, tokenizer = load_gpt2(args.init_from)
         dataset = None
     else:
-        from stage5_gpt.finetune import model_from_checkpoint  # noqa: PLC0415
-
         ckpt = ckpt or load_checkpoint(args.checkpoint, STAGE, ["gpt", "gpt_classifier"] if classifier_ok else ["gpt"])
         model, tokenizer = model_from_checkpoint(ckpt, args.checkpoint)
         model.finetune = ckpt.get("finetune")
         if args.tokenizer:
             given = load_tokenizer(Path(args.tokenizer))
-            if given.fingerprint() != ckpt.get("tokenizer_fingerprint"):
+            if given.fingerprint() != ckpt["tokenizer_fingerprint"]:
                 raise UserError(f"--tokenizer {args.tokenizer} is not the tokenizer {args.checkpoint} was trained "
                                 "with (ids would mean other tokens); drop --tokenizer to use the checkpoint's own")
             tokenizer = given
-        dataset = ckpt.get("dataset")
+        dataset = ckpt["dataset"]
     return model.to(device).eval(), tokenizer, dataset
 
 
@@ -152,11 +150,9 @@ def stream(model: GPT, tokenizer: Any, prompt_ids: list[int], settings: dict[str
     return new, len(new) / max(time.perf_counter() - tick, 1e-9)
 
 
-def sampling(settings: dict[str, Any], task: str | None) -> dict[str, Any]:
-    """The settings to generate with: an unset temperature is 0 (greedy) for a task's answer, 0.8 for free text."""
-    if settings["temperature"] is not None:
-        return settings
-    return {**settings, "temperature": 0.0 if task else 0.8}
+def default_temperature(task: str | None) -> float:
+    """An unset temperature: greedy for a task's answer, sampling for free text."""
+    return 0.0 if task else FREE_TEXT_TEMPERATURE
 
 
 def task_prompt(model: GPT, tokenizer: Any, task: str, text: str) -> list[int]:
@@ -183,108 +179,82 @@ def classify(model: tasks.GPTClassifier, tokenizer: Any, text: str, device: torc
                                                                      for c in order[1:])
 
 
-def classify_loop(model: tasks.GPTClassifier, tokenizer: Any, device: torch.device) -> None:
+def classify_loop(model: tasks.GPTClassifier, tokenizer: Any, device: torch.device) -> int:
     info = model.finetune
-    print(f"a {info['tasks'][0]} classifier ({', '.join(info['classes'][info['tasks'][0]])}). "
-          "Type a text and press Enter; :quit or Ctrl-D to leave.")
-    while True:
-        try:
-            line = input("> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        if line in (":quit", ":exit", ":q"):
-            return
-        print(classify(model, tokenizer, line, device) if line else "(empty text: type something to classify)")
+    banner = (f"a {info['tasks'][0]} classifier ({', '.join(info['classes'][info['tasks'][0]])}). "
+              "Type a text and press Enter; :help lists commands, :quit or Ctrl-D leaves.")
+    return Repl({}).loop(lambda line: print(classify(model, tokenizer, line, device)), banner)
 
 
-def interactive(model: GPT, tokenizer: Any, settings: dict[str, Any], use_cache: bool, device: torch.device,
-                task: str | None = None) -> None:
+def interactive(model: GPT, tokenizer: Any, args: argparse.Namespace, device: torch.device) -> int:
+    """A prompt loop: each line is continued (or, with :task, answered); :commands change the settings."""
     info = getattr(model, "finetune", None)
-    print(f"GPT-mini, context {model.config.block_size} tokens. Type a prompt and press Enter; :help for commands.")
-    if info and info["kind"] == "prompt":
-        print(f"fine-tuned on {', '.join(info['tasks'])}: ':task NAME' wraps each line in that task's prompt "
-              f"(now: {task or 'none'})")
-    while True:
-        try:
-            line = input("> ")
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        command = line.strip()
-        if not command:
-            print("(empty prompt: type some text to continue, or :help)")
-            continue
-        if command.startswith(":"):
-            name, _, value = command[1:].partition(" ")
-            if name in ("quit", "exit", "q"):
-                return
-            if name == "help":
-                print(HELP)
-            elif name == "settings":
-                print(", ".join(f"{k} {v}" for k, v in sampling(settings, task).items())
-                      + f", cache {'on' if use_cache else 'off'}")
-            elif name == "cache" and value.strip() in ("on", "off"):
-                use_cache = value.strip() == "on"
-            elif name == "task":
-                try:
-                    if value.strip() not in ("", "none"):
-                        task_prompt(model, tokenizer, value.strip(), "x")   # checks the task
-                    task = None if value.strip() in ("", "none") else value.strip()
-                    print(f"task: {task or 'none'}")
-                except UserError as err:
-                    print(f"error: {err}")
-            elif name in SETTINGS:
-                try:
-                    trial = {**settings, name: SETTINGS[name](value)}
-                    check_settings(trial)
-                    settings.update(trial)
-                except (ValueError, UserError) as err:
-                    print(f"error: {name} needs a valid number ({err})")
-            else:
-                print(f"unknown command {command!r}; :help lists them")
-            continue
-        try:
-            if task:
-                ids, note = task_prompt(model, tokenizer, task, line), None
-            else:
-                ids, note = encode_prompt(line, tokenizer, model.config.block_size)
-        except UserError as err:
-            print(f"error: {err}")
-            continue
+    chosen = {"task": args.task, "temperature_given": args.temperature is not None}
+
+    def parse_temperature(text: str) -> float:   # the standard check; once set, :task no longer changes it
+        value = check_setting("temperature", STANDARD["temperature"][0](text))
+        chosen["temperature_given"] = True
+        return value
+
+    def parse_cache(text: str) -> str:
+        if text not in ("on", "off"):
+            raise ValueError(f"{text!r} is not on or off")
+        return text
+
+    def set_task(text: str) -> str:
+        task = None if text in ("", "none") else text
+        if task:
+            try:
+                task_prompt(model, tokenizer, task, "x")   # checks the model and the task
+            except UserError as err:
+                return f"({err})"
+        chosen["task"] = task
+        if not chosen["temperature_given"]:
+            repl.settings["temperature"] = default_temperature(task)
+            return f"task: {task or 'none'} (temperature {repl.settings['temperature']})"
+        return f"task: {task or 'none'}"
+
+    def answer(line: str) -> None:
+        task = chosen["task"]
+        ids, note = (task_prompt(model, tokenizer, task, line), None) if task else \
+            encode_prompt(line, tokenizer, model.config.block_size)
         if note:
             print(note)
         print(f"{task}:" if task else line, end="")
-        try:
-            _, speed = stream(model, tokenizer, ids, sampling(settings, task), use_cache, device)
-            print(f"[{speed:.0f} tokens/s]")
-        except KeyboardInterrupt:
-            print("\n(stopped)")
+        _, speed = stream(model, tokenizer, ids, repl.settings, repl.settings["cache"] == "on", device)
+        print(f"[{speed:.0f} tokens/s]")
+
+    settings = {name: getattr(args, name) for name in SAMPLING}
+    settings["temperature"] = args.temperature if chosen["temperature_given"] else default_temperature(args.task)
+    repl = Repl({**settings, "cache": "on" if args.kv_cache else "off"},
+                extra_settings={"temperature": (parse_temperature, STANDARD["temperature"][1]),
+                                "cache": (parse_cache, "on: use the KV cache; off: recompute the context per token")},
+                extra_commands={"task": (set_task, "NAME|none: wrap each line in this task's prompt (a fine-tuned "
+                                                   "multi-task model)")})
+    banner = f"GPT-mini, context {model.config.block_size} tokens. Type a prompt and press Enter; :help lists commands."
+    if info and info["kind"] == "prompt":
+        banner += (f"\nfine-tuned on {', '.join(info['tasks'])}: ':task NAME' wraps each line in that task's prompt "
+                   f"(now: {args.task or 'none'})")
+    return repl.loop(answer, banner)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                "max_new_tokens": args.max_new_tokens, "seed": args.seed}
-    check_settings(settings)
-    if args.num_samples < 1:
-        raise UserError(f"--num_samples must be at least 1, got {args.num_samples}")
+    check_flags(args)
     set_threads(args.num_threads)
     device = get_device(args.device)
     model, tokenizer, _ = load_model(args, device, classifier_ok=True)
     if isinstance(model, tasks.GPTClassifier):
         if args.interactive:
-            classify_loop(model, tokenizer, device)
-        elif not (args.prompt or "").strip():
+            return classify_loop(model, tokenizer, device)
+        if not (args.prompt or "").strip():
             raise UserError(f"{args.checkpoint} is a classifier: give the text to classify with --prompt")
-        else:
-            print(classify(model, tokenizer, args.prompt, device))
+        print(classify(model, tokenizer, args.prompt, device))
         return 0
     if args.task:
         task_prompt(model, tokenizer, args.task, "x")   # a clear error now for a wrong task or model
     if args.interactive:
-        interactive(model, tokenizer, settings, not args.no_kv_cache, device, args.task)
-        return 0
+        return interactive(model, tokenizer, args, device)
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty; give some text to continue (or leave --prompt out to start fresh)")
     prompt = args.prompt if args.prompt is not None else default_prompt(tokenizer)
@@ -294,14 +264,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ids, note = encode_prompt(prompt, tokenizer, model.config.block_size)
     if note:
         print(note, file=sys.stderr)
+    settings = {name: getattr(args, name) for name in SAMPLING}
+    if args.temperature is None:
+        settings["temperature"] = default_temperature(args.task)
     for sample in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {sample + 1}")
         if args.prompt is not None:
             sys.stdout.write(f"{prompt}\n{args.task}:" if args.task else prompt)
-        _, speed = stream(model, tokenizer, ids, {**sampling(settings, args.task), "seed": args.seed + sample},
-                          not args.no_kv_cache, device)
-        print(f"[{speed:.0f} tokens/s, {'KV cache' if not args.no_kv_cache else 'no cache'}]", file=sys.stderr)
+        _, speed = stream(model, tokenizer, ids, {**settings, "seed": args.seed + sample}, args.kv_cache, device)
+        print(f"[{speed:.0f} tokens/s, {'KV cache' if args.kv_cache else 'no cache'}]", file=sys.stderr)
     return 0
 
 

@@ -17,33 +17,32 @@ its own share of every step's windows; gradients are averaged across processes i
 copies stay identical. Several machines: `torchrun --nnodes 2 --node_rank 0|1 --master_addr HOST
 --master_port 29500 --nproc_per_node 8 train.py ...` on each one.
 """
-import pathlib
-import sys
+from __future__ import annotations
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import argparse
+import contextlib
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from scripts.common import (ArgParser, StopOnInterrupt, UserError, add_common_args, amp_name,  # noqa: E402
-                            autocast, check_positive, checkpoint_header, get_device, hardware, load_resume,
-                            rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads,
-                            setup_logging, uses_bf16, write_json, write_metrics)
-from stage5_gpt.data.corpus import DATA_CACHE, DATASETS, TokenData, prepare, train_tokenizer, windows  # noqa: E402
-from stage5_gpt.models.gpt import ATTENTION_IMPLS, GPT, GPTConfig  # noqa: E402
-from stage5_gpt.models.hf import GPT2_NAMES, load_gpt2  # noqa: E402
+from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_checkpoint_arg, add_common_args, amp_name,
+                            autocast, check_positive, checkpoint_header, get_device, hardware, load_checkpoint,
+                            rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging,
+                            uses_bf16, warmup_cosine, write_json, write_metrics)
+from scripts.training import ResumableRun
+from stage5_gpt.data.bpe import load_tokenizer
+from stage5_gpt.data.corpus import DATA_CACHE, DATASETS, TokenData, prepare, train_tokenizer, windows
+from stage5_gpt.models.gpt import ATTENTION_IMPLS, GPT, GPTConfig
+from stage5_gpt.models.hf import GPT2_NAMES, load_gpt2
 
 STAGE = "stage5_gpt"
 STAGE_DIR = Path(__file__).resolve().parent
@@ -53,74 +52,111 @@ MODEL_NAME = "gpt"
 # results/baby_lr_sweep.json)
 PRESETS: dict[str, dict[str, Any]] = {
     "char": dict(dataset="shakespeare", tokenizer="char", vocab_size=0,
-                 n_layer=4, n_head=4, n_embd=256, block_size=256, bias=0, dropout=0.1, attn_dropout=0.0,
+                 n_layer=4, n_head=4, n_embd=256, block_size=256, bias=False, dropout=0.1, attn_dropout=0.0,
                  batch_size=16, grad_accum=1, max_steps=4000, lr=2e-3, min_lr=2e-4, warmup_steps=100,
-                 weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=50, amp=1),
+                 weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=50, amp=True),
     "baby": dict(dataset="shakespeare", tokenizer="char", vocab_size=0,
-                 n_layer=4, n_head=4, n_embd=128, block_size=64, bias=0, dropout=0.0, attn_dropout=0.0,
+                 n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, dropout=0.0, attn_dropout=0.0,
                  batch_size=12, grad_accum=1, max_steps=2000, lr=4e-3, min_lr=4e-4, warmup_steps=100,
-                 weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=20, amp=0),
+                 weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=20, amp=False),
     "gutenberg": dict(dataset="gutenberg", tokenizer="bpe", vocab_size=8192,
-                      n_layer=4, n_head=4, n_embd=256, block_size=256, bias=0, dropout=0.0, attn_dropout=0.0,
+                      n_layer=4, n_head=4, n_embd=256, block_size=256, bias=False, dropout=0.0, attn_dropout=0.0,
                       batch_size=16, grad_accum=1, max_steps=4000, lr=2e-3, min_lr=2e-4, warmup_steps=200,
-                      weight_decay=0.1, beta2=0.95, eval_interval=500, eval_iters=50, amp=1),
+                      weight_decay=0.1, beta2=0.95, eval_interval=500, eval_iters=50, amp=True),
 }
+# what --resume compares with the saved run: the flags that decide the model, the data order and the schedule
+RESUME_MUST_MATCH = ["tokenizer", "vocab_size", "bias", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                     "grad_accum", "max_steps", "lr", "min_lr", "warmup_steps", "limit", "init_from", "dropout",
+                     "attn_dropout", "weight_decay", "beta2", "clip", "attention", "amp"]
 # dense bf16 tensor-core peak of some GPUs (FLOP/s), for model FLOPs utilisation
 # (first match wins, so "H100 PCIe" comes before the SXM card's "H100")
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L4": 121e12,
                   "A10": 125e12, "4090": 165e12, "T4": 65e12, "V100": 125e12}
 
 
+def preset_default(key: str) -> str:
+    """How --help states a flag whose default comes from --preset."""
+    shown = {name: PRESETS[name][key] for name in PRESETS}
+    values = ", ".join(f"{name} {('on' if v else 'off') if isinstance(v, bool) else v}" for name, v in shown.items())
+    return f"(default: the preset's: {values})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Pretrain GPT-mini, a decoder-only Transformer language model (stage 5).")
     p.add_argument("--preset", default="char", choices=sorted(PRESETS),
                    help="settings for unset flags: char (default model), baby (nanoGPT's CPU shape), gutenberg (BPE)")
-    p.add_argument("--dataset", default=None, choices=sorted(DATASETS), help="text to train on")
-    p.add_argument("--tokenizer", default=None, choices=["char", "bpe"], help="characters, or byte-level BPE")
-    p.add_argument("--vocab_size", type=int, default=None, help="BPE vocabulary size, special tokens included")
-    p.add_argument("--bpe_train_chars", type=int, default=10_000_000,
-                   help="train the BPE on the first N characters of the training text (0: all)")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                   help="text to train on " + preset_default("dataset"))
+    p.add_argument("--tokenizer", default=None, choices=["char", "bpe"],
+                   help="characters, or byte-level BPE " + preset_default("tokenizer"))
     p.add_argument("--init_from", default="scratch",
                    help="scratch; or GPT-2 weights: gpt2 / gpt2-medium / ... (Hugging Face, online) or a local "
                         "folder holding a transformers GPT-2 (config.json, weights, vocab.json, merges.txt); or a "
                         "checkpoint of this script, to continue pretraining it (e.g. on --dataset imdb) with its "
                         "shape and tokenizer")
-    p.add_argument("--n_layer", type=int, default=None, help="Transformer blocks")
-    p.add_argument("--n_head", type=int, default=None, help="attention heads per block")
-    p.add_argument("--n_embd", type=int, default=None, help="model width d (divisible by --n_head)")
-    p.add_argument("--block_size", type=int, default=None, help="context length in tokens")
-    p.add_argument("--dropout", type=float, default=None, help="dropout on the embeddings and residual branches")
-    p.add_argument("--attn_dropout", type=float, default=None,
-                   help="dropout on the attention weights (0 in the presets: on CPU the fused attention kernel has "
-                        "no dropout and falls back to a much slower path)")
-    p.add_argument("--bias", type=int, choices=[0, 1], default=None,
-                   help="1: biases in Linear and LayerNorm as in GPT-2; 0: none (a little faster, as good)")
-    p.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLS,
-                   help="manual: softmax(QK^T/sqrt(d))V written out; sdpa: F.scaled_dot_product_attention (faster)")
-    p.add_argument("--batch_size", type=int, default=None, help="windows per micro-batch, per process")
-    p.add_argument("--grad_accum", type=int, default=None, help="micro-batches summed into each optimizer step")
-    p.add_argument("--max_steps", type=int, default=None, help="optimizer steps; the cosine schedule ends here")
-    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
-    p.add_argument("--min_lr", type=float, default=None, help="learning rate at the end of the cosine")
-    p.add_argument("--warmup_steps", type=int, default=None, help="linear warm-up steps")
-    p.add_argument("--weight_decay", type=float, default=None, help="AdamW decoupled weight decay (matrices only)")
-    p.add_argument("--beta2", type=float, default=None, help="AdamW beta2")
-    p.add_argument("--clip", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
-    p.add_argument("--eval_interval", type=int, default=None, help="estimate losses and save every N steps")
-    p.add_argument("--eval_iters", type=int, default=None, help="batches per loss estimate")
-    p.add_argument("--log_interval", type=int, default=10, help="log loss, tokens/s and MFU every N steps")
-    p.add_argument("--amp", type=int, choices=[0, 1], default=None,
-                   help="1: bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16 (elsewhere float32); "
-                        "0 in the baby preset, where matrices are too small for bf16 to pay on a CPU")
-    p.add_argument("--compile", type=int, choices=[0, 1], default=0, help="1: torch.compile the model")
-    p.add_argument("--peak_tflops", type=float, default=0.0,
-                   help="hardware peak for MFU (0: known GPUs from a table; CPUs by timing a matmul at start)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N characters of the training text")
-    p.add_argument("--cache_dir", default=str(DATA_CACHE), help="where the tokenised data sets are kept")
-    p.add_argument("--checkpoint", default=None, help="best checkpoint (default checkpoints/gpt_<dataset>_<tok>.pt)")
-    p.add_argument("--out_dir", default=None, help="run folder (default runs/gpt_<dataset>_<tok>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
-    add_common_args(p)
+    p.add_argument("--max_steps", type=int, default=None,
+                   help="optimizer steps; the cosine schedule ends here " + preset_default("max_steps"))
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate " + preset_default("lr"))
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="windows per micro-batch, per process " + preset_default("batch_size"))
+
+    model = p.add_argument_group("model")
+    model.add_argument("--n_layer", type=int, default=None, help="Transformer blocks " + preset_default("n_layer"))
+    model.add_argument("--n_head", type=int, default=None, help="attention heads per block " + preset_default("n_head"))
+    model.add_argument("--n_embd", type=int, default=None,
+                       help="model width d, divisible by --n_head " + preset_default("n_embd"))
+    model.add_argument("--block_size", type=int, default=None,
+                       help="context length in tokens " + preset_default("block_size"))
+    model.add_argument("--dropout", type=float, default=None,
+                       help="dropout on the embeddings and residual branches " + preset_default("dropout"))
+    model.add_argument("--attn_dropout", type=float, default=None,
+                       help="dropout on the attention weights; on CPU the fused attention kernel has none and falls "
+                            "back to a much slower path " + preset_default("attn_dropout"))
+    model.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                       help="biases in Linear and LayerNorm as in GPT-2; without them a little faster and as good "
+                            + preset_default("bias"))
+    model.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLS,
+                       help="manual: softmax(QK^T/sqrt(d))V written out; sdpa: F.scaled_dot_product_attention (faster)")
+
+    training = p.add_argument_group("training")
+    training.add_argument("--grad_accum", type=int, default=None,
+                          help="micro-batches summed into each optimizer step " + preset_default("grad_accum"))
+    training.add_argument("--min_lr", type=float, default=None,
+                          help="learning rate at the end of the cosine " + preset_default("min_lr"))
+    training.add_argument("--warmup_steps", type=int, default=None,
+                          help="linear warm-up steps " + preset_default("warmup_steps"))
+    training.add_argument("--weight_decay", type=float, default=None,
+                          help="AdamW decoupled weight decay, matrices only " + preset_default("weight_decay"))
+    training.add_argument("--beta2", type=float, default=None, help="AdamW beta2 " + preset_default("beta2"))
+    training.add_argument("--clip", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
+    training.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                          help="bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16 (elsewhere float32); off for "
+                               "baby, whose matrices are too small for bf16 to pay on a CPU " + preset_default("amp"))
+    training.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                          help="torch.compile the model")
+    training.add_argument("--eval_interval", type=int, default=None,
+                          help="estimate losses and save every N steps " + preset_default("eval_interval"))
+    training.add_argument("--eval_iters", type=int, default=None,
+                          help="batches per loss estimate " + preset_default("eval_iters"))
+    training.add_argument("--log_interval", type=int, default=10, help="log loss, tokens/s and MFU every N steps")
+    training.add_argument("--peak_tflops", type=float, default=0.0,
+                          help="hardware peak for MFU (0: known GPUs from a table; CPUs by timing a matmul at start)")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--vocab_size", type=int, default=None,
+                      help="BPE vocabulary size, special tokens included " + preset_default("vocab_size"))
+    data.add_argument("--bpe_train_chars", type=int, default=10_000_000,
+                      help="train the BPE on the first N characters of the training text (0: all)")
+    data.add_argument("--limit", type=int, default=0, help="use only the first N characters of the training text")
+    data.add_argument("--cache_dir", default=str(DATA_CACHE), help="where the tokenised data sets are kept")
+
+    output = p.add_argument_group("output and resume")
+    add_checkpoint_arg(output, None, "where the best model is written (default: checkpoints/gpt_<dataset>_"
+                                     "<tokenizer>.pt; checkpoints/gpt_baby.pt for the baby preset)")
+    output.add_argument("--out_dir", default=None,
+                        help="run folder (default: runs/ named like the checkpoint, e.g. runs/gpt_shakespeare_char)")
+    output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    add_common_args(p, seed_help="seed for initialisation, data order and dropout")
     return p
 
 
@@ -158,12 +194,67 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warm-up to --lr, then cosine decay to --min_lr at --max_steps (a function of the step alone)."""
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    progress = min(1.0, (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps))
-    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+# ----------------------------------------------------------------------------- checkpoints of this script
+def checkpoint_payload(args: argparse.Namespace, model: GPT, tokenizer: Any) -> dict[str, Any]:
+    """What a checkpoint says besides the weights: stage, model, config, data set, tokenizer and flags."""
+    return {**checkpoint_header(STAGE, MODEL_NAME), "config": model.config.to_dict(), "dataset": args.dataset,
+            "tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint(), "args": vars(args)}
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], where: str) -> None:
+    """The checkpoint's weights into `model`; a state that does not fit its own config is a damaged file."""
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except (RuntimeError, KeyError) as err:
+        raise UserError(f"{where} does not fit its own config ({str(err).splitlines()[0][:120]}); "
+                        "the file is damaged") from None
+
+
+def gpt_from_checkpoint(ckpt: dict[str, Any], where: str, overrides: dict[str, Any] | None = None,
+                        random_init: bool = False) -> tuple[GPT, Any]:
+    """The GPT and the tokenizer of a loaded checkpoint of this script. `overrides` change its config (e.g.
+    dropout); random_init keeps the architecture but not the weights."""
+    model = GPT(GPTConfig(**{**ckpt["config"], **(overrides or {})}))
+    if not random_init:
+        load_weights(model, ckpt, where)
+    return model, load_tokenizer(ckpt["tokenizer"])
+
+
+def load_pretrained(path: str | Path, flag: str, overrides: dict[str, Any] | None = None,
+                    random_init: bool = False) -> tuple[GPT, Any]:
+    """A pretrained GPT-mini and its tokenizer from a checkpoint of this script (fine-tuned ones are refused).
+    `flag` names the option in errors."""
+    ckpt = load_checkpoint(path, STAGE, [MODEL_NAME])
+    if ckpt.get("finetune"):
+        raise UserError(f"{flag} {path} is a fine-tuned model; start from a pretrained one (train.py's checkpoint)")
+    return gpt_from_checkpoint(ckpt, f"{flag} {path}", overrides, random_init)
+
+
+# ----------------------------------------------------------------------------- model, data, optimizer
+def load_init(args: argparse.Namespace) -> tuple[GPT, Any] | None:
+    """The model --init_from names and its tokenizer: GPT-2's, or a checkpoint of this script (whose dropout and
+    attention then follow the flags); None for scratch."""
+    if args.init_from == "scratch":
+        return None
+    if args.tokenizer == "gpt2":
+        return load_gpt2(args.init_from, args.attention, args.dropout)
+    return load_pretrained(args.init_from, "--init_from", {"dropout": args.dropout, "attn_dropout": args.attn_dropout,
+                                                           "attention": args.attention})
+
+
+def build_model(args: argparse.Namespace, tokenizer: Any, init: tuple[GPT, Any] | None, log: Any) -> GPT:
+    """The --init_from model (GPT-2's or a checkpoint's) or a new one of the flags' shape."""
+    if init:
+        model = init[0]
+        if args.block_size > model.config.block_size:
+            raise UserError(f"--block_size {args.block_size} exceeds {args.init_from}'s context of "
+                            f"{model.config.block_size}")
+        log.info(f"model shape from {args.init_from}: {model.config.n_layer} layers, {model.config.n_head} heads, "
+                 f"{model.config.n_embd} wide (--n_layer, --n_head, --n_embd and --bias do not apply)")
+        return model
+    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                         n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn_dropout=args.attn_dropout,
+                         bias=args.bias, attention=args.attention))
 
 
 def make_optimizer(model: GPT, args: argparse.Namespace, device: torch.device) -> torch.optim.AdamW:
@@ -188,7 +279,7 @@ def peak_flops(device: torch.device, args: argparse.Namespace) -> tuple[float, s
             if re.search(rf"\b{key}\b", name):   # whole words: "L4" is not an L40S, "A10" not an A10G
                 return value, f"{name} bf16 dense peak"
     # CPUs (and unknown GPUs): time a large matmul in the dtype training uses
-    dtype = torch.bfloat16 if uses_bf16(device, bool(args.amp)) else torch.float32
+    dtype = torch.bfloat16 if uses_bf16(device, args.amp) else torch.float32
     a = torch.full((1024, 1024), 0.5, device=device, dtype=dtype)   # not randn: leave the RNG to training
     for _ in range(3):
         a @ a
@@ -266,18 +357,21 @@ def load_data(args: argparse.Namespace, ddp: Distributed, log: Any, given_tokeni
     the vocabulary of the model training starts from (--init_from), instead of one trained here."""
     if given_tokenizer is not None:
         name = f"{args.dataset}-{args.tokenizer}-{given_tokenizer.fingerprint()[:8]}"
-        make = lambda splits: given_tokenizer  # noqa: E731
     elif args.tokenizer == "char":
         name = f"{args.dataset}-char"
-        make = lambda splits: train_tokenizer("char", splits)  # noqa: E731
     else:
         name = f"{args.dataset}-bpe{args.vocab_size}-{args.bpe_train_chars}"
-        make = lambda splits: train_tokenizer("bpe", splits, args.vocab_size, args.bpe_train_chars)  # noqa: E731
+
+    def make_tokenizer(splits: dict[str, str]) -> Any:
+        if given_tokenizer is not None:
+            return given_tokenizer
+        return train_tokenizer(args.tokenizer, splits, args.vocab_size, args.bpe_train_chars)
+
     if ddp.master:
-        data = prepare(args.dataset, args.data_dir, make, name, args.limit, log.info, Path(args.cache_dir))
+        data = prepare(args.dataset, args.data_dir, make_tokenizer, name, args.limit, log.info, Path(args.cache_dir))
     ddp.barrier()
     if not ddp.master:
-        data = prepare(args.dataset, args.data_dir, make, name, args.limit, log.info, Path(args.cache_dir))
+        data = prepare(args.dataset, args.data_dir, make_tokenizer, name, args.limit, log.info, Path(args.cache_dir))
     return data
 
 
@@ -319,66 +413,11 @@ def estimate_loss(model: torch.nn.Module, data: np.ndarray, args: argparse.Names
     for _ in range(args.eval_iters):
         starts = random_starts(data, args.block_size, (args.batch_size,), generator)
         x, y = batch_on(data, starts, args.block_size, device)
-        with autocast(device, bool(args.amp)):
+        with autocast(device, args.amp):
             _, loss = model(x, y)
         losses.append(loss.item())
     model.train(was_training)
     return float(np.mean(losses))
-
-
-def checkpoint_payload(args: argparse.Namespace, model: GPT, tokenizer: Any, extra: dict[str, Any]) -> dict:
-    return {**checkpoint_header(STAGE, MODEL_NAME), "config": model.config.to_dict(), "dataset": args.dataset,
-            "tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint(), "args": vars(args),
-            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = resolve_args(build_parser().parse_args(argv))
-    started = time.time()
-    set_threads(args.num_threads)
-    ddp = Distributed(args.device)
-    try:
-        return train(args, ddp, started)
-    finally:
-        ddp.close()
-
-
-def load_init(args: argparse.Namespace) -> tuple[GPT, Any] | None:
-    """The model --init_from names and its tokenizer: GPT-2's, or a checkpoint of this script (whose dropout and
-    attention then follow the flags); None for scratch."""
-    if args.init_from == "scratch":
-        return None
-    if args.tokenizer == "gpt2":
-        return load_gpt2(args.init_from, args.attention, args.dropout)
-    from stage5_gpt.finetune import pretrained_gpt  # noqa: PLC0415 - the checkpoint loader fine-tuning uses too
-
-    return pretrained_gpt(args.init_from, "--init_from", {"dropout": args.dropout, "attn_dropout": args.attn_dropout,
-                                                            "attention": args.attention})
-
-
-def build_model(args: argparse.Namespace, tokenizer: Any, init: tuple[GPT, Any] | None, log: Any) -> GPT:
-    """The --init_from model (GPT-2's or a checkpoint's) or a new one of the flags' shape."""
-    if init:
-        model = init[0]
-        if args.block_size > model.config.block_size:
-            raise UserError(f"--block_size {args.block_size} exceeds {args.init_from}'s context of "
-                            f"{model.config.block_size}")
-        log.info(f"model shape from {args.init_from}: {model.config.n_layer} layers, {model.config.n_head} heads, "
-                 f"{model.config.n_embd} wide (--n_layer, --n_head, --n_embd and --bias do not apply)")
-        return model
-    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                         n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn_dropout=args.attn_dropout,
-                         bias=bool(args.bias), attention=args.attention))
-
-
-def check_resume(resume: dict | None, last_path: Path, ddp: Distributed, data: TokenData) -> None:
-    """What load_resume cannot check from the flags: the number of processes and the tokenizer."""
-    if resume and resume.get("processes", 1) != ddp.world:
-        raise UserError(f"--resume: {last_path} was trained by {resume.get('processes', 1)} process(es), now "
-                        f"{ddp.world}; resume with the same number (the global batch and data order depend on it)")
-    if resume and resume.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
-        raise UserError(f"--resume: {last_path} was trained with another tokenizer than {data.folder}; "
-                        "start a new run with another --out_dir")
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: np.ndarray, starts: torch.Tensor,
@@ -393,7 +432,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: n
     for micro in range(args.grad_accum):
         x, y = batch_on(data, starts[ddp.rank * args.grad_accum + micro], args.block_size, device)
         sync = micro == args.grad_accum - 1 or not ddp.enabled
-        with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, bool(args.amp)):
+        with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, args.amp):
             _, loss = model(x, y)
         (loss / args.grad_accum).backward()
         loss_sum += loss.item() / args.grad_accum
@@ -406,122 +445,186 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: n
     return ddp.mean(loss_sum)
 
 
-def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
-    device = ddp.device
-    out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
-    last_path = out_dir / "last.pt"
-    must_match = ["tokenizer", "vocab_size", "bias", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                  "grad_accum", "max_steps", "lr", "min_lr", "warmup_steps", "limit", "init_from", "dropout",
-                  "attn_dropout", "weight_decay", "beta2", "clip", "attention", "amp"]
-    resume = load_resume(last_path, STAGE, MODEL_NAME, args, must_match, map_location="cpu")
-    log = setup_logging(out_dir if ddp.master else None)
-    log.disabled = not ddp.master
+class SpeedMeter:
+    """Training tokens per second and model FLOPs utilisation (MFU) over the steps since the last report.
 
-    init = load_init(args)
-    data = load_data(args, ddp, log, init[1] if init else None)
-    tokenizer = data.tokenizer
-    check_resume(resume, last_path, ddp, data)
-    log.info(f"{args.dataset}: {len(data.train):,} train / {len(data.val):,} val tokens, "
-             f"{tokenizer.vocab_size:,}-token {type(tokenizer).__name__}; run folder {out_dir}")
+    MFU = tokens/s x training FLOPs per token / the hardware's peak FLOP/s (of every process together)."""
 
-    set_seed(args.seed + ddp.rank)          # dropout differs per process; the data order does not
-    model = build_model(args, tokenizer, init, log).to(device)
-    optimizer = make_optimizer(model, args, device)
-    data_generator = torch.Generator().manual_seed(args.seed)
-    state: dict[str, Any] = {"step": 0, "best_val_loss": math.inf, "best_step": 0, "history": [], "curve": [],
-                             "train_seconds": 0.0, "tokens_seen": 0, "speeds": []}
-    if resume:
-        model.load_state_dict(resume["model_state"])
-        optimizer.load_state_dict(resume["optimizer_state"])
-        state = {k: resume.get(k, v) for k, v in state.items()}
-        data_generator.set_state(resume["data_rng"])
-        set_rng_state(resume["rng_states"][ddp.rank])     # each process its own dropout stream
-        log.info(f"resumed at step {state['step']}")
-    params = model.num_params()
-    flops_per_token = model.flops_per_token(args.block_size)
-    peak, peak_source = peak_flops(device, args)
-    tokens_per_step = args.batch_size * args.block_size * args.grad_accum * ddp.world
-    log.info(f"GPT ({args.attention}, {amp_name(device, bool(args.amp))}): {params:,} parameters, "
-             f"{flops_per_token / 1e6:.1f} MFLOPs/token, {tokens_per_step:,} tokens/step, {ddp.world} process(es) "
-             f"on {hardware(device)}; MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_source})")
+    def __init__(self, model: GPT, args: argparse.Namespace, ddp: Distributed) -> None:
+        self.params = model.num_params()
+        self.flops_per_token = model.flops_per_token(args.block_size)
+        self.peak, self.peak_source = peak_flops(ddp.device, args)   # one device's
+        self.world = ddp.world
+        self.tokens_per_step = args.batch_size * args.block_size * args.grad_accum * ddp.world
+        self.restart()
 
-    raw_model = model
+    def describe(self) -> str:
+        return (f"{self.params:,} parameters, {self.flops_per_token / 1e6:.1f} MFLOPs/token, "
+                f"{self.tokens_per_step:,} tokens/step, {self.world} process(es); MFU against "
+                f"{self.peak / 1e12:.2f} TFLOP/s per device ({self.peak_source})")
+
+    def mfu(self, tokens_per_s: float) -> float:
+        return tokens_per_s * self.flops_per_token / (self.peak * self.world)
+
+    def restart(self) -> None:
+        """Start a new window (after an evaluation, which is not training time)."""
+        self.tick, self.steps = time.time(), 0
+
+    def step(self) -> None:
+        self.steps += 1
+
+    def report(self) -> tuple[float, float, float]:
+        """(tokens/s, MFU, ms per step) of the window since the last report; starts a new one."""
+        seconds = time.time() - self.tick
+        speed = self.steps * self.tokens_per_step / seconds
+        result = speed, self.mfu(speed), 1000 * seconds / self.steps
+        self.restart()
+        return result
+
+
+def check_resume(run: ResumableRun, ddp: Distributed, data: TokenData) -> None:
+    """What ResumableRun cannot check from the flags: the number of processes and the tokenizer."""
+    if run.resume is None:
+        return
+    if run.resume["processes"] != ddp.world:
+        raise UserError(f"--resume: {run.last_path} was trained by {run.resume['processes']} process(es), now "
+                        f"{ddp.world}; resume with the same number (the global batch and data order depend on it)")
+    if run.resume["tokenizer_fingerprint"] != data.tokenizer.fingerprint():
+        raise UserError(f"--resume: {run.last_path} was trained with another tokenizer than {data.folder}; "
+                        "start a new run with another --out_dir")
+
+
+def attach(run: ResumableRun, model: GPT, optimizer: torch.optim.Optimizer, data_order: torch.Generator,
+           args: argparse.Namespace, tokenizer: Any, ddp: Distributed) -> Callable[[], None]:
+    """Tell the run what last.pt holds, restore it on --resume, and return `save_last`, which every process
+    calls (each one's RNG state is gathered, for its own dropout masks; the first process writes the file)."""
+    rng_states: list[Any] = []
+    run.attach(model, optimizer, payload=lambda: checkpoint_payload(args, model, tokenizer),
+               extra_state=lambda: {"rng_states": rng_states, "data_rng": data_order.get_state(),
+                                    "processes": ddp.world})
+    if run.resume:
+        data_order.set_state(run.resume["data_rng"])
+        set_rng_state(run.resume["rng_states"][ddp.rank])
+
+    def save_last() -> None:
+        rng_states[:] = ddp.gather(rng_state())
+        if ddp.master:
+            run.save()
+    return save_last
+
+
+def wrap(model: GPT, args: argparse.Namespace, ddp: Distributed) -> torch.nn.Module:
+    """torch.compile and DDP around the model; the raw model is what gets evaluated and saved."""
     if args.compile:
         model = torch.compile(model)
     if ddp.enabled:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(model, device_ids=[ddp.device.index] if ddp.device.type == "cuda" else None)
+    return model
 
-    def save_last() -> None:
-        rng_states = ddp.gather(rng_state())   # called on every process: each one's RNG, for its dropout masks
+
+def evaluate_and_save(model: GPT, data: TokenData, args: argparse.Namespace, state: dict[str, Any], lr: float,
+                      ddp: Distributed, log: Any) -> None:
+    """Estimate both splits' losses into the history; save the model to --checkpoint when validation improved."""
+    row = {"step": state["step"], "train_loss": estimate_loss(model, data.train, args, ddp.device, 1),
+           "val_loss": estimate_loss(model, data.val, args, ddp.device, 2), "lr": lr,
+           "tokens_seen": state["tokens_seen"], "elapsed_s": round(state["train_seconds"], 3)}
+    state["history"].append(row)
+    improved = row["val_loss"] < state["best_val_loss"]
+    if improved:
+        state.update(best_val_loss=row["val_loss"], best_step=state["step"])
         if ddp.master:
-            save_checkpoint(last_path, checkpoint_payload(args, raw_model, tokenizer, {
-                **state, "optimizer_state": optimizer.state_dict(), "rng_states": rng_states,
-                "data_rng": data_generator.get_state(), "processes": ddp.world}))
+            save_checkpoint(Path(args.checkpoint), {
+                **checkpoint_payload(args, model, data.tokenizer),
+                "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "step": state["step"], "best_val_loss": row["val_loss"], "history": state["history"]})
+    log.info(f"step {state['step']:5d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
+             f"{'  *best*' if improved else ''}  {state['train_seconds'] / 60:.1f} min")
 
-    def evaluate_and_save() -> None:
-        row = {"step": state["step"], "train_loss": estimate_loss(raw_model, data.train, args, device, 1),
-               "val_loss": estimate_loss(raw_model, data.val, args, device, 2),
-               "lr": optimizer.param_groups[0]["lr"], "tokens_seen": state["tokens_seen"],
-               "elapsed_s": round(state["train_seconds"], 3)}
-        state["history"].append(row)
-        improved = row["val_loss"] < state["best_val_loss"]
-        if improved:
-            state.update(best_val_loss=row["val_loss"], best_step=state["step"])
-            if ddp.master:
-                save_checkpoint(best_path, checkpoint_payload(args, raw_model, tokenizer, {
-                    "step": state["step"], "best_val_loss": row["val_loss"], "history": state["history"]}))
-        log.info(f"step {state['step']:5d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
-                 f"{'  *best*' if improved else ''}  {state['train_seconds'] / 60:.1f} min")
-        save_last()
+
+# ----------------------------------------------------------------------------- the training loop
+def main(argv: Sequence[str] | None = None) -> int:
+    args = resolve_args(build_parser().parse_args(argv))
+    started = time.time()
+    set_threads(args.num_threads)
+    ddp = Distributed(args.device)
+    try:
+        return train(args, ddp, started)
+    finally:
+        ddp.close()
+
+
+def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
+    device, out_dir = ddp.device, Path(args.out_dir)
+    run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", must_match=RESUME_MUST_MATCH,
+                       state={"step": 0, "best_val_loss": math.inf, "best_step": 0, "history": [], "curve": [],
+                              "train_seconds": 0.0, "tokens_seen": 0, "speeds": []})
+    log = setup_logging(out_dir if ddp.master else None)
+    log.disabled = not ddp.master
+    init = load_init(args)
+    data = load_data(args, ddp, log, init[1] if init else None)
+    check_resume(run, ddp, data)
+    log.info(f"{args.dataset}: {len(data.train):,} train / {len(data.val):,} val tokens, "
+             f"{data.tokenizer.vocab_size:,}-token {type(data.tokenizer).__name__}; run folder {out_dir}")
+
+    set_seed(args.seed + ddp.rank)          # dropout differs per process; the data order does not
+    raw_model = build_model(args, data.tokenizer, init, log).to(device)
+    optimizer = make_optimizer(raw_model, args, device)
+    data_order = torch.Generator().manual_seed(args.seed)
+    save_last = attach(run, raw_model, optimizer, data_order, args, data.tokenizer, ddp)
+    state = run.state
+    if run.resume:
+        log.info(f"resumed at step {state['step']}")
+    meter = SpeedMeter(raw_model, args, ddp)
+    log.info(f"GPT ({args.attention}, {amp_name(device, args.amp)}) on {hardware(device)}: {meter.describe()}")
+    model = wrap(raw_model, args, ddp)
 
     model.train()
     bar = tqdm(total=args.max_steps, initial=state["step"], unit="step", disable=None if ddp.master else True,
                leave=False)
-    tick, window_tokens, window_steps = time.time(), 0, 0
-    with StopOnInterrupt() as interrupt:
+    meter.restart()
+    with run:   # from here, Ctrl-C stops the loop after a step and saves last.pt
         while state["step"] < args.max_steps:
             step_start = time.time()
-            lr = lr_at(state["step"], args)
+            lr = warmup_cosine(state["step"], args.max_steps, args.warmup_steps, args.lr, args.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            starts = window_starts(data.train, args, ddp.world, data_generator)
+            starts = window_starts(data.train, args, ddp.world, data_order)
             loss = train_step(model, optimizer, data.train, starts, args, ddp)
             state["step"] += 1
-            state["tokens_seen"] += tokens_per_step
+            state["tokens_seen"] += meter.tokens_per_step
             state["train_seconds"] += time.time() - step_start
             state["curve"].append([state["step"], round(loss, 6)])
-            window_tokens += tokens_per_step
-            window_steps += 1
+            meter.step()
             bar.update(1)
-            if state["step"] % args.log_interval == 0 or state["step"] == args.max_steps:
-                seconds = time.time() - tick
-                speed = window_tokens / seconds
+            last = state["step"] == args.max_steps
+            if state["step"] % args.log_interval == 0 or last:
+                speed, mfu, ms_per_step = meter.report()
                 state["speeds"].append(speed)
-                mfu = speed * flops_per_token / (peak * ddp.world)
                 bar.set_postfix(loss=f"{loss:.3f}", tokens_per_s=f"{speed:,.0f}", mfu=f"{100 * mfu:.1f}%")
                 log.info(f"step {state['step']:5d}  loss {loss:.4f}  lr {lr:.2e}  {speed:,.0f} tokens/s  "
-                         f"MFU {100 * mfu:.1f}%  {1000 * seconds / window_steps:.0f} ms/step")
-                tick, window_tokens, window_steps = time.time(), 0, 0
-            if state["step"] % args.eval_interval == 0 or state["step"] == args.max_steps:
-                evaluate_and_save()
-                tick, window_tokens, window_steps = time.time(), 0, 0   # evaluation is not training time
-            if ddp.any(interrupt.requested):
-                interrupt.requested = True
-                interrupt.stop_if_requested(save_last, f"{last_path} at step {state['step']}")
+                         f"MFU {100 * mfu:.1f}%  {ms_per_step:.0f} ms/step")
+            if state["step"] % args.eval_interval == 0 or last:
+                evaluate_and_save(raw_model, data, args, state, lr, ddp, log)
+                save_last()
+                meter.restart()   # evaluation is not training time
+            if ddp.any(run.stop_requested):   # Ctrl-C on any process: every one stops after this step
+                save_last()
+                raise TrainingInterrupted(f"saved {run.last_path} at step {state['step']}; run the same command "
+                                          "with --resume to continue")
     bar.close()
 
     ddp.check_in_sync(raw_model)
     if ddp.enabled:
         log.info(f"parameters identical on all {ddp.world} processes")
     if ddp.master:
-        finish(args, raw_model, state, params, flops_per_token, peak, peak_source, device, ddp, started, log)
+        finish(args, raw_model, state, meter, device, started, log)
     return 0
 
 
-def finish(args: argparse.Namespace, model: GPT, state: dict[str, Any], params: int, flops_per_token: float,
-           peak: float, peak_source: str, device: torch.device, ddp: Distributed, started: float, log: Any) -> None:
+def finish(args: argparse.Namespace, model: GPT, state: dict[str, Any], meter: SpeedMeter, device: torch.device,
+           started: float, log: Any) -> None:
     """history.json, curves.png and metrics.json of the run."""
-    from scripts.plots import plot_curves  # noqa: PLC0415 - matplotlib only when a run ends
+    from scripts.plots import plot_curves   # matplotlib, only when a run ends
 
     out_dir = Path(args.out_dir)
     write_json(out_dir / "history.json", {"evals": state["history"], "curve": state["curve"]})
@@ -535,18 +638,17 @@ def finish(args: argparse.Namespace, model: GPT, state: dict[str, Any], params: 
                "final_val_loss": state["history"][-1]["val_loss"],
                "final_train_loss": state["history"][-1]["train_loss"], "steps": state["step"],
                "tokens_seen": state["tokens_seen"], "train_tokens_per_s": tokens_per_s,
-               "steady_tokens_per_s": steady, "flops_per_token": flops_per_token,
-               "mfu": tokens_per_s * flops_per_token / (peak * ddp.world),
-               "steady_mfu": steady * flops_per_token / (peak * ddp.world),
-               "peak_flops": peak, "peak_source": peak_source, "fit_seconds": round(state["train_seconds"], 3),
-               "processes": ddp.world}
+               "steady_tokens_per_s": steady, "flops_per_token": meter.flops_per_token,
+               "mfu": meter.mfu(tokens_per_s), "steady_mfu": meter.mfu(steady),
+               "peak_flops": meter.peak, "peak_source": meter.peak_source,
+               "fit_seconds": round(state["train_seconds"], 3), "processes": meter.world}
     write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"gpt_{args.preset}", dataset=args.dataset,
-                  split="val", params=params, seconds=time.time() - started, seconds_key="train_seconds",
+                  split="val", params=meter.params, seconds=time.time() - started, seconds_key="train_seconds",
                   device=device, metrics=metrics,
                   extra={"checkpoint": str(args.checkpoint), "tokenizer": args.tokenizer,
-                         "config": model.config.to_dict(), "amp": amp_name(device, bool(args.amp))})
+                         "config": model.config.to_dict(), "amp": amp_name(device, args.amp)})
     log.info(f"best val loss {best['val_loss']:.4f} at step {best['step']}; {tokens_per_s:,.0f} tokens/s; "
-                f"checkpoint {args.checkpoint}")
+             f"checkpoint {args.checkpoint}")
 
 
 if __name__ == "__main__":

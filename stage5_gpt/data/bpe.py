@@ -208,7 +208,7 @@ def _apply_merge(pair: Pair, new_id: int, words: list[list[int]], freqs: list[in
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
-    from tqdm import tqdm  # noqa: PLC0415 - only needed here
+    from tqdm import tqdm   # only needed here
 
     return tqdm(total=max(total, 0), desc="BPE merges", unit="merge", disable=not enabled)
 

@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from scripts.classification_data import load_split, train_val_split
 from scripts.common import (UserError, cache_dir, data_candidates, download, find_local_data, missing_data_error,
                             read_json, write_json)
 from stage5_gpt.data.bpe import ByteLevelBPE, CharTokenizer, load_tokenizer
@@ -42,6 +43,9 @@ PG_END = re.compile(r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the 
 DATASETS = {"shakespeare": ("tiny_shakespeare", ["input.txt"]),
             "gutenberg": ("gutenberg_en", ["train.txt.gz", "valid.txt.gz"]),
             "imdb": ("imdb", ["train.jsonl.gz"])}
+# the fixed 90/10 train/validation split of a labelled training set, as in stages 1, 2 and 4; fine-tuning
+# (data/tasks.py) uses the same one, so continued pretraining on IMDb text never reads a validation review
+VAL_FRACTION, SPLIT_SEED = 0.1, 0
 
 
 def _read(path: Path) -> str:
@@ -92,10 +96,7 @@ def load_text(dataset: str, data_dir: str | None) -> dict[str, str]:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     name, files = DATASETS[dataset]
     if dataset == "imdb":
-        from stage5_gpt.data.tasks import load_task  # noqa: PLC0415 - tasks imports this module
-
-        return {split: "".join(text + EOT for text in load_task("imdb", split, data_dir).texts)
-                for split in ("train", "val")}
+        return imdb_text(data_dir)
     folder = find_local_data(name, files, data_dir)
     if dataset == "shakespeare":
         if folder is None:
@@ -117,6 +118,15 @@ def load_text(dataset: str, data_dir: str | None) -> dict[str, str]:
         if len(text) < 1000:
             raise UserError(f"{dataset} {split} split holds only {len(text)} characters; is the file truncated?")
     return splits
+
+
+def imdb_text(data_dir: str | None) -> dict[str, str]:
+    """The IMDb training reviews' text, no labels, each review followed by <|endoftext|>: the 90/10
+    train/validation split fine-tuning uses. The test reviews are never read."""
+    reviews = load_split("imdb", "train", data_dir).texts
+    train_idx, val_idx = train_val_split(len(reviews), VAL_FRACTION, SPLIT_SEED)
+    return {split: "".join(reviews[i] + EOT for i in indices.tolist())
+            for split, indices in (("train", train_idx), ("val", val_idx))}
 
 
 def train_tokenizer(kind: str, splits: dict[str, str], vocab_size: int = 0,

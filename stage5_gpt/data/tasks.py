@@ -38,7 +38,7 @@ import torch.nn as nn
 from scripts.classification_data import classification_report, load_split, train_val_split
 from scripts.common import UserError, autocast
 from scripts.translation_data import corpus_scores, load_pairs
-from stage5_gpt.data.corpus import ids_dtype
+from stage5_gpt.data.corpus import SPLIT_SEED, VAL_FRACTION, ids_dtype
 
 TASKS = ("imdb", "ag_news", "translate")
 CLASSIFICATION_TASKS = ("imdb", "ag_news")
@@ -49,7 +49,6 @@ PROMPTS = {
     "ag_news": ("News: {text}\nTopic:", " {answer}"),
     "translate": ("English: {text}\nFrench:", " {answer}"),
 }
-VAL_FRACTION, SPLIT_SEED = 0.1, 0          # the same 90/10 train/validation split as stages 1, 2 and 4
 CARVEOUT_TEST = 1600 / 7600               # AG News test_carveout: the share of the official test split kept for testing
 
 

@@ -24,7 +24,7 @@ def _tokenizer_files(source: str) -> tuple[Path, Path]:
             raise UserError(f"--init_from {source}: the folder has no vocab.json and merges.txt (GPT-2's tokenizer); "
                             "save it with GPT2TokenizerFast.save_pretrained beside the model")
         return files
-    from huggingface_hub import hf_hub_download  # noqa: PLC0415 - only when downloading
+    from huggingface_hub import hf_hub_download   # only when downloading
 
     return Path(hf_hub_download(source, "vocab.json")), Path(hf_hub_download(source, "merges.txt"))
 
@@ -34,7 +34,7 @@ def load_gpt2(source: str, attention: str = "sdpa", dropout: float = 0.0) -> tup
     if not Path(source).is_dir() and source not in GPT2_NAMES:
         raise UserError(f"--init_from {source!r} is neither a folder nor one of {', '.join(GPT2_NAMES[:4])}")
     try:
-        from transformers import GPT2LMHeadModel  # noqa: PLC0415 - a large import, only when asked for
+        from transformers import GPT2LMHeadModel   # a large import, only when asked for
 
         hf_model = GPT2LMHeadModel.from_pretrained(source)
         vocab_file, merges_file = _tokenizer_files(source)

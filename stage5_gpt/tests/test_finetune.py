@@ -72,7 +72,7 @@ def test_each_method_trains_only_its_parameters_and_scores_the_test_split(base, 
 
 def test_full_fine_tuning_learns_the_tiny_task(base, ft_data, tmp_path, cli):
     code, _, err = cli(finetune.main, ft_args(base, ft_data, tmp_path, "--task", "imdb", "--lr", "2e-3",
-                                              "--epochs", "8", "--dropout", "0", "--amp", "0"))
+                                              "--epochs", "8", "--dropout", "0", "--no-amp"))
     assert code == 0, err
     assert read(tmp_path / "run" / "test_imdb.json")["metrics"]["accuracy"] >= 0.7   # chance is 0.5; 0.8 here
 
@@ -127,6 +127,10 @@ def test_multitask_model_scores_each_task_and_answers_through_its_prompts(base, 
     assert "fine-tuned on imdb, ag_news, translate" in out and "task: imdb" in out and "imdb:" in out
     assert "unknown task 'poetry'" in out and "task: none" in out
     assert "temperature 0.8" in out and "temperature 0.0" in out          # free text samples; a task's answer is greedy
+    # a temperature the user set stays when the task changes
+    monkeypatch.setattr("sys.stdin", io.StringIO(":t 0.5\n:task imdb\n:settings\n"))
+    code, out, err = cli(generate.main, ["--checkpoint", tmp_path / "ft.pt", "--interactive", "--device", "cpu"])
+    assert code == 0 and "> task: imdb\n> temperature 0.5, top_k 0" in out, out
 
 
 def test_a_classifier_in_generate_prints_the_class(base, ft_data, tmp_path, cli, monkeypatch):
@@ -141,7 +145,7 @@ def test_a_classifier_in_generate_prints_the_class(base, ft_data, tmp_path, cli,
     assert code == 2 and "is a classifier, not a language model" in err
     monkeypatch.setattr("sys.stdin", io.StringIO("\nShares fall\n"))
     code, out, err = cli(generate.main, ["--checkpoint", tmp_path / "ft.pt", "--interactive", "--device", "cpu"])
-    assert code == 0 and "empty text" in out and "%" in out, err
+    assert code == 0 and "empty line" in out and "%" in out, err
 
 
 def test_ctrl_c_then_resume_gives_the_uninterrupted_run(base, ft_data, tmp_path, cli, monkeypatch):
@@ -301,3 +305,10 @@ def test_ag_news_carveout_splits_are_disjoint_and_fixed(tiny_data):
     texts = [set(splits[s].texts) for s in splits]
     assert not (texts[0] & texts[2]) and not (texts[1] & texts[2])
     assert T.load_task("ag_news", "test", str(tiny_data), "test_carveout").texts == splits["test"].texts
+
+
+def test_finetune_flags_in_both_forms():
+    parser = finetune.build_parser()
+    assert parser.parse_args(["--scratch"]).scratch is True and parser.parse_args(["--no-scratch"]).scratch is False
+    assert parser.parse_args([]).amp is True and parser.parse_args(["--no-amp"]).amp is False
+    assert parser.parse_args(["--model_path", "ft.pt"]).checkpoint == "ft.pt"

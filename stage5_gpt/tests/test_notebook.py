@@ -16,6 +16,7 @@ def test_visualize_notebook_executes(lm_data, tmp_path, monkeypatch, cli):
     shutil.copy(tmp_path / "run" / "history.json", results / "char_history.json")
     text = execute_notebook(NOTEBOOK, {"STAGE5_RESULTS": results, "STAGE5_CHECKPOINT": tmp_path / "best.pt",
                                        "MY_LLM_DATA": lm_data}, monkeypatch)
+    assert "history from run/history.json" in text             # the checkpoint's own run folder
     assert "best validation loss" in text and "first 30 merges" in text and "decode(encode(x)) == x: True" in text
     assert "attention above the diagonal is zero: True" in text and "every row sums to 1: True" in text
     assert "=== temperature 1.0, top_p 0.9" in text

@@ -72,7 +72,7 @@ def test_generate_same_text_with_and_without_the_kv_cache(char_run, cli):
             "--temperature", "0", "--device", "cpu"]
     code, cached, err = cli(generate.main, argv)
     assert code == 0, err
-    code, uncached, err = cli(generate.main, [*argv, "--no_kv_cache"])
+    code, uncached, err = cli(generate.main, [*argv, "--no-kv_cache"])
     assert code == 0, err
     assert cached == uncached and cached.startswith("ROMEO:") and len(cached) > 40
 
@@ -87,7 +87,11 @@ def test_a_prompt_longer_than_the_context_is_cut_and_said(char_run, cli):
     (["--prompt", "  "], "--prompt is empty"),
     (["--prompt", "ROMEO: ☃"], "☃"),
     (["--top_p", "0"], "top_p must be in (0, 1]"),
-    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--temperature", "-1"], "temperature must be 0 (greedy) or between 0.01 and 100"),
+    (["--temperature", "nan"], "temperature must be 0 (greedy) or between 0.01 and 100"),
+    (["--top_k", "-1"], "top_k must be between 0"),
+    (["--max_new_tokens", "0"], "max_new_tokens must be between 1"),
+    (["--num_samples", "0"], "--num_samples must be at least 1"),
 ])
 def test_bad_generation_input_is_one_line(char_run, cli, argv, message):
     code, _, err = cli(generate.main, ["--checkpoint", char_run / "best.pt", "--device", "cpu", *argv])
@@ -99,8 +103,52 @@ def test_interactive_survives_empty_lines_bad_settings_and_ends_on_eof(char_run,
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines)))
     code, out, err = cli(generate.main, ["--checkpoint", char_run / "best.pt", "--interactive", "--device", "cpu"])
     assert code == 0, err
-    assert "empty prompt" in out and "needs a valid number" in out and "unknown command" in out
+    assert "empty line" in out and "(:top_k kept 0" in out and "unknown command :bogus" in out
     assert "temperature 0.0" in out and "tokens/s]" in out and "☃" in out
+
+
+def test_interactive_commands_echo_what_they_set(char_run, monkeypatch, cli):
+    """The course-wide :commands and their short forms, plus this program's :cache; each says what it did."""
+    lines = [":t 0", ":k 5", ":p 0.5", ":n 4", ":seed 3", ":cache off", ":cache maybe", ":temperature 500", ":beam 2",
+             ":help", ":s", "ROMEO:", ":q", "never read"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines)))
+    code, out, err = cli(generate.main, ["--checkpoint", char_run / "best.pt", "--interactive", "--device", "cpu"])
+    assert code == 0, err
+    for echo in ("temperature = 0.0", "top_k = 5", "top_p = 0.5", "max_new_tokens = 4", "seed = 3", "cache = off"):
+        assert echo in out, echo
+    assert "(:cache kept off" in out and "(:temperature kept 0.0" in out and "(:beam does not apply here" in out
+    assert ":cache VALUE" in out and ":task" in out and ":quit" in out                    # :help
+    assert "temperature 0.0, top_k 5, top_p 0.5, max_new_tokens 4, seed 3, cache off" in out   # :s
+    assert "never read" not in out
+
+
+def test_model_path_is_the_checkpoint_flag_and_kv_cache_can_be_named(char_run, lm_data, cli, tmp_path):
+    argv = ["--prompt", "ROMEO:", "--max_new_tokens", "8", "--temperature", "0", "--device", "cpu"]
+    code, by_checkpoint, err = cli(generate.main, ["--checkpoint", char_run / "best.pt", *argv])
+    assert code == 0, err
+    code, by_model_path, err = cli(generate.main, ["--model_path", char_run / "best.pt", "--kv_cache", *argv])
+    assert code == 0 and by_model_path == by_checkpoint, err
+    code, out, err = cli(evaluate.main, ["--model_path", char_run / "best.pt", "--data_dir", lm_data, "--limit", "2000",
+                                         "--metrics_out", tmp_path / "m.json", "--device", "cpu"])
+    assert code == 0 and json.loads((tmp_path / "m.json").read_text())["checkpoint"] == str(char_run / "best.pt")
+
+
+def test_on_off_flags_take_both_forms(lm_data, tmp_path, cli):
+    for flag, field in (("--bias", True), ("--no-bias", False)):
+        out = tmp_path / flag
+        code, _, err = cli(train.main, tiny_args(lm_data, out, flag, "--max_steps", "2", "--eval_interval", "2",
+                                                 "--no-amp"))
+        assert code == 0, err
+        saved = load_checkpoint(out / "best.pt", "stage5_gpt")
+        assert saved["config"]["bias"] is field and saved["args"]["amp"] is False
+        assert ("c_attn.bias" in " ".join(saved["model_state"])) is field
+    parser = train.build_parser()
+    assert parser.parse_args([]).amp is None                      # unset: the preset decides
+    assert train.resolve_args(parser.parse_args(["--preset", "baby"])).amp is False
+    assert train.resolve_args(parser.parse_args(["--preset", "baby", "--amp"])).amp is True
+    assert parser.parse_args(["--compile"]).compile is True and parser.parse_args([]).compile is False
+    code, _, err = cli(train.main, ["--amp", "1"])
+    assert code == 2 and "unrecognized arguments: 1" in err
 
 
 def test_a_tokenizer_that_does_not_match_the_checkpoint_is_refused(char_run, lm_data, tmp_path, cli):
@@ -250,3 +298,23 @@ def test_evaluate_a_text_file_and_refuse_bad_ones(char_run, tmp_path, cli):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
     code, _, err = cli(evaluate.main, ["--checkpoint", char_run / "best.pt", "--text_file", tmp_path / "bin.txt"])
     assert code == 2 and "not UTF-8" in err
+
+
+def test_pretraining_imports_no_fine_tuning_code():
+    """train.py and data/corpus.py stand on their own; fine-tuning builds on them, not the other way round."""
+    code = ("import sys, stage5_gpt.train, stage5_gpt.data.corpus; "
+            "print(sorted(m for m in sys.modules if m in ('stage5_gpt.finetune', 'stage5_gpt.data.tasks')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+@pytest.mark.parametrize("program", ["train", "finetune", "generate", "evaluate", "bench"])
+def test_every_program_runs_from_the_stage_folder(program):
+    """Plain absolute imports, no sys.path edits: a program runs from its own folder as from the repo root."""
+    runs = [(ROOT / "stage5_gpt", [f"{program}.py"])]
+    if program == "train":
+        runs += [(ROOT, ["stage5_gpt/train.py"]), (ROOT, ["-m", "stage5_gpt.train"])]
+    for cwd, argv in runs:
+        result = subprocess.run([sys.executable, *argv, "--help"], cwd=cwd, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0 and "usage:" in result.stdout, (cwd, argv, result.stderr[-500:])
