@@ -216,8 +216,10 @@ def interactive(model: GPT, tokenizer: Any, args: argparse.Namespace, device: to
 
     def answer(line: str) -> None:
         task = chosen["task"]
-        ids, note = (task_prompt(model, tokenizer, task, line), None) if task else \
-            encode_prompt(line, tokenizer, model.config.block_size)
+        if task:
+            ids, note = task_prompt(model, tokenizer, task, line), None
+        else:
+            ids, note = encode_prompt(line, tokenizer, model.config.block_size)
         if note:
             print(note)
         print(f"{task}:" if task else line, end="")

@@ -554,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
+    """Set up the data, the model and the run (fresh or resumed), then take optimizer steps to --max_steps."""
     device, out_dir = ddp.device, Path(args.out_dir)
     run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", must_match=RESUME_MUST_MATCH,
                        state={"step": 0, "best_val_loss": math.inf, "best_step": 0, "history": [], "curve": [],
