@@ -3,9 +3,8 @@
     python stage4_transformer/bench.py                     # all parts
     python stage4_transformer/bench.py --parts main        # the Transformer with the default settings: train, evaluate
     python stage4_transformer/bench.py --parts main --num_threads 1   # as in the README's stage 3 comparison (beside a
-                                                           # second run, one core each: about 32 min, 19 epochs in
-                                                           # bf16 on a CPU with native bf16; 15 epochs in float32
-                                                           # took 86-94 min with 2+2 layers, about 1.2x that now)
+                                                           # second run, one core each: about 32 min of training, 19
+                                                           # epochs in bf16 on a 2-core CPU with native bf16)
     python stage4_transformer/bench.py --tables_only       # rebuild the README tables from results/
 
 main:     `train.py` with no flags, then `evaluate.py` on test_2016_flickr (with and without the cache).
@@ -15,30 +14,24 @@ heatmaps: `translate.py --heatmap` on one sentence (every decoder layer and head
 classify: `train_classifier.py` on IMDb (and AG News when its training split can be had).
 Each writes JSON files into stage4_transformer/results/.
 """
-import pathlib
-import sys
+import functools
+import shutil
+import time
+from operator import itemgetter
+from pathlib import Path
+from typing import Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import torch
 
-import functools  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from operator import itemgetter  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-import torch  # noqa: E402
-
-from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, hardware, read_json,  # noqa: E402
-                            run_main, write_json)
-from scripts.report import (hardware_label, markdown_table, run_script, short_paths as report_short_paths,  # noqa: E402
-                            update_file)
-from scripts.translation_data import load_pairs  # noqa: E402
-from stage4_transformer.data.batches import encode_pairs, token_batches  # noqa: E402
-from stage4_transformer.data.subword import SubwordVocab  # noqa: E402
-from stage4_transformer.models.transformer import Transformer, TransformerConfig  # noqa: E402
-from stage4_transformer.train import build_parser as train_parser  # noqa: E402
-from stage4_transformer.train import batch_loss, resolve_args, target_pieces  # noqa: E402
+from scripts.common import REPO_ROOT, ArgParser, UserError, amp_name, hardware, read_json, run_main, write_json
+from scripts.report import hardware_label, markdown_table, run_script, update_file
+from scripts.report import short_paths as report_short_paths
+from scripts.translation_data import load_pairs
+from stage4_transformer.data.batches import encode_pairs, token_batches
+from stage4_transformer.data.subword import SubwordVocab
+from stage4_transformer.models.transformer import Transformer, TransformerConfig
+from stage4_transformer.train import batch_loss, resolve_args, target_pieces
+from stage4_transformer.train import build_parser as train_parser
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
@@ -59,7 +52,7 @@ def choose_alpha(checkpoint: Path, run_dir: Path, extra: list[str]) -> str:
     scores = {}
     for alpha in ALPHAS:
         out = run_dir / f"valid_alpha_{alpha}"
-        run("evaluate.py", "--model_path", str(checkpoint), "--split", "valid", "--alpha", alpha, "--out_dir",
+        run("evaluate.py", "--checkpoint", str(checkpoint), "--split", "valid", "--alpha", alpha, "--out_dir",
             str(out), *extra)
         scores[alpha] = read_json(out / "metrics.json")["metrics"]["bleu_beam"]
     best = max(ALPHAS, key=lambda a: scores[a])
@@ -73,9 +66,9 @@ def main_run(extra: list[str]) -> None:
     run("train.py", "--out_dir", str(run_dir), "--checkpoint", str(checkpoint), *extra)
     RESULTS.mkdir(exist_ok=True)
     alpha = choose_alpha(checkpoint, run_dir, extra)
-    run("evaluate.py", "--model_path", str(checkpoint), "--alpha", alpha, "--out_dir", str(run_dir / "eval"), *extra)
-    run("evaluate.py", "--model_path", str(checkpoint), "--alpha", alpha, "--out_dir", str(run_dir / "eval_no_cache"),
-        "--no_kv_cache", *extra)
+    run("evaluate.py", "--checkpoint", str(checkpoint), "--alpha", alpha, "--out_dir", str(run_dir / "eval"), *extra)
+    run("evaluate.py", "--checkpoint", str(checkpoint), "--alpha", alpha, "--out_dir", str(run_dir / "eval_no_cache"),
+        "--no-kv_cache", *extra)
     for source, name in (("metrics.json", "main_train.json"), ("history.json", "main_history.json"),
                          ("curves.png", "main_curves.png"), ("eval/metrics.json", "main_test.json"),
                          ("eval/translations.txt", "main_translations.txt"),
@@ -102,32 +95,32 @@ def training_speed(config: TransformerConfig, batches: list, steps: int, amp: bo
 
 def speed(data_dir: str | None, steps: int = 40) -> None:
     """Scratch against nn.Transformer (and the scratch model with F.scaled_dot_product_attention, or with
-    --fast_dropout 1), one run, with train.py's default vocabulary and softmax."""
+    fast dropout), one run, with train.py's default vocabulary and softmax."""
     defaults = resolve_args(train_parser().parse_args([]))
     pairs = load_pairs("multi30k", "train", data_dir)
     vocab = SubwordVocab.train((t for pair in pairs for t in pair), defaults.vocab_size,
-                               split_punctuation=bool(defaults.split_punctuation))
+                               split_punctuation=defaults.split_punctuation)
     examples = encode_pairs(pairs, vocab, defaults.max_len)
     batches = list(token_batches(examples, defaults.max_tokens, True))
-    output_ids = target_pieces(examples) if defaults.output_vocab == "target" else None
+    output_ids = target_pieces(examples)
     rows = []
     for name, impl, sdpa, fast in (("scratch", "scratch", False, False), ("scratch + F.sdpa", "scratch", True, False),
                                    ("scratch + fast dropout", "scratch", False, True),
                                    ("nn.Transformer", "torch", False, False)):
-        config = TransformerConfig(len(vocab), len(vocab), defaults.d_model, defaults.n_heads,
-                                   defaults.encoder_layers, defaults.decoder_layers, defaults.d_ff, defaults.dropout,
-                                   max_len=defaults.max_len + 2,
-                                   norm_first=bool(defaults.norm_first), positional=defaults.positional,
+        config = TransformerConfig(src_vocab_size=len(vocab), tgt_vocab_size=len(vocab), d_model=defaults.d_model,
+                                   n_heads=defaults.n_heads, n_encoder_layers=defaults.encoder_layers,
+                                   n_decoder_layers=defaults.decoder_layers, d_ff=defaults.d_ff,
+                                   dropout=defaults.dropout, max_len=defaults.max_len + 2,
+                                   norm_first=defaults.norm_first, positional=defaults.positional,
                                    share_embeddings=True, impl=impl, use_sdpa=sdpa, fast_dropout=fast,
                                    output_ids=output_ids)
-        rows.append({"model": name, "tokens_per_s": training_speed(config, batches, steps, bool(defaults.amp))})
+        rows.append({"model": name, "tokens_per_s": training_speed(config, batches, steps, defaults.amp)})
     reference = rows[-1]["tokens_per_s"]
     for row in rows:
         row["ratio"] = row["tokens_per_s"] / reference
-    columns = len(output_ids) if output_ids else len(vocab)
     write_json(RESULTS / "speed.json", {"rows": rows, "steps": steps, "max_tokens": defaults.max_tokens,
-                                        "vocab": len(vocab), "softmax_columns": columns,
-                                        "precision": amp_name(torch.device("cpu"), bool(defaults.amp)),
+                                        "vocab": len(vocab), "softmax_columns": len(output_ids),
+                                        "precision": amp_name(torch.device("cpu"), defaults.amp),
                                         "hardware": hardware("cpu"), "torch": torch.__version__,
                                         "command": "python stage4_transformer/bench.py --parts speed"})
 
@@ -198,7 +191,7 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
     stage: dict[str, str] = {}
     if (RESULTS / "main_test.json").is_file():
         rows = [r for r in (stage3_row(), stage4_row()) if r]
-        note = (f"\n\nCommand: `{rows[-1]['command']}`, then `python evaluate.py --model_path <checkpoint> "
+        note = (f"\n\nCommand: `{rows[-1]['command']}`, then `python evaluate.py --checkpoint <checkpoint> "
                 f"--alpha {rows[-1]['alpha']}` (beam 5; the length penalty alpha chosen on the validation set); "
                 f"sacreBLEU signature `{rows[-1]['signature']}`. Stage 3 counts words, stage 4 BPE pieces; "
                 "each row's own hardware (same-machine comparison: the table below).")
@@ -250,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "speed" in args.parts:
             speed(args.data_dir)
         if "heatmaps" in args.parts:
-            run("translate.py", "--model_path", str(STAGE_DIR / "checkpoints" / "bench_main.pt"), HEATMAP_SENTENCE,
+            run("translate.py", "--checkpoint", str(STAGE_DIR / "checkpoints" / "bench_main.pt"), HEATMAP_SENTENCE,
                 "--heatmap", str(RESULTS / "heatmap_layers_heads.png"), *extra)
         if "classify" in args.parts:
             classify(extra)

@@ -27,49 +27,6 @@ def encode_pairs(pairs: Sequence[tuple[str, str]], vocab: SubwordVocab, max_len:
     return out
 
 
-class BpeDropout:
-    """Training pairs segmented afresh each epoch with BPE-dropout (Provilkov et al., 2020).
-
-    Each merge is skipped with probability p, so the model sees "hommes" mostly as one piece but now and
-    then as "hom" "m" "es": it learns how words are built from pieces, and 29,000 pairs look like more.
-    Validation, test and translation keep plain BPE (p = 0).
-    Segmenting 700,000 words in Python each epoch would take seconds, so each distinct word is segmented
-    `draws` times once (seeded), and each occurrence picks one of those each epoch: nearly the same
-    distribution, and a resumed run sees the same pieces as an uninterrupted one.
-    """
-
-    def __init__(self, vocab: SubwordVocab, pairs: Sequence[tuple[str, str]], p: float, seed: int,
-                 max_len: int = 0, draws: int = 16):
-        self.p, self.seed, self.max_len = p, seed, max_len
-        self.pairs = [(vocab.words(src), vocab.words(tgt)) for src, tgt in pairs]
-        self.plain = encode_pairs(pairs, vocab)   # plain BPE: decides which pairs fit in max_len
-        rng = random.Random(seed)
-        self.options = {word: [vocab.piece_ids(vocab.segment(word, p, rng)) for _ in range(draws)]
-                        for word in sorted({w for src, tgt in self.pairs for w in src + tgt})}
-
-    def examples(self, epoch: int) -> list[Example]:
-        """This epoch's (source ids + <eos>, target ids + <eos>), the same pairs as plain encode_pairs."""
-        rng, out = random.Random(self.seed * 1_000_003 + epoch), []
-        for (src_words, tgt_words), (src_plain, tgt_plain) in zip(self.pairs, self.plain):
-            if self.max_len and (len(src_plain) > self.max_len + 1 or len(tgt_plain) > self.max_len + 1):
-                continue
-            sides = []
-            for words, plain in ((src_words, src_plain), (tgt_words, tgt_plain)):
-                ids = [i for w in words for i in self.pick(w, rng)] + [EOS_ID]
-                sides.append(ids if not self.max_len or len(ids) <= self.max_len + 1 else plain)
-            out.append((sides[0], sides[1]))
-        return out
-
-    def target_piece_ids(self) -> set[int]:
-        """Every piece an epoch can put on a target side: each target word's draws, and plain BPE's pieces."""
-        words = {w for _, tgt in self.pairs for w in tgt}
-        return {i for w in words for option in self.options[w] for i in option} | {i for _, t in self.plain for i in t}
-
-    def pick(self, word: str, rng: random.Random) -> list[int]:
-        options = self.options[word]
-        return options[int(rng.random() * len(options))]
-
-
 def pad(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
     out = torch.full((len(sequences), max(len(s) for s in sequences)), PAD_ID, dtype=torch.long)
     for i, seq in enumerate(sequences):

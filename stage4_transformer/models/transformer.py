@@ -38,8 +38,6 @@ class TransformerConfig:
     impl: str = "scratch"                # or "torch": the same model on nn.Transformer
     use_sdpa: bool = False               # scratch attention through F.scaled_dot_product_attention
     fast_dropout: bool = False           # dropout masks from random bytes on the CPU (`fast_dropout`)
-    norm: str = "layer"                  # or "scale": ScaleNorm, g * x / ||x|| (`ScaleNorm`)
-    fix_norm: bool = False               # embedding rows used at unit length, in and out (`Transformer.word_vectors`)
     output_ids: list[int] | None = field(default=None, repr=False)   # the pieces the softmax covers,
     #                                      ascending, the specials 0-3 first (None: all; `Transformer.output`)
 
@@ -207,44 +205,17 @@ class PositionalEncoding(nn.Module):
 
 
 # ----------------------------------------------------------------------------- layers
-class ScaleNorm(nn.Module):
-    """ScaleNorm(x) = g * x / ||x||: one learned number g (started at sqrt(d)) instead of LayerNorm's 2d.
-
-    LayerNorm subtracts the mean, divides by the standard deviation and applies a gain and a bias per
-    feature; ScaleNorm only rescales each vector to length g (Nguyen & Salazar 2019, "Transformers
-    without Tears"). A unit-variance vector of d features has length sqrt(d), hence the start.
-    """
-
-    def __init__(self, d_model: int, eps: float = 1e-5):
-        super().__init__()
-        self.g = nn.Parameter(torch.tensor(math.sqrt(d_model)))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * (self.g / x.norm(dim=-1, keepdim=True).clamp(min=self.eps))
-
-
-def make_norm(kind: str, d_model: int) -> nn.Module:
-    if kind == "layer":
-        return nn.LayerNorm(d_model)
-    if kind == "scale":
-        return ScaleNorm(d_model)
-    raise ValueError(f"unknown norm {kind!r}; choose layer or scale")
-
-
 class EncoderLayer(nn.Module):
     """x + SelfAttention(x), then x + FFN(x), FFN(x) = W_2 ReLU(W_1 x + b_1) + b_2, each with LayerNorm:
-    post-LN  x = LN(x + Sublayer(x))   (the paper);    pre-LN  x = x + Sublayer(LN(x))   (trains more easily).
-    norm="scale" puts ScaleNorm where LN is."""
+    post-LN  x = LN(x + Sublayer(x))   (the paper);    pre-LN  x = x + Sublayer(LN(x))   (trains more easily)."""
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm_first: bool, use_sdpa: bool = True,
-                 attention_dropout: float | None = None, activation_dropout: float | None = None,
-                 norm: str = "layer"):
+                 attention_dropout: float | None = None, activation_dropout: float | None = None):
         super().__init__()
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, pick(attention_dropout, dropout), use_sdpa)
         self.linear1, self.linear2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-        self.norm1, self.norm2 = make_norm(norm, d_model), make_norm(norm, d_model)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.dropout, self.activation_dropout = Dropout(dropout), Dropout(pick(activation_dropout, dropout))
 
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,14 +237,13 @@ class DecoderLayer(nn.Module):
     encoder output, then the feed-forward block; residuals and LayerNorm as in EncoderLayer."""
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm_first: bool, use_sdpa: bool = True,
-                 attention_dropout: float | None = None, activation_dropout: float | None = None,
-                 norm: str = "layer"):
+                 attention_dropout: float | None = None, activation_dropout: float | None = None):
         super().__init__()
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, pick(attention_dropout, dropout), use_sdpa)
         self.multihead_attn = MultiHeadAttention(d_model, n_heads, pick(attention_dropout, dropout), use_sdpa)
         self.linear1, self.linear2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-        self.norm1, self.norm2, self.norm3 = (make_norm(norm, d_model) for _ in range(3))
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.dropout, self.activation_dropout = Dropout(dropout), Dropout(pick(activation_dropout, dropout))
 
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,15 +262,11 @@ class DecoderLayer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the model
-def check_torch_impl(dropout: float, attention_dropout: float | None, activation_dropout: float | None,
-                     norm: str, fix_norm: bool) -> None:
+def check_torch_impl(dropout: float, attention_dropout: float | None, activation_dropout: float | None) -> None:
     """What the nn.Transformer model cannot do (ValueError): train.py asks before any data loads."""
     if pick(attention_dropout, dropout) != dropout or pick(activation_dropout, dropout) != dropout:
         raise ValueError("nn.Transformer has one dropout rate; --attention_dropout/--activation_dropout need "
                          "--impl scratch")
-    if norm != "layer" or fix_norm:
-        raise ValueError("--norm scale and --fix_norm 1 need --impl scratch (nn.Transformer has LayerNorm and "
-                         "plain embeddings)")
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
@@ -318,8 +284,6 @@ class Transformer(nn.Module):
 
     The final LayerNorms are needed by pre-LN (its residual stream is never normalised otherwise);
     nn.Transformer always has them, so this model does too, post-LN included, and the two match exactly.
-    norm="scale" swaps every LayerNorm for ScaleNorm; fix_norm=True uses each embedding row at unit length
-    (W_emb -> its rows divided by their lengths, at the input and in the softmax).
     """
 
     def __init__(self, config: TransformerConfig):
@@ -334,14 +298,14 @@ class Transformer(nn.Module):
         self.positions = PositionalEncoding(c.d_model, c.max_len, c.positional)
         self.dropout = Dropout(c.dropout)
         if c.impl == "scratch":
-            extra = dict(attention_dropout=c.attention_dropout, activation_dropout=c.activation_dropout, norm=c.norm)
+            extra = dict(attention_dropout=c.attention_dropout, activation_dropout=c.activation_dropout)
             self.encoder_layers = nn.ModuleList(EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first,
                                                              c.use_sdpa, **extra) for _ in range(c.n_encoder_layers))
             self.decoder_layers = nn.ModuleList(DecoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first,
                                                              c.use_sdpa, **extra) for _ in range(c.n_decoder_layers))
-            self.encoder_norm, self.decoder_norm = make_norm(c.norm, c.d_model), make_norm(c.norm, c.d_model)
+            self.encoder_norm, self.decoder_norm = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
         elif c.impl == "torch":
-            check_torch_impl(c.dropout, c.attention_dropout, c.activation_dropout, c.norm, c.fix_norm)
+            check_torch_impl(c.dropout, c.attention_dropout, c.activation_dropout)
             self.transformer = nn.Transformer(c.d_model, c.n_heads, c.n_encoder_layers, c.n_decoder_layers, c.d_ff,
                                               c.dropout, batch_first=True, norm_first=c.norm_first)
         else:
@@ -363,23 +327,18 @@ class Transformer(nn.Module):
             elif isinstance(module, MultiHeadAttention):
                 module.fast_dropout = c.fast_dropout
 
-    def word_vectors(self, embedding: nn.Embedding) -> torch.Tensor:
-        """The embedding matrix as used; fix_norm: each row divided by its length (Nguyen & Chiang 2018),
-        so a rare word's vector is as long as a frequent one's and only its direction is learned."""
-        return F.normalize(embedding.weight, dim=-1) if self.config.fix_norm else embedding.weight
-
     def embed(self, tokens: torch.Tensor, embedding: nn.Embedding, start: int = 0) -> torch.Tensor:
-        vectors = F.embedding(tokens, self.word_vectors(embedding), PAD_ID)
-        return self.dropout(self.positions(vectors * math.sqrt(self.config.d_model), start))
+        """Dropout(Embed(tokens) * sqrt(d_model) + PE) for positions start .. start + T - 1."""
+        return self.dropout(self.positions(embedding(tokens) * math.sqrt(self.config.d_model), start))
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits h W^T + b over the target vocabulary, W = the target embedding (as used: `word_vectors`).
+        """Logits h W^T + b over the target vocabulary, W = the target embedding matrix.
 
         With config.output_ids only over those pieces (the rows of W and b they pick, in that order):
         a joint vocabulary's English-only pieces are never a right answer, and each costs a column of the
         largest matrix product. `output_targets` maps labels to these positions, `full_vocab` maps back.
         """
-        weight, bias = self.word_vectors(self.tgt_embed), self.generator.bias
+        weight, bias = self.tgt_embed.weight, self.generator.bias
         if self.config.output_ids is not None:
             weight, bias = weight[self.output_id_list], bias[self.output_id_list]
         return F.linear(hidden, weight, bias)

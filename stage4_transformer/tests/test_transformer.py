@@ -5,8 +5,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stage4_transformer.models.transformer import (PAD_ID, DecoderLayer, EncoderLayer, MultiHeadAttention,
-                                                   ScaleNorm, Transformer, TransformerConfig, causal_mask,
-                                                   fast_dropout, scaled_dot_product_attention, sinusoidal_encoding)
+                                                   Transformer, TransformerConfig, causal_mask, fast_dropout,
+                                                   scaled_dot_product_attention, sinusoidal_encoding)
 
 D, H, FF = 16, 4, 32
 
@@ -113,7 +113,7 @@ def test_scratch_model_equals_the_nn_transformer_model(norm_first, share):
         torch.testing.assert_close(param.grad, theirs[torch_names(name)].grad, msg=name)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"norm": "scale", "fix_norm": True}])
+@pytest.mark.parametrize("overrides", [{}, {"norm_first": False, "positional": "learned"}])
 def test_cached_decoding_equals_uncached(overrides):
     torch.manual_seed(0)
     model = Transformer(tiny_config(**overrides)).eval()
@@ -124,39 +124,6 @@ def test_cached_decoding_equals_uncached(overrides):
     cache = [{} for _ in model.decoder_layers]
     steps = [model.decode(tgt[:, t: t + 1], memory, mask, cache, start=t) for t in range(tgt.size(1))]
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
-
-
-def test_scale_norm_rescales_each_vector_to_length_g():
-    norm = ScaleNorm(D)
-    assert norm.g.item() == pytest.approx(D ** 0.5) and sum(p.numel() for p in norm.parameters()) == 1
-    x = torch.randn(3, 5, D) * torch.rand(3, 5, 1) * 10
-    out = norm(x)
-    torch.testing.assert_close(out.norm(dim=-1), torch.full((3, 5), D ** 0.5))
-    torch.testing.assert_close(out / out.norm(dim=-1, keepdim=True), x / x.norm(dim=-1, keepdim=True))
-    out.sum().backward()
-    assert norm.g.grad is not None and torch.isfinite(norm.g.grad)
-
-
-@pytest.mark.parametrize("fix_norm", [False, True])
-def test_fix_norm_learns_only_the_direction_of_each_embedding(fix_norm):
-    # rescaling every embedding row by its own positive factor changes nothing with fix_norm, and
-    # changes the output without it; the model's norms are ScaleNorm, so the whole config is exercised
-    torch.manual_seed(0)
-    model = Transformer(tiny_config(norm="scale", fix_norm=fix_norm)).eval()
-    src = torch.tensor([[5, 6, 7, 3, PAD_ID], [8, 9, 10, 11, 3]])
-    tgt = torch.tensor([[2, 4, 5], [2, 6, 7]])
-    before = model(src, tgt)
-    with torch.no_grad():
-        model.src_embed.weight.mul_(torch.rand(20, 1) * 3 + 0.5)
-    after = model(src, tgt)
-    assert torch.allclose(before, after, atol=1e-5) == fix_norm
-    assert not any(isinstance(m, nn.LayerNorm) for m in model.modules())
-
-
-def test_scale_norm_and_fix_norm_are_scratch_only():
-    for overrides in ({"norm": "scale"}, {"fix_norm": True}):
-        with pytest.raises(ValueError, match="need --impl scratch"):
-            Transformer(tiny_config(impl="torch", **overrides))
 
 
 def test_sinusoidal_encoding_values():
