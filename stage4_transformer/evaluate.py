@@ -1,57 +1,59 @@
 """Score a stage 4 Transformer with sacreBLEU and chrF, greedy and beam search, on a held-out split.
 
-    python evaluate.py --model_path checkpoints/best_transformer.pt          # Multi30k test_2016_flickr
-    python evaluate.py --model_path checkpoints/best_transformer.pt --beam_size 10 --alpha 0.6
-    python evaluate.py --model_path checkpoints/best_transformer.pt --no_kv_cache   # the slow path, same words
+    python stage4_transformer/evaluate.py                                   # checkpoints/best_transformer.pt
+    python stage4_transformer/evaluate.py --checkpoint checkpoints/bench_main.pt --beam_size 10 --alpha 0.6
+    python stage4_transformer/evaluate.py --no-kv_cache                     # the slow path: same words, slower
+    python stage4_transformer/evaluate.py --split valid --alpha 1.4         # choose alpha on validation, not test
+(or, from the stage folder, `python evaluate.py ...`)
 
-Detokenised output against the raw references (sacreBLEU's 13a tokenisation, cased); the signature
-is printed. Writes metrics.json and translations.txt (beam search) to runs/eval_<checkpoint name>/
-(or --out_dir), and metrics.json also to --metrics_out if given.
+Multi30k's test split is test_2016_flickr. Detokenised output against the raw references (sacreBLEU's 13a
+tokenisation, cased); the signature is printed. Writes metrics.json and translations.txt (beam search) to
+runs/eval_<checkpoint name>/ (or --out_dir), and metrics.json also to --metrics_out if given.
 """
-import pathlib
-import sys
+import argparse
+import time
+from pathlib import Path
+from typing import Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
-
-import argparse  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-from scripts.common import (ArgParser, UserError, add_common_args, check_positive, count_params,  # noqa: E402
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive, count_params,
                             get_device, run_main, set_threads, write_metrics, write_text)
-from scripts.translation_data import DATASETS, SPLITS, corpus_scores, load_pairs  # noqa: E402
-from stage4_transformer.translator import STAGE, load_model, translate_sentences  # noqa: E402
+from scripts.translation_data import DATASETS, SPLITS, corpus_scores, load_pairs
+from stage4_transformer.translator import (DEFAULT_CHECKPOINT, STAGE, check_search_flags, load_model,
+                                           translate_sentences)
 
 STAGE_DIR = Path(__file__).resolve().parent
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Evaluate a stage 4 Transformer: sacreBLEU and chrF, greedy and beam search.")
-    p.add_argument("--model_path", default=str(STAGE_DIR / "checkpoints" / "best_transformer.pt"),
-                   help="checkpoint written by train.py")
+    add_checkpoint_arg(p, None, "checkpoint written by train.py (default: checkpoints/best_transformer.pt in the "
+                                "stage folder)")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the model was trained on")
     p.add_argument("--split", default="test", choices=SPLITS, help="test = Multi30k test_2016_flickr")
     p.add_argument("--beam_size", type=int, default=5, help="beam width for the beam-search score")
     p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (0: none)")
-    p.add_argument("--no_kv_cache", action="store_true", help="decode without the key/value cache (slower)")
+    p.add_argument("--kv_cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode with the key/value cache; --no-kv_cache: recompute every position each step (slower, "
+                        "the same words)")
     p.add_argument("--batch_size", type=int, default=128, help="sentences translated at once")
     p.add_argument("--limit", type=int, default=0, help="score only the first N pairs (0: all)")
     p.add_argument("--out_dir", default=None, help="default: runs/eval_<checkpoint name>")
     p.add_argument("--metrics_out", default=None, help="also write metrics.json here")
-    add_common_args(p)
+    add_common_args(p, seed_help="unused here: greedy and beam search draw no random numbers")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "beam_size", "batch_size")
+    check_positive(args, "batch_size")
+    check_search_flags(args.beam_size, args.alpha)
+    args.checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
     if args.limit < 0:
         raise UserError(f"--limit must be >= 0, got {args.limit}")
     set_threads(args.num_threads)
     device = get_device(args.device)
     started = time.time()
-    model, vocab, ckpt = load_model(args.model_path, device)
+    model, vocab, ckpt = load_model(args.checkpoint, device)
     dataset = args.dataset or ckpt["dataset"]
     pairs = load_pairs(dataset, args.split, args.data_dir)
     if args.limit:
@@ -59,12 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
 
     metrics: dict = {"sentences": len(pairs), "beam_size": args.beam_size, "alpha": args.alpha,
-                     "kv_cache": not args.no_kv_cache}
+                     "kv_cache": args.kv_cache}
     outputs = {}
     for name, beam in (("greedy", 1), ("beam", args.beam_size)):
         tick = time.perf_counter()
         outputs[name] = translate_sentences(model, vocab, sources, device, beam, args.alpha, args.batch_size,
-                                            use_cache=not args.no_kv_cache, progress=True)
+                                            use_cache=args.kv_cache, progress=True)
         seconds = time.perf_counter() - tick
         scores = corpus_scores(outputs[name], references)
         metrics.update({f"bleu_{name}": scores["bleu"], f"chrf_{name}": scores["chrf"],
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name:6s} (beam {beam:2d}): {scores['bleu_detail']}  chrF {scores['chrf']:.2f}  "
               f"{len(pairs) / seconds:,.1f} sentences/s")
 
-    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.model_path).stem}"
+    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.checkpoint).stem}"
     try:
         write_text(out_dir / "translations.txt", "".join(t + "\n" for t in outputs["beam"]))
     except OSError as err:
@@ -83,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   split="test_2016_flickr" if dataset == "multi30k" and args.split == "test" else args.split,
                   metrics=metrics, params=count_params(model), seconds=time.time() - started,
                   seconds_key="eval_seconds", device=device,
-                  extra={"checkpoint": str(args.model_path), "trained_epochs": ckpt.get("epoch"),
+                  extra={"checkpoint": str(args.checkpoint), "trained_epochs": ckpt.get("epoch"),
                          "history": ckpt.get("history", [])})
     write_metrics(out_dir / "metrics.json", **common)
     if args.metrics_out:

@@ -1,47 +1,42 @@
 """Translate English into French with a trained stage 4 Transformer, and draw its attention.
 
-    python translate.py "A man is riding a bike down the street."
-    python translate.py "Two dogs play in the snow." --heatmap attention.png   # every decoder layer and head
-    python translate.py --input sentences.en --output sentences.fr            # a file, one sentence a line
-    python translate.py --interactive                                          # type sentences; :help for commands
+    python stage4_transformer/translate.py "A man is riding a bike down the street."
+    python stage4_transformer/translate.py "Two dogs play in the snow." --heatmap attention.png   # every layer, head
+    python stage4_transformer/translate.py --input sentences.en --output sentences.fr            # one sentence a line
+    python stage4_transformer/translate.py --interactive                         # type sentences; :help for commands
+(or, from the stage folder, `python translate.py ...`)
 
 Beam search (--beam_size 5) with the key/value cache by default; --beam_size 1 is greedy.
 """
-import pathlib
+import argparse
 import sys
+from pathlib import Path
+from typing import Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bootstrap: find the repo's packages
+import torch
 
-import argparse  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-import torch  # noqa: E402
-
-from scripts.common import (ArgParser, UserError, add_common_args, check_positive, get_device, run_main,  # noqa: E402
-                            set_threads, write_text)
-from scripts.translation_data import split_lines  # noqa: E402
-from stage4_transformer.data.subword import BOS_ID, EOS_ID, SubwordVocab  # noqa: E402
-from stage4_transformer.models.transformer import Transformer  # noqa: E402
-from stage4_transformer.translator import load_model, translate_sentences  # noqa: E402
-
-STAGE_DIR = Path(__file__).resolve().parent
-HELP = "commands:  :beam N   beam width (1 = greedy)    :heatmap FILE.png | off    :settings    :quit (or Ctrl-D)"
-
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive, get_device,
+                            run_main, set_threads, write_text)
+from scripts.repl import Repl
+from scripts.translation_data import split_lines
+from stage4_transformer.data.subword import BOS_ID, EOS_ID, SubwordVocab
+from stage4_transformer.models.transformer import Transformer
+from stage4_transformer.translator import (DEFAULT_CHECKPOINT, check_alpha, check_search_flags, load_model,
+                                          translate_sentences)
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Translate English to French with a trained stage 4 Transformer.")
     p.add_argument("sentence", nargs="*", help="English text to translate (one sentence)")
-    p.add_argument("--model_path", default=str(STAGE_DIR / "checkpoints" / "best_transformer.pt"),
-                   help="checkpoint written by train.py")
+    add_checkpoint_arg(p, None, "checkpoint written by train.py (default: checkpoints/best_transformer.pt in the "
+                                "stage folder)")
     p.add_argument("--input", default=None, help="translate this file, one sentence per line")
     p.add_argument("--output", default=None, help="write the file's translations here (default: stdout)")
-    p.add_argument("--interactive", action="store_true", help="type sentences at a prompt")
+    p.add_argument("--interactive", action="store_true", help="type sentences at a prompt (:help lists commands)")
     p.add_argument("--beam_size", type=int, default=5, help="beam width (1: greedy)")
-    p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent")
+    p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (0: none)")
     p.add_argument("--batch_size", type=int, default=64, help="sentences per batch with --input")
     p.add_argument("--heatmap", default=None, help="save the cross-attention of every layer and head as this PNG")
-    add_common_args(p)
+    add_common_args(p, seed_help="unused here: greedy and beam search draw no random numbers")
     return p
 
 
@@ -84,10 +79,10 @@ def draw_heatmap(model: Transformer, vocab: SubwordVocab, sentence: str, transla
     return path
 
 
-def translate_one(model: Transformer, vocab: SubwordVocab, sentence: str, args: argparse.Namespace,
+def translate_one(model: Transformer, vocab: SubwordVocab, sentence: str, beam: int, alpha: float,
                   device: torch.device, heatmap: str | None) -> str:
     check_sentence(sentence)
-    translation = translate_sentences(model, vocab, [sentence], device, args.beam_size, args.alpha)[0]
+    translation = translate_sentences(model, vocab, [sentence], device, beam, alpha)[0]
     if heatmap:
         print(f"attention heatmap: {draw_heatmap(model, vocab, sentence, translation, heatmap, device)}",
               file=sys.stderr)
@@ -122,61 +117,57 @@ def translate_file(model: Transformer, vocab: SubwordVocab, args: argparse.Names
           file=sys.stderr)
 
 
-def interactive(model: Transformer, vocab: SubwordVocab, args: argparse.Namespace, device: torch.device) -> None:
-    print(f"English -> French (Transformer, {model.config.impl}). {HELP}")
-    heatmap: str | None = args.heatmap
-    while True:
-        try:
-            line = input("en> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        if line in (":quit", ":q", ":exit"):
-            return
-        try:
-            if line.startswith(":"):
-                heatmap = command(line, args, heatmap)
-            else:
-                print("fr> " + translate_one(model, vocab, line, args, device, heatmap))
-        except UserError as err:
-            print(f"error: {err}")
-        except KeyboardInterrupt:
-            print("\n(interrupted)")
+def interactive(model: Transformer, vocab: SubwordVocab, args: argparse.Namespace, device: torch.device) -> int:
+    """Translate each typed line; `:beam`, `:alpha`, `:heatmap` and the course's other commands change settings."""
+    heatmap = {"file": args.heatmap}
+
+    def set_heatmap(value: str) -> str:
+        if value in ("", "off"):
+            heatmap["file"] = None
+            return "heatmap off"
+        if model.config.impl != "scratch":
+            return "(attention maps come from the scratch model; this one was trained with --impl torch)"
+        heatmap["file"] = value
+        return f"heatmap = {value} (drawn for each sentence)"
+
+    repl = Repl({"beam": args.beam_size, "alpha": args.alpha},
+                extra_settings={"alpha": (alpha_value, "length penalty exponent (0 = none)")},
+                extra_commands={"heatmap": (set_heatmap, "FILE.png: draw each sentence's cross-attention there; "
+                                                         ":heatmap off stops")})
+
+    def answer(line: str) -> None:
+        settings = repl.settings
+        print("fr> " + translate_one(model, vocab, line, settings["beam"], settings["alpha"], device,
+                                     heatmap["file"]))
+
+    return repl.loop(answer, f"English -> French (Transformer, {model.config.impl}); :help lists the commands.",
+                     prompt="en> ", read=input)
 
 
-def command(line: str, args: argparse.Namespace, heatmap: str | None) -> str | None:
-    name, _, value = line.partition(" ")
-    if name == ":beam":
-        if not value.strip().isdigit() or int(value) < 1:
-            raise UserError(":beam takes a positive whole number, e.g. :beam 5")
-        args.beam_size = int(value)
-    elif name == ":heatmap":
-        heatmap = None if value.strip() in ("", "off") else value.strip()
-    elif name != ":settings":
-        print(HELP)
-        return heatmap
-    print(f"beam {args.beam_size}, alpha {args.alpha}, heatmap {heatmap or 'off'}")
-    return heatmap
+def alpha_value(text: str) -> float:
+    """A typed length-penalty exponent (ValueError for anything else, so :alpha keeps its value)."""
+    return check_alpha(float(text))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "beam_size", "batch_size")
+    check_positive(args, "batch_size")
+    check_search_flags(args.beam_size, args.alpha)
     if sum([bool(args.sentence), args.input is not None, args.interactive]) != 1:
         raise UserError("give one of: a sentence, --input FILE, or --interactive")
     if args.heatmap and args.input is not None:
         raise UserError("--heatmap draws one sentence; give a sentence (or use :heatmap in --interactive)")
     set_threads(args.num_threads)
     device = get_device(args.device)
-    model, vocab, _ = load_model(args.model_path, device)
+    model, vocab, _ = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device)
     if args.heatmap and model.config.impl != "scratch":
         raise UserError("attention maps come from the scratch model; train it with --impl scratch")
     if args.input is not None:
         translate_file(model, vocab, args, device)
     elif args.interactive:
-        interactive(model, vocab, args, device)
+        return interactive(model, vocab, args, device)
     else:
-        print(translate_one(model, vocab, " ".join(args.sentence), args, device, args.heatmap))
+        print(translate_one(model, vocab, " ".join(args.sentence), args.beam_size, args.alpha, device, args.heatmap))
     return 0
 
 

@@ -2,6 +2,7 @@
 sentences in length-sorted batches."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from scripts.common import UserError, load_checkpoint
+from scripts.repl import check_setting
 from stage4_transformer.data.batches import make_batch
 from stage4_transformer.data.subword import EOS_ID, SubwordVocab
 from stage4_transformer.models.search import beam_search, greedy_decode
@@ -16,6 +18,7 @@ from stage4_transformer.models.transformer import Transformer, TransformerConfig
 
 STAGE = "stage4_transformer"
 MODEL_NAME = "transformer_mt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "best_transformer.pt"   # train.py's default
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[Transformer, SubwordVocab, dict[str, Any]]:
@@ -29,6 +32,25 @@ def load_model(path: str | Path, device: torch.device) -> tuple[Transformer, Sub
         reason = str(err).splitlines()[0][:120]
         raise UserError(f"{path} does not hold a complete stage 4 model ({reason}); retrain it") from None
     return model.to(device).eval(), vocab, ckpt
+
+
+def check_alpha(value: float) -> float:
+    """The length-penalty exponent of beam search (ValueError unless a number from 0 to 10)."""
+    if not (math.isfinite(value) and 0.0 <= value <= 10.0):
+        raise ValueError(f"alpha must be between 0 (no length penalty) and 10, got {value}")
+    return value
+
+
+def check_search_flags(beam_size: int, alpha: float) -> None:
+    """--beam_size and --alpha, refused in one line with the words the interactive :beam and :alpha use."""
+    try:
+        check_setting("beam", beam_size)
+    except UserError as err:
+        raise UserError(f"--beam_size: {err}") from None
+    try:
+        check_alpha(alpha)
+    except ValueError as err:
+        raise UserError(f"--alpha: {err}") from None
 
 
 @torch.no_grad()

@@ -2,11 +2,13 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from scripts.common import amp_name, load_checkpoint, save_checkpoint
+from scripts.common import amp_name, load_checkpoint
 from stage4_transformer import train
 from stage4_transformer.translator import load_model, translate_sentences
 
@@ -21,17 +23,14 @@ def train_args(data, tmp_path, *extra):
 
 @pytest.mark.parametrize("impl", ["scratch", "torch"])
 def test_training_learns_the_tiny_captions(mt_data, tmp_path, cli, impl):
-    # 8 epochs at the default peak lr: with punctuation split off, the 200-piece vocabulary takes a few more epochs;
-    # the torch case also trains with the softmax over every piece (--output_vocab all, the default before round 10)
-    softmax = ["--output_vocab", "all"] if impl == "torch" else []
-    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--impl", impl, "--epochs", "8", "--lr", "3e-3",
-                                              *softmax))
+    # 8 epochs at the default peak lr: with punctuation split off, the 200-piece vocabulary takes a few more epochs
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--impl", impl, "--epochs", "8", "--lr", "3e-3"))
     assert code == 0, err
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history[-1]["val_bleu"] > 30 > history[0]["val_bleu"] and "tgt_tokens_per_s" in history[0]
     model, vocab, _ = load_model(tmp_path / "ck" / "best.pt", torch.device("cpu"))
     assert model.config.impl == impl and (tmp_path / "ck" / "best.tokenizer.json").is_file()
-    assert (model.config.output_ids is None) == bool(softmax)
+    assert 4 < len(model.config.output_ids) < len(vocab)           # the softmax covers the target side's pieces
     assert translate_sentences(model, vocab, ["A dog is running."], torch.device("cpu"))[0].strip()
 
 
@@ -73,70 +72,56 @@ def test_a_run_without_epochs_records_the_default_it_used(mt_data, tmp_path, cli
     (["--lr", "0"], "--lr must be > 0"),
     (["--average_last", "-1"], "--average_last must be >= 0"),
     (["--attention_dropout", "1.5"], "--attention_dropout must be in [0, 1)"),
-    (["--bpe_dropout", "-0.1"], "--bpe_dropout must be in [0, 1)"),
+    (["--label_smoothing", "-0.1"], "--label_smoothing must be in [0, 1)"),
     (["--decoder_layers", "0"], "--decoder_layers must be at least 1"),
     (["--layers", "0"], "--layers must be at least 1"),
     (["--impl", "torch", "--activation_dropout", "0"], "need --impl scratch"),
-    (["--impl", "torch", "--fast_dropout", "1"], "--fast_dropout 1 needs --impl scratch"),
-    (["--impl", "torch", "--norm", "scale"], "--fix_norm 1 need --impl scratch"),
-    (["--impl", "torch", "--fix_norm", "1"], "--fix_norm 1 need --impl scratch"),
-    (["--norm", "batch"], "invalid choice: 'batch'"),
-    (["--split_punctuation", "0", "--join_elisions", "1"], "--join_elisions 1 needs --split_punctuation 1"),
-    (["--word_dropout", "1"], "--word_dropout must be in [0, 1)"),
-    (["--target_word_dropout", "-0.5"], "--target_word_dropout must be in [0, 1)"),
-    (["--output_vocab", "source"], "invalid choice: 'source'"),
+    (["--impl", "torch", "--fast_dropout"], "--fast_dropout needs --impl scratch"),
+    (["--norm_first", "0"], "unrecognized arguments: 0"),                  # on/off flags are --x / --no-x now
+    (["--no-amp", "1"], "unrecognized arguments: 1"),
 ])
 def test_bad_flags_are_one_line(cli, argv, message):
     code, _, err = cli(train.main, argv)
     assert code == 2 and message in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("impl, dropouts, fast", [("scratch", (0.1, 0.0, 0.0), 1), ("torch", (0.1, 0.1, 0.1), 0)])
+@pytest.mark.parametrize("impl, dropouts, fast", [("scratch", (0.1, 0.0, 0.0), True),
+                                                  ("torch", (0.1, 0.1, 0.1), False)])
 def test_dropout_defaults_follow_the_implementation(impl, dropouts, fast):
     # scratch: dropout only at the paper's places, with the fast CPU masks; nn.Transformer has one rate and
     # draws its own masks, so its defaults must not trip the checks that refuse those flags with --impl torch
     args = train.resolve_args(train.build_parser().parse_args(["--impl", impl]))
-    assert (args.dropout, args.attention_dropout, args.activation_dropout) == dropouts and args.fast_dropout == fast
+    assert (args.dropout, args.attention_dropout, args.activation_dropout) == dropouts and args.fast_dropout is fast
 
 
-def test_word_dropout_hides_only_real_pieces():
-    torch.manual_seed(0)
-    tokens = torch.tensor([[2, 5, 6, 7, 8, 3, 0, 0]] * 4000)                  # <bos> 4 pieces <eos> <pad> <pad>
-    dropped = train.word_dropout(tokens, 0.25)
-    changed = dropped != tokens
-    assert not changed[:, [0, 5, 6, 7]].any()                                # specials and padding untouched
-    assert bool((dropped[changed] == 1).all())                               # the rest become <unk>
-    assert abs(changed.float().sum().item() / (4000 * 4) - 0.25) < 0.02
-    assert train.word_dropout(tokens, 0.0) is tokens                         # off: the batch as it was
+@pytest.mark.parametrize("flag, default", [("norm_first", True), ("share_embeddings", True), ("use_sdpa", False),
+                                           ("fast_dropout", True), ("split_punctuation", True), ("amp", True)])
+def test_on_off_flags_take_both_spellings(flag, default):
+    parse = train.build_parser().parse_args
+    assert getattr(train.resolve_args(parse([])), flag) is default
+    assert getattr(parse([f"--{flag}"]), flag) is True and getattr(parse([f"--no-{flag}"]), flag) is False
+
+
+def test_help_shows_every_default_and_no_history(cli):
+    code, out, _ = cli(train.main, ["--help"])
+    assert code == 0 and "(default: 0.003)" in out and "--no-norm_first" in out and "--model_path" in out
+    for word in ("round", "issue", "floor", "session", "readme"):
+        assert word not in out.lower(), word
 
 
 def test_target_pieces_are_the_specials_and_the_target_side():
     examples = [([9, 8, 3], [5, 6, 3]), ([8, 3], [7, 5, 3])]
     assert train.target_pieces(examples) == [0, 1, 2, 3, 5, 6, 7]
-    assert train.target_pieces(examples, {9, 4}) == [0, 1, 2, 3, 4, 5, 6, 7, 9]
-
-
-@pytest.mark.parametrize("decay_vectors", [True, False])
-def test_weight_decay_groups(decay_vectors):
-    from stage4_transformer.models.transformer import Transformer, TransformerConfig
-    model = Transformer(TransformerConfig(30, 30, d_model=16, n_heads=4, d_ff=32, norm="scale"))
-    groups = train.param_groups(model, 0.1, decay_vectors)
-    ids = [id(p) for group in groups for p in group["params"]]
-    assert sorted(ids) == sorted(id(p) for p in model.parameters())           # each parameter exactly once
-    decayed = {id(p) for group in groups if group["weight_decay"] == 0.1 for p in group["params"]}
-    assert id(model.src_embed.weight) in decayed and id(model.encoder_layers[0].linear1.weight) in decayed
-    for vector in (model.encoder_layers[0].linear1.bias, model.encoder_norm.g, model.generator.bias):
-        assert (id(vector) in decayed) == decay_vectors
 
 
 def test_checkpoint_averaging_is_the_mean_of_the_last_epochs(mt_data, tmp_path, cli, monkeypatch):
     seen = []
-    real_add = train.add_weights
+    real_add = train.WeightAverage.add
 
-    def remember(state, model):
+    def remember(self, model):
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        real_add(state, model)
-    monkeypatch.setattr(train, "add_weights", remember)
+        real_add(self, model)
+    monkeypatch.setattr(train.WeightAverage, "add", remember)
     argv = train_args(mt_data, tmp_path, "--epochs", "3", "--average_last", "2", "--limit", "200", "--val_limit", "10")
     assert cli(train.main, argv)[0] == 0
     assert len(seen) == 2                                   # epochs 2 and 3
@@ -157,14 +142,11 @@ def test_checkpoint_averaging_is_the_mean_of_the_last_epochs(mt_data, tmp_path, 
         assert "averaged_epochs" not in best
 
 
-@pytest.mark.parametrize("bpe_dropout, extra", [
-    ("0", []), ("0.1", ["--norm", "scale", "--fix_norm", "1", "--decay_vectors", "0"]),
-    ("0", ["--word_dropout", "0.1", "--target_word_dropout", "0.1"])])
-def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dropout, extra):
-    # every case has the default softmax over the target side only; the second also covers two AdamW parameter
-    # groups, ScaleNorm's scalar g and a target-side softmax that includes BPE-dropout's pieces across a resume;
-    # the third the word-dropout draws (the global RNG, saved in last.pt)
-    common = ["--epochs", "2", "--limit", "200", "--val_limit", "10", "--bpe_dropout", bpe_dropout, *extra]
+@pytest.mark.parametrize("extra", [[], ["--no-norm_first", "--positional", "learned", "--no-share_embeddings"]])
+def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, extra):
+    # the default (the softmax over the target side only, fast dropout, the weight average), and a post-LN model with
+    # a learned position table and a source embedding of its own
+    common = ["--epochs", "2", "--limit", "200", "--val_limit", "10", *extra]
     assert cli(train.main, train_args(mt_data, tmp_path / "a", *common))[0] == 0
     uninterrupted = load_checkpoint(tmp_path / "a" / "run" / "last.pt", "stage4_transformer")
     real_step, calls = torch.optim.AdamW.step, {"n": 0}
@@ -172,7 +154,7 @@ def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dr
     def step_then_ctrl_c(self, *args, **kwargs):
         result = real_step(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == uninterrupted["batches_per_epoch"] + 2:
+        if calls["n"] == uninterrupted["history"][0]["steps"] + 2:           # in the second epoch
             os.kill(os.getpid(), signal.SIGINT)
         return result
     monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
@@ -184,55 +166,43 @@ def test_ctrl_c_then_resume_is_exact(mt_data, tmp_path, cli, monkeypatch, bpe_dr
     resumed = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
     for name, value in uninterrupted["model_state"].items():
         assert torch.equal(resumed["model_state"][name], value), name
+    for name, value in uninterrupted["weight_sum"].items():
+        assert torch.equal(resumed["weight_sum"][name], value), name
+    assert [r["val_bleu"] for r in resumed["history"]] == [r["val_bleu"] for r in uninterrupted["history"]]
+    assert resumed["wall_seconds"] > 0 and resumed["args"]["epochs"] == 2
     code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--d_model", "32", "--resume"))
-    assert code == 2 and "--d_model 64 (now 32)" in err
-    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--join_elisions", "1", "--resume"))
-    assert code == 2 and "--join_elisions 0 (now 1)" in err
-    old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
-    del old["args"]["join_elisions"]                          # saved before --join_elisions existed: it was 0
-    for key in ("norm", "fix_norm", "decay_vectors", "word_dropout", "target_word_dropout") if not extra else ():
-        del old["args"][key]  # before these flags: LayerNorm, plain embeddings, decay on everything, whole inputs
-    save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
-    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
-    assert code == 0, err                                     # so the same command still resumes
-    if "--norm" in extra:
-        code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--norm", "layer", "--resume"))
-        assert code == 2 and "--norm scale (now layer)" in err
+    assert code == 2 and "--d_model 64 (now 32)" in err and err.count("\n") == 1
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--no-split_punctuation", "--resume"))
+    assert code == 2 and "--split_punctuation True (now False)" in err and err.count("\n") == 1
     model, vocab, _ = load_model(tmp_path / "b" / "ck" / "best.pt", torch.device("cpu"))
     ids = model.config.output_ids                              # the piece list travels in the checkpoint
     assert ids[:4] == [0, 1, 2, 3] and ids == sorted(ids) and len(ids) < len(vocab)
     src, tgt = torch.tensor([[5, 6, 3]]), torch.tensor([[2, 7]])
     assert model(src, tgt).shape == (1, 2, len(ids))
     assert len(translate_sentences(model, vocab, ["A dog is running."], torch.device("cpu"))) == 1
-    old = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage4_transformer")
-    del old["args"]["split_punctuation"]                      # saved before the flag existed: spaces only
-    save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
-    code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
-    assert code == 2 and "--split_punctuation 0 (now 1)" in err and err.count("\n") == 1
-    if not extra:     # a last.pt from before --output_vocab computed the softmax over every piece: not today's default
-        old["args"]["split_punctuation"] = 1
-        del old["args"]["output_vocab"]
-        save_checkpoint(tmp_path / "b" / "run" / "last.pt", old)
-        code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
-        assert code == 2 and "--output_vocab all (now target)" in err and err.count("\n") == 1
 
 
 def test_evaluate_scores_with_and_without_the_cache(mt_data, tmp_path, cli):
     from stage4_transformer import evaluate
     assert cli(train.main, train_args(mt_data, tmp_path, "--epochs", "3"))[0] == 0
     outputs = []
-    for flag in ([], ["--no_kv_cache"]):
-        out_dir = tmp_path / ("e" + str(len(flag)))
-        code, out, err = cli(evaluate.main, ["--model_path", tmp_path / "ck" / "best.pt", "--data_dir", mt_data,
-                                             "--out_dir", out_dir, "--beam_size", "3", "--num_threads", "1", *flag])
+    for name, flags in (("checkpoint", []), ("model_path", ["--no-kv_cache"])):   # --model_path: the same option
+        out_dir = tmp_path / name
+        code, out, err = cli(evaluate.main, [f"--{name}", tmp_path / "ck" / "best.pt", "--data_dir", mt_data,
+                                             "--out_dir", out_dir, "--beam_size", "3", "--num_threads", "1", *flags])
         assert code == 0, err
         assert "nrefs:1|case:mixed|eff:no|tok:13a" in out
         metrics = json.loads((out_dir / "metrics.json").read_text())
-        assert metrics["split"] == "test_2016_flickr" and metrics["metrics"]["kv_cache"] == (not flag)
+        assert metrics["split"] == "test_2016_flickr" and metrics["metrics"]["kv_cache"] == (not flags)
+        assert metrics["checkpoint"] == str(tmp_path / "ck" / "best.pt")
         outputs.append((out_dir / "translations.txt").read_text())
     assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 40
-    code, _, err = cli(evaluate.main, ["--model_path", tmp_path / "missing.pt"])
-    assert code == 2 and "does not exist" in err
+    for argv, message in ((["--checkpoint", tmp_path / "missing.pt"], "does not exist"),
+                          (["--beam_size", "0"], "--beam_size: beam must be between 1 (greedy) and 64, got 0"),
+                          (["--alpha", "nan"], "--alpha: alpha must be between 0 (no length penalty) and 10"),
+                          (["--no_kv_cache"], "unrecognized arguments: --no_kv_cache")):
+        code, _, err = cli(evaluate.main, argv)
+        assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 @pytest.fixture(scope="module")
@@ -245,9 +215,21 @@ def trained(mt_data, tmp_path_factory):
     return tmp / "ck" / "best.pt"
 
 
-def test_translate_sentence_heatmap_file_and_interactive(trained, tmp_path, cli, monkeypatch):
+def typed(monkeypatch, lines):
+    """Feed `lines` to input(), then end the input as Ctrl-D does."""
+    events = iter(lines)
+
+    def fake_input(prompt=""):
+        line = next(events, None)
+        if line is None:
+            raise EOFError
+        return line
+    monkeypatch.setattr("builtins.input", fake_input)
+
+
+def test_translate_sentence_heatmap_and_file(trained, tmp_path, cli):
     from stage4_transformer import translate
-    code, out, err = cli(translate.main, ["--model_path", trained, "A dog is running in the park.",
+    code, out, err = cli(translate.main, ["--checkpoint", trained, "A dog is running in the park.",
                                           "--heatmap", tmp_path / "map.png"])
     assert code == 0, err
     assert out.strip() and (tmp_path / "map.png").stat().st_size > 1000
@@ -256,24 +238,41 @@ def test_translate_sentence_heatmap_file_and_interactive(trained, tmp_path, cli,
                                         "--output", tmp_path / "out.txt"])
     lines = (tmp_path / "out.txt").read_text().splitlines()
     assert code == 0 and len(lines) == 3 and lines[1] == "" and lines[0] and lines[2]
-    events = iter(["", ":beam 0", ":beam 2", "A dog is eating.", EOFError])
 
-    def fake_input(prompt=""):
-        event = next(events)
-        if isinstance(event, type):
-            raise event
-        return event
-    monkeypatch.setattr("builtins.input", fake_input)
-    code, out, _ = cli(translate.main, ["--model_path", trained, "--interactive"])
-    assert code == 0 and "error: empty sentence" in out and ":beam takes a positive" in out and "fr> " in out
+
+def test_translate_interactive_commands(trained, tmp_path, cli, monkeypatch):
+    from stage4_transformer import translate
+    typed(monkeypatch, ["", ":beam 0", ":b 2", ":alpha -1", ":alpha 0.6", f":heatmap {tmp_path / 'typed.png'}",
+                        "A dog is eating.", ":heatmap off", ":temperature 0.5", ":settings", ":help", ":nope",
+                        "A man is sitting.", ":quit", "never read"])
+    code, out, _ = cli(translate.main, ["--checkpoint", trained, "--interactive"])
+    assert code == 0
+    assert "(empty line: type some text, or :help)" in out
+    assert "(:beam kept 5: beam must be between 1 (greedy) and 64, got 0)" in out and "beam = 2" in out
+    assert "(:alpha kept 1.0: alpha must be between 0 (no length penalty) and 10, got -1.0)" in out
+    assert "alpha = 0.6" in out and "heatmap = " in out and "heatmap off" in out
+    assert (tmp_path / "typed.png").stat().st_size > 1000 and out.count("fr> ") == 2
+    assert "(:temperature does not apply here" in out and "beam 2, alpha 0.6" in out
+    assert ":heatmap" in out and ":quit" in out and "(unknown command :nope; type :help)" in out
 
 
 @pytest.mark.parametrize("argv, message", [
     ([" "], "empty sentence"),
     ([], "give one of: a sentence, --input FILE, or --interactive"),
     (["--input", "x.txt", "--heatmap", "m.png"], "--heatmap draws one sentence"),
+    (["--beam_size", "65", "Hello."], "--beam_size: beam must be between 1 (greedy) and 64, got 65"),
+    (["--alpha", "inf", "Hello."], "--alpha: alpha must be between 0 (no length penalty) and 10, got inf"),
 ])
 def test_translate_bad_input(trained, cli, argv, message):
     from stage4_transformer import translate
-    code, _, err = cli(translate.main, ["--model_path", trained, *argv])
+    code, _, err = cli(translate.main, ["--checkpoint", trained, *argv])
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("program", ["train.py", "translate.py"])
+def test_programs_run_from_the_repo_root_and_from_the_stage_folder(program):
+    root = train.STAGE_DIR.parent
+    for cwd, argv in ((root, [f"stage4_transformer/{program}"]), (train.STAGE_DIR, [program]),
+                      (root, ["-m", f"stage4_transformer.{program[:-3]}"])):
+        done = subprocess.run([sys.executable, *argv, "--help"], cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "--checkpoint" in done.stdout, (cwd, argv, done.stderr)
