@@ -1,5 +1,7 @@
 """The Transformer-encoder classifier on tiny IMDb / AG News files in the real formats."""
 import json
+import os
+import signal
 
 import torch
 
@@ -34,3 +36,29 @@ def test_classifier_trains_scores_and_guards_resume(tiny_data, tmp_path, cli):
     assert code == 2 and "--d_model 32 (now 64)" in err
     code, _, err = cli(train_classifier.main, argv + ["--n_heads", "5"])
     assert code == 2 and "divisible" in err
+
+
+def test_classifier_ctrl_c_then_resume_is_exact(tiny_data, tmp_path, cli, monkeypatch):
+    def argv(folder, *extra):
+        return ["--data_dir", str(tiny_data), "--out_dir", str(folder / "run"), "--checkpoint", str(folder / "clf.pt"),
+                "--d_model", "32", "--layers", "1", "--d_ff", "64", "--epochs", "2", "--patience", "2",
+                "--vocab_size", "300", "--batch_size", "16", "--num_threads", "1", "--no-amp", *extra]
+    assert cli(train_classifier.main, argv(tmp_path / "a"))[0] == 0
+    uninterrupted = torch.load(tmp_path / "a" / "run" / "last.pt", weights_only=True)
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
+    code, _, err = cli(train_classifier.main, argv(tmp_path / "b"))
+    assert code == 130 and "--resume" in err
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert cli(train_classifier.main, argv(tmp_path / "b", "--resume"))[0] == 0
+    resumed = torch.load(tmp_path / "b" / "run" / "last.pt", weights_only=True)
+    assert resumed["step"] == uninterrupted["step"] and resumed["args"]["amp"] is False
+    for name, value in uninterrupted["model_state"].items():
+        assert torch.equal(resumed["model_state"][name], value), name
