@@ -11,7 +11,8 @@ from stage4_transformer.models.classifier import ClassifierConfig, TransformerCl
 
 def test_padding_does_not_change_the_prediction():
     torch.manual_seed(0)
-    model = TransformerClassifier(ClassifierConfig(50, 2, d_model=16, n_heads=2, layers=1, d_ff=32)).eval()
+    config = ClassifierConfig(vocab_size=50, num_classes=2, d_model=16, n_heads=2, layers=1, d_ff=32)
+    model = TransformerClassifier(config).eval()
     text = torch.tensor([[5, 6, 7, 8]])
     padded = torch.tensor([[5, 6, 7, 8, 0, 0, 0]])
     torch.testing.assert_close(model(text), model(padded))
