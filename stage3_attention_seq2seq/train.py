@@ -303,22 +303,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info(f"epoch {row['epoch']:2d}  train loss {row['train_loss']:.3f}  val loss {row['val_loss']:.3f}  "
                      f"val BLEU {row['val_bleu']:.2f} (greedy){'  *best*' if improved else ''}  "
                      f"{row['tgt_tokens_per_s']:,.0f} target tokens/s  {(time.time() - started) / 60:.1f} min")
+            write_history(args, run.state["history"], model.config)
             run.save()
     report(args, run, model, corpus, device, wall_seconds(), log)
     run.save()      # last.pt carries at least the wall time reported, so a resumed run's total adds on to it
     return 0
 
 
+def write_history(args: argparse.Namespace, history: list[dict[str, Any]], config: Seq2SeqConfig) -> None:
+    """history.json and curves.png in the run folder, rewritten after every epoch."""
+    write_json(Path(args.out_dir) / "history.json", history)
+    plot_curves(history, Path(args.out_dir) / "curves.png",
+                [["train_loss", "val_loss"], ["val_bleu"], ["tgt_tokens_per_s"]],
+                title=f"{config.attention_type} attention on {args.dataset}")
+
+
 def report(args: argparse.Namespace, run: ResumableRun, model: Seq2Seq, corpus: Corpus, device: torch.device,
            wall_seconds: float, log: Any) -> None:
-    """history.json, curves.png and metrics.json in the run folder."""
+    """metrics.json in the run folder: the best epoch's validation scores, speed and time."""
     history, out_dir = run.state["history"], Path(args.out_dir)
     if not history:
         raise UserError(f"this run finished no epoch (it stopped at step {run.state['global_step']}); "
                         "nothing to report")
-    write_json(out_dir / "history.json", history)
-    plot_curves(history, out_dir / "curves.png", [["train_loss", "val_loss"], ["val_bleu"], ["tgt_tokens_per_s"]],
-                title=f"{model.config.attention_type} attention on {args.dataset}")
     best = max(history, key=lambda r: r["val_bleu"])
     write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{model.config.attention_type}_{model.config.impl}",
                   dataset=args.dataset, split="valid", params=count_params(model), seconds=wall_seconds,
