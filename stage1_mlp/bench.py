@@ -2,7 +2,7 @@
 the stage README tables from the metrics.json files it wrote (the course-wide tables in the top README are
 made from the same files by `python scripts/course_report.py`).
 
-    python stage1_mlp/bench.py                 # IMDb, torch then scratch (about 10 minutes on 2 cores)
+    python stage1_mlp/bench.py                 # IMDb, torch then scratch (about 3 minutes on 2 cores)
     python stage1_mlp/bench.py --tables_only   # only rebuild the README tables from results/
 
 (From inside stage1_mlp/ the same commands are `python bench.py ...`.)
