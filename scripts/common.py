@@ -218,7 +218,7 @@ def cpu_has_bf16() -> bool:
 
 
 def uses_bf16(device: torch.device, enabled: bool = True) -> bool:
-    """Whether `autocast` computes in bf16 here: on CUDA, and on CPUs with native bf16 (unless --amp 0)."""
+    """Whether `autocast` computes in bf16 here: on CUDA, and on CPUs with native bf16 (unless --no-amp)."""
     return enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
 
 
