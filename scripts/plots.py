@@ -4,10 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import sys
+
 import matplotlib
 import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")  # a file backend: plots are written to PNG files, with or without a display
+if "ipykernel" not in sys.modules:  # programs write PNG files, with or without a display; notebooks keep inline plots
+    matplotlib.use("Agg")
 
 
 def plot_curves(history: list[dict], path: Path, panels: Sequence[Sequence[str]], title: str = "",

@@ -156,11 +156,12 @@ class Repl:
 
     # ------------------------------------------------------------------ the loop
     def loop(self, answer: Callable[[str], None], banner: str, prompt: str = "> ",
-             read: Callable[[str], str] = input) -> int:
+             read: Callable[[str], str] | None = None) -> int:
         """Read lines until :quit or end of input; `answer(line)` handles each non-command line.
 
         A UserError from `answer` is shown in one line and the loop goes on; Ctrl-C while answering stops
         that answer, Ctrl-C at the prompt gives a fresh prompt, like a shell. Returns exit status 0."""
+        read = read or input  # looked up now, so a test that replaces builtins.input reaches it
         self.say(banner)
         while True:
             try:

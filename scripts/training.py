@@ -43,15 +43,16 @@ class ResumableRun:
         self.resume = load_resume(self.last_path, stage, model, args, must_match, map_location=map_location)
         self._interrupt = StopOnInterrupt()
         self._model: torch.nn.Module | None = None
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._optimizer: Any = None
         self._payload: Callable[[], dict[str, Any]] = dict
         self._extra: Callable[[], dict[str, Any]] = dict
 
-    def attach(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, payload: Callable[[], dict[str, Any]],
+    def attach(self, model: torch.nn.Module, optimizer: Any, payload: Callable[[], dict[str, Any]],
                extra_state: Callable[[], dict[str, Any]] | None = None) -> bool:
         """Register what `save` writes, and on `--resume` restore the model, optimizer, counters and RNGs.
 
-        `payload()` gives the stage's own checkpoint fields (header, config, vocabulary, args);
+        `optimizer` is anything with `state_dict()` / `load_state_dict()` (a torch optimizer, or a hand-written
+        one such as stage 1's). `payload()` gives the stage's own checkpoint fields (header, config, vocabulary, args);
         `extra_state()` any further state to save (the stage restores it from `run.resume` itself).
         Returns True when a run was resumed. Call it after the model is built (building draws from the RNG)."""
         self._model, self._optimizer, self._payload = model, optimizer, payload
