@@ -18,8 +18,7 @@ from typing import Iterator
 
 import torch
 
-from scripts.common import (UserError, cache_dir, download, find_local_data, missing_data_error, read_json,
-                            write_json)
+from scripts.common import UserError, cache_dir, download, find_local_data, missing_data_error, read_json, write_json
 
 UNK, EOS = "<unk>", "<eos>"
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
