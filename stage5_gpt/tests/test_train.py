@@ -310,7 +310,7 @@ def test_pretraining_imports_no_fine_tuning_code():
 
 @pytest.mark.parametrize("program", ["train", "finetune", "generate", "evaluate", "bench"])
 def test_every_program_runs_from_the_stage_folder(program):
-    """Plain absolute imports, no sys.path edits: a program runs from its own folder as from the repo root."""
+    """Plain absolute imports of the installed course: a program runs from its own folder as from the repo root."""
     runs = [(ROOT / "stage5_gpt", [f"{program}.py"])]
     if program == "train":
         runs += [(ROOT, ["stage5_gpt/train.py"]), (ROOT, ["-m", "stage5_gpt.train"])]
