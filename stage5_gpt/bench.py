@@ -43,6 +43,7 @@ from typing import Sequence
 import torch
 
 from scripts.common import ArgParser, UserError, hardware, load_checkpoint, read_json, run_main, write_json
+from scripts.plots import plot_curves
 from scripts.report import markdown_table, run_script, update_file
 from scripts.report import short_paths as report_short_paths
 from stage5_gpt.data.bpe import ByteLevelBPE
@@ -419,6 +420,17 @@ METHOD_LABELS = {"gpt_full": "pretrained, full fine-tuning", "gpt_last_blocks": 
                  "gpt_multitask_scratch": "one multi-task model from random weights"}
 
 
+def draw_curves() -> None:
+    """results/<run>_curves.png: training and validation loss of each benchmarked pretraining run, from its
+    history (the README shows the default char model's)."""
+    for name in ("char", "gutenberg"):
+        path = RESULTS / f"{name}_history.json"
+        if path.is_file():
+            history = read_json(path, "history file")["evals"]
+            plot_curves(history, RESULTS / f"{name}_curves.png", [["train_loss", "val_loss"]],
+                        title=f"GPT-mini, {name} run: loss (nats per token)", x="step")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(description="Stage 5 benchmark: the numbers in stage5_gpt/README.md.")
     p.add_argument("--parts", nargs="+", default=[p for p in PARTS if p not in ("gpu", "finetune")], choices=PARTS,
@@ -459,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finetune_bench(extra + (["--device", args.device] if args.device else []), Path(args.base), args.runs)
         if "gpu" in args.parts:
             gpu(extra)
+    draw_curves()
     for path, blocks in readme_blocks().items():
         if path.is_file() and blocks:
             update_file(path, {k: short_paths(v) for k, v in blocks.items()})
