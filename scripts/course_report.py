@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 2 if a course_* block is not what the results make now")
     parser.add_argument("--images_dir", default=None, help=f"folder for the PNG plots (default: <root>/{IMAGES})")
-    parser.add_argument("--root", default=str(REPO_ROOT), help="the checkout to report on (default: this one)")
+    parser.add_argument("--root", default=str(REPO_ROOT), help="the checkout to report on")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     if not root.is_dir():

@@ -593,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--reference", default=None,
                    help="reference file (default: from <stage>/reference/ by the run's data set and command)")
     c.add_argument("--tolerance", type=float, default=REL_TOL,
-                   help="relative margin beyond the seeds' band, as a fraction of the mean (default 0.03)")
+                   help="relative margin beyond the seeds' band, as a fraction of the mean")
     args = p.parse_args(argv)
     return build(args) if args.action == "build" else compare(args)
 

@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     output = p.add_argument_group("output and resume")
     add_checkpoint_arg(output, None, "where the best model is written (default: checkpoints/gpt_<dataset>_"
-                                     "<tokenizer>.pt; checkpoints/gpt_baby.pt for the baby preset)")
+                                     "<tokenizer>.pt, the tokenizer being char, bpe, or base/gpt2 with --init_from; "
+                                     "checkpoints/gpt_baby.pt for the baby preset)")
     output.add_argument("--out_dir", default=None,
                         help="run folder (default: runs/ named like the checkpoint, e.g. runs/gpt_shakespeare_char)")
     output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
