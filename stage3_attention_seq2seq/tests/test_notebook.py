@@ -24,7 +24,6 @@ def test_visualize_notebook_executes(mt_data, tmp_path, monkeypatch, cli):
         assert code == 0, err
         shutil.copy(tmp_path / kind / "eval" / "metrics.json", results / f"compare_{kind}_test.json")
         shutil.copy(tmp_path / kind / "eval" / "translations.txt", results / f"compare_{kind}_translations.txt")
-    shutil.copy(tmp_path / "bahdanau" / "history.json", results / "main_history.json")
     text = execute_notebook(NOTEBOOK, {"STAGE3_RESULTS": results, "STAGE3_CHECKPOINT": tmp_path / "ck" / "bahdanau.pt",
                                        "MY_LLM_DATA": mt_data}, monkeypatch)
     assert "best validation BLEU" in text and "fr: " in text
