@@ -174,6 +174,8 @@ def train_one_epoch(args: argparse.Namespace, model: Any, optimizer: Any, train_
                desc=f"epoch {epoch}", unit="batch", disable=None, leave=False)
     samples, tick, seconds_before = 0, time.time(), state["train_seconds"]
     for ids, offsets, labels in train_set.batches(args.batch_size, order, state["step_in_epoch"]):
+        if args.max_steps and state["global_step"] >= args.max_steps:   # a resumed run that had reached it
+            break
         loss = train_step(args.impl, model, optimizer, ids.to(device), offsets.to(device), labels.to(device))
         samples += len(labels)
         state["epoch_loss_sum"] += loss * len(labels)
@@ -236,7 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info(f"resumed at epoch {run.state['epoch'] + 1}, step {run.state['step_in_epoch']} of that epoch")
     featurizer.save(out_dir / "vocab.json")
 
-    state, stop = run.state, False
+    state = run.state
+    # a resumed run that had already stopped (early stopping or --max_steps, after its epoch's evaluation) stays stopped
+    stop = state["step_in_epoch"] == 0 and (state["bad_epochs"] >= args.patience
+                                            or 0 < args.max_steps <= state["global_step"])
     with run:   # from here on, the first Ctrl-C saves last.pt at the end of the current step and exits 130
         while state["epoch"] < args.epochs and not stop:
             samples, seconds = train_one_epoch(args, model, optimizer, train_set, run, device)

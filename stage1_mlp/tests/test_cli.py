@@ -153,6 +153,16 @@ def test_resume_refuses_other_flags_and_keeps_the_run(tmp_path, tiny_data, cli):
     assert cli(train.main, train_args(tiny_data, tmp_path, "--epochs", "2", "--resume"))[0] == 0  # same flags: fine
 
 
+def test_resume_of_a_run_that_reached_max_steps_trains_nothing_more(tmp_path, tiny_data, cli):
+    """Resuming a run that stopped at --max_steps (before its last epoch) adds no step and no history row."""
+    args = train_args(tiny_data, tmp_path, "--epochs", "2", "--max_steps", "3")
+    assert cli(train.main, args)[0] == 0
+    history = (tmp_path / "run" / "history.json").read_text()
+    assert cli(train.main, [*args, "--resume"])[0] == 0
+    assert (tmp_path / "run" / "history.json").read_text() == history
+    assert [row["steps"] for row in json.loads(history)] == [3]
+
+
 def test_model_path_is_the_checkpoint_option():
     """`--model_path`, the original course's spelling, is the same option as `--checkpoint`."""
     for parser in (train.build_parser(), evaluate.build_parser()):
