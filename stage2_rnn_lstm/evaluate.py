@@ -16,18 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
-from scripts.common import (
-    ArgParser,
-    UserError,
-    add_checkpoint_arg,
-    add_common_args,
-    count_params,
-    get_device,
-    load_checkpoint,
-    run_main,
-    set_threads,
-    write_metrics,
-)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, get_device,
+                            load_checkpoint, run_main, set_threads, write_metrics)
 from stage2_rnn_lstm.data.corpus import Vocabulary, batchify, load_corpus
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
 from stage2_rnn_lstm.train import MODEL_NAME, STAGE, evaluate_stream

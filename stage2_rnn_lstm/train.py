@@ -23,24 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (
-    ArgParser,
-    UserError,
-    add_checkpoint_arg,
-    add_common_args,
-    check_positive,
-    checkpoint_header,
-    count_params,
-    get_device,
-    run_main,
-    save_checkpoint,
-    set_seed,
-    set_threads,
-    setup_logging,
-    warmup_cosine,
-    write_json,
-    write_metrics,
-)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive,
+                            checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
+                            set_threads, setup_logging, warmup_cosine, write_json, write_metrics)
 from scripts.plots import plot_curves
 from scripts.training import ResumableRun
 from stage2_rnn_lstm.data.corpus import DATASETS, Vocabulary, batchify, bptt_batches, load_corpus, num_batches

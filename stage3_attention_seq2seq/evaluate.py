@@ -17,19 +17,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from scripts.common import (
-    ArgParser,
-    UserError,
-    add_checkpoint_arg,
-    add_common_args,
-    check_positive,
-    count_params,
-    get_device,
-    run_main,
-    set_threads,
-    write_metrics,
-    write_text,
-)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive, count_params,
+                            get_device, run_main, set_threads, write_metrics, write_text)
 from scripts.translation_data import corpus_scores
 from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs
 from stage3_attention_seq2seq.translator import STAGE, check_alpha, check_beam, load_model, translate_sentences

@@ -24,38 +24,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (
-    ArgParser,
-    UserError,
-    add_checkpoint_arg,
-    add_common_args,
-    check_positive,
-    checkpoint_header,
-    count_params,
-    get_device,
-    run_main,
-    save_checkpoint,
-    set_seed,
-    set_threads,
-    setup_logging,
-    warmup_cosine,
-    write_json,
-    write_metrics,
-)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive,
+                            checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
+                            set_threads, setup_logging, warmup_cosine, write_json, write_metrics)
 from scripts.plots import plot_curves
 from scripts.training import ResumableRun
 from scripts.translation_data import corpus_scores
-from stage3_attention_seq2seq.data.translation import (
-    DATASETS,
-    PAD_ID,
-    Vocabulary,
-    bucketed_batches,
-    encode_pairs,
-    load_pairs,
-    num_batches,
-    save_vocabularies,
-    tokenize,
-)
+from stage3_attention_seq2seq.data.translation import (DATASETS, PAD_ID, Vocabulary, bucketed_batches, encode_pairs,
+                                                       load_pairs, num_batches, save_vocabularies, tokenize)
 from stage3_attention_seq2seq.models.attention import ATTENTION_TYPES
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from stage3_attention_seq2seq.translator import MODEL_NAME, STAGE, translate_sentences

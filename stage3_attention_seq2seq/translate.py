@@ -18,17 +18,8 @@ from typing import Sequence
 
 import torch
 
-from scripts.common import (
-    ArgParser,
-    UserError,
-    add_checkpoint_arg,
-    add_common_args,
-    check_positive,
-    get_device,
-    run_main,
-    set_threads,
-    write_text,
-)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive, get_device,
+                            run_main, set_threads, write_text)
 from scripts.repl import Repl
 from stage3_attention_seq2seq.data.translation import EOS, UNK, Vocabulary, split_lines, tokenize
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq

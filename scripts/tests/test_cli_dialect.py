@@ -4,7 +4,7 @@ The rules (CONVENTIONS.md, "Programs"): `--checkpoint` reads a trained model eve
 same option); on/off options are `--x/--no-x`; every program takes --data_dir, --device, --seed and
 --num_threads; `--help` shows every default and never tells history; every interactive program reads its
 lines through scripts.repl.Repl, so the same `:commands` work in every stage; and every program runs from
-the repo root, from its stage folder and as a module, with no file editing sys.path.
+the repo root, from its stage folder and as a module, with no file editing the import path.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ PROGRAMS = sorted(f"{stage}.{path.stem}" for stage in STAGES for path in (REPO_R
                   if path.stem != "__init__" and "def build_parser" in path.read_text(encoding="utf-8"))
 # the programs that load a trained model (train.py writes one; --checkpoint there names where)
 READERS = [p for p in PROGRAMS if p.rsplit(".", 1)[1] in ("evaluate", "generate", "translate")]
+# what an import hack looks like (spelled in pieces so that this file does not match itself)
+IMPORT_HACKS = ("sys." + "path", "noqa: " + "E402")
 HISTORY_WORDS = re.compile(r"\b(round|rounds|issue|issues|floor|floors|session|sessions)\b", re.IGNORECASE)
 
 
@@ -128,12 +130,12 @@ def test_no_import_hacks():
     offenders = []
     for path in [*REPO_ROOT.glob("stage*/**/*.py"), *REPO_ROOT.glob("scripts/**/*.py"),
                  *REPO_ROOT.glob("stage*/*.ipynb")]:
-        if ".venv" in path.parts or path.name == "test_cli_dialect.py":
+        if ".venv" in path.parts:
             continue
         text = path.read_text(encoding="utf-8")
-        if "sys.path" in text or "noqa: E402" in text:
+        if any(hack in text for hack in IMPORT_HACKS):
             offenders.append(str(path.relative_to(REPO_ROOT)))
-    assert not offenders, f"files editing sys.path or silencing E402: {offenders}"
+    assert not offenders, f"files editing the import path or silencing E402: {offenders}"
 
 
 @pytest.mark.parametrize("stage", STAGES)
