@@ -55,6 +55,20 @@ def execute_notebook(path: Path, env: dict[str, str], monkeypatch) -> str:
     return "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
 
 
+class TypedLines:
+    """Stands in for sys.stdin, so `input()` reads these lines; an exception class in the list is raised instead
+    (KeyboardInterrupt: Ctrl-C at the prompt); after the last line, end of input (Ctrl-D)."""
+
+    def __init__(self, lines):
+        self.lines = iter(lines)
+
+    def readline(self):
+        line = next(self.lines, None)
+        if isinstance(line, type):
+            raise line
+        return "" if line is None else line + "\n"
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Tests never touch the network: a missing data set must fail fast, not wait for retries."""

@@ -7,24 +7,11 @@ import pytest
 import torch
 
 from scripts.common import checkpoint_header, load_checkpoint, run_main, save_checkpoint
+from scripts.testing import TypedLines
 from stage2_rnn_lstm import evaluate, generate, train, train_classifier
 
 TINY = ["--embed_dim", "16", "--hidden_dim", "16", "--batch_size", "4", "--seq_len", "16", "--num_threads", "1",
         "--warmup_steps", "2"]
-
-
-class TypedLines:
-    """Stands in for sys.stdin, so `input()` reads these lines; an exception class in the list is raised instead
-    (KeyboardInterrupt: Ctrl-C at the prompt); after the last line, end of input (Ctrl-D)."""
-
-    def __init__(self, lines):
-        self.lines = iter(lines)
-
-    def readline(self):
-        line = next(self.lines, None)
-        if isinstance(line, type):
-            raise line
-        return "" if line is None else line + "\n"
 
 
 def lm_args(data, tmp_path, *extra):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scripts.common import checkpoint_header, load_checkpoint, save_checkpoint
+from scripts.testing import TypedLines
 from stage3_attention_seq2seq import evaluate, train, translate
 
 TINY = ["--embed_dim", "32", "--hidden_dim", "32", "--attention_dim", "16", "--batch_size", "32",
@@ -79,20 +80,6 @@ def test_translate_a_file_keeps_line_alignment(trained, tmp_path, cli):
     assert code == 2 and "cannot write --output" in err and err.count("\n") == 1
     code, _, err = cli(translate.main, ["--checkpoint", trained, "--input", tmp_path / "in.txt", "--heatmap", "x.png"])
     assert code == 2 and "--heatmap draws one sentence" in err
-
-
-class TypedLines:
-    """Stands in for sys.stdin, so `input()` reads these lines; an exception class in the list is raised instead
-    (KeyboardInterrupt: Ctrl-C at the prompt); after the last line, end of input (Ctrl-D)."""
-
-    def __init__(self, lines):
-        self.lines = iter(lines)
-
-    def readline(self):
-        line = next(self.lines, None)
-        if isinstance(line, type):
-            raise line
-        return "" if line is None else line + "\n"
 
 
 def fake_keyboard(monkeypatch, lines):
