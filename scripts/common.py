@@ -90,6 +90,16 @@ def add_checkpoint_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--checkpoint", "--model_path", dest="checkpoint", default=default, help=help)
 
 
+def add_output_args(parser: argparse.ArgumentParser, checkpoint_help: str, out_dir_help: str) -> None:
+    """The "output and resume" group of every training program: where the best model goes (`--checkpoint`),
+    the run folder (`--out_dir`: log, history, curves, metrics.json, last.pt), and `--resume` from its last.pt.
+    The defaults are chosen by the program from its other flags, so each help says what they are."""
+    output = parser.add_argument_group("output and resume")
+    add_checkpoint_arg(output, None, checkpoint_help)
+    output.add_argument("--out_dir", default=None, help=out_dir_help)
+    output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+
+
 def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
     """Run an entry point and turn the ways it can end into exit codes.
 

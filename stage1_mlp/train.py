@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scripts.classification_data import DATASETS, load_split, train_val_split
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, check_positive,
                             checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
                             set_threads, setup_logging, write_json, write_metrics)
 from scripts.plots import plot_curves
@@ -64,12 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--limit", type=int, default=0, help="use only this many training documents (0: all)")
     training.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
 
-    output = p.add_argument_group("output and resume")
-    add_checkpoint_arg(output, None, "where the best checkpoint is written (when not given: "
-                                     "stage1_mlp/checkpoints/best_model.pt)")
-    output.add_argument("--out_dir", default=None,
-                        help="run folder (when not given: stage1_mlp/runs/<dataset>_<impl>)")
-    output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    add_output_args(p, "where the best checkpoint is written (when not given: "
+                        "stage1_mlp/checkpoints/best_model.pt)",
+                       "run folder (when not given: stage1_mlp/runs/<dataset>_<impl>)")
     add_common_args(p, seed_help="seed for the validation split, initialisation, data order and dropout")
     return p
 

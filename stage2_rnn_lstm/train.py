@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, check_positive,
                             checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
                             set_threads, setup_logging, warmup_cosine, write_json, write_metrics)
 from scripts.plots import plot_curves
@@ -76,11 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
     training.add_argument("--limit", type=int, default=0, help="use only the first N training tokens (0: all)")
 
-    output = p.add_argument_group("output and resume")
-    add_checkpoint_arg(output, None, help="where to write the best model (checkpoints/best_<model>_<vocab>.pt)")
-    output.add_argument("--out_dir", default=None, help="run folder (runs/<model>_<vocab>_<impl>)")
-    output.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
-                        help="continue from <out_dir>/last.pt")
+    add_output_args(p, "where to write the best model (checkpoints/best_<model>_<vocab>.pt)",
+                       "run folder (runs/<model>_<vocab>_<impl>)")
     add_common_args(p, seed_help="seed for initialisation and dropout")
     return p
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, check_positive,
                             checkpoint_header, count_params, get_device, load_checkpoint, run_main, save_checkpoint,
                             set_seed, set_threads, setup_logging, write_json, write_metrics)
 from scripts.training import ResumableRun
@@ -113,11 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--val_fraction", type=float, default=0.1, help="share of train held out for validation")
     training.add_argument("--limit", type=int, default=0, help="use only N training and N test texts (0: all)")
 
-    output = p.add_argument_group("output and resume")
-    add_checkpoint_arg(output, None, help="where to write the best model (checkpoints/best_classifier_<dataset>.pt)")
-    output.add_argument("--out_dir", default=None, help="run folder (runs/classify_<dataset>)")
-    output.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
-                        help="continue from <out_dir>/last.pt")
+    add_output_args(p, "where to write the best model (checkpoints/best_classifier_<dataset>.pt)",
+                       "run folder (runs/classify_<dataset>)")
     add_common_args(p, seed_help="seed for the validation split, initialisation, batch order and dropout")
     return p
 

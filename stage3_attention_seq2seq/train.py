@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, check_positive,
                             checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
                             set_threads, setup_logging, warmup_cosine, write_json, write_metrics)
 from scripts.plots import plot_curves
@@ -80,12 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     training.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
 
-    output = p.add_argument_group("output and resume")
-    add_checkpoint_arg(output, None, "where to write the best model (default: stage3_attention_seq2seq/checkpoints/"
-                                     "best_attention_model.pt for bahdanau, else best_<attention_type>_model.pt there)")
-    output.add_argument("--out_dir", default=None,
-                        help="run folder (default: stage3_attention_seq2seq/runs/<attention_type>_<dataset>)")
-    output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    add_output_args(p, "where to write the best model (default: stage3_attention_seq2seq/checkpoints/"
+                        "best_attention_model.pt for bahdanau, else best_<attention_type>_model.pt there)",
+                       "run folder (default: stage3_attention_seq2seq/runs/<attention_type>_<dataset>)")
     add_common_args(p, seed_help="seed for initialisation, data order, dropout and scheduled sampling")
     return p
 

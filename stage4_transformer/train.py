@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, amp_name, autocast,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name, autocast,
                             check_positive, checkpoint_header, count_params, get_device, run_main, save_checkpoint,
                             set_seed, set_threads, setup_logging, uses_bf16, warmup_cosine, write_json,
                             write_metrics)
@@ -114,12 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "--no-amp: float32")
     training.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
 
-    output = p.add_argument_group("output and resume")
-    add_checkpoint_arg(output, None, "where the best model is saved (default: checkpoints/best_transformer.pt in "
-                                     "the stage folder)")
-    output.add_argument("--out_dir", default=None, help="run folder: log, history, curves, metrics.json, last.pt "
+    add_output_args(p, "where the best model is saved (default: checkpoints/best_transformer.pt in "
+                        "the stage folder)",
+                       "run folder: log, history, curves, metrics.json, last.pt "
                         "(default: runs/transformer_<impl>_<dataset> in the stage folder)")
-    output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     add_common_args(p, seed_help="seed for initialisation, data order and dropout")
     return p
 

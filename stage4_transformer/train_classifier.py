@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, amp_name, autocast,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name, autocast,
                             check_positive, checkpoint_header, count_params, get_device, load_checkpoint, run_main,
                             save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
                             write_metrics)
@@ -105,12 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--val_fraction", type=float, default=0.1, help="share of train held out for validation")
     training.add_argument("--limit", type=int, default=0, help="use only N training and N test texts (0: all)")
 
-    output = p.add_argument_group("output and resume")
-    add_checkpoint_arg(output, None, "where the best model is saved (default: checkpoints/best_classifier_<dataset>.pt "
-                                     "in the stage folder)")
-    output.add_argument("--out_dir", default=None, help="run folder (default: runs/classify_<dataset> in the stage "
+    add_output_args(p, "where the best model is saved (default: checkpoints/best_classifier_<dataset>.pt "
+                        "in the stage folder)",
+                       "run folder (default: runs/classify_<dataset> in the stage "
                         "folder)")
-    output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     add_common_args(p, seed_help="seed for the validation split, initialisation, data order and dropout")
     return p
 

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, amp_name,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name,
                             autocast, check_positive, checkpoint_header, get_device, hardware, load_checkpoint,
                             run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
                             write_metrics)
@@ -100,10 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--cache_dir", default=str(STAGE_DIR / "data_cache" / "tasks"),
                       help="where tokenised task data is kept between runs ('' for none)")
 
-    output = p.add_argument_group("output and resume")
-    add_checkpoint_arg(output, None, "where the best model is written (default: checkpoints/ft_<task>_<method>.pt)")
-    output.add_argument("--out_dir", default=None, help="run folder (default: runs/ft_<task>_<method>)")
-    output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    add_output_args(p, "where the best model is written (default: checkpoints/ft_<task>_<method>.pt)",
+                       "run folder (default: runs/ft_<task>_<method>)")
     add_common_args(p, seed_help="seed for the head's initialisation, the batch order and dropout")
     return p
 

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_checkpoint_arg, add_common_args, amp_name,
+from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args, amp_name,
                             autocast, check_positive, checkpoint_header, get_device, hardware, load_checkpoint,
                             rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging,
                             uses_bf16, warmup_cosine, write_json, write_metrics)
@@ -150,13 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--limit", type=int, default=0, help="use only the first N characters of the training text")
     data.add_argument("--cache_dir", default=str(DATA_CACHE), help="where the tokenised data sets are kept")
 
-    output = p.add_argument_group("output and resume")
-    add_checkpoint_arg(output, None, "where the best model is written (default: checkpoints/gpt_<dataset>_"
-                                     "<tokenizer>.pt, the tokenizer being char, bpe, or base/gpt2 with --init_from; "
-                                     "checkpoints/gpt_baby.pt for the baby preset)")
-    output.add_argument("--out_dir", default=None,
-                        help="run folder (default: runs/ named like the checkpoint, e.g. runs/gpt_shakespeare_char)")
-    output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    add_output_args(p, "where the best model is written (default: checkpoints/gpt_<dataset>_"
+                        "<tokenizer>.pt, the tokenizer being char, bpe, or base/gpt2 with --init_from; "
+                        "checkpoints/gpt_baby.pt for the baby preset)",
+                       "run folder (default: runs/ named like the checkpoint, e.g. runs/gpt_shakespeare_char)")
     add_common_args(p, seed_help="seed for initialisation, data order and dropout")
     return p
 
