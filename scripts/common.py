@@ -363,6 +363,74 @@ def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None =
     return ckpt
 
 
+def newest_model(stage_dir: Path, best: Sequence[str], runs: Sequence[str]) -> Path | None:
+    """The model a program loads when no --checkpoint is given: the newest file matching the `best` globs (the
+    best checkpoints train.py writes, under `stage_dir`), else the newest matching `runs` (a run's last.pt: a run
+    stopped before its first evaluation, or still going). None when the stage has trained nothing yet."""
+    for patterns in (best, runs):
+        found = {p for pattern in patterns for p in Path(stage_dir).glob(pattern) if p.is_file()}
+        if found:
+            return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
+    return None
+
+
+def find_model(given: str | None, stage_dir: Path, best: Sequence[str], runs: Sequence[str],
+               train_hint: str) -> Path:
+    """The checkpoint to load: `--checkpoint` when given (a missing one names the newest model there is), else
+    `newest_model`; `train_hint` is the command that trains one, for the error when there is none."""
+    if given:
+        path = Path(given)
+        if path.is_file():
+            return path
+        other = newest_model(stage_dir, best, runs)
+        hint = (f"the newest model of this stage is {display_path(other)} (leave out --checkpoint to load it)"
+                if other else f"train one first: {train_hint}")
+        raise UserError(f"checkpoint {path} does not exist; {hint}")
+    path = newest_model(stage_dir, best, runs)
+    if path is None:
+        raise UserError(f"no trained model in {display_path(Path(stage_dir) / 'checkpoints')} or "
+                        f"{display_path(Path(stage_dir) / 'runs')}; train one first: {train_hint}")
+    return path
+
+
+def display_path(path: Path) -> str:
+    """`path` relative to the current folder when it lies below it, else absolute: short and unambiguous."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def training_progress(ckpt: dict[str, Any]) -> str:
+    """How far the model of a checkpoint trained, from the counters the stages save: "epoch 3 of 7, val loss
+    1.512", "step 1,250 of 4,000"..."""
+    args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    parts = []
+    if isinstance(args.get("preset"), str):
+        parts.append(f"preset {args['preset']}")
+    epoch, epochs = ckpt.get("epoch"), args.get("epochs")
+    if isinstance(epoch, int):
+        parts.append(f"epoch {epoch}" + (f" of {epochs}" if isinstance(epochs, int) and epochs > 0 else ""))
+    step = next((ckpt[k] for k in ("step", "global_step") if isinstance(ckpt.get(k), int)), None)
+    total = args.get("max_steps")
+    if step is not None:
+        parts.append(f"step {step:,}" + (f" of {total:,}" if isinstance(total, int) and total > 0 else ""))
+    for key in ("best_val_loss", "val_loss"):
+        value = ckpt.get(key)
+        if isinstance(value, float) and math.isfinite(value):
+            parts.append(f"val loss {value:.3f}")
+            break
+    return ", ".join(parts)
+
+
+def describe_model(path: Path, ckpt: dict[str, Any]) -> str:
+    """The line a program prints about the model it loaded: which file, what kind, how far it trained."""
+    kind = "the latest state of a run" if Path(path).name == "last.pt" else "best checkpoint"
+    progress = training_progress(ckpt)
+    return f"model: {display_path(path)} ({kind}{'; ' + progress if progress else ''})"
+
+
 def load_resume(last_path: Path, stage: str, model: str, args: Any, must_match: Sequence[str] = (),
                 map_location: str | torch.device = "cpu",
                 before_flag: dict[str, Any] | None = None) -> dict[str, Any] | None:
