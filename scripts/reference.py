@@ -9,7 +9,8 @@
 [x, mean, min, max] over the seeds (x is the epoch or the step, as the stage logs it); and the final metrics
 (mean, std, min, max over the seeds).
 
-`compare` lays a run of your own over that band: it prints, curve by curve, whether the run stays inside the band
+`compare` lays a run of your own over that band (a finished run, one still training, or one that was stopped: its
+curves so far): it prints, curve by curve, whether the run stays inside the band
 widened by a tolerance (see `allowance`), its final metrics against the reference's range, and a one-line verdict,
 and draws RUN_DIR/reference_compare.png. It exits 0 whether the run is inside or not; bad input is a one-line error
 (exit 2). Without --reference it picks, among <stage>/reference/*.json for the run's data set, the one made with the
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_text
+from scripts.monitor import read_progress
 
 FORMAT = "my_llm-reference-v1"
 Curve = dict[float, float]          # one run's series: x (epoch or step) -> value
@@ -66,7 +68,7 @@ def epoch_rows(history: Any, keys: Sequence[str], where: Path) -> dict[str, Curv
     if not isinstance(history, list) or not history or not all(
             isinstance(row, dict) and is_number(row.get("epoch")) for row in history):
         raise UserError(f"{where} is not a per-epoch history (a list of rows with an 'epoch'); "
-                        "give the run folder of a finished train.py run")
+                        "give the run folder of a train.py run")
     curves = {key: {row["epoch"]: float(row[key]) for row in history if is_number(row.get(key))} for key in keys}
     return {key: curve for key, curve in curves.items() if curve}
 
@@ -112,8 +114,9 @@ STAGES = {
 @dataclass
 class Run:
     folder: Path
-    metrics: dict[str, Any]     # the whole metrics.json
+    metrics: dict[str, Any]     # the whole metrics.json (for an unfinished run: its progress.json, no "metrics")
     curves: dict[str, Curve]
+    state: str = "finished"     # or running / interrupted / stopped / failed (see scripts/monitor.py)
 
     @property
     def stage(self) -> str:
@@ -123,23 +126,48 @@ class Run:
     def command(self) -> str:
         return str(self.metrics.get("command", ""))
 
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
+
     def last_x(self) -> float:
         return max(max(curve) for name, curve in self.curves.items() if name != PER_STEP)
 
+    def where(self) -> str:
+        """"finished", or how far an unfinished run got: "running, step 1,200 of 4,000"."""
+        if self.finished:
+            return "finished"
+        step, total = self.metrics.get("step"), self.metrics.get("total_steps")
+        return f"{self.state}, step {step:,} of {total:,}" if is_number(step) and is_number(total) else self.state
+
 
 def read_run(folder: str | Path) -> Run:
-    """A finished training run: its metrics.json (which names the stage) and its history.json, read by the stage's
+    """A training run, finished or not: the header of its metrics.json (a finished run) or of its progress.json
+    (one still running, interrupted or stopped), which names the stage, and its history.json, read by the stage's
     adapter. Anything else is a UserError saying what is wrong."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; give a run folder (the --out_dir of a train.py run)")
-    missing = [name for name in ("metrics.json", "history.json") if not (folder / name).is_file()]
-    if missing:
-        raise UserError(f"{folder} is not a finished training run: it has no {' or '.join(missing)} "
-                        "(train.py writes both when the run ends)")
-    metrics = read_json(folder / "metrics.json", "run metrics")
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict) or "stage" not in metrics:
-        raise UserError(f"{folder / 'metrics.json'} is not a metrics file of this course (no 'stage' and 'metrics')")
+    progress = read_progress(folder)
+    if not (folder / "history.json").is_file():
+        if progress is not None:
+            raise UserError(f"{folder} has no history.json yet: the run ({progress['state']}, step "
+                            f"{progress.get('step')} of {progress.get('total_steps')}) has not finished its first "
+                            "evaluation; try again after it")
+        raise UserError(f"{folder} is not a training run: it has no history.json (train.py writes it at every "
+                        "evaluation)")
+    finished = (folder / "metrics.json").is_file() and (progress is None or progress["state"] == "finished")
+    if finished:
+        metrics = read_json(folder / "metrics.json", "run metrics")
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict) or "stage" not in metrics:
+            raise UserError(f"{folder / 'metrics.json'} is not a metrics file of this course (no 'stage' and "
+                            "'metrics')")
+        state = "finished"
+    elif progress is not None:
+        metrics, state = {**progress, "metrics": {}}, progress["state"]
+    else:
+        raise UserError(f"{folder} has a history.json but neither metrics.json (written when a run ends) nor "
+                        "progress.json (written while it trains); give the run folder of a train.py run")
     if metrics["stage"] not in STAGES:
         raise UserError(f"{folder} was made by {metrics['stage']!r}, which has no reference runs; "
                         f"known stages: {', '.join(STAGES)}")
@@ -147,7 +175,7 @@ def read_run(folder: str | Path) -> Run:
     curves = layout.read(read_json(folder / "history.json", "run history"), layout.curves, folder / "history.json")
     if not any(name != PER_STEP for name in curves):
         raise UserError(f"{folder / 'history.json'} holds none of {', '.join(layout.curves)}")
-    return Run(folder, metrics, curves)
+    return Run(folder, metrics, curves, state)
 
 
 def words_of(command: str) -> list[str]:
@@ -320,6 +348,9 @@ def build(args: Any) -> int:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
         raise UserError(f"--name {args.name!r}: use letters, digits, '_', '-' or '.' (it becomes a file name)")
     runs = [read_run(folder) for folder in args.runs]
+    for run in runs:
+        if not run.finished:
+            raise UserError(f"{run.folder} is {run.where()}: a reference is built from finished runs only")
     reference = build_reference(runs, args.stage, args.name)
     out = Path(args.out) if args.out else REPO_ROOT / reference["stage"] / "reference" / f"{args.name}.json"
     text = dumps(reference)
@@ -499,7 +530,7 @@ def compare(args: Any) -> int:
     print(f"reference: {ref_path} ({len(seeds)} seed{'s' * (len(seeds) != 1)}: {' '.join(map(str, seeds))}; "
           f"`{ref.get('command')}`; "
           f"{ref.get('hardware')}, torch {ref.get('torch')})")
-    print(f"this run:  {run.folder} (`{recipe(run.command)}`; {run.metrics.get('hardware')}, "
+    print(f"this run:  {run.folder} ({run.where()}; `{recipe(run.command)}`; {run.metrics.get('hardware')}, "
           f"torch {run.metrics.get('torch')})")
     for note in notes(run, ref):
         print(f"note: {note}")
@@ -513,8 +544,12 @@ def compare(args: Any) -> int:
     # command that stopped early (stage 1's early stopping) is compared as it is
     length = ref["length"]
     shortened = run.last_x() < length["min"] and recipe(run.command) != ref.get("command")
-    finals = [] if shortened else final_checks(run, ref, args.tolerance)
-    if shortened and ref["final"]:
+    finals = [] if shortened or not run.finished else final_checks(run, ref, args.tolerance)
+    if not run.finished and ref["final"]:
+        resume = " (`--resume` continues it)" if run.state in ("interrupted", "stopped") else ""
+        print(f"final metrics: not compared: the run is {run.where()}{resume}; its curves are compared up to "
+              f"{length['x']} {run.last_x():g}")
+    elif shortened and ref["final"]:
         print(f"final metrics: not compared (this run, with other flags, ends at {length['x']} {run.last_x():g}; "
               f"the reference runs end at {length['min']:g}-{length['max']:g})")
     elif finals:
@@ -526,6 +561,8 @@ def compare(args: Any) -> int:
               f"{fmt(check.allowed[1])})  {'ok' if check.inside else 'OUTSIDE'}")
 
     verdict_text = verdict(results, finals)
+    if not run.finished and verdict_text == "within the reference band":
+        verdict_text += f" so far ({run.where()})"
     png = run.folder / "reference_compare.png"
     short = verdict_text.split(":")[0]
     plot_compare(run, ref, results, png, args.tolerance,
@@ -589,7 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--out", default=None, help="write the reference here instead of <stage>/reference/<name>.json")
     c = sub.add_parser("compare", help="lay a run over a reference band: a report, a verdict and a PNG",
                        description="Lay a run over a reference band: a report, a verdict, RUN/reference_compare.png.")
-    c.add_argument("run", help="the run folder to check (history.json + metrics.json)")
+    c.add_argument("run", help="the run folder to check (history.json, and metrics.json or progress.json): "
+                               "finished, still running or interrupted")
     c.add_argument("--reference", default=None,
                    help="reference file (default: from <stage>/reference/ by the run's data set and command)")
     c.add_argument("--tolerance", type=float, default=REL_TOL,

@@ -197,7 +197,7 @@ def test_bad_input_is_one_line_with_status_2(tmp_path, cli):
     bad_ref.write_text('{"format": "my_llm-reference-v1", "stage": "stage2_rnn_lstm", "curves": {"val_loss": 3}}')
     cases = [
         (["compare", tmp_path / "nowhere", "--reference", out], "is not a folder"),
-        (["compare", tmp_path / "eval", "--reference", out], "is not a finished training run: it has no history.json"),
+        (["compare", tmp_path / "eval", "--reference", out], "is not a training run: it has no history.json"),
         (["compare", other_stage, "--reference", out], "is a reference of stage2_rnn_lstm, but"),
         (["compare", corrupt, "--reference", out], "is not valid JSON"),
         (["compare", wrong_shape, "--reference", out], "is not a per-epoch history"),
@@ -250,3 +250,43 @@ def test_committed_references_are_well_formed():
             assert curve["points"], f"{path}: {name} is empty"
             assert all(lo <= mean <= hi for _, mean, lo, hi in curve["points"]), f"{path}: {name}"
         assert all(m["min"] <= m["mean"] <= m["max"] for m in ref["final"].values()), path
+
+
+def unfinished(folder, stage, state, pid):
+    """Turn a finished run folder into one that stopped after 3 epochs: no metrics.json, a progress.json."""
+    (folder / "metrics.json").unlink()
+    history = json.loads((folder / "history.json").read_text())
+    model, dataset, command, _ = STAGE_RUNS[stage]
+    (folder / "progress.json").write_text(json.dumps({
+        "format": "my_llm-progress-v1", "stage": stage, "model": model, "dataset": dataset, "device": "cuda",
+        "hardware": "NVIDIA H200", "torch": "2.11.0+cu130", "command": f"{command} --seed 5", "pid": pid,
+        "host": __import__("socket").gethostname(), "state": state, "step": 300, "total_steps": 700}))
+    return history
+
+
+@pytest.mark.parametrize("state, pid, shown", [("running", None, "running, step 300 of 700"),
+                                               ("running", 2 ** 22 + 12345, "stopped, step 300 of 700"),
+                                               ("interrupted", 1, "interrupted, step 300 of 700")])
+def test_compare_judges_a_run_that_has_not_finished(tmp_path, cli, state, pid, shown):
+    import os
+
+    out, _ = build_three(tmp_path, cli, "stage2_rnn_lstm")
+    run = write_run(tmp_path / "mine", "stage2_rnn_lstm", 1, epochs=3)
+    unfinished(run, "stage2_rnn_lstm", state, os.getpid() if pid is None else pid)
+    code, stdout, err = cli(reference.main, ["compare", run, "--reference", out])
+    assert code == 0, err
+    assert shown in stdout and "final metrics: not compared: the run is" in stdout
+    assert f"verdict: within the reference band so far ({shown})" in stdout
+    assert ("--resume" in stdout) == (shown.split(",")[0] in ("stopped", "interrupted"))
+    # a reference is built from finished runs only
+    code, _, err = cli(reference.main, ["build", "--out", tmp_path / "x.json", run])
+    assert code == 2 and "a reference is built from finished runs only" in err and err.count("\n") == 1
+
+
+def test_compare_of_a_run_before_its_first_evaluation_says_so(tmp_path, cli):
+    out, _ = build_three(tmp_path, cli, "stage2_rnn_lstm")
+    run = write_run(tmp_path / "mine", "stage2_rnn_lstm", 1, epochs=3)
+    unfinished(run, "stage2_rnn_lstm", "running", 1)
+    (run / "history.json").unlink()
+    code, _, err = cli(reference.main, ["compare", run, "--reference", out])
+    assert code == 2 and "has not finished its first evaluation" in err and err.count("\n") == 1
