@@ -7,7 +7,9 @@ Reads every `stage*/results/*.json` in the course-wide format of `scripts.common
 "stage" and "metrics" are skipped) and makes
 - `course_classification`: IMDb (and AG News) test accuracy, macro-F1, training time, latency at batch 1, size;
 - `course_translation`: Multi30k English->French test BLEU and chrF of stages 3, 4 and 5;
-- `course_language_models`: the character- and word-level language models of stages 2 and 5.
+- `course_language_models`: the character- and word-level language models of stages 2 and 5;
+- `course_runs`: for each stage, its quick preset, its default run and its GPU run (command, minutes, score,
+  hardware), from `stage*/results/overview.json`, which each stage's `bench.py --parts quick` writes.
 They go into the blocks of those names in README.md, and into docs/roadmap.md where that file has the markers.
 A GPU re-run of a model that also has a CPU result is left out (its stage README shows it): the course's numbers
 are measured on the same 2 CPU cores, so that latencies and training times compare.
@@ -243,10 +245,46 @@ def language_model_block(records: dict[str, Record]) -> str:
             "Training time: the training loop (`fit_seconds`); tokens/s: training tokens per second.")
 
 
-def course_blocks(records: dict[str, Record]) -> dict[str, str]:
+RUN_NAMES = {"quick": "quick preset", "default": "default run", "gpu": "GPU run"}
+
+
+def load_overviews(root: Path) -> list[Record]:
+    """Every `stage*/results/overview.json` ({"stage": ..., "rows": [{"run", "command", "minutes", "score",
+    "hardware", "source"}]}), checked, in stage order."""
+    out = []
+    for path in sorted(Path(root).glob("stage*/results/overview.json")):
+        data = read_json(path, "results file")
+        rows = data.get("rows") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and r.get("run") in RUN_NAMES and
+                                                 isinstance(r.get("command"), str) for r in rows):
+            raise UserError(f"results file {path}: not an overview ({{\"stage\", \"rows\": [{{\"run\": "
+                            f"{'|'.join(RUN_NAMES)}, \"command\", ...}}]}}); regenerate it with the stage's bench.py")
+        out.append({**data, "_path": path.relative_to(root).as_posix()})
+    return out
+
+
+def runs_block(overviews: Sequence[Record]) -> str:
+    """Quick preset, default run and GPU run of every stage: what a learner can expect from each command."""
+    rows = [{"stage": str(stage_number({"stage": o["stage"]})), **row} for o in overviews for row in o["rows"]]
+
+    def minutes(row: Record) -> str:
+        value = row.get("minutes")
+        return f"{value:.1f} min" if isinstance(value, (int, float)) else "not measured"
+
+    columns = [("stage", lambda r: r["stage"]), ("run", lambda r: RUN_NAMES[r["run"]]),
+               ("command", lambda r: f"`{r['command']}`"), ("time", minutes),
+               ("score", lambda r: r.get("score") or NONE), ("hardware", lambda r: r.get("hardware") or NONE)]
+    files = ", ".join(f"`{o['_path']}`" for o in overviews)
+    return (markdown_table(rows, columns) + f"\n\nMade by `{COMMAND}` from {files or 'no results yet'}. "
+            "Time: the whole command, from start to exit (data loading and evaluation included) for the quick "
+            "preset, the training as each stage measured it for the others (see the stage's README).")
+
+
+def course_blocks(records: dict[str, Record], overviews: Sequence[Record] = ()) -> dict[str, str]:
     return {"course_classification": classification_block(records),
             "course_translation": translation_block(records),
-            "course_language_models": language_model_block(records)}
+            "course_language_models": language_model_block(records),
+            "course_runs": runs_block(overviews)}
 
 
 # ----------------------------------------------------------------------------- plots
@@ -355,7 +393,7 @@ def targets(root: Path, blocks: dict[str, str]) -> dict[Path, dict[str, str]]:
 def stale(root: Path) -> list[str]:
     """'FILE [block, ...]' for each target file whose blocks differ from what the results make now."""
     out = []
-    for path, blocks in targets(root, course_blocks(load_records(root))).items():
+    for path, blocks in targets(root, course_blocks(load_records(root), load_overviews(root))).items():
         old = path.read_text(encoding="utf-8")
         names = [name for name in blocks if replace_block(old, name, blocks[name]) != old]
         if names:
@@ -381,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("course tables are up to date")
         return 0
     records = load_records(root)
-    for path, blocks in targets(root, course_blocks(records)).items():
+    for path, blocks in targets(root, course_blocks(records, load_overviews(root))).items():
         print(path.relative_to(root), "updated" if update_file(path, blocks) else "unchanged")
     images = Path(args.images_dir) if args.images_dir else root / IMAGES
     for path in write_plots(records, images):

@@ -9,7 +9,7 @@ from scripts.common import REPO_ROOT, UserError
 from scripts.report import replace_block
 
 CPU = "Test CPU, 2 cores, 2 torch threads"
-BLOCKS = ("course_classification", "course_translation", "course_language_models")
+BLOCKS = ("course_classification", "course_translation", "course_language_models", "course_runs")
 
 
 def metrics_file(root: Path, path: str, **fields) -> None:
@@ -167,7 +167,7 @@ def test_writes_readme_roadmap_and_plots_then_check_passes(repo, cli):
     (repo / "docs" / "roadmap.md").write_text(readme(["course_translation"]), encoding="utf-8")
     code, _, err = cli(course_report.main, ["--root", repo, "--check"])
     assert code == 2 and err.count("\n") == 1
-    assert "README.md [course_classification, course_translation, course_language_models]" in err
+    assert "README.md [course_classification, course_translation, course_language_models, course_runs]" in err
     assert "docs/roadmap.md [course_translation]" in err and "python scripts/course_report.py" in err
     assert (repo / "README.md").read_text() == readme()                    # --check writes nothing
     code, out, err = cli(course_report.main, ["--root", repo])
@@ -211,14 +211,39 @@ def test_bad_input_is_one_line_naming_the_file(repo, cli):
     (repo / "README.md").write_text(readme(BLOCKS[:2]), encoding="utf-8")
     code, _, err = cli(course_report.main, ["--root", repo])
     assert code == 2 and "<!-- results:course_language_models -->" in err and err.count("\n") == 1
+    (repo / "README.md").write_text(readme(), encoding="utf-8")
+    (repo / "stage2_rnn_lstm" / "results" / "overview.json").write_text('{"stage": "stage2_rnn_lstm", "rows": [1]}')
+    code, _, err = cli(course_report.main, ["--root", repo])
+    assert code == 2 and "overview.json" in err and "not an overview" in err and err.count("\n") == 1
     code, _, err = cli(course_report.main, ["--root", repo / "nowhere"])
     assert code == 2 and "is not a folder" in err
+
+
+def test_runs_table_gives_each_stage_quick_default_and_gpu(repo, cli):
+    rows = [{"run": "quick", "command": "python stage2_rnn_lstm/train.py --preset quick", "minutes": 2.43,
+             "score": "val loss 1.70 nats", "hardware": CPU, "source": "results/quick.json"},
+            {"run": "default", "command": "python stage2_rnn_lstm/train.py", "minutes": 12.4,
+             "score": "val loss 1.49 nats", "hardware": CPU, "source": "results/lstm_char_train.json"},
+            {"run": "gpu", "command": "python stage2_rnn_lstm/train.py --device cuda", "minutes": None,
+             "score": "not measured", "hardware": None, "source": None}]
+    (repo / "stage2_rnn_lstm" / "results" / "overview.json").write_text(
+        json.dumps({"stage": "stage2_rnn_lstm", "rows": rows}))
+    assert cli(course_report.main, ["--root", repo])[0] == 0
+    table = (repo / "README.md").read_text(encoding="utf-8").split("<!-- results:course_runs -->")[1]
+    lines = [line for line in table.splitlines() if line.startswith("| 2 |")]
+    assert lines == ["| 2 | quick preset | `python stage2_rnn_lstm/train.py --preset quick` | 2.4 min | "
+                     f"val loss 1.70 nats | {CPU} |",
+                     f"| 2 | default run | `python stage2_rnn_lstm/train.py` | 12.4 min | val loss 1.49 nats | {CPU} |",
+                     "| 2 | GPU run | `python stage2_rnn_lstm/train.py --device cuda` | not measured | not measured "
+                     "| — |"]
+    assert "`stage2_rnn_lstm/results/overview.json`" in table
 
 
 def test_repo_readme_blocks_are_what_the_results_make():
     """The top README's course tables (and docs/roadmap.md's, where it has the markers) are generated, never typed:
     after a new result file or a hand edit, run `python scripts/course_report.py`."""
-    blocks = course_report.course_blocks(course_report.load_records(REPO_ROOT))
+    blocks = course_report.course_blocks(course_report.load_records(REPO_ROOT),
+                                         course_report.load_overviews(REPO_ROOT))
     found = course_report.targets(REPO_ROOT, blocks)
     assert set(found[REPO_ROOT / "README.md"]) == set(BLOCKS)
     for path, named in found.items():
