@@ -1,6 +1,8 @@
 # my_llm: every target sets up what it needs. Run from the repository root.
 #   make setup  .venv with requirements.txt and the course itself (editable install)
-#   make demo   set up, then train and evaluate stage 1 on IMDb
+#   make demo   set up, then train stage 1's quick preset on IMDb and classify one review
+#   make quick  set up, then every stage's quick preset in turn (a few minutes each on 2 CPU cores), each followed by
+#               one try of the model it trained: a review classified, Shakespeare written, sentences translated
 #   make test   set up (with the test packages), lint with ruff, run every test
 #   make lint   ruff over the whole repository
 #   make bench  every stage's benchmark (hours on 2 CPU cores); make bench-stage1 ... bench-stage5 for one;
@@ -13,7 +15,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 MIN_PYTHON := 3.11
 
-.PHONY: setup setup-dev check-python demo test lint bench bench-stage1 bench-stage2 bench-stage3 bench-stage4 \
+.PHONY: setup setup-dev check-python demo quick quick-stage1 quick-stage2 quick-stage3 quick-stage4 quick-stage5 \
+	test lint bench bench-stage1 bench-stage2 bench-stage3 bench-stage4 \
 	bench-stage5 report clean
 
 # Refuse a Python older than MIN_PYTHON before anything is built, and rebuild a .venv made by another Python.
@@ -40,11 +43,38 @@ setup: check-python
 setup-dev: check-python
 	@$(MAKE) --no-print-directory $(VENV)/.installed-dev
 
+REVIEW := "One of the best films I have seen this year: moving, funny and beautifully acted."
+SENTENCE1 := "A man is riding a bicycle down the street."
+SENTENCE2 := "Two dogs are playing in the snow."
+
 demo: setup
-	$(PY) stage1_mlp/train.py --dataset imdb
-	$(PY) stage1_mlp/evaluate.py --checkpoint stage1_mlp/checkpoints/best_model.pt
-	$(PY) stage1_mlp/evaluate.py --checkpoint stage1_mlp/checkpoints/best_model.pt \
-		--text "One of the best films I have seen this year: moving, funny and beautifully acted."
+	$(PY) stage1_mlp/train.py --preset quick
+	$(PY) stage1_mlp/evaluate.py --text $(REVIEW)
+
+# each quick-stageN trains that stage's quick preset, then tries the model it wrote (found without --checkpoint)
+quick: quick-stage1 quick-stage2 quick-stage3 quick-stage4 quick-stage5
+
+quick-stage1: setup
+	$(PY) stage1_mlp/train.py --preset quick
+	$(PY) stage1_mlp/evaluate.py --text $(REVIEW)
+
+quick-stage2: setup
+	$(PY) stage2_rnn_lstm/train.py --preset quick
+	$(PY) stage2_rnn_lstm/generate.py --prompt "ROMEO:" --max_new_tokens 300 --seed 1
+
+quick-stage3: setup
+	$(PY) stage3_attention_seq2seq/train.py --preset quick
+	$(PY) stage3_attention_seq2seq/translate.py $(SENTENCE1)
+	$(PY) stage3_attention_seq2seq/translate.py $(SENTENCE2)
+
+quick-stage4: setup
+	$(PY) stage4_transformer/train.py --preset quick
+	$(PY) stage4_transformer/translate.py $(SENTENCE1)
+	$(PY) stage4_transformer/translate.py $(SENTENCE2)
+
+quick-stage5: setup
+	$(PY) stage5_gpt/train.py --preset quick
+	$(PY) stage5_gpt/generate.py --prompt "ROMEO:" --max_new_tokens 300 --seed 1
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .
