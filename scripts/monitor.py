@@ -83,7 +83,8 @@ class TrainingMonitor:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: a resumed run drops the events a stopped run wrote past its last checkpoint
-            self.writer = SummaryWriter(log_dir=str(self.out_dir), purge_step=self.step_no + 1 if self.step_no else None)
+            purge = self.step_no + 1 if self.step_no else None
+            self.writer = SummaryWriter(log_dir=str(self.out_dir), purge_step=purge)
         self.write_progress("running")
 
     # ------------------------------------------------------------------------- during training
