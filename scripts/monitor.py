@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from scripts.common import command_line, hardware, write_json
+from scripts.common import EXIT_INTERRUPTED, TrainingInterrupted, command_line, hardware, write_json
 from scripts.plots import plot_curves
 
 PROGRESS_FORMAT = "my_llm-progress-v1"
@@ -185,8 +185,9 @@ class TrainingMonitor:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None or (exc_type is SystemExit and exc.code in (0, None)):
             state = "finished"
-        elif exc_type is KeyboardInterrupt or (exc_type is SystemExit and exc.code == 130):
-            state = "interrupted"   # Ctrl-C: ResumableRun saved last.pt and exits 130
+        elif issubclass(exc_type, (KeyboardInterrupt, TrainingInterrupted)) or (
+                exc_type is SystemExit and exc.code == EXIT_INTERRUPTED):
+            state = "interrupted"   # Ctrl-C: ResumableRun saved last.pt and raised TrainingInterrupted (exit 130)
         else:
             state = "failed"
         self.close(state)

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from scripts.common import UserError, describe_model, find_model, newest_model, save_checkpoint
+from scripts.common import TrainingInterrupted, UserError, describe_model, find_model, newest_model, save_checkpoint
 from scripts.monitor import TrainingMonitor, read_progress
 
 
@@ -59,6 +59,7 @@ def test_evaluation_time_is_left_out_of_the_throughput(tmp_path):
 
 
 @pytest.mark.parametrize("exc, state", [(KeyboardInterrupt, "interrupted"), (SystemExit(130), "interrupted"),
+                                        (TrainingInterrupted("saved last.pt"), "interrupted"),
                                         (RuntimeError("boom"), "failed")])
 def test_progress_says_how_a_run_ended(tmp_path, exc, state):
     with pytest.raises(BaseException):
