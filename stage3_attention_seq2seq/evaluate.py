@@ -1,13 +1,14 @@
 """Score a stage 3 translator with sacreBLEU and chrF, greedy and beam search, on a held-out split.
 
-    python stage3_attention_seq2seq/evaluate.py               # checkpoints/best_attention_model.pt on test_2016_flickr
+    python stage3_attention_seq2seq/evaluate.py               # the newest model trained, on test_2016_flickr
     python stage3_attention_seq2seq/evaluate.py --checkpoint stage3_attention_seq2seq/checkpoints/best_none_model.pt
     python stage3_attention_seq2seq/evaluate.py --beam_size 10 --alpha 0.6 --split valid
 (the same commands work from inside stage3_attention_seq2seq/ as `python evaluate.py ...`)
 
 The output is detokenised and compared with the raw reference sentences (sacreBLEU's own 13a
 tokenisation, cased), so the number is comparable with published ones; the signature says exactly how.
-Writes metrics.json and translations.txt (beam search, one line per source line) to
+Without --checkpoint it scores the newest checkpoints/*.pt (else the newest runs/*/last.pt) and prints
+which. Writes metrics.json and translations.txt (beam search, one line per source line) to
 runs/eval_<checkpoint name>/ (or --out_dir), and metrics.json also to --metrics_out if given.
 """
 from __future__ import annotations
@@ -21,16 +22,13 @@ from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common
                             get_device, run_main, set_threads, write_metrics, write_text)
 from scripts.translation_data import corpus_scores
 from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs
-from stage3_attention_seq2seq.translator import STAGE, check_alpha, check_beam, load_model, translate_sentences
-
-STAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = STAGE_DIR / "checkpoints" / "best_attention_model.pt"     # train.py's default output
+from stage3_attention_seq2seq.translator import (CHECKPOINT_HELP, STAGE, STAGE_DIR, check_alpha, check_beam,
+                                                 find_checkpoint, load_model, model_line, translate_sentences)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Evaluate a stage 3 translator: sacreBLEU and chrF, greedy and beam search.")
-    add_checkpoint_arg(p, None, "model written by train.py "
-                                "(default: stage3_attention_seq2seq/checkpoints/best_attention_model.pt)")
+    add_checkpoint_arg(p, None, CHECKPOINT_HELP)
     p.add_argument("--dataset", default=None, choices=DATASETS,
                    help="data set to score on (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=SPLITS, help="test = Multi30k test_2016_flickr")
@@ -40,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace <unk> in the output by the most attended source word")
     p.add_argument("--batch_size", type=int, default=128, help="sentences translated at once")
     p.add_argument("--limit", type=int, default=0, help="score only the first N pairs (0: all)")
-    p.add_argument("--out_dir", default=None, help="where metrics.json and translations.txt go "
-                                                   "(default: stage3_attention_seq2seq/runs/eval_<checkpoint name>)")
+    p.add_argument("--out_dir", default=None, help="where metrics.json and translations.txt go (default: "
+                                                   "stage3_attention_seq2seq/runs/eval_<checkpoint name>, "
+                                                   "eval_<run>_last for a run's last.pt)")
     p.add_argument("--metrics_out", default=None, help="also write metrics.json here (default: nowhere else)")
     add_common_args(p, seed_help="unused: greedy and beam search draw no random numbers")
     return p
@@ -49,22 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
     check_positive(args, "batch_size")
     check_beam(args.beam_size)
     check_alpha(args.alpha)
     if args.limit < 0:
         raise UserError(f"--limit must be >= 0, got {args.limit}")
+    path = find_checkpoint(args.checkpoint)
     set_threads(args.num_threads)
     device = get_device(args.device)
     started = time.time()
-    model, src_vocab, tgt_vocab, ckpt = load_model(args.checkpoint, device)
+    model, src_vocab, tgt_vocab, ckpt = load_model(path, device)
+    print(model_line(path, ckpt), flush=True)
     dataset = args.dataset or ckpt["dataset"]
     pairs = load_pairs(dataset, args.split, args.data_dir)
     if args.limit:
         pairs = pairs[: args.limit]
     if not pairs:
         raise UserError(f"{dataset} {args.split} has no sentence pairs to score")
+    print(f"scoring {len(pairs):,} {dataset} {args.split} pairs: greedy, then beam {args.beam_size}", flush=True)
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
 
     metrics: dict = {"sentences": len(pairs), "beam_size": args.beam_size, "alpha": args.alpha,
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sum(t.source_tokens.count("<unk>") for t in outputs["beam"])
     metrics["source_unknown_rate"] = round(unknown / max(1, sum(len(t.source_tokens) for t in outputs["beam"])), 4)
 
-    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.checkpoint).stem}"
+    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{eval_name(path)}"
     try:
         write_text(out_dir / "translations.txt", "".join(t.text + "\n" for t in outputs["beam"]))
     except OSError as err:
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   split="test_2016_flickr" if dataset == "multi30k" and args.split == "test" else args.split,
                   metrics=metrics, params=count_params(model), seconds=time.time() - started,
                   seconds_key="eval_seconds", device=device,
-                  extra={"checkpoint": str(args.checkpoint), "attention_type": config.attention_type,
+                  extra={"checkpoint": str(path), "attention_type": config.attention_type,
                          "trained_epochs": ckpt.get("epoch"), "history": ckpt.get("history", [])})
     write_metrics(out_dir / "metrics.json", **common)
     if args.metrics_out:
@@ -104,6 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{metrics['bleu_signature']}\n{metrics['chrf_signature']}")
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'translations.txt'}")
     return 0
+
+
+def eval_name(path: Path) -> str:
+    """The name of the default output folder: the checkpoint's file name, or <run>_last for a run's last.pt."""
+    return f"{path.parent.name}_last" if path.name == "last.pt" else path.stem
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Train an encoder-decoder translator, English -> French, with or without attention (stage 3).
 
     python stage3_attention_seq2seq/train.py                                 # Bahdanau attention on Multi30k
+    python stage3_attention_seq2seq/train.py --preset quick                  # a small model in about 2 minutes
     python stage3_attention_seq2seq/train.py --attention_type luong_general  # or luong_dot, luong_concat, none
     python stage3_attention_seq2seq/train.py --dataset tatoeba               # 167k everyday sentence pairs
     python stage3_attention_seq2seq/train.py --teacher_forcing_end 0.8       # scheduled sampling
@@ -10,7 +11,9 @@
 One step (train_one_epoch): the decoder reads the true previous word (teacher forcing; with
 --teacher_forcing_end < 1 a growing share of its own guesses: scheduled sampling), label-smoothed
 cross-entropy, backward, gradient clipping, AdamW, warm-up + cosine learning rate. After each epoch
-(end_of_epoch): validation loss and greedy BLEU; the best epoch is kept in --checkpoint.
+(end_of_epoch): validation loss and greedy BLEU, and one sample translation; the best epoch is kept in
+--checkpoint. Watch a run with `tensorboard --logdir stage3_attention_seq2seq/runs`, or open the run folder's
+history.json / curves.png, rewritten after every epoch.
 """
 from __future__ import annotations
 
@@ -22,12 +25,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, check_positive,
-                            checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
-                            set_threads, setup_logging, warmup_cosine, write_json, write_metrics)
-from scripts.plots import plot_curves
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args,
+                            check_positive, checkpoint_header, count_params, get_device, run_main, save_checkpoint,
+                            set_seed, set_threads, setup_logging, warmup_cosine, write_metrics)
+from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from scripts.translation_data import corpus_scores
 from stage3_attention_seq2seq.data.translation import (DATASETS, PAD_ID, Vocabulary, bucketed_batches, encode_pairs,
@@ -40,32 +42,59 @@ STAGE_DIR = Path(__file__).resolve().parent
 # flags that decide the data order, the model or the schedule: a resumed run must keep them (--epochs may grow)
 RESUME_MUST_MATCH = ("attention_type", "impl", "batch_size", "limit", "max_len", "min_freq", "seed", "lr",
                      "warmup_steps", "teacher_forcing", "teacher_forcing_end", "embed_dim", "hidden_dim")
+# the good settings of each --preset (flags left unset take these). default: the stage's main model, about
+# 26 minutes on 2 CPU cores; quick: a smaller model (a smaller vocabulary above all: the output layer over
+# every French word costs most of a step) for 3 epochs at a higher learning rate, about 2 minutes
+# (results/TUNING.md, "the quick preset")
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": dict(epochs=16, lr=2e-3, batch_size=128, embed_dim=256, hidden_dim=128, attention_dim=256,
+                    dropout=0.3, min_freq=2, warmup_steps=200),
+    "quick": dict(epochs=3, lr=5e-3, batch_size=128, embed_dim=128, hidden_dim=64, attention_dim=64,
+                  dropout=0.1, min_freq=5, warmup_steps=100),
+}
+# the sentence translated (greedy) after every epoch, so the log shows the model learning
+SAMPLE_SENTENCE = "A man in a blue shirt is playing the guitar."
+
+
+def preset_default(key: str) -> str:
+    """How --help states a flag whose default comes from --preset."""
+    return "(default: the preset's: " + ", ".join(f"{name} {values[key]}" for name, values in PRESETS.items()) + ")"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Train an English->French encoder-decoder with attention (stage 3).")
+    p.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="settings for the flags left unset: default (the main model, ~26 min on 2 CPU cores) or "
+                        "quick (a small model, ~2 min); it also names the outputs (quick: *_quick)")
     p.add_argument("--attention_type", default="bahdanau", choices=ATTENTION_TYPES,
                    help="bahdanau (additive), luong_dot / luong_general / luong_concat, or none (fixed vector)")
     p.add_argument("--dataset", default="multi30k", choices=DATASETS, help="sentence pairs to train on")
-    p.add_argument("--epochs", type=int, default=16, help="passes over the training pairs")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
-    p.add_argument("--batch_size", type=int, default=128, help="sentence pairs per batch")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training pairs " + preset_default("epochs"))
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate " + preset_default("lr"))
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="sentence pairs per batch " + preset_default("batch_size"))
     p.add_argument("--teacher_forcing_end", type=float, default=1.0,
                    help="share of true previous words fed in the last epoch (< 1: scheduled sampling, e.g. 0.8)")
 
     model = p.add_argument_group("model")
     model.add_argument("--impl", default="scratch", choices=["scratch", "torch"],
                        help="recurrent parts: scratch (models/rnn.py) or torch (nn.GRU, nn.GRUCell)")
-    model.add_argument("--embed_dim", type=int, default=256, help="word embedding size (also the readout size)")
-    model.add_argument("--hidden_dim", type=int, default=128,
-                       help="encoder GRU size per direction; the decoder state is twice it")
-    model.add_argument("--attention_dim", type=int, default=256, help="hidden size of additive attention")
-    model.add_argument("--dropout", type=float, default=0.3, help="dropout on embeddings and the readout")
+    model.add_argument("--embed_dim", type=int, default=None,
+                       help="word embedding size, also the readout size " + preset_default("embed_dim"))
+    model.add_argument("--hidden_dim", type=int, default=None,
+                       help="encoder GRU size per direction; the decoder state is twice it "
+                            + preset_default("hidden_dim"))
+    model.add_argument("--attention_dim", type=int, default=None,
+                       help="hidden size of additive attention " + preset_default("attention_dim"))
+    model.add_argument("--dropout", type=float, default=None,
+                       help="dropout on embeddings and the readout " + preset_default("dropout"))
     model.add_argument("--tie_embeddings", action=argparse.BooleanOptionalAction, default=True,
                        help="the output layer shares the target embedding matrix")
 
     data = p.add_argument_group("vocabulary and data")
-    data.add_argument("--min_freq", type=int, default=2, help="words seen fewer times in training become <unk>")
+    data.add_argument("--min_freq", type=int, default=None,
+                      help="words seen fewer times in training become <unk> " + preset_default("min_freq"))
     data.add_argument("--max_len", type=int, default=60, help="drop training pairs longer than this many tokens")
     data.add_argument("--limit", type=int, default=0, help="use only the first N training pairs (0: all)")
     data.add_argument("--val_limit", type=int, default=0, help="score only the first N validation pairs (0: all)")
@@ -73,22 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
     training = p.add_argument_group("training")
     training.add_argument("--teacher_forcing", type=float, default=1.0,
                           help="share of true previous words fed in the first epoch (linear to --teacher_forcing_end)")
-    training.add_argument("--warmup_steps", type=int, default=200,
-                          help="linear warm-up steps, then cosine decay to 10%% of --lr")
+    training.add_argument("--warmup_steps", type=int, default=None,
+                          help="linear warm-up steps, then cosine decay to 10%% of --lr "
+                               + preset_default("warmup_steps"))
     training.add_argument("--weight_decay", type=float, default=0.0, help="AdamW decoupled weight decay")
     training.add_argument("--clip", type=float, default=1.0, help="clip the gradient norm to this")
     training.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
     training.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
 
     add_output_args(p, "where to write the best model (default: stage3_attention_seq2seq/checkpoints/"
-                        "best_attention_model.pt for bahdanau, else best_<attention_type>_model.pt there)",
-                       "run folder (default: stage3_attention_seq2seq/runs/<attention_type>_<dataset>)")
+                        "best_attention_model.pt for bahdanau, else best_<attention_type>_model.pt there; "
+                        "another --dataset adds _<dataset>, --preset quick adds _quick: "
+                        "best_attention_model_quick.pt)",
+                       "run folder (default: stage3_attention_seq2seq/runs/<attention_type>_<dataset>, "
+                       "plus _quick for --preset quick)")
     add_common_args(p, seed_help="seed for initialisation, data order, dropout and scheduled sampling")
     return p
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Check the flags' values and fill in the paths that depend on others."""
+    """Fill the unset flags from --preset, check the values and fill in the paths that depend on others."""
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     check_positive(args, "embed_dim", "hidden_dim", "attention_dim", "min_freq", "batch_size", "epochs")
     for flag in ("lr", "clip"):
         if getattr(args, flag) <= 0:
@@ -102,10 +138,20 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for flag in ("teacher_forcing", "teacher_forcing_end"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             raise UserError(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
-    name = "attention" if args.attention_type == "bahdanau" else args.attention_type
-    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"best_{name}_model.pt")
-    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"{args.attention_type}_{args.dataset}")
+    checkpoint, run = default_names(args.attention_type, args.dataset, args.preset)
+    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / checkpoint)
+    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / run)
     return args
+
+
+def default_names(attention_type: str, dataset: str, preset: str) -> tuple[str, str]:
+    """The best checkpoint's file name and the run folder's name: one pair per attention type, data set and
+    preset, so no run overwrites another kind's model ("best_attention_model.pt", "bahdanau_multi30k" for the
+    default command; "best_attention_model_quick.pt", "bahdanau_multi30k_quick" for --preset quick)."""
+    kind = "attention" if attention_type == "bahdanau" else attention_type
+    suffix = ("" if dataset == "multi30k" else f"_{dataset}") + ("" if preset == "default" else f"_{preset}")
+    run_suffix = "" if preset == "default" else f"_{preset}"
+    return f"best_{kind}_model{suffix}.pt", f"{attention_type}_{dataset}{run_suffix}"
 
 
 @dataclass
@@ -158,13 +204,12 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: 
 
 
 def train_one_epoch(args: argparse.Namespace, model: Seq2Seq, optimizer: torch.optim.Optimizer, examples: list,
-                    run: ResumableRun, total_steps: int, device: torch.device) -> dict[str, float]:
+                    run: ResumableRun, monitor: TrainingMonitor, total_steps: int,
+                    device: torch.device) -> dict[str, float]:
     """One pass over the training pairs from `batch_in_epoch` on; returns its speed and last learning rate."""
     state = run.state
     epoch = state["epoch"] + 1
     ratio = teacher_forcing_at(epoch, args)
-    bar = tqdm(total=num_batches(len(examples), args.batch_size), initial=state["batch_in_epoch"],
-               desc=f"epoch {epoch}", unit="batch", disable=None, leave=False)
     tokens, tick, seconds_before = 0, time.time(), state["train_seconds"]
     for batch in bucketed_batches(examples, args.batch_size, True, args.seed, epoch, state["batch_in_epoch"]):
         lr = warmup_cosine(state["global_step"], total_steps, args.warmup_steps, args.lr, final=args.lr / 10)
@@ -185,12 +230,11 @@ def train_one_epoch(args: argparse.Namespace, model: Seq2Seq, optimizer: torch.o
         state["batch_in_epoch"] += 1
         state["global_step"] += 1
         state["train_seconds"] = seconds_before + time.time() - tick
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tgt_tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
+        # the whole run's bar (ETA, running loss, target tokens/s) and the loss curve in TensorBoard
+        monitor.step(loss.item(), items=batch_tokens, epoch=f"{epoch}/{args.epochs}", lr=lr)
         run.step_done(f"epoch {epoch}, batch {state['batch_in_epoch']}")   # after Ctrl-C: save last.pt, exit 130
         if args.max_steps and state["global_step"] >= args.max_steps:
             break
-    bar.close()
     return {"tgt_tokens_per_s": tokens / max(time.time() - tick, 1e-9), "lr": optimizer.param_groups[0]["lr"]}
 
 
@@ -209,6 +253,14 @@ def validate(model: Seq2Seq, corpus: Corpus, device: torch.device) -> dict[str, 
     scores = corpus_scores([h.text for h in hypotheses], [t for _, t in corpus.valid_pairs])
     model.train()
     return {"val_loss": total / max(count, 1), "val_bleu": scores["bleu"], "val_chrf": scores["chrf"]}
+
+
+def sample_translation(model: Seq2Seq, corpus: Corpus, device: torch.device) -> str:
+    """SAMPLE_SENTENCE translated greedily (no random numbers drawn: a resumed run stays exact)."""
+    result = translate_sentences(model, corpus.src_vocab, corpus.tgt_vocab, [SAMPLE_SENTENCE], device,
+                                 unk_replace=True)[0]
+    model.train()
+    return f"en: {SAMPLE_SENTENCE}\nfr: {result.text}"
 
 
 def end_of_epoch(args: argparse.Namespace, run: ResumableRun, model: Seq2Seq, corpus: Corpus, device: torch.device,
@@ -268,27 +320,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     total_steps = args.epochs * num_batches(len(corpus.train), args.batch_size)
     total_steps = min(total_steps, args.max_steps) if args.max_steps else total_steps
+    monitor = TrainingMonitor(out_dir, stage=STAGE, model=f"{model.config.attention_type}_{model.config.impl}",
+                              dataset=args.dataset, device=device, total_steps=total_steps,
+                              done_steps=run.state["global_step"], unit="tgt_tokens", log=log,
+                              title=f"{model.config.attention_type} attention on {args.dataset}")
     model.train()
-    with run:                               # the first Ctrl-C now stops the loop at the next step boundary
+    with run, monitor:          # Ctrl-C now stops at the next step boundary; the monitor records how the run ended
         while run.state["epoch"] < args.epochs and not (args.max_steps and run.state["global_step"] >= args.max_steps):
-            speed = train_one_epoch(args, model, optimizer, corpus.train, run, total_steps, device)
-            row, improved = end_of_epoch(args, run, model, corpus, device, speed, save_best)
-            log.info(f"epoch {row['epoch']:2d}  train loss {row['train_loss']:.3f}  val loss {row['val_loss']:.3f}  "
-                     f"val BLEU {row['val_bleu']:.2f} (greedy){'  *best*' if improved else ''}  "
-                     f"{row['tgt_tokens_per_s']:,.0f} target tokens/s  {(time.time() - started) / 60:.1f} min")
-            write_history(args, run.state["history"], model.config)
-            run.save()
+            speed = train_one_epoch(args, model, optimizer, corpus.train, run, monitor, total_steps, device)
+            with monitor.evaluating():          # validation time stays out of the ETA and the throughput
+                row, improved = end_of_epoch(args, run, model, corpus, device, speed, save_best)
+                sample = sample_translation(model, corpus, device)
+                log.info(f"epoch {row['epoch']:2d}  train loss {row['train_loss']:.3f}  val loss {row['val_loss']:.3f}"
+                         f"  val BLEU {row['val_bleu']:.2f} (greedy){'  *best*' if improved else ''}  "
+                         f"{row['tgt_tokens_per_s']:,.0f} target tokens/s  {(time.time() - started) / 60:.1f} min")
+                run.save()
+            # history.json and curves.png rewritten; the numbers and the sample to TensorBoard and train.log
+            monitor.evaluated(row, run.state["history"], panels=CURVES, sample=sample)
     report(args, run, model, corpus, device, wall_seconds(), log)
     run.save()      # last.pt carries at least the wall time reported, so a resumed run's total adds on to it
     return 0
 
 
-def write_history(args: argparse.Namespace, history: list[dict[str, Any]], config: Seq2SeqConfig) -> None:
-    """history.json and curves.png in the run folder, rewritten after every epoch."""
-    write_json(Path(args.out_dir) / "history.json", history)
-    plot_curves(history, Path(args.out_dir) / "curves.png",
-                [["train_loss", "val_loss"], ["val_bleu"], ["tgt_tokens_per_s"]],
-                title=f"{config.attention_type} attention on {args.dataset}")
+# the panels of curves.png: losses, validation BLEU, speed
+CURVES = [["train_loss", "val_loss"], ["val_bleu"], ["tgt_tokens_per_s"]]
 
 
 def report(args: argparse.Namespace, run: ResumableRun, model: Seq2Seq, corpus: Corpus, device: torch.device,

@@ -6,7 +6,8 @@
     python stage3_attention_seq2seq/translate.py --interactive          # type sentences; :help lists commands
 (the same commands work from inside stage3_attention_seq2seq/ as `python translate.py ...`)
 
-Beam search (--beam_size 5) by default; --beam_size 1 is greedy. The interactive prompt takes the
+Without --checkpoint it loads the newest checkpoints/*.pt (else the newest runs/*/last.pt) and says which
+on stderr. Beam search (--beam_size 5) by default; --beam_size 1 is greedy. The interactive prompt takes the
 course's commands (:beam, :settings, :help, :quit) plus :alpha VALUE and :heatmap FILE.png|off.
 """
 from __future__ import annotations
@@ -23,19 +24,17 @@ from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common
 from scripts.repl import Repl
 from stage3_attention_seq2seq.data.translation import EOS, UNK, Vocabulary, split_lines, tokenize
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq
-from stage3_attention_seq2seq.translator import Translation, check_alpha, check_beam, load_model, translate_sentences
+from stage3_attention_seq2seq.translator import (CHECKPOINT_HELP, Translation, check_alpha, check_beam,
+                                                 find_checkpoint, load_model, model_line, translate_sentences)
 
-STAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = STAGE_DIR / "checkpoints" / "best_attention_model.pt"     # train.py's default output
 NO_ATTENTION = "this model has no attention weights to draw (--attention_type none)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Translate English to French with a trained stage 3 model.")
     p.add_argument("sentence", nargs="*", help="English text to translate (one sentence)")
-    add_checkpoint_arg(p, None, "model written by train.py "
-                                "(default: stage3_attention_seq2seq/checkpoints/best_attention_model.pt)")
-    p.add_argument("--input", default=None, help="translate this file, one sentence per line")
+    add_checkpoint_arg(p, None, CHECKPOINT_HELP)
+    p.add_argument("--input", default=None, help="translate this file, one sentence per line (default: none)")
     p.add_argument("--output", default=None, help="write the file's translations here (default: stdout)")
     p.add_argument("--interactive", action="store_true", help="type sentences at a prompt (:help lists commands)")
     p.add_argument("--beam_size", type=int, default=5, help="beam width (1: greedy)")
@@ -166,7 +165,6 @@ def interactive(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, ar
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
     check_positive(args, "batch_size")
     check_beam(args.beam_size)
     check_alpha(args.alpha)
@@ -174,9 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("give one of: a sentence, --input FILE, or --interactive")
     if args.heatmap and args.input is not None:
         raise UserError("--heatmap draws one sentence; give a sentence (or use :heatmap in --interactive)")
+    path = find_checkpoint(args.checkpoint)
     set_threads(args.num_threads)
     device = get_device(args.device)
-    model, src_vocab, tgt_vocab, _ = load_model(args.checkpoint, device)
+    model, src_vocab, tgt_vocab, ckpt = load_model(path, device)
+    print(model_line(path, ckpt), file=sys.stderr)     # stderr: stdout holds only the translations
     if args.heatmap and model.attention is None:
         raise UserError(f"{NO_ATTENTION}; drop --heatmap")
     if args.input is not None:

@@ -1,5 +1,5 @@
-"""What train.py, evaluate.py and translate.py share: load a trained model and translate many sentences
-in length-sorted batches (scored by `scripts.translation_data.corpus_scores`)."""
+"""What train.py, evaluate.py and translate.py share: find and load a trained model, and translate many
+sentences in length-sorted batches (scored by `scripts.translation_data.corpus_scores`)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from scripts.common import UserError, load_checkpoint
+from scripts.common import UserError, describe_model, find_model, load_checkpoint
 from scripts.repl import check_setting
 from stage3_attention_seq2seq.data.translation import (
     EOS_ID,
@@ -26,6 +26,14 @@ from stage3_attention_seq2seq.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
 STAGE = "stage3_attention_seq2seq"
 MODEL_NAME = "seq2seq_attention"
+STAGE_DIR = Path(__file__).resolve().parent
+# without --checkpoint, programs load the newest best checkpoint train.py wrote (any attention type, data set or
+# preset), else the newest run's last.pt (a run stopped before its first epoch ended, or one still training)
+BEST_GLOBS = ("checkpoints/*.pt",)
+RUN_GLOBS = ("runs/*/last.pt",)
+TRAIN_HINT = "python stage3_attention_seq2seq/train.py --preset quick"
+CHECKPOINT_HELP = ("model written by train.py (default: the newest stage3_attention_seq2seq/checkpoints/*.pt, "
+                   "else the newest runs/*/last.pt there)")
 
 
 @dataclass
@@ -49,6 +57,22 @@ def check_alpha(value: float, name: str = "--alpha") -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 10.0):
         raise UserError(f"{name} must be between 0 (no length penalty) and 10, got {value}")
     return value
+
+
+def find_checkpoint(given: str | None) -> Path:
+    """--checkpoint when given, else the newest model of this stage (BEST_GLOBS, then RUN_GLOBS)."""
+    return find_model(given, STAGE_DIR, BEST_GLOBS, RUN_GLOBS, TRAIN_HINT)
+
+
+def model_line(path: str | Path, ckpt: dict[str, Any]) -> str:
+    """What a program prints about the model it loaded: the file, best or a run's latest state, how far it
+    trained, and its attention type, data set and best validation BLEU."""
+    line = describe_model(Path(path), ckpt)
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    details = [f"{config.get('attention_type', '?')} attention on {ckpt.get('dataset', '?')}"]
+    if isinstance(ckpt.get("best_val_bleu"), float) and ckpt["best_val_bleu"] >= 0:
+        details.append(f"best val BLEU {ckpt['best_val_bleu']:.2f} (greedy)")
+    return f"{line}: {', '.join(details)}"
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocabulary, Vocabulary, dict[str, Any]]:

@@ -2,14 +2,16 @@
 import gzip
 import json
 import os
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 
 from scripts.common import checkpoint_header, load_checkpoint, save_checkpoint
 from scripts.testing import TypedLines
-from stage3_attention_seq2seq import evaluate, train, translate
+from stage3_attention_seq2seq import evaluate, train, translate, translator
 
 TINY = ["--embed_dim", "32", "--hidden_dim", "32", "--attention_dim", "16", "--batch_size", "32",
         "--num_threads", "1", "--warmup_steps", "5", "--lr", "0.01", "--dropout", "0.1"]
@@ -34,7 +36,9 @@ def trained(mt_data, tmp_path_factory):
 def test_training_learns_and_evaluate_scores_with_sacrebleu(trained, mt_data, tmp_path, cli):
     history = json.loads((trained.parent.parent / "run" / "history.json").read_text())
     assert history[-1]["val_bleu"] > 50 > history[0]["val_bleu"]
-    assert "target tokens/s" in (trained.parent.parent / "run" / "train.log").read_text()
+    log = (trained.parent.parent / "run" / "train.log").read_text()
+    assert "target tokens/s" in log
+    assert log.count(f"en: {train.SAMPLE_SENTENCE}\nfr: ") == 8             # one sample translation per epoch
     assert (trained.parent / "best.vocab.json").is_file()
     code, out, err = cli(evaluate.main, ["--model_path", trained, "--data_dir", mt_data, "--out_dir", tmp_path / "e",
                                          "--num_threads", "1"])      # --model_path: the same option as --checkpoint
@@ -46,6 +50,75 @@ def test_training_learns_and_evaluate_scores_with_sacrebleu(trained, mt_data, tm
     assert m["sentences_per_s_beam"] > 0 and 0 < m["chrf_beam"] <= 100
     lines = (tmp_path / "e" / "translations.txt").read_text().splitlines()
     assert len(lines) == 40 and all(line.strip() for line in lines)
+
+
+def test_a_run_can_be_watched_while_it_trains(mt_data, tmp_path, cli):
+    """history.json, curves.png, TensorBoard events and progress.json exist after the first evaluation."""
+    code, out, err = cli(train.main, train_args(mt_data, tmp_path, "--epochs", "3", "--max_steps", "10",
+                                                "--limit", "200", "--val_limit", "10"))
+    assert code == 0, err
+    run = tmp_path / "run"
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2] and history[0]["steps"] == 7     # stopped in epoch 2
+    assert (run / "curves.png").stat().st_size > 1000 and list(run.glob("events.out.tfevents.*"))
+    progress = json.loads((run / "progress.json").read_text())
+    assert progress["state"] == "finished" and progress["step"] == progress["total_steps"] == 10
+    assert progress["model"] == json.loads((run / "metrics.json").read_text())["model"] == "bahdanau_scratch"
+    assert "sample at step 7:" in (run / "train.log").read_text()
+
+
+def resolved(*argv):
+    return train.resolve_args(train.build_parser().parse_args(list(argv)))
+
+
+def test_presets_fill_the_unset_flags_and_name_the_outputs():
+    quick = resolved("--preset", "quick")
+    assert {key: getattr(quick, key) for key in train.PRESETS["quick"]} == train.PRESETS["quick"]
+    assert Path(quick.checkpoint).name == "best_attention_model_quick.pt"
+    assert Path(quick.out_dir).name == "bahdanau_multi30k_quick"
+    mixed = resolved("--preset", "quick", "--epochs", "5", "--lr", "0.001")     # a flag given wins over the preset
+    assert (mixed.epochs, mixed.lr, mixed.hidden_dim) == (5, 0.001, train.PRESETS["quick"]["hidden_dim"])
+    default = resolved()
+    assert {key: getattr(default, key) for key in train.PRESETS["default"]} == train.PRESETS["default"]
+    assert (default.epochs, default.lr, default.hidden_dim, default.min_freq) == (16, 2e-3, 128, 2)
+    assert Path(default.checkpoint).name == "best_attention_model.pt" and Path(default.out_dir).name == \
+        "bahdanau_multi30k"
+    # every attention type, data set and preset writes its own files: none overwrites another's model
+    names = {(Path(a.checkpoint).name, Path(a.out_dir).name) for a in (
+        resolved("--dataset", "tatoeba"), resolved("--dataset", "tatoeba", "--preset", "quick"),
+        resolved("--attention_type", "luong_dot"), resolved("--attention_type", "luong_dot", "--preset", "quick"))}
+    assert names == {("best_attention_model_tatoeba.pt", "bahdanau_tatoeba"),
+                     ("best_attention_model_tatoeba_quick.pt", "bahdanau_tatoeba_quick"),
+                     ("best_luong_dot_model.pt", "luong_dot_multi30k"),
+                     ("best_luong_dot_model_quick.pt", "luong_dot_multi30k_quick")}
+
+
+def test_programs_load_the_newest_model_without_checkpoint(trained, mt_data, tmp_path, monkeypatch, cli):
+    stage = tmp_path / "stage"
+    monkeypatch.setattr(translator, "STAGE_DIR", stage)
+    code, _, err = cli(translate.main, ["A dog."])
+    assert code == 2 and "no trained model" in err and "python stage3_attention_seq2seq/train.py --preset quick" in err
+    # only a run's last.pt (stopped, or still training): it is loaded, and the program says so
+    run = stage / "runs" / "bahdanau_multi30k_quick"
+    run.mkdir(parents=True)
+    shutil.copy(trained.parent.parent / "run" / "last.pt", run / "last.pt")
+    code, out, err = cli(translate.main, ["A dog is running in the park."])
+    assert code == 0 and out.strip() == "Un chien court dans le parc."
+    assert f"model: {run / 'last.pt'} (the latest state of a run; preset default, epoch 8 of 8, step " in err
+    assert "bahdanau attention on multi30k, best val BLEU" in err
+    # a best checkpoint is preferred to a run's last.pt
+    best = stage / "checkpoints" / "best_attention_model_quick.pt"
+    best.parent.mkdir()
+    shutil.copy(trained, best)
+    code, out, err = cli(evaluate.main, ["--data_dir", mt_data, "--out_dir", tmp_path / "e", "--limit", "4",
+                                         "--beam_size", "2", "--num_threads", "1"])
+    assert code == 0, err
+    assert out.startswith(f"model: {best} (best checkpoint; preset default, epoch ")
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["checkpoint"] == str(best)
+    code, _, err = cli(evaluate.main, ["--checkpoint", tmp_path / "nope.pt"])      # a typo names the newest model
+    assert code == 2 and f"the newest model of this stage is {best}" in err and err.count("\n") == 1
+    assert evaluate.eval_name(run / "last.pt") == "bahdanau_multi30k_quick_last"
+    assert evaluate.eval_name(best) == "best_attention_model_quick"
 
 
 @pytest.mark.parametrize("kind, impl", [("luong_dot", "torch"), ("luong_general", "scratch"),
@@ -77,9 +150,16 @@ def test_translate_a_file_keeps_line_alignment(trained, tmp_path, cli):
     code, _, err = cli(translate.main, ["--checkpoint", trained, "--input", tmp_path / "nope.txt"])
     assert code == 2 and "nope.txt does not exist" in err
     code, _, err = cli(translate.main, ["--checkpoint", trained, "--input", tmp_path / "in.txt", "--output", tmp_path])
-    assert code == 2 and "cannot write --output" in err and err.count("\n") == 1
+    assert code == 2 and "cannot write --output" in err and error_lines(err) == 1
     code, _, err = cli(translate.main, ["--checkpoint", trained, "--input", tmp_path / "in.txt", "--heatmap", "x.png"])
     assert code == 2 and "--heatmap draws one sentence" in err
+
+
+def error_lines(err):
+    """Lines on stderr besides the "model: ..." line translate.py prints once it has loaded the model."""
+    lines = [line for line in err.splitlines() if not line.startswith("model: ")]
+    assert lines[-1].startswith("error: "), err
+    return len(lines)
 
 
 def fake_keyboard(monkeypatch, lines):
@@ -120,7 +200,7 @@ def test_interactive_heatmap_and_help(trained, tmp_path, monkeypatch, cli):
 ])
 def test_translate_bad_input_is_one_line(trained, cli, argv, message):
     code, _, err = cli(translate.main, ["--checkpoint", trained, *argv])
-    assert code == 2 and message in err and err.count("\n") == 1
+    assert code == 2 and message in err and error_lines(err) == 1
 
 
 def test_no_attention_model_has_no_heatmap(mt_data, tmp_path, cli):
@@ -195,9 +275,13 @@ def test_ctrl_c_mid_epoch_then_resume_is_exact(mt_data, tmp_path, cli, monkeypat
     saved = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage3_attention_seq2seq")
     assert saved["global_step"] == 9 and saved["epoch"] == 1 and saved["batch_in_epoch"] == 2
     assert (tmp_path / "b" / "ck" / "best.pt").is_file()                  # epoch 1's best survived
+    progress = json.loads((tmp_path / "b" / "run" / "progress.json").read_text())
+    assert progress["state"] == "interrupted" and progress["step"] == 9
+    assert [row["epoch"] for row in json.loads((tmp_path / "b" / "run" / "history.json").read_text())] == [1]
 
     code, _, err = cli(train.main, train_args(mt_data, tmp_path / "b", *common, "--resume"))
     assert code == 0, err
+    assert json.loads((tmp_path / "b" / "run" / "progress.json").read_text())["state"] == "finished"
     resumed = load_checkpoint(tmp_path / "b" / "run" / "last.pt", "stage3_attention_seq2seq")
     for name, value in uninterrupted["model_state"].items():
         assert torch.equal(resumed["model_state"][name], value), name
@@ -244,13 +328,28 @@ def test_evaluate_bad_flags(cli, argv, message):
 
 def test_help_shows_defaults_in_groups_and_honest_seeds():
     text = " ".join(train.build_parser().format_help().split())        # the same whatever the terminal's width
-    for default in ("(default: bahdanau)", "(default: 16)", "(default: 0.002)", "(default: 128)", "(default: 200)"):
+    for default in ("(default: bahdanau)", "(default: the preset's: default 16, quick 3)",
+                    "(default: the preset's: default 0.002, quick", "(default: the preset's: default 128, quick",
+                    "(default: the preset's: default 200, quick", "--preset {default,quick}", "(default: default)"):
         assert default in text, default
     assert "--tie_embeddings, --no-tie_embeddings" in text and "(default: True)" in text
     body = text[text.index("options:"):]                               # after the usage lines
     assert body.index("--epochs") < body.index("model:") < body.index("--embed_dim") < body.index("training:")
     assert "checkpoints/best_attention_model.pt for bahdanau" in text and "initialisation, data order" in text
+    assert "best_attention_model_quick.pt" in text
     for program in (translate, evaluate):
         text = " ".join(program.build_parser().format_help().split())
         assert "--checkpoint CHECKPOINT, --model_path CHECKPOINT" in text and "data order" not in text
         assert "--unk_replace, --no-unk_replace" in text and "(default: 5)" in text
+        assert "default: the newest stage3_attention_seq2seq/checkpoints/*.pt" in text
+
+
+@pytest.mark.parametrize("program", [train, evaluate, translate])
+def test_help_states_every_default(program):
+    """Every option's help shows its default, or says in words what the program chooses."""
+    for action in program.build_parser()._actions:
+        if action.dest == "help" or not action.option_strings:        # positional text has no default
+            continue
+        shown = program.build_parser()._get_formatter()._format_action(action)
+        assert "(default:" in " ".join(shown.split()) or action.default is None and "default" in (action.help or ""), \
+            f"{program.__name__} --{action.dest} does not state its default"
