@@ -1,13 +1,16 @@
 """Evaluate a trained stage 1 classifier, or classify your own text.
 
-    python stage1_mlp/evaluate.py                                    # test accuracy, macro-F1, speed
+    python stage1_mlp/evaluate.py                                    # the newest model: test accuracy, macro-F1, speed
     python stage1_mlp/evaluate.py --checkpoint stage1_mlp/checkpoints/best_model.pt
     python stage1_mlp/evaluate.py --text "A moving, beautifully acted film."   # one text, with probabilities
     python stage1_mlp/evaluate.py --interactive                      # type texts; :help lists commands
 
 (From inside stage1_mlp/ the same commands are `python evaluate.py ...`.)
+Without --checkpoint it loads the newest model train.py wrote: the newest checkpoints/best_model*.pt, else the
+newest runs/*/last.pt (a run stopped before its first evaluation); the first line printed says which.
 The test split is read here and nowhere else. Writes metrics.json, confusion_matrix.png and
-predictions.jsonl to runs/eval_<dataset>/ (or --out_dir), and metrics.json to --metrics_out if given.
+predictions.jsonl to runs/eval_<dataset>/ (runs/eval_<dataset>_quick/ for a model of the quick preset, or
+--out_dir), and metrics.json to --metrics_out if given.
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ from typing import Any, Sequence
 import torch
 
 from scripts.classification_data import DATASETS, classification_report, load_split
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, get_device,
-                            load_checkpoint, run_main, set_threads, write_metrics)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, describe_model,
+                            find_model, get_device, load_checkpoint, run_main, set_threads, write_metrics)
 from scripts.plots import plot_confusion
 from scripts.repl import Repl
 from stage1_mlp.data.features import FeatureSet, Featurizer, tokenize
@@ -32,11 +35,16 @@ from stage1_mlp.models.mlp_torch import TorchMLP
 STAGE = "stage1_mlp"
 STAGE_DIR = Path(__file__).resolve().parent
 MODEL_NAME = "ngram_mlp"
+# where a program looks for a model when no --checkpoint is given (under STAGE_DIR): best checkpoints, else last.pt
+BEST_GLOBS = ["checkpoints/best_model*.pt"]
+RUN_GLOBS = ["runs/*/last.pt"]
+TRAIN_HINT = "python stage1_mlp/train.py --preset quick"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description=__doc__)
-    add_checkpoint_arg(p, None, "trained model to load (when not given: stage1_mlp/checkpoints/best_model.pt)")
+    add_checkpoint_arg(p, None, "trained model to load (when not given: the newest stage1_mlp/checkpoints/"
+                                "best_model*.pt, else the newest stage1_mlp/runs/*/last.pt)")
     p.add_argument("--dataset", default=None, choices=DATASETS,
                    help="test set (when not given: the one the model was trained on)")
     p.add_argument("--text", default=None, help="classify this text and print class probabilities")
@@ -45,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=1024, help="batch size for the accuracy pass and throughput")
     p.add_argument("--latency_samples", type=int, default=500, help="documents timed one at a time for latency")
     p.add_argument("--out_dir", default=None,
-                   help="where outputs go (when not given: stage1_mlp/runs/eval_<dataset>)")
+                   help="where outputs go (when not given: stage1_mlp/runs/eval_<dataset>, with _quick at the end "
+                        "for a model of the quick preset)")
     p.add_argument("--metrics_out", default=None, help="also write metrics.json to this file")
     add_common_args(p, seed_help="random seed (evaluation itself draws no random numbers)")
     return p
@@ -57,6 +66,10 @@ class Classifier:
     def __init__(self, path: str | Path, device: torch.device):
         ckpt = load_checkpoint(path, STAGE, [MODEL_NAME], map_location=device)
         self.path, self.device = Path(path), device
+        self.description = describe_model(self.path, ckpt)   # "model: <file> (best checkpoint; epoch 2 of 2, ...)"
+        if self.path.name != "last.pt" and isinstance(ckpt.get("best_val_acc"), float):   # its own val accuracy
+            self.description = self.description[:-1] + f", val acc {ckpt['best_val_acc']:.2%})"
+        self.args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
         self.impl, self.dataset, self.classes = ckpt["impl"], ckpt["dataset"], list(ckpt["classes"])
         self.featurizer = Featurizer.from_dict(ckpt["featurizer"], str(path))
         self.config = MLPConfig(**ckpt["config"])
@@ -80,6 +93,17 @@ class Classifier:
             raise UserError("the text has no words to classify (it is empty or only punctuation)")
         known = sum(1 for t in tokens if t in self.featurizer.stoi)
         return self.probabilities(FeatureSet.from_texts(self.featurizer, [tokens], [0]))[0], known
+
+
+def find_checkpoint(given: str | None) -> Path:
+    """--checkpoint when given, else the newest model of this stage (see the module docstring)."""
+    return find_model(given, STAGE_DIR, BEST_GLOBS, RUN_GLOBS, TRAIN_HINT)
+
+
+def eval_dir(clf: Classifier, dataset: str) -> Path:
+    """Where the evaluation of `clf` on `dataset` goes by default: runs/eval_<dataset>, _quick for the quick preset."""
+    preset = clf.args.get("preset", "default")
+    return STAGE_DIR / "runs" / (f"eval_{dataset}" + ("" if preset == "default" else f"_{preset}"))
 
 
 def format_prediction(clf: Classifier, text: str) -> str:
@@ -131,8 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = get_device(args.device)
     if args.text is not None and not args.text.strip():
         raise UserError("--text is empty; give the text to classify, e.g. --text \"a wonderful film\"")
-    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / "best_model.pt")
+    args.checkpoint = str(find_checkpoint(args.checkpoint))
     clf = Classifier(args.checkpoint, device)
+    print(clf.description)
     if args.text is not None:
         print(format_prediction(clf, args.text))
         return 0
@@ -156,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = classification_report(data.labels, preds, clf.classes)
     latency = measure_latency(clf, test.texts, args.latency_samples)
 
-    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{dataset}"
+    out_dir = Path(args.out_dir) if args.out_dir else eval_dir(clf, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(report["confusion_matrix"], clf.classes, out_dir / "confusion_matrix.png",
                    title=f"{dataset} test, MLP ({clf.impl})")

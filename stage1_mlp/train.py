@@ -1,13 +1,15 @@
 """Train the bag-of-n-grams MLP text classifier (stage 1).
 
     python stage1_mlp/train.py                        # IMDb, torch implementation, good defaults
+    python stage1_mlp/train.py --preset quick         # a smaller model in two short epochs (well under a minute)
     python stage1_mlp/train.py --impl scratch         # hand-written forward/backward/Adam
     python stage1_mlp/train.py --dataset ag_news --epochs 20
     python stage1_mlp/train.py --resume               # carry on after Ctrl-C (same flags)
 
 (From inside stage1_mlp/ the same commands are `python train.py ...`.)
 Writes the best model (by validation accuracy) to checkpoints/best_model.pt, its vocabulary as JSON
-beside it, and the run's log, curves, history and metrics.json to runs/<dataset>_<impl>/.
+beside it, and the run's log, curves, history, TensorBoard events and metrics.json to runs/<dataset>_<impl>/
+(the quick preset: checkpoints/best_model_quick.pt and runs/<dataset>_<impl>_quick/).
 """
 from __future__ import annotations
 
@@ -19,13 +21,11 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 from scripts.classification_data import DATASETS, load_split, train_val_split
 from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, check_positive,
                             checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
-                            set_threads, setup_logging, write_json, write_metrics)
-from scripts.plots import plot_curves
+                            set_threads, setup_logging, write_metrics)
+from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from stage1_mlp.data.features import FeatureSet, Featurizer, tokenize
 from stage1_mlp.models.config import MLPConfig
@@ -38,23 +38,55 @@ MODEL_NAME = "ngram_mlp"
 # flags that decide the data, the model or the optimizer: --resume refuses to change them mid-run
 RESUME_MUST_MATCH = ["impl", "seed", "limit", "val_fraction", "min_freq", "ngrams", "buckets", "embed_dim",
                      "hidden_dim", "dropout", "lr", "batch_size"]
+# good settings per preset (flags left unset take these). "quick" hashes only bigrams into a quarter of the buckets
+# (half the features per document, so featurizing and every step are faster) and takes 4x larger batches at 4x the
+# learning rate: two epochs reach about the default's test accuracy in a fraction of its time (results/TUNING.md)
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": dict(epochs=10, lr=1e-3, batch_size=64, ngrams=3, buckets=2_000_000),
+    "quick": dict(epochs=2, lr=4e-3, batch_size=256, ngrams=2, buckets=500_000),
+}
+# a few fixed texts the model classifies at every evaluation, to watch it learn (train.log, TensorBoard)
+SAMPLE_TEXTS = {
+    "imdb": ["A moving, beautifully acted film.", "The acting was not bad, the story was good.",
+             "The acting was not good, the story was bad."],
+    "ag_news": ["The team won the championship after a late goal.", "Shares fell as the bank cut its profit outlook."],
+}
+
+
+def preset_default(key: str) -> str:
+    """How --help states a flag whose default comes from --preset."""
+    shown = [f"{name} {values[key]:,}" if isinstance(values[key], int) else f"{name} {values[key]}"
+             for name, values in PRESETS.items()]
+    return f"(default: the preset's: {', '.join(shown)})"
+
+
+def run_suffix(preset: str) -> str:
+    """The default run folder and checkpoint of a preset other than "default" carry its name, so a quick run never
+    overwrites a long one."""
+    return "" if preset == "default" else f"_{preset}"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description=__doc__)
+    p.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="settings for unset flags: default (the README's model) or quick (a smaller model, two short "
+                        "epochs)")
     p.add_argument("--dataset", default="imdb", choices=DATASETS, help="data set to train on")
     p.add_argument("--impl", default="torch", choices=["torch", "scratch"],
                    help="torch: nn + autograd; scratch: hand-written backward pass and Adam")
-    p.add_argument("--epochs", type=int, default=10, help="most epochs to train (early stopping may end sooner)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--batch_size", type=int, default=64, help="documents per step")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="most epochs to train (early stopping may end sooner) " + preset_default("epochs"))
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate " + preset_default("lr"))
+    p.add_argument("--batch_size", type=int, default=None, help="documents per step " + preset_default("batch_size"))
 
     model = p.add_argument_group("model and features")
     model.add_argument("--embed_dim", type=int, default=32, help="size of each n-gram embedding")
     model.add_argument("--hidden_dim", type=int, default=64, help="size of the hidden ReLU layer")
     model.add_argument("--dropout", type=float, default=0.3, help="dropout on the hidden layer")
-    model.add_argument("--ngrams", type=int, default=3, help="longest word n-gram used (1: words only)")
-    model.add_argument("--buckets", type=int, default=2_000_000, help="hash buckets for the n-grams")
+    model.add_argument("--ngrams", type=int, default=None,
+                       help="longest word n-gram used (1: words only) " + preset_default("ngrams"))
+    model.add_argument("--buckets", type=int, default=None,
+                       help="hash buckets for the n-grams " + preset_default("buckets"))
     model.add_argument("--min_freq", type=int, default=2, help="words seen fewer times map to <unk>")
 
     training = p.add_argument_group("training")
@@ -65,19 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
 
     add_output_args(p, "where the best checkpoint is written (when not given: "
-                        "stage1_mlp/checkpoints/best_model.pt)",
-                       "run folder (when not given: stage1_mlp/runs/<dataset>_<impl>)")
+                        "stage1_mlp/checkpoints/best_model.pt; best_model_quick.pt for the quick preset)",
+                       "run folder (when not given: stage1_mlp/runs/<dataset>_<impl>, with _quick at the end for the "
+                       "quick preset)")
     add_common_args(p, seed_help="seed for the validation split, initialisation, data order and dropout")
     return p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     check_positive(args, "epochs", "batch_size", "embed_dim", "hidden_dim", "ngrams", "buckets", "min_freq")
     if not 0.0 <= args.dropout < 1.0:
         raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
-    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"{args.dataset}_{args.impl}")
-    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / "best_model.pt")
+    suffix = run_suffix(args.preset)
+    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"{args.dataset}_{args.impl}{suffix}")
+    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"best_model{suffix}.pt")
     return args
 
 
@@ -121,6 +158,18 @@ def evaluate_loss_acc(model: Any, data: FeatureSet, device: torch.device,
     return total_loss / len(data), correct / len(data)
 
 
+@torch.no_grad()
+def sample_predictions(model: Any, featurizer: Featurizer, classes: list[str], texts: list[str],
+                       device: torch.device) -> str:
+    """The model's class probabilities for a few fixed texts, one line each: what it can already tell apart."""
+    was_training = model.training
+    model.eval()
+    ids, offsets, _ = FeatureSet.from_texts(featurizer, texts, [0] * len(texts)).batch(torch.arange(len(texts)))
+    probs = torch.softmax(model(ids.to(device), offsets.to(device)), dim=1).cpu()   # (texts, classes)
+    model.train(was_training)
+    return "\n".join(f"{classes[int(p.argmax())]:>9} {p.max():6.1%}  {text}" for text, p in zip(texts, probs))
+
+
 # ----------------------------------------------------------------------------- data and checkpoints
 def load_data(args: argparse.Namespace, saved_featurizer: dict | None) -> tuple[Featurizer, FeatureSet, FeatureSet,
                                                                                list[str], str]:
@@ -154,11 +203,12 @@ def best_checkpoint(args: argparse.Namespace, model: Any, config: MLPConfig, fea
     """best_model.pt: the payload and the weights, without the optimizer state that only last.pt needs."""
     return {**checkpoint_payload(args, config, featurizer, classes),
             "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "epoch": state["epoch"], "best_val_acc": state["best_val_acc"], "history": state["history"]}
+            "epoch": state["epoch"], "global_step": state["global_step"], "best_val_acc": state["best_val_acc"],
+            "val_loss": state["history"][-1]["val_loss"], "history": state["history"]}
 
 
 def train_one_epoch(args: argparse.Namespace, model: Any, optimizer: Any, train_set: FeatureSet, run: ResumableRun,
-                    device: torch.device) -> tuple[int, float]:
+                    monitor: TrainingMonitor, device: torch.device) -> tuple[int, float]:
     """Train until the end of the current epoch (from `state["step_in_epoch"]` when resuming).
 
     Returns (samples seen, seconds). After a Ctrl-C, `run.step_done` saves last.pt and ends the program (exit 130).
@@ -167,8 +217,6 @@ def train_one_epoch(args: argparse.Namespace, model: Any, optimizer: Any, train_
     epoch = state["epoch"] + 1
     # the shuffle depends only on (seed, epoch), so a resumed epoch replays the same order
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed * 10_007 + epoch))
-    bar = tqdm(total=math.ceil(len(train_set) / args.batch_size), initial=state["step_in_epoch"],
-               desc=f"epoch {epoch}", unit="batch", disable=None, leave=False)
     samples, tick, seconds_before = 0, time.time(), state["train_seconds"]
     for ids, offsets, labels in train_set.batches(args.batch_size, order, state["step_in_epoch"]):
         if args.max_steps and state["global_step"] >= args.max_steps:   # a resumed run that had reached it
@@ -180,22 +228,18 @@ def train_one_epoch(args: argparse.Namespace, model: Any, optimizer: Any, train_
         state["step_in_epoch"] += 1
         state["global_step"] += 1
         state["train_seconds"] = seconds_before + time.time() - tick
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{samples / (time.time() - tick):.0f}")
+        monitor.step(loss, items=len(labels), epoch=f"{epoch}/{args.epochs}")
         run.step_done(f"epoch {epoch}, step {state['step_in_epoch']}")
         if args.max_steps and state["global_step"] >= args.max_steps:
             break
-    bar.close()
     return samples, time.time() - tick
 
 
 def write_summary(args: argparse.Namespace, state: dict[str, Any], params: int, device: torch.device,
                   seconds: float, sizes: dict[str, int]) -> None:
-    """history.json, curves.png and metrics.json of the finished run (the best epoch's scores)."""
+    """metrics.json of the finished run (the best epoch's scores); history.json and curves.png are rewritten at every
+    evaluation."""
     out_dir = Path(args.out_dir)
-    write_json(out_dir / "history.json", state["history"])
-    plot_curves(state["history"], out_dir / "curves.png", [["train_loss", "val_loss"], ["val_acc"]],
-                title=f"stage 1 MLP ({args.impl}) on {args.dataset}")
     best = max(state["history"], key=lambda r: r["val_acc"])
     mean_speed = sum(r["samples_per_s"] for r in state["history"]) / len(state["history"])
     write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{MODEL_NAME}_{args.impl}", dataset=args.dataset,
@@ -236,31 +280,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     featurizer.save(out_dir / "vocab.json")
 
     state = run.state
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    total_steps = args.epochs * steps_per_epoch   # the planned epochs; early stopping may end the run sooner
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    monitor = TrainingMonitor(out_dir, stage=STAGE, model=f"{MODEL_NAME}_{args.impl}", dataset=args.dataset,
+                              device=device, total_steps=total_steps, done_steps=state["global_step"],
+                              unit="samples", title=f"stage 1 MLP ({args.impl}) on {args.dataset}", log=log)
+    sample_texts = SAMPLE_TEXTS[args.dataset]
     # a resumed run that had already stopped (early stopping or --max_steps, after its epoch's evaluation) stays stopped
     stop = state["step_in_epoch"] == 0 and (state["bad_epochs"] >= args.patience
                                             or 0 < args.max_steps <= state["global_step"])
-    with run:   # from here on, the first Ctrl-C saves last.pt at the end of the current step and exits 130
+    # `run`: from here on, the first Ctrl-C saves last.pt at the end of the current step and exits 130;
+    # `monitor`: the bar over all steps of the planned epochs, TensorBoard, and progress.json saying how the run ended
+    with run, monitor:
         while state["epoch"] < args.epochs and not stop:
-            samples, seconds = train_one_epoch(args, model, optimizer, train_set, run, device)
-            val_loss, val_acc = evaluate_loss_acc(model, val_set, device)
-            epoch = state["epoch"] + 1
-            row = {"epoch": epoch, "steps": state["global_step"],
-                   "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1), "val_loss": val_loss,
-                   "val_acc": val_acc, "samples_per_s": samples / max(seconds, 1e-9), "epoch_seconds": seconds}
-            state["history"].append(row)
-            state.update(epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_seen=0)
-            improved = val_acc > state["best_val_acc"]
-            if improved:   # early stopping keeps the epoch with the best validation accuracy
-                state.update(best_val_acc=val_acc, best_epoch=epoch, bad_epochs=0)
-                save_checkpoint(best_path, best_checkpoint(args, model, config, featurizer, classes, state))
-                featurizer.save(best_path.with_suffix(".vocab.json"))
-            else:
-                state["bad_epochs"] += 1
-            log.info(f"epoch {epoch:2d}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
-                     f"val acc {val_acc:.4f}{'  *best*' if improved else ''}  "
-                     f"{row['samples_per_s']:.0f} samples/s  {seconds:.1f}s")
-            stop = state["bad_epochs"] >= args.patience or 0 < args.max_steps <= state["global_step"]
-            run.save()
+            samples, seconds = train_one_epoch(args, model, optimizer, train_set, run, monitor, device)
+            with monitor.evaluating():   # evaluation and checkpoint writes count neither in the ETA nor in samples/s
+                val_loss, val_acc = evaluate_loss_acc(model, val_set, device)
+                epoch = state["epoch"] + 1
+                row = {"epoch": epoch, "steps": state["global_step"],
+                       "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1), "val_loss": val_loss,
+                       "val_acc": val_acc, "samples_per_s": samples / max(seconds, 1e-9), "epoch_seconds": seconds}
+                state["history"].append(row)
+                state.update(epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_seen=0)
+                improved = val_acc > state["best_val_acc"]
+                if improved:   # early stopping keeps the epoch with the best validation accuracy
+                    state.update(best_val_acc=val_acc, best_epoch=epoch, bad_epochs=0)
+                    save_checkpoint(best_path, best_checkpoint(args, model, config, featurizer, classes, state))
+                    featurizer.save(best_path.with_suffix(".vocab.json"))
+                else:
+                    state["bad_epochs"] += 1
+                log.info(f"epoch {epoch:2d}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
+                         f"val acc {val_acc:.4f}{'  *best*' if improved else ''}  "
+                         f"{row['samples_per_s']:.0f} samples/s  {seconds:.1f}s")
+                stop = state["bad_epochs"] >= args.patience or 0 < args.max_steps <= state["global_step"]
+                if state["bad_epochs"] >= args.patience and epoch < args.epochs:
+                    log.info(f"early stopping: no better val acc for {args.patience} epochs, so the run ends after "
+                             f"epoch {epoch} of {args.epochs} (step {state['global_step']:,} of {total_steps:,})")
+                run.save()
+                sample = sample_predictions(model, featurizer, classes, sample_texts, device)
+            monitor.evaluated(row, state["history"], panels=[["train_loss", "val_loss"], ["val_acc"]], sample=sample)
 
     write_summary(args, state, params, device, time.time() - started,
                   {"train_size": len(train_set), "val_size": len(val_set)})

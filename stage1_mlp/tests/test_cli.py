@@ -49,7 +49,9 @@ def test_train_then_evaluate_smoke(tiny_data, tmp_path, cli, impl):
 
     code, out, _ = cli(evaluate.main, ["--model_path", str(tmp_path / "ck" / "best_model.pt"),  # the original spelling
                                        "--text", "A wonderful, superb and moving film!"])
-    assert code == 0 and out.startswith("positive") and "negative" in out
+    model_line, prediction = out.split("\n", 1)
+    assert code == 0 and model_line.startswith("model: ") and "best_model.pt (best checkpoint" in model_line
+    assert prediction.startswith("positive") and "negative" in prediction
 
 
 def test_ag_news_four_classes(tiny_data, tmp_path, cli):
