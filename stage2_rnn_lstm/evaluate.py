@@ -1,9 +1,10 @@
 """Evaluate a stage 2 language model: perplexity (word level) or bits per character (char level).
 
-    python stage2_rnn_lstm/evaluate.py                                                  # the default char model
+    python stage2_rnn_lstm/evaluate.py                                                  # the newest language model
     python stage2_rnn_lstm/evaluate.py --checkpoint stage2_rnn_lstm/checkpoints/best_lstm_word.pt   # PTB test
 
-Tiny Shakespeare has no test split, so the char model is scored on its validation 10%.
+Without --checkpoint it loads the newest best language model in checkpoints/ (else the newest run's last.pt)
+and says which. Tiny Shakespeare has no test split, so the char model is scored on its validation 10%.
 Writes metrics.json to runs/eval_<model>_<vocab>/ (or --out_dir) and to --metrics_out if given.
 """
 from __future__ import annotations
@@ -16,13 +17,23 @@ from typing import Any, Sequence
 
 import torch
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, get_device,
-                            load_checkpoint, run_main, set_threads, write_metrics)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, describe_model,
+                            find_model, get_device, load_checkpoint, run_main, set_threads, write_metrics)
 from stage2_rnn_lstm.data.corpus import Vocabulary, batchify, load_corpus
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
 from stage2_rnn_lstm.train import MODEL_NAME, STAGE, evaluate_stream
 
 STAGE_DIR = Path(__file__).resolve().parent
+# where the newest language model is looked for without --checkpoint (the classifier's checkpoints do not match)
+BEST_GLOBS = ("checkpoints/best_*_char*.pt", "checkpoints/best_*_word*.pt")
+RUN_GLOBS = ("runs/*_char*/last.pt", "runs/*_word*/last.pt")
+CHECKPOINT_HELP = ("trained language model (default: the newest checkpoints/best_*.pt of a char or word model, "
+                   "else the newest runs/*/last.pt)")
+
+
+def find_language_model(given: str | None) -> Path:
+    """--checkpoint, or the newest language model of this stage (a best checkpoint, else a run's last.pt)."""
+    return find_model(given, STAGE_DIR, BEST_GLOBS, RUN_GLOBS, "python stage2_rnn_lstm/train.py --preset quick")
 
 
 def load_language_model(checkpoint: str | Path, vocab_path: str | None,
@@ -46,7 +57,7 @@ def load_language_model(checkpoint: str | Path, vocab_path: str | None,
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Evaluate a stage 2 language model.")
-    add_checkpoint_arg(p, str(STAGE_DIR / "checkpoints" / "best_lstm_char.pt"), help="trained language model to score")
+    add_checkpoint_arg(p, None, help=CHECKPOINT_HELP)
     p.add_argument("--vocab", default=None, help="vocabulary JSON (optional: the checkpoint holds its own)")
     p.add_argument("--split", default=None, choices=["valid", "test"],
                    help="default: test for PTB, valid for Shakespeare (which has no test split)")
@@ -63,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.num_threads)
     device = get_device(args.device)
     started = time.time()
+    args.checkpoint = str(find_language_model(args.checkpoint))
     model, vocab, ckpt = load_language_model(args.checkpoint, args.vocab, device)
+    print(describe_model(Path(args.checkpoint), ckpt))
     dataset = ckpt["dataset"]
     splits, kind = load_corpus(dataset, args.data_dir)
     split = args.split or ("test" if "test" in splits else "valid")
@@ -76,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = {"loss": loss, "ppl": math.exp(loss), "bits_per_token": loss / math.log(2),
                "tokens": scored.numel(), "unknown_rate": (scored == vocab.unk_id).float().mean().item()}
     config = model.config
-    name = f"{config.model_type}_{kind}_{config.impl}"
+    preset = ckpt.get("args", {}).get("preset", "default")      # train.py's name for the model (metrics.json)
+    name = f"{config.model_type}_{kind}_{config.impl}" + ("" if preset == "default" else f"_{preset}")
     out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{config.model_type}_{kind}"
     common = dict(stage=STAGE, model=name, dataset=dataset, split=split, metrics=metrics,
                   params=count_params(model), seconds=seconds, seconds_key="eval_seconds", device=device,

@@ -4,23 +4,25 @@
     python stage2_rnn_lstm/generate.py --checkpoint stage2_rnn_lstm/checkpoints/best_lstm_word.pt \\
         --prompt "the company said" --top_p 0.9
     python stage2_rnn_lstm/generate.py --interactive     # a prompt loop; :help lists the commands
+
+Without --checkpoint it loads the newest best language model in checkpoints/ (else the newest run's last.pt, e.g.
+of a run still training or stopped with Ctrl-C) and says which.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 import torch
 
-from scripts.common import ArgParser, UserError, add_checkpoint_arg, add_common_args, get_device, run_main, set_threads
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, describe_model, get_device,
+                            run_main, set_threads)
 from scripts.repl import Repl, check_setting
 from stage2_rnn_lstm.data.corpus import EOS, Vocabulary
-from stage2_rnn_lstm.evaluate import load_language_model
+from stage2_rnn_lstm.evaluate import CHECKPOINT_HELP, find_language_model, load_language_model
 from stage2_rnn_lstm.models.rnn_lm import RNNLanguageModel
 
-STAGE_DIR = Path(__file__).resolve().parent
 SETTINGS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed")
 
 
@@ -44,8 +46,7 @@ def stream(model: RNNLanguageModel, vocab: Vocabulary, prompt: str, settings: di
     out.write(prompt)
     for token in model.generate(ids.to(device), settings["max_new_tokens"], settings["temperature"],
                                 settings["top_k"], settings["top_p"], generator):
-        text = vocab.itos[token]
-        piece = text if vocab.kind == "char" else ("\n" if text == EOS else " " + text)
+        piece = vocab.piece(vocab.itos[token])
         pieces.append(piece)
         out.write(piece)
         out.flush()
@@ -55,7 +56,7 @@ def stream(model: RNNLanguageModel, vocab: Vocabulary, prompt: str, settings: di
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Sample text from a stage 2 language model.")
-    add_checkpoint_arg(p, str(STAGE_DIR / "checkpoints" / "best_lstm_char.pt"), help="trained language model")
+    add_checkpoint_arg(p, None, help=CHECKPOINT_HELP)
     p.add_argument("--vocab", default=None, help="vocabulary JSON (optional: the checkpoint holds its own)")
     p.add_argument("--prompt", default=None, help="text to continue (a newline for a char model, <eos> for a word one)")
     p.add_argument("--max_new_tokens", "--length", dest="max_new_tokens", type=int, default=300,
@@ -85,8 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.num_threads)
     device = get_device(args.device)
     settings = checked_settings(args)
-    model, vocab, _ = load_language_model(args.checkpoint, args.vocab, device)
+    checkpoint = find_language_model(args.checkpoint)
+    model, vocab, ckpt = load_language_model(checkpoint, args.vocab, device)
     if args.interactive:
+        print(describe_model(checkpoint, ckpt))
         repl = Repl(settings)
         return repl.loop(lambda line: stream(model, vocab, line, repl.settings, sys.stdout, device),
                          banner=f"{model.config.model_type.upper()} {vocab.kind}-level model, vocabulary "
@@ -96,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--prompt is empty; give some words to continue, e.g. --prompt \"the market\"")
     if prompt == "":
         raise UserError("--prompt is empty; give some text to continue, e.g. --prompt \"ROMEO:\"")
+    # on stderr, so that `generate.py > sample.txt` keeps only the text
+    print(describe_model(checkpoint, ckpt), file=sys.stderr)
     stream(model, vocab, prompt, settings, sys.stdout, device)
     return 0
 

@@ -1,6 +1,7 @@
 """Train a recurrent language model (stage 2): characters of Shakespeare or words of Penn Treebank.
 
     python stage2_rnn_lstm/train.py                           # char LSTM on tiny Shakespeare
+    python stage2_rnn_lstm/train.py --preset quick            # a smaller char LSTM, about two minutes
     python stage2_rnn_lstm/train.py --epochs 15               # the same model, a longer schedule
     python stage2_rnn_lstm/train.py --vocab_type word         # word LSTM on Penn Treebank
     python stage2_rnn_lstm/train.py --impl scratch            # the cells of models/cells.py, not nn.LSTM
@@ -8,7 +9,9 @@
 
 Truncated backpropagation through time: the text is cut into --batch_size parallel streams, read
 --seq_len tokens at a time; the hidden state flows from one batch to the next but gradients stop there.
-Writes checkpoints/best_<model>_<vocab>.pt, checkpoints/<vocab>_vocabulary.json and runs/<run>/.
+Writes checkpoints/best_<model>_<vocab>.pt, checkpoints/<vocab>_vocabulary.json and runs/<run>/ (the quick
+preset adds `_quick` to both names, so it never overwrites a default run). Every evaluation (once per epoch) refreshes
+history.json and curves.png in the run folder, logs to TensorBoard and prints a short sample.
 """
 from __future__ import annotations
 
@@ -21,12 +24,11 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, check_positive,
-                            checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
-                            set_threads, setup_logging, warmup_cosine, write_json, write_metrics)
-from scripts.plots import plot_curves
+from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args,
+                            check_positive, checkpoint_header, count_params, get_device, run_main, save_checkpoint,
+                            set_seed, set_threads, setup_logging, warmup_cosine, write_metrics)
+from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from stage2_rnn_lstm.data.corpus import DATASETS, Vocabulary, batchify, bptt_batches, load_corpus, num_batches
 from stage2_rnn_lstm.models.cells import detach_state
@@ -35,56 +37,93 @@ from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
 STAGE = "stage2_rnn_lstm"
 STAGE_DIR = Path(__file__).resolve().parent
 MODEL_NAME = "rnn_lm"
-# good settings per vocabulary type (flags left unset take these)
-DEFAULTS = {
-    "char": dict(dataset="shakespeare", embed_dim=128, hidden_dim=512, num_layers=2, dropout=0.25, tie_weights=False,
-                 batch_size=64, seq_len=128, lr=3e-3, weight_decay=0.0, clip=1.0, epochs=7),
-    "word": dict(dataset="ptb", embed_dim=400, hidden_dim=400, num_layers=2, dropout=0.4, tie_weights=True,
-                 batch_size=32, seq_len=35, lr=2e-3, weight_decay=0.0, clip=0.5, epochs=6),
+# good settings (flags left unset take these), per --preset and --vocab_type. "quick" is a smaller char LSTM that
+# writes Shakespeare-like text after about two minutes on 2 CPU cores (results/TUNING.md says how it was chosen).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {
+        "char": dict(dataset="shakespeare", embed_dim=128, hidden_dim=512, num_layers=2, dropout=0.25,
+                     tie_weights=False, batch_size=64, seq_len=128, lr=3e-3, weight_decay=0.0, clip=1.0, epochs=7),
+        "word": dict(dataset="ptb", embed_dim=400, hidden_dim=400, num_layers=2, dropout=0.4, tie_weights=True,
+                     batch_size=32, seq_len=35, lr=2e-3, weight_decay=0.0, clip=0.5, epochs=6),
+    },
+    "quick": {
+        "char": dict(dataset="shakespeare", embed_dim=64, hidden_dim=256, num_layers=2, dropout=0.1,
+                     tie_weights=False, batch_size=32, seq_len=64, lr=3e-3, weight_decay=0.0, clip=1.0, epochs=3),
+    },
 }
+DEFAULTS = PRESETS["default"]
+# what --resume must find unchanged: the model's shape, the data order and the learning-rate schedule
+RESUME_MUST_MATCH = ("model_type", "vocab_type", "impl", "embed_dim", "hidden_dim", "num_layers", "dropout",
+                     "tie_weights", "batch_size", "seq_len", "limit", "seed", "lr", "warmup_steps", "weight_decay",
+                     "clip", "epochs", "max_steps")
+# the sample printed at every evaluation: a fixed prompt and seed, so samples of one run can be compared
+SAMPLE = {"char": dict(prompt="ROMEO:", max_new_tokens=200), "word": dict(prompt="the company said", max_new_tokens=40)}
+SAMPLE_TEMPERATURE, SAMPLE_SEED = 0.8, 0
+
+
+def preset_default(key: str) -> str:
+    """How --help states a flag whose default comes from --preset and --vocab_type."""
+    def shown(value: Any) -> str:
+        return ("on" if value else "off") if isinstance(value, bool) else str(value)
+    values = [f"{vocab} {shown(v[key])}" for vocab, v in DEFAULTS.items()]
+    values += [f"--preset {name}: {shown(v[key])}" for name, preset in PRESETS.items() if name != "default"
+               for v in preset.values()]
+    return f"(default: {', '.join(values)})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Train a char- or word-level RNN/LSTM/GRU language model (stage 2).\n"
-                              "Options shown without a default take the good setting of --vocab_type.")
+                              "Options without a fixed default take the good setting of --preset and --vocab_type.")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                   help="settings for unset flags: default (the stage's main models), quick (a smaller char LSTM, "
+                        "about two minutes on 2 CPU cores)")
     p.add_argument("--model_type", default="lstm", choices=["rnn", "lstm", "gru"], help="recurrent cell")
     p.add_argument("--vocab_type", default="char", choices=["char", "word"], help="tokens: characters or words")
-    p.add_argument("--dataset", default=None, choices=DATASETS, help="shakespeare for char, ptb for word")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="text to train on " + preset_default("dataset"))
     p.add_argument("--impl", default="torch", choices=["scratch", "torch"],
                    help="scratch: the cells of models/cells.py; torch: nn.RNN/nn.LSTM/nn.GRU")
-    p.add_argument("--epochs", type=int, default=None, help="passes over the training text (char 7, word 6)")
-    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (char 3e-3, word 2e-3)")
-    p.add_argument("--batch_size", type=int, default=None, help="parallel text streams (char 64, word 32)")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training text " + preset_default("epochs"))
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate " + preset_default("lr"))
+    p.add_argument("--batch_size", type=int, default=None, help="parallel text streams " + preset_default("batch_size"))
 
     model = p.add_argument_group("model")
-    model.add_argument("--embed_dim", type=int, default=None, help="token embedding size (char 128, word 400)")
-    model.add_argument("--hidden_dim", type=int, default=None, help="hidden (and cell) state size (char 512, word 400)")
-    model.add_argument("--num_layers", type=int, default=None, help="stacked recurrent layers (2 for both)")
+    model.add_argument("--embed_dim", type=int, default=None,
+                       help="token embedding size " + preset_default("embed_dim"))
+    model.add_argument("--hidden_dim", type=int, default=None,
+                       help="hidden (and cell) state size " + preset_default("hidden_dim"))
+    model.add_argument("--num_layers", type=int, default=None,
+                       help="stacked recurrent layers " + preset_default("num_layers"))
     model.add_argument("--dropout", type=float, default=None,
-                       help="dropout on embeddings, between layers and on outputs (char 0.25, word 0.4)")
+                       help="dropout on embeddings, between layers and on outputs " + preset_default("dropout"))
     model.add_argument("--tie_weights", action=argparse.BooleanOptionalAction, default=None,
-                       help="the decoder shares the embedding matrix (needs embed_dim == hidden_dim; "
-                            "on for word, off for char)")
+                       help="the decoder shares the embedding matrix (needs embed_dim == hidden_dim) "
+                            + preset_default("tie_weights"))
 
     training = p.add_argument_group("training")
     training.add_argument("--seq_len", type=int, default=None,
-                          help="BPTT length: tokens per batch and stream (char 128, word 35)")
+                          help="BPTT length: tokens per batch and stream " + preset_default("seq_len"))
     training.add_argument("--clip", type=float, default=None,
-                          help="clip the gradient norm to this (char 1.0, word 0.5)")
-    training.add_argument("--weight_decay", type=float, default=None, help="AdamW decoupled weight decay (0 for both)")
+                          help="clip the gradient norm to this " + preset_default("clip"))
+    training.add_argument("--weight_decay", type=float, default=None,
+                          help="AdamW decoupled weight decay " + preset_default("weight_decay"))
     training.add_argument("--warmup_steps", type=int, default=100, help="linear warm-up, then cosine decay to lr/10")
     training.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
     training.add_argument("--limit", type=int, default=0, help="use only the first N training tokens (0: all)")
 
-    add_output_args(p, "where to write the best model (checkpoints/best_<model>_<vocab>.pt)",
-                       "run folder (runs/<model>_<vocab>_<impl>)")
+    add_output_args(p, "where to write the best model (default: checkpoints/best_<model>_<vocab>.pt, "
+                       "best_<model>_<vocab>_quick.pt for the quick preset)",
+                       "run folder (default: runs/<model>_<vocab>_<impl>, with _quick for the quick preset)")
     add_common_args(p, seed_help="seed for initialisation and dropout")
     return p
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill unset flags from DEFAULTS[vocab_type] and check what a user may get wrong."""
-    for key, value in DEFAULTS[args.vocab_type].items():
+    """Fill unset flags from PRESETS[preset][vocab_type] and check what a user may get wrong."""
+    preset = PRESETS[args.preset]
+    if args.vocab_type not in preset:
+        raise UserError(f"--preset {args.preset} trains a {' or '.join(preset)} model, not --vocab_type "
+                        f"{args.vocab_type}; drop one of the two flags")
+    for key, value in preset[args.vocab_type].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if (args.dataset == "ptb") != (args.vocab_type == "word"):
@@ -96,10 +135,17 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
                         f"{args.hidden_dim}); change one, or pass --no-tie_weights")
     if not 0.0 <= args.dropout < 1.0:
         raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    suffix = "" if args.preset == "default" else f"_{args.preset}"
     run = f"{args.model_type}_{args.vocab_type}"
-    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"best_{run}.pt")
-    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"{run}_{args.impl}")
+    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"best_{run}{suffix}.pt")
+    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"{run}_{args.impl}{suffix}")
     return args
+
+
+def model_label(args: argparse.Namespace) -> str:
+    """The model's name in metrics.json and progress.json: lstm_char_torch, lstm_char_torch_quick..."""
+    suffix = "" if args.preset == "default" else f"_{args.preset}"
+    return f"{args.model_type}_{args.vocab_type}_{args.impl}{suffix}"
 
 
 def load_data(args: argparse.Namespace, saved_vocab: dict | None,
@@ -131,11 +177,10 @@ def evaluate_stream(model: RNNLanguageModel, data: torch.Tensor, seq_len: int, d
 
 
 def train_one_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer: torch.optim.Optimizer,
-                    data: torch.Tensor, run: ResumableRun, total_steps: int, device: torch.device) -> tuple[int, float]:
+                    data: torch.Tensor, run: ResumableRun, monitor: TrainingMonitor, total_steps: int,
+                    device: torch.device) -> tuple[int, float]:
     """One pass over the training streams, from batch `run.state["batch_in_epoch"]`; returns (tokens, seconds)."""
     state = run.state
-    bar = tqdm(total=num_batches(data, args.seq_len), initial=state["batch_in_epoch"],
-               desc=f"epoch {state['epoch'] + 1}", unit="batch", disable=None, leave=False)
     tokens, tick, seconds_before = 0, time.time(), state["train_seconds"]
     for inputs, targets in bptt_batches(data, args.seq_len, state["batch_in_epoch"]):    # (B, T), (B, T)
         lr = warmup_cosine(state["global_step"], total_steps, args.warmup_steps, args.lr, args.lr / 10)
@@ -145,7 +190,7 @@ def train_one_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer
         loss = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
 
         state["hidden"] = detach_state(hidden)          # the values flow on to the next batch, the gradients stop
@@ -155,13 +200,26 @@ def train_one_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer
         state["batch_in_epoch"] += 1
         state["global_step"] += 1
         state["train_seconds"] = seconds_before + time.time() - tick
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
+        monitor.step(loss.item(), items=targets.numel(), epoch=f"{state['epoch'] + 1}/{args.epochs}", lr=lr,
+                     grad_norm=grad_norm.item())
         run.step_done(f"epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}")
         if args.max_steps and state["global_step"] >= args.max_steps:
             break
-    bar.close()
     return tokens, time.time() - tick
+
+
+@torch.no_grad()
+def sample_text(model: RNNLanguageModel, vocab: Vocabulary, device: torch.device) -> str:
+    """The fixed-prompt, fixed-seed sample shown at every evaluation (its own generator: the training RNG is left
+    alone, so a resumed run stays exact)."""
+    settings = SAMPLE[vocab.kind]
+    was_training = model.training
+    ids = vocab.encode(vocab.split(settings["prompt"])).to(device)
+    generator = torch.Generator().manual_seed(SAMPLE_SEED)
+    tokens = model.generate(ids, settings["max_new_tokens"], SAMPLE_TEMPERATURE, generator=generator)
+    text = settings["prompt"] + "".join(vocab.piece(vocab.itos[t]) for t in tokens)
+    model.train(was_training)
+    return text
 
 
 def epoch_row(state: dict[str, Any], val_loss: float, tokens: int, seconds: float, lr: float) -> dict[str, Any]:
@@ -178,16 +236,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.num_threads)
     device = get_device(args.device)
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
-    run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", map_location=device, state={
-        "epoch": 0, "batch_in_epoch": 0, "global_step": 0, "hidden": None, "best_val_loss": math.inf,
-        "best_epoch": 0, "history": [], "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_tokens": 0})
+    run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", must_match=RESUME_MUST_MATCH,
+                       map_location=device, state={
+                           "epoch": 0, "batch_in_epoch": 0, "global_step": 0, "hidden": None,
+                           "best_val_loss": math.inf, "best_epoch": 0, "history": [], "train_seconds": 0.0,
+                           "epoch_loss_sum": 0.0, "epoch_tokens": 0})
     log = setup_logging(out_dir)
     vocab, train_data, valid_data, train_size = load_data(args, run.resume and run.resume["vocab"], log)
 
     set_seed(args.seed)
-    config = LMConfig(**run.resume["config"]) if run.resume else LMConfig(
-        vocab_size=len(vocab), model_type=args.model_type, impl=args.impl, embed_dim=args.embed_dim,
-        hidden_dim=args.hidden_dim, num_layers=args.num_layers, dropout=args.dropout, tie_weights=args.tie_weights)
+    # on --resume the flags that shape the model were checked against the saved run (RESUME_MUST_MATCH)
+    config = LMConfig(vocab_size=len(vocab), model_type=args.model_type, impl=args.impl, embed_dim=args.embed_dim,
+                      hidden_dim=args.hidden_dim, num_layers=args.num_layers, dropout=args.dropout,
+                      tie_weights=args.tie_weights)
     model = RNNLanguageModel(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     log.info(f"{config.model_type.upper()} ({config.impl}): {count_params(model):,} parameters, {config}")
@@ -202,27 +263,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     total_steps = args.epochs * num_batches(train_data, args.seq_len)
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
-    with run:
-        while state["epoch"] < args.epochs and not (args.max_steps and state["global_step"] >= args.max_steps):
-            tokens, seconds = train_one_epoch(args, model, optimizer, train_data, run, total_steps, device)
-            val_loss = evaluate_stream(model, valid_data, args.seq_len, device)
-            row = epoch_row(state, val_loss, tokens, seconds, optimizer.param_groups[0]["lr"])
-            state["history"].append(row)
-            state.update(epoch=row["epoch"], batch_in_epoch=0, hidden=None, epoch_loss_sum=0.0, epoch_tokens=0)
-            improved = val_loss < state["best_val_loss"]
-            if improved:
-                state.update(best_val_loss=val_loss, best_epoch=row["epoch"])
-                save_checkpoint(best_path, {**payload, "model_state": cpu_weights(model), "epoch": row["epoch"],
-                                            "best_val_loss": val_loss, "history": state["history"]})
-            log.info(f"epoch {row['epoch']:2d}  train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
-                     f"(ppl {row['val_ppl']:.2f}, {row['val_bpc']:.3f} bits/token){'  *best*' if improved else ''}  "
-                     f"{row['tokens_per_s']:,.0f} tokens/s  {state['train_seconds'] / 60:.1f} min")
-            run.save()
+    monitor = TrainingMonitor(out_dir, stage=STAGE, model=model_label(args), dataset=args.dataset, device=device,
+                              total_steps=total_steps, done_steps=state["global_step"], unit="tokens", log=log,
+                              title=f"{args.model_type.upper()} ({args.impl}) on {args.dataset}")
+    with monitor:
+        try:
+            with run:
+                while state["epoch"] < args.epochs and not (args.max_steps and state["global_step"] >= args.max_steps):
+                    tokens, seconds = train_one_epoch(args, model, optimizer, train_data, run, monitor, total_steps,
+                                                      device)
+                    with monitor.evaluating():
+                        row, improved, sample = end_of_epoch(args, model, optimizer, valid_data, vocab, run, payload,
+                                                             tokens, seconds, device)
+                    log.info(f"epoch {row['epoch']:2d}  train loss {row['train_loss']:.4f}  val loss "
+                             f"{row['val_loss']:.4f}  (ppl {row['val_ppl']:.2f}, {row['val_bpc']:.3f} bits/token)"
+                             f"{'  *best*' if improved else ''}  {row['tokens_per_s']:,.0f} tokens/s  "
+                             f"{state['train_seconds'] / 60:.1f} min")
+                    monitor.evaluated(row, state["history"], panels=[["train_loss", "val_loss"], ["tokens_per_s"]],
+                                      sample=sample)
+        except TrainingInterrupted:
+            monitor.close("interrupted")        # last.pt is saved: the run can be resumed
+            raise
     best = write_results(args, state["history"], count_params(model), time.time() - started, device, vocab_path,
                          train_size)
     log.info(f"best val loss {best['val_loss']:.4f} (ppl {best['val_ppl']:.2f}) at epoch {best['epoch']}; "
              f"checkpoint {best_path}")
     return 0
+
+
+def end_of_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer: torch.optim.Optimizer,
+                 valid_data: torch.Tensor, vocab: Vocabulary, run: ResumableRun, payload: dict[str, Any],
+                 tokens: int, seconds: float, device: torch.device) -> tuple[dict[str, Any], bool, str]:
+    """Validate, keep the best model, save last.pt and draw the sample; returns (history row, improved, sample)."""
+    state = run.state
+    val_loss = evaluate_stream(model, valid_data, args.seq_len, device)
+    row = epoch_row(state, val_loss, tokens, seconds, optimizer.param_groups[0]["lr"])
+    state["history"].append(row)
+    state.update(epoch=row["epoch"], batch_in_epoch=0, hidden=None, epoch_loss_sum=0.0, epoch_tokens=0)
+    improved = val_loss < state["best_val_loss"]
+    if improved:
+        state.update(best_val_loss=val_loss, best_epoch=row["epoch"])
+        save_checkpoint(Path(args.checkpoint), {
+            **payload, "model_state": cpu_weights(model), "epoch": row["epoch"], "global_step": state["global_step"],
+            "best_val_loss": val_loss, "history": state["history"]})
+    run.save()
+    return row, improved, sample_text(model, vocab, device)
 
 
 def cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -231,13 +316,10 @@ def cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def write_results(args: argparse.Namespace, history: list[dict[str, Any]], params: int, seconds: float,
                   device: torch.device, vocab_path: Path, train_size: int) -> dict[str, Any]:
-    """history.json, curves.png and metrics.json (the best epoch's scores) in the run folder; returns the best row."""
-    out_dir = Path(args.out_dir)
-    write_json(out_dir / "history.json", history)
-    plot_curves(history, out_dir / "curves.png", [["train_loss", "val_loss"], ["tokens_per_s"]],
-                title=f"{args.model_type.upper()} ({args.impl}) on {args.dataset}")
+    """metrics.json (the best epoch's scores) in the run folder (history.json and curves.png are rewritten at every
+    evaluation by the monitor); returns the best row."""
     best = min(history, key=lambda r: r["val_loss"])
-    write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{args.model_type}_{args.vocab_type}_{args.impl}",
+    write_metrics(Path(args.out_dir) / "metrics.json", stage=STAGE, model=model_label(args),
                   dataset=args.dataset, split="valid", params=params, seconds=seconds,
                   seconds_key="train_seconds", device=device,
                   metrics={"val_loss": best["val_loss"], "val_ppl": best["val_ppl"], "val_bpc": best["val_bpc"],

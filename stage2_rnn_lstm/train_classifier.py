@@ -6,11 +6,13 @@
 
 The same files, validation split and test set as stage 1's MLP, so the two can be compared directly.
 Writes checkpoints/best_classifier_<dataset>.pt (vocabulary inside and beside it as JSON) and
-runs/classify_<dataset>/ with metrics.json (test accuracy, macro-F1, training time, ms per document).
+runs/classify_<dataset>/ with metrics.json (test accuracy, macro-F1, training time, ms per document); history.json
+and curves.png there are rewritten after every epoch, and TensorBoard event files follow the run.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import time
 from collections import Counter
@@ -19,12 +21,12 @@ from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, check_positive,
-                            checkpoint_header, count_params, get_device, load_checkpoint, run_main, save_checkpoint,
-                            set_seed, set_threads, setup_logging, write_json, write_metrics)
+from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args,
+                            check_positive, checkpoint_header, count_params, get_device, load_checkpoint, run_main,
+                            save_checkpoint, set_seed, set_threads, setup_logging, write_json, write_metrics)
+from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from stage2_rnn_lstm.models.classifier import ClassifierConfig, RNNClassifier
 
@@ -33,6 +35,10 @@ STAGE_DIR = Path(__file__).resolve().parent
 MODEL_NAME = "rnn_classifier"
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[!?.,;:()\"-]")
+# what --resume must find unchanged: the model's shape, the vocabulary, the split and the batches (--epochs and
+# --patience may change: more epochs carry on where the run stopped)
+RESUME_MUST_MATCH = ("model_type", "impl", "embed_dim", "hidden_dim", "num_layers", "dropout", "vocab_size", "max_len",
+                     "limit", "val_fraction", "seed", "batch_size", "lr", "clip")
 
 
 def tokenize(text: str) -> list[str]:
@@ -137,13 +143,13 @@ def load_data(args: argparse.Namespace, saved_vocab: list[str] | None) -> dict[s
 
 
 def train_one_epoch(args: argparse.Namespace, model: RNNClassifier, optimizer: torch.optim.Optimizer,
-                    data: dict[str, Any], run: ResumableRun, device: torch.device) -> tuple[int, float]:
+                    data: dict[str, Any], run: ResumableRun, monitor: TrainingMonitor,
+                    device: torch.device) -> tuple[int, float]:
     """One pass over the training texts in length buckets, from batch `run.state["batch_in_epoch"]`;
     returns (tokens read, seconds)."""
     state, epoch = run.state, run.state["epoch"] + 1
     batches = bucketed_batches([len(d) for d in data["train_x"]], args.batch_size,
                                torch.Generator().manual_seed(args.seed * 10_007 + epoch))
-    bar = tqdm(total=len(batches), initial=state["batch_in_epoch"], desc=f"epoch {epoch}", disable=None, leave=False)
     tick, tokens, seconds_before = time.time(), 0, state["train_seconds"]
     for index in batches[state["batch_in_epoch"]:]:
         inputs, lengths = pad_batch([data["train_x"][i] for i in index])                # (B, T), (B,)
@@ -159,10 +165,8 @@ def train_one_epoch(args: argparse.Namespace, model: RNNClassifier, optimizer: t
         state["epoch_seen"] += len(index)
         state["batch_in_epoch"] += 1
         state["train_seconds"] = seconds_before + time.time() - tick
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
+        monitor.step(loss.item(), items=len(index), epoch=f"{epoch}/{args.epochs}")
         run.step_done(f"epoch {epoch}, batch {state['batch_in_epoch']}")
-    bar.close()
     return tokens, time.time() - tick
 
 
@@ -174,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = get_device(args.device)
     out_dir = Path(args.out_dir or STAGE_DIR / "runs" / f"classify_{args.dataset}")
     best_path = Path(args.checkpoint or STAGE_DIR / "checkpoints" / f"best_classifier_{args.dataset}.pt")
-    run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", map_location=device, state={
+    run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", must_match=RESUME_MUST_MATCH,
+                       map_location=device, state={
         "epoch": 0, "batch_in_epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": [],
         "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_seen": 0})
     log = setup_logging(out_dir)
@@ -184,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{sum(len(d) for d in train_x) / len(train_x):.0f} tokens per text (cut at {args.max_len})")
 
     set_seed(args.seed)
-    # on --resume the model's shape comes from the run being resumed, whatever the flags say now
-    config = ClassifierConfig(**run.resume["config"]) if run.resume else ClassifierConfig(
+    # on --resume the flags that shape the model were checked against the saved run (RESUME_MUST_MATCH)
+    config = ClassifierConfig(
         vocab_size=len(itos), num_classes=len(data["classes"]), model_type=args.model_type, impl=args.impl,
         embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, num_layers=args.num_layers, dropout=args.dropout)
     model = RNNClassifier(config).to(device)
@@ -197,30 +202,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(best_path.with_suffix(".vocab.json"), {"format": "stage2-classifier-vocabulary-v1", "itos": itos})
 
     state = run.state
-    with run:
-        while state["epoch"] < args.epochs and state["bad_epochs"] < args.patience:
-            tokens, seconds = train_one_epoch(args, model, optimizer, data, run, device)
-            val_acc = (predict(model, data["val_x"], device).argmax(1) == data["val_y"]).double().mean().item()
-            row = {"epoch": state["epoch"] + 1, "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1),
-                   "val_acc": val_acc, "tokens_per_s": tokens / max(seconds, 1e-9), "epoch_seconds": seconds}
-            state["history"].append(row)
-            state.update(epoch=row["epoch"], batch_in_epoch=0, epoch_loss_sum=0.0, epoch_seen=0)
-            if val_acc > state["best_val_acc"]:
-                state.update(best_val_acc=val_acc, bad_epochs=0)
-                weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-                save_checkpoint(best_path, {**payload, "model_state": weights, "epoch": row["epoch"],
-                                            "best_val_acc": val_acc})
-            else:
-                state["bad_epochs"] += 1
-            log.info(f"epoch {row['epoch']}  train loss {row['train_loss']:.4f}  val acc {val_acc:.4f}  "
-                     f"{row['tokens_per_s']:,.0f} tokens/s  {seconds:.0f}s")
-            run.save()
+    steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
+    monitor = TrainingMonitor(out_dir, stage=STAGE, model=f"{args.model_type}_classifier_{args.impl}",
+                              dataset=args.dataset, device=device, total_steps=args.epochs * steps_per_epoch,
+                              done_steps=state["epoch"] * steps_per_epoch + state["batch_in_epoch"], unit="texts",
+                              log=log, title=f"{args.model_type.upper()} classifier ({args.impl}) on {args.dataset}")
+    with monitor:
+        try:
+            with run:
+                while state["epoch"] < args.epochs and state["bad_epochs"] < args.patience:
+                    tokens, seconds = train_one_epoch(args, model, optimizer, data, run, monitor, device)
+                    with monitor.evaluating():
+                        row = end_of_epoch(model, data, run, payload, best_path, tokens, seconds, device)
+                    log.info(f"epoch {row['epoch']}  train loss {row['train_loss']:.4f}  val acc {row['val_acc']:.4f}"
+                             f"  {row['tokens_per_s']:,.0f} tokens/s  {seconds:.0f}s")
+                    monitor.evaluated(row, state["history"], panels=[["train_loss"], ["val_acc"], ["tokens_per_s"]])
+        except TrainingInterrupted:
+            monitor.close("interrupted")        # last.pt is saved: the run can be resumed
+            raise
     train_seconds = time.time() - started
 
     metrics = score_on_test(args, model, best_path, config, data["stoi"], device)
     metrics["val_accuracy"] = state["best_val_acc"]
     metrics["train_tokens_per_s"] = sum(r["tokens_per_s"] for r in state["history"]) / len(state["history"])
-    write_json(out_dir / "history.json", state["history"])
     write_metrics(out_dir / "metrics.json", stage=STAGE, model=f"{args.model_type}_classifier_{args.impl}",
                   dataset=args.dataset, split="test", metrics=metrics, params=count_params(model),
                   seconds=train_seconds, seconds_key="train_seconds", device=device,
@@ -229,6 +233,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(f"{args.dataset} test: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
              f"{metrics['latency_ms_bs1']:.2f} ms/text at batch 1; trained in {train_seconds / 60:.1f} min")
     return 0
+
+
+def end_of_epoch(model: RNNClassifier, data: dict[str, Any], run: ResumableRun, payload: dict[str, Any],
+                 best_path: Path, tokens: int, seconds: float, device: torch.device) -> dict[str, Any]:
+    """Validation accuracy, the best model kept, early-stopping count, last.pt saved; returns the history row."""
+    state = run.state
+    val_acc = (predict(model, data["val_x"], device).argmax(1) == data["val_y"]).double().mean().item()
+    row = {"epoch": state["epoch"] + 1, "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1),
+           "val_acc": val_acc, "tokens_per_s": tokens / max(seconds, 1e-9), "epoch_seconds": seconds}
+    state["history"].append(row)
+    state.update(epoch=row["epoch"], batch_in_epoch=0, epoch_loss_sum=0.0, epoch_seen=0)
+    if val_acc > state["best_val_acc"]:
+        state.update(best_val_acc=val_acc, bad_epochs=0)
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_checkpoint(best_path, {**payload, "model_state": weights, "epoch": row["epoch"], "best_val_acc": val_acc})
+    else:
+        state["bad_epochs"] += 1
+    run.save()
+    return row
 
 
 def score_on_test(args: argparse.Namespace, model: RNNClassifier, best_path: Path, config: ClassifierConfig,

@@ -67,6 +67,13 @@ class Vocabulary:
         sep = "" if self.kind == "char" else " "
         return sep.join(self.itos[int(i)] for i in ids)
 
+    def piece(self, token: str) -> str:
+        """How a generated token continues the text: a character as it is; a word after a space, <eos> as a line
+        break."""
+        if self.kind == "char":
+            return token
+        return "\n" if token == EOS else " " + token
+
     def to_dict(self) -> dict:
         return {"format": "stage2-vocabulary-v1", "kind": self.kind, "itos": self.itos}
 

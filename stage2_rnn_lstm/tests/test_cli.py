@@ -238,8 +238,11 @@ def test_classifier_smoke_and_resume_guard(tiny_data, tmp_path, cli):
     assert code == 0, err
     code, _, err = cli(train_classifier.main, argv + ["--out_dir", str(tmp_path / "none"), "--resume"])
     assert code == 2 and "no resumable checkpoint" in err
-    # resuming takes the model's shape from the saved run, not from today's flags; the data set must match
-    code, _, err = cli(train_classifier.main, argv + ["--epochs", "4", "--hidden_dim", "32", "--resume"])
+    # a finished run can train for more epochs; another model shape or data set is refused
+    code, _, err = cli(train_classifier.main, argv + ["--impl", "scratch", "--epochs", "4", "--hidden_dim", "32",
+                                                      "--resume"])
+    assert code == 2 and "--hidden_dim 16 (now 32)" in err and err.count("\n") == 1
+    code, _, err = cli(train_classifier.main, argv + ["--impl", "scratch", "--epochs", "4", "--resume"])
     assert code == 0, err
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 4
     code, _, err = cli(train_classifier.main, argv + ["--dataset", "ag_news", "--resume"])
