@@ -10,7 +10,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 def test_readme_tables_are_generated_from_results():
     blocks = bench.tables("imdb")
-    assert set(blocks) == {"stage1_imdb", "stage1_imdb_gpu"}   # the top README's tables: scripts/course_report.py
+    assert set(blocks) == {"stage1_overview", "stage1_imdb", "stage1_imdb_gpu"}   # top README: course_report.py
     readme = bench.STAGE_DIR / "README.md"
     text = readme.read_text(encoding="utf-8")
     for name, body in blocks.items():
@@ -26,3 +26,11 @@ def test_results_files_meet_the_targets():
         assert test[impl]["test_size"] == 25000 and train[impl]["train_size"] == 22500
         assert train[impl]["train_seconds"] <= 300
     assert abs(test["torch"]["metrics"]["accuracy"] - test["scratch"]["metrics"]["accuracy"]) <= 0.003
+
+
+def test_overview_is_made_from_the_results_files():
+    """results/overview.json (quick / default / GPU, read by the course's roadmap) is what bench.py makes now."""
+    committed = json.loads((RESULTS / "overview.json").read_text())
+    assert committed == json.loads(json.dumps(bench.overview())), "run `python stage1_mlp/bench.py --tables_only`"
+    quick = json.loads((RESULTS / "quick.json").read_text())
+    assert quick["test_accuracy"] > 0.85 and quick["test_size"] == 25000 and quick["seconds"] <= 180
