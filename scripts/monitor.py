@@ -82,6 +82,10 @@ class TrainingMonitor:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
+            if not self.step_no:    # a fresh run in a used folder: the old run's events would mix with the new ones
+                for old in self.out_dir.glob("events.out.tfevents.*"):
+                    old.unlink()
+
             # purge_step: a resumed run drops the events a stopped run wrote past its last checkpoint
             purge = self.step_no + 1 if self.step_no else None
             self.writer = SummaryWriter(log_dir=str(self.out_dir), purge_step=purge)

@@ -211,6 +211,17 @@ def recipe(command: str) -> str:
     return shlex.join(kept)
 
 
+def preset_of(command: str) -> str | None:
+    """The value of --preset in a command (`--preset quick` or `--preset=quick`), or None."""
+    words = words_of(command)
+    for i, word in enumerate(words):
+        if word.startswith("--preset="):
+            return word.split("=", 1)[1]
+        if word == "--preset" and i + 1 < len(words):
+            return words[i + 1]
+    return None
+
+
 # ----------------------------------------------------------------------------- bands
 def bin_curve(curve: Curve, width: int) -> Curve:
     """Mean of each bin of `width` steps, at the bin's last step; a bin less than half full is dropped."""
@@ -390,8 +401,9 @@ def load_reference(path: Path) -> dict[str, Any]:
 
 
 def find_reference(run: Run) -> Path:
-    """The reference in <stage>/reference/ for the run's data set: same command, else same model, else 'default';
-    among equals, the one whose runs were as long as this one."""
+    """The reference in <stage>/reference/ for the run's data set: same command, else same --preset (a quick run
+    with another --impl still meets the quick band), else same model, else 'default'; among equals, the one whose
+    runs were as long as this one."""
     folder = REPO_ROOT / run.stage / "reference"
     candidates = []
     for path in sorted(folder.glob("*.json")):
@@ -402,9 +414,14 @@ def find_reference(run: Run) -> Path:
         others = ", ".join(p.stem for p in sorted(folder.glob("*.json"))) or "none"
         raise UserError(f"no reference for {run.stage} on {run.metrics.get('dataset')} in {folder} (there: {others}); "
                         "build one with `python scripts/reference.py build ...` or pass --reference FILE")
-    wanted = [("command", recipe(run.command)), ("model", run.metrics.get("model")), ("name", "default")]
+    preset = preset_of(run.command)
+    wanted = [("command", recipe(run.command)), ("preset", preset), ("model", run.metrics.get("model")),
+              ("name", "default")]
     for field, value in wanted:
-        matches = [(path, ref) for path, ref in candidates if ref.get(field) == value]
+        if value is None:
+            continue
+        matches = [(path, ref) for path, ref in candidates
+                   if (preset_of(ref.get("command", "")) if field == "preset" else ref.get(field)) == value]
         # one command can train for different lengths (stage 4's --epochs default follows the training precision):
         # prefer the reference whose runs were as long as this one
         for path, ref in matches:

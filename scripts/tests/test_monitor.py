@@ -129,3 +129,13 @@ def test_the_loaded_model_is_described(tmp_path):
     assert line.endswith("(the latest state of a run; step 1,250 of 4,000)")
     assert describe_model(tmp_path / "m.pt", {}).endswith("m.pt (best checkpoint)")
     assert torch.tensor(1)      # torch is importable alongside tensorboard
+
+
+def test_a_fresh_run_in_a_used_folder_starts_a_clean_event_file(tmp_path):
+    with monitor(tmp_path) as mon:
+        for _ in range(4):
+            mon.step(2.0)
+    with monitor(tmp_path) as mon:                   # no --resume: a new run from step 0
+        mon.step(1.0)
+    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1
+    assert {e.step: e.value for e in events(tmp_path / "run").Scalars("train/loss")} == {1: 1.0}

@@ -290,3 +290,18 @@ def test_compare_of_a_run_before_its_first_evaluation_says_so(tmp_path, cli):
     (run / "history.json").unlink()
     code, _, err = cli(reference.main, ["compare", run, "--reference", out])
     assert code == 2 and "has not finished its first evaluation" in err and err.count("\n") == 1
+
+
+def test_a_run_of_a_preset_meets_that_presets_band_whatever_its_other_flags(tmp_path, cli, monkeypatch):
+    stage = "stage1_mlp"
+    folder = tmp_path / stage / "reference"
+    folder.mkdir(parents=True)
+    for name, flags in (("default", ""), ("quick", " --preset quick")):
+        runs = [write_run(tmp_path / f"{name}_s{seed}", stage, seed, extra_flags=flags) for seed in (0, 1, 2)]
+        assert cli(reference.main, ["build", "--name", name, "--out", folder / f"{name}.json", *runs])[0] == 0
+    monkeypatch.setattr(reference, "REPO_ROOT", tmp_path)
+    mine = write_run(tmp_path / "mine", stage, 1, extra_flags=" --preset quick --impl scratch", model="other")
+    assert reference.find_reference(reference.read_run(mine)).name == "quick.json"
+    plain = write_run(tmp_path / "plain", stage, 1, extra_flags=" --impl scratch", model="other")
+    assert reference.find_reference(reference.read_run(plain)).name == "default.json"
+    assert reference.preset_of("python t.py --preset=quick") == "quick" and reference.preset_of("python t.py") is None
