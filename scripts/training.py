@@ -17,6 +17,7 @@ history, and the state of every random number generator. `ResumableRun` keeps th
             run.step_done(f"step {run.state['step']}")   # after Ctrl-C: save last.pt, exit 130
             if evaluating: ...; run.save()
 
+The run folder is locked while the process runs (`RunLock`): a second training into it is refused.
 `--resume` then refuses a checkpoint of another stage, model, data set or of other `must_match` settings,
 restores the model, optimizer, counters and RNG state, and the run continues bit for bit as if never
 stopped (each stage has a test for that).
@@ -24,12 +25,75 @@ stopped (each stage has a test for that).
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
+import os
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from scripts.common import StopOnInterrupt, load_resume, rng_state, save_checkpoint, set_rng_state
+from scripts.common import (StopOnInterrupt, UserError, command_line, display_path, load_resume, rng_state,
+                            save_checkpoint, set_rng_state)
+from scripts.monitor import process_alive
+
+
+class RunLock:
+    """One process at a time per run folder: `<out_dir>/run.lock` names the holder (pid, host, command, start).
+
+    A second training into the same folder would interleave its log with the first, and whichever saved last
+    would own the "best" checkpoint, so it is refused with one line. A lock left by a process that is gone
+    (killed, or the machine went down) is taken over, with a note. The lock is released when the process ends."""
+
+    NAME = "run.lock"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / self.NAME
+        self.held = False
+
+    def holder(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command_line(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is None or (holder.get("host") == me["host"] and (
+                        holder.get("pid") == me["pid"] or not process_alive(holder.get("pid")))):
+                    if holder is not None and holder.get("pid") != me["pid"]:
+                        print(f"note: {display_path(self.path)} was left by process {holder.get('pid')}, which is "
+                              "gone; taking the run folder over", file=sys.stderr)
+                    self.path.unlink(missing_ok=True)       # stale, unreadable, or our own from an earlier main()
+                    continue
+                where = "" if holder.get("host") == me["host"] else f" on {holder.get('host')}"
+                raise UserError(f"{display_path(self.path.parent)} is in use by process {holder.get('pid')}{where} "
+                                f"(`{holder.get('command')}`, since {holder.get('started')}); wait for it to end, "
+                                f"stop it, or train into another --out_dir (delete {self.NAME} if that run is over)")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(me, f)
+            self.held = True
+            atexit.register(self.release)
+            return self
+
+    def release(self) -> None:
+        """Remove the lock if this process still holds it."""
+        if self.held:
+            self.held = False
+            holder = self.holder()
+            if holder is not None and holder.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
 
 
 class ResumableRun:
@@ -39,6 +103,8 @@ class ResumableRun:
                  must_match: Sequence[str] = (), map_location: str | torch.device = "cpu") -> None:
         self.last_path = Path(last_path)
         self.state = dict(state)
+        # the run folder is this process's until it ends (in a data-parallel run, the first process holds it)
+        self.lock = RunLock(self.last_path.parent).acquire() if os.environ.get("RANK", "0") == "0" else None
         # None without --resume; else the checked checkpoint (same stage, model, --dataset and must_match)
         self.resume = load_resume(self.last_path, stage, model, args, must_match, map_location=map_location)
         self._interrupt = StopOnInterrupt()
