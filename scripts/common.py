@@ -103,7 +103,8 @@ def add_output_args(parser: argparse.ArgumentParser, checkpoint_help: str, out_d
 def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
     """Run an entry point and turn the ways it can end into exit codes.
 
-    UserError -> one line on stderr, exit 2; TrainingInterrupted / Ctrl-C -> exit 130.
+    UserError or OSError (a path that cannot be written or read) -> one line on stderr, exit 2;
+    TrainingInterrupted / Ctrl-C -> exit 130.
     """
     try:
         code = main(argv)
@@ -122,7 +123,19 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
         except (OSError, ValueError):
             pass
         sys.exit(1)
+    except OSError as err:   # a folder that cannot be written, a full disk, a path that is a file...
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     sys.exit(code or 0)
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError as one line naming the path and the reason: "cannot use /ro/run/train.log: Permission denied"."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.filename is None:
+        return f"{reason} ({type(err).__name__}); check the paths and the free disk space"
+    names = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
+    return f"cannot use {names}: {reason}; choose another path (--out_dir, --checkpoint) or fix its permissions"
 
 
 def command_line() -> str:

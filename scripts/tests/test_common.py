@@ -42,6 +42,33 @@ def test_run_main_broken_pipe_is_quiet(capsys):
     assert code == 1 and err == ""
 
 
+def test_run_main_turns_an_os_error_into_one_line_naming_the_path(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+
+    def main(argv):
+        (folder / "train.log").write_text("x")
+    try:
+        code, err = exit_of(main, capsys)
+    finally:
+        folder.chmod(0o700)
+    if os.geteuid() == 0:       # root writes anywhere: try a path below a file instead
+        def main(argv):         # noqa: F811
+            (tmp_path / "file").write_text("x")
+            (tmp_path / "file" / "train.log").write_text("x")
+        code, err = exit_of(main, capsys)
+        assert "file/train.log: Not a directory" in err
+    else:
+        assert "ro/train.log: Permission denied" in err
+    assert code == 2 and err.startswith("error: cannot use /") and err.count("\n") == 1
+
+    def main(argv):
+        raise OSError(28, "No space left on device")
+    code, err = exit_of(main, capsys)
+    assert code == 2 and err == "error: No space left on device (OSError); check the paths and the free disk space\n"
+
+
 def test_argparser_bad_choice_is_one_line_with_status_2(capsys):
     parser = ArgParser(prog="train.py")
     parser.add_argument("--dataset", choices=["imdb", "ag_news"])
