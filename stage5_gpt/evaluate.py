@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text_file", default=None, help="score this UTF-8 text file instead of a validation split")
     p.add_argument("--batch_size", type=int, default=16, help="windows per forward pass")
     p.add_argument("--limit", type=int, default=0,
-                   help="score only the first N characters (0: all); for tasks, the first N test examples")
+                   help="score only the first N characters (0: all); for tasks, N test examples, a fixed sample "
+                        "with every class in equal share")
     p.add_argument("--task", default=None, choices=list(TASKS),
                    help="a fine-tuned checkpoint: score only this task (default: every task it was tuned on)")
     p.add_argument("--split", default="test", choices=["val", "test"], help="a fine-tuned checkpoint: which split")

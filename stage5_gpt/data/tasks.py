@@ -108,8 +108,30 @@ def load_task(task: str, split: str, data_dir: str | None, ag_news_source: str =
     if not len(data):
         raise UserError(f"the {split} split of {task} is empty ({data.source}); check the data files")
     if limit:
-        data.texts, data.labels, data.targets = data.texts[:limit], data.labels[:limit], data.targets[:limit]
+        keep = balanced_subset(data.labels, limit) if data.labels else list(range(min(limit, len(data))))
+        data.texts = [data.texts[i] for i in keep]
+        data.labels = [data.labels[i] for i in keep] if data.labels else []
+        data.targets = [data.targets[i] for i in keep] if data.targets else []
     return data
+
+
+def balanced_subset(labels: Sequence[int], limit: int, seed: int = SPLIT_SEED) -> list[int]:
+    """Indices of a fixed, class-balanced sample of `limit` examples, in their original order.
+
+    Each class gives limit // classes examples (the first limit % classes classes one more), drawn at random
+    with a fixed seed; a class too small for its share gives all it has and the others fill the gap. The files
+    of IMDb are sorted by label, so their first N rows would all be negative: a small run would learn nothing."""
+    if limit >= len(labels):
+        return list(range(len(labels)))
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    pools = [[members[j] for j in torch.randperm(len(members), generator=generator).tolist()]
+             for _, members in sorted(by_class.items())]
+    # deal one example from each class in turn: balanced until a class runs out, then the others go on
+    dealt = [pool[depth] for depth in range(max(map(len, pools))) for pool in pools if depth < len(pool)]
+    return sorted(dealt[:limit])
 
 
 # ----------------------------------------------------------------------------- encoding
