@@ -21,6 +21,11 @@ finetune:  fine-tuning FINETUNE_BASE (the GPU base, or --base) with `finetune.py
            for a GPU (`--device cuda`): the AG News runs took about 5 minutes each on the 2-core CPU, at about
            4,500 tokens/s, which puts each IMDb run near 1.5 hours there. `--collect DIR` instead imports
            run folders made elsewhere (DIR/<run name>/test_<task>.json and history.json).
+cpu_finetune: the path from nothing to an IMDb classifier on a CPU, timed end to end: `train.py --preset imdb`
+           (a BPE and a small GPT learned from the IMDb training reviews' text, no labels; its data preparation
+           counted), then `finetune.py --preset cpu` (one epoch of full fine-tuning, scored on the whole test
+           set); then, not counted in that time, the same fine-tuning from random weights (--scratch) as the
+           control. The load average is sampled throughout and stored with the times.
 gpu:       on a CUDA machine: the default char model, GPT-2 small's shape on Gutenberg for 200 steps, eager
            and with --compile (tokens/s and MFU against the card's bf16 peak), and GPU_BASE, a 14M-parameter
            Gutenberg model pretrained in about two minutes (checkpoints/gpu_base_gutenberg.pt), then GPU_ADAPT:
@@ -32,10 +37,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -52,7 +60,7 @@ from stage5_gpt.models.gpt import GPT, GPTConfig
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
-PARTS = ("baby_lr", "baby", "char", "kv", "bpe", "gutenberg", "finetune", "gpu")
+PARTS = ("baby_lr", "baby", "char", "kv", "bpe", "gutenberg", "finetune", "cpu_finetune", "gpu")
 BABY_LRS = ("1e-3", "2e-3", "4e-3", "6e-3")   # nanoGPT's 1e-3 and three higher peaks; min_lr = lr / 10
 # GPT-2 small's shape (124M with GPT-2's vocabulary; 92M with our 8192 tokens), a short run for speed and MFU
 GPT2_SMALL = ["--preset", "gutenberg", "--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "1024",
@@ -88,6 +96,9 @@ FINETUNE_RUNS = {
     "imdb_lora_adapted": ["--task", "imdb", "--method", "lora", "--lr", "1e-3"],
     "imdb_head_adapted": ["--task", "imdb", "--method", "head", "--lr", "2e-3"],
 }
+# the CPU path: two commands, a base pretrained on the IMDb reviews' text, then one epoch of fine-tuning
+CPU_BASE = ["--preset", "imdb"]
+CPU_FINETUNE = ["--task", "imdb", "--preset", "cpu"]
 BABY_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
               "--lr_decay_iters=2000", "--dropout=0.0"]   # nanoGPT README's CPU command, verbatim
@@ -276,6 +287,94 @@ def collect_finetune(run_dir: Path, name: str) -> None:
         shutil.copy(run_dir / "gutenberg_eval.json", RESULTS / f"finetune_{name}_gutenberg_eval.json")
 
 
+class LoadSampler:
+    """The 1-minute load average every `every` seconds in a background thread: how busy the machine was."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.samples: list[float] = []
+        self.every, self.done = every, threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        while True:
+            self.samples.append(round(os.getloadavg()[0], 2))
+            if self.done.wait(self.every):
+                return
+
+    def __enter__(self) -> "LoadSampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def timed(script: str, *argv: str) -> tuple[float, float]:
+    """Run a stage program (echoed); (wall-clock seconds, Python's start-up included; CPU seconds it used, all
+    threads summed). On a shared machine the wall clock stretches, the CPU seconds hardly do."""
+    tick, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    run(script, *argv)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.time() - tick, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def cpu_finetune(extra: list[str]) -> None:
+    """results/cpu_finetune.json: the two commands of the CPU path, each timed from a cold start (a fresh data
+    cache, so tokenising counts), the test scores, and the from-scratch control (timed on its own)."""
+    run_dir = STAGE_DIR / "runs" / "bench_cpu_finetune"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    base, tuned = STAGE_DIR / "checkpoints" / "bench_cpu_base_imdb.pt", STAGE_DIR / "checkpoints" / "bench_cpu_ft.pt"
+    threads = torch.get_num_threads()
+    cache = run_dir / "cache"
+    with LoadSampler() as load:
+        pretrain, pretrain_cpu = timed("train.py", *CPU_BASE, "--out_dir", str(run_dir / "base"),
+                                       "--checkpoint", str(base), "--cache_dir", str(cache), *extra)
+        finetune, finetune_cpu = timed("finetune.py", "--base", str(base), *CPU_FINETUNE, "--out_dir",
+                                       str(run_dir / "finetune"), "--checkpoint", str(tuned),
+                                       "--cache_dir", str(cache / "tasks"), *extra)
+    for source, target in (("base/metrics.json", "cpu_base_imdb_train"), ("base/history.json", "cpu_base_imdb_history"),
+                           ("finetune/test_imdb.json", "cpu_finetune_imdb_test"),
+                           ("finetune/history.json", "cpu_finetune_imdb_history")):
+        shutil.copy(run_dir / source, RESULTS / f"{target}.json")
+    base_run, test = read_json(run_dir / "base" / "metrics.json"), read_json(run_dir / "finetune" / "test_imdb.json")
+    busy = sum(load.samples) / max(len(load.samples), 1)
+    result = {
+        "commands": ["python stage5_gpt/train.py " + " ".join(CPU_BASE), "python stage5_gpt/finetune.py --base "
+                     "stage5_gpt/checkpoints/gpt_imdb_bpe.pt " + " ".join(CPU_FINETUNE)],
+        "steps": [
+            {"step": "pretrain", "seconds": round(pretrain, 1), "cpu_seconds": round(pretrain_cpu, 1),
+             "training_seconds": base_run["metrics"]["fit_seconds"], "command": base_run["command"]},
+            {"step": "finetune", "seconds": round(finetune, 1), "cpu_seconds": round(finetune_cpu, 1),
+             "training_seconds": test["train_seconds"],
+             "test_scoring_seconds": round(test["test_size"] / test["metrics"]["examples_per_s"], 1),
+             "command": test["command"]}],
+        "total_seconds": round(pretrain + finetune, 1), "total_cpu_seconds": round(pretrain_cpu + finetune_cpu, 1),
+        "accuracy": test["metrics"]["accuracy"], "macro_f1": test["metrics"]["macro_f1"],
+        "test_size": test["test_size"], "train_size": test["train_size"], "scratch_control": None,
+        "hardware": hardware("cpu"), "torch_threads": threads, "torch": torch.__version__,
+        "load_average_samples": load.samples, "load_average_mean": round(busy, 2),
+        "contention": ("measured while other jobs shared the 2 cores" if busy > threads + 0.5 else
+                       "the machine was otherwise about idle") + f" (mean 1-minute load average {busy:.2f}, "
+                       f"this run's own {threads} threads included)",
+        "command": "python stage5_gpt/bench.py --parts cpu_finetune"}
+    write_json(RESULTS / "cpu_finetune.json", result)   # the path's numbers are kept even if the control is cut short
+    scratch, scratch_cpu = timed("finetune.py", "--base", str(base), *CPU_FINETUNE, "--scratch", "--out_dir",
+                                 str(run_dir / "scratch"), "--checkpoint",
+                                 str(tuned.with_name("bench_cpu_ft_scratch.pt")), "--cache_dir", str(cache / "tasks"),
+                                 *extra)
+    for source, target in (("scratch/test_imdb.json", "cpu_finetune_imdb_scratch_test"),
+                           ("scratch/history.json", "cpu_finetune_imdb_scratch_history")):
+        shutil.copy(run_dir / source, RESULTS / f"{target}.json")
+    control = read_json(run_dir / "scratch" / "test_imdb.json")
+    result["scratch_control"] = {"seconds": round(scratch, 1), "cpu_seconds": round(scratch_cpu, 1),
+                                 "training_seconds": control["train_seconds"],
+                                 "accuracy": control["metrics"]["accuracy"], "macro_f1": control["metrics"]["macro_f1"],
+                                 "test_size": control["test_size"],
+                                 "load_average_1min": round(os.getloadavg()[0], 2), "command": control["command"]}
+    write_json(RESULTS / "cpu_finetune.json", result)
+
+
 def mins(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -408,7 +507,51 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                 f"{after['loss']:.3f} nats per token ({after['bits_per_byte']:.3f} bits/byte); the base it started "
                 f"from scored {before['loss']:.3f} ({before['bits_per_byte']:.3f} bits/byte). Command: "
                 f"`{read_json(forgot)['command']}`.")
+    if (RESULTS / "cpu_finetune.json").is_file():
+        blocks["stage5_cpu_finetune"] = cpu_finetune_table(read_json(RESULTS / "cpu_finetune.json"))
     return {STAGE_DIR / "README.md": blocks}
+
+
+def cpu_finetune_table(cpu: dict) -> str:
+    """The CPU path's steps and score, beside the GPU runs it can be compared with (when their files are here)."""
+    pretrain, finetune = cpu["steps"]
+    control = cpu["scratch_control"]
+    rows = [{"path": "CPU: `train.py --preset imdb`, then `finetune.py --preset cpu`",
+             "pretraining": f"{mins(pretrain['seconds'])} (IMDb reviews' text, BPE learned here)",
+             "fine-tuning": f"{mins(finetune['seconds'])} (1 epoch, full; test scoring included)",
+             "total": mins(cpu["total_seconds"]), "accuracy": cpu["accuracy"], "macro_f1": cpu["macro_f1"],
+             "test": cpu["test_size"], "hardware": cpu["hardware"]}]
+    if control:
+        rows.append({"path": "CPU control: the same fine-tuning from random weights (`--scratch`)",
+                     "pretraining": "none", "fine-tuning": mins(control["seconds"]), "total": mins(control["seconds"]),
+                     "accuracy": control["accuracy"], "macro_f1": control["macro_f1"], "test": control["test_size"],
+                     "hardware": cpu["hardware"]})
+    gpu_runs = [RESULTS / name for name in ("gpu_base_train.json", "gpu_base_imdb_train.json",
+                                            "finetune_imdb_full_adapted_test.json", "finetune_imdb_scratch_test.json")]
+    if all(path.is_file() for path in gpu_runs):
+        base, adapt, full, scratch = (read_json(path) for path in gpu_runs)
+        pretraining = base["metrics"]["fit_seconds"] + adapt["metrics"]["fit_seconds"]
+        rows += [{"path": "GPU: Gutenberg base + IMDb text, full fine-tuning (3 epochs)",
+                  "pretraining": f"{pretraining:.0f} s (Gutenberg, then IMDb text)",
+                  "fine-tuning": f"{full['train_seconds']:.0f} s (training only)",
+                  "total": f"{pretraining + full['train_seconds']:.0f} s + scoring",
+                  "accuracy": full["metrics"]["accuracy"], "macro_f1": full["metrics"]["macro_f1"],
+                  "test": full["test_size"], "hardware": full["hardware"]},
+                 {"path": "GPU control: from random weights (3 epochs)", "pretraining": "none",
+                  "fine-tuning": f"{scratch['train_seconds']:.0f} s (training only)",
+                  "total": f"{scratch['train_seconds']:.0f} s + scoring", "accuracy": scratch["metrics"]["accuracy"],
+                  "macro_f1": scratch["metrics"]["macro_f1"], "test": scratch["test_size"],
+                  "hardware": scratch["hardware"]}]
+    table = markdown_table(rows, [
+        ("path", lambda r: r["path"]), ("pretraining", lambda r: r["pretraining"]),
+        ("fine-tuning", lambda r: r["fine-tuning"]), ("end to end", lambda r: r["total"]),
+        ("test accuracy", lambda r: f"{100 * r['accuracy']:.2f}% (macro-F1 {100 * r['macro_f1']:.2f})"),
+        ("test examples", lambda r: f"{r['test']:,}"), ("hardware", lambda r: r["hardware"])])
+    cpu_minutes = cpu["total_cpu_seconds"] / 60
+    return (table + f"\n\nThe CPU times are wall-clock from each command's start to its end, tokenising and scoring "
+            f"the whole test set included; {cpu['contention']}. Both commands used {cpu_minutes:.0f} CPU-minutes "
+            f"in all (threads summed). Command: `{cpu['command']}`.")
+
 
 
 TASK_ORDER = ["imdb", "ag_news", "translate"]
@@ -469,6 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     collect_finetune(Path(args.collect) / name, name)
         elif "finetune" in args.parts:
             finetune_bench(extra + (["--device", args.device] if args.device else []), Path(args.base), args.runs)
+        if "cpu_finetune" in args.parts:
+            cpu_finetune(extra)
         if "gpu" in args.parts:
             gpu(extra)
     draw_curves()
