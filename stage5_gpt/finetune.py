@@ -5,6 +5,8 @@
     python finetune.py --base ... --task imdb --method last_blocks --train_blocks 2   # the last 2 blocks and the head
     python finetune.py --base ... --task imdb --method lora --lora_rank 8            # LoRA adapters and the head
     python finetune.py --base ... --task imdb --scratch                              # same model, random weights
+    python finetune.py --base checkpoints/gpt_imdb_bpe.pt --task imdb --preset cpu   # 1 epoch, 256 tokens: a CPU
+    python finetune.py --base ... --task imdb --limit 2000 --eval_limit 1000         # a fixed, balanced sample
     python finetune.py --base gpt2 --task imdb                                       # GPT-2's weights (online)
     python finetune.py --base ... --task multi --tasks imdb,ag_news,translate        # one model, task prompts
     python finetune.py ... --resume                                                  # carry on after Ctrl-C
@@ -45,6 +47,13 @@ STAGE_DIR = Path(__file__).resolve().parent
 METHODS = ("full", "head", "last_blocks", "lora")
 # learning rates that suit each method (--lr overrides): frozen bodies and fresh adapters take larger steps
 DEFAULT_LR = {"full": 1e-4, "head": 2e-3, "last_blocks": 2e-4, "lora": 1e-3, "scratch": 3e-4}
+# settings for the flags a user leaves unset. standard: the recipe of the results tables, 3 epochs of texts as long as
+# the model's context; cpu: one epoch of texts cut to 256 tokens, what a 2-core CPU does in minutes
+# (results/TUNING.md, "fine-tuning on a CPU")
+PRESETS: dict[str, dict[str, Any]] = {
+    "standard": dict(epochs=3, max_len=0),
+    "cpu": dict(epochs=1, max_len=256),
+}
 # what --resume compares with the saved run: the flags that decide the model, the data order and the schedule
 RESUME_MUST_MATCH = ["base", "scratch", "tasks", "method", "train_blocks", "lora_rank", "lora_alpha", "lora_targets",
                      "lora_dropout", "epochs", "batch_size", "lr", "warmup", "weight_decay", "dropout", "max_len",
@@ -56,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=str(STAGE_DIR / "checkpoints" / "gpt_gutenberg_bpe.pt"),
                    help="the pretrained model: a checkpoint from train.py (BPE), or gpt2 / gpt2-medium / a local "
                         "GPT-2 folder")
+    p.add_argument("--preset", default="standard", choices=list(PRESETS),
+                   help="settings for unset flags: standard (3 epochs, whole texts), cpu (1 epoch, texts cut to "
+                        "256 tokens: minutes on a 2-core CPU)")
     p.add_argument("--task", default="imdb", choices=["imdb", "ag_news", "multi"],
                    help="imdb / ag_news: a classification head; multi: text-to-text over --tasks")
     p.add_argument("--tasks", default="imdb,ag_news,translate",
@@ -64,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what is trained: everything, the head only, the last --train_blocks blocks, or LoRA")
     p.add_argument("--scratch", action=argparse.BooleanOptionalAction, default=False,
                    help="same architecture and tokenizer as --base, random weights: what pretraining buys")
-    p.add_argument("--epochs", type=int, default=3, help="passes over the training split")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training split " + preset_default("epochs"))
     p.add_argument("--lr", type=float, default=None,
                    help="peak AdamW learning rate (default per method: " +
                         ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
@@ -84,15 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (matrices only)")
     training.add_argument("--dropout", type=float, default=0.1, help="dropout in the model and before the head")
     training.add_argument("--clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    training.add_argument("--max_len", type=int, default=0,
-                          help="tokens per example, longer texts cut (head and tail kept); 0: the model's context")
+    training.add_argument("--max_len", type=int, default=None,
+                          help="tokens per example, longer texts cut (head and tail kept); 0: the model's context "
+                               + preset_default("max_len"))
     training.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                           help="bf16 autocast where the hardware has it")
     training.add_argument("--log_interval", type=int, default=50, help="log loss and speed every N steps")
 
     data = p.add_argument_group("data")
-    data.add_argument("--limit", type=int, default=0, help="use only the first N training examples of each task")
-    data.add_argument("--eval_limit", type=int, default=0, help="score only the first N validation/test examples")
+    data.add_argument("--limit", type=int, default=0,
+                      help="train on N examples of each task, a fixed sample with every class in equal share (0: "
+                           "all); the validation and test splits stay whole unless --eval_limit")
+    data.add_argument("--eval_limit", type=int, default=0,
+                      help="score N validation and N test examples, a fixed sample with every class in equal share "
+                           "(0: all)")
     data.add_argument("--eval_batch_size", type=int, default=64, help="examples per batch when scoring")
     data.add_argument("--ag_news_source", default="official", choices=T.AG_NEWS_SOURCES,
                       help="official (downloads the training split), or test_carveout: train on 6,000 rows of the "
@@ -106,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def preset_default(key: str) -> str:
+    """How --help states a flag whose default comes from --preset."""
+    return "(default: the preset's: " + ", ".join(f"{name} {values[key]}" for name, values in PRESETS.items()) + ")"
+
+
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    args.preset_max_len = args.max_len is None   # a preset's length gives way to a shorter context; a flag's errs
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     check_positive(args, "epochs", "batch_size", "eval_batch_size", "lora_rank", "train_blocks", "log_interval")
     args.task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.task == "multi" else [args.task]
     for task in args.task_list:
@@ -380,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = setup_logging(Path(args.out_dir))
     set_seed(args.seed)
     gpt, tokenizer, base_name = load_base(args, log)
+    if args.max_len > gpt.config.block_size and args.preset_max_len:
+        args.max_len = gpt.config.block_size
     if args.max_len > gpt.config.block_size:
         raise UserError(f"--max_len {args.max_len} exceeds the model's context of {gpt.config.block_size}")
     args.max_len = args.max_len or gpt.config.block_size       # 0: the model's context

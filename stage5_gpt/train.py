@@ -63,6 +63,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                       n_layer=4, n_head=4, n_embd=256, block_size=256, bias=False, dropout=0.0, attn_dropout=0.0,
                       batch_size=16, grad_accum=1, max_steps=4000, lr=2e-3, min_lr=2e-4, warmup_steps=200,
                       weight_decay=0.1, beta2=0.95, eval_interval=500, eval_iters=50, amp=True),
+    # the base of fine-tuning on a CPU: gutenberg's shape, but pretrained on the text of the IMDb training reviews (no
+    # labels), the kind of text it will classify, for about 1.1 passes (results/TUNING.md, "fine-tuning on a CPU")
+    "imdb": dict(dataset="imdb", tokenizer="bpe", vocab_size=8192,
+                 n_layer=4, n_head=4, n_embd=256, block_size=256, bias=False, dropout=0.0, attn_dropout=0.0,
+                 batch_size=16, grad_accum=1, max_steps=2000, lr=2e-3, min_lr=2e-4, warmup_steps=200,
+                 weight_decay=0.1, beta2=0.95, eval_interval=500, eval_iters=20, amp=True),
 }
 # what --resume compares with the saved run: the flags that decide the model, the data order and the schedule
 RESUME_MUST_MATCH = ["tokenizer", "vocab_size", "bias", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
@@ -84,7 +90,8 @@ def preset_default(key: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Pretrain GPT-mini, a decoder-only Transformer language model (stage 5).")
     p.add_argument("--preset", default="char", choices=sorted(PRESETS),
-                   help="settings for unset flags: char (default model), baby (nanoGPT's CPU shape), gutenberg (BPE)")
+                   help="settings for unset flags: char (default model), baby (nanoGPT's CPU shape), gutenberg (BPE), "
+                        "imdb (BPE on the IMDb reviews' text: the base of fine-tuning on a CPU)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="text to train on " + preset_default("dataset"))
     p.add_argument("--tokenizer", default=None, choices=["char", "bpe"],
