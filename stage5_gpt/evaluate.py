@@ -1,6 +1,6 @@
 """Score a GPT-mini (stage 5): loss, perplexity and bits per byte on held-out text, or a fine-tuned model's tasks.
 
-    python evaluate.py                                                 # char model, tiny Shakespeare validation
+    python evaluate.py                                                 # the newest model train.py wrote
     python evaluate.py --checkpoint checkpoints/gpt_gutenberg_bpe.pt   # BPE model, 6 held-out books
     python evaluate.py --text_file my_text.txt                         # any UTF-8 text file
     python evaluate.py --checkpoint checkpoints/ft_imdb_full.pt        # a fine-tuned model on its tasks' test splits
@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, autocast, check_positive,
-                            get_device, load_checkpoint, run_main, set_threads, write_metrics)
+                            get_device, run_main, set_threads, write_metrics)
 from stage5_gpt.data.corpus import DATASETS, load_text, sequential_windows
 from stage5_gpt.data.tasks import TASKS, evaluate_task, load_task, tokenize
 from stage5_gpt.finetune import model_from_checkpoint, model_label
-from stage5_gpt.generate import DEFAULT_CHECKPOINT, load_model
+from stage5_gpt.generate import CHECKPOINT_HELP, find_checkpoint, load_model
 from stage5_gpt.models.gpt import GPT
 
 STAGE = "stage5_gpt"
@@ -43,7 +43,7 @@ RUNS = Path(__file__).resolve().parent / "runs"
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Validation loss, perplexity and bits per byte of a GPT-mini (stage 5).")
-    add_checkpoint_arg(p, str(DEFAULT_CHECKPOINT), "a checkpoint written by train.py or finetune.py")
+    add_checkpoint_arg(p, None, CHECKPOINT_HELP)
     p.add_argument("--init_from", default=None, help="score GPT-2's weights instead: gpt2 (online) or a folder")
     p.add_argument("--tokenizer", default=None, help="tokenizer JSON (must match the checkpoint; default its own)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
@@ -81,6 +81,11 @@ def score(model: GPT, ids: np.ndarray, batch_size: int, device: torch.device, am
     return total, count
 
 
+def run_name(checkpoint: Path) -> str:
+    """What the evaluation folder is named after: the checkpoint's name, or a last.pt's run folder."""
+    return checkpoint.parent.name if checkpoint.name == "last.pt" else checkpoint.stem
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_positive(args, "batch_size")
@@ -88,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--limit must be >= 0, got {args.limit}")
     set_threads(args.num_threads)
     device = get_device(args.device)
-    ckpt = None if args.init_from else load_checkpoint(args.checkpoint, STAGE, ["gpt", "gpt_classifier"])
+    ckpt = None if args.init_from else find_checkpoint(args, classifier_ok=True)
     if ckpt and ckpt.get("finetune") and not (args.text_file or args.dataset):
         return evaluate_tasks(args, device, ckpt)
     if args.task:
@@ -121,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": nats / math.log(2) / n_bytes,
                "tokens": count, "bytes": n_bytes, "bytes_per_token": n_bytes / len(ids),
                "tokens_per_s": count / max(seconds, 1e-9)}
-    name = args.init_from or Path(args.checkpoint).stem
+    name = args.init_from or run_name(Path(args.checkpoint))
     out = Path(args.metrics_out) if args.metrics_out else RUNS / f"eval_{Path(name).name}" / "metrics.json"
     write_metrics(out, stage=STAGE, model="gpt", dataset=dataset, split="val" if not args.text_file else "text",
                   metrics=metrics, params=model.num_params(), seconds=seconds, seconds_key="eval_seconds",
@@ -139,7 +144,7 @@ def evaluate_tasks(args: argparse.Namespace, device: torch.device, ckpt: dict) -
     tasks = [args.task] if args.task else info["tasks"]
     if args.task and args.task not in info["tasks"]:
         raise UserError(f"{args.checkpoint} was fine-tuned on {', '.join(info['tasks'])}, not {args.task}")
-    out_dir = Path(args.out_dir) if args.out_dir else RUNS / f"eval_{Path(args.checkpoint).stem}"
+    out_dir = Path(args.out_dir) if args.out_dir else RUNS / f"eval_{run_name(Path(args.checkpoint))}"
     for task in tasks:
         data = tokenize(tokenizer, load_task(task, args.split, args.data_dir, info["ag_news_source"],
                                              args.limit))

@@ -1,6 +1,6 @@
 """Generate text with a trained GPT-mini (stage 5), streaming it as it comes.
 
-    python generate.py --prompt "ROMEO:"                                  # char-level Shakespeare model
+    python generate.py --prompt "ROMEO:"                                  # the newest model train.py wrote
     python generate.py --prompt "ROMEO:" --temperature 0.8 --top_p 0.9 --max_new_tokens 300 --seed 1
     python generate.py --checkpoint checkpoints/gpt_gutenberg_bpe.pt --prompt "It was a dark night"
     python generate.py --init_from gpt2 --prompt "Hello"                  # OpenAI's GPT-2 weights (online)
@@ -9,6 +9,9 @@
     python generate.py --checkpoint checkpoints/ft_multi_full.pt --task translate --prompt "A dog runs."
     python generate.py --checkpoint checkpoints/ft_multi_full.pt --interactive    # then :task imdb / translate
     python generate.py --checkpoint checkpoints/ft_imdb_full.pt --prompt "What a film!"   # a classifier: label
+
+Without --checkpoint the newest model train.py wrote is loaded (the newest checkpoints/gpt_*.pt, else the
+newest runs/gpt_*/last.pt of a run still going or stopped), and a line says which one and how far it trained.
 
 Sampling: --temperature divides the logits (0: always the likeliest token), --top_k keeps the k
 likeliest tokens, --top_p the smallest set reaching probability p. With the KV cache each new token costs
@@ -29,25 +32,27 @@ from typing import Any, Sequence
 
 import torch
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, get_device, load_checkpoint,
-                            run_main, set_threads)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, describe_model, find_model,
+                            get_device, load_checkpoint, run_main, set_threads)
 from scripts.repl import STANDARD, Repl, check_setting
 from stage5_gpt.data import tasks
 from stage5_gpt.data.bpe import load_tokenizer
 from stage5_gpt.finetune import model_from_checkpoint
 from stage5_gpt.models.gpt import GPT
 from stage5_gpt.models.hf import load_gpt2
+from stage5_gpt.train import BEST_MODELS, RUN_MODELS, TRAIN_HINT
 
 STAGE = "stage5_gpt"
 STAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = STAGE_DIR / "checkpoints" / "gpt_shakespeare_char.pt"
+CHECKPOINT_HELP = ("a checkpoint written by train.py or finetune.py (default: the newest checkpoints/gpt_*.pt, else "
+                   "the newest runs/gpt_*/last.pt)")
 FREE_TEXT_TEMPERATURE = 0.8   # an unset --temperature: this for free text, 0 (greedy) for a task's answer
 SAMPLING = ("temperature", "top_k", "top_p", "max_new_tokens", "seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Generate text with a trained GPT-mini, or with GPT-2's weights (stage 5).")
-    add_checkpoint_arg(p, str(DEFAULT_CHECKPOINT), "a checkpoint written by train.py or finetune.py")
+    add_checkpoint_arg(p, None, CHECKPOINT_HELP)
     p.add_argument("--init_from", default=None, help="use GPT-2 weights instead: gpt2 (online) or a local folder")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer JSON to use; must be the one the checkpoint was trained with (default: its own)")
@@ -80,6 +85,17 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--num_samples must be at least 1, got {args.num_samples}")
 
 
+def find_checkpoint(args: argparse.Namespace, classifier_ok: bool = False) -> dict[str, Any]:
+    """Load --checkpoint, or without it the newest model train.py wrote (and say which: a line on stderr, so that
+    stdout stays the generated text)."""
+    chosen = args.checkpoint is None
+    args.checkpoint = str(find_model(args.checkpoint, STAGE_DIR, BEST_MODELS, RUN_MODELS, TRAIN_HINT))
+    ckpt = load_checkpoint(args.checkpoint, STAGE, ["gpt", "gpt_classifier"] if classifier_ok else ["gpt"])
+    if chosen:
+        print(describe_model(Path(args.checkpoint), ckpt), file=sys.stderr, flush=True)
+    return ckpt
+
+
 def load_model(args: argparse.Namespace, device: torch.device, classifier_ok: bool = False,
                ckpt: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Any, str | None]:
     """The model, its tokenizer and the data set it was trained on (None for GPT-2), from a checkpoint
@@ -91,7 +107,7 @@ def load_model(args: argparse.Namespace, device: torch.device, classifier_ok: bo
         model, tokenizer = load_gpt2(args.init_from)
         dataset = None
     else:
-        ckpt = ckpt or load_checkpoint(args.checkpoint, STAGE, ["gpt", "gpt_classifier"] if classifier_ok else ["gpt"])
+        ckpt = ckpt or find_checkpoint(args, classifier_ok)
         model, tokenizer = model_from_checkpoint(ckpt, args.checkpoint)
         model.finetune = ckpt.get("finetune")
         if args.tokenizer:

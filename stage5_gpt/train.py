@@ -1,6 +1,7 @@
 """Pretrain GPT-mini (stage 5): characters of tiny Shakespeare, or BPE tokens of English books.
 
     python train.py                                   # char-level tiny Shakespeare, the default model
+    python train.py --preset quick                    # a small char model in about 2 minutes on 2 CPU cores
     python train.py --preset baby                     # nanoGPT's CPU "baby GPT" shape, 2000 steps
     python train.py --preset gutenberg                # byte-level BPE (8192) on 105 Gutenberg books
     python train.py --resume                          # carry on after Ctrl-C, bit-exact on CPU
@@ -10,7 +11,9 @@ Training is counted in optimizer steps. Each step sees --batch_size x --grad_acc
 processes) random windows of --block_size tokens; the learning rate warms up linearly for
 --warmup_steps, then follows a cosine down to --min_lr at --max_steps. Every --eval_interval steps the
 loss is estimated on --eval_iters fixed random batches of each split, the best model is saved to
---checkpoint and a resumable `last.pt` to the run folder.
+--checkpoint and a resumable `last.pt` to the run folder, history.json and curves.png are rewritten, and a
+short sample (a fixed prompt and seed) shows what the model writes by now. `tensorboard --logdir runs` shows
+the losses and the samples while it trains.
 
 Data-parallel training (DDP): started by torchrun, each process holds a copy of the model and takes
 its own share of every step's windows; gradients are averaged across processes in backward, so all
@@ -32,12 +35,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args, amp_name,
                             autocast, check_positive, checkpoint_header, get_device, hardware, load_checkpoint,
                             rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging,
                             uses_bf16, warmup_cosine, write_json, write_metrics)
+from scripts.monitor import TrainingMonitor
+from scripts.plots import plot_curves
 from scripts.training import ResumableRun
 from stage5_gpt.data.bpe import load_tokenizer
 from stage5_gpt.data.corpus import DATA_CACHE, DATASETS, TokenData, prepare, train_tokenizer, windows
@@ -47,6 +51,14 @@ from stage5_gpt.models.hf import GPT2_NAMES, load_gpt2
 STAGE = "stage5_gpt"
 STAGE_DIR = Path(__file__).resolve().parent
 MODEL_NAME = "gpt"
+# where evaluate.py, generate.py and the notebook look when no --checkpoint is given: the newest best model this
+# script wrote, else the newest run's last.pt (fine-tuned models, ft_*.pt, are loaded with --checkpoint)
+BEST_MODELS = ["checkpoints/gpt_*.pt"]
+RUN_MODELS = ["runs/gpt_*/last.pt"]
+TRAIN_HINT = "python stage5_gpt/train.py --preset quick"
+# the sample printed at every evaluation: always the same prompt and seed, so samples show what training changed
+SAMPLE_PROMPTS = {"shakespeare": "ROMEO:"}   # other data sets start from <|endoftext|> (BPE) or a new line
+SAMPLE_CHARS, SAMPLE_SEED, SAMPLE_TEMPERATURE, SAMPLE_TOP_P = 200, 0, 0.8, 0.95   # generate.py's sampling defaults
 # good settings per preset (flags left unset take these). "baby" is nanoGPT's CPU example, for comparison: its shape,
 # batch and steps, with a higher learning rate (4e-3, chosen on validation from 1e-3, 2e-3, 4e-3, 6e-3:
 # results/baby_lr_sweep.json)
@@ -55,6 +67,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                  n_layer=4, n_head=4, n_embd=256, block_size=256, bias=False, dropout=0.1, attn_dropout=0.0,
                  batch_size=16, grad_accum=1, max_steps=4000, lr=2e-3, min_lr=2e-4, warmup_steps=100,
                  weight_decay=0.1, beta2=0.99, eval_interval=250, eval_iters=50, amp=True),
+    # a first model to play with: about 2 minutes on 2 CPU cores, Shakespeare-like text (results/TUNING.md, "quick")
+    "quick": dict(dataset="shakespeare", tokenizer="char", vocab_size=0,
+                  n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, dropout=0.0, attn_dropout=0.0,
+                  batch_size=12, grad_accum=1, max_steps=4800, lr=4e-3, min_lr=4e-4, warmup_steps=100,
+                  weight_decay=0.1, beta2=0.99, eval_interval=400, eval_iters=20, amp=False),
     "baby": dict(dataset="shakespeare", tokenizer="char", vocab_size=0,
                  n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, dropout=0.0, attn_dropout=0.0,
                  batch_size=12, grad_accum=1, max_steps=2000, lr=4e-3, min_lr=4e-4, warmup_steps=100,
@@ -90,7 +107,8 @@ def preset_default(key: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Pretrain GPT-mini, a decoder-only Transformer language model (stage 5).")
     p.add_argument("--preset", default="char", choices=sorted(PRESETS),
-                   help="settings for unset flags: char (default model), baby (nanoGPT's CPU shape), gutenberg (BPE), "
+                   help="settings for unset flags: char (default model), quick (a small char model in about 2 minutes "
+                        "on a CPU), baby (nanoGPT's CPU shape), gutenberg (BPE), "
                         "imdb (BPE on the IMDb reviews' text: the base of fine-tuning on a CPU)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="text to train on " + preset_default("dataset"))
@@ -145,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="estimate losses and save every N steps " + preset_default("eval_interval"))
     training.add_argument("--eval_iters", type=int, default=None,
                           help="batches per loss estimate " + preset_default("eval_iters"))
-    training.add_argument("--log_interval", type=int, default=10, help="log loss, tokens/s and MFU every N steps")
+    training.add_argument("--log_interval", type=int, default=0,
+                          help="log loss, tokens/s and MFU every N steps (0: ten times per --eval_interval)")
     training.add_argument("--peak_tflops", type=float, default=0.0,
                           help="hardware peak for MFU (0: known GPUs from a table; CPUs by timing a matmul at start)")
 
@@ -159,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_output_args(p, "where the best model is written (default: checkpoints/gpt_<dataset>_"
                         "<tokenizer>.pt, the tokenizer being char, bpe, or base/gpt2 with --init_from; "
-                        "checkpoints/gpt_baby.pt for the baby preset)",
+                        "checkpoints/gpt_baby.pt for the baby preset, checkpoints/gpt_shakespeare_char_quick.pt "
+                        "for the quick one)",
                        "run folder (default: runs/ named like the checkpoint, e.g. runs/gpt_shakespeare_char)")
     add_common_args(p, seed_help="seed for initialisation, data order and dropout")
     return p
@@ -178,7 +198,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.tokenizer == "bpe" and args.vocab_size < 257 + 1:
         raise UserError(f"--vocab_size must exceed 257 (256 bytes and <|endoftext|>), got {args.vocab_size}")
     check_positive(args, "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps",
-                   "eval_interval", "eval_iters", "log_interval")
+                   "eval_interval", "eval_iters")
+    if args.log_interval < 0:
+        raise UserError(f"--log_interval must be >= 0, got {args.log_interval}")
+    args.log_interval = args.log_interval or max(1, args.eval_interval // 10)
     if args.n_embd % args.n_head:
         raise UserError(f"--n_embd {args.n_embd} must be divisible by --n_head {args.n_head}")
     for flag in ("dropout", "attn_dropout"):
@@ -194,6 +217,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if not (args.lr > 0 and 0 <= args.min_lr <= args.lr):
         raise UserError(f"need --lr > 0 and 0 <= --min_lr <= --lr, got {args.lr} and {args.min_lr}")
     run = "gpt_baby" if args.preset == "baby" else f"gpt_{args.dataset}_{args.tokenizer}"
+    if args.preset == "quick":   # its own files: a quick run never overwrites a long one
+        run += "_quick"
     args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"{run}.pt")
     args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / run)
     return args
@@ -528,8 +553,9 @@ def wrap(model: GPT, args: argparse.Namespace, ddp: Distributed) -> torch.nn.Mod
 
 
 def evaluate_and_save(model: GPT, data: TokenData, args: argparse.Namespace, state: dict[str, Any], lr: float,
-                      ddp: Distributed, log: Any) -> None:
-    """Estimate both splits' losses into the history; save the model to --checkpoint when validation improved."""
+                      ddp: Distributed, log: Any) -> dict[str, Any]:
+    """Estimate both splits' losses into the history (returns the new row); save the model to --checkpoint when
+    validation improved."""
     row = {"step": state["step"], "train_loss": estimate_loss(model, data.train, args, ddp.device, 1),
            "val_loss": estimate_loss(model, data.val, args, ddp.device, 2), "lr": lr,
            "tokens_seen": state["tokens_seen"], "elapsed_s": round(state["train_seconds"], 3)}
@@ -544,6 +570,35 @@ def evaluate_and_save(model: GPT, data: TokenData, args: argparse.Namespace, sta
                 "step": state["step"], "best_val_loss": row["val_loss"], "history": state["history"]})
     log.info(f"step {state['step']:5d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
              f"{'  *best*' if improved else ''}  {state['train_seconds'] / 60:.1f} min")
+    return row
+
+
+@torch.no_grad()
+def sample_text(model: GPT, tokenizer: Any, dataset: str, device: torch.device) -> str:
+    """About SAMPLE_CHARS characters the model writes after its data set's fixed prompt, with a fixed seed (its
+    own generator: the training's random numbers are not touched, so --resume stays exact)."""
+    prompt = SAMPLE_PROMPTS.get(dataset, "")
+    eot = getattr(tokenizer, "eot_id", None)
+    ids = tokenizer.encode(prompt) if prompt else [eot] if eot is not None else tokenizer.encode("\n")
+    generator = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
+    was_training = model.training
+    model.eval()
+    new: list[int] = []
+    for token in model.generate(torch.tensor([ids], device=device), SAMPLE_CHARS, SAMPLE_TEMPERATURE,
+                                top_p=SAMPLE_TOP_P, generator=generator, stop_token=eot):
+        if int(token[0]) == eot:
+            break
+        new.append(int(token[0]))
+        if len(tokenizer.decode(new)) >= SAMPLE_CHARS:
+            break
+    model.train(was_training)
+    return prompt + tokenizer.decode(new)[:SAMPLE_CHARS]
+
+
+def plot_history(args: argparse.Namespace, evals: list[dict[str, Any]], path: Path) -> None:
+    """curves.png: the estimated train and validation losses, and the learning rate, against the step."""
+    plot_curves(evals, path, [["train_loss", "val_loss"], ["lr"]], x="step",
+                title=f"GPT on {args.dataset} ({args.tokenizer})")
 
 
 # ----------------------------------------------------------------------------- the training loop
@@ -585,10 +640,12 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
     model = wrap(raw_model, args, ddp)
 
     model.train()
-    bar = tqdm(total=args.max_steps, initial=state["step"], unit="step", disable=None if ddp.master else True,
-               leave=False)
+    # the bar, TensorBoard, history.json/curves.png and progress.json: the first process only
+    monitor = TrainingMonitor(out_dir, stage=STAGE, model=f"gpt_{args.preset}", dataset=args.dataset, device=device,
+                              total_steps=args.max_steps, done_steps=state["step"], unit="tokens", log=log,
+                              title=f"GPT on {args.dataset} ({args.tokenizer})", enabled=ddp.master)
     meter.restart()
-    with run:   # from here, Ctrl-C stops the loop after a step and saves last.pt
+    with monitor, run:   # from here, Ctrl-C stops the loop after a step and saves last.pt
         while state["step"] < args.max_steps:
             step_start = time.time()
             lr = warmup_cosine(state["step"], args.max_steps, args.warmup_steps, args.lr, args.min_lr)
@@ -601,23 +658,26 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
             state["train_seconds"] += time.time() - step_start
             state["curve"].append([state["step"], round(loss, 6)])
             meter.step()
-            bar.update(1)
+            monitor.step(loss, items=meter.tokens_per_step, lr=lr)
             last = state["step"] == args.max_steps
             if state["step"] % args.log_interval == 0 or last:
                 speed, mfu, ms_per_step = meter.report()
                 state["speeds"].append(speed)
-                bar.set_postfix(loss=f"{loss:.3f}", tokens_per_s=f"{speed:,.0f}", mfu=f"{100 * mfu:.1f}%")
                 log.info(f"step {state['step']:5d}  loss {loss:.4f}  lr {lr:.2e}  {speed:,.0f} tokens/s  "
                          f"MFU {100 * mfu:.1f}%  {ms_per_step:.0f} ms/step")
             if state["step"] % args.eval_interval == 0 or last:
-                evaluate_and_save(raw_model, data, args, state, lr, ddp, log)
-                save_last()
-                meter.restart()   # evaluation is not training time
+                with monitor.evaluating():   # not training time: left out of the ETA and tokens/s
+                    row = evaluate_and_save(raw_model, data, args, state, lr, ddp, log)
+                    save_last()
+                    sample = sample_text(raw_model, data.tokenizer, args.dataset, ddp.device) if ddp.master else None
+                monitor.evaluated(row, {"evals": state["history"], "curve": state["curve"]}, sample=sample,
+                                  plot=lambda path: plot_history(args, state["history"], path))
+                meter.restart()
             if ddp.any(run.stop_requested):   # Ctrl-C on any process: every one stops after this step
                 save_last()
+                monitor.close("interrupted")
                 raise TrainingInterrupted(f"saved {run.last_path} at step {state['step']}; run the same command "
                                           "with --resume to continue")
-    bar.close()
 
     ddp.check_in_sync(raw_model)
     if ddp.enabled:
@@ -629,13 +689,11 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
 
 def finish(args: argparse.Namespace, model: GPT, state: dict[str, Any], meter: SpeedMeter, device: torch.device,
            started: float, log: Any) -> None:
-    """history.json, curves.png and metrics.json of the run."""
-    from scripts.plots import plot_curves   # matplotlib, only when a run ends
-
+    """history.json, curves.png (already written at every evaluation; again here for a resumed run that had
+    nothing left to train) and metrics.json of the run."""
     out_dir = Path(args.out_dir)
     write_json(out_dir / "history.json", {"evals": state["history"], "curve": state["curve"]})
-    plot_curves(state["history"], out_dir / "curves.png", [["train_loss", "val_loss"], ["lr"]], x="step",
-                title=f"GPT on {args.dataset} ({args.tokenizer})")
+    plot_history(args, state["history"], out_dir / "curves.png")
     tokens_per_s = state["tokens_seen"] / max(state["train_seconds"], 1e-9)
     # steady state: the median logging window after the first (which holds warm-up and any compilation)
     steady = float(np.median(state["speeds"][1:] or state["speeds"] or [tokens_per_s]))
