@@ -12,7 +12,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 def test_readme_tables_are_generated_from_results():
     blocks = bench.readme_blocks()
     assert set(blocks[bench.STAGE_DIR / "README.md"]) == {"stage3_main", "stage3_examples", "stage3_attention",
-                                                          "stage3_lengths"}
+                                                          "stage3_lengths", "stage3_runs", "stage3_quick_examples"}
     assert set(blocks) == {bench.STAGE_DIR / "README.md"}   # the top README's tables: scripts/course_report.py
     for readme, named in blocks.items():
         text = readme.read_text(encoding="utf-8")
@@ -34,3 +34,27 @@ def test_results_meet_the_stage_targets():
     assert kinds == set(ATTENTION_TYPES)
     lines = (RESULTS / "main_translations.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == test["metrics"]["sentences"] == 1000
+
+
+def test_overview_is_made_from_the_result_files():
+    """results/overview.json (the course's quick / default / GPU table) holds what bench.py reads from results/."""
+    overview = json.loads((RESULTS / "overview.json").read_text())
+    assert overview == bench.overview(), "run `python stage3_attention_seq2seq/bench.py --tables_only`"
+    assert [row["run"] for row in overview["rows"]] == ["quick", "default", "gpu"]
+    assert overview["rows"][2]["minutes"] is None and overview["rows"][2]["score"] == "not measured"
+
+
+def test_quick_preset_translates_understandably():
+    """The quick preset, run as a learner runs it: test BLEU (beam 5) of at least 30, and its own reference band."""
+    quick = json.loads((RESULTS / "quick.json").read_text())
+    assert quick["command"] == bench.QUICK_COMMAND and quick["test"]["bleu_beam"] >= 30
+    flags = {word for word in quick["train_command"].split() if word.startswith("--")}
+    assert flags <= {"--preset", "--out_dir", "--checkpoint", "--data_dir", "--num_threads"}
+    assert len(quick["examples"]) == bench.EXAMPLES and all(row["output"] for row in quick["examples"])
+    reference = json.loads((RESULTS.parent / "reference" / "quick.json").read_text())
+    assert reference["command"] == bench.QUICK_COMMAND and reference["seeds"] == [0, 1, 2]
+
+
+def test_a_timing_on_a_busy_machine_says_so():
+    assert bench.busy_note([0.3, 1.2]) == ""
+    assert bench.busy_note([0.3, 99.0]) == ", shared with other jobs (load average up to 99.0)"
