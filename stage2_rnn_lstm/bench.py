@@ -1,17 +1,21 @@
 """Stage 2 benchmark: every number in the stage README, from default settings, on this machine.
 
     python stage2_rnn_lstm/bench.py                  # all parts (about 70 minutes on 2 CPU cores)
+    python stage2_rnn_lstm/bench.py --parts quick    # the quick preset end to end (about 2.5 minutes)
     python stage2_rnn_lstm/bench.py --parts char     # char LSTM on tiny Shakespeare only (~17 min)
     python stage2_rnn_lstm/bench.py --tables_only    # rebuild the README tables from results/
 
-Parts: char (train + evaluate + a sample), word (PTB train + test + a sample), speed (scratch cells
-against nn.RNN/LSTM/GRU, same run), classify (LSTM classifier on IMDb), samples (only redraw the samples).
-Each writes JSON files into stage2_rnn_lstm/results/.
+Parts: quick (train.py --preset quick, then evaluate.py, timed as a whole), char (train + evaluate + a sample),
+word (PTB train + test + a sample), speed (scratch cells against nn.RNN/LSTM/GRU, same run), classify (LSTM
+classifier on IMDb), samples (only redraw the samples). Each writes JSON files into stage2_rnn_lstm/results/;
+results/overview.json (quick, default and GPU runs in one schema for the course's tables) is rebuilt from them.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -22,14 +26,18 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from scripts.common import ArgParser, UserError, hardware, run_main, write_json
-from scripts.report import load_results, markdown_table, run_script, update_file
+from scripts.common import ArgParser, UserError, hardware, read_json, run_main, write_json
+from scripts.report import load_results, markdown_table, run_script, short_paths, update_file
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
+from stage2_rnn_lstm import train as train_module
+from stage2_rnn_lstm.evaluate import load_language_model
 from stage2_rnn_lstm.train import DEFAULTS
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
-PARTS = ("char", "word", "speed", "classify", "samples")
+PARTS = ("char", "word", "speed", "classify", "quick", "samples")
+DEFAULT_PARTS = ("char", "word", "speed", "classify")
+QUICK_COMMAND = "python stage2_rnn_lstm/train.py --preset quick"
 
 
 run = functools.partial(run_script, STAGE_DIR)   # run("train.py", flags...): a stage program, echoed
@@ -47,6 +55,47 @@ def language_model(vocab_type: str, extra: list[str]) -> None:
     shutil.copy(run_dir / "curves.png", RESULTS / f"lstm_{vocab_type}_curves.png")
     shutil.copy(run_dir / "history.json", RESULTS / f"lstm_{vocab_type}_history.json")
     write_sample(vocab_type)
+
+
+def quick(extra: list[str], train_extra: Sequence[str] = (), stage_dir: Path = STAGE_DIR,
+          results: Path = RESULTS) -> dict:
+    """The quick preset as a learner runs it, timed from start to end of both processes (loading, training,
+    evaluating): train.py --preset quick, then evaluate.py on its checkpoint. Writes results/quick.json.
+    (`train_extra`, `stage_dir` and `results` let the tests run the same pipeline on tiny data.)"""
+    run_dir = stage_dir / "runs" / "bench_lstm_char_quick"
+    checkpoint = stage_dir / "checkpoints" / "bench_lstm_char_quick.pt"
+    load_before = os.getloadavg()[0]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    run("train.py", "--preset", "quick", "--out_dir", str(run_dir), "--checkpoint", str(checkpoint), *extra,
+        *train_extra)
+    run("evaluate.py", "--checkpoint", str(checkpoint), "--out_dir", str(run_dir / "eval"), *extra)
+    wall = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU time of the two processes: with --num_threads 1 on a busy machine, close to what they take alone on one core
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    train, evaluation = read_json(run_dir / "metrics.json"), read_json(run_dir / "eval" / "metrics.json")
+    history = read_json(run_dir / "history.json")
+    result = {"command": QUICK_COMMAND, "bench_command": "python stage2_rnn_lstm/bench.py --parts quick",
+              "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "train_seconds": train["train_seconds"],
+              "fit_seconds": train["metrics"]["fit_seconds"], "eval_seconds": evaluation["eval_seconds"],
+              "val_loss": evaluation["metrics"]["loss"], "val_bpc": evaluation["metrics"]["bits_per_token"],
+              "epochs": len(history), "train_tokens_per_s": train["metrics"]["train_tokens_per_s"],
+              "params": train["params"], "hardware": train["hardware"], "torch": train["torch"],
+              "load_average_at_start": round(load_before, 2), "load_average_at_end": round(os.getloadavg()[0], 2),
+              "train_command": short_paths(train["command"], "stage2_rnn_lstm"),
+              "eval_command": short_paths(evaluation["command"], "stage2_rnn_lstm"),
+              "sample": model_sample(checkpoint)}
+    write_json(results / "quick.json", result)
+    print(f"quick preset: {wall / 60:.1f} min from start to end, valid loss {result['val_loss']:.3f} nats "
+          f"({result['val_bpc']:.3f} bits/char)", flush=True)
+    return result
+
+
+def model_sample(checkpoint: Path) -> str:
+    """The sample train.py prints at each evaluation (fixed prompt, temperature and seed), from `checkpoint`."""
+    model, vocab, _ = load_language_model(checkpoint, None, torch.device("cpu"))
+    return train_module.sample_text(model, vocab, torch.device("cpu"))
 
 
 def write_sample(vocab_type: str) -> None:
@@ -170,10 +219,63 @@ def sample_block() -> str:
     return "\n".join(parts)
 
 
+def char_score(loss: float, bpc: float) -> str:
+    return f"val loss {loss:.3f} nats, {bpc:.3f} bits/char"
+
+
+def quick_hardware(q: dict) -> str:
+    """The machine of the quick run, and whether other programs were running on it (then the minutes are longer
+    than the same run takes alone)."""
+    load = q.get("load_average_at_start", 0.0)
+    return q["hardware"] + (f"; machine shared with other programs (load average {load:.1f})" if load >= 2 else "")
+
+
+def overview(results: Path = RESULTS) -> dict:
+    """The quick, default and GPU runs of the char model in the course's one schema (docs/roadmap.md and the top
+    README are built from it), every number read from a results file."""
+    rows = []
+    if (results / "quick.json").is_file():
+        q = read_json(results / "quick.json")
+        rows.append({"run": "quick", "command": q["command"], "minutes": round(q["wall_seconds"] / 60, 1),
+                     "score": char_score(q["val_loss"], q["val_bpc"]), "hardware": quick_hardware(q),
+                     "source": "results/quick.json"})
+    if (results / "lstm_char_eval.json").is_file():
+        train, evaluation = read_json(results / "lstm_char_train.json"), read_json(results / "lstm_char_eval.json")
+        rows.append({"run": "default", "command": "python stage2_rnn_lstm/train.py",
+                     "minutes": round(train["metrics"]["fit_seconds"] / 60, 1),
+                     "score": char_score(evaluation["metrics"]["loss"], evaluation["metrics"]["bits_per_token"]),
+                     "hardware": train["hardware"], "source": "results/lstm_char_train.json"})
+    rows.append({"run": "gpu", "command": "python stage2_rnn_lstm/train.py --device cuda", "minutes": None,
+                 "score": "not measured", "hardware": "no GPU measurement yet", "source": None})
+    return {"stage": "stage2_rnn_lstm", "rows": rows}
+
+
+def overview_table(data: dict) -> str:
+    names = {"quick": "quick (`--preset quick`)", "default": "default", "gpu": "GPU"}
+    columns = [("run", lambda r: names[r["run"]]), ("command", lambda r: f"`{r['command']}`"),
+               ("minutes", lambda r: "not measured" if r["minutes"] is None else f"{r['minutes']:.1f}"),
+               ("score", lambda r: r["score"]), ("hardware", lambda r: r["hardware"])]
+    return (markdown_table(data["rows"], columns) +
+            "\n\nquick: the whole `train.py` + `evaluate.py` run (`python stage2_rnn_lstm/bench.py --parts quick`); "
+            "default: the training time of `python stage2_rnn_lstm/bench.py --parts char`. "
+            "Made from [`results/overview.json`](results/overview.json).\n")
+
+
+def overview_block() -> str:
+    """The three-row table, and what the quick model wrote at its last evaluation."""
+    text = overview_table(overview())
+    if (RESULTS / "quick.json").is_file():
+        sample = read_json(RESULTS / "quick.json")["sample"]
+        text += (f"\nWhat the quick model writes (the sample `train.py` prints at each evaluation: prompt `ROMEO:`, "
+                 f"temperature {train_module.SAMPLE_TEMPERATURE}, seed {train_module.SAMPLE_SEED}):\n\n"
+                 f"```text\n{sample}\n```\n")
+    return text
+
+
 def readme_blocks() -> dict[Path, dict[str, str]]:
     """Every generated block of the stage README, from whatever results/ holds (the top README's course-wide
     tables are made from the same files by `python scripts/course_report.py`)."""
-    stage = {"stage2_samples": sample_block()}
+    stage = {"stage2_samples": sample_block(), "stage2_overview": overview_block()}
     if any(RESULTS.glob("lstm_*_eval.json")):
         stage["stage2_lm"] = lm_table()
     if (RESULTS / "speed.json").is_file():
@@ -187,18 +289,23 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
 
 
 def write_tables() -> None:
+    write_json(RESULTS / "overview.json", overview())
     for readme, blocks in readme_blocks().items():
         update_file(readme, blocks)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgParser(description="Benchmark stage 2 with default settings and rebuild its README tables.")
-    parser.add_argument("--parts", nargs="+", default=list(PARTS[:4]), choices=PARTS, help="which measurements to run")
+    parser.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), choices=PARTS,
+                        help="which measurements to run")
     parser.add_argument("--tables_only", action=argparse.BooleanOptionalAction, default=False,
                         help="only rebuild the README tables from results/")
     parser.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
+    parser.add_argument("--num_threads", type=int, default=0,
+                        help="CPU threads for torch in the programs run (0: torch's default, one per core)")
     args = parser.parse_args(argv)
     extra = ["--data_dir", args.data_dir] if args.data_dir else []
+    extra += ["--num_threads", str(args.num_threads)] if args.num_threads else []
     if not args.tables_only:
         RESULTS.mkdir(exist_ok=True)
         for part in args.parts:
@@ -206,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 language_model(part, extra)
             elif part == "speed":
                 speed()
+            elif part == "quick":
+                quick(extra)
             elif part == "samples":
                 for vocab_type in ("char", "word"):
                     write_sample(vocab_type)

@@ -12,7 +12,7 @@ def test_readme_tables_are_generated_from_results():
     blocks = bench.readme_blocks()
     assert set(blocks) == {bench.STAGE_DIR / "README.md"}   # the top README's tables: scripts/course_report.py
     assert set(blocks[bench.STAGE_DIR / "README.md"]) == {"stage2_lm", "stage2_speed", "stage2_classify",
-                                                          "stage2_samples"}
+                                                          "stage2_samples", "stage2_overview"}
     for readme, named in blocks.items():
         text = readme.read_text(encoding="utf-8")
         for name, body in named.items():
