@@ -1,6 +1,6 @@
 """Score a stage 4 Transformer with sacreBLEU and chrF, greedy and beam search, on a held-out split.
 
-    python stage4_transformer/evaluate.py                                   # checkpoints/best_transformer.pt
+    python stage4_transformer/evaluate.py                                   # the newest model (says which)
     python stage4_transformer/evaluate.py --checkpoint checkpoints/bench_main.pt --beam_size 10 --alpha 0.6
     python stage4_transformer/evaluate.py --no-kv_cache                     # the slow path: same words, slower
     python stage4_transformer/evaluate.py --split valid --alpha 1.4         # choose alpha on validation, not test
@@ -18,7 +18,7 @@ from typing import Sequence
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive, count_params,
                             get_device, run_main, set_threads, write_metrics, write_text)
 from scripts.translation_data import DATASETS, SPLITS, corpus_scores, load_pairs
-from stage4_transformer.translator import (DEFAULT_CHECKPOINT, STAGE, check_search_flags, load_model,
+from stage4_transformer.translator import (STAGE, check_search_flags, find_checkpoint, load_model, model_line,
                                            translate_sentences)
 
 STAGE_DIR = Path(__file__).resolve().parent
@@ -26,8 +26,8 @@ STAGE_DIR = Path(__file__).resolve().parent
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Evaluate a stage 4 Transformer: sacreBLEU and chrF, greedy and beam search.")
-    add_checkpoint_arg(p, None, "checkpoint written by train.py (default: checkpoints/best_transformer.pt in the "
-                                "stage folder)")
+    add_checkpoint_arg(p, None, "checkpoint written by train.py (default: the newest checkpoints/best_transformer*.pt "
+                                "in the stage folder, else the newest runs/transformer_*/last.pt)")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the model was trained on")
     p.add_argument("--split", default="test", choices=SPLITS, help="test = Multi30k test_2016_flickr")
     p.add_argument("--beam_size", type=int, default=5, help="beam width for the beam-search score")
@@ -47,13 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_positive(args, "batch_size")
     check_search_flags(args.beam_size, args.alpha)
-    args.checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
     if args.limit < 0:
         raise UserError(f"--limit must be >= 0, got {args.limit}")
+    args.checkpoint = str(find_checkpoint(args.checkpoint))
     set_threads(args.num_threads)
     device = get_device(args.device)
     started = time.time()
     model, vocab, ckpt = load_model(args.checkpoint, device)
+    print(model_line(args.checkpoint, ckpt), flush=True)
     dataset = args.dataset or ckpt["dataset"]
     pairs = load_pairs(dataset, args.split, args.data_dir)
     if args.limit:

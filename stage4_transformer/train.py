@@ -1,6 +1,7 @@
 """Train the Transformer on English -> French translation (stage 4), on the same data as stage 3.
 
     python stage4_transformer/train.py                          # scratch Transformer on Multi30k, default settings
+    python stage4_transformer/train.py --preset quick           # a smaller model, 3 epochs: a few minutes on 2 cores
     python stage4_transformer/train.py --impl torch             # the same model built on nn.Transformer
     python stage4_transformer/train.py --no-norm_first          # post-LN, as in the paper (pre-LN is the default)
     python stage4_transformer/train.py --positional learned     # a learned position table instead of sinusoids
@@ -11,8 +12,10 @@ A joint English-French BPE vocabulary is learned on the training pairs first (Hu
 Each step: a batch of about --max_tokens target pieces, the forward pass (bf16 autocast on CUDA and on CPUs
 with native bf16), label-smoothed cross-entropy, backward, gradient clipping, AdamW, and the next step's
 learning rate (linear warm-up, then a cosine down to a tenth of the peak). After each epoch: validation loss and
-greedy BLEU; the best epoch is kept in checkpoints/best_transformer.pt, and at the end the average of the last
-epochs' weights replaces it if it scores higher.
+greedy BLEU, and the translation of one fixed sentence; the best epoch is kept in checkpoints/best_transformer.pt
+(best_transformer_quick.pt for --preset quick), and at the end the average of the last epochs' weights replaces it
+if it scores higher. One progress bar covers the whole run; TensorBoard events, history.json and curves.png in the
+run folder are refreshed at every epoch (`tensorboard --logdir stage4_transformer/runs`).
 """
 from __future__ import annotations
 
@@ -24,13 +27,12 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name, autocast,
-                            check_positive, checkpoint_header, count_params, get_device, run_main, save_checkpoint,
-                            set_seed, set_threads, setup_logging, uses_bf16, warmup_cosine, write_json,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name,
+                            autocast, check_positive, checkpoint_header, count_params, get_device, run_main,
+                            save_checkpoint, set_seed, set_threads, setup_logging, uses_bf16, warmup_cosine,
                             write_metrics)
-from scripts.plots import plot_curves
+from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from scripts.translation_data import DATASETS, corpus_scores, load_pairs
 from stage4_transformer.data.batches import count_batches, encode_pairs, token_batches
@@ -39,8 +41,22 @@ from stage4_transformer.models.transformer import Transformer, TransformerConfig
 from stage4_transformer.translator import DEFAULT_CHECKPOINT, MODEL_NAME, STAGE, translate_sentences
 
 STAGE_DIR = Path(__file__).resolve().parent
-ENCODER_LAYERS, DECODER_LAYERS = 2, 3   # the default depth (--layers N sets both to N)
-EPOCHS_FLOAT32, EPOCHS_BF16 = 15, 19     # --epochs' default in float32 and with bf16 autocast (see its help)
+# good settings per preset (flags left unset take these). "quick" trains a smaller model for a few epochs, so a first
+# model translates short sentences after a few minutes on 2 CPU cores (how it was chosen: results/TUNING.md).
+# --epochs' default follows the training precision: (float32, bf16 autocast), where an epoch costs about 1.4 times
+# less; --layers N sets both depths to N.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": dict(epochs=(15, 19), d_model=256, n_heads=4, encoder_layers=2, decoder_layers=3, d_ff=512,
+                    dropout=0.1, vocab_size=8000, max_len=100, max_tokens=1024, lr=3e-3, warmup_steps=600,
+                    average_last=10),
+    # one epoch over the pairs of at most 30 pieces; no dropout: one pass cannot overfit
+    "quick": dict(epochs=(1, 1), d_model=256, n_heads=4, encoder_layers=2, decoder_layers=2, d_ff=512,
+                  dropout=0.0, vocab_size=8000, max_len=30, max_tokens=1024, lr=3e-3, warmup_steps=150,
+                  average_last=0),
+}
+ENCODER_LAYERS, DECODER_LAYERS = PRESETS["default"]["encoder_layers"], PRESETS["default"]["decoder_layers"]
+EPOCHS_FLOAT32, EPOCHS_BF16 = PRESETS["default"]["epochs"]
+SAMPLE_SENTENCE = "Two dogs are playing in the snow."   # translated (greedy) at every epoch, to watch the model learn
 # flags that decide the data, the model or the schedule: --resume refuses a run saved with other values
 RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "dropout",
                      "attention_dropout", "activation_dropout", "fast_dropout", "norm_first", "positional",
@@ -49,29 +65,44 @@ RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "encoder_layers", "decoder_la
 BOOL = argparse.BooleanOptionalAction
 
 
+def preset_default(key: str) -> str:
+    """How --help states a flag whose default comes from --preset."""
+    def shown(value: Any) -> str:
+        if isinstance(value, tuple):        # --epochs: (float32, bf16 autocast)
+            return f"{value[1]} with bf16 autocast, {value[0]} in float32" if value[0] != value[1] else f"{value[0]}"
+        return f"{value:g}"
+    return "(default: the preset's: " + "; ".join(f"{name} {shown(p[key])}" for name, p in PRESETS.items()) + ")"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Train an English->French Transformer (stage 4).")
+    p.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="settings for the flags left unset: default (the stage's main model), quick (2 + 2 layers, "
+                        "one epoch: a first model in a few minutes on 2 CPU cores)")
     p.add_argument("--impl", default="scratch", choices=["scratch", "torch"],
                    help="scratch: models/transformer.py; torch: the same model on nn.Transformer")
     p.add_argument("--dataset", default="multi30k", choices=DATASETS, help="sentence pairs to train on")
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"passes over the training pairs (default: {EPOCHS_BF16} with bf16 autocast, {EPOCHS_FLOAT32} "
-                        "in float32, where an epoch costs about 1.4 times as much; with --resume: the saved run's)")
-    p.add_argument("--lr", type=float, default=3e-3,
-                   help="peak learning rate: a linear warm-up to it, then a cosine down to a tenth of it")
-    p.add_argument("--max_tokens", "--batch_size", dest="max_tokens", type=int, default=1024,
-                   help="batch size, counted in padded target pieces (not sentences)")
-    p.add_argument("--layers", type=int, default=None, help="encoder and decoder layers (default: "
-                   f"{ENCODER_LAYERS} encoder and {DECODER_LAYERS} decoder layers)")
+                   help="passes over the training pairs; an epoch in float32 costs about 1.4 times as much (with "
+                        "--resume: the saved run's) " + preset_default("epochs"))
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate: a linear warm-up to it, then a cosine down to a tenth of it "
+                        + preset_default("lr"))
+    p.add_argument("--max_tokens", "--batch_size", dest="max_tokens", type=int, default=None,
+                   help="batch size, counted in padded target pieces (not sentences) " + preset_default("max_tokens"))
+    p.add_argument("--layers", type=int, default=None,
+                   help="encoder and decoder layers (default: --encoder_layers and --decoder_layers)")
 
     model = p.add_argument_group("model")
-    model.add_argument("--d_model", type=int, default=256, help="model width")
-    model.add_argument("--n_heads", type=int, default=4, help="attention heads")
+    model.add_argument("--d_model", type=int, default=None, help="model width " + preset_default("d_model"))
+    model.add_argument("--n_heads", type=int, default=None, help="attention heads " + preset_default("n_heads"))
     model.add_argument("--encoder_layers", type=int, default=None,
-                       help=f"encoder layers (default: --layers, else {ENCODER_LAYERS})")
+                       help="encoder layers (default: --layers, else the preset's: "
+                            + "; ".join(f"{name} {p['encoder_layers']}" for name, p in PRESETS.items()) + ")")
     model.add_argument("--decoder_layers", type=int, default=None,
-                       help=f"decoder layers (default: --layers, else {DECODER_LAYERS})")
-    model.add_argument("--d_ff", type=int, default=512, help="feed-forward inner width")
+                       help="decoder layers (default: --layers, else the preset's: "
+                            + "; ".join(f"{name} {p['decoder_layers']}" for name, p in PRESETS.items()) + ")")
+    model.add_argument("--d_ff", type=int, default=None, help="feed-forward inner width " + preset_default("d_ff"))
     model.add_argument("--norm_first", action=BOOL, default=True,
                        help="pre-LN, x + F(LN(x)); --no-norm_first: post-LN, LN(x + F(x)), as in the paper")
     model.add_argument("--positional", default="sinusoidal", choices=["sinusoidal", "learned"],
@@ -82,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--use_sdpa", action=BOOL, default=False,
                        help="scratch attention through the fused F.scaled_dot_product_attention instead of the "
                             "written-out softmax the notes explain")
-    model.add_argument("--dropout", type=float, default=0.1, help="dropout on sublayer outputs and embeddings, the "
-                       "paper's places (with --impl torch also on attention weights and after the feed-forward ReLU)")
+    model.add_argument("--dropout", type=float, default=None, help="dropout on sublayer outputs and embeddings, the "
+                       "paper's places (with --impl torch also on attention weights and after the feed-forward ReLU) "
+                       + preset_default("dropout"))
     model.add_argument("--attention_dropout", type=float, default=None, help="dropout on attention weights "
                        "(default: 0 with --impl scratch, as in the paper; --dropout with --impl torch)")
     model.add_argument("--activation_dropout", type=float, default=None, help="dropout after the feed-forward ReLU "
@@ -93,42 +125,52 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: on with --impl scratch; off with --impl torch, which draws its own masks)")
 
     data = p.add_argument_group("data")
-    data.add_argument("--vocab_size", type=int, default=8000, help="joint BPE vocabulary size")
+    data.add_argument("--vocab_size", type=int, default=None,
+                      help="joint BPE vocabulary size " + preset_default("vocab_size"))
     data.add_argument("--split_punctuation", action=BOOL, default=True,
                       help="each punctuation mark is a word of its own before BPE learns its merges ('▁neige.' -> "
                            "'▁neige', '.'); --no-split_punctuation: split at spaces only")
-    data.add_argument("--max_len", type=int, default=100, help="drop training pairs longer than this many pieces")
+    data.add_argument("--max_len", type=int, default=None,
+                      help="drop training pairs longer than this many pieces " + preset_default("max_len"))
     data.add_argument("--limit", type=int, default=0, help="use only the first N training pairs (0: all)")
     data.add_argument("--val_limit", type=int, default=0, help="score only the first N validation pairs (0: all)")
 
     training = p.add_argument_group("training")
-    training.add_argument("--warmup_steps", type=int, default=600, help="linear warm-up steps")
+    training.add_argument("--warmup_steps", type=int, default=None,
+                          help="linear warm-up steps " + preset_default("warmup_steps"))
     training.add_argument("--weight_decay", type=float, default=0.1, help="AdamW decoupled weight decay")
     training.add_argument("--clip", type=float, default=1.0, help="clip the gradient norm to this")
     training.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
-    training.add_argument("--average_last", type=int, default=10,
+    training.add_argument("--average_last", type=int, default=None,
                           help="average the weights of the last N epochs, as the paper does (0 or 1: off); the "
-                               "average is kept if its validation BLEU beats the best single epoch")
+                               "average is kept if its validation BLEU beats the best single epoch "
+                               + preset_default("average_last"))
     training.add_argument("--amp", action=BOOL, default=True,
                           help="bf16 autocast on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16); "
                                "--no-amp: float32")
     training.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
 
     add_output_args(p, "where the best model is saved (default: checkpoints/best_transformer.pt in "
-                        "the stage folder)",
-                       "run folder: log, history, curves, metrics.json, last.pt "
-                        "(default: runs/transformer_<impl>_<dataset> in the stage folder)")
+                        "the stage folder; best_transformer_quick.pt with --preset quick)",
+                       "run folder: log, history, curves, TensorBoard events, metrics.json, last.pt "
+                        "(default: runs/transformer_<impl>_<dataset> in the stage folder, with _quick at the end "
+                        "for --preset quick)")
     add_common_args(p, seed_help="seed for initialisation, data order and dropout")
     return p
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Refuse bad values (before any data loads) and fill in the defaults that depend on other flags."""
+    """Refuse bad values (before any data loads) and fill in the defaults that depend on other flags (the preset's
+    values for the flags left unset; --epochs only once the device is known, in main())."""
+    preset = PRESETS[args.preset]
     if args.layers is not None:
         check_positive(args, "layers")
-    for name, default in (("encoder_layers", ENCODER_LAYERS), ("decoder_layers", DECODER_LAYERS)):
-        if getattr(args, name) is None:     # each: its own flag, else --layers, else the default depth
-            setattr(args, name, args.layers if args.layers is not None else default)
+    for name in ("encoder_layers", "decoder_layers"):
+        if getattr(args, name) is None:     # each: its own flag, else --layers, else the preset's depth
+            setattr(args, name, args.layers if args.layers is not None else preset[name])
+    for name, value in preset.items():
+        if name != "epochs" and getattr(args, name) is None:
+            setattr(args, name, value)
     check_positive(args, "d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "vocab_size",
                    "max_tokens")
     if args.epochs is not None:     # None: set in main() once the device and any --resume are known
@@ -158,14 +200,16 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--d_model {args.d_model} must be divisible by --n_heads {args.n_heads}")
     if args.vocab_size < 100:
         raise UserError(f"--vocab_size {args.vocab_size} is too small (at least 100: the characters come first)")
-    args.checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
-    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"transformer_{args.impl}_{args.dataset}")
+    suffix = "" if args.preset == "default" else f"_{args.preset}"
+    args.checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT.with_name(f"{DEFAULT_CHECKPOINT.stem}{suffix}.pt"))
+    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"transformer_{args.impl}_{args.dataset}{suffix}")
     return args
 
 
-def default_epochs(device: torch.device, amp: bool) -> int:
+def default_epochs(device: torch.device, amp: bool, preset: str = "default") -> int:
     """--epochs' default: more epochs where bf16 autocast makes each one cheaper, for about the same training time."""
-    return EPOCHS_BF16 if uses_bf16(device, amp) else EPOCHS_FLOAT32
+    float32, bf16 = PRESETS[preset]["epochs"]
+    return bf16 if uses_bf16(device, amp) else float32
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -258,12 +302,10 @@ def validate(model: Transformer, examples: list, pairs: list, vocab: SubwordVoca
 
 # ----------------------------------------------------------------------------- training
 def train_epoch(args: argparse.Namespace, model: Transformer, optimizer: torch.optim.Optimizer, run: ResumableRun,
-                examples: list, steps_per_epoch: int, total_steps: int, device: torch.device) -> tuple[int, float]:
+                monitor: TrainingMonitor, examples: list, total_steps: int, device: torch.device) -> tuple[int, float]:
     """One pass over the training pairs, from the batch a resumed run stopped at; returns (target pieces, seconds)."""
     state = run.state
     epoch = state["epoch"] + 1
-    bar = tqdm(total=steps_per_epoch, initial=state["batch_in_epoch"], desc=f"epoch {epoch}", unit="batch",
-               disable=None, leave=False)
     tokens, tick, seconds_before = 0, time.time(), state["train_seconds"]
     for batch in token_batches(examples, args.max_tokens, True, args.seed, epoch, state["batch_in_epoch"]):
         lr = warmup_cosine(state["global_step"], total_steps, args.warmup_steps, args.lr, args.lr / 10)
@@ -282,12 +324,10 @@ def train_epoch(args: argparse.Namespace, model: Transformer, optimizer: torch.o
         state["batch_in_epoch"] += 1
         state["global_step"] += 1
         state["train_seconds"] = seconds_before + time.time() - tick
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tgt_tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
+        monitor.step(loss.item(), items=batch.target_tokens, epoch=f"{epoch}/{args.epochs}", lr=lr)
         run.step_done(f"epoch {epoch}, batch {state['batch_in_epoch']}")   # after Ctrl-C: save last.pt, exit 130
         if args.max_steps and state["global_step"] >= args.max_steps:
             break
-    bar.close()
     return tokens, time.time() - tick
 
 
@@ -324,20 +364,26 @@ def try_average(args: argparse.Namespace, model: Transformer, data: Data, run: R
     if improved:
         state.update(best_val_bleu=scores["val_bleu"], best_epoch=args.epochs)
         save_model(Path(args.checkpoint), args, model, data.vocab, epoch=args.epochs, averaged_epochs=epochs,
-                   best_val_bleu=scores["val_bleu"], history=state["history"])
+                   best_val_bleu=scores["val_bleu"], val_loss=scores["val_loss"], history=state["history"])
     model.load_state_dict(last_epoch)   # last.pt keeps the last epoch's own weights, so a longer --resume goes on
     log.info(f"average of epochs {epochs[0]}-{epochs[-1]}: val loss {scores['val_loss']:.3f}  val BLEU "
              f"{scores['val_bleu']:.2f} (greedy){'  *best*, kept' if improved else ', not better: not kept'}")
 
 
+@torch.no_grad()
+def sample_translation(model: Transformer, vocab: SubwordVocab, device: torch.device, amp: bool) -> str:
+    """SAMPLE_SENTENCE translated greedily by the model as it is now (no random numbers drawn: --resume stays exact)."""
+    with autocast(device, amp):
+        french = translate_sentences(model, vocab, [SAMPLE_SENTENCE], device)[0]
+    model.train()
+    return f"en: {SAMPLE_SENTENCE}\nfr: {french}"
+
+
 def report(args: argparse.Namespace, model: Transformer, data: Data, run: ResumableRun, seconds: float,
            device: torch.device, log: Any) -> None:
-    """history.json, curves.png and metrics.json (the best epoch, or the average if it was kept) in the run folder."""
+    """metrics.json (the best epoch, or the average if it was kept) in the run folder; the monitor has written
+    history.json and curves.png at every epoch."""
     history, averaged, out_dir = run.state["history"], run.state["averaged"], Path(args.out_dir)
-    write_json(out_dir / "history.json", history)
-    plot_curves(history, out_dir / "curves.png", [["train_loss", "val_loss"], ["val_bleu"], ["lr"],
-                                                  ["tgt_tokens_per_s"]],
-                title=f"Transformer ({args.impl}) on {args.dataset}")
     best = max(history, key=lambda r: r["val_bleu"])
     if averaged.get("kept"):
         best = {**averaged, "epoch": f"average of {averaged['epochs'][0]}-{averaged['epochs'][-1]}"}
@@ -366,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run.resume:      # a resumed run keeps its own length (so its schedule) and adds to its own wall time
         args.epochs = args.epochs or run.resume["args"]["epochs"]
         started -= run.resume["wall_seconds"]
-    args.epochs = args.epochs or default_epochs(device, args.amp)
+    args.epochs = args.epochs or default_epochs(device, args.amp, args.preset)
     log = setup_logging(Path(args.out_dir))
     data = load_data(args, run.resume, log)
 
@@ -380,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state, config = run.state, model.config
     log.info(f"Transformer ({config.impl}): {count_params(model):,} parameters, {config}; softmax over "
              f"{len(config.output_ids):,} target-side pieces; {amp_name(device, args.amp)}; {args.epochs} epochs"
+             + (f" (preset {args.preset})" if args.preset != "default" else "")
              + (f"; resumed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}" if run.resume else ""))
     Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
     Path(args.checkpoint).with_suffix(".tokenizer.json").write_text(data.vocab.to_json(), encoding="utf-8")
@@ -387,11 +434,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps_per_epoch = count_batches(data.train, args.max_tokens)
     total_steps = args.epochs * steps_per_epoch    # the schedule's length (--max_steps shortens it)
     total_steps = min(total_steps, args.max_steps or total_steps)
+    # the model and data set named as metrics.json names them, so `scripts/reference.py compare` can read either
+    monitor = TrainingMonitor(args.out_dir, stage=STAGE, model=f"transformer_{args.impl}", dataset=args.dataset,
+                              device=device, total_steps=total_steps, done_steps=state["global_step"],
+                              unit="tgt_tokens", title=f"Transformer ({args.impl}) on {args.dataset}", log=log)
     model.train()
-    with run:
-        while state["epoch"] < args.epochs and not (args.max_steps and state["global_step"] >= args.max_steps):
-            epoch = state["epoch"] + 1
-            tokens, seconds = train_epoch(args, model, optimizer, run, data.train, steps_per_epoch, total_steps, device)
+    with run, monitor:      # the monitor marks the run finished, interrupted (Ctrl-C) or failed
+        train_loop(args, model, optimizer, data, run, monitor, average, total_steps, device, started, log)
+
+    if not state["history"]:
+        raise UserError(f"this run finished no epoch (it stopped at step {state['global_step']}); nothing to report")
+    seconds = time.time() - started
+    run.save()      # last.pt carries the wall time this report states, so a resumed run's total adds on to it
+    report(args, model, data, run, seconds, device, log)
+    return 0
+
+
+def train_loop(args: argparse.Namespace, model: Transformer, optimizer: torch.optim.Optimizer, data: Data,
+               run: ResumableRun, monitor: TrainingMonitor, average: WeightAverage, total_steps: int,
+               device: torch.device, started: float, log: Any) -> None:
+    """The epochs still to run: train, then validate, keep the best model, save last.pt; at the end the average."""
+    state = run.state
+    while state["epoch"] < args.epochs and not (args.max_steps and state["global_step"] >= args.max_steps):
+        epoch = state["epoch"] + 1
+        tokens, seconds = train_epoch(args, model, optimizer, run, monitor, data.train, total_steps, device)
+        with monitor.evaluating():      # validation and checkpoints: left out of the bar's ETA and throughput
             tick = time.time()
             scores = validate(model, data.valid, data.valid_pairs, data.vocab, device, args.amp)
             row = {"epoch": epoch, "steps": state["global_step"],
@@ -404,23 +471,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if improved:
                 state.update(best_val_bleu=scores["val_bleu"], best_epoch=epoch)
                 save_model(Path(args.checkpoint), args, model, data.vocab, epoch=epoch,
-                           best_val_bleu=scores["val_bleu"], history=state["history"])
+                           best_val_bleu=scores["val_bleu"], val_loss=scores["val_loss"], history=state["history"])
             log.info(f"epoch {epoch:2d}  train loss {row['train_loss']:.3f}  val loss {scores['val_loss']:.3f}  "
                      f"val BLEU {scores['val_bleu']:.2f} (greedy){'  *best*' if improved else ''}  "
                      f"{row['tgt_tokens_per_s']:,.0f} target tokens/s  {(time.time() - started) / 60:.1f} min")
             if epoch > args.epochs - args.average_last:
                 average.add(model)
+            sample = sample_translation(model, data.vocab, device, args.amp)
             run.save()
-        if args.average_last > 1 and state["epoch"] == args.epochs and average.count > 1 and not state["averaged"]:
+        monitor.evaluated(row, state["history"], panels=[["train_loss", "val_loss"], ["val_bleu"], ["lr"],
+                                                         ["tgt_tokens_per_s"]], sample=sample)
+    if args.average_last > 1 and state["epoch"] == args.epochs and average.count > 1 and not state["averaged"]:
+        with monitor.evaluating():
             try_average(args, model, data, run, average, device, log)
             run.save()
-
-    if not state["history"]:
-        raise UserError(f"this run finished no epoch (it stopped at step {state['global_step']}); nothing to report")
-    seconds = time.time() - started
-    run.save()      # last.pt carries the wall time this report states, so a resumed run's total adds on to it
-    report(args, model, data, run, seconds, device, log)
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 The same files, validation split and test set as stage 1's MLP and stage 2's LSTM. The texts are cut
 into subword pieces by a BPE vocabulary trained on the training texts (Hugging Face `tokenizers`).
 Writes checkpoints/best_classifier_<dataset>.pt and runs/classify_<dataset>/ with metrics.json
-(test accuracy, macro-F1, training time, ms per text at batch size 1).
+(test accuracy, macro-F1, training time, ms per text at batch size 1). One progress bar covers the whole run;
+TensorBoard events, history.json and curves.png in the run folder are refreshed after every epoch.
 """
 import argparse
 import time
@@ -17,13 +18,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name, autocast,
-                            check_positive, checkpoint_header, count_params, get_device, load_checkpoint, run_main,
-                            save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name,
+                            autocast, check_positive, checkpoint_header, count_params, get_device, load_checkpoint,
+                            run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine,
                             write_metrics)
+from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from stage4_transformer.data.batches import pad
 from stage4_transformer.data.subword import UNK_ID, SubwordVocab
@@ -132,12 +133,12 @@ def load_texts(args: argparse.Namespace, resume: dict | None, log: Any) -> tuple
 
 
 def train_epoch(args: argparse.Namespace, model: TransformerClassifier, optimizer: torch.optim.Optimizer,
-                run: ResumableRun, train: tuple[list, torch.Tensor], device: torch.device) -> tuple[int, float]:
+                run: ResumableRun, monitor: TrainingMonitor, train: tuple[list, torch.Tensor],
+                device: torch.device) -> tuple[int, float]:
     """One pass over the training texts, from the batch a resumed run stopped at; returns (tokens, seconds)."""
     state, (docs, labels) = run.state, train
     epoch = state["epoch"] + 1
     order = batches([len(d) for d in docs], args.batch_size, args.seed, epoch)
-    bar = tqdm(total=len(order), initial=state["batch_in_epoch"], desc=f"epoch {epoch}", disable=None, leave=False)
     tick, tokens, seconds_before = time.time(), 0, state["train_seconds"]
     for index in order[state["batch_in_epoch"]:]:
         lr = warmup_cosine(state["step"], args.epochs * len(order), WARMUP_STEPS, args.lr, args.lr)  # flat after
@@ -151,16 +152,15 @@ def train_epoch(args: argparse.Namespace, model: TransformerClassifier, optimize
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
 
-        tokens += sum(len(docs[i]) for i in index)
+        pieces = sum(len(docs[i]) for i in index)
+        tokens += pieces
         state["epoch_loss_sum"] += loss.item() * len(index)
         state["epoch_seen"] += len(index)
         state["batch_in_epoch"] += 1
         state["step"] += 1
         state["train_seconds"] = seconds_before + time.time() - tick
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", tokens_per_s=f"{tokens / (time.time() - tick):.0f}")
+        monitor.step(loss.item(), items=pieces, epoch=f"{epoch}/{args.epochs}", lr=lr)
         run.step_done(f"epoch {epoch}, batch {state['batch_in_epoch']}")   # after Ctrl-C: save last.pt, exit 130
-    bar.close()
     return tokens, time.time() - tick
 
 
@@ -186,6 +186,32 @@ def score_on_test(args: argparse.Namespace, model: TransformerClassifier, vocab:
                 model(pad(encode([text], vocab, args.max_len)).to(device))
         metrics["latency_ms_bs1"] = (time.perf_counter() - tick) / min(200, len(test.texts)) * 1000
     return metrics, len(test_x)
+
+
+def train_and_validate(args: argparse.Namespace, model: TransformerClassifier, optimizer: torch.optim.Optimizer,
+                       run: ResumableRun, monitor: TrainingMonitor, train: tuple[list, torch.Tensor],
+                       valid: tuple[list, torch.Tensor], payload: dict[str, Any], best_path: Path,
+                       device: torch.device, log: Any) -> None:
+    """One epoch, then the validation accuracy; the best model so far goes to best_path, last.pt is saved."""
+    state = run.state
+    epoch = state["epoch"] + 1
+    tokens, seconds = train_epoch(args, model, optimizer, run, monitor, train, device)
+    with monitor.evaluating():      # validation and checkpoints: left out of the bar's ETA and throughput
+        val_acc = (predict(model, valid[0], device, amp=args.amp).argmax(1) == valid[1]).double().mean().item()
+        row = {"epoch": epoch, "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1),
+               "val_acc": val_acc, "tokens_per_s": tokens / max(seconds, 1e-9), "epoch_seconds": seconds}
+        state["history"].append(row)
+        state.update(epoch=epoch, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_seen=0)
+        if val_acc > state["best_val_acc"]:
+            state.update(best_val_acc=val_acc, bad_epochs=0)
+            weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            save_checkpoint(best_path, {**payload, "model_state": weights, "epoch": epoch, "best_val_acc": val_acc})
+        else:
+            state["bad_epochs"] += 1
+        log.info(f"epoch {epoch}  train loss {row['train_loss']:.4f}  val acc {val_acc:.4f}  "
+                 f"{row['tokens_per_s']:,.0f} tokens/s  {seconds:.0f}s")
+        run.save()
+    monitor.evaluated(row, state["history"], panels=[["train_loss"], ["val_acc"], ["tokens_per_s"]])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,30 +244,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = run.state
     log.info(f"Transformer classifier: {count_params(model):,} parameters, {config}; {amp_name(device, args.amp)}")
 
-    with run:
+    steps_per_epoch = len(batches([len(d) for d in train[0]], args.batch_size, args.seed, 1))
+    # the model and data set named as metrics.json names them, so `scripts/reference.py compare` can read either
+    monitor = TrainingMonitor(out_dir, stage=STAGE, model="transformer_classifier", dataset=args.dataset,
+                              device=device, total_steps=args.epochs * steps_per_epoch, done_steps=state["step"],
+                              unit="tokens", title=f"Transformer classifier on {args.dataset}", log=log)
+    with run, monitor:      # the monitor marks the run finished, interrupted (Ctrl-C) or failed
         while state["epoch"] < args.epochs and state["bad_epochs"] < args.patience:
-            epoch = state["epoch"] + 1
-            tokens, seconds = train_epoch(args, model, optimizer, run, train, device)
-            val_acc = (predict(model, valid[0], device, amp=args.amp).argmax(1) == valid[1]).double().mean().item()
-            row = {"epoch": epoch, "train_loss": state["epoch_loss_sum"] / max(state["epoch_seen"], 1),
-                   "val_acc": val_acc, "tokens_per_s": tokens / max(seconds, 1e-9), "epoch_seconds": seconds}
-            state["history"].append(row)
-            state.update(epoch=epoch, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_seen=0)
-            if val_acc > state["best_val_acc"]:
-                state.update(best_val_acc=val_acc, bad_epochs=0)
-                weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-                save_checkpoint(best_path, {**payload, "model_state": weights, "epoch": epoch, "best_val_acc": val_acc})
-            else:
-                state["bad_epochs"] += 1
-            log.info(f"epoch {epoch}  train loss {row['train_loss']:.4f}  val acc {val_acc:.4f}  "
-                     f"{row['tokens_per_s']:,.0f} tokens/s  {seconds:.0f}s")
-            run.save()
+            train_and_validate(args, model, optimizer, run, monitor, train, valid, payload, best_path, device, log)
     train_seconds = time.time() - started
 
     metrics, test_size = score_on_test(args, model, vocab, best_path, device)
     metrics["val_accuracy"] = state["best_val_acc"]
     metrics["train_tokens_per_s"] = sum(r["tokens_per_s"] for r in state["history"]) / len(state["history"])
-    write_json(out_dir / "history.json", state["history"])
     write_metrics(out_dir / "metrics.json", stage=STAGE, model="transformer_classifier", dataset=args.dataset,
                   split="test", metrics=metrics, params=count_params(model), seconds=train_seconds,
                   seconds_key="train_seconds", device=device,

@@ -6,7 +6,8 @@
     python stage4_transformer/translate.py --interactive                         # type sentences; :help for commands
 (or, from the stage folder, `python translate.py ...`)
 
-Beam search (--beam_size 5) with the key/value cache by default; --beam_size 1 is greedy.
+Beam search (--beam_size 5) with the key/value cache by default; --beam_size 1 is greedy. Without --checkpoint it
+loads the newest model train.py wrote (--preset quick's too) and says which on stderr.
 """
 import argparse
 import sys
@@ -21,14 +22,14 @@ from scripts.repl import Repl
 from scripts.translation_data import split_lines
 from stage4_transformer.data.subword import BOS_ID, EOS_ID, SubwordVocab
 from stage4_transformer.models.transformer import Transformer
-from stage4_transformer.translator import (DEFAULT_CHECKPOINT, check_alpha, check_search_flags, load_model,
+from stage4_transformer.translator import (check_alpha, check_search_flags, find_checkpoint, load_model, model_line,
                                           translate_sentences)
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Translate English to French with a trained stage 4 Transformer.")
     p.add_argument("sentence", nargs="*", help="English text to translate (one sentence)")
-    add_checkpoint_arg(p, None, "checkpoint written by train.py (default: checkpoints/best_transformer.pt in the "
-                                "stage folder)")
+    add_checkpoint_arg(p, None, "checkpoint written by train.py (default: the newest checkpoints/best_transformer*.pt "
+                                "in the stage folder, else the newest runs/transformer_*/last.pt)")
     p.add_argument("--input", default=None, help="translate this file, one sentence per line")
     p.add_argument("--output", default=None, help="write the file's translations here (default: stdout)")
     p.add_argument("--interactive", action="store_true", help="type sentences at a prompt (:help lists commands)")
@@ -157,9 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("give one of: a sentence, --input FILE, or --interactive")
     if args.heatmap and args.input is not None:
         raise UserError("--heatmap draws one sentence; give a sentence (or use :heatmap in --interactive)")
+    if args.sentence:
+        check_sentence(" ".join(args.sentence))     # before the model loads: a typing slip costs nothing
     set_threads(args.num_threads)
     device = get_device(args.device)
-    model, vocab, _ = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device)
+    path = find_checkpoint(args.checkpoint)
+    model, vocab, ckpt = load_model(path, device)
+    print(model_line(path, ckpt), file=sys.stderr, flush=True)    # on stderr: stdout holds only the translations
     if args.heatmap and model.config.impl != "scratch":
         raise UserError("attention maps come from the scratch model; train it with --impl scratch")
     if args.input is not None:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from scripts.common import UserError, load_checkpoint
+from scripts.common import UserError, describe_model, find_model, load_checkpoint
 from scripts.repl import check_setting
 from stage4_transformer.data.batches import make_batch
 from stage4_transformer.data.subword import EOS_ID, SubwordVocab
@@ -18,7 +18,28 @@ from stage4_transformer.models.transformer import Transformer, TransformerConfig
 
 STAGE = "stage4_transformer"
 MODEL_NAME = "transformer_mt"
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "best_transformer.pt"   # train.py's default
+STAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT = STAGE_DIR / "checkpoints" / "best_transformer.pt"   # train.py's default
+# what a program loads without --checkpoint: the newest best model train.py wrote (best_transformer.pt, or
+# best_transformer_quick.pt of --preset quick), else the newest run's last.pt (a run stopped or still training)
+BEST_GLOBS, RUN_GLOBS = ["checkpoints/best_transformer*.pt"], ["runs/transformer_*/last.pt"]
+TRAIN_HINT = "python stage4_transformer/train.py --preset quick"
+
+
+def find_checkpoint(given: str | None) -> Path:
+    """--checkpoint when given, else the newest model of this stage (`scripts.common.find_model`)."""
+    return find_model(given, STAGE_DIR, BEST_GLOBS, RUN_GLOBS, TRAIN_HINT)
+
+
+def model_line(path: str | Path, ckpt: dict[str, Any]) -> str:
+    """"model: <file> (best checkpoint; preset quick, epoch 2 of 2, val loss 1.53, val BLEU 35.10)": which model a
+    program loaded, and how far it trained (the validation BLEU is greedy, as train.py scores each epoch)."""
+    line = describe_model(Path(path), ckpt)
+    history = ckpt.get("history") or []
+    bleu = history[-1].get("val_bleu") if Path(path).name == "last.pt" and history else ckpt.get("best_val_bleu")
+    if isinstance(bleu, float) and bleu >= 0 and line.endswith(")"):
+        line = f"{line[:-1]}, val BLEU {bleu:.2f})"
+    return line
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[Transformer, SubwordVocab, dict[str, Any]]:

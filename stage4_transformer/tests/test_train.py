@@ -104,7 +104,8 @@ def test_on_off_flags_take_both_spellings(flag, default):
 
 def test_help_shows_every_default_and_no_history(cli):
     code, out, _ = cli(train.main, ["--help"])
-    assert code == 0 and "(default: 0.003)" in out and "--no-norm_first" in out and "--model_path" in out
+    assert code == 0 and "--no-norm_first" in out and "--model_path" in out
+    assert "(default: the preset's: default 0.003; quick" in " ".join(out.split())
     for word in ("round", "issue", "floor", "session", "readme"):
         assert word not in out.lower(), word
 
