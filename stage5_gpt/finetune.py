@@ -48,11 +48,12 @@ METHODS = ("full", "head", "last_blocks", "lora")
 # learning rates that suit each method (--lr overrides): frozen bodies and fresh adapters take larger steps
 DEFAULT_LR = {"full": 1e-4, "head": 2e-3, "last_blocks": 2e-4, "lora": 1e-3, "scratch": 3e-4}
 # settings for the flags a user leaves unset. standard: the recipe of the results tables, 3 epochs of texts as long as
-# the model's context; cpu: one epoch of texts cut to 256 tokens, what a 2-core CPU does in minutes
-# (results/TUNING.md, "fine-tuning on a CPU")
+# the model's context, each method's learning rate; cpu: one epoch of texts cut to 256 tokens, what a 2-core CPU does
+# in minutes, at a learning rate high enough for so few steps (from scratch, 3e-4 stays the best: results/TUNING.md,
+# "fine-tuning on a CPU")
 PRESETS: dict[str, dict[str, Any]] = {
     "standard": dict(epochs=3, max_len=0),
-    "cpu": dict(epochs=1, max_len=256),
+    "cpu": dict(epochs=1, max_len=256, lr=1e-3),
 }
 # what --resume compares with the saved run: the flags that decide the model, the data order and the schedule
 RESUME_MUST_MATCH = ["base", "scratch", "tasks", "method", "train_blocks", "lora_rank", "lora_alpha", "lora_targets",
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None,
                    help="passes over the training split " + preset_default("epochs"))
     p.add_argument("--lr", type=float, default=None,
-                   help="peak AdamW learning rate (default per method: " +
+                   help="peak AdamW learning rate (default: the cpu preset's " + f"{PRESETS['cpu']['lr']:g} " +
+                        "but from scratch; else per method: " +
                         ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--batch_size", type=int, default=16, help="examples per step")
 
@@ -132,7 +134,7 @@ def preset_default(key: str) -> str:
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.preset_max_len = args.max_len is None   # a preset's length gives way to a shorter context; a flag's errs
     for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
+        if getattr(args, key) is None and not (key == "lr" and args.scratch):   # random weights keep their own rate
             setattr(args, key, value)
     check_positive(args, "epochs", "batch_size", "eval_batch_size", "lora_rank", "train_blocks", "log_interval")
     args.task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.task == "multi" else [args.task]

@@ -74,7 +74,10 @@ def test_finetune_presets_fill_only_unset_flags():
     assert cpu.lr == finetune.PRESETS["cpu"].get("lr", finetune.DEFAULT_LR["full"])
     mine = finetune.resolve_args(parser.parse_args(["--preset", "cpu", "--epochs", "2", "--method", "lora",
                                                     "--max_len", "64"]))
-    assert (mine.epochs, mine.method, mine.max_len, mine.lr) == (2, "lora", 64, finetune.DEFAULT_LR["lora"])
+    assert (mine.epochs, mine.method, mine.max_len, mine.lr) == (2, "lora", 64, finetune.PRESETS["cpu"]["lr"])
+    assert finetune.resolve_args(parser.parse_args(["--preset", "cpu", "--lr", "5e-5"])).lr == 5e-5
+    control = finetune.resolve_args(parser.parse_args(["--preset", "cpu", "--scratch"]))   # keeps its own best rate
+    assert (control.epochs, control.max_len, control.lr) == (1, 256, finetune.DEFAULT_LR["scratch"])
 
 
 def test_finetune_help_says_what_limit_leaves_whole(capsys):
