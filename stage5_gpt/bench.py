@@ -1,10 +1,15 @@
 """Stage 5 benchmark: every number in the stage README, from the default settings, on this machine.
 
     python stage5_gpt/bench.py                                 # all parts
+    python stage5_gpt/bench.py --parts quick                   # the quick preset end to end (~2.5 min)
     python stage5_gpt/bench.py --parts char                    # the default char-level model (~20 min)
     python stage5_gpt/bench.py --parts baby --nanogpt_dir ~/nanoGPT   # also time nanoGPT's own train.py
     python stage5_gpt/bench.py --tables_only                   # rebuild the README tables from results/
 
+quick:     `train.py --preset quick`, then `evaluate.py` on the whole validation text, timed together from start
+           to exit (Python's start-up and data loading included); a sample from `generate.py` after (not timed).
+           Writes results/quick.json; every part (and --tables_only) also rewrites results/overview.json, the
+           quick / default / GPU rows of the course's run table, from the results there are.
 baby_lr:   `train.py --preset baby` with each learning rate of BABY_LRS, scored by `evaluate.py` on the whole
            validation text: how the preset's learning rate was chosen.
 baby:      `train.py --preset baby` (nanoGPT's CPU "baby GPT": 4 layers, 4 heads, 128 wide, context 64,
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import resource
@@ -46,7 +52,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -60,7 +66,7 @@ from stage5_gpt.models.gpt import GPT, GPTConfig
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
-PARTS = ("baby_lr", "baby", "char", "kv", "bpe", "gutenberg", "finetune", "cpu_finetune", "gpu")
+PARTS = ("quick", "baby_lr", "baby", "char", "kv", "bpe", "gutenberg", "finetune", "cpu_finetune", "gpu")
 BABY_LRS = ("1e-3", "2e-3", "4e-3", "6e-3")   # nanoGPT's 1e-3 and three higher peaks; min_lr = lr / 10
 # GPT-2 small's shape (124M with GPT-2's vocabulary; 92M with our 8192 tokens), a short run for speed and MFU
 GPT2_SMALL = ["--preset", "gutenberg", "--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "1024",
@@ -122,6 +128,62 @@ def train_and_evaluate(name: str, flags: list[str], extra: list[str], keep: bool
         for source, target in (("metrics.json", "train"), ("history.json", "history"), ("eval.json", "eval")):
             shutil.copy(run_dir / source, RESULTS / f"{name}_{target}.json")
     return run_dir
+
+
+QUICK = ["--preset", "quick"]
+QUICK_SAMPLE = ["--prompt", "ROMEO:", "--max_new_tokens", "300", "--seed", "1"]   # as `make quick` tries it
+
+
+def quick(extra: list[str], train_flags: Sequence[str] = ()) -> None:
+    """results/quick.json: the quick preset as a learner runs it, train.py then evaluate.py, timed from the first
+    start to the last exit; then a sample of what it writes. `train_flags` go to train.py only (tests: tiny runs)."""
+    run_dir, checkpoint = STAGE_DIR / "runs" / "bench_quick", STAGE_DIR / "checkpoints" / "bench_quick.pt"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    load_before, tick = os.getloadavg()[0], time.time()
+    run("train.py", *QUICK, "--out_dir", str(run_dir), "--checkpoint", str(checkpoint), *train_flags, *extra)
+    run("evaluate.py", "--checkpoint", str(checkpoint), "--metrics_out", str(run_dir / "eval.json"), *extra)
+    seconds, load_after = time.time() - tick, os.getloadavg()[0]
+    generate = [sys.executable, str(Path(__file__).resolve().parent / "generate.py"), "--checkpoint", str(checkpoint)]
+    generated = subprocess.run([*generate, *QUICK_SAMPLE, *extra], capture_output=True, text=True)
+    if generated.returncode != 0:
+        raise UserError(f"generate.py failed: {generated.stderr.strip()[-300:]}")
+    trained, scored = read_json(run_dir / "metrics.json"), read_json(run_dir / "eval.json")
+    shutil.copy(run_dir / "history.json", RESULTS / "quick_history.json")
+    write_json(RESULTS / "quick.json", {
+        "command": "python stage5_gpt/train.py " + " ".join(QUICK), "seconds": round(seconds, 1),
+        "minutes": round(seconds / 60, 2), "train_process_seconds": trained["train_seconds"],
+        "fit_seconds": trained["metrics"]["fit_seconds"], "eval_seconds": scored["eval_seconds"],
+        "val_loss": scored["metrics"]["loss"], "bits_per_char": scored["metrics"]["bits_per_byte"],
+        "val_loss_estimate": trained["metrics"]["val_loss"], "steps": trained["metrics"]["steps"],
+        "train_tokens_per_s": trained["metrics"]["train_tokens_per_s"], "params": trained["params"],
+        "sample_command": "python stage5_gpt/generate.py " + " ".join(QUICK_SAMPLE), "sample": generated.stdout,
+        "hardware": trained["hardware"], "torch": trained["torch"], "load_average_1min": [load_before, load_after],
+        "commands": [short_paths(trained["command"]), short_paths(scored["command"])]})
+    print(f"quick preset: {seconds / 60:.1f} min from start to exit, val loss {scored['metrics']['loss']:.3f}",
+          flush=True)
+
+
+def overview() -> dict:
+    """results/overview.json: the quick preset, the default run and the GPU run, each with its command, minutes
+    (the quick preset's whole command; the others' training, as the tables below give it), val loss over every
+    validation character (evaluate.py) and hardware; rows not measured yet say so."""
+    def row(run: str, command: str, names: Sequence[str], minutes: Callable[[list[dict]], float]) -> dict:
+        paths = [RESULTS / f"{name}.json" for name in names]
+        if not all(path.is_file() for path in paths):
+            return {"run": run, "command": command, "minutes": None, "score": "not measured", "hardware": None,
+                    "source": None}
+        files = [read_json(path) for path in paths]
+        loss = files[-1]["metrics"]["loss"] if "metrics" in files[-1] else files[-1]["val_loss"]
+        return {"run": run, "command": command, "minutes": round(minutes(files), 1),
+                "score": f"val loss {loss:.3f} ({loss / math.log(2):.2f} bits/char)",
+                "hardware": files[0]["hardware"], "source": ", ".join(f"results/{p.name}" for p in paths)}
+
+    return {"stage": "stage5_gpt", "rows": [
+        row("quick", "python stage5_gpt/train.py --preset quick", ["quick"], lambda f: f[0]["seconds"] / 60),
+        row("default", "python stage5_gpt/train.py", ["char_train", "char_eval"],
+            lambda f: f[0]["metrics"]["fit_seconds"] / 60),
+        row("gpu", "python stage5_gpt/train.py --device cuda", ["gpu_char_train", "gpu_char_eval"],
+            lambda f: f[0]["metrics"]["fit_seconds"] / 60)]}
 
 
 def baby_lr_sweep(extra: list[str]) -> None:
@@ -507,6 +569,18 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                 f"{after['loss']:.3f} nats per token ({after['bits_per_byte']:.3f} bits/byte); the base it started "
                 f"from scored {before['loss']:.3f} ({before['bits_per_byte']:.3f} bits/byte). Command: "
                 f"`{read_json(forgot)['command']}`.")
+    summary = overview()
+    blocks["stage5_overview"] = markdown_table(summary["rows"], [
+        ("run", lambda r: r["run"]), ("command", lambda r: f"`{r['command']}`"),
+        ("minutes", lambda r: "not measured" if r["minutes"] is None else f"{r['minutes']:.1f}"),
+        ("score", lambda r: r["score"]), ("hardware", lambda r: r["hardware"] or "-")]) + (
+        "\n\nMinutes: the whole command from start to exit for quick (data loading and the evaluation of every "
+        "validation character included); the training loop for default and gpu. Score: `evaluate.py`'s loss over "
+        "every validation character. Command: `python stage5_gpt/bench.py --parts quick` (results/overview.json).")
+    if (RESULTS / "quick.json").is_file():
+        made = read_json(RESULTS / "quick.json")
+        blocks["stage5_overview"] += (f"\n\nWhat the quick model writes (`{made['sample_command']}`):\n\n```\n"
+                                      f"{made['sample'].strip()}\n```")
     if (RESULTS / "cpu_finetune.json").is_file():
         blocks["stage5_cpu_finetune"] = cpu_finetune_table(read_json(RESULTS / "cpu_finetune.json"))
     return {STAGE_DIR / "README.md": blocks}
@@ -553,7 +627,6 @@ def cpu_finetune_table(cpu: dict) -> str:
             f"in all (threads summed). Command: `{cpu['command']}`.")
 
 
-
 TASK_ORDER = ["imdb", "ag_news", "translate"]
 METHOD_ORDER = ["gpt_full", "gpt_last_blocks", "gpt_lora", "gpt_head", "gpt_scratch", "gpt_multitask",
                 "gpt_multitask_scratch"]
@@ -585,13 +658,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", nargs="+", default=list(FINETUNE_RUNS), choices=list(FINETUNE_RUNS),
                    help="--parts finetune: which fine-tuning runs")
     p.add_argument("--device", default=None, help="--parts finetune: passed to finetune.py (e.g. cuda)")
+    p.add_argument("--num_threads", type=int, default=0,
+                   help="passed to every program: CPU threads for torch (0: torch's default, one per core)")
     p.add_argument("--collect", default=None,
                    help="import finished fine-tuning run folders DIR/<run name> into results/ instead of training")
     args = p.parse_args(argv)
-    extra = ["--data_dir", args.data_dir] if args.data_dir else []
+    extra = (["--data_dir", args.data_dir] if args.data_dir else []) + (
+        ["--num_threads", str(args.num_threads)] if args.num_threads else [])
     threads = torch.get_num_threads()
     if not args.tables_only:
         RESULTS.mkdir(exist_ok=True)
+        if "quick" in args.parts:
+            quick(extra)
         if "baby_lr" in args.parts:
             baby_lr_sweep(extra)
         if "baby" in args.parts:
@@ -617,6 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "gpu" in args.parts:
             gpu(extra)
     draw_curves()
+    write_json(RESULTS / "overview.json", overview())
     for path, blocks in readme_blocks().items():
         if path.is_file() and blocks:
             update_file(path, {k: short_paths(v) for k, v in blocks.items()})

@@ -1,5 +1,5 @@
 """The first hour: the quick preset's flags, a run you can watch, the newest model found without --checkpoint,
-all on tiny data."""
+and the quick part of bench.py, all on tiny data."""
 import json
 import os
 import time
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scripts.common import load_checkpoint
-from stage5_gpt import evaluate, generate, train
+from stage5_gpt import bench, evaluate, generate, train
 from stage5_gpt.tests.conftest import ctrl_c_after_steps, tiny_args
 
 
@@ -104,3 +104,25 @@ def test_gpt2_offline_is_one_line_without_retries(monkeypatch):
         hf.load_gpt2("gpt2")
     assert time.time() - tick < 10
 
+
+def test_bench_quick_part_and_overview_on_tiny_data(lm_data, tmp_path, monkeypatch):
+    """The quick part end to end (train.py, evaluate.py, a sample) on a tiny model, and results/overview.json
+    in the course's schema, with the rows not measured here marked so."""
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(bench, "RESULTS", results)
+    monkeypatch.setattr(bench, "STAGE_DIR", tmp_path)
+    tiny = [str(a) for a in tiny_args(lm_data, tmp_path)]
+    model_flags = tiny[tiny.index("--cache_dir"):tiny.index("--num_threads")]   # not --out_dir/--checkpoint: bench's
+    bench.quick(["--data_dir", str(lm_data), "--num_threads", "1"], train_flags=model_flags)
+    quick = json.loads((results / "quick.json").read_text())
+    assert quick["command"] == "python stage5_gpt/train.py --preset quick"
+    assert quick["steps"] == 12 and quick["seconds"] > 0 and quick["sample"].startswith("ROMEO:")
+    assert quick["val_loss"] > 0 and (results / "quick_history.json").is_file()
+    summary = bench.overview()
+    assert summary["stage"] == "stage5_gpt" and [r["run"] for r in summary["rows"]] == ["quick", "default", "gpu"]
+    row = summary["rows"][0]
+    assert set(row) == {"run", "command", "minutes", "score", "hardware", "source"}
+    assert row["score"].startswith("val loss ") and row["source"] == "results/quick.json"
+    assert summary["rows"][1] == {"run": "default", "command": "python stage5_gpt/train.py", "minutes": None,
+                                  "score": "not measured", "hardware": None, "source": None}

@@ -20,7 +20,8 @@ def test_readme_tables_are_generated_from_results():
     blocks = bench.readme_blocks()
     assert set(blocks) == {bench.STAGE_DIR / "README.md"}      # the top README's tables: scripts/course_report.py
     assert set(blocks[bench.STAGE_DIR / "README.md"]) == {"stage5_pretrain", "stage5_nanogpt", "stage5_kv",
-                                                          "stage5_bpe", "stage5_gpu", "stage5_finetune"}
+                                                          "stage5_bpe", "stage5_gpu", "stage5_finetune",
+                                                          "stage5_overview"}
     for readme, named in blocks.items():
         text = readme.read_text(encoding="utf-8")
         for name, body in named.items():
@@ -49,6 +50,19 @@ def test_baby_gpt_beats_nanogpts_loss_and_speed_on_the_same_machine():
     assert sweep["chosen"] == best["lr"] == train.PRESETS["baby"]["lr"]
     assert "--lr" not in ours["command"] and len(sweep["rows"]) >= 3
     assert ours["hardware"] == theirs["hardware"]
+
+
+def test_quick_preset_beats_the_baby_gpt_and_the_overview_is_generated():
+    quick = load("quick.json")
+    assert quick["command"] == "python stage5_gpt/train.py --preset quick"
+    assert all(flags_of(command) <= {"--preset", "--out_dir", "--checkpoint", "--metrics_out", "--data_dir",
+                                     "--num_threads"} for command in quick["commands"]), "the preset's own settings"
+    assert quick["val_loss"] <= min(1.70, load("baby_eval.json")["metrics"]["loss"])
+    assert quick["sample"].startswith("ROMEO:") and quick["steps"] == train.PRESETS["quick"]["max_steps"]
+    if "2 cores, 2 torch threads" in quick["hardware"]:   # measured as a learner runs it, on the course's machine
+        assert quick["minutes"] <= 3.0
+    assert load("overview.json") == json.loads(json.dumps(bench.overview())), \
+        "run `python stage5_gpt/bench.py --tables_only`"
 
 
 def test_kv_cache_is_at_least_5x_faster_for_512_tokens_with_the_same_output():
