@@ -1,20 +1,25 @@
 """Stage 4 benchmark: every number in the stage README, from default settings, on this machine.
 
     python stage4_transformer/bench.py                     # all parts
+    python stage4_transformer/bench.py --parts quick       # the quick preset end to end, timed (a few minutes)
     python stage4_transformer/bench.py --parts main        # the Transformer with the default settings: train, evaluate
     python stage4_transformer/bench.py --parts main --num_threads 1   # as in the README's stage 3 comparison (beside a
                                                            # second run, one core each: about 32 min of training, 19
                                                            # epochs in bf16 on a 2-core CPU with native bf16)
     python stage4_transformer/bench.py --tables_only       # rebuild the README tables from results/
 
+quick:    `train.py --preset quick`, then `evaluate.py` on the model it wrote, timed together (wall clock);
+          writes results/quick.json with a few translations.
 main:     `train.py` with no flags, then `evaluate.py` on test_2016_flickr (with and without the cache).
 speed:    training target tokens/s of the scratch model and of the nn.Transformer model, same shape,
           same batches, measured one after the other in one run.
 heatmaps: `translate.py --heatmap` on one sentence (every decoder layer and head).
 classify: `train_classifier.py` on IMDb (and AG News when its training split can be had).
-Each writes JSON files into stage4_transformer/results/.
+Each writes JSON files into stage4_transformer/results/; every run (and --tables_only) also rewrites
+results/overview.json (the quick, default and GPU runs: command, minutes, test BLEU, hardware) and the README tables.
 """
 import functools
+import os
 import shutil
 import time
 from operator import itemgetter
@@ -23,7 +28,8 @@ from typing import Sequence
 
 import torch
 
-from scripts.common import REPO_ROOT, ArgParser, UserError, amp_name, hardware, read_json, run_main, write_json
+from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, command_line, hardware, read_json, run_main,
+                            write_json)
 from scripts.report import hardware_label, markdown_table, run_script, update_file
 from scripts.report import short_paths as report_short_paths
 from scripts.translation_data import load_pairs
@@ -32,11 +38,17 @@ from stage4_transformer.data.subword import SubwordVocab
 from stage4_transformer.models.transformer import Transformer, TransformerConfig
 from stage4_transformer.train import batch_loss, resolve_args, target_pieces
 from stage4_transformer.train import build_parser as train_parser
+from stage4_transformer.translator import load_model, translate_sentences
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
 STAGE3_RESULTS = REPO_ROOT / "stage3_attention_seq2seq" / "results"
-PARTS = ("main", "speed", "heatmaps", "classify")
+PARTS = ("quick", "main", "speed", "heatmaps", "classify")
+QUICK_COMMAND = "python stage4_transformer/train.py --preset quick"
+# translated by the quick model after its run (beam 5): short sentences like the training captions
+QUICK_SENTENCES = ("A man is riding a bicycle down the street.", "Two dogs are playing in the snow.",
+                   "A little girl is eating an ice cream.", "A woman in a red dress is singing.",
+                   "Three men are sitting at a table in a restaurant.")
 HEATMAP_SENTENCE = "A young woman in a red dress is singing into a microphone."
 ALPHAS = ("0.6", "1.0", "1.4")   # length-penalty exponents tried on the validation set
 
@@ -59,6 +71,59 @@ def choose_alpha(checkpoint: Path, run_dir: Path, extra: list[str]) -> str:
     write_json(RESULTS / "main_alpha.json", {"split": "valid", "beam_size": 5, "val_bleu_beam": scores,
                                              "chosen": best})
     return best
+
+
+def quick_run(extra: list[str]) -> None:
+    """The quick preset as a learner runs it (its own checkpoint and run folder), then evaluate.py's default scoring
+    of that model; the wall clock of both processes, data loading and start-up included."""
+    checkpoint = STAGE_DIR / "checkpoints" / "best_transformer_quick.pt"
+    run_dir, eval_dir = STAGE_DIR / "runs" / "transformer_scratch_multi30k_quick", STAGE_DIR / "runs" / "eval_quick"
+    load_before = os.getloadavg()[0]    # other programs running at the same time stretch the wall clock
+    tick = time.time()
+    run("train.py", "--preset", "quick", *extra)
+    train_wall = time.time() - tick
+    run("evaluate.py", "--checkpoint", str(checkpoint), "--out_dir", str(eval_dir), *extra)
+    wall = time.time() - tick
+    train, test = read_json(run_dir / "metrics.json"), read_json(eval_dir / "metrics.json")
+    model, vocab, _ = load_model(checkpoint, torch.device("cpu"))
+    french = translate_sentences(model, vocab, QUICK_SENTENCES, torch.device("cpu"), beam_size=5)
+    write_json(RESULTS / "quick.json", {
+        "command": QUICK_COMMAND, "eval_command": "python stage4_transformer/evaluate.py",
+        "bench_command": short_paths(command_line()), "wall_seconds": round(wall, 1),
+        "train_wall_seconds": round(train_wall, 1), "eval_wall_seconds": round(wall - train_wall, 1),
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2),
+                              "cores": os.cpu_count()},
+        "test_bleu_beam": test["metrics"]["bleu_beam"], "test_bleu_greedy": test["metrics"]["bleu_greedy"],
+        "test_chrf_beam": test["metrics"]["chrf_beam"], "beam_size": test["metrics"]["beam_size"],
+        "alpha": test["metrics"]["alpha"], "bleu_signature": test["metrics"]["bleu_signature"],
+        "val_bleu_greedy": train["metrics"]["val_bleu_greedy"], "epochs": train["metrics"]["epochs_run"],
+        "params": train["params"], "train_tgt_tokens_per_s": train["metrics"]["train_tgt_tokens_per_s"],
+        "hardware": hardware_label(train["hardware"], train.get("amp")), "torch": train["torch"],
+        "translations": [{"en": en, "fr": fr} for en, fr in zip(QUICK_SENTENCES, french)]})
+
+
+def overview() -> dict:
+    """results/overview.json: the quick preset, the default run and the GPU run, each with its command, minutes,
+    test BLEU and hardware, read from the results files named in "source" (None where a run was not measured)."""
+    rows = []
+    if (RESULTS / "quick.json").is_file():
+        quick = read_json(RESULTS / "quick.json")
+        rows.append({"run": "quick", "command": quick["command"], "minutes": round(quick["wall_seconds"] / 60, 1),
+                     "score": f"test BLEU {quick['test_bleu_beam']:.2f} (beam {quick['beam_size']}; greedy "
+                              f"{quick['test_bleu_greedy']:.2f})",
+                     "hardware": quick["hardware"], "source": "results/quick.json"})
+    if (RESULTS / "main_test.json").is_file():
+        train, test = read_json(RESULTS / "main_train.json"), read_json(RESULTS / "main_test.json")
+        metrics = test["metrics"]
+        rows.append({"run": "default", "command": "python stage4_transformer/train.py",
+                     "minutes": round(train["train_seconds"] / 60, 1),
+                     "score": f"test BLEU {metrics['bleu_beam']:.2f} (beam {metrics['beam_size']}, alpha "
+                              f"{metrics['alpha']:g}; greedy {metrics['bleu_greedy']:.2f})",
+                     "hardware": hardware_label(train["hardware"], train.get("amp")),
+                     "source": "results/main_train.json, results/main_test.json"})
+    rows.append({"run": "gpu", "command": "python stage4_transformer/train.py --device cuda", "minutes": None,
+                 "score": "not measured", "hardware": None, "source": None})
+    return {"stage": "stage4_transformer", "rows": rows}
 
 
 def main_run(extra: list[str]) -> None:
@@ -189,6 +254,24 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
     """Every generated block of the stage README, from whatever results/ holds (the top README's course-wide
     tables are made from the same files by `python scripts/course_report.py`)."""
     stage: dict[str, str] = {}
+    summary = overview()
+    stage["stage4_overview"] = markdown_table(summary["rows"], [
+        ("run", itemgetter("run")), ("command", lambda r: f"`{r['command']}`"),
+        ("minutes", lambda r: "—" if r["minutes"] is None else f"{r['minutes']:.1f}"), ("score", itemgetter("score")),
+        ("hardware", lambda r: r["hardware"] or "—")]) + (
+        "\n\nquick: the wall clock of `train.py --preset quick` and then `evaluate.py` (data loading, the BPE "
+        "vocabulary and the scoring included), measured by `python stage4_transformer/bench.py --parts quick`; "
+        "default: the training time of `bench.py --parts main`; BLEU on test_2016_flickr (1,000 sentences). "
+        "Made from results/overview.json.")
+    if (RESULTS / "quick.json").is_file():
+        quick = read_json(RESULTS / "quick.json")
+        stage["stage4_quick"] = markdown_table(quick["translations"], [
+            ("English", itemgetter("en")), ("French (quick model, beam 5)", itemgetter("fr"))]) + (
+            f"\n\nThe model of `{quick['command']}` ({quick['params']:,} parameters, {quick['epochs']} epochs): "
+            f"test BLEU {quick['test_bleu_beam']:.2f} with beam {quick['beam_size']}, {quick['test_bleu_greedy']:.2f} "
+            f"greedy; {quick['wall_seconds'] / 60:.1f} min for training and scoring on {quick['hardware']}"
+            + (f" (1-minute load average {load['before']:g} before the run and {load['after']:g} after it, on "
+               f"{load['cores']} cores)." if (load := quick.get("load_average_1min")) else "."))
     if (RESULTS / "main_test.json").is_file():
         rows = [r for r in (stage3_row(), stage4_row()) if r]
         note = (f"\n\nCommand: `{rows[-1]['command']}`, then `python evaluate.py --checkpoint <checkpoint> "
@@ -238,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra += ["--num_threads", str(args.num_threads)]
     if not args.tables_only:
         RESULTS.mkdir(exist_ok=True)
+        if "quick" in args.parts:
+            quick_run(extra)
         if "main" in args.parts:
             main_run(extra)
         if "speed" in args.parts:
@@ -247,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--heatmap", str(RESULTS / "heatmap_layers_heads.png"), *extra)
         if "classify" in args.parts:
             classify(extra)
+    write_json(RESULTS / "overview.json", overview())
     for readme, blocks in readme_blocks().items():
         if readme.is_file():
             print(readme.relative_to(REPO_ROOT), "updated" if update_file(readme, blocks) else "unchanged")

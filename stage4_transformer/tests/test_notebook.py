@@ -20,8 +20,10 @@ def test_visualize_notebook_executes(mt_data, tmp_path, monkeypatch, cli):
     assert code == 0, err
     shutil.copy(tmp_path / "run" / "metrics.json", results / "main_train.json")
     shutil.copy(tmp_path / "eval" / "metrics.json", results / "main_test.json")
-    text = execute_notebook(NOTEBOOK, {"STAGE4_RUN": tmp_path / "run", "STAGE4_RESULTS": results,
-                                       "STAGE4_CHECKPOINT": checkpoint, "MY_LLM_DATA": mt_data}, monkeypatch)
+    # no STAGE4_RUN: the notebook finds the run folder from the checkpoint's own --out_dir
+    text = execute_notebook(NOTEBOOK, {"STAGE4_RESULTS": results, "STAGE4_CHECKPOINT": checkpoint,
+                                       "MY_LLM_DATA": mt_data}, monkeypatch)
+    assert f"model: {checkpoint} (best checkpoint; preset default, epoch" in text
     assert "best validation BLEU" in text and "fr: " in text and "every row sums to 1: True" in text
     assert "steps in all" in text and "average of epochs" in text
     assert "PE_p . PE_q depends only on |p - q|: True" in text

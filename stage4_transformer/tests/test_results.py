@@ -16,8 +16,9 @@ def load(name: str) -> dict:
 
 def test_readme_tables_are_generated_from_results():
     blocks = bench.readme_blocks()
-    assert set(blocks[bench.STAGE_DIR / "README.md"]) == {"stage4_translation", "stage4_vs_stage3", "stage4_cache",
-                                                          "stage4_speed", "stage4_classify"}
+    assert set(blocks[bench.STAGE_DIR / "README.md"]) == {"stage4_overview", "stage4_quick", "stage4_translation",
+                                                          "stage4_vs_stage3", "stage4_cache", "stage4_speed",
+                                                          "stage4_classify"}
     assert set(blocks) == {bench.STAGE_DIR / "README.md"}   # the top README's tables: scripts/course_report.py
     for readme, named in blocks.items():
         text = readme.read_text(encoding="utf-8")
@@ -113,3 +114,12 @@ def test_classifier_measured_on_imdb():
     imdb = load("classify_imdb_test.json")
     assert imdb["dataset"] == "imdb" and imdb["split"] == "test" and imdb["test_size"] == 25000
     assert 0.5 < imdb["metrics"]["accuracy"] <= 1 and imdb["metrics"]["latency_ms_bs1"] > 0
+
+
+def test_overview_is_what_bench_makes_from_the_results():
+    """results/overview.json (the course's quick / default / GPU table) is bench.overview() of today's results, and
+    the quick preset's model translates: test BLEU above 30 with beam 5."""
+    assert load("overview.json") == json.loads(json.dumps(bench.overview()))
+    quick = load("quick.json")
+    assert quick["command"] == "python stage4_transformer/train.py --preset quick" and quick["test_bleu_beam"] > 30
+    assert quick["translations"] and all(t["fr"] for t in quick["translations"])
