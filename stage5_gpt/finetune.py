@@ -29,12 +29,13 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name,
                             autocast, check_positive, checkpoint_header, get_device, hardware, load_checkpoint,
                             run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
                             write_metrics)
+from scripts.monitor import TrainingMonitor
+from scripts.plots import plot_curves
 from scripts.training import ResumableRun
 from stage5_gpt.data import tasks as T
 from stage5_gpt.models.gpt import GPT
@@ -442,8 +443,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info(f"resumed at step {run.state['step']} of {total_steps}")
     state, order, pad, speed = run.state, {}, tokenizer.eot_id, Throughput()
     model.train()
-    bar = tqdm(total=total_steps, initial=state["step"], unit="step", leave=False)
-    with run:   # from here, Ctrl-C stops the loop after a step and saves last.pt
+    # one bar for the whole run, TensorBoard events, history.json and curves.png refreshed at every evaluation
+    monitor = TrainingMonitor(args.out_dir, stage=STAGE, model=model_label(info), dataset=args.dataset, device=device,
+                              total_steps=total_steps, done_steps=state["step"], unit="tokens", desc="fine-tuning",
+                              log=log)
+    with run, monitor:   # from here, Ctrl-C stops the loop after a step and saves last.pt
         while state["step"] < total_steps:
             epoch, within = divmod(state["step"], steps_per_epoch)
             if epoch not in order:   # the epoch's batches, drawn once
@@ -462,38 +466,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             state["examples_seen"] += len(batch_ids)
             state["curve"].append([state["step"], round(loss, 6)])
             speed.add(tokens, len(batch_ids))
-            bar.update(1)
+            monitor.step(loss, items=tokens, epoch=f"{epoch + 1}/{args.epochs}", lr=lr)
             if state["step"] % args.log_interval == 0:
                 log.info(f"step {state['step']:5d}/{total_steps}  loss {loss:.4f}  lr {lr:.2e}  {speed.report()}")
             if state["step"] % steps_per_epoch == 0:
-                row = epoch_row(model, kind, args, tokenizer, splits, device, state, steps_per_epoch)
-                state["history"].append(row)
-                improved = selection_score(row, kind) > state["best_score"]
-                if improved:
-                    state.update(best_score=selection_score(row, kind), best_epoch=row["epoch"])
-                    save_checkpoint(Path(args.checkpoint),
-                                    {**payload(), "model_state": finetuned_state(model), "epoch": row["epoch"]})
+                with monitor.evaluating():   # validation is not training time
+                    row = epoch_row(model, kind, args, tokenizer, splits, device, state, steps_per_epoch)
+                    state["history"].append(row)
+                    improved = selection_score(row, kind) > state["best_score"]
+                    if improved:
+                        state.update(best_score=selection_score(row, kind), best_epoch=row["epoch"])
+                        save_checkpoint(Path(args.checkpoint),
+                                        {**payload(), "model_state": finetuned_state(model), "epoch": row["epoch"]})
+                    run.save()
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("val_", "train_loss")))
                 log.info(f"epoch {row['epoch']}  {shown}{'  *best*' if improved else ''}  "
                          f"{state['train_seconds'] / 60:.1f} min")
-                run.save()
-                speed.restart()   # validation is not training time
+                monitor.evaluated(row, {"evals": state["history"], "curve": state["curve"]},
+                                  plot=lambda path: plot_history(args, state["history"], path))
+                speed.restart()
             run.step_done(f"step {state['step']}")
-    bar.close()
     finish(args, state, splits, tokenizer, device, trainable, total, started, log)
     return 0
+
+
+def plot_history(args: argparse.Namespace, history: list[dict[str, Any]], path: Path) -> None:
+    """curves.png: the training loss and the validation scores, epoch by epoch."""
+    keys = sorted({k for row in history for k in row if k.startswith("val_")})
+    plot_curves(history, path, [["train_loss"], keys], x="epoch",
+                title=f"fine-tuning GPT-mini: {args.dataset} ({args.method})")
 
 
 def finish(args: argparse.Namespace, state: dict[str, Any], splits: dict[str, dict[str, T.TaskData]],
            tokenizer: Any, device: torch.device, trainable: int, total: int, started: float, log: Any) -> None:
     """history.json, curves.png, and test_<task>.json for each task, scored with the best epoch's model."""
-    from scripts.plots import plot_curves   # matplotlib, only when a run ends
-
     out_dir = Path(args.out_dir)
     write_json(out_dir / "history.json", {"evals": state["history"], "curve": state["curve"]})
-    keys = sorted({k for row in state["history"] for k in row if k.startswith("val_")})
-    plot_curves(state["history"], out_dir / "curves.png", [["train_loss"], keys], x="epoch",
-                title=f"fine-tuning GPT-mini: {args.dataset} ({args.method})")
+    plot_history(args, state["history"], out_dir / "curves.png")
     model, _, info = load_finetuned(args.checkpoint, device)
     model_name = model_label(info)
     train_speed = {"train_tokens_per_s": state["tokens_seen"] / max(state["train_seconds"], 1e-9),

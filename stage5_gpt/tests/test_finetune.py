@@ -312,3 +312,24 @@ def test_finetune_flags_in_both_forms():
     assert parser.parse_args(["--scratch"]).scratch is True and parser.parse_args(["--no-scratch"]).scratch is False
     assert parser.parse_args([]).amp is True and parser.parse_args(["--no-amp"]).amp is False
     assert parser.parse_args(["--model_path", "ft.pt"]).checkpoint == "ft.pt"
+
+
+def test_a_fine_tuning_run_can_be_watched_and_compared_while_it_trains(base, ft_data, tmp_path, cli):
+    """One bar for the run, TensorBoard events, history.json/curves.png and progress.json after each epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from scripts import reference
+    from scripts.monitor import read_progress
+
+    code, _, err = cli(finetune.main, ft_args(base, ft_data, tmp_path, "--task", "imdb", "--method", "head"))
+    assert code == 0, err
+    run = tmp_path / "run"
+    history = read(run / "history.json")
+    assert [row["epoch"] for row in history["evals"]] == [1, 2] and (run / "curves.png").stat().st_size > 1000
+    progress = read_progress(run)
+    assert progress["state"] == "finished" and progress["step"] == progress["total_steps"] == history["curve"][-1][0]
+    assert progress["model"] == read(run / "test_imdb.json")["model"] == "gpt_head"
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == progress["step"] and len(events.Scalars("eval/val_acc_imdb")) == 2
+    assert reference.read_run(run).curves["train_loss"]        # the course's reference tool reads the run
