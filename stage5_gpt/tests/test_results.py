@@ -21,7 +21,7 @@ def test_readme_tables_are_generated_from_results():
     assert set(blocks) == {bench.STAGE_DIR / "README.md"}      # the top README's tables: scripts/course_report.py
     assert set(blocks[bench.STAGE_DIR / "README.md"]) == {"stage5_pretrain", "stage5_nanogpt", "stage5_kv",
                                                           "stage5_bpe", "stage5_gpu", "stage5_finetune",
-                                                          "stage5_overview"}
+                                                          "stage5_overview", "stage5_cpu_finetune"}
     for readme, named in blocks.items():
         text = readme.read_text(encoding="utf-8")
         for name, body in named.items():
