@@ -9,7 +9,8 @@ Reads every `stage*/results/*.json` in the course-wide format of `scripts.common
 - `course_translation`: Multi30k English->French test BLEU and chrF of stages 3, 4 and 5;
 - `course_language_models`: the character- and word-level language models of stages 2 and 5;
 - `course_runs`: for each stage, its quick preset, its default run and its GPU run (command, minutes, score,
-  hardware), from `stage*/results/overview.json`, which each stage's `bench.py --parts quick` writes.
+  hardware), from `stage*/results/overview.json`, which each stage's `bench.py --parts quick` writes;
+- `course_quick`: the quick presets alone, for the README's first screen.
 They go into the blocks of those names in README.md, and into docs/roadmap.md where that file has the markers.
 A GPU re-run of a model that also has a CPU result is left out (its stage README shows it): the course's numbers
 are measured on the same 2 CPU cores, so that latencies and training times compare.
@@ -51,6 +52,15 @@ MODELS: dict[str, tuple[str, str]] = {
 # stage 5's bench.py names the runs from the base whose pretraining went on over the IMDb training reviews' text
 # finetune_<run>_adapted_test.json: (what the long name, and the short one, add)
 ADAPTED = ("_adapted_test.json", ", base also pretrained on IMDb's training text", " + IMDb text")
+# stage 5's CPU path (bench.py --parts cpu_finetune): a smaller base pretrained on the IMDb reviews' text on the CPU,
+# then fine-tuned there; its rows stand beside the GPU-base rows of the same method, not in their place
+CPU_PATH = ("stage5_gpt/results/cpu_finetune_", ", CPU path (`--preset imdb` shape, 2 CPU cores)", " (CPU path)")
+
+
+def variant(record: Record) -> int:
+    """0: a stage's usual run; 1: stage 5's base also pretrained on IMDb text; 2: stage 5's CPU path."""
+    path = str(record.get("_path", ""))
+    return 2 if path.startswith(CPU_PATH[0]) else 1 if path.endswith(ADAPTED[0]) else 0
 DATASETS = {"imdb": "IMDb", "ag_news": "AG News", "multi30k": "Multi30k", "shakespeare": "tiny Shakespeare",
             "ptb": "PTB"}
 CLASSIFICATION_DATASETS = ("imdb", "ag_news")
@@ -88,13 +98,14 @@ def stage_number(record: Record) -> int:
 def order(record: Record) -> tuple:
     model = str(record.get("model", ""))
     rank = list(MODELS).index(model) if model in MODELS else len(MODELS)
-    return stage_number(record), rank, model, str(record["_path"]).endswith(ADAPTED[0]), record["_path"]
+    return stage_number(record), rank, model, variant(record), record["_path"]
 
 
 def model_name(record: Record, short: bool = False) -> str:
     model = str(record.get("model", "?"))
     name = MODELS[model][short] if model in MODELS else (model if short else f"`{model}`")
-    return name + (ADAPTED[2 if short else 1] if str(record.get("_path", "")).endswith(ADAPTED[0]) else "")
+    extra = {0: ("", ""), 1: ADAPTED[1:], 2: CPU_PATH[1:]}[variant(record)]
+    return name + extra[1 if short else 0]
 
 
 def training_record(record: Record, records: dict[str, Record]) -> Record:
@@ -131,7 +142,7 @@ def classification_rows(records: dict[str, Record]) -> tuple[list[Record], list[
              and "accuracy" in r["metrics"]]
 
     def key(r: Record) -> tuple:
-        return r["stage"], r.get("model"), r["dataset"]
+        return r["stage"], r.get("model"), r["dataset"], variant(r)
 
     on_cpu = {key(r) for r in tests if r.get("device") == "cpu"}
     rows = [r for r in tests if r.get("device") == "cpu" or key(r) not in on_cpu]
@@ -280,11 +291,24 @@ def runs_block(overviews: Sequence[Record]) -> str:
             "preset, the training as each stage measured it for the others (see the stage's README).")
 
 
+def quick_block(overviews: Sequence[Record]) -> str:
+    """The quick preset of every stage, for the top README's first screen: what a learner gets in a few minutes."""
+    rows = [{"stage": o["stage"], **row} for o in overviews for row in o["rows"] if row["run"] == "quick"]
+    columns = [("stage", lambda r: f"[{r['stage']}]({r['stage']}/)"), ("command", lambda r: f"`{r['command']}`"),
+               ("time", lambda r: f"{r['minutes']:.1f} min" if isinstance(r.get("minutes"), (int, float))
+                else "not measured"),
+               ("score", lambda r: r.get("score") or NONE), ("hardware", lambda r: r.get("hardware") or NONE)]
+    files = ", ".join(f"`{o['_path']}`" for o in overviews)
+    return (markdown_table(rows, columns) + f"\n\nMade by `{COMMAND}` from {files or 'no results yet'}; "
+            "time from start to exit, data loading and the final evaluation included.")
+
+
 def course_blocks(records: dict[str, Record], overviews: Sequence[Record] = ()) -> dict[str, str]:
     return {"course_classification": classification_block(records),
             "course_translation": translation_block(records),
             "course_language_models": language_model_block(records),
-            "course_runs": runs_block(overviews)}
+            "course_runs": runs_block(overviews),
+            "course_quick": quick_block(overviews)}
 
 
 # ----------------------------------------------------------------------------- plots

@@ -9,7 +9,7 @@ from scripts.common import REPO_ROOT, UserError
 from scripts.report import replace_block
 
 CPU = "Test CPU, 2 cores, 2 torch threads"
-BLOCKS = ("course_classification", "course_translation", "course_language_models", "course_runs")
+BLOCKS = ("course_classification", "course_translation", "course_language_models", "course_runs", "course_quick")
 
 
 def metrics_file(root: Path, path: str, **fields) -> None:
@@ -149,6 +149,18 @@ def test_stage_5_fine_tuning_rows_join_the_tables(repo):
     assert "fine-tuning only" in blocks["course_translation"]
 
 
+def test_the_cpu_path_rows_stand_beside_the_gpu_rows_of_the_same_method(repo):
+    add_stage5_finetuning(repo)
+    metrics_file(repo, "stage5_gpt/results/cpu_finetune_imdb_test.json", stage="stage5_gpt", model="gpt_full",
+                 dataset="imdb", train_seconds=426.0, params=5311234,
+                 metrics={"accuracy": 0.8707, "macro_f1": 0.8706, "latency_ms_bs1": 12.2})
+    rows = rows_of(course_report.course_blocks(course_report.load_records(repo))["course_classification"])
+    full = [row for row in rows if row[0].startswith("GPT-mini fine-tuned: all weights") and row[2] == "IMDb"]
+    cpu_path = "GPT-mini fine-tuned: all weights, CPU path (`--preset imdb` shape, 2 CPU cores)"
+    assert [row[0] for row in full] == ["GPT-mini fine-tuned: all weights", cpu_path]
+    assert [row[3] for row in full] == ["80.00%", "87.07%"]
+
+
 def test_missing_files_leave_rows_out(repo):
     for path in ("stage4_transformer/results/classify_imdb_test.json",
                  "stage3_attention_seq2seq/results/main_train.json", "stage5_gpt/results/char_eval.json"):
@@ -167,7 +179,7 @@ def test_writes_readme_roadmap_and_plots_then_check_passes(repo, cli):
     (repo / "docs" / "roadmap.md").write_text(readme(["course_translation"]), encoding="utf-8")
     code, _, err = cli(course_report.main, ["--root", repo, "--check"])
     assert code == 2 and err.count("\n") == 1
-    assert "README.md [course_classification, course_translation, course_language_models, course_runs]" in err
+    assert f"README.md [{', '.join(BLOCKS)}]" in err
     assert "docs/roadmap.md [course_translation]" in err and "python scripts/course_report.py" in err
     assert (repo / "README.md").read_text() == readme()                    # --check writes nothing
     code, out, err = cli(course_report.main, ["--root", repo])
@@ -237,6 +249,10 @@ def test_runs_table_gives_each_stage_quick_default_and_gpu(repo, cli):
                      "| 2 | GPU run | `python stage2_rnn_lstm/train.py --device cuda` | not measured | not measured "
                      "| — |"]
     assert "`stage2_rnn_lstm/results/overview.json`" in table
+    quick = (repo / "README.md").read_text(encoding="utf-8").split("<!-- results:course_quick -->")[1]
+    assert [line for line in quick.splitlines() if line.startswith("| [")] == [
+        f"| [stage2_rnn_lstm](stage2_rnn_lstm/) | `python stage2_rnn_lstm/train.py --preset quick` | 2.4 min | "
+        f"val loss 1.70 nats | {CPU} |"]
 
 
 def test_repo_readme_blocks_are_what_the_results_make():
