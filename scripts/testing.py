@@ -55,6 +55,27 @@ def execute_notebook(path: Path, env: dict[str, str], monkeypatch) -> str:
     return "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
 
 
+def ctrl_c_after_steps(monkeypatch, steps: int, optimizer: type | None = None):
+    """Press Ctrl-C (SIGINT to this process) right after the `steps`-th step of `optimizer` (AdamW by default),
+    as a learner would in the middle of a run; returns a function that puts the real step back."""
+    import signal
+
+    import torch
+
+    optimizer = optimizer or torch.optim.AdamW
+    real_step = optimizer.step
+    calls = {"n": 0}
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+    monkeypatch.setattr(optimizer, "step", step_then_ctrl_c)
+    return lambda: monkeypatch.setattr(optimizer, "step", real_step)
+
+
 class TypedLines:
     """Stands in for sys.stdin, so `input()` reads these lines; an exception class in the list is raised instead
     (KeyboardInterrupt: Ctrl-C at the prompt); after the last line, end of input (Ctrl-D)."""

@@ -2,34 +2,16 @@
 and the samples), the quick preset, --resume refusing other settings, and the newest-model lookup of evaluate.py,
 generate.py and the notebook."""
 import json
-import os
-import signal
 
 import pytest
-import torch
 
 from scripts.common import load_checkpoint
-from scripts.testing import TypedLines
+from scripts.testing import TypedLines, ctrl_c_after_steps
 from stage2_rnn_lstm import evaluate, generate, train, train_classifier
 
 TINY = ["--embed_dim", "16", "--hidden_dim", "16", "--batch_size", "4", "--seq_len", "16", "--num_threads", "1",
         "--warmup_steps", "2", "--limit", "2000"]      # 2000 training characters: 32 batches per epoch
 BATCHES_PER_EPOCH = 32
-
-
-def interrupt_after(monkeypatch, steps):
-    """Press Ctrl-C once, right after the `steps`-th optimizer step."""
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def step_then_ctrl_c(self, *args, **kwargs):
-        result = real_step(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == steps:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
-    return lambda: monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
 
 
 def stage_dir(tmp_path):
@@ -53,7 +35,7 @@ def events(folder):
 def test_a_run_stopped_after_its_first_evaluation_can_be_watched(lm_data, tmp_path, cli, monkeypatch):
     """history.json, curves.png, TensorBoard events, progress.json and a sample exist after the first evaluation."""
     stage = stage_dir(tmp_path)
-    restore = interrupt_after(monkeypatch, BATCHES_PER_EPOCH + 3)
+    restore = ctrl_c_after_steps(monkeypatch, BATCHES_PER_EPOCH + 3)
     code, out, err = cli(train.main, lm_args(lm_data, stage, "--epochs", "3"))
     restore()
     assert code == 130 and "--resume" in err
@@ -129,7 +111,7 @@ def test_quick_preset_is_for_the_char_model(cli):
 def test_resume_refuses_other_model_settings(lm_data, tmp_path, cli, monkeypatch, changed, message):
     """--resume with other settings would train the old model under the new model's name: refused, nothing lost."""
     stage = stage_dir(tmp_path)
-    restore = interrupt_after(monkeypatch, 5)
+    restore = ctrl_c_after_steps(monkeypatch, 5)
     assert cli(train.main, lm_args(lm_data, stage, "--epochs", "2"))[0] == 130
     restore()
     last = stage / "runs" / "lstm_char_torch" / "last.pt"
@@ -157,7 +139,7 @@ def test_lookup_loads_a_stopped_runs_last_pt_then_the_best_model(lm_data, tmp_pa
     code, _, err = cli(generate.main, ["--prompt", "First"])
     assert code == 2 and "no trained model in" in err and "train.py --preset quick" in err
 
-    restore = interrupt_after(monkeypatch, 5)
+    restore = ctrl_c_after_steps(monkeypatch, 5)
     assert cli(train.main, lm_args(lm_data, stage, "--epochs", "2"))[0] == 130
     restore()
     assert not (stage / "checkpoints" / "best_lstm_char.pt").exists()

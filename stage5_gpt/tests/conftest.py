@@ -1,12 +1,9 @@
 """Tiny data sets in the real formats, and the flags of a model small enough to train in a second."""
 import gzip
-import os
 import random
-import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 WORDS = ("the king queen lord my good sir what thou art not shall be love death night day come go "
          "speak hear heart blood noble sweet fair true").split()
@@ -44,15 +41,3 @@ def tiny_args(data: Path, out: Path, *extra) -> list[str]:
             "--log_interval", "3", "--num_threads", "1", "--device", "cpu", *extra]
 
 
-def ctrl_c_after_steps(monkeypatch, steps: int) -> None:
-    """Press Ctrl-C (SIGINT to this process) right after the optimizer's `steps`-th step."""
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def step_then_ctrl_c(self, *args, **kwargs):
-        result = real_step(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == steps:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)

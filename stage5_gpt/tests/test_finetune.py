@@ -12,7 +12,8 @@ from stage5_gpt import evaluate, finetune, generate, train
 from stage5_gpt.data import tasks as T
 from stage5_gpt.models.gpt import GPT, GPTConfig
 from stage5_gpt.models.lora import add_lora
-from stage5_gpt.tests.conftest import ctrl_c_after_steps, tiny_args
+from scripts.testing import ctrl_c_after_steps
+from stage5_gpt.tests.conftest import tiny_args
 
 
 @pytest.fixture(scope="module")

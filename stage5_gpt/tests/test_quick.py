@@ -10,7 +10,8 @@ import torch
 
 from scripts.common import load_checkpoint
 from stage5_gpt import bench, evaluate, generate, train
-from stage5_gpt.tests.conftest import ctrl_c_after_steps, tiny_args
+from scripts.testing import ctrl_c_after_steps
+from stage5_gpt.tests.conftest import tiny_args
 
 
 def test_the_quick_preset_fills_unset_flags_and_writes_its_own_files():

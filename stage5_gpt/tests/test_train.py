@@ -12,7 +12,8 @@ import torch
 
 from scripts.common import checkpoint_header, load_checkpoint, save_checkpoint
 from stage5_gpt import evaluate, generate, train
-from stage5_gpt.tests.conftest import ctrl_c_after_steps, tiny_args
+from scripts.testing import ctrl_c_after_steps
+from stage5_gpt.tests.conftest import tiny_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
