@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args,
                             check_positive, checkpoint_header, count_params, get_device, run_main, save_checkpoint,
                             set_seed, set_threads, setup_logging, warmup_cosine, write_metrics)
 from scripts.monitor import TrainingMonitor
@@ -266,24 +266,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     monitor = TrainingMonitor(out_dir, stage=STAGE, model=model_label(args), dataset=args.dataset, device=device,
                               total_steps=total_steps, done_steps=state["global_step"], unit="tokens", log=log,
                               title=f"{args.model_type.upper()} ({args.impl}) on {args.dataset}")
-    with monitor:
-        try:
-            with run:
-                while state["epoch"] < args.epochs and not (args.max_steps and state["global_step"] >= args.max_steps):
-                    tokens, seconds = train_one_epoch(args, model, optimizer, train_data, run, monitor, total_steps,
-                                                      device)
-                    with monitor.evaluating():
-                        row, improved, sample = end_of_epoch(args, model, optimizer, valid_data, vocab, run, payload,
-                                                             tokens, seconds, device)
-                    log.info(f"epoch {row['epoch']:2d}  train loss {row['train_loss']:.4f}  val loss "
-                             f"{row['val_loss']:.4f}  (ppl {row['val_ppl']:.2f}, {row['val_bpc']:.3f} bits/token)"
-                             f"{'  *best*' if improved else ''}  {row['tokens_per_s']:,.0f} tokens/s  "
-                             f"{state['train_seconds'] / 60:.1f} min")
-                    monitor.evaluated(row, state["history"], panels=[["train_loss", "val_loss"], ["tokens_per_s"]],
-                                      sample=sample)
-        except TrainingInterrupted:
-            monitor.close("interrupted")        # last.pt is saved: the run can be resumed
-            raise
+    with monitor, run:   # the monitor marks the run finished, interrupted (Ctrl-C) or failed
+        while state["epoch"] < args.epochs and not (args.max_steps and state["global_step"] >= args.max_steps):
+            tokens, seconds = train_one_epoch(args, model, optimizer, train_data, run, monitor, total_steps,
+                                              device)
+            with monitor.evaluating():
+                row, improved, sample = end_of_epoch(args, model, optimizer, valid_data, vocab, run, payload,
+                                                     tokens, seconds, device)
+            log.info(f"epoch {row['epoch']:2d}  train loss {row['train_loss']:.4f}  val loss "
+                     f"{row['val_loss']:.4f}  (ppl {row['val_ppl']:.2f}, {row['val_bpc']:.3f} bits/token)"
+                     f"{'  *best*' if improved else ''}  {row['tokens_per_s']:,.0f} tokens/s  "
+                     f"{state['train_seconds'] / 60:.1f} min")
+            monitor.evaluated(row, state["history"], panels=[["train_loss", "val_loss"], ["tokens_per_s"]],
+                              sample=sample)
     best = write_results(args, state["history"], count_params(model), time.time() - started, device, vocab_path,
                          train_size)
     log.info(f"best val loss {best['val_loss']:.4f} (ppl {best['val_ppl']:.2f}) at epoch {best['epoch']}; "

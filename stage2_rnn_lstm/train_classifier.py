@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split
-from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args,
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args,
                             check_positive, checkpoint_header, count_params, get_device, load_checkpoint, run_main,
                             save_checkpoint, set_seed, set_threads, setup_logging, write_json, write_metrics)
 from scripts.monitor import TrainingMonitor
@@ -207,19 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                               dataset=args.dataset, device=device, total_steps=args.epochs * steps_per_epoch,
                               done_steps=state["epoch"] * steps_per_epoch + state["batch_in_epoch"], unit="texts",
                               log=log, title=f"{args.model_type.upper()} classifier ({args.impl}) on {args.dataset}")
-    with monitor:
-        try:
-            with run:
-                while state["epoch"] < args.epochs and state["bad_epochs"] < args.patience:
-                    tokens, seconds = train_one_epoch(args, model, optimizer, data, run, monitor, device)
-                    with monitor.evaluating():
-                        row = end_of_epoch(model, data, run, payload, best_path, tokens, seconds, device)
-                    log.info(f"epoch {row['epoch']}  train loss {row['train_loss']:.4f}  val acc {row['val_acc']:.4f}"
-                             f"  {row['tokens_per_s']:,.0f} tokens/s  {seconds:.0f}s")
-                    monitor.evaluated(row, state["history"], panels=[["train_loss"], ["val_acc"], ["tokens_per_s"]])
-        except TrainingInterrupted:
-            monitor.close("interrupted")        # last.pt is saved: the run can be resumed
-            raise
+    with monitor, run:   # the monitor marks the run finished, interrupted (Ctrl-C) or failed
+        while state["epoch"] < args.epochs and state["bad_epochs"] < args.patience:
+            tokens, seconds = train_one_epoch(args, model, optimizer, data, run, monitor, device)
+            with monitor.evaluating():
+                row = end_of_epoch(model, data, run, payload, best_path, tokens, seconds, device)
+            log.info(f"epoch {row['epoch']}  train loss {row['train_loss']:.4f}  val acc {row['val_acc']:.4f}"
+                     f"  {row['tokens_per_s']:,.0f} tokens/s  {seconds:.0f}s")
+            monitor.evaluated(row, state["history"], panels=[["train_loss"], ["val_acc"], ["tokens_per_s"]])
     train_seconds = time.time() - started
 
     metrics = score_on_test(args, model, best_path, config, data["stoi"], device)
