@@ -10,8 +10,8 @@ Every row is checked: a bad label, a missing field or an empty text names its fi
 from __future__ import annotations
 
 import csv
-import gzip
 import html
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
-from scripts.common import UserError, find_local_data, missing_data_error
+from scripts.common import UserError, find_local_data, missing_data_error, read_text
 
 DATASETS = ("imdb", "ag_news")
 AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 IMDB_CLASSES = ["negative", "positive"]
 _BARE_ENTITY = re.compile(r"&?#(\d+);")  # "#39;" or "&#39;"
+MAX_FIELD = 1_000_000   # characters in one text: the longest IMDb review has ~14k, an AG News story ~1k
 
 
 @dataclass
@@ -52,20 +53,32 @@ def clean_ag_news(text: str) -> str:
 
 
 def read_ag_news_csv(path: Path, num_classes: int = 4) -> tuple[list[str], list[int]]:
-    """Official AG News CSV: `"class 1-4","title","description"`, no header."""
+    """Official AG News CSV: `"class 1-4","title","description"`, no header. The class may be written with any
+    digits ('３' is 3); a field longer than MAX_FIELD characters, a NUL byte or bytes that are not UTF-8 are
+    errors naming the line."""
+    text = read_text(path, "AG News file")
     texts, labels = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if len(row) != 3:
-                raise UserError(f"{path}:{line_no}: expected 3 fields (class, title, description), got {len(row)}")
-            label, title, description = row
-            if not label.strip().isdigit() or not 1 <= int(label) <= num_classes:
-                raise UserError(f"{path}:{line_no}: class {label!r} is not in 1..{num_classes}")
-            text = clean_ag_news(f"{title}. {description}".strip())
-            if not (title.strip() or description.strip()):
-                raise UserError(f"{path}:{line_no}: empty text (title and description are both blank)")
-            texts.append(text)
-            labels.append(int(label) - 1)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise UserError(f"{path}:{reader.line_num}: not a valid CSV row ({err})") from None
+        line_no = reader.line_num
+        if len(row) != 3:
+            raise UserError(f"{path}:{line_no}: expected 3 fields (class, title, description), got {len(row)}")
+        label, title, description = row
+        if not (label.strip().isdecimal() and 1 <= int(label) <= num_classes):
+            raise UserError(f"{path}:{line_no}: class {label[:20]!r} is not in 1..{num_classes}")
+        if not (title.strip() or description.strip()):
+            raise UserError(f"{path}:{line_no}: empty text (title and description are both blank)")
+        if len(title) + len(description) > MAX_FIELD:
+            raise UserError(f"{path}:{line_no}: a text of {len(title) + len(description):,} characters "
+                            f"(at most {MAX_FIELD:,}); is the file damaged (an unclosed quote)?")
+        texts.append(clean_ag_news(f"{title}. {description}".strip()))
+        labels.append(int(label) - 1)
     if not texts:
         raise UserError(f"{path} holds no rows")
     return texts, labels
@@ -74,24 +87,23 @@ def read_ag_news_csv(path: Path, num_classes: int = 4) -> tuple[list[str], list[
 def read_imdb_jsonl(path: Path) -> tuple[list[str], list[int]]:
     """IMDb as gzip JSON Lines: `{"text": ..., "label": 0|1, ...}` per line."""
     texts, labels = [], []
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise UserError(f"{path}:{line_no}: not a JSON object") from None
-                if not isinstance(row, dict) or "text" not in row or "label" not in row:
-                    raise UserError(f"{path}:{line_no}: missing field 'text' or 'label'")
-                if row["label"] not in (0, 1):
-                    raise UserError(f"{path}:{line_no}: label {row['label']!r} is not 0 or 1")
-                if not isinstance(row["text"], str) or not row["text"].strip():
-                    raise UserError(f"{path}:{line_no}: empty text")
-                texts.append(row["text"])
-                labels.append(int(row["label"]))
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} cannot be read ({err}); is it a complete .jsonl.gz file?") from None
+    for line_no, line in enumerate(read_text(path, "IMDb file").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise UserError(f"{path}:{line_no}: not a JSON object") from None
+        if not isinstance(row, dict) or "text" not in row or "label" not in row:
+            raise UserError(f"{path}:{line_no}: missing field 'text' or 'label'")
+        if type(row["label"]) is not int or row["label"] not in (0, 1):
+            raise UserError(f"{path}:{line_no}: label {repr(row['label'])[:20]} is not 0 or 1")
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise UserError(f"{path}:{line_no}: empty text")
+        if len(row["text"]) > MAX_FIELD:
+            raise UserError(f"{path}:{line_no}: a text of {len(row['text']):,} characters (at most {MAX_FIELD:,})")
+        texts.append(row["text"])
+        labels.append(row["label"])
     if not texts:
         raise UserError(f"{path} holds no rows")
     return texts, labels
@@ -117,7 +129,12 @@ def load_split(name: str, split: str, data_dir: str | None = None) -> TextDatase
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r}; choose train or test")
     filename = f"{split}.csv" if name == "ag_news" else f"{split}.jsonl.gz"
-    folder = find_local_data(name, [filename], data_dir)
+    try:
+        folder = find_local_data(name, [filename], data_dir)
+    except UserError as err:
+        if name == "ag_news" and split == "train":
+            raise UserError(f"{err} (offline copies of AG News often hold only test.csv; IMDb works offline)") from None
+        raise
     if folder is not None:
         path = folder / filename
         if name == "ag_news":

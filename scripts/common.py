@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import functools
 import json
 import logging
@@ -27,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -104,29 +106,129 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
     """Run an entry point and turn the ways it can end into exit codes.
 
     UserError or OSError (a path that cannot be written or read) -> one line on stderr, exit 2;
-    TrainingInterrupted / Ctrl-C -> exit 130.
+    TrainingInterrupted / Ctrl-C -> exit 130. Library warnings raised on the way are held back and shown when
+    the program ends normally, so an error is always exactly one line (no warning printed before it).
+    Text comes in as UTF-8 (`text_policy`): an argument that is not valid UTF-8 is refused in one line; stdin
+    turns undecodable bytes into U+FFFD, and what is printed never fails on a character the terminal lacks.
     """
-    try:
-        code = main(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    except TrainingInterrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`): not an error of ours
-        try:  # point stdout at /dev/null so the interpreter's final flush does not fail again
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        sys.exit(1)
-    except OSError as err:   # a folder that cannot be written, a full disk, a path that is a file...
-        print(f"error: {os_error_line(err)}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    text_policy()
+    args = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings(record=True) as held:
+        try:
+            for number, arg in enumerate(args, 1):
+                check_utf8(arg, f"command-line argument {number}")
+            code = main(args)
+        except UserError as err:
+            fail(str(err), EXIT_USER_ERROR)
+        except TrainingInterrupted as err:
+            show_warnings(held)
+            fail(f"{err}", EXIT_INTERRUPTED, prefix="interrupted")
+        except KeyboardInterrupt:
+            show_warnings(held)
+            fail("", EXIT_INTERRUPTED, prefix="interrupted")
+        except BrokenPipeError:  # output piped into a reader that stopped early (`| head`): not an error of ours
+            try:  # point stdout at /dev/null so the interpreter's final flush does not fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            sys.exit(1)
+        except OSError as err:   # a folder that cannot be written, a full disk, a path that is a file...
+            fail(os_error_line(err), EXIT_USER_ERROR)
+        except MemoryError:
+            fail("out of memory; use a smaller --batch_size or model, or --limit the data", EXIT_USER_ERROR)
+        show_warnings(held)
     sys.exit(code or 0)
+
+
+def fail(message: str, code: int, prefix: str = "error") -> None:
+    """End the program with one line on stderr (newlines inside `message` folded into it)."""
+    line = " ".join(message.split()) if message else ""
+    print(f"{prefix}: {line}" if line else prefix, file=sys.stderr)
+    sys.exit(code)
+
+
+def show_warnings(held: list[warnings.WarningMessage]) -> None:
+    """Print the warnings `run_main` held back, the way Python would have printed them."""
+    for w in held:
+        print(warnings.formatwarning(w.message, w.category, w.filename, w.lineno).rstrip(), file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- text in and out
+def text_policy() -> None:
+    """The course's one rule for text streams: stdin undecodable bytes become U+FFFD (`clean_text` then says so);
+    stdout and stderr write any character (as a backslash escape where the terminal's encoding lacks it)."""
+    for stream, errors in ((sys.stdin, "replace"), (sys.stdout, "backslashreplace"), (sys.stderr, "backslashreplace")):
+        try:
+            stream.reconfigure(errors=errors)      # type: ignore[union-attr]
+        except (AttributeError, ValueError, io.UnsupportedOperation):
+            pass    # not a text file (a test's stand-in, a closed stream): nothing to set
+
+
+def check_utf8(text: str, what: str) -> str:
+    """`text` unchanged, or a UserError when it holds bytes that were not valid UTF-8 (Python keeps those
+    as lone surrogates in sys.argv and os.environ)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UserError(f"{what} is not valid UTF-8 text (byte {ord(text[err.start]) - 0xDC00:#04x} at character "
+                        f"{err.start + 1}); retype it or convert it with iconv") from None
+    return text
+
+
+def clean_text(text: str, what: str = "the input", say: Callable[[str], None] | None = None) -> str:
+    """Text a user typed or pasted, made safe to encode: lone surrogates (undecodable bytes) and U+FFFD
+    replacement characters are reported once through `say` (stderr by default); surrogates become U+FFFD."""
+    fixed = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _has_surrogates(text) else text
+    if "\ufffd" in fixed:
+        (say or (lambda m: print(m, file=sys.stderr)))(
+            f"(note: {what} held bytes that are not valid UTF-8; they were replaced by \ufffd)")
+    return fixed
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def decode_utf8(data: bytes, path: Path | str, what: str = "file") -> str:
+    """`data` (a file's bytes) as UTF-8 text, or a UserError naming the file, line and byte that are not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{what} {path}, line {line}: byte {data[err.start]:#04x} is not valid UTF-8; "
+                        "save the file as UTF-8") from None
+
+
+def read_bytes(path: Path | str, what: str = "file", limit: int = 4 << 30) -> bytes:
+    """A file's bytes, gunzipped when its name ends in .gz; a damaged gzip stream or a file larger than `limit`
+    is a UserError naming it."""
+    import gzip  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    if path.stat().st_size > limit:
+        raise UserError(f"{what} {path} is {path.stat().st_size:,} bytes, more than the {limit:,} this reader takes")
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise UserError(f"{what} {path} is not a complete gzip file ({err}); download or copy it again") from None
+    if len(data) > limit:
+        raise UserError(f"{what} {path} unpacks to more than {limit:,} bytes; is it the right file?")
+    return data
+
+
+def read_text(path: Path | str, what: str = "file", limit: int = 4 << 30) -> str:
+    """A UTF-8 text file (gzipped or not), every way it can be broken reported in one line naming it."""
+    return decode_utf8(read_bytes(path, what, limit), path, what)
 
 
 def os_error_line(err: OSError) -> str:
@@ -376,6 +478,88 @@ def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None =
     return ckpt
 
 
+MAX_CONFIG_INT = 1 << 24     # no size in the course's configs comes near it (vocabularies ~50k, widths ~1k)
+
+
+def config_from_checkpoint(path: Path | str, saved: Any, config_cls: type, limits: dict[str, int] | None = None,
+                           optional: Sequence[str] = ()) -> Any:
+    """The model config saved in a checkpoint, rebuilt as `config_cls` (a dataclass) after checking it: a dict with
+    exactly the dataclass's fields (those in `optional` may be missing: checkpoints older than the field), each of
+    the field's type, every number finite and non-negative, every integer at most `limits[name]` (default
+    MAX_CONFIG_INT). An edited checkpoint or one from another version is refused in one line, before a single
+    tensor is allocated from its sizes."""
+    import dataclasses  # noqa: PLC0415
+    import typing  # noqa: PLC0415
+
+    def bad(reason: str) -> UserError:
+        return UserError(f"{path} holds a model config that this version cannot build ({reason}); "
+                         "retrain the model or use the checkpoint with the version of the course that made it")
+
+    if not isinstance(saved, dict):
+        raise bad("no config dict")
+    hints = typing.get_type_hints(config_cls)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    missing = sorted(set(fields) - set(saved) - set(optional))
+    extra = sorted(set(saved) - set(fields))
+    if missing or extra:
+        raise bad("; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                              f"unknown {', '.join(map(str, extra))}" if extra else "") if part))
+    for name, value in saved.items():
+        kind = hints.get(name)
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= (limits or {}).get(
+                name, MAX_CONFIG_INT)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        elif kind is str:
+            ok = isinstance(value, str) and len(value) < 200
+        else:
+            ok = True   # other kinds (Optional, tuples) are checked by the stage that uses them
+        if not ok:
+            raise bad(f"{name} = {str(value)[:40]!r}")
+    try:
+        return config_cls(**saved)
+    except (TypeError, ValueError) as err:    # the dataclass's own __post_init__ checks
+        raise bad(" ".join(str(err).split())[:120]) from None
+
+
+def model_from_checkpoint(path: Path | str, build: Callable[[], torch.nn.Module], state: Any) -> torch.nn.Module:
+    """`build()` with the weights `state` loaded, after checking on the meta device (where building allocates no
+    memory) that the model it builds has exactly the saved tensors' names and shapes. A config edited to absurd
+    sizes, or weights that do not belong to it, end in one line naming the first difference."""
+    def bad(reason: str) -> UserError:
+        return UserError(f"{path}: the saved weights do not fit the saved config ({reason}); retrain the model")
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise bad("no dict of tensors")
+    try:
+        with torch.device("meta"):
+            expected = {name: tuple(t.shape) for name, t in build().state_dict().items()}
+    except (TypeError, ValueError, RuntimeError, AssertionError) as err:
+        raise bad(" ".join(str(err).split())[:120]) from None
+    saved = {name: tuple(t.shape) for name, t in state.items()}
+    for name in sorted(set(expected) | set(saved)):
+        if name not in saved:
+            raise bad(f"{name} is missing")
+        if name not in expected:
+            raise bad(f"unexpected {name}")
+        if saved[name] != expected[name]:
+            raise bad(f"{name} has shape {list(saved[name])}, the config makes {list(expected[name])}")
+    model = build()
+    model.load_state_dict(state)
+    return model
+
+
+def check_vocab_fits(path: Path | str, vocab_size: int, model_size: int, what: str = "vocabulary") -> None:
+    """The saved vocabulary must have exactly as many entries as the model has rows for tokens: with fewer, the
+    model could emit ids nothing decodes; with more, the vocabulary could produce ids the model cannot embed."""
+    if vocab_size != model_size:
+        raise UserError(f"{path}: its {what} has {vocab_size:,} entries but the model was built for {model_size:,}; "
+                        "the checkpoint was edited or pieced together; retrain the model")
+
+
 def newest_model(stage_dir: Path, best: Sequence[str], runs: Sequence[str]) -> Path | None:
     """The model a program loads when no --checkpoint is given: the newest file matching the `best` globs (the
     best checkpoints train.py writes, under `stage_dir`), else the newest matching `runs` (a run's last.pt: a run
@@ -549,10 +733,21 @@ def data_candidates(name: str, data_dir: str | None) -> list[Path]:
 
 
 def find_local_data(name: str, files: Sequence[str], data_dir: str | None) -> Path | None:
-    """The first candidate folder holding every one of `files`, or None."""
+    """The first candidate folder holding every one of `files`, or None (then the caller downloads).
+
+    With `--data_dir`, a folder that holds some of the files but not all is an error naming the missing ones:
+    the user pointed at that copy, so it is never silently replaced by `$MY_LLM_DATA`, a cache or a download."""
     for folder in data_candidates(name, data_dir):
         if all((folder / f).is_file() for f in files):
             return folder
+    if data_dir is not None:
+        for folder in data_candidates(name, data_dir):
+            present = [f for f in files if (folder / f).is_file()]
+            if present or folder.name == name and folder.is_dir():
+                missing = [f for f in files if f not in present]
+                raise UserError(f"--data_dir: {folder} lacks {', '.join(missing)} of {name}; copy the missing "
+                                f"file{'s' if len(missing) > 1 else ''} there, or leave out --data_dir to use "
+                                f"${DATA_ENV} or a download")
     return None
 
 
@@ -568,8 +763,12 @@ def cache_dir(name: str) -> Path:
     return base / "my_llm" / name
 
 
-def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
-    """Fetch `url` to `dest` (atomically: a partial download never looks like a finished file)."""
+def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0) -> Path:
+    """Fetch `url` to `dest`, atomically (a partial download never looks like a finished file) and, when `sha256`
+    is given, verified: a file whose checksum differs is deleted and refused (ValueError), so a truncated,
+    tampered or changed upstream file is never read as the data set. A `dest` already there was verified when
+    it was written."""
+    import hashlib  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
 
     dest = Path(dest)
@@ -579,10 +778,15 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
         raise ConnectionError("MY_LLM_OFFLINE is set")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
+    digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
             while chunk := response.read(1 << 20):
                 f.write(chunk)
+                digest.update(chunk)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise ValueError(f"{url} has sha256 {digest.hexdigest()[:16]}..., expected {sha256[:16]}... "
+                             "(changed upstream or damaged in transit)")
         os.replace(tmp, dest)
     finally:
         if tmp.exists():

@@ -10,7 +10,7 @@ The standard settings, with the short forms a user may type:
     :top_k K        (:k)            keep the K most likely tokens (0 = all)
     :top_p P        (:p)            nucleus sampling mass, in (0, 1]
     :max_new_tokens N  (:length, :n)   how many tokens to produce
-    :seed S                         reseed the sampler, 0 .. 2**63 - 1
+    :seed S                         reseed the sampler, 0 .. 2**32 - 1
     :beam B         (:beam_size, :b)   beam width (1 = greedy)
 A program passes only the settings that apply to it; `extra_settings` and `extra_commands` add its own
 (stage 5's `:cache on|off`, the translators' `:alpha` and `:heatmap FILE`). `:settings`, `:help` and `:quit`
@@ -18,31 +18,31 @@ always work. Each setting command echoes what it set, or says in one line why it
 """
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, Callable
 
-from scripts.common import UserError
+from scripts.checks import PROBABILITY, SEED, Range
+from scripts.common import UserError, clean_text
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**32 - 1      # what torch, numpy and Python all accept
+
+# the allowed values of the standard settings (scripts/checks.py: finite, not subnormal, integers as integers)
+SETTING_RANGES = {
+    "temperature": Range(float, lo=0.01, hi=100, zero_means="greedy"),
+    "top_k": Range(int, lo=0, hi=1_000_000),
+    "top_p": PROBABILITY,
+    "seed": SEED,
+    "beam": Range(int, lo=1, hi=64),
+}
 
 
 def _int(text: str) -> int:
-    """A whole number written with ASCII digits ('５' and '1e3' are refused, not guessed at)."""
-    text = text.strip()
-    if not text or not (text.isascii() and text.lstrip("+-").isdigit()):
-        raise ValueError(f"{text!r} is not a whole number")
-    return int(text)
+    """A whole number (any Unicode digits, as Python reads them; not '1e3', '2.0' or '²')."""
+    return Range(int).check(text, "the value")
 
 
 def _float(text: str) -> float:
-    text = text.strip()
-    if not text.isascii():
-        raise ValueError(f"{text!r} is not a number")
-    value = float(text)  # ValueError for anything else
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number")
-    return value
+    return Range(float).check(text, "the value")
 
 
 def check_setting(name: str, value: Any, max_new_tokens: int = 10_000) -> Any:
@@ -50,28 +50,8 @@ def check_setting(name: str, value: Any, max_new_tokens: int = 10_000) -> Any:
 
     The command-line flags of the same names go through this too, so `--temperature nan` and
     `:temperature nan` are refused with the same words."""
-    def bad(allowed: str) -> UserError:
-        return UserError(f"{name} must be {allowed}, got {value}")
-
-    if name == "temperature":
-        if not (isinstance(value, (int, float)) and math.isfinite(value)) or not (value == 0 or 0.01 <= value <= 100):
-            raise bad("0 (greedy) or between 0.01 and 100")
-    elif name == "top_k":
-        if not 0 <= value <= 1_000_000:
-            raise bad("between 0 (all tokens) and 1000000")
-    elif name == "top_p":
-        if not (math.isfinite(value) and 0 < value <= 1):
-            raise bad("in (0, 1]")
-    elif name == "max_new_tokens":
-        if not 1 <= value <= max_new_tokens:
-            raise bad(f"between 1 and {max_new_tokens}")
-    elif name == "seed":
-        if not 0 <= value <= MAX_SEED:
-            raise bad("between 0 and 2**63 - 1")
-    elif name == "beam":
-        if not 1 <= value <= 64:
-            raise bad("between 1 (greedy) and 64")
-    return value
+    allowed = Range(int, lo=1, hi=max_new_tokens) if name == "max_new_tokens" else SETTING_RANGES.get(name)
+    return value if allowed is None else allowed.check(value, name)
 
 
 # name -> (parser of the typed value, one-line help)
@@ -175,6 +155,7 @@ class Repl:
             except UnicodeDecodeError:
                 self.say("(that line is not valid UTF-8 text; type it again)")
                 continue
+            line = clean_text(line, "that line", self.say)
             if line.lstrip().startswith(":"):
                 if not self.command(line):
                     return 0

@@ -180,9 +180,11 @@ def test_data_dir_is_never_swapped_for_the_environment(tmp_path, monkeypatch):
     env.mkdir(parents=True)
     (env / "train.jsonl.gz").write_bytes(b"")
     monkeypatch.setenv("MY_LLM_DATA", str(tmp_path / "env"))
-    assert find_local_data("imdb", ["train.jsonl.gz"], str(tmp_path / "flag")) is None
-    error = common.missing_data_error("imdb", ["train.jsonl.gz"], str(tmp_path / "flag"), "offline")
-    assert str(flag) in str(error) and str(env) not in str(error)
+    with pytest.raises(UserError, match="lacks train.jsonl.gz of imdb") as error:
+        find_local_data("imdb", ["train.jsonl.gz"], str(tmp_path / "flag"))
+    assert str(flag) in str(error.value) and str(env) not in str(error.value)
+    # a --data_dir without the data set's folder at all: the caller may still download (nothing to swap)
+    assert find_local_data("ptb", ["ptb.train.txt.gz"], str(tmp_path / "flag")) is None
 
 
 def test_relative_data_paths_work_from_another_folder(tmp_path, monkeypatch):
