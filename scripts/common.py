@@ -75,13 +75,15 @@ class ArgParser(argparse.ArgumentParser):
 
 def add_common_args(parser: argparse.ArgumentParser, seed_help: str = "random seed") -> None:
     """The flags every program of the course takes, in their own group at the end of `--help`."""
+    from scripts.checks import SEED, THREADS  # noqa: PLC0415 - checks.py imports this module
+
     group = parser.add_argument_group("data and hardware")
     group.add_argument("--data_dir", default=None,
                        help=f"folder holding the data sets (default: ${DATA_ENV}, else download)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                        help="where to run: auto picks cuda, then mps, then cpu")
-    group.add_argument("--seed", type=int, default=0, help=seed_help)
-    group.add_argument("--num_threads", type=int, default=0,
+    group.add_argument("--seed", type=SEED, default=0, help=f"{seed_help} (0 .. 2**32 - 1)")
+    group.add_argument("--num_threads", type=THREADS, default=0,
                        help="CPU threads for torch (0: torch's default, one per core)")
 
 
@@ -178,7 +180,7 @@ def check_utf8(text: str, what: str) -> str:
 def clean_text(text: str, what: str = "the input", say: Callable[[str], None] | None = None) -> str:
     """Text a user typed or pasted, made safe to encode: lone surrogates (undecodable bytes) and U+FFFD
     replacement characters are reported once through `say` (stderr by default); surrogates become U+FFFD."""
-    fixed = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _has_surrogates(text) else text
+    fixed = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text) if _has_surrogates(text) else text
     if "\ufffd" in fixed:
         (say or (lambda m: print(m, file=sys.stderr)))(
             f"(note: {what} held bytes that are not valid UTF-8; they were replaced by \ufffd)")

@@ -105,9 +105,10 @@ class Repl:
     def set(self, name: str, text: str) -> str:
         """Parse and check `text` for setting `name`; on success store it. Returns the echo line."""
         try:
-            value = self.parsers[name][0](text)
-            if name in STANDARD:
-                check_setting(name, value, self.max_new_tokens)
+            if name in STANDARD:      # parsed and checked in one go, so the message names the allowed values
+                value = check_setting(name, text, self.max_new_tokens)
+            else:
+                value = self.parsers[name][0](text)
         except (ValueError, OverflowError, UserError) as err:
             return f"(:{name} kept {self.settings[name]}: {err})"
         self.settings[name] = value
