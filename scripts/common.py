@@ -698,10 +698,11 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
+    text = read_text(path, what, limit=1 << 30)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{what} {path} is not valid JSON ({err}); regenerate it") from None
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise UserError(f"{what} {path} is not valid JSON ({str(err)[:80]}); regenerate it") from None
 
 
 # ----------------------------------------------------------------------------- data sets

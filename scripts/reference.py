@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from scripts.checks import NON_NEGATIVE
 from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_text
 from scripts.monitor import read_progress
 
@@ -647,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "finished, still running or interrupted")
     c.add_argument("--reference", default=None,
                    help="reference file (default: from <stage>/reference/ by the run's data set and command)")
-    c.add_argument("--tolerance", type=float, default=REL_TOL,
+    c.add_argument("--tolerance", type=NON_NEGATIVE, default=REL_TOL,
                    help="relative margin beyond the seeds' band, as a fraction of the mean")
     args = p.parse_args(argv)
     return build(args) if args.action == "build" else compare(args)

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from scripts.checks import COUNT, SEED
 from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_json, write_text
 from scripts.report import markdown_table
 
@@ -104,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(description="Grid or random sweep over a stage's train.py flags, several seeds per setting.")
     p.add_argument("script", help="the train.py to run, e.g. stage5_gpt/train.py")
     p.add_argument("--grid", nargs="+", required=True, help="FLAG=V1,V2,... for each flag to vary")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds to run every setting with")
-    p.add_argument("--random", type=int, default=0, help="try only N settings drawn from the grid (0: all)")
+    p.add_argument("--seeds", nargs="+", type=SEED, default=[0], help="seeds to run every setting with")
+    p.add_argument("--random", type=COUNT, default=0, help="try only N settings drawn from the grid (0: all)")
     p.add_argument("--metric", required=True, help="key of metrics.json's 'metrics' to compare (e.g. val_loss)")
     p.add_argument("--mode", choices=["min", "max"], default="min", help="whether lower or higher is better")
     p.add_argument("--out", required=True, help="folder for the runs, results.json, results.md and sweep.png")
