@@ -738,20 +738,19 @@ def data_candidates(name: str, data_dir: str | None) -> list[Path]:
 def find_local_data(name: str, files: Sequence[str], data_dir: str | None) -> Path | None:
     """The first candidate folder holding every one of `files`, or None (then the caller downloads).
 
-    With `--data_dir`, a folder that holds some of the files but not all is an error naming the missing ones:
-    the user pointed at that copy, so it is never silently replaced by `$MY_LLM_DATA`, a cache or a download."""
+    With `--data_dir`, a folder without the files is an error naming what is missing: the user pointed at that
+    copy, so it is never silently replaced by `$MY_LLM_DATA`, a cache or a download."""
     for folder in data_candidates(name, data_dir):
         if all((folder / f).is_file() for f in files):
             return folder
-    if data_dir is not None:
-        for folder in data_candidates(name, data_dir):
-            present = [f for f in files if (folder / f).is_file()]
-            if present or folder.name == name and folder.is_dir():
-                missing = [f for f in files if f not in present]
-                raise UserError(f"--data_dir: {folder} lacks {', '.join(missing)} of {name}; copy the missing "
-                                f"file{'s' if len(missing) > 1 else ''} there, or leave out --data_dir to use "
-                                f"${DATA_ENV} or a download")
-    return None
+    if data_dir is None:
+        return None
+    folders = data_candidates(name, data_dir)
+    folder = next((f for f in folders if any((f / n).is_file() for n in files)), folders[0])
+    missing = [f for f in files if not (folder / f).is_file()]
+    raise UserError(f"--data_dir: {folder} lacks {', '.join(missing)} of {name}; copy "
+                    f"{'it' if len(missing) == 1 else 'them'} there, or leave out --data_dir to use ${DATA_ENV} "
+                    "or a download")
 
 
 def missing_data_error(name: str, files: Sequence[str], data_dir: str | None, download_error: str) -> UserError:

@@ -183,8 +183,8 @@ def test_data_dir_is_never_swapped_for_the_environment(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="lacks train.jsonl.gz of imdb") as error:
         find_local_data("imdb", ["train.jsonl.gz"], str(tmp_path / "flag"))
     assert str(flag) in str(error.value) and str(env) not in str(error.value)
-    # a --data_dir without the data set's folder at all: the caller may still download (nothing to swap)
-    assert find_local_data("ptb", ["ptb.train.txt.gz"], str(tmp_path / "flag")) is None
+    with pytest.raises(UserError, match=r"flag/ptb lacks ptb.train.txt.gz of ptb"):    # no ptb/ there at all
+        find_local_data("ptb", ["ptb.train.txt.gz"], str(tmp_path / "flag"))
 
 
 def test_relative_data_paths_work_from_another_folder(tmp_path, monkeypatch):

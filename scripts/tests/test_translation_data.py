@@ -43,8 +43,17 @@ def test_tatoeba_malformed_line_and_missing_data(tmp_path, monkeypatch):
     write(tmp_path / "fra_eng_tatoeba" / "fra.txt.gz", ["Go.\tVa !", "no tab here"])
     with pytest.raises(UserError, match=r"fra.txt.gz, line 2: expected 'english<TAB>french'"):
         load_pairs("tatoeba", "train", str(tmp_path))
-    with pytest.raises(UserError, match=r"no local copy of multi30k .* pass --data_dir"):
+    with pytest.raises(UserError, match=r"--data_dir: .*multi30k lacks train.en.gz, train.fr.gz of multi30k"):
         load_pairs("multi30k", "train", str(tmp_path))
+    with pytest.raises(UserError, match=r"no local copy of multi30k .* pass --data_dir"):   # no --data_dir
+        load_pairs("multi30k", "train", None)
+
+
+def test_a_tiny_tatoeba_file_is_refused_naming_it(tmp_path):
+    (tmp_path / "fra_eng_tatoeba").mkdir()
+    write(tmp_path / "fra_eng_tatoeba" / "fra.txt.gz", ["Go.\tVa !", "Hi.\tSalut !", "Run!\tCours !"])
+    with pytest.raises(UserError, match=r"fra.txt.gz holds 3 distinct English sentences; .* need at least 40"):
+        load_pairs("tatoeba", "test", str(tmp_path))
 
 
 def test_split_by_source_groups_translations_of_one_sentence():
