@@ -50,9 +50,17 @@ class RunLock:
 
     NAME = "run.lock"
 
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / self.NAME
+    def __init__(self, folder: Path, name: str = NAME, advice: str = "train into another --out_dir") -> None:
+        self.path = Path(folder) / name
+        self.advice = advice
         self.held = False
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: Path) -> "RunLock":
+        """The lock on a best-checkpoint file: two runs with different run folders but one --checkpoint would
+        otherwise overwrite each other's best model."""
+        checkpoint = Path(checkpoint)
+        return cls(checkpoint.parent, f".{checkpoint.name}.lock", "pass another --checkpoint")
 
     def holder(self) -> dict[str, Any] | None:
         try:
@@ -78,9 +86,11 @@ class RunLock:
                     self.path.unlink(missing_ok=True)       # stale, unreadable, or our own from an earlier main()
                     continue
                 where = "" if holder.get("host") == me["host"] else f" on {holder.get('host')}"
-                raise UserError(f"{display_path(self.path.parent)} is in use by process {holder.get('pid')}{where} "
+                used = display_path(self.path.parent if self.path.name == self.NAME else
+                                    self.path.with_name(self.path.name[1:].removesuffix(".lock")))
+                raise UserError(f"{used} is in use by process {holder.get('pid')}{where} "
                                 f"(`{holder.get('command')}`, since {holder.get('started')}); wait for it to end, "
-                                f"stop it, or train into another --out_dir (delete {self.NAME} if that run is over)")
+                                f"stop it, or {self.advice} (delete {display_path(self.path)} if that run is over)")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(me, f)
             self.held = True
@@ -105,6 +115,9 @@ class ResumableRun:
         self.state = dict(state)
         # the run folder is this process's until it ends (in a data-parallel run, the first process holds it)
         self.lock = RunLock(self.last_path.parent).acquire() if os.environ.get("RANK", "0") == "0" else None
+        best = getattr(args, "checkpoint", None)      # the best model's file, when the program has resolved it
+        self.best_lock = (RunLock.for_checkpoint(Path(best)).acquire()
+                          if isinstance(best, (str, Path)) and self.lock is not None else None)
         # None without --resume; else the checked checkpoint (same stage, model, --dataset and must_match)
         self.resume = load_resume(self.last_path, stage, model, args, must_match, map_location=map_location)
         self._interrupt = StopOnInterrupt()

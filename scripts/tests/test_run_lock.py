@@ -54,3 +54,28 @@ def test_a_lock_of_this_process_or_an_unreadable_one_is_taken_over(tmp_path, cap
                                                    "command": "python train.py", "started": time.ctime()}))
     RunLock(tmp_path).acquire().release()
     assert "was left by process 4194403, which is gone; taking the run folder over" in capsys.readouterr().err
+
+
+HOLD_CHECKPOINT = """
+import sys, time
+from scripts.training import RunLock
+RunLock.for_checkpoint(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_two_runs_into_one_best_checkpoint_are_refused(tmp_path):
+    """Different run folders, one --checkpoint: the second would overwrite the first's best model."""
+    best = tmp_path / "checkpoints" / "best.pt"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CHECKPOINT, str(best)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"best.pt is in use by process {holder.pid} .*pass another --checkpoint"):
+            RunLock.for_checkpoint(best).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RunLock.for_checkpoint(best).acquire()     # the holder is gone: taken over
+    lock.release()
+    assert not lock.path.exists() and not list(best.parent.glob("*.pt"))
