@@ -30,6 +30,7 @@ from typing import Sequence
 
 import torch
 
+from scripts.checks import POSITIVE_INT, THREADS
 from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_json
 from scripts.report import markdown_table, run_script, update_file
 from scripts.report import short_paths as report_short_paths
@@ -255,15 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
                    help="quick: the quick preset, timed; main: default Bahdanau run; heatmaps: attention PNGs of the "
                         "main model; compare: all types; lengths: BLEU by source length")
-    p.add_argument("--compare_epochs", type=int, default=5, help="epochs per attention type in the comparison")
+    p.add_argument("--compare_epochs", type=POSITIVE_INT, default=5, help="epochs per attention type in the comparison")
     p.add_argument("--tables_only", action="store_true",
                    help="only rebuild results/overview.json and the README tables from results/")
     p.add_argument("--data_dir", default=None, help="folder holding multi30k/ (default: $MY_LLM_DATA)")
-    p.add_argument("--num_threads", type=int, default=0,
+    p.add_argument("--num_threads", type=THREADS, default=0,
                    help="passed to every program (0: torch's default, one per core; the timings in the README)")
     args = p.parse_args(argv)
-    if args.num_threads < 0:
-        raise UserError(f"--num_threads must be >= 0, got {args.num_threads}")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():    # checked here, before a program runs
+        raise UserError(f"--data_dir {args.data_dir} is not a folder; pass the folder that holds multi30k/")
     extra = (["--data_dir", args.data_dir] if args.data_dir else []) + (
         ["--num_threads", str(args.num_threads)] if args.num_threads else [])
     if not args.tables_only:

@@ -14,16 +14,19 @@ runs/eval_<checkpoint name>/ (or --out_dir), and metrics.json also to --metrics_
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Sequence
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive, count_params,
-                            get_device, run_main, set_threads, write_metrics, write_text)
+from scripts.checks import COUNT, POSITIVE_INT
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, get_device,
+                            run_main, set_threads, write_metrics, write_text)
 from scripts.translation_data import corpus_scores
-from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs
-from stage3_attention_seq2seq.translator import (CHECKPOINT_HELP, STAGE, STAGE_DIR, check_alpha, check_beam,
-                                                 find_checkpoint, load_model, model_line, translate_sentences)
+from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs, tokenize
+from stage3_attention_seq2seq.translator import (ALPHA, BEAM, CHECKPOINT_HELP, STAGE, STAGE_DIR, check_length,
+                                                 check_writable, find_checkpoint, load_model, model_line,
+                                                 translate_sentences)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,12 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, choices=DATASETS,
                    help="data set to score on (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=SPLITS, help="test = Multi30k test_2016_flickr")
-    p.add_argument("--beam_size", type=int, default=5, help="beam width for the beam-search score")
-    p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (0: none)")
+    p.add_argument("--beam_size", type=BEAM, default=5, help="beam width for the beam-search score, 1 .. 64")
+    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent, 0 (none) .. 10")
     p.add_argument("--unk_replace", action=argparse.BooleanOptionalAction, default=True,
                    help="replace <unk> in the output by the most attended source word")
-    p.add_argument("--batch_size", type=int, default=128, help="sentences translated at once")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N pairs (0: all)")
+    p.add_argument("--batch_size", type=POSITIVE_INT, default=128, help="sentences translated at once")
+    p.add_argument("--limit", type=COUNT, default=0, help="score only the first N pairs (0: all)")
     p.add_argument("--out_dir", default=None, help="where metrics.json and translations.txt go (default: "
                                                    "stage3_attention_seq2seq/runs/eval_<checkpoint name>, "
                                                    "eval_<run>_last for a run's last.pt)")
@@ -48,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "batch_size")
-    check_beam(args.beam_size)
-    check_alpha(args.alpha)
-    if args.limit < 0:
-        raise UserError(f"--limit must be >= 0, got {args.limit}")
     path = find_checkpoint(args.checkpoint)
+    # where the results go is checked before minutes of decoding, so they are never lost at the end
+    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{eval_name(path)}"
+    check_writable(out_dir, "--out_dir", folder=True)
+    if args.metrics_out:
+        check_writable(args.metrics_out, "--metrics_out")
     set_threads(args.num_threads)
     device = get_device(args.device)
     started = time.time()
@@ -65,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pairs = pairs[: args.limit]
     if not pairs:
         raise UserError(f"{dataset} {args.split} has no sentence pairs to score")
+    for number, (source, _) in enumerate(pairs, 1):
+        check_length(tokenize(source), f"{dataset} {args.split} pair {number}")
     print(f"scoring {len(pairs):,} {dataset} {args.split} pairs: greedy, then beam {args.beam_size}", flush=True)
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
 
@@ -87,7 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sum(t.source_tokens.count("<unk>") for t in outputs["beam"])
     metrics["source_unknown_rate"] = round(unknown / max(1, sum(len(t.source_tokens) for t in outputs["beam"])), 4)
 
-    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{eval_name(path)}"
     try:
         write_text(out_dir / "translations.txt", "".join(t.text + "\n" for t in outputs["beam"]))
     except OSError as err:
@@ -98,13 +102,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                   metrics=metrics, params=count_params(model), seconds=time.time() - started,
                   seconds_key="eval_seconds", device=device,
                   extra={"checkpoint": str(path), "attention_type": config.attention_type,
-                         "trained_epochs": ckpt.get("epoch"), "history": ckpt.get("history", [])})
+                         "trained_epochs": ckpt.get("epoch") if isinstance(ckpt.get("epoch"), int) else None,
+                         "history": plain_history(ckpt.get("history"))})
     write_metrics(out_dir / "metrics.json", **common)
     if args.metrics_out:
         write_metrics(Path(args.metrics_out), **common)
     print(f"{metrics['bleu_signature']}\n{metrics['chrf_signature']}")
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'translations.txt'}")
     return 0
+
+
+def plain_history(history: object) -> list:
+    """The checkpoint's training history as metrics.json carries it: a list of rows of plain numbers, or [] when
+    it is anything else (a checkpoint edited by hand or made by another version)."""
+    try:
+        json.dumps(history)
+    except (TypeError, ValueError):
+        return []
+    return history if isinstance(history, list) else []
 
 
 def eval_name(path: Path) -> str:

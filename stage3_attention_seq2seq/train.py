@@ -26,22 +26,25 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args,
-                            check_positive, checkpoint_header, count_params, get_device, run_main, save_checkpoint,
-                            set_seed, set_threads, setup_logging, warmup_cosine, write_metrics)
+from scripts.checks import CLIP, COUNT, FRACTION, NON_NEGATIVE, POSITIVE_INT, Range, check_args
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, checkpoint_header, count_params,
+                            get_device, run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine,
+                            write_metrics)
 from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from scripts.translation_data import corpus_scores
-from stage3_attention_seq2seq.data.translation import (DATASETS, PAD_ID, Vocabulary, bucketed_batches, encode_pairs,
-                                                       load_pairs, num_batches, save_vocabularies, tokenize)
+from stage3_attention_seq2seq.data.translation import (DATASETS, MIN_TOKENS, PAD_ID, Vocabulary, bucketed_batches,
+                                                       encode_pairs, load_pairs, num_batches, save_vocabularies,
+                                                       tokenize)
 from stage3_attention_seq2seq.models.attention import ATTENTION_TYPES
-from stage3_attention_seq2seq.models.seq2seq import Seq2Seq, Seq2SeqConfig
-from stage3_attention_seq2seq.translator import MODEL_NAME, STAGE, translate_sentences
+from stage3_attention_seq2seq.models.seq2seq import MAX_DIM, Seq2Seq, Seq2SeqConfig
+from stage3_attention_seq2seq.translator import MODEL_NAME, STAGE, model_from_ckpt, translate_sentences
 
 STAGE_DIR = Path(__file__).resolve().parent
 # flags that decide the data order, the model or the schedule: a resumed run must keep them (--epochs may grow)
 RESUME_MUST_MATCH = ("attention_type", "impl", "batch_size", "limit", "max_len", "min_freq", "seed", "lr",
-                     "warmup_steps", "teacher_forcing", "teacher_forcing_end", "embed_dim", "hidden_dim")
+                     "warmup_steps", "teacher_forcing", "teacher_forcing_end", "embed_dim", "hidden_dim",
+                     "attention_dim", "dropout", "tie_embeddings")
 # the good settings of each --preset (flags left unset take these). default: the stage's main model, about
 # 26 minutes on 2 CPU cores; quick: a smaller model (a smaller vocabulary above all: the output layer over
 # every French word costs most of a step) for 3 epochs at a higher learning rate, about 2 minutes
@@ -51,6 +54,20 @@ PRESETS: dict[str, dict[str, Any]] = {
                     dropout=0.3, min_freq=2, warmup_steps=200),
     "quick": dict(epochs=3, lr=5e-3, batch_size=128, embed_dim=128, hidden_dim=64, attention_dim=64,
                   dropout=0.1, min_freq=5, warmup_steps=100),
+}
+# the allowed values of the flags (scripts/checks.py), checked while parsing, and again after --preset fills them in
+RANGES = {
+    "epochs": POSITIVE_INT,
+    "lr": Range(float, lo=0, lo_open=True, hi=1),              # AdamW steps of more than 1 per weight make no sense
+    "batch_size": POSITIVE_INT,
+    "embed_dim": Range(int, lo=1, hi=MAX_DIM), "hidden_dim": Range(int, lo=1, hi=MAX_DIM),
+    "attention_dim": Range(int, lo=1, hi=MAX_DIM),
+    "dropout": FRACTION, "label_smoothing": FRACTION,
+    "teacher_forcing": Range(float, lo=0, hi=1), "teacher_forcing_end": Range(float, lo=0, hi=1),
+    "min_freq": POSITIVE_INT,
+    "max_len": Range(int, lo=1, zero_means="no limit"),
+    "limit": COUNT, "val_limit": COUNT, "warmup_steps": COUNT, "max_steps": COUNT,
+    "weight_decay": NON_NEGATIVE, "clip": CLIP,
 }
 # the sentence translated (greedy) after every epoch, so the log shows the model learning
 SAMPLE_SENTENCE = "A man in a blue shirt is playing the guitar."
@@ -69,46 +86,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention_type", default="bahdanau", choices=ATTENTION_TYPES,
                    help="bahdanau (additive), luong_dot / luong_general / luong_concat, or none (fixed vector)")
     p.add_argument("--dataset", default="multi30k", choices=DATASETS, help="sentence pairs to train on")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=RANGES["epochs"], default=None,
                    help="passes over the training pairs " + preset_default("epochs"))
-    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate " + preset_default("lr"))
-    p.add_argument("--batch_size", type=int, default=None,
+    p.add_argument("--lr", type=RANGES["lr"], default=None,
+                   help="peak AdamW learning rate, in (0, 1] " + preset_default("lr"))
+    p.add_argument("--batch_size", type=RANGES["batch_size"], default=None,
                    help="sentence pairs per batch " + preset_default("batch_size"))
-    p.add_argument("--teacher_forcing_end", type=float, default=1.0,
+    p.add_argument("--teacher_forcing_end", type=RANGES["teacher_forcing_end"], default=1.0,
                    help="share of true previous words fed in the last epoch (< 1: scheduled sampling, e.g. 0.8)")
 
     model = p.add_argument_group("model")
     model.add_argument("--impl", default="scratch", choices=["scratch", "torch"],
                        help="recurrent parts: scratch (models/rnn.py) or torch (nn.GRU, nn.GRUCell)")
-    model.add_argument("--embed_dim", type=int, default=None,
+    model.add_argument("--embed_dim", type=RANGES["embed_dim"], default=None,
                        help="word embedding size, also the readout size " + preset_default("embed_dim"))
-    model.add_argument("--hidden_dim", type=int, default=None,
+    model.add_argument("--hidden_dim", type=RANGES["hidden_dim"], default=None,
                        help="encoder GRU size per direction; the decoder state is twice it "
                             + preset_default("hidden_dim"))
-    model.add_argument("--attention_dim", type=int, default=None,
+    model.add_argument("--attention_dim", type=RANGES["attention_dim"], default=None,
                        help="hidden size of additive attention " + preset_default("attention_dim"))
-    model.add_argument("--dropout", type=float, default=None,
+    model.add_argument("--dropout", type=RANGES["dropout"], default=None,
                        help="dropout on embeddings and the readout " + preset_default("dropout"))
     model.add_argument("--tie_embeddings", action=argparse.BooleanOptionalAction, default=True,
                        help="the output layer shares the target embedding matrix")
 
     data = p.add_argument_group("vocabulary and data")
-    data.add_argument("--min_freq", type=int, default=None,
+    data.add_argument("--min_freq", type=RANGES["min_freq"], default=None,
                       help="words seen fewer times in training become <unk> " + preset_default("min_freq"))
-    data.add_argument("--max_len", type=int, default=60, help="drop training pairs longer than this many tokens")
-    data.add_argument("--limit", type=int, default=0, help="use only the first N training pairs (0: all)")
-    data.add_argument("--val_limit", type=int, default=0, help="score only the first N validation pairs (0: all)")
+    data.add_argument("--max_len", type=RANGES["max_len"], default=60,
+                      help="drop training pairs longer than this many tokens (0: keep all)")
+    data.add_argument("--limit", type=RANGES["limit"], default=0, help="use only the first N training pairs (0: all)")
+    data.add_argument("--val_limit", type=RANGES["val_limit"], default=0,
+                      help="score only the first N validation pairs (0: all)")
 
     training = p.add_argument_group("training")
-    training.add_argument("--teacher_forcing", type=float, default=1.0,
+    training.add_argument("--teacher_forcing", type=RANGES["teacher_forcing"], default=1.0,
                           help="share of true previous words fed in the first epoch (linear to --teacher_forcing_end)")
-    training.add_argument("--warmup_steps", type=int, default=None,
+    training.add_argument("--warmup_steps", type=RANGES["warmup_steps"], default=None,
                           help="linear warm-up steps, then cosine decay to 10%% of --lr "
                                + preset_default("warmup_steps"))
-    training.add_argument("--weight_decay", type=float, default=0.0, help="AdamW decoupled weight decay")
-    training.add_argument("--clip", type=float, default=1.0, help="clip the gradient norm to this")
-    training.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
-    training.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    training.add_argument("--weight_decay", type=RANGES["weight_decay"], default=0.0,
+                          help="AdamW decoupled weight decay")
+    training.add_argument("--clip", type=RANGES["clip"], default=1.0,
+                          help="clip the gradient norm to this (0: no clipping)")
+    training.add_argument("--label_smoothing", type=RANGES["label_smoothing"], default=0.1,
+                          help="label smoothing of the cross-entropy")
+    training.add_argument("--max_steps", type=RANGES["max_steps"], default=0,
+                          help="stop after this many steps (0: no limit)")
 
     add_output_args(p, "where to write the best model (default: stage3_attention_seq2seq/checkpoints/"
                         "best_attention_model.pt for bahdanau, else best_<attention_type>_model.pt there; "
@@ -125,22 +149,18 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    check_positive(args, "embed_dim", "hidden_dim", "attention_dim", "min_freq", "batch_size", "epochs")
-    for flag in ("lr", "clip"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"--{flag} must be > 0, got {getattr(args, flag)}")
-    for flag in ("max_len", "warmup_steps", "max_steps", "limit", "val_limit"):
-        if getattr(args, flag) < 0:
-            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    for flag in ("dropout", "label_smoothing"):
-        if not 0.0 <= getattr(args, flag) < 1.0:
-            raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
-    for flag in ("teacher_forcing", "teacher_forcing_end"):
-        if not 0.0 <= getattr(args, flag) <= 1.0:
-            raise UserError(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
+    check_args(args, **RANGES)
+    if args.lr * args.weight_decay >= 1:     # AdamW multiplies each weight by (1 - lr * weight_decay) every step
+        raise UserError(f"--lr {args.lr} times --weight_decay {args.weight_decay} must be below 1 (else every step "
+                        "flips or zeroes the weights); use a --weight_decay below 1, e.g. 0.01")
     checkpoint, run = default_names(args.attention_type, args.dataset, args.preset)
     args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / checkpoint)
     args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / run)
+    best, last = Path(args.checkpoint), Path(args.out_dir) / "last.pt"
+    if best.is_dir():
+        raise UserError(f"--checkpoint {best} is a folder; give the file name of the model to write")
+    if best.absolute() == last.absolute():
+        raise UserError(f"--checkpoint {best} is the run's own last.pt; give the best model another name")
     return args
 
 
@@ -165,15 +185,18 @@ class Corpus:
     tgt_vocab: Vocabulary
 
 
-def load_corpus(args: argparse.Namespace, resume: dict[str, Any] | None, log: Any) -> Corpus:
+def load_corpus(args: argparse.Namespace, vocabularies: tuple[Vocabulary, Vocabulary] | None, log: Any) -> Corpus:
     """Read the sentence pairs; build the vocabularies from the training pairs (a resumed run keeps its own)."""
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)[: args.limit or None]
     valid_pairs = load_pairs(args.dataset, "valid", args.data_dir)[: args.val_limit or None]
-    if resume:
-        src_vocab, tgt_vocab = Vocabulary.from_dict(resume["src_vocab"]), Vocabulary.from_dict(resume["tgt_vocab"])
+    if vocabularies:
+        src_vocab, tgt_vocab = vocabularies
     else:
         src_vocab = Vocabulary.build([tokenize(s) for s, _ in train_pairs], args.min_freq)
         tgt_vocab = Vocabulary.build([tokenize(t) for _, t in train_pairs], args.min_freq)
+        if min(len(src_vocab), len(tgt_vocab)) < MIN_TOKENS:
+            raise UserError(f"no word is seen --min_freq {args.min_freq} times in the {len(train_pairs):,} "
+                            "training pairs; lower --min_freq or raise --limit")
     train = encode_pairs(train_pairs, src_vocab, tgt_vocab, args.max_len)
     if not train:
         raise UserError(f"no training pairs left (of {len(train_pairs):,}) after --limit/--max_len; loosen them")
@@ -220,7 +243,8 @@ def train_one_epoch(args: argparse.Namespace, model: Seq2Seq, optimizer: torch.o
         loss = sequence_loss(logits, batch.tgt, args.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        if args.clip:                                    # 0: no clipping
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
 
         batch_tokens = int((batch.tgt != PAD_ID).sum())
@@ -292,11 +316,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", must_match=RESUME_MUST_MATCH, state={
         "epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best_val_bleu": -1.0, "best_epoch": 0, "history": [],
         "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_tokens": 0})
+    resumed = resumed_model(run) if run.resume else None
+    best_path.parent.mkdir(parents=True, exist_ok=True)      # a --checkpoint that cannot be written fails now
     log = setup_logging(out_dir)
-    corpus = load_corpus(args, run.resume, log)
+    corpus = load_corpus(args, resumed[1:] if resumed else None, log)
 
     set_seed(args.seed)
-    model = Seq2Seq(Seq2SeqConfig(**run.resume["config"]) if run.resume else model_config(args, corpus)).to(device)
+    config = model_config(args, corpus)
+    if resumed and resumed[0].config != config:
+        saved, now = resumed[0].config.to_dict(), config.to_dict()
+        differ = ", ".join(f"{k} {saved[k]} (flags make {now[k]})" for k in now if saved[k] != now[k])
+        raise UserError(f"--resume: {run.last_path} holds a model config its flags do not make ({differ}); "
+                        "it was edited or pieced together: start a new run with another --out_dir")
+    model = Seq2Seq(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     log.info(f"attention {model.config.attention_type} ({model.config.impl}): {count_params(model):,} parameters, "
              f"{model.config}")
@@ -313,10 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_checkpoint(best_path, {**payload(), "model_state": {k: v.detach().cpu() for k, v in
                                                                  model.state_dict().items()},
                                     **{k: run.state[k] for k in ("epoch", "best_val_bleu", "history")}})
+        # beside the model it belongs to, written with it: an earlier model's vocabulary is never replaced before
+        save_vocabularies(best_path.with_suffix(".vocab.json"), corpus.src_vocab, corpus.tgt_vocab)
 
-    if run.attach(model, optimizer, payload, extra_state=lambda: {"wall_seconds": wall_seconds()}):
-        log.info(f"resumed at epoch {run.state['epoch'] + 1}, batch {run.state['batch_in_epoch']}")
-    save_vocabularies(best_path.with_suffix(".vocab.json"), corpus.src_vocab, corpus.tgt_vocab)
+    try:
+        if run.attach(model, optimizer, payload, extra_state=lambda: {"wall_seconds": wall_seconds()}):
+            log.info(f"resumed at epoch {run.state['epoch'] + 1}, batch {run.state['batch_in_epoch']}")
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise UserError(f"--resume: {run.last_path} holds a training state this version cannot restore "
+                        f"({' '.join(str(err).split())[:100]}); start a new run with another --out_dir") from None
 
     total_steps = args.epochs * num_batches(len(corpus.train), args.batch_size)
     total_steps = min(total_steps, args.max_steps) if args.max_steps else total_steps
@@ -340,6 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report(args, run, model, corpus, device, wall_seconds(), log)
     run.save()      # last.pt carries at least the wall time reported, so a resumed run's total adds on to it
     return 0
+
+
+def resumed_model(run: ResumableRun) -> tuple[Seq2Seq, Vocabulary, Vocabulary]:
+    """The model and vocabularies of the last.pt that --resume continues, each checked (translator.model_from_ckpt)
+    before anything is built from it."""
+    return model_from_ckpt(run.last_path, run.resume)
 
 
 # the panels of curves.png: losses, validation BLEU, speed

@@ -3,6 +3,7 @@
     python stage3_attention_seq2seq/translate.py "A man is riding a bike down the street."
     python stage3_attention_seq2seq/translate.py "Two dogs play in the snow." --heatmap attention.png
     python stage3_attention_seq2seq/translate.py --input sentences.en --output sentences.fr
+    cat sentences.en | python stage3_attention_seq2seq/translate.py --input -     # one sentence per line from stdin
     python stage3_attention_seq2seq/translate.py --interactive          # type sentences; :help lists commands
 (the same commands work from inside stage3_attention_seq2seq/ as `python translate.py ...`)
 
@@ -14,35 +15,41 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive, get_device,
-                            run_main, set_threads, write_text)
+from scripts.checks import POSITIVE_INT
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, clean_text, get_device,
+                            read_text, run_main, set_threads, write_text)
 from scripts.repl import Repl
 from stage3_attention_seq2seq.data.translation import EOS, UNK, Vocabulary, split_lines, tokenize
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq
-from stage3_attention_seq2seq.translator import (CHECKPOINT_HELP, Translation, check_alpha, check_beam,
-                                                 find_checkpoint, load_model, model_line, translate_sentences)
+from stage3_attention_seq2seq.translator import (ALPHA, BEAM, CHECKPOINT_HELP, Translation, check_length,
+                                                 check_writable, find_checkpoint, load_model, model_line,
+                                                 translate_sentences)
 
 NO_ATTENTION = "this model has no attention weights to draw (--attention_type none)"
+HEATMAP_FORMATS = (".png", ".pdf", ".svg")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Translate English to French with a trained stage 3 model.")
     p.add_argument("sentence", nargs="*", help="English text to translate (one sentence)")
     add_checkpoint_arg(p, None, CHECKPOINT_HELP)
-    p.add_argument("--input", default=None, help="translate this file, one sentence per line (default: none)")
+    p.add_argument("--input", default=None,
+                   help="translate this file, one sentence per line; - reads stdin (default: none)")
     p.add_argument("--output", default=None, help="write the file's translations here (default: stdout)")
     p.add_argument("--interactive", action="store_true", help="type sentences at a prompt (:help lists commands)")
-    p.add_argument("--beam_size", type=int, default=5, help="beam width (1: greedy)")
-    p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (0: none)")
+    p.add_argument("--beam_size", type=BEAM, default=5, help="beam width, 1 (greedy) .. 64")
+    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent, 0 (none) .. 10")
     p.add_argument("--unk_replace", action=argparse.BooleanOptionalAction, default=True,
                    help="replace <unk> in the output by the most attended source word")
-    p.add_argument("--batch_size", type=int, default=64, help="sentences per batch with --input")
-    p.add_argument("--heatmap", default=None, help="save the sentence's attention weights as this PNG (default: none)")
+    p.add_argument("--batch_size", type=POSITIVE_INT, default=64, help="sentences per batch with --input")
+    p.add_argument("--heatmap", default=None,
+                   help="save the sentence's attention weights as this .png, .pdf or .svg (default: none)")
     add_common_args(p, seed_help="unused: greedy and beam search draw no random numbers")
     return p
 
@@ -52,6 +59,7 @@ def check_known(sentence: str, src_vocab: Vocabulary) -> list[str]:
     tokens = tokenize(sentence)
     if not tokens:
         raise UserError("empty sentence: type some English to translate")
+    check_length(tokens, "that sentence")
     unknown = [t for t in tokens if t not in src_vocab.stoi]
     if len(unknown) == len(tokens):
         raise UserError(f"none of the words of {sentence!r} is in the model's English vocabulary; "
@@ -70,48 +78,53 @@ def draw_heatmap(translation: Translation, path: str | Path, title: str = "") ->
     weights = translation.attention.numpy()
     rows, cols = translation.tokens + [EOS], translation.source_tokens + [EOS]
     fig, ax = plt.subplots(figsize=(0.45 * len(cols) + 2, 0.4 * len(rows) + 1.5))
-    ax.imshow(weights[: len(rows), : len(cols)], cmap="viridis", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right")
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_xlabel("English (source)")
-    ax.set_ylabel("French (output)")
-    ax.set_title(title or translation.text, fontsize=9)
-    fig.tight_layout()
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        # words are drawn as typed: "$" is not the start of a formula, and a character the font lacks is a box
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Glyph .* missing")
+            ax.imshow(weights[: len(rows), : len(cols)], cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", parse_math=False)
+            ax.set_yticks(range(len(rows)), rows, parse_math=False)
+            ax.set_xlabel("English (source)")
+            ax.set_ylabel("French (output)")
+            ax.set_title(title or translation.text, fontsize=9, parse_math=False)
+            fig.tight_layout()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=120)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot write the heatmap {path} ({err})") from None
+        raise UserError(f"cannot write the heatmap {path} ({getattr(err, 'strerror', None) or err})") from None
     finally:
         plt.close(fig)
     return path
 
 
+def check_heatmap(text: str, name: str = "--heatmap") -> Path:
+    """A heatmap file name that can be written and names a format matplotlib draws (checked before any work)."""
+    if Path(text).suffix.lower() not in HEATMAP_FORMATS:
+        raise UserError(f"{name} {text[:100]!r}: the file name must end in {', '.join(HEATMAP_FORMATS)}")
+    return check_writable(text, name)
+
+
 def translate_one(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, sentence: str, device: torch.device,
-                  beam: int, alpha: float, unk_replace: bool, heatmap: str | None) -> str:
-    """One sentence; unknown words are named on stderr, the attention drawn to `heatmap` if given."""
+                  beam: int, alpha: float, unk_replace: bool, heatmap: str | None,
+                  show: Callable[[str], None] = print) -> None:
+    """One sentence, shown through `show`; unknown words are named on stderr, then the attention drawn to
+    `heatmap` if given (the translation is shown first: a heatmap that cannot be written does not lose it)."""
     unknown = check_known(sentence, src_vocab)
     if unknown:
-        print(f"note: unknown words read as {UNK}: {' '.join(unknown)}", file=sys.stderr)
+        print(f"note: unknown words read as {UNK}: {' '.join(unknown)[:500]}", file=sys.stderr)
     result = translate_sentences(model, src_vocab, tgt_vocab, [sentence], device, beam, alpha,
                                  return_attention=heatmap is not None and model.attention is not None,
                                  unk_replace=unk_replace)[0]
+    show(result.text)
     if heatmap:
         print(f"attention heatmap: {draw_heatmap(result, heatmap)}", file=sys.stderr)
-    return result.text
 
 
-def translate_file(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, args: argparse.Namespace,
-                   device: torch.device) -> None:
+def translate_file(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, lines: list[str],
+                   args: argparse.Namespace, device: torch.device) -> None:
     """Line i of --output translates line i of --input; an empty input line gives an empty output line."""
-    path = Path(args.input)
-    if not path.is_file():
-        raise UserError(f"--input {path} does not exist")
-    try:
-        lines = split_lines(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"--input {path} is not UTF-8 text") from None
     todo = [i for i, line in enumerate(lines) if tokenize(line)]
     results = translate_sentences(model, src_vocab, tgt_vocab, [lines[i] for i in todo], device, args.beam_size,
                                   args.alpha, args.batch_size, unk_replace=args.unk_replace, progress=True)
@@ -131,6 +144,19 @@ def translate_file(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary,
         sys.stdout.write(text)
 
 
+def read_input(name: str) -> list[str]:
+    """The lines of --input: a UTF-8 text file (gzipped or not; a damaged one is named with its line), or stdin
+    for "-" (undecodable bytes there become U+FFFD, and the user is told once). A line too long to translate is
+    refused before any work, with its number."""
+    if name == "-":
+        where, lines = "stdin", split_lines(clean_text(sys.stdin.read(), "stdin"))
+    else:
+        where, lines = f"--input {name}", split_lines(read_text(name, "--input"))
+    for number, line in enumerate(lines, 1):
+        check_length(tokenize(line), f"{where}, line {number}")
+    return lines
+
+
 def interactive(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, args: argparse.Namespace,
                 device: torch.device) -> int:
     """A prompt loop through the course's Repl: :beam and :alpha set the search, :heatmap FILE.png|off the drawing."""
@@ -145,18 +171,21 @@ def interactive(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, ar
         elif model.attention is None:
             return f"(:heatmap kept off: {NO_ATTENTION})"
         else:
-            heatmap["path"] = value
+            try:
+                heatmap["path"] = str(check_heatmap(value, ":heatmap"))
+            except UserError as err:
+                return f"(:heatmap kept {heatmap['path'] or 'off'}: {err})"
         return f"heatmap = {heatmap['path'] or 'off'}"
 
     repl = Repl({"beam": args.beam_size, "alpha": args.alpha},
-                extra_settings={"alpha": (lambda text: check_alpha(float(text), "alpha"),
-                                          "length penalty exponent (0 = none)")},
+                extra_settings={"alpha": (lambda text: ALPHA.check(text, "alpha"),
+                                          "length penalty exponent, 0 (none) .. 10")},
                 extra_commands={"heatmap": (set_heatmap,
                                             "FILE.png: draw each translation's attention there; off: stop")})
 
     def answer(line: str) -> None:
-        print("fr> " + translate_one(model, src_vocab, tgt_vocab, line, device, repl.settings["beam"],
-                                     repl.settings["alpha"], args.unk_replace, heatmap["path"]))
+        translate_one(model, src_vocab, tgt_vocab, line, device, repl.settings["beam"], repl.settings["alpha"],
+                      args.unk_replace, heatmap["path"], show=lambda text: print("fr> " + text))
 
     banner = (f"English -> French ({model.config.attention_type} attention, beam {args.beam_size}). "
               "Type a sentence; :help lists the commands, :quit (or Ctrl-D) leaves.")
@@ -165,13 +194,19 @@ def interactive(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, ar
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "batch_size")
-    check_beam(args.beam_size)
-    check_alpha(args.alpha)
     if sum([bool(args.sentence), args.input is not None, args.interactive]) != 1:
         raise UserError("give one of: a sentence, --input FILE, or --interactive")
     if args.heatmap and args.input is not None:
         raise UserError("--heatmap draws one sentence; give a sentence (or use :heatmap in --interactive)")
+    if args.output is not None and args.input is None:
+        raise UserError("--output holds the translations of --input FILE; give --input too")
+    if args.sentence:
+        check_length(tokenize(" ".join(args.sentence)), "the sentence")
+    if args.heatmap:
+        check_heatmap(args.heatmap)
+    if args.output:
+        check_writable(args.output, "--output")
+    lines = read_input(args.input) if args.input is not None else []     # read and checked before the model loads
     path = find_checkpoint(args.checkpoint)
     set_threads(args.num_threads)
     device = get_device(args.device)
@@ -180,12 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.heatmap and model.attention is None:
         raise UserError(f"{NO_ATTENTION}; drop --heatmap")
     if args.input is not None:
-        translate_file(model, src_vocab, tgt_vocab, args, device)
+        translate_file(model, src_vocab, tgt_vocab, lines, args, device)
     elif args.interactive:
         return interactive(model, src_vocab, tgt_vocab, args, device)
     else:
-        print(translate_one(model, src_vocab, tgt_vocab, " ".join(args.sentence), device, args.beam_size,
-                            args.alpha, args.unk_replace, args.heatmap))
+        translate_one(model, src_vocab, tgt_vocab, " ".join(args.sentence), device, args.beam_size, args.alpha,
+                      args.unk_replace, args.heatmap)
     return 0
 
 

@@ -2,7 +2,7 @@
 sentences in length-sorted batches (scored by `scripts.translation_data.corpus_scores`)."""
 from __future__ import annotations
 
-import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,9 +10,12 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from scripts.common import UserError, describe_model, find_model, load_checkpoint
-from scripts.repl import check_setting
+from scripts.common import (UserError, check_vocab_fits, config_from_checkpoint, describe_model, find_model,
+                            load_checkpoint, model_from_checkpoint)
+from scripts.checks import Range
+from scripts.repl import SETTING_RANGES
 from stage3_attention_seq2seq.data.translation import (
+    DATASETS,
     EOS_ID,
     UNK,
     Vocabulary,
@@ -22,7 +25,7 @@ from stage3_attention_seq2seq.data.translation import (
     tokenize,
 )
 from stage3_attention_seq2seq.models.search import beam_search, greedy_decode
-from stage3_attention_seq2seq.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from stage3_attention_seq2seq.models.seq2seq import MAX_DIM, MAX_VOCAB, Seq2Seq, Seq2SeqConfig
 
 STAGE = "stage3_attention_seq2seq"
 MODEL_NAME = "seq2seq_attention"
@@ -44,19 +47,18 @@ class Translation:
     attention: torch.Tensor | None = None   # (len(tokens) + 1, len(source_tokens) + 1), <eos> rows/cols included
 
 
-def check_beam(value: int, name: str = "--beam_size") -> int:
-    """The beam width a user asked for: the same rule as the REPL's `:beam` (1 = greedy, at most 64)."""
-    try:
-        return check_setting("beam", value)
-    except UserError as err:
-        raise UserError(str(err).replace("beam", name, 1)) from None
+# the search settings, checked the same way on the command line (`type=BEAM`) and at the prompt (:beam, :alpha)
+BEAM = SETTING_RANGES["beam"]                                                  # 1 (greedy) .. 64
+ALPHA = Range(float, lo=0, lo_open=True, hi=10, zero_means="no length penalty")
+# the longest sentence translated at once: the training pairs have at most --max_len 60 tokens, and decoding cost
+# grows with the length (a pasted page would take minutes and mean nothing)
+MAX_SOURCE_TOKENS = 200
 
 
-def check_alpha(value: float, name: str = "--alpha") -> float:
-    """The length penalty exponent: finite, between 0 (no penalty) and 10."""
-    if not (math.isfinite(value) and 0.0 <= value <= 10.0):
-        raise UserError(f"{name} must be between 0 (no length penalty) and 10, got {value}")
-    return value
+def check_length(tokens: Sequence[str], where: str) -> None:
+    if len(tokens) > MAX_SOURCE_TOKENS:
+        raise UserError(f"{where} has {len(tokens):,} words and marks; this model translates at most "
+                        f"{MAX_SOURCE_TOKENS} at once: split it into sentences")
 
 
 def find_checkpoint(given: str | None) -> Path:
@@ -78,14 +80,28 @@ def model_line(path: str | Path, ckpt: dict[str, Any]) -> str:
 def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Vocabulary, Vocabulary, dict[str, Any]]:
     """A trained model in eval mode, its two vocabularies and the checkpoint dict."""
     ckpt = load_checkpoint(path, STAGE, [MODEL_NAME], map_location="cpu")
-    try:
-        model = Seq2Seq(Seq2SeqConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["model_state"])
-        src_vocab, tgt_vocab = Vocabulary.from_dict(ckpt["src_vocab"]), Vocabulary.from_dict(ckpt["tgt_vocab"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as err:
-        reason = str(err).splitlines()[0][:120]
-        raise UserError(f"{path} does not hold a complete stage 3 model ({reason}); retrain it") from None
+    model, src_vocab, tgt_vocab = model_from_ckpt(path, ckpt)
     return model.to(device).eval(), src_vocab, tgt_vocab, ckpt
+
+
+def model_from_ckpt(path: str | Path, ckpt: dict[str, Any]) -> tuple[Seq2Seq, Vocabulary, Vocabulary]:
+    """The model and vocabularies a checkpoint holds, each part checked before anything is allocated from it: the
+    config (exact keys, sizes within models/seq2seq.py's limits), the data set it names, both vocabularies (a
+    list of distinct tokens, specials first, as long as the model's embeddings), then the weights' names and
+    shapes (built on the meta device first). An edited checkpoint, or one made by another version, ends in one
+    line naming the file and what is wrong, never in a traceback or a huge allocation."""
+    config = config_from_checkpoint(path, ckpt.get("config"), Seq2SeqConfig,
+                                    limits={"src_vocab_size": MAX_VOCAB, "tgt_vocab_size": MAX_VOCAB,
+                                            "embed_dim": MAX_DIM, "hidden_dim": MAX_DIM, "attention_dim": MAX_DIM})
+    if ckpt.get("dataset") not in DATASETS:
+        raise UserError(f"{path} names the data set {str(ckpt.get('dataset'))[:40]!r}, not one of "
+                        f"{', '.join(DATASETS)}; retrain the model")
+    src_vocab = Vocabulary.from_dict(ckpt.get("src_vocab"), f"{path}: its source vocabulary")
+    tgt_vocab = Vocabulary.from_dict(ckpt.get("tgt_vocab"), f"{path}: its target vocabulary")
+    check_vocab_fits(path, len(src_vocab), config.src_vocab_size, "source vocabulary")
+    check_vocab_fits(path, len(tgt_vocab), config.tgt_vocab_size, "target vocabulary")
+    model = model_from_checkpoint(path, lambda: Seq2Seq(config), ckpt.get("model_state"))
+    return model, src_vocab, tgt_vocab
 
 
 @torch.no_grad()
@@ -145,3 +161,34 @@ def replace_unknowns(tokens: list[str], source_tokens: list[str],
         out.append(token)
         kept.append(i)
     return out, kept
+
+
+def check_writable(path: str | Path, name: str, folder: bool = False) -> Path:
+    """Refuse, before any work, an output path that cannot be written (a folder in the way, a parent that is a
+    file, no permission, a name too long...), so a long evaluation or translation never ends in a lost result.
+    Probes by creating (and removing) a file: in the folder that will hold the output, or in its nearest existing
+    ancestor when that folder is still to be made. An existing file is opened for appending and left unchanged."""
+    path = Path(path)
+    try:
+        if folder:
+            target = path
+        else:
+            if path.is_dir():
+                raise UserError(f"{name} {path} is a folder; give a file name")
+            target = path.parent
+        existing = next(p for p in [target.absolute(), *target.absolute().parents] if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"{name} {path}: {existing} is not a folder")
+        if not folder and existing == target.absolute():
+            created = not path.exists()
+            with open(path, "ab"):
+                pass
+            if created:
+                path.unlink()
+        else:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+    except (OSError, ValueError) as err:       # ValueError: a NUL character in the path
+        reason = getattr(err, "strerror", None) or str(err)
+        raise UserError(f"{name} {str(path)[:200]} cannot be written ({reason})") from None
+    return path

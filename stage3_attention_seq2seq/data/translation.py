@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -26,6 +26,8 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 GLUE = "##"
+MIN_TOKENS, MAX_TOKENS = 5, 1 << 20        # a vocabulary holds the specials and some words (models/seq2seq.py's limits)
+MAX_TOKEN_CHARS = 1000                      # a word of the corpora has at most a few dozen characters
 # an elided word ("l'", "qu'": letters, then an apostrophe right before another word), a word, or one mark
 _TOKEN = re.compile(r"\w+['’](?=\w)|\w+|[^\w\s]")
 
@@ -88,27 +90,61 @@ class Vocabulary:
     def build(cls, sentences: Sequence[list[str]], min_freq: int = 2) -> "Vocabulary":
         """Tokens seen at least `min_freq` times, most frequent first (ties in first-seen order)."""
         counts = Counter(token for sentence in sentences for token in sentence)
-        return cls(list(SPECIALS) + [t for t, n in counts.most_common() if n >= min_freq], min_freq)
+        # a "word" of thousands of letters (a damaged line) stays <unk>; so do the rarest words beyond MAX_TOKENS
+        words = [t for t, n in counts.most_common() if n >= min_freq and len(t) <= MAX_TOKEN_CHARS]
+        return cls(list(SPECIALS) + words[: MAX_TOKENS - len(SPECIALS)], min_freq)
 
     def encode(self, tokens: Sequence[str]) -> list[int]:
         return [self.stoi.get(token, UNK_ID) for token in tokens]
 
     def decode(self, ids: Sequence[int]) -> list[str]:
-        """Ids to tokens, stopping at <eos> and dropping <bos>/<pad>."""
+        """Ids to tokens, stopping at <eos> and dropping <bos>/<pad>; an id the vocabulary lacks reads as <unk>."""
         tokens = []
         for i in ids:
             if i == EOS_ID:
                 break
             if i not in (PAD_ID, BOS_ID):
-                tokens.append(self.itos[i])
+                tokens.append(self.itos[i] if 0 <= i < len(self.itos) else UNK)
         return tokens
 
     def to_dict(self) -> dict:
         return {"min_freq": self.min_freq, "itos": self.itos}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Vocabulary":
-        return cls(list(data["itos"]), int(data.get("min_freq", 1)))
+    def from_dict(cls, data: Any, where: str = "vocabulary") -> "Vocabulary":
+        """A vocabulary saved by `to_dict` (in a checkpoint or a .vocab.json file), after checking what a hand edit
+        or another program could have broken: `where` names it in the one-line error ("ckpt.pt: source vocabulary")."""
+        def bad(reason: str) -> UserError:
+            return UserError(f"{where} {reason}; retrain the model (or restore the file) to get a whole one")
+
+        if not isinstance(data, dict) or not isinstance(data.get("itos"), list):
+            raise bad("is not a dict with an 'itos' list of tokens")
+        itos, min_freq = data["itos"], data.get("min_freq", 1)
+        if not MIN_TOKENS <= len(itos) <= MAX_TOKENS:
+            raise bad(f"has {len(itos):,} entries; it needs between {MIN_TOKENS} and {MAX_TOKENS:,}")
+        if list(itos[:4]) != list(SPECIALS):
+            raise bad(f"must start with {list(SPECIALS)}, got {str(itos[:4])[:80]}")
+        for i, token in enumerate(itos):
+            if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS or not is_utf8(token):
+                raise bad(f"entry {i} is not a token (a non-empty UTF-8 string of at most {MAX_TOKEN_CHARS} "
+                          f"characters): {str(token)[:40]!r}")
+        seen: dict[str, int] = {}
+        for i, token in enumerate(itos):
+            if token in seen:
+                raise bad(f"holds {token[:40]!r} twice (entries {seen[token]} and {i})")
+            seen[token] = i
+        if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
+            raise bad(f"has min_freq {str(min_freq)[:40]!r}; it must be an integer >= 1")
+        return cls(list(itos), min_freq)
+
+
+def is_utf8(text: str) -> bool:
+    """False for a string holding lone surrogates (bytes that were not UTF-8): it could not be written to JSON."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def save_vocabularies(path: Path, src: Vocabulary, tgt: Vocabulary) -> None:
@@ -117,12 +153,12 @@ def save_vocabularies(path: Path, src: Vocabulary, tgt: Vocabulary) -> None:
 
 
 def load_vocabularies(path: str | Path) -> tuple[Vocabulary, Vocabulary]:
+    """The two vocabularies of a `.vocab.json` file train.py wrote beside its checkpoint, checked."""
     data = read_json(path, "vocabulary file")
-    try:
-        return Vocabulary.from_dict(data["source"]), Vocabulary.from_dict(data["target"])
-    except (KeyError, TypeError):
-        raise UserError(f"vocabulary file {path} lacks 'source'/'target' entries; "
-                        "regenerate it with train.py") from None
+    if not isinstance(data, dict) or "source" not in data or "target" not in data:
+        raise UserError(f"vocabulary file {path} lacks 'source'/'target' entries; regenerate it with train.py")
+    return (Vocabulary.from_dict(data["source"], f"vocabulary file {path}: source"),
+            Vocabulary.from_dict(data["target"], f"vocabulary file {path}: target"))
 
 
 # ----------------------------------------------------------------------------- tensors and batches

@@ -23,9 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stage3_attention_seq2seq.data.translation import BOS_ID, PAD_ID
+from stage3_attention_seq2seq.data.translation import BOS_ID, MAX_TOKENS, MIN_TOKENS, PAD_ID
 from stage3_attention_seq2seq.models.attention import ATTENTION_TYPES, make_attention
 from stage3_attention_seq2seq.models.rnn import GRUCell, GRULayer
+
+# the largest sizes a config may ask for: far above the course's models (vocabularies of ~10k-30k words, widths of
+# 64-256), far below what would exhaust memory by mistake (an edited checkpoint, a typo in --hidden_dim)
+MAX_DIM = 4096
+MIN_VOCAB, MAX_VOCAB = MIN_TOKENS, MAX_TOKENS     # the four special tokens and at least one word; data/translation.py
 
 
 @dataclass
@@ -45,6 +50,14 @@ class Seq2SeqConfig:
             raise ValueError(f"unknown attention type {self.attention_type!r}; choose one of {ATTENTION_TYPES}")
         if self.impl not in ("scratch", "torch"):
             raise ValueError(f"unknown impl {self.impl!r}; choose scratch or torch")
+        for name in ("src_vocab_size", "tgt_vocab_size"):
+            if not MIN_VOCAB <= getattr(self, name) <= MAX_VOCAB:
+                raise ValueError(f"{name} must be between {MIN_VOCAB} and {MAX_VOCAB}, got {getattr(self, name)}")
+        for name in ("embed_dim", "hidden_dim", "attention_dim"):
+            if not 1 <= getattr(self, name) <= MAX_DIM:
+                raise ValueError(f"{name} must be between 1 and {MAX_DIM}, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         return asdict(self)

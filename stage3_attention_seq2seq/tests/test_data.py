@@ -64,7 +64,7 @@ def test_vocabulary_min_freq_unknowns_and_json(tmp_path):
     save_vocabularies(tmp_path / "v.json", vocab, vocab)
     src, tgt = load_vocabularies(tmp_path / "v.json")
     assert src.itos == tgt.itos == vocab.itos
-    (tmp_path / "bad.json").write_text('{"source": {"itos": ["x"]}, "target": {"itos": ["x"]}}')
+    (tmp_path / "bad.json").write_text('{"source": {"itos": ["x", "y", "z", "w", "v"]}, "target": {"itos": ["x"]}}')
     with pytest.raises(UserError, match="must start with"):
         load_vocabularies(tmp_path / "bad.json")
 
