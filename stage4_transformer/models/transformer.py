@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -269,6 +270,25 @@ def check_torch_impl(dropout: float, attention_dropout: float | None, activation
                          "--impl scratch")
 
 
+def check_output_ids(output_ids: Any, vocab_size: int) -> None:
+    """The pieces the softmax covers must be integers ascending from the specials 0-3, inside the vocabulary
+    (ValueError otherwise: a checkpoint edited by hand, or built for another vocabulary)."""
+    ids = list(output_ids) if isinstance(output_ids, (list, tuple)) else None
+    if not ids or not all(type(i) is int for i in ids) or ids[:4] != [0, 1, 2, 3] \
+            or any(b <= a for a, b in zip(ids, ids[1:])) or ids[-1] >= vocab_size:
+        raise ValueError("output_ids must ascend from the specials 0-3 and lie in the target vocabulary")
+
+
+def torch_encoder(c: TransformerConfig) -> nn.TransformerEncoder:
+    """nn.Transformer's own encoder, built as nn.Transformer builds it (same parameters, same random draws), but
+    with nested tensors off where torch cannot use them anyway (pre-LN, or an odd number of heads): built with them
+    on, it warns at every construction that it will not use them."""
+    layer = nn.TransformerEncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, batch_first=True,
+                                       norm_first=c.norm_first)
+    nested = not c.norm_first and c.n_heads % 2 == 0
+    return nn.TransformerEncoder(layer, c.n_encoder_layers, nn.LayerNorm(c.d_model), enable_nested_tensor=nested)
+
+
 def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
     """(1, T, T): position t may attend to positions 0..t (True on and below the diagonal)."""
     return torch.ones(length, length, dtype=torch.bool, device=device).tril().unsqueeze(0)
@@ -307,16 +327,15 @@ class Transformer(nn.Module):
         elif c.impl == "torch":
             check_torch_impl(c.dropout, c.attention_dropout, c.activation_dropout)
             self.transformer = nn.Transformer(c.d_model, c.n_heads, c.n_encoder_layers, c.n_decoder_layers, c.d_ff,
-                                              c.dropout, batch_first=True, norm_first=c.norm_first)
+                                              c.dropout, batch_first=True, norm_first=c.norm_first,
+                                              custom_encoder=torch_encoder(c))
         else:
             raise ValueError(f"unknown impl {c.impl!r}; choose scratch or torch")
         self.generator = nn.Linear(c.d_model, c.tgt_vocab_size)
         self.generator.weight = self.tgt_embed.weight
         if c.output_ids is not None:
+            check_output_ids(c.output_ids, c.tgt_vocab_size)    # on the list: the model may be built on "meta"
             ids = torch.tensor(c.output_ids, dtype=torch.long)
-            if ids[:4].tolist() != [0, 1, 2, 3] or not bool((ids[1:] > ids[:-1]).all()) \
-                    or int(ids[-1]) >= c.tgt_vocab_size:
-                raise ValueError("output_ids must ascend from the specials 0-3 and lie in the target vocabulary")
             position = torch.full((c.tgt_vocab_size,), UNK_ID, dtype=torch.long)   # a piece not covered: <unk>
             position[ids] = torch.arange(len(ids))
             self.register_buffer("output_id_list", ids, persistent=False)           # softmax position -> piece id
