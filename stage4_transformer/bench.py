@@ -28,6 +28,7 @@ from typing import Sequence
 
 import torch
 
+from scripts.checks import THREADS
 from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, command_line, hardware, read_json, run_main,
                             write_json)
 from scripts.report import hardware_label, markdown_table, run_script, update_file
@@ -313,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to run")
     p.add_argument("--tables_only", action="store_true", help="only rebuild the README tables from results/")
     p.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
-    p.add_argument("--num_threads", type=int, default=0,
+    p.add_argument("--num_threads", type=THREADS, default=0,
                    help="CPU threads for the train and evaluate runs (0: torch's default, one per core)")
     args = p.parse_args(argv)
     extra = ["--data_dir", args.data_dir] if args.data_dir else []

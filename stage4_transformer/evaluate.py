@@ -11,14 +11,17 @@ tokenisation, cased); the signature is printed. Writes metrics.json and translat
 runs/eval_<checkpoint name>/ (or --out_dir), and metrics.json also to --metrics_out if given.
 """
 import argparse
+import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive, count_params,
-                            get_device, run_main, set_threads, write_metrics, write_text)
+from scripts.checks import COUNT
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, get_device,
+                            run_main, set_threads, write_metrics, write_text)
+from scripts.repl import SETTING_RANGES
 from scripts.translation_data import DATASETS, SPLITS, corpus_scores, load_pairs
-from stage4_transformer.translator import (STAGE, check_search_flags, find_checkpoint, load_model, model_line,
+from stage4_transformer.translator import (ALPHA, BATCH_SIZE, STAGE, find_checkpoint, load_model, model_line,
                                            translate_sentences)
 
 STAGE_DIR = Path(__file__).resolve().parent
@@ -30,13 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 "in the stage folder, else the newest runs/transformer_*/last.pt)")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the model was trained on")
     p.add_argument("--split", default="test", choices=SPLITS, help="test = Multi30k test_2016_flickr")
-    p.add_argument("--beam_size", type=int, default=5, help="beam width for the beam-search score")
-    p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (0: none)")
+    p.add_argument("--beam_size", type=SETTING_RANGES["beam"], default=5,
+                   help="beam width for the beam-search score (1 to 64)")
+    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent (0: none; at most 10)")
     p.add_argument("--kv_cache", action=argparse.BooleanOptionalAction, default=True,
                    help="decode with the key/value cache; --no-kv_cache: recompute every position each step (slower, "
                         "the same words)")
-    p.add_argument("--batch_size", type=int, default=128, help="sentences translated at once")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N pairs (0: all)")
+    p.add_argument("--batch_size", type=BATCH_SIZE, default=128, help="sentences translated at once (1 to 4096)")
+    p.add_argument("--limit", type=COUNT, default=0, help="score only the first N pairs (0: all)")
     p.add_argument("--out_dir", default=None, help="default: runs/eval_<checkpoint name>")
     p.add_argument("--metrics_out", default=None, help="also write metrics.json here")
     add_common_args(p, seed_help="unused here: greedy and beam search draw no random numbers")
@@ -45,10 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "batch_size")
-    check_search_flags(args.beam_size, args.alpha)
-    if args.limit < 0:
-        raise UserError(f"--limit must be >= 0, got {args.limit}")
     args.checkpoint = str(find_checkpoint(args.checkpoint))
     set_threads(args.num_threads)
     device = get_device(args.device)
@@ -86,14 +86,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                   split="test_2016_flickr" if dataset == "multi30k" and args.split == "test" else args.split,
                   metrics=metrics, params=count_params(model), seconds=time.time() - started,
                   seconds_key="eval_seconds", device=device,
-                  extra={"checkpoint": str(args.checkpoint), "trained_epochs": ckpt.get("epoch"),
-                         "history": ckpt.get("history", [])})
+                  extra={"checkpoint": str(args.checkpoint), "trained_epochs": plain(ckpt.get("epoch")),
+                         "history": plain(ckpt.get("history", []))})
     write_metrics(out_dir / "metrics.json", **common)
     if args.metrics_out:
         write_metrics(Path(args.metrics_out), **common)
     print(f"{metrics['bleu_signature']}\n{metrics['chrf_signature']}")
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'translations.txt'}")
     return 0
+
+
+def plain(value: Any) -> Any:
+    """A checkpoint's record as metrics.json can hold it (None for what JSON cannot: a checkpoint edited by hand)."""
+    try:
+        json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        return None
+    return value
 
 
 if __name__ == "__main__":

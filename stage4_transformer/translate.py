@@ -16,26 +16,27 @@ from typing import Sequence
 
 import torch
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_positive, get_device,
-                            run_main, set_threads, write_text)
-from scripts.repl import Repl
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, clean_text, get_device,
+                            read_text, run_main, set_threads, write_text)
+from scripts.repl import SETTING_RANGES, Repl
 from scripts.translation_data import split_lines
 from stage4_transformer.data.subword import BOS_ID, EOS_ID, SubwordVocab
 from stage4_transformer.models.transformer import Transformer
-from stage4_transformer.translator import (check_alpha, check_search_flags, find_checkpoint, load_model, model_line,
-                                          translate_sentences)
+from stage4_transformer.translator import (ALPHA, BATCH_SIZE, find_checkpoint, load_model, model_line,
+                                           translate_sentences)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Translate English to French with a trained stage 4 Transformer.")
     p.add_argument("sentence", nargs="*", help="English text to translate (one sentence)")
     add_checkpoint_arg(p, None, "checkpoint written by train.py (default: the newest checkpoints/best_transformer*.pt "
                                 "in the stage folder, else the newest runs/transformer_*/last.pt)")
-    p.add_argument("--input", default=None, help="translate this file, one sentence per line")
+    p.add_argument("--input", default=None, help="translate this file, one sentence per line (-: standard input)")
     p.add_argument("--output", default=None, help="write the file's translations here (default: stdout)")
     p.add_argument("--interactive", action="store_true", help="type sentences at a prompt (:help lists commands)")
-    p.add_argument("--beam_size", type=int, default=5, help="beam width (1: greedy)")
-    p.add_argument("--alpha", type=float, default=1.0, help="length penalty exponent (0: none)")
-    p.add_argument("--batch_size", type=int, default=64, help="sentences per batch with --input")
+    p.add_argument("--beam_size", type=SETTING_RANGES["beam"], default=5, help="beam width (1: greedy; at most 64)")
+    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent (0: none; at most 10)")
+    p.add_argument("--batch_size", type=BATCH_SIZE, default=64, help="sentences per batch with --input (1 to 4096)")
     p.add_argument("--heatmap", default=None, help="save the cross-attention of every layer and head as this PNG")
     add_common_args(p, seed_help="unused here: greedy and beam search draw no random numbers")
     return p
@@ -53,8 +54,9 @@ def draw_heatmap(model: Transformer, vocab: SubwordVocab, sentence: str, transla
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    src = torch.tensor([vocab.encode(sentence) + [EOS_ID]], device=device)
-    out = vocab.encode(translation) + [EOS_ID]
+    longest = model.config.max_len - 1      # as translate_sentences cuts a sentence too long for the model
+    src = torch.tensor([vocab.encode(sentence)[:longest] + [EOS_ID]], device=device)
+    out = vocab.encode(translation)[:longest] + [EOS_ID]
     maps = model.cross_attention(src, torch.tensor([[BOS_ID] + out[:-1]], device=device))[:, 0].cpu()  # (L, h, T, S)
     rows = [vocab.tokenizer.id_to_token(i) for i in out]
     cols = [vocab.tokenizer.id_to_token(i) for i in src[0].tolist()]
@@ -65,9 +67,11 @@ def draw_heatmap(model: Transformer, vocab: SubwordVocab, sentence: str, transla
             ax = axes[layer][head]
             ax.imshow(maps[layer, head].numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
             ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=8)
-            ax.set_xticks(range(len(cols)), cols if layer == layers - 1 else [""] * len(cols), rotation=90, fontsize=6)
-            ax.set_yticks(range(len(rows)), rows if head == 0 else [""] * len(rows), fontsize=6)
-    fig.suptitle(translation, fontsize=9)
+            # parse_math=False: a piece such as "$5" is text, not the start of a formula
+            ax.set_xticks(range(len(cols)), cols if layer == layers - 1 else [""] * len(cols), rotation=90, fontsize=6,
+                          parse_math=False)
+            ax.set_yticks(range(len(rows)), rows if head == 0 else [""] * len(rows), fontsize=6, parse_math=False)
+    fig.suptitle(translation, fontsize=9, parse_math=False)
     fig.tight_layout()
     path = Path(path)
     try:
@@ -90,15 +94,9 @@ def translate_one(model: Transformer, vocab: SubwordVocab, sentence: str, beam: 
     return translation
 
 
-def translate_file(model: Transformer, vocab: SubwordVocab, args: argparse.Namespace, device: torch.device) -> None:
+def translate_file(model: Transformer, vocab: SubwordVocab, lines: list[str], args: argparse.Namespace,
+                   device: torch.device) -> None:
     """Line i of --output translates line i of --input; an empty input line gives an empty output line."""
-    path = Path(args.input)
-    if not path.is_file():
-        raise UserError(f"--input {path} does not exist")
-    try:
-        lines = split_lines(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"--input {path} is not UTF-8 text") from None
     todo = [i for i, line in enumerate(lines) if line.split()]
     results = translate_sentences(model, vocab, [lines[i] for i in todo], device, args.beam_size, args.alpha,
                                   args.batch_size, progress=True)
@@ -116,6 +114,14 @@ def translate_file(model: Transformer, vocab: SubwordVocab, args: argparse.Names
         raise UserError(f"cannot write --output {target} ({err.strerror or err})") from None
     print(f"translated {len(todo):,} sentences ({len(lines) - len(todo)} empty lines kept empty) -> {target}",
           file=sys.stderr)
+
+
+def read_input(name: str) -> str:
+    """--input's text: a UTF-8 file (a line that is not UTF-8 is named), or standard input for "-", where bytes that
+    are not UTF-8 become U+FFFD (with a note), as for every line typed at a prompt."""
+    if name != "-":
+        return read_text(name, "--input")
+    return clean_text(sys.stdin.read(), "standard input")     # run_main reads stdin with errors="replace"
 
 
 def interactive(model: Transformer, vocab: SubwordVocab, args: argparse.Namespace, device: torch.device) -> int:
@@ -146,20 +152,25 @@ def interactive(model: Transformer, vocab: SubwordVocab, args: argparse.Namespac
 
 
 def alpha_value(text: str) -> float:
-    """A typed length-penalty exponent (ValueError for anything else, so :alpha keeps its value)."""
-    return check_alpha(float(text))
+    """A typed length-penalty exponent (a UserError for anything else, so :alpha keeps its value)."""
+    return ALPHA.check(text, "alpha")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "batch_size")
-    check_search_flags(args.beam_size, args.alpha)
     if sum([bool(args.sentence), args.input is not None, args.interactive]) != 1:
         raise UserError("give one of: a sentence, --input FILE, or --interactive")
     if args.heatmap and args.input is not None:
         raise UserError("--heatmap draws one sentence; give a sentence (or use :heatmap in --interactive)")
     if args.sentence:
         check_sentence(" ".join(args.sentence))     # before the model loads: a typing slip costs nothing
+    lines = split_lines(read_input(args.input)) if args.input is not None else []     # so is a file that is no text
+    for flag, output in (("--output", args.output), ("--heatmap", args.heatmap)):    # and a folder not to be made
+        try:
+            if output:
+                Path(output).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"{flag} {output}: cannot make its folder ({err.strerror or err})") from None
     set_threads(args.num_threads)
     device = get_device(args.device)
     path = find_checkpoint(args.checkpoint)
@@ -168,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.heatmap and model.config.impl != "scratch":
         raise UserError("attention maps come from the scratch model; train it with --impl scratch")
     if args.input is not None:
-        translate_file(model, vocab, args, device)
+        translate_file(model, vocab, lines, args, device)
     elif args.interactive:
         return interactive(model, vocab, args, device)
     else:
