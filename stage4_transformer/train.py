@@ -28,17 +28,18 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name,
-                            autocast, check_positive, checkpoint_header, count_params, get_device, run_main,
-                            save_checkpoint, set_seed, set_threads, setup_logging, uses_bf16, warmup_cosine,
-                            write_metrics)
+from scripts.checks import CLIP, COUNT, FRACTION, NON_NEGATIVE, POSITIVE_INT, Range, check_args
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name, autocast,
+                            checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
+                            set_threads, setup_logging, uses_bf16, warmup_cosine, write_metrics, write_text)
 from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from scripts.translation_data import DATASETS, corpus_scores, load_pairs
 from stage4_transformer.data.batches import count_batches, encode_pairs, token_batches
-from stage4_transformer.data.subword import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SubwordVocab
+from stage4_transformer.data.subword import BOS_ID, EOS_ID, MAX_PIECES, PAD_ID, UNK_ID, SubwordVocab
 from stage4_transformer.models.transformer import Transformer, TransformerConfig, check_torch_impl
-from stage4_transformer.translator import DEFAULT_CHECKPOINT, MODEL_NAME, STAGE, translate_sentences
+from stage4_transformer.translator import (CONFIG_LIMITS, DEFAULT_CHECKPOINT, MAX_POSITIONS, MODEL_NAME, STAGE,
+                                           transformer_from_checkpoint, translate_sentences)
 
 STAGE_DIR = Path(__file__).resolve().parent
 # good settings per preset (flags left unset take these). "quick" trains a smaller model for a few epochs, so a first
@@ -60,8 +61,22 @@ SAMPLE_SENTENCE = "Two dogs are playing in the snow."   # translated (greedy) at
 # flags that decide the data, the model or the schedule: --resume refuses a run saved with other values
 RESUME_MUST_MATCH = ("impl", "d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "dropout",
                      "attention_dropout", "activation_dropout", "fast_dropout", "norm_first", "positional",
-                     "vocab_size", "split_punctuation", "max_tokens", "limit", "max_len", "seed", "lr", "warmup_steps",
+                     "share_embeddings", "use_sdpa", "vocab_size", "split_punctuation", "max_tokens", "limit",
+                     "val_limit", "max_len", "seed", "lr", "warmup_steps", "weight_decay", "clip", "label_smoothing",
                      "average_last")
+# the allowed values of the flags (scripts/checks.py); those a preset fills in are checked after it did
+MAX_LEN = MAX_POSITIONS // 4        # pieces per sentence; the model's position table gets room to spare
+RANGES = {
+    "epochs": POSITIVE_INT, "lr": Range(float, lo=0, hi=1, lo_open=True), "max_tokens": Range(int, lo=1, hi=1 << 20),
+    "layers": Range(int, lo=1, hi=CONFIG_LIMITS["n_encoder_layers"]),
+    "encoder_layers": Range(int, lo=1, hi=CONFIG_LIMITS["n_encoder_layers"]),
+    "decoder_layers": Range(int, lo=1, hi=CONFIG_LIMITS["n_decoder_layers"]),
+    "d_model": Range(int, lo=2, hi=CONFIG_LIMITS["d_model"]), "n_heads": Range(int, lo=1, hi=CONFIG_LIMITS["n_heads"]),
+    "d_ff": Range(int, lo=1, hi=CONFIG_LIMITS["d_ff"]), "dropout": FRACTION, "attention_dropout": FRACTION,
+    "activation_dropout": FRACTION, "vocab_size": Range(int, lo=100, hi=MAX_PIECES),
+    "max_len": Range(int, lo=1, hi=MAX_LEN), "limit": COUNT, "val_limit": COUNT, "warmup_steps": COUNT,
+    "weight_decay": NON_NEGATIVE, "clip": CLIP, "label_smoothing": FRACTION, "average_last": COUNT, "max_steps": COUNT,
+}
 BOOL = argparse.BooleanOptionalAction
 
 
@@ -82,27 +97,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", default="scratch", choices=["scratch", "torch"],
                    help="scratch: models/transformer.py; torch: the same model on nn.Transformer")
     p.add_argument("--dataset", default="multi30k", choices=DATASETS, help="sentence pairs to train on")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=RANGES["epochs"], default=None,
                    help="passes over the training pairs; an epoch in float32 costs about 1.4 times as much (with "
                         "--resume: the saved run's) " + preset_default("epochs"))
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=RANGES["lr"], default=None,
                    help="peak learning rate: a linear warm-up to it, then a cosine down to a tenth of it "
                         + preset_default("lr"))
-    p.add_argument("--max_tokens", "--batch_size", dest="max_tokens", type=int, default=None,
+    p.add_argument("--max_tokens", "--batch_size", dest="max_tokens", type=RANGES["max_tokens"], default=None,
                    help="batch size, counted in padded target pieces (not sentences) " + preset_default("max_tokens"))
-    p.add_argument("--layers", type=int, default=None,
+    p.add_argument("--layers", type=RANGES["layers"], default=None,
                    help="encoder and decoder layers (default: --encoder_layers and --decoder_layers)")
 
     model = p.add_argument_group("model")
-    model.add_argument("--d_model", type=int, default=None, help="model width " + preset_default("d_model"))
-    model.add_argument("--n_heads", type=int, default=None, help="attention heads " + preset_default("n_heads"))
-    model.add_argument("--encoder_layers", type=int, default=None,
+    model.add_argument("--d_model", type=RANGES["d_model"], default=None,
+                       help="model width " + preset_default("d_model"))
+    model.add_argument("--n_heads", type=RANGES["n_heads"], default=None,
+                       help="attention heads " + preset_default("n_heads"))
+    model.add_argument("--encoder_layers", type=RANGES["encoder_layers"], default=None,
                        help="encoder layers (default: --layers, else the preset's: "
                             + "; ".join(f"{name} {p['encoder_layers']}" for name, p in PRESETS.items()) + ")")
-    model.add_argument("--decoder_layers", type=int, default=None,
+    model.add_argument("--decoder_layers", type=RANGES["decoder_layers"], default=None,
                        help="decoder layers (default: --layers, else the preset's: "
                             + "; ".join(f"{name} {p['decoder_layers']}" for name, p in PRESETS.items()) + ")")
-    model.add_argument("--d_ff", type=int, default=None, help="feed-forward inner width " + preset_default("d_ff"))
+    model.add_argument("--d_ff", type=RANGES["d_ff"], default=None,
+                       help="feed-forward inner width " + preset_default("d_ff"))
     model.add_argument("--norm_first", action=BOOL, default=True,
                        help="pre-LN, x + F(LN(x)); --no-norm_first: post-LN, LN(x + F(x)), as in the paper")
     model.add_argument("--positional", default="sinusoidal", choices=["sinusoidal", "learned"],
@@ -113,42 +131,50 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--use_sdpa", action=BOOL, default=False,
                        help="scratch attention through the fused F.scaled_dot_product_attention instead of the "
                             "written-out softmax the notes explain")
-    model.add_argument("--dropout", type=float, default=None, help="dropout on sublayer outputs and embeddings, the "
+    model.add_argument("--dropout", type=RANGES["dropout"], default=None,
+                       help="dropout on sublayer outputs and embeddings, the "
                        "paper's places (with --impl torch also on attention weights and after the feed-forward ReLU) "
                        + preset_default("dropout"))
-    model.add_argument("--attention_dropout", type=float, default=None, help="dropout on attention weights "
+    model.add_argument("--attention_dropout", type=RANGES["attention_dropout"], default=None,
+                       help="dropout on attention weights "
                        "(default: 0 with --impl scratch, as in the paper; --dropout with --impl torch)")
-    model.add_argument("--activation_dropout", type=float, default=None, help="dropout after the feed-forward ReLU "
+    model.add_argument("--activation_dropout", type=RANGES["activation_dropout"], default=None,
+                       help="dropout after the feed-forward ReLU "
                        "(default: 0 with --impl scratch, as in the paper; --dropout with --impl torch)")
     model.add_argument("--fast_dropout", action=BOOL, default=None,
                        help="dropout masks from random bytes, much faster than torch's Bernoulli sampling on a CPU "
                             "(default: on with --impl scratch; off with --impl torch, which draws its own masks)")
 
     data = p.add_argument_group("data")
-    data.add_argument("--vocab_size", type=int, default=None,
+    data.add_argument("--vocab_size", type=RANGES["vocab_size"], default=None,
                       help="joint BPE vocabulary size " + preset_default("vocab_size"))
     data.add_argument("--split_punctuation", action=BOOL, default=True,
                       help="each punctuation mark is a word of its own before BPE learns its merges ('▁neige.' -> "
                            "'▁neige', '.'); --no-split_punctuation: split at spaces only")
-    data.add_argument("--max_len", type=int, default=None,
+    data.add_argument("--max_len", type=RANGES["max_len"], default=None,
                       help="drop training pairs longer than this many pieces " + preset_default("max_len"))
-    data.add_argument("--limit", type=int, default=0, help="use only the first N training pairs (0: all)")
-    data.add_argument("--val_limit", type=int, default=0, help="score only the first N validation pairs (0: all)")
+    data.add_argument("--limit", type=RANGES["limit"], default=0,
+                      help="use only the first N training pairs (0: all)")
+    data.add_argument("--val_limit", type=RANGES["val_limit"], default=0,
+                      help="score only the first N validation pairs (0: all)")
 
     training = p.add_argument_group("training")
-    training.add_argument("--warmup_steps", type=int, default=None,
+    training.add_argument("--warmup_steps", type=RANGES["warmup_steps"], default=None,
                           help="linear warm-up steps " + preset_default("warmup_steps"))
-    training.add_argument("--weight_decay", type=float, default=0.1, help="AdamW decoupled weight decay")
-    training.add_argument("--clip", type=float, default=1.0, help="clip the gradient norm to this")
-    training.add_argument("--label_smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
-    training.add_argument("--average_last", type=int, default=None,
+    training.add_argument("--weight_decay", type=RANGES["weight_decay"], default=0.1,
+                          help="AdamW decoupled weight decay")
+    training.add_argument("--clip", type=RANGES["clip"], default=1.0, help="clip the gradient norm to this (0: off)")
+    training.add_argument("--label_smoothing", type=RANGES["label_smoothing"], default=0.1,
+                          help="label smoothing of the cross-entropy")
+    training.add_argument("--average_last", type=RANGES["average_last"], default=None,
                           help="average the weights of the last N epochs, as the paper does (0 or 1: off); the "
                                "average is kept if its validation BLEU beats the best single epoch "
                                + preset_default("average_last"))
     training.add_argument("--amp", action=BOOL, default=True,
                           help="bf16 autocast on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16); "
                                "--no-amp: float32")
-    training.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    training.add_argument("--max_steps", type=RANGES["max_steps"], default=0,
+                          help="stop after this many steps (0: no limit)")
 
     add_output_args(p, "where the best model is saved (default: checkpoints/best_transformer.pt in "
                         "the stage folder; best_transformer_quick.pt with --preset quick)",
@@ -156,34 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: runs/transformer_<impl>_<dataset> in the stage folder, with _quick at the end "
                         "for --preset quick)")
     add_common_args(p, seed_help="seed for initialisation, data order and dropout")
+    say_allowed(p)
     return p
+
+
+def say_allowed(parser: argparse.ArgumentParser) -> None:
+    """Each checked flag's --help ends with its allowed values, in the words its error uses."""
+    for action in parser._actions:
+        if isinstance(action.type, Range):
+            action.help = f"{action.help}; allowed: {action.type.describe()}"
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Refuse bad values (before any data loads) and fill in the defaults that depend on other flags (the preset's
     values for the flags left unset; --epochs only once the device is known, in main())."""
     preset = PRESETS[args.preset]
-    if args.layers is not None:
-        check_positive(args, "layers")
     for name in ("encoder_layers", "decoder_layers"):
         if getattr(args, name) is None:     # each: its own flag, else --layers, else the preset's depth
             setattr(args, name, args.layers if args.layers is not None else preset[name])
     for name, value in preset.items():
         if name != "epochs" and getattr(args, name) is None:
             setattr(args, name, value)
-    check_positive(args, "d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "vocab_size",
-                   "max_tokens")
-    if args.epochs is not None:     # None: set in main() once the device and any --resume are known
-        check_positive(args, "epochs")
-    for flag in ("lr", "clip"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"--{flag} must be > 0, got {getattr(args, flag)}")
-    for flag in ("max_len", "warmup_steps", "max_steps", "limit", "val_limit", "average_last"):
-        if getattr(args, flag) < 0:
-            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    for flag in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
-        if getattr(args, flag) is not None and not 0.0 <= getattr(args, flag) < 1.0:
-            raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    check_args(args, **RANGES)      # the preset's values too (a preset edited into nonsense is caught here)
     if args.impl == "torch":
         try:
             check_torch_impl(args.dropout, args.attention_dropout, args.activation_dropout)
@@ -198,8 +218,12 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.fast_dropout = args.impl == "scratch"
     if args.d_model % args.n_heads:
         raise UserError(f"--d_model {args.d_model} must be divisible by --n_heads {args.n_heads}")
-    if args.vocab_size < 100:
-        raise UserError(f"--vocab_size {args.vocab_size} is too small (at least 100: the characters come first)")
+    if args.positional == "sinusoidal" and args.d_model % 2:
+        raise UserError(f"--d_model {args.d_model} must be even for --positional sinusoidal (sines and cosines pair "
+                        "up); use an even width or --positional learned")
+    if args.lr * args.weight_decay >= 1:
+        raise UserError(f"--lr {args.lr:g} times --weight_decay {args.weight_decay:g} must be below 1 (each step "
+                        "shrinks the weights by this share: at 1 or more it flips their sign); lower one of them")
     suffix = "" if args.preset == "default" else f"_{args.preset}"
     args.checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT.with_name(f"{DEFAULT_CHECKPOINT.stem}{suffix}.pt"))
     args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"transformer_{args.impl}_{args.dataset}{suffix}")
@@ -221,14 +245,12 @@ class Data:
     valid_pairs: list       # the validation pairs as text (for BLEU against the raw references)
 
 
-def load_data(args: argparse.Namespace, resume: dict | None, log: Any) -> Data:
-    """The pairs, and the joint BPE vocabulary learned on the training pairs (or the resumed run's own)."""
+def load_data(args: argparse.Namespace, vocab: SubwordVocab | None, log: Any) -> Data:
+    """The pairs, and the joint BPE vocabulary learned on the training pairs (unless a resumed run brings its own)."""
     tick = time.time()
     train_pairs = load_pairs(args.dataset, "train", args.data_dir)[: args.limit or None]
     valid_pairs = load_pairs(args.dataset, "valid", args.data_dir)[: args.val_limit or None]
-    if resume:
-        vocab = SubwordVocab.from_json(resume["vocab"])
-    else:
+    if vocab is None:
         vocab = SubwordVocab.train((text for pair in train_pairs for text in pair), args.vocab_size,
                                    split_punctuation=args.split_punctuation)
     train = encode_pairs(train_pairs, vocab, args.max_len)
@@ -237,7 +259,13 @@ def load_data(args: argparse.Namespace, resume: dict | None, log: Any) -> Data:
     log.info(f"{args.dataset}: {len(train):,} training pairs (of {len(train_pairs):,}), {len(valid_pairs):,} "
              f"validation; joint BPE vocabulary {len(vocab):,} pieces ({time.time() - tick:.1f} s); "
              f"run folder {args.out_dir}")
-    return Data(vocab, train, encode_pairs(valid_pairs, vocab), valid_pairs)
+    # the validation loss skips a pair too long for the model's position table (BLEU still translates it, cut short)
+    return Data(vocab, train, encode_pairs(valid_pairs, vocab, model_max_len(args) - 1), valid_pairs)
+
+
+def model_max_len(args: argparse.Namespace) -> int:
+    """The positions the model has room for: the longest training pair, <eos> and <bos> included, and at least 258."""
+    return max(args.max_len, 256) + 2
 
 
 def target_pieces(examples: list) -> list[int]:
@@ -251,9 +279,20 @@ def build_config(args: argparse.Namespace, data: Data) -> TransformerConfig:
         src_vocab_size=len(data.vocab), tgt_vocab_size=len(data.vocab), d_model=args.d_model, n_heads=args.n_heads,
         n_encoder_layers=args.encoder_layers, n_decoder_layers=args.decoder_layers, d_ff=args.d_ff,
         dropout=args.dropout, attention_dropout=args.attention_dropout, activation_dropout=args.activation_dropout,
-        max_len=max(args.max_len, 256) + 2, norm_first=args.norm_first, positional=args.positional,
+        max_len=model_max_len(args), norm_first=args.norm_first, positional=args.positional,
         share_embeddings=args.share_embeddings, impl=args.impl, use_sdpa=args.use_sdpa,
         fast_dropout=args.fast_dropout, output_ids=target_pieces(data.train))
+
+
+def build_model(build: Any) -> Transformer:
+    """`build()`, or one line when the model does not fit in memory (torch says so with a RuntimeError)."""
+    try:
+        return build()
+    except RuntimeError as err:
+        if "alloc" not in str(err):
+            raise
+        raise UserError("not enough memory for a model this large; lower --d_model, --d_ff, --layers or --vocab_size, "
+                        "or train on a device with more memory") from None
 
 
 def model_payload(args: argparse.Namespace, model: Transformer, vocab: SubwordVocab) -> dict[str, Any]:
@@ -263,8 +302,11 @@ def model_payload(args: argparse.Namespace, model: Transformer, vocab: SubwordVo
 
 
 def save_model(path: Path, args: argparse.Namespace, model: Transformer, vocab: SubwordVocab, **extra: Any) -> None:
+    """The best model so far, and beside it its vocabulary as the tokenizer's JSON (each written whole or not at all:
+    a crash or a full disk leaves the previous pair in place)."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(path, {**model_payload(args, model, vocab), "model_state": weights, **extra})
+    write_text(path.with_suffix(".tokenizer.json"), vocab.to_json())
 
 
 # ----------------------------------------------------------------------------- loss and validation
@@ -315,7 +357,8 @@ def train_epoch(args: argparse.Namespace, model: Transformer, optimizer: torch.o
         loss = batch_loss(model, batch.src, batch.tgt_in, batch.tgt_out, device, args.amp, args.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        if args.clip:       # --clip 0: off
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
 
         tokens += batch.target_tokens
@@ -409,31 +452,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                        state={"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "epoch_loss_sum": 0.0,
                               "epoch_tokens": 0, "train_seconds": 0.0, "best_val_bleu": -1.0, "best_epoch": 0,
                               "history": [], "averaged": {}})
+    resumed_model, vocab = transformer_from_checkpoint(run.last_path, run.resume) if run.resume else (None, None)
     if run.resume:      # a resumed run keeps its own length (so its schedule) and adds to its own wall time
-        args.epochs = args.epochs or run.resume["args"]["epochs"]
-        started -= run.resume["wall_seconds"]
+        args.epochs = args.epochs or saved_number(run, ("args", "epochs"), POSITIVE_INT)
+        started -= saved_number(run, ("wall_seconds",), Range(float, lo=0))
     args.epochs = args.epochs or default_epochs(device, args.amp, args.preset)
     log = setup_logging(Path(args.out_dir))
-    data = load_data(args, run.resume, log)
+    data = load_data(args, vocab, log)
 
     set_seed(args.seed)
-    model = Transformer(TransformerConfig(**run.resume["config"]) if run.resume else build_config(args, data))
-    model = model.to(device)
+    model = build_model(lambda: (resumed_model or Transformer(build_config(args, data))).to(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
     average = WeightAverage(run.resume)
-    run.attach(model, optimizer, payload=lambda: model_payload(args, model, data.vocab),
-               extra_state=lambda: {"wall_seconds": time.time() - started, **average.state()})
+    try:
+        run.attach(model, optimizer, payload=lambda: model_payload(args, model, data.vocab),
+                   extra_state=lambda: {"wall_seconds": time.time() - started, **average.state()})
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:    # last.pt edited or cut short
+        raise UserError(f"--resume: {run.last_path} cannot be resumed ({' '.join(str(err).split())[:100]}); "
+                        "start a new run with another --out_dir") from None
     state, config = run.state, model.config
     log.info(f"Transformer ({config.impl}): {count_params(model):,} parameters, {config}; softmax over "
              f"{len(config.output_ids):,} target-side pieces; {amp_name(device, args.amp)}; {args.epochs} epochs"
              + (f" (preset {args.preset})" if args.preset != "default" else "")
              + (f"; resumed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}" if run.resume else ""))
-    Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.checkpoint).with_suffix(".tokenizer.json").write_text(data.vocab.to_json(), encoding="utf-8")
+    Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)    # a path that cannot be written: fail now
 
     steps_per_epoch = count_batches(data.train, args.max_tokens)
     total_steps = args.epochs * steps_per_epoch    # the schedule's length (--max_steps shortens it)
     total_steps = min(total_steps, args.max_steps or total_steps)
+    if args.warmup_steps > total_steps:     # allowed (a smoke test's few steps), but never silently
+        log.info(f"note: --warmup_steps {args.warmup_steps} is longer than this run's {total_steps:,} steps: the "
+                 f"learning rate peaks at {total_steps / args.warmup_steps:.0%} of --lr; lower --warmup_steps "
+                 "for a real run")
     # the model and data set named as metrics.json names them, so `scripts/reference.py compare` can read either
     monitor = TrainingMonitor(args.out_dir, stage=STAGE, model=f"transformer_{args.impl}", dataset=args.dataset,
                               device=device, total_steps=total_steps, done_steps=state["global_step"],
@@ -448,6 +498,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.save()      # last.pt carries the wall time this report states, so a resumed run's total adds on to it
     report(args, model, data, run, seconds, device, log)
     return 0
+
+
+def saved_number(run: ResumableRun, keys: tuple[str, ...], allowed: Range) -> Any:
+    """A number last.pt holds (run.resume[keys[0]][keys[1]]...), checked: an edited file ends in one line."""
+    value: Any = run.resume
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    try:
+        return allowed.check(value, "/".join(keys))
+    except UserError as err:
+        raise UserError(f"--resume: {run.last_path}: {err}; start a new run with another --out_dir") from None
 
 
 def train_loop(args: argparse.Namespace, model: Transformer, optimizer: torch.optim.Optimizer, data: Data,

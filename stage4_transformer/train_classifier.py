@@ -19,23 +19,36 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name,
-                            autocast, check_positive, checkpoint_header, count_params, get_device, load_checkpoint,
-                            run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine,
-                            write_metrics)
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name, autocast,
+                            check_vocab_fits, checkpoint_header, count_params, get_device, load_checkpoint,
+                            model_from_checkpoint, run_main, save_checkpoint, set_seed, set_threads, setup_logging,
+                            warmup_cosine, write_metrics)
 from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from stage4_transformer.data.batches import pad
-from stage4_transformer.data.subword import UNK_ID, SubwordVocab
+from stage4_transformer.data.subword import MAX_PIECES, UNK_ID, SubwordVocab
 from stage4_transformer.models.classifier import ClassifierConfig, TransformerClassifier
+from stage4_transformer.train import say_allowed
+from stage4_transformer.translator import CONFIG_LIMITS, MAX_POSITIONS
 
 STAGE = "stage4_transformer"
 STAGE_DIR = Path(__file__).resolve().parent
 MODEL_NAME = "transformer_classifier"
 WARMUP_STEPS = 200      # linear warm-up to --lr, then constant
-RESUME_MUST_MATCH = ("d_model", "n_heads", "layers", "d_ff", "vocab_size", "max_len", "batch_size", "limit", "seed",
-                     "lr", "val_fraction")
+RESUME_MUST_MATCH = ("d_model", "n_heads", "layers", "d_ff", "dropout", "vocab_size", "max_len", "batch_size", "limit",
+                     "seed", "lr", "clip", "val_fraction")
+# the allowed values of the flags (scripts/checks.py), said in --help and in the one-line error
+LIMITS = CONFIG_LIMITS      # the sizes a checkpoint may state, shared with the translation model
+RANGES = {
+    "epochs": POSITIVE_INT, "lr": Range(float, lo=0, hi=1, lo_open=True), "batch_size": Range(int, lo=1, hi=1 << 16),
+    "layers": Range(int, lo=1, hi=LIMITS["n_encoder_layers"]), "d_model": Range(int, lo=2, hi=LIMITS["d_model"]),
+    "n_heads": Range(int, lo=1, hi=LIMITS["n_heads"]), "d_ff": Range(int, lo=1, hi=LIMITS["d_ff"]),
+    "dropout": FRACTION, "vocab_size": Range(int, lo=100, hi=MAX_PIECES), "max_len": Range(int, lo=1, hi=MAX_POSITIONS),
+    "patience": POSITIVE_INT, "clip": CLIP, "val_fraction": Range(float, lo=0, hi=1, lo_open=True, hi_open=True),
+    "limit": COUNT,
+}
 
 
 def clean(text: str) -> str:
@@ -82,48 +95,58 @@ def predict(model: TransformerClassifier, docs: list[list[int]], device: torch.d
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Train and test the stage 4 Transformer-encoder text classifier.")
     p.add_argument("--dataset", default="imdb", choices=DATASETS, help="data set")
-    p.add_argument("--epochs", type=int, default=4, help="most epochs (early stopping on validation accuracy)")
-    p.add_argument("--lr", type=float, default=1e-3,
+    p.add_argument("--epochs", type=RANGES["epochs"], default=4,
+                   help="most epochs (early stopping on validation accuracy)")
+    p.add_argument("--lr", type=RANGES["lr"], default=1e-3,
                    help=f"peak AdamW learning rate (linear warm-up over {WARMUP_STEPS} steps, then constant)")
-    p.add_argument("--batch_size", type=int, default=64, help="texts per step")
-    p.add_argument("--layers", type=int, default=2, help="encoder layers")
+    p.add_argument("--batch_size", type=RANGES["batch_size"], default=64, help="texts per step")
+    p.add_argument("--layers", type=RANGES["layers"], default=2, help="encoder layers")
 
     model = p.add_argument_group("model")
-    model.add_argument("--d_model", type=int, default=128, help="model width")
-    model.add_argument("--n_heads", type=int, default=4, help="attention heads")
-    model.add_argument("--d_ff", type=int, default=512, help="feed-forward inner width")
-    model.add_argument("--dropout", type=float, default=0.1, help="dropout")
-    model.add_argument("--vocab_size", type=int, default=16000, help="BPE vocabulary trained on the training texts")
-    model.add_argument("--max_len", type=int, default=256, help="read at most this many subword pieces of each text")
+    model.add_argument("--d_model", type=RANGES["d_model"], default=128, help="model width")
+    model.add_argument("--n_heads", type=RANGES["n_heads"], default=4, help="attention heads")
+    model.add_argument("--d_ff", type=RANGES["d_ff"], default=512, help="feed-forward inner width")
+    model.add_argument("--dropout", type=RANGES["dropout"], default=0.1, help="dropout")
+    model.add_argument("--vocab_size", type=RANGES["vocab_size"], default=16000,
+                       help="BPE vocabulary trained on the training texts")
+    model.add_argument("--max_len", type=RANGES["max_len"], default=256,
+                       help="read at most this many subword pieces of each text")
 
     training = p.add_argument_group("training")
-    training.add_argument("--patience", type=int, default=1,
+    training.add_argument("--patience", type=RANGES["patience"], default=1,
                           help="epochs without a better validation accuracy before stopping")
     training.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                           help="bf16 autocast on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16); "
                                "--no-amp: float32")
-    training.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
-    training.add_argument("--val_fraction", type=float, default=0.1, help="share of train held out for validation")
-    training.add_argument("--limit", type=int, default=0, help="use only N training and N test texts (0: all)")
+    training.add_argument("--clip", type=RANGES["clip"], default=1.0, help="gradient-norm clipping (0: off)")
+    training.add_argument("--val_fraction", type=RANGES["val_fraction"], default=0.1,
+                          help="share of train held out for validation")
+    training.add_argument("--limit", type=RANGES["limit"], default=0,
+                          help="use only N training and N test texts (0: all)")
 
     add_output_args(p, "where the best model is saved (default: checkpoints/best_classifier_<dataset>.pt "
                         "in the stage folder)",
                        "run folder (default: runs/classify_<dataset> in the stage "
                         "folder)")
     add_common_args(p, seed_help="seed for the validation split, initialisation, data order and dropout")
+    say_allowed(p)
     return p
 
 
-def load_texts(args: argparse.Namespace, resume: dict | None, log: Any) -> tuple[SubwordVocab, list, Any, Any, Any]:
+def load_texts(args: argparse.Namespace, resume: dict | None, resume_path: Path,
+               log: Any) -> tuple[SubwordVocab, list, Any, Any, Any]:
     """The BPE vocabulary (learned on the training texts, or the resumed run's), the training and validation texts
     as piece ids with their labels, and the data set (for its classes)."""
     full = load_split(args.dataset, "train", args.data_dir)
     if args.limit:
         full = full.subset(torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed))[:args.limit])
     train_idx, val_idx = train_val_split(len(full), args.val_fraction, args.seed)
+    if not len(train_idx):
+        raise UserError(f"--limit {args.limit} with --val_fraction {args.val_fraction:g} leaves no training texts; "
+                        "raise --limit (0: all) or lower --val_fraction")
     train_texts = [full.texts[i] for i in train_idx.tolist()]
-    vocab = (SubwordVocab.from_json(resume["vocab"]) if resume else
-             SubwordVocab.train((clean(t) for t in train_texts), args.vocab_size))
+    vocab = (SubwordVocab.from_json(resume.get("vocab"), where=f"{resume_path}: its subword vocabulary") if resume
+             else SubwordVocab.train((clean(t) for t in train_texts), args.vocab_size))
     train = (encode(train_texts, vocab, args.max_len), torch.tensor([full.labels[i] for i in train_idx.tolist()]))
     valid = (encode([full.texts[i] for i in val_idx.tolist()], vocab, args.max_len),
              torch.tensor([full.labels[i] for i in val_idx.tolist()]))
@@ -149,7 +172,8 @@ def train_epoch(args: argparse.Namespace, model: TransformerClassifier, optimize
         loss = F.cross_entropy(logits.float(), labels[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        if args.clip:       # --clip 0: off
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
 
         pieces = sum(len(docs[i]) for i in index)
@@ -168,10 +192,11 @@ def score_on_test(args: argparse.Namespace, model: TransformerClassifier, vocab:
               device: torch.device) -> tuple[dict[str, Any], int]:
     """The test set, read only now, scored with the best checkpoint; plus ms per text at batch size 1."""
     best = load_checkpoint(best_path, STAGE, [MODEL_NAME], map_location="cpu")
-    if best["dataset"] != args.dataset or best["config"] != model.config.to_dict():
+    if best.get("dataset") != args.dataset or best.get("config") != model.config.to_dict():
         raise UserError(f"{best_path} no longer holds this run's best model (another run wrote over it); "
                         "give each run its own --checkpoint")
-    model.load_state_dict(best["model_state"])
+    checked = model_from_checkpoint(best_path, lambda: TransformerClassifier(model.config), best.get("model_state"))
+    model.load_state_dict(checked.state_dict())
     test = load_split(args.dataset, "test", args.data_dir)
     if args.limit:
         test = test.subset(list(range(0, len(test), max(1, len(test) // args.limit)))[: args.limit])
@@ -214,13 +239,28 @@ def train_and_validate(args: argparse.Namespace, model: TransformerClassifier, o
     monitor.evaluated(row, state["history"], panels=[["train_loss"], ["val_acc"], ["tokens_per_s"]])
 
 
+def check_resumable(path: Path, resume: dict[str, Any], config: ClassifierConfig, vocab_size: int) -> None:
+    """last.pt's config, vocabulary and weights must be those the flags build, checked before anything is built."""
+    if resume.get("config") != config.to_dict():
+        raise UserError(f"--resume: {path} holds another model config than these flags build; it was edited or "
+                        "made by another version: start a new run with another --out_dir")
+    check_vocab_fits(path, vocab_size, config.vocab_size)
+    with torch.device("meta"):      # shapes only: no memory
+        expected = {k: tuple(v.shape) for k, v in TransformerClassifier(config).state_dict().items()}
+    state = resume.get("model_state")
+    saved = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) \
+        else {}
+    if saved != expected:
+        raise UserError(f"--resume: {path}: the saved weights do not fit the saved config; start a new run with "
+                        "another --out_dir")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "d_model", "n_heads", "layers", "d_ff", "vocab_size", "max_len", "epochs", "batch_size")
     if args.d_model % args.n_heads:
         raise UserError(f"--d_model {args.d_model} must be divisible by --n_heads {args.n_heads}")
-    if args.limit < 0:
-        raise UserError(f"--limit must be >= 0, got {args.limit}")
+    if args.d_model % 2:
+        raise UserError(f"--d_model {args.d_model} must be even (the sinusoidal positions pair sines and cosines)")
     started = time.time()
     set_threads(args.num_threads)
     device = get_device(args.device)
@@ -230,17 +270,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                        state={"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_val_acc": -1.0, "bad_epochs": 0,
                               "history": [], "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_seen": 0})
     log = setup_logging(out_dir)
-    vocab, train, valid, full = load_texts(args, run.resume, log)
+    vocab, train, valid, full = load_texts(args, run.resume, run.last_path, log)
 
     set_seed(args.seed)
     config = ClassifierConfig(vocab_size=len(vocab), num_classes=len(full.classes), d_model=args.d_model,
                               n_heads=args.n_heads, layers=args.layers, d_ff=args.d_ff, dropout=args.dropout,
                               max_len=args.max_len)
+    if run.resume:      # the same flags (RESUME_MUST_MATCH) must rebuild exactly the saved model and vocabulary
+        check_resumable(run.last_path, run.resume, config, len(vocab))
     model = TransformerClassifier(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98))
     payload = {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": vocab.to_json(),
                "classes": full.classes, "dataset": args.dataset, "args": vars(args)}
-    run.attach(model, optimizer, payload=lambda: payload)
+    try:
+        run.attach(model, optimizer, payload=lambda: payload)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:    # last.pt edited or cut short
+        raise UserError(f"--resume: {run.last_path} cannot be resumed ({' '.join(str(err).split())[:100]}); "
+                        "start a new run with another --out_dir") from None
     state = run.state
     log.info(f"Transformer classifier: {count_params(model):,} parameters, {config}; {amp_name(device, args.amp)}")
 

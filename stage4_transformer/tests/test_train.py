@@ -69,12 +69,12 @@ def test_a_run_without_epochs_records_the_default_it_used(mt_data, tmp_path, cli
 @pytest.mark.parametrize("argv, message", [
     (["--d_model", "30", "--n_heads", "4"], "--d_model 30 must be divisible by --n_heads 4"),
     (["--positional", "rotary"], "invalid choice: 'rotary'"),
-    (["--lr", "0"], "--lr must be > 0"),
-    (["--average_last", "-1"], "--average_last must be >= 0"),
-    (["--attention_dropout", "1.5"], "--attention_dropout must be in [0, 1)"),
-    (["--label_smoothing", "-0.1"], "--label_smoothing must be in [0, 1)"),
-    (["--decoder_layers", "0"], "--decoder_layers must be at least 1"),
-    (["--layers", "0"], "--layers must be at least 1"),
+    (["--lr", "0"], "--lr: must be a number in (0, 1]"),
+    (["--average_last", "-1"], "--average_last: must be an integer >= 0"),
+    (["--attention_dropout", "1.5"], "--attention_dropout: must be a number in [0, 1)"),
+    (["--label_smoothing", "-0.1"], "--label_smoothing: must be a number in [0, 1)"),
+    (["--decoder_layers", "0"], "--decoder_layers: must be an integer in [1, 64]"),
+    (["--layers", "0"], "--layers: must be an integer in [1, 64]"),
     (["--impl", "torch", "--activation_dropout", "0"], "need --impl scratch"),
     (["--impl", "torch", "--fast_dropout"], "--fast_dropout needs --impl scratch"),
     (["--norm_first", "0"], "unrecognized arguments: 0"),                  # on/off flags are --x / --no-x now
@@ -199,8 +199,8 @@ def test_evaluate_scores_with_and_without_the_cache(mt_data, tmp_path, cli):
         outputs.append((out_dir / "translations.txt").read_text())
     assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 40
     for argv, message in ((["--checkpoint", tmp_path / "missing.pt"], "does not exist"),
-                          (["--beam_size", "0"], "--beam_size: beam must be between 1 (greedy) and 64, got 0"),
-                          (["--alpha", "nan"], "--alpha: alpha must be between 0 (no length penalty) and 10"),
+                          (["--beam_size", "0"], "--beam_size: must be an integer in [1, 64], got '0'"),
+                          (["--alpha", "nan"], "--alpha: must be a number in [0, 10], got 'nan'"),
                           (["--no_kv_cache"], "unrecognized arguments: --no_kv_cache")):
         code, _, err = cli(evaluate.main, argv)
         assert code == 2 and message in err and err.count("\n") == 1, err
