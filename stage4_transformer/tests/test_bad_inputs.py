@@ -1,0 +1,430 @@
+"""Whatever a learner types or points the stage 4 programs at ends in one line on stderr and exit status 2 (or, at
+the interactive prompt, in one line and the next prompt): flags out of range, text that is not UTF-8, odd data files,
+edited checkpoints and vocabularies, folders that cannot be written, a second training into a busy run folder.
+Nothing written before is lost. Property-based tests throw arbitrary text at the prompt, the tokenizer and the
+translator."""
+import builtins
+import contextlib
+import copy
+import gzip
+import io
+import json
+import os
+import random
+import shutil
+import socket
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scripts.common import UserError, checkpoint_header
+from scripts.testing import caption
+from stage4_transformer import bench, evaluate, train, train_classifier, translate
+from stage4_transformer.data.batches import encode_pairs
+from stage4_transformer.data.subword import SubwordVocab
+from stage4_transformer.models.transformer import Transformer, TransformerConfig
+from stage4_transformer.translator import MODEL_NAME, STAGE, load_model, translate_sentences
+
+CPU = torch.device("cpu")
+TINY = ["--d_model", "16", "--n_heads", "2", "--layers", "1", "--d_ff", "32", "--vocab_size", "120",
+        "--max_tokens", "512", "--warmup_steps", "2", "--num_threads", "1"]
+# any character, lone surrogates (bytes that were not UTF-8) and control characters included
+ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=200)
+
+
+def one_line(result, *words):
+    """`cli`'s result: exit status 2 and exactly one line on stderr that says each of `words`."""
+    code, _, err = result
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    for word in words:
+        assert word in err, (word, err)
+
+
+# ----------------------------------------------------------------------------- a tiny model, saved as train.py does
+def tiny_vocab(size=120, seed=0):
+    rng = random.Random(seed)
+    return SubwordVocab.train((text for _ in range(300) for text in caption(rng)), size, min_frequency=1,
+                              split_punctuation=True)
+
+
+def tiny_payload(vocab):
+    torch.manual_seed(0)
+    config = TransformerConfig(src_vocab_size=len(vocab), tgt_vocab_size=len(vocab), d_model=16, n_heads=2,
+                               n_encoder_layers=1, n_decoder_layers=1, d_ff=32, dropout=0.0, max_len=40,
+                               output_ids=list(range(len(vocab))))
+    model = Transformer(config)
+    return {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "dataset": "multi30k",
+            "vocab": vocab.to_json(), "args": {}, "epoch": 1, "best_val_bleu": 1.0, "history": [],
+            "model_state": {k: v.clone() for k, v in model.state_dict().items()}}
+
+
+@pytest.fixture(scope="module")
+def payload():
+    return tiny_payload(tiny_vocab())
+
+
+@pytest.fixture(scope="module")
+def tiny_model(payload, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    torch.save(payload, path)
+    model, vocab, _ = load_model(path, CPU)
+    return path, model, vocab
+
+
+# ----------------------------------------------------------------------------- flags
+@pytest.mark.parametrize("program, argv, flag", [
+    # silent wrong training: each of these used to start a run
+    (train, ["--clip", "-1"], "--clip"), (train, ["--limit", "-5"], "--limit"), (train, ["--max_steps", "-1"],
+                                                                                   "--max_steps"),
+    (train, ["--lr", "0"], "--lr"), (train, ["--lr", "nan"], "--lr"), (train, ["--lr", "inf"], "--lr"),
+    (train, ["--lr", "1e-320"], "--lr"), (train, ["--epochs", "0"], "--epochs"), (train, ["--epochs", "²"], "--epochs"),
+    (train, ["--epochs", "2.5"], "--epochs"), (train, ["--d_model", str(10 ** 9)], "--d_model"),
+    (train, ["--d_model", "30", "--n_heads", "4"], "--n_heads"), (train, ["--d_model", "31", "--n_heads", "1"],
+                                                                  "--d_model"),
+    (train, ["--n_heads", "0"], "--n_heads"), (train, ["--max_len", "0"], "--max_len"),
+    (train, ["--max_len", str(10 ** 6)], "--max_len"), (train, ["--dropout", "1"], "--dropout"),
+    (train, ["--label_smoothing", "1"], "--label_smoothing"), (train, ["--warmup_steps", "-1"], "--warmup_steps"),
+    (train, ["--weight_decay", "-1"], "--weight_decay"), (train, ["--lr", "0.5", "--weight_decay", "2"],
+                                                          "--weight_decay"),
+    (train, ["--vocab_size", "10"], "--vocab_size"), (train, ["--max_tokens", "0"], "--max_tokens"),
+    (train, ["--average_last", "-1"], "--average_last"), (train, ["--seed", str(2 ** 64)], "--seed"),
+    (train, ["--num_threads", "-1"], "--num_threads"),
+    (translate, ["--beam_size", "0", "hi"], "--beam_size"), (translate, ["--beam_size", "²", "hi"], "--beam_size"),
+    (translate, ["--beam_size", "65", "hi"], "--beam_size"), (translate, ["--alpha", "nan", "hi"], "--alpha"),
+    (translate, ["--alpha", "-1", "hi"], "--alpha"), (translate, ["--alpha", "1e-320", "hi"], "--alpha"),
+    (translate, ["--batch_size", "0", "hi"], "--batch_size"),
+    (translate, ["--batch_size", str(10 ** 6), "hi"], "--batch_size"),
+    (evaluate, ["--limit", "-5"], "--limit"), (evaluate, ["--beam_size", "0"], "--beam_size"),
+    (evaluate, ["--alpha", "inf"], "--alpha"), (evaluate, ["--batch_size", "0"], "--batch_size"),
+    (train_classifier, ["--clip", "-1"], "--clip"), (train_classifier, ["--limit", "-5"], "--limit"),
+    (train_classifier, ["--lr", "0"], "--lr"), (train_classifier, ["--patience", "0"], "--patience"),
+    (train_classifier, ["--val_fraction", "1"], "--val_fraction"), (train_classifier, ["--epochs", "0"], "--epochs"),
+    (train_classifier, ["--d_model", "31", "--n_heads", "1"], "--d_model"),
+    (train_classifier, ["--dropout", "1"], "--dropout"), (train_classifier, ["--max_len", "0"], "--max_len"),
+    (train_classifier, ["--batch_size", "-3"], "--batch_size"),
+    (bench, ["--num_threads", "-1"], "--num_threads"),
+])
+def test_a_bad_flag_is_one_line_before_any_work(cli, program, argv, flag):
+    one_line(cli(program.main, argv), flag)
+
+
+def test_help_says_the_allowed_values(cli):
+    code, out, _ = cli(train.main, ["--help"])
+    assert code == 0 and "allowed: 0 (off) or a number > 0" in " ".join(out.split())
+    code, out, _ = cli(train_classifier.main, ["--help"])
+    assert code == 0 and "allowed: a number in (0, 1)" in " ".join(out.split())
+
+
+def test_clip_zero_turns_clipping_off(monkeypatch, mt_data, tmp_path, cli):
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", mock.Mock(side_effect=AssertionError("clipped")))
+    code, _, err = cli(train.main, ["--data_dir", mt_data, "--out_dir", tmp_path / "run", "--checkpoint",
+                                    tmp_path / "best.pt", *TINY, "--clip", "0", "--max_steps", "1", "--limit", "60",
+                                    "--val_limit", "3", "--epochs", "1", "--average_last", "0"])
+    assert code == 0, err
+
+
+# ----------------------------------------------------------------------------- text that is not UTF-8
+def test_an_argument_that_is_not_utf8_is_one_line(cli):
+    one_line(cli(translate.main, ["A dog \udcff runs."]), "not valid UTF-8")
+
+
+def test_an_input_file_that_is_not_utf8_names_its_line(tiny_model, tmp_path, cli):
+    bad = tmp_path / "in.en"
+    bad.write_bytes(b"A dog runs.\nA cat \xff sleeps.\n")
+    one_line(cli(translate.main, ["--checkpoint", tiny_model[0], "--input", bad]), str(bad), "line 2")
+
+
+def test_standard_input_that_is_not_utf8_is_translated_with_a_note(tiny_model, monkeypatch, cli):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"A dog \xff runs.\n\nTwo men.\n"), "utf-8"))
+    code, out, err = cli(translate.main, ["--checkpoint", tiny_model[0], "--input", "-", "--beam_size", "1"])
+    assert code == 0, err
+    assert len(out.split("\n")) == 4 and "not valid UTF-8" in err
+
+
+def test_the_prompt_survives_bytes_that_are_not_utf8(tiny_model, capsys):
+    out = run_prompt(tiny_model, ["A dog \udcff runs.", "\udcff", ":beam \udcff", "Two men."])
+    assert out.count("fr> ") == 3 and "not valid UTF-8" in out
+
+
+@pytest.mark.parametrize("damage", ["not utf8", "bad gzip", "empty line", "uneven"])
+def test_a_damaged_corpus_file_is_one_line_naming_it(mt_data, tmp_path, cli, damage):
+    data = tmp_path / "data"
+    shutil.copytree(mt_data, data)
+    path = data / "multi30k" / "train.en.gz"
+    lines = gzip.decompress(path.read_bytes()).split(b"\n")
+    if damage == "not utf8":
+        lines[7] = b"A man \xff\xfe runs."
+    elif damage == "empty line":
+        lines[7] = b""
+    elif damage == "uneven":
+        lines = lines[:-5]
+    path.write_bytes(gzip.compress(b"\n".join(lines)))
+    if damage == "bad gzip":
+        path.write_bytes(path.read_bytes()[:200])
+    one_line(cli(train.main, ["--data_dir", data, "--out_dir", tmp_path / "run", "--checkpoint",
+                               tmp_path / "best.pt", *TINY]), "train.en.gz")
+
+
+# ----------------------------------------------------------------------------- edited checkpoints and vocabularies
+def vocab_edit(change):
+    def edit(ckpt):
+        data = json.loads(ckpt["vocab"])
+        change(data["model"], data)
+        ckpt["vocab"] = json.dumps(data)
+    return edit
+
+
+def set_config(**values):
+    return lambda ckpt: ckpt["config"].update(values)
+
+
+CHECKPOINT_EDITS = {
+    "missing config key": (lambda ckpt: ckpt["config"].pop("max_len"), "missing max_len"),
+    "extra config key": (set_config(rotary=True), "unknown rotary"),
+    "absurd d_model": (set_config(d_model=10 ** 9), "d_model"),
+    "absurd max_len": (set_config(max_len=10 ** 7), "max_len"),
+    "zero heads": (set_config(n_heads=0), "n_heads"),
+    "unknown model type": (set_config(impl="rnn"), "impl"),
+    "dropout out of range": (set_config(dropout=1.5), "dropout"),
+    "output ids out of range": (set_config(output_ids=[0, 1, 2, 3, 10 ** 6]), "output_ids"),
+    "output ids not ascending": (set_config(output_ids=[0, 1, 2, 3, 9, 8]), "output_ids"),
+    "vocabulary longer than the model": (set_config(src_vocab_size=100, tgt_vocab_size=100,
+                                                                output_ids=[0, 1, 2, 3]), "entries"),
+    "vocabulary shorter than the model": (lambda ckpt: ckpt.update(vocab=tiny_vocab(110, seed=1).to_json()),
+                                          "entries"),
+    "vocab: duplicate id": (vocab_edit(lambda m, d: m["vocab"].update({"▁man": 4})), "ids"),
+    "vocab: id out of range": (vocab_edit(lambda m, d: m["vocab"].update({"▁man": 10 ** 6})), "ids"),
+    "vocab: merge of unknown pieces": (vocab_edit(lambda m, d: m["merges"].append(["zz", "qq"])), "merge"),
+    "vocab: id that is a string": (vocab_edit(lambda m, d: m["vocab"].update({"▁man": "7"})), "ids"),
+    "vocab: a normalizer added": (vocab_edit(lambda m, d: d.update(normalizer={"type": "Lowercase"})), "normalizer"),
+    "vocab: not JSON": (lambda ckpt: ckpt.update(vocab="{nope"), "subword vocabulary"),
+    "vocab: not text": (lambda ckpt: ckpt.update(vocab=[1, 2]), "subword vocabulary"),
+    "weights: wrong shape": (lambda ckpt: ckpt["model_state"].update({"generator.bias": torch.zeros(3)}),
+                             "generator.bias"),
+    "weights: missing": (lambda ckpt: ckpt["model_state"].pop("encoder_norm.weight"), "encoder_norm.weight"),
+    "no data set": (lambda ckpt: ckpt.pop("dataset"), "data set"),
+    "another stage": (lambda ckpt: ckpt.update(stage="stage3_attention_seq2seq"), "stage3"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINT_EDITS))
+def test_an_edited_checkpoint_is_refused_before_the_model_is_built(payload, tmp_path, cli, monkeypatch, case):
+    edit, words = CHECKPOINT_EDITS[case]
+    ckpt = copy.deepcopy(payload)
+    edit(ckpt)
+    path = tmp_path / "edited.pt"
+    torch.save(ckpt, path)
+    real_init = Transformer.__init__
+
+    def guarded_init(self, config):     # a model is built only on the meta device (no memory) before the checks end
+        assert config.d_model < 10 ** 6 and config.max_len < 10 ** 6, "built from an absurd config"
+        real_init(self, config)
+    monkeypatch.setattr(Transformer, "__init__", guarded_init)
+    one_line(cli(translate.main, ["--checkpoint", path, "A dog runs."]), str(path), words)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", os.urandom(300)])
+def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path, cli, content):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(content)
+    one_line(cli(evaluate.main, ["--checkpoint", path]), str(path))
+
+
+@settings(max_examples=60, deadline=None)
+@given(path=st.sampled_from([("model", "vocab"), ("model", "merges"), ("model",), ("added_tokens",),
+                             ("pre_tokenizer",), ("decoder",), ()]),
+       value=st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                       max_size=3), max_leaves=6))
+def test_a_vocabulary_edited_anyhow_loads_checked_or_is_refused(path, value):
+    data = json.loads(VOCAB_JSON)
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    if path:
+        node[path[-1]] = value
+    else:
+        data = value
+    try:
+        vocab = SubwordVocab.from_json(json.dumps(data))
+    except UserError as err:
+        assert "\n" not in str(err)
+        return
+    ids = vocab.encode("A man is running in the park.")      # a vocabulary that loads gives ids it has rows for
+    assert all(0 <= i < len(vocab) for i in ids)
+
+
+VOCAB_JSON = tiny_vocab().to_json()
+
+
+# ----------------------------------------------------------------------------- output folders and run folders
+def test_an_unwritable_checkpoint_folder_loses_nothing(mt_data, tmp_path, cli):
+    best = tmp_path / "ck" / "best.pt"
+    best.parent.mkdir()
+    best.write_bytes(b"the previous best model")
+    best.with_suffix(".tokenizer.json").write_bytes(b"its vocabulary")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    one_line(cli(train.main, ["--data_dir", mt_data, "--out_dir", blocker / "run", "--checkpoint", best, *TINY]),
+             str(blocker))
+    assert best.read_bytes() == b"the previous best model"
+    assert best.with_suffix(".tokenizer.json").read_bytes() == b"its vocabulary"
+    one_line(cli(train.main, ["--data_dir", mt_data, "--out_dir", tmp_path / "run", "--checkpoint",
+                               blocker / "best.pt", *TINY]), str(blocker))
+
+
+def test_unwritable_outputs_of_translate_and_evaluate(tiny_model, mt_data, tmp_path, cli):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    source = tmp_path / "in.en"
+    source.write_text("A dog runs.\n")
+    one_line(cli(translate.main, ["--checkpoint", tiny_model[0], "--input", source, "--output",
+                                   blocker / "out.fr"]), "--output")
+    one_line(cli(translate.main, ["--checkpoint", tiny_model[0], "A dog.", "--heatmap", blocker / "map.png"]),
+             "heatmap")
+    one_line(cli(evaluate.main, ["--checkpoint", tiny_model[0], "--data_dir", mt_data, "--limit", "3",
+                                  "--beam_size", "2", "--out_dir", blocker / "eval"]), str(blocker))
+
+
+@pytest.mark.parametrize("program", [train, train_classifier])
+def test_a_busy_run_folder_is_refused(program, tmp_path, tiny_data, mt_data, cli):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.lock").write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "command": "python train.py",
+                                              "started": "now"}))
+    data = mt_data if program is train else tiny_data
+    one_line(cli(program.main, ["--data_dir", data, "--out_dir", run, "--checkpoint", tmp_path / "best.pt"]),
+             "in use")
+
+
+# ----------------------------------------------------------------------------- --resume
+@pytest.fixture(scope="module")
+def stopped_run(mt_data, tmp_path_factory):
+    """A tiny run stopped after one step (one epoch, validated): its last.pt to resume from."""
+    from scripts.common import run_main
+    folder = tmp_path_factory.mktemp("resume")
+    argv = ["--data_dir", str(mt_data), "--out_dir", str(folder / "run"), "--checkpoint", str(folder / "best.pt"),
+            *TINY, "--epochs", "2", "--limit", "60", "--val_limit", "3", "--average_last", "0"]
+    with pytest.raises(SystemExit) as info, contextlib.redirect_stdout(io.StringIO()):
+        run_main(train.main, [*argv, "--max_steps", "1"])
+    assert info.value.code == 0
+    return folder, argv
+
+
+@pytest.mark.parametrize("flags, named", [(["--d_model", "32"], "--d_model"),
+                                          (["--no-share_embeddings"], "--share_embeddings"),
+                                          (["--clip", "0.5"], "--clip"), (["--label_smoothing", "0"],
+                                                                          "--label_smoothing")])
+def test_resume_refuses_changed_settings(stopped_run, cli, flags, named):
+    folder, argv = stopped_run
+    before = (folder / "run" / "last.pt").read_bytes()
+    one_line(cli(train.main, [*argv, *flags, "--resume"]), named)
+    assert (folder / "run" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["vocab: duplicate id", "absurd d_model", "weights: wrong shape"])
+def test_resume_refuses_an_edited_last_checkpoint(stopped_run, tmp_path, cli, case):
+    folder, argv = stopped_run
+    run = tmp_path / "run"
+    shutil.copytree(folder / "run", run, ignore=shutil.ignore_patterns("run.lock"))
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    CHECKPOINT_EDITS[case][0](ckpt)
+    torch.save(ckpt, run / "last.pt")
+    before = (run / "last.pt").read_bytes()
+    one_line(cli(train.main, [*argv, "--out_dir", run, "--resume"]), "last.pt")
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_classifier_resume_refuses_changes_and_edits(tiny_data, tmp_path, cli):
+    argv = ["--data_dir", tiny_data, "--out_dir", tmp_path / "run", "--checkpoint", tmp_path / "clf.pt",
+            "--d_model", "16", "--n_heads", "2", "--layers", "1", "--d_ff", "32", "--epochs", "2", "--patience", "2",
+            "--vocab_size", "150", "--batch_size", "32", "--limit", "60", "--num_threads", "1"]
+    code, _, err = cli(train_classifier.main, [*argv, "--epochs", "1"])
+    assert code == 0, err
+    last = tmp_path / "run" / "last.pt"
+    one_line(cli(train_classifier.main, [*argv, "--dropout", "0.3", "--resume"]), "--dropout")
+    ckpt = torch.load(last, weights_only=True)
+    vocab_edit(lambda m, d: m["merges"].append(["zz", "qq"]))(ckpt)
+    torch.save(ckpt, last)
+    before = last.read_bytes()
+    one_line(cli(train_classifier.main, [*argv, "--resume"]), "last.pt", "merge")
+    assert last.read_bytes() == before
+    one_line(cli(train_classifier.main, [*argv, "--limit", "1", "--out_dir", tmp_path / "one"]), "--limit")
+
+
+# ----------------------------------------------------------------------------- the prompt, and arbitrary text
+def run_prompt(tiny_model, lines):
+    """translate.py --interactive on the tiny model, reading `lines`; returns what it printed."""
+    path, model, vocab = tiny_model
+    args = translate.build_parser().parse_args(["--interactive", "--beam_size", "2"])
+    out = io.StringIO()
+    with mock.patch.object(builtins, "input", side_effect=[*lines, EOFError]), contextlib.redirect_stdout(out):
+        assert translate.interactive(model, vocab, args, CPU) == 0
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("line", [":beam ²", ":beam 0", ":beam 99999999999999999999999", ":alpha nan", ":alpha 1e-320",
+                                  ":alpha -1", ":seed 99999999999999999999999", ":", ": ", ":temperature 2",
+                                  "\x00\x01\x1b[31m", "word " * 5000, "\u202e\u0301\ufffd", "$5 and $6"])
+def test_the_prompt_answers_every_line(tiny_model, line):
+    out = run_prompt(tiny_model, [line, ":settings"])
+    assert "beam 2, alpha 1.0" in out           # a bad value kept the setting as it was
+
+
+def test_the_heatmap_command_refuses_paths_it_cannot_write(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    out = run_prompt(tiny_model, [":heatmap a_file/map.png", "A dog runs.", ":heatmap map.xyz", "A dog runs.",
+                                  ":heatmap nul\x00.png", "A $5 dog.", ":heatmap ok.png", "It costs $5 and $6."])
+    assert out.count("cannot write the heatmap") == 3 and (tmp_path / "ok.png").is_file()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.one_of(ANY_TEXT, st.builds(lambda c, v: f":{c} {v}", st.sampled_from(
+    ["beam", "b", "alpha", "seed", "temperature", "top_k", "settings", "help", "nope", ""]), ANY_TEXT)),
+    max_size=4))
+def test_the_prompt_survives_any_line(tiny_model, lines):
+    lines = [line for line in lines if not line.lstrip().lower().startswith((":heatmap", ":q", ":exit"))]
+    run_prompt(tiny_model, lines)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(ANY_TEXT, min_size=1, max_size=4), beam=st.integers(1, 3))
+def test_any_text_translates(tiny_model, texts, beam):
+    _, model, vocab = tiny_model
+    out = translate_sentences(model, vocab, texts, CPU, beam_size=beam, batch_size=2)
+    assert len(out) == len(texts) and all(isinstance(t, str) for t in out)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=ANY_TEXT)
+def test_any_text_encodes_to_ids_the_vocabulary_has(text):
+    vocab = TEXT_VOCAB
+    ids = vocab.encode(text)
+    assert all(0 <= i < len(vocab) for i in ids)
+    assert isinstance(vocab.decode(ids), str)
+    assert all(0 <= i < len(vocab) for i in train_classifier.encode([text], vocab, 8)[0])
+    assert encode_pairs([(text, text)], vocab, 0)[0][0][-1] == 3     # ends in <eos>
+
+
+TEXT_VOCAB = SubwordVocab.from_json(VOCAB_JSON)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_any_bytes_as_an_input_file_are_text_or_one_line(data):
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"s4_bytes_{os.getpid()}.en"
+    path.write_bytes(data)
+    try:
+        text = translate.read_input(str(path))
+        assert isinstance(text, str)
+    except UserError as err:
+        assert "\n" not in str(err) and str(path) in str(err)
+    finally:
+        path.unlink()
