@@ -27,6 +27,10 @@ TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?|[!?]"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
 _HASH_MULTIPLIER = np.uint64(116049371)  # the multiplier fastText uses to hash word n-grams
 UNK = "<unk>"
+FORMAT = "stage1-ngram-featurizer-v1"
+MAX_NGRAMS = 5          # fastText's longest word n-grams; longer ones are almost all seen once
+MAX_BUCKETS = 2 ** 24   # 16.8M rows of n-grams, 8x the default: more only costs memory
+MAX_WORDS = 2 ** 22     # IMDb has ~100k distinct words; a vocabulary far beyond that is not one of ours
 
 
 def tokenize(text: str) -> list[str]:
@@ -84,7 +88,7 @@ class Featurizer:
 
     # -- JSON, never pickle
     def to_dict(self) -> dict:
-        return {"format": "stage1-ngram-featurizer-v1", "token_pattern": TOKEN_PATTERN, "lowercase": True,
+        return {"format": FORMAT, "token_pattern": TOKEN_PATTERN, "lowercase": True,
                 "ngrams": self.ngrams, "buckets": self.buckets, "itos": self.itos}
 
     def save(self, path: Path) -> None:
@@ -92,9 +96,25 @@ class Featurizer:
 
     @classmethod
     def from_dict(cls, obj: dict, where: str = "vocabulary") -> "Featurizer":
-        if not isinstance(obj, dict) or obj.get("format") != "stage1-ngram-featurizer-v1":
-            raise UserError(f"{where} is not a stage 1 vocabulary (no 'format': 'stage1-ngram-featurizer-v1')")
-        return cls(list(obj["itos"]), ngrams=int(obj["ngrams"]), buckets=int(obj["buckets"]))
+        """The featurizer a checkpoint or vocab.json saved, after checking every field: a file edited by hand or
+        written by another program is refused in one line naming `where`."""
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise UserError(f"{where} is not a stage 1 vocabulary (no 'format': '{FORMAT}')")
+
+        def bad(reason: str) -> UserError:
+            return UserError(f"{where}: the stage 1 vocabulary is damaged ({reason}); retrain the model")
+
+        itos, ngrams, buckets = obj.get("itos"), obj.get("ngrams"), obj.get("buckets")
+        if not isinstance(itos, list) or not 1 <= len(itos) <= MAX_WORDS:
+            raise bad(f"'itos' must be a list of 1 to {MAX_WORDS:,} words")
+        if itos[0] != UNK or not all(isinstance(word, str) for word in itos):
+            raise bad(f"'itos' must be words (strings), the first one {UNK!r}")
+        if len(set(itos)) != len(itos):
+            raise bad("a word appears twice in 'itos'")
+        for name, value, most in (("ngrams", ngrams, MAX_NGRAMS), ("buckets", buckets, MAX_BUCKETS)):
+            if type(value) is not int or not 1 <= value <= most:
+                raise bad(f"'{name}' = {str(value)[:20]!r} is not an integer in 1..{most:,}")
+        return cls(list(itos), ngrams=ngrams, buckets=buckets)
 
     @classmethod
     def load(cls, path: Path) -> "Featurizer":

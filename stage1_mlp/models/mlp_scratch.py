@@ -197,7 +197,12 @@ class ScratchAdam:
         return {"t": self.t, "m": self.m, "v": self.v, "lr": self.lr, "betas": list(self.betas), "eps": self.eps}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a saved run exactly (moments on the parameters' device, and its lr/betas/eps)."""
+        """Restore a saved run exactly (moments on the parameters' device, and its lr/betas/eps). Moments that do
+        not fit the parameters (an edited or foreign checkpoint) are a ValueError here, not a failure steps later."""
+        for key in ("m", "v"):
+            saved = state[key]
+            if set(saved) != set(self.params) or any(saved[k].shape != p.shape for k, p in self.params.items()):
+                raise ValueError(f"the saved Adam moments '{key}' do not fit the model's parameters")
         self.t = int(state["t"])
         self.lr, self.betas, self.eps = float(state["lr"]), tuple(state["betas"]), float(state["eps"])
         self.m = {k: t.to(self.params[k].device).clone() for k, t in state["m"].items()}

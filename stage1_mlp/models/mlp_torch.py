@@ -60,5 +60,12 @@ class SparseDenseAdam:
         return [optimizer.state_dict() for optimizer in self.optimizers]
 
     def load_state_dict(self, state: list[dict]) -> None:
+        """Restore both optimizers; moments that do not fit the parameters (an edited or foreign checkpoint) are a
+        ValueError here, not a failure at the next step."""
+        if not isinstance(state, list) or len(state) != len(self.optimizers):
+            raise ValueError(f"expected the states of {len(self.optimizers)} optimizers")
         for optimizer, saved in zip(self.optimizers, state):
             optimizer.load_state_dict(saved)
+            for param, moments in optimizer.state.items():
+                if any(value.shape != param.shape for name, value in moments.items() if name != "step"):
+                    raise ValueError("the saved Adam moments do not fit the model's parameters")
