@@ -18,19 +18,18 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from scripts.classification_data import DATASETS, classification_report, load_split
+from scripts.checks import COUNT, POSITIVE_INT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, describe_model,
                             find_model, get_device, load_checkpoint, run_main, set_threads, write_metrics)
 from scripts.plots import plot_confusion
 from scripts.repl import Repl
-from stage1_mlp.data.features import FeatureSet, Featurizer, tokenize
-from stage1_mlp.models.config import MLPConfig
-from stage1_mlp.models.mlp_scratch import ScratchMLP
-from stage1_mlp.models.mlp_torch import TorchMLP
+from stage1_mlp.data.features import FeatureSet, tokenize
+from stage1_mlp.models.checkpoint import load_model
 
 STAGE = "stage1_mlp"
 STAGE_DIR = Path(__file__).resolve().parent
@@ -39,6 +38,8 @@ MODEL_NAME = "ngram_mlp"
 BEST_GLOBS = ["checkpoints/best_model*.pt"]
 RUN_GLOBS = ["runs/*/last.pt"]
 TRAIN_HINT = "python stage1_mlp/train.py --preset quick"
+# options of the test-set evaluation only (not of --text / --interactive)
+TEST_SET_OPTIONS = ("dataset", "limit", "batch_size", "latency_samples", "out_dir", "metrics_out")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test set (when not given: the one the model was trained on)")
     p.add_argument("--text", default=None, help="classify this text and print class probabilities")
     p.add_argument("--interactive", action="store_true", help="classify texts typed at a prompt")
-    p.add_argument("--limit", type=int, default=0, help="evaluate only N evenly spaced test documents (0: all)")
-    p.add_argument("--batch_size", type=int, default=1024, help="batch size for the accuracy pass and throughput")
-    p.add_argument("--latency_samples", type=int, default=500, help="documents timed one at a time for latency")
+    p.add_argument("--limit", type=COUNT, default=0, help="evaluate only N evenly spaced test documents (0: all)")
+    p.add_argument("--batch_size", type=POSITIVE_INT, default=1024,
+                   help="batch size for the accuracy pass and throughput (>= 1)")
+    p.add_argument("--latency_samples", type=POSITIVE_INT, default=500,
+                   help="documents timed one at a time for latency (>= 1)")
     p.add_argument("--out_dir", default=None,
                    help="where outputs go (when not given: stage1_mlp/runs/eval_<dataset>, with _quick at the end "
                         "for a model of the quick preset)")
@@ -70,15 +73,15 @@ class Classifier:
         if self.path.name != "last.pt" and isinstance(ckpt.get("best_val_acc"), float):   # its own val accuracy
             self.description = self.description[:-1] + f", val acc {ckpt['best_val_acc']:.2%})"
         self.args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-        self.impl, self.dataset, self.classes = ckpt["impl"], ckpt["dataset"], list(ckpt["classes"])
-        self.featurizer = Featurizer.from_dict(ckpt["featurizer"], str(path))
-        self.config = MLPConfig(**ckpt["config"])
-        self.model: Any = TorchMLP(self.config) if self.impl == "torch" else ScratchMLP(self.config)
-        try:
-            self.model.load_state_dict(ckpt["model_state"])
-        except (KeyError, RuntimeError) as err:
-            raise UserError(f"{path}: weights do not fit the model its config describes ({err})") from None
-        self.model.to(device).eval()
+        self.dataset = ckpt.get("dataset") if ckpt.get("dataset") in DATASETS else None
+        if self.dataset is None:
+            raise UserError(f"{path} does not say which data set it was trained on (one of {', '.join(DATASETS)}); "
+                            "retrain the model")
+        # every field checked against the model about to be built (models/checkpoint.py)
+        saved, self.model = load_model(path, ckpt, device)
+        self.impl, self.config, self.classes = saved.impl, saved.config, saved.classes
+        self.featurizer = saved.featurizer
+        self.model.eval()
 
     @torch.no_grad()
     def probabilities(self, data: FeatureSet, batch_size: int = 1024) -> torch.Tensor:
@@ -102,7 +105,8 @@ def find_checkpoint(given: str | None) -> Path:
 
 def eval_dir(clf: Classifier, dataset: str) -> Path:
     """Where the evaluation of `clf` on `dataset` goes by default: runs/eval_<dataset>, _quick for the quick preset."""
-    preset = clf.args.get("preset", "default")
+    preset = clf.args.get("preset")
+    preset = preset if isinstance(preset, str) and preset.isascii() and preset.isalnum() else "default"
     return STAGE_DIR / "runs" / (f"eval_{dataset}" + ("" if preset == "default" else f"_{preset}"))
 
 
@@ -149,12 +153,29 @@ def measure_latency(clf: Classifier, texts: list[str], samples: int) -> float:
     return (time.perf_counter() - start) / len(texts) * 1000
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    set_threads(args.num_threads)
-    device = get_device(args.device)
+def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--text and --interactive classify what the user types: the test-set options would be silently ignored."""
+    if args.text is not None and args.interactive:
+        raise UserError("--text and --interactive exclude each other: classify one text, or type texts at a prompt")
     if args.text is not None and not args.text.strip():
         raise UserError("--text is empty; give the text to classify, e.g. --text \"a wonderful film\"")
+    if args.text is not None or args.interactive:
+        given = [f"--{name}" for name in TEST_SET_OPTIONS if getattr(args, name) != parser.get_default(name)]
+        if given:
+            mode = "--text" if args.text is not None else "--interactive"
+            raise UserError(f"{', '.join(given)} only apply to the test-set evaluation, not to {mode}; "
+                            f"leave {'them' if len(given) > 1 else 'it'} out, or leave out {mode}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_combinations(parser, args)
+    if args.metrics_out and Path(args.metrics_out).is_dir():
+        raise UserError(f"--metrics_out {args.metrics_out} is a folder; give a file name, e.g. {args.metrics_out}/"
+                        "metrics.json")
+    set_threads(args.num_threads)
+    device = get_device(args.device)
     args.checkpoint = str(find_checkpoint(args.checkpoint))
     clf = Classifier(args.checkpoint, device)
     print(clf.description)
@@ -166,6 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     dataset = args.dataset or clf.dataset
     started = time.time()
+    # the output folders first: one that cannot be written is said before the evaluation, not after it
+    out_dir = Path(args.out_dir) if args.out_dir else eval_dir(clf, dataset)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.metrics_out:
+        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
     test = load_split(dataset, "test", args.data_dir)
     if len(test.classes) != len(clf.classes):
         raise UserError(f"{args.checkpoint} predicts {len(clf.classes)} classes but {dataset} has {len(test.classes)}")
@@ -181,8 +207,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = classification_report(data.labels, preds, clf.classes)
     latency = measure_latency(clf, test.texts, args.latency_samples)
 
-    out_dir = Path(args.out_dir) if args.out_dir else eval_dir(clf, dataset)
-    out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(report["confusion_matrix"], clf.classes, out_dir / "confusion_matrix.png",
                    title=f"{dataset} test, MLP ({clf.impl})")
     with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
