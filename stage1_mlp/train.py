@@ -22,15 +22,17 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from scripts.classification_data import DATASETS, load_split, train_val_split
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, check_positive,
-                            checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
-                            set_threads, setup_logging, write_metrics)
+from scripts.checks import COUNT, FRACTION, POSITIVE_INT, Range, check_args
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, checkpoint_header, count_params,
+                            get_device, run_main, save_checkpoint, set_seed, set_threads, setup_logging,
+                            write_metrics)
 from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
-from stage1_mlp.data.features import FeatureSet, Featurizer, tokenize
-from stage1_mlp.models.config import MLPConfig
-from stage1_mlp.models.mlp_scratch import ScratchAdam, ScratchMLP, softmax_cross_entropy
-from stage1_mlp.models.mlp_torch import SparseDenseAdam, TorchMLP
+from stage1_mlp.data.features import MAX_BUCKETS, MAX_NGRAMS, MAX_WORDS, FeatureSet, Featurizer, tokenize
+from stage1_mlp.models.checkpoint import build_model, load_model
+from stage1_mlp.models.config import LIMITS, MAX_TABLE, MLPConfig
+from stage1_mlp.models.mlp_scratch import ScratchAdam, softmax_cross_entropy
+from stage1_mlp.models.mlp_torch import SparseDenseAdam
 
 STAGE = "stage1_mlp"
 STAGE_DIR = Path(__file__).resolve().parent
@@ -46,6 +48,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(epochs=2, lr=4e-3, batch_size=256, ngrams=2, buckets=500_000),
 }
 # a few fixed texts the model classifies at every evaluation, to watch it learn (train.log, TensorBoard)
+# the allowed values of the numeric flags (scripts/checks.py): each is checked before any work starts
+RANGES = {
+    "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "min_freq": POSITIVE_INT, "patience": POSITIVE_INT,
+    "lr": Range(float, lo=0, lo_open=True, hi=1),              # 0 would train nothing; Adam above 1 only diverges
+    "embed_dim": Range(int, lo=1, hi=LIMITS["embed_dim"]), "hidden_dim": Range(int, lo=1, hi=LIMITS["hidden_dim"]),
+    "dropout": FRACTION, "ngrams": Range(int, lo=1, hi=MAX_NGRAMS), "buckets": Range(int, lo=1, hi=MAX_BUCKETS),
+    "val_fraction": Range(float, lo=0, hi=1, lo_open=True, hi_open=True),
+    "limit": COUNT, "max_steps": COUNT,
+}
 SAMPLE_TEXTS = {
     "imdb": ["A moving, beautifully acted film.", "The acting was not bad, the story was good.",
              "The acting was not good, the story was bad."],
@@ -54,10 +65,15 @@ SAMPLE_TEXTS = {
 
 
 def preset_default(key: str) -> str:
-    """How --help states a flag whose default comes from --preset."""
+    """How --help states a flag whose default comes from --preset, and its allowed values."""
     shown = [f"{name} {values[key]:,}" if isinstance(values[key], int) else f"{name} {values[key]}"
              for name, values in PRESETS.items()]
-    return f"(default: the preset's: {', '.join(shown)})"
+    return f"({allowed(key)}; default: the preset's: {', '.join(shown)})"
+
+
+def allowed(key: str) -> str:
+    """The allowed values of a numeric flag, for its --help line: "an integer >= 1", "a number in (0, 1]"..."""
+    return RANGES[key].describe()
 
 
 def run_suffix(preset: str) -> str:
@@ -74,27 +90,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="imdb", choices=DATASETS, help="data set to train on")
     p.add_argument("--impl", default="torch", choices=["torch", "scratch"],
                    help="torch: nn + autograd; scratch: hand-written backward pass and Adam")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=RANGES["epochs"], default=None,
                    help="most epochs to train (early stopping may end sooner) " + preset_default("epochs"))
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate " + preset_default("lr"))
-    p.add_argument("--batch_size", type=int, default=None, help="documents per step " + preset_default("batch_size"))
+    p.add_argument("--lr", type=RANGES["lr"], default=None, help="Adam learning rate " + preset_default("lr"))
+    p.add_argument("--batch_size", type=RANGES["batch_size"], default=None,
+                   help="documents per step " + preset_default("batch_size"))
 
     model = p.add_argument_group("model and features")
-    model.add_argument("--embed_dim", type=int, default=32, help="size of each n-gram embedding")
-    model.add_argument("--hidden_dim", type=int, default=64, help="size of the hidden ReLU layer")
-    model.add_argument("--dropout", type=float, default=0.3, help="dropout on the hidden layer")
-    model.add_argument("--ngrams", type=int, default=None,
+    model.add_argument("--embed_dim", type=RANGES["embed_dim"], default=32,
+                       help=f"size of each n-gram embedding ({allowed('embed_dim')})")
+    model.add_argument("--hidden_dim", type=RANGES["hidden_dim"], default=64,
+                       help=f"size of the hidden ReLU layer ({allowed('hidden_dim')})")
+    model.add_argument("--dropout", type=RANGES["dropout"], default=0.3,
+                       help=f"dropout on the hidden layer ({allowed('dropout')})")
+    model.add_argument("--ngrams", type=RANGES["ngrams"], default=None,
                        help="longest word n-gram used (1: words only) " + preset_default("ngrams"))
-    model.add_argument("--buckets", type=int, default=None,
+    model.add_argument("--buckets", type=RANGES["buckets"], default=None,
                        help="hash buckets for the n-grams " + preset_default("buckets"))
-    model.add_argument("--min_freq", type=int, default=2, help="words seen fewer times map to <unk>")
+    model.add_argument("--min_freq", type=RANGES["min_freq"], default=2,
+                       help=f"words seen fewer times map to <unk> ({allowed('min_freq')})")
 
     training = p.add_argument_group("training")
-    training.add_argument("--patience", type=int, default=2,
-                          help="stop after this many epochs without a better val accuracy")
-    training.add_argument("--val_fraction", type=float, default=0.1, help="share of train held out for validation")
-    training.add_argument("--limit", type=int, default=0, help="use only this many training documents (0: all)")
-    training.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
+    training.add_argument("--patience", type=RANGES["patience"], default=2,
+                          help=f"stop after this many epochs without a better val accuracy ({allowed('patience')})")
+    training.add_argument("--val_fraction", type=RANGES["val_fraction"], default=0.1,
+                          help=f"share of train held out for validation ({allowed('val_fraction')})")
+    training.add_argument("--limit", type=RANGES["limit"], default=0,
+                          help="use only this many training documents (0: all)")
+    training.add_argument("--max_steps", type=RANGES["max_steps"], default=0,
+                          help="stop after this many optimizer steps (0: no limit)")
 
     add_output_args(p, "where the best checkpoint is written (when not given: "
                         "stage1_mlp/checkpoints/best_model.pt; best_model_quick.pt for the quick preset)",
@@ -109,23 +133,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    check_positive(args, "epochs", "batch_size", "embed_dim", "hidden_dim", "ngrams", "buckets", "min_freq")
-    if not 0.0 <= args.dropout < 1.0:
-        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    check_args(args, **RANGES)   # the values a preset filled in, too
+    if args.ngrams > 1 and args.buckets * args.embed_dim > MAX_TABLE:
+        raise UserError(f"--buckets {args.buckets:,} x --embed_dim {args.embed_dim} makes an embedding table of "
+                        f"{args.buckets * args.embed_dim:,} numbers, more than the {MAX_TABLE:,} (1 GiB) this course "
+                        "builds; lower --buckets or --embed_dim")
     suffix = run_suffix(args.preset)
     args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"{args.dataset}_{args.impl}{suffix}")
     args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"best_model{suffix}.pt")
+    best, last = Path(args.checkpoint), Path(args.out_dir) / "last.pt"
+    if best.is_dir():
+        raise UserError(f"--checkpoint {args.checkpoint} is a folder; give a file name, e.g. {best / 'best_model.pt'}")
+    if best.resolve() == last.resolve():
+        raise UserError(f"--checkpoint {args.checkpoint} is the run's resumable state (<out_dir>/last.pt); "
+                        "give the best model another file name")
     return args
 
 
 # ----------------------------------------------------------------------------- one step, both ways
 def make_model(impl: str, config: MLPConfig, lr: float, device: torch.device) -> tuple[Any, Any]:
     """The model and its optimizer; both implementations draw the same initial distributions."""
-    if impl == "torch":
-        model = TorchMLP(config).to(device)
-        return model, SparseDenseAdam(model, lr)
-    model = ScratchMLP(config).to(device)
-    return model, ScratchAdam(model.params, lr=lr)
+    return make_optimizer(impl, build_model(impl, config).to(device), lr)
+
+
+def make_optimizer(impl: str, model: Any, lr: float) -> tuple[Any, Any]:
+    """`model` and its optimizer: torch's sparse + dense Adam, or the hand-written one."""
+    return model, SparseDenseAdam(model, lr) if impl == "torch" else ScratchAdam(model.params, lr=lr)
 
 
 def train_step(impl: str, model: Any, optimizer: Any, ids: torch.Tensor, offsets: torch.Tensor,
@@ -171,24 +204,44 @@ def sample_predictions(model: Any, featurizer: Featurizer, classes: list[str], t
 
 
 # ----------------------------------------------------------------------------- data and checkpoints
-def load_data(args: argparse.Namespace, saved_featurizer: dict | None) -> tuple[Featurizer, FeatureSet, FeatureSet,
-                                                                               list[str], str]:
+def load_data(args: argparse.Namespace, saved_featurizer: Featurizer | None, log: Any) -> tuple[
+        Featurizer, FeatureSet, FeatureSet, list[str], str]:
     """Train and validation features. Validation is a fixed-seed slice of train; the test split is evaluate.py's.
 
     A resumed run reuses the featurizer it saved (the same vocabulary, so the same feature ids)."""
     full = load_split(args.dataset, "train", args.data_dir)
-    if args.limit:
+    if args.limit > len(full):
+        log.info(f"note: --limit {args.limit:,} is more than the {len(full):,} training documents; using them all")
+    elif args.limit:
         full = full.subset(torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed))[:args.limit])
     train_idx, val_idx = train_val_split(len(full), args.val_fraction, args.seed)
+    if len(train_idx) == 0:
+        raise UserError(f"--val_fraction {args.val_fraction} of {len(full)} documents leaves none to train on; "
+                        "use a smaller --val_fraction or a larger --limit")
     train_texts, val_texts = full.subset(train_idx), full.subset(val_idx)
     train_tokens = [tokenize(t) for t in train_texts.texts]
     if saved_featurizer is not None:
-        featurizer = Featurizer.from_dict(saved_featurizer, str(Path(args.out_dir) / "last.pt"))
+        featurizer = saved_featurizer
     else:
         featurizer = Featurizer.build(train_tokens, args.min_freq, args.ngrams, args.buckets)
+        check_vocabulary(args, featurizer, train_tokens)
     train_set = FeatureSet.from_texts(featurizer, train_tokens, train_texts.labels)
     val_set = FeatureSet.from_texts(featurizer, val_texts.texts, val_texts.labels)
     return featurizer, train_set, val_set, full.classes, full.source
+
+
+def check_vocabulary(args: argparse.Namespace, featurizer: Featurizer, train_tokens: list[list[str]]) -> None:
+    """A vocabulary of <unk> alone would make every document the same bag: the model could learn nothing."""
+    if featurizer.num_words < 2:
+        from collections import Counter  # noqa: PLC0415
+
+        counts = Counter(word for tokens in train_tokens for word in tokens)
+        top = max(counts.values(), default=0)
+        raise UserError(f"--min_freq {args.min_freq:,} keeps no word: the most frequent word of the "
+                        f"{len(train_tokens):,} training documents appears {top:,} times; use a smaller --min_freq")
+    if featurizer.num_words > MAX_WORDS:
+        raise UserError(f"--min_freq {args.min_freq} keeps {featurizer.num_words:,} words, more than the {MAX_WORDS:,} "
+                        "this course builds; raise --min_freq")
 
 
 def checkpoint_payload(args: argparse.Namespace, config: MLPConfig, featurizer: Featurizer,
@@ -222,6 +275,9 @@ def train_one_epoch(args: argparse.Namespace, model: Any, optimizer: Any, train_
         if args.max_steps and state["global_step"] >= args.max_steps:   # a resumed run that had reached it
             break
         loss = train_step(args.impl, model, optimizer, ids.to(device), offsets.to(device), labels.to(device))
+        if not math.isfinite(loss):   # nothing after this step could be trusted; last.pt still holds the last epoch
+            raise UserError(f"the training loss became {loss} at step {state['global_step'] + 1:,}: the model "
+                            f"diverged; use a smaller --lr (now {args.lr:g})")
         samples += len(labels)
         state["epoch_loss_sum"] += loss * len(labels)
         state["epoch_seen"] += len(labels)
@@ -251,6 +307,32 @@ def write_summary(args: argparse.Namespace, state: dict[str, Any], params: int, 
 
 
 # ----------------------------------------------------------------------------- main
+def new_config(args: argparse.Namespace, featurizer: Featurizer, num_classes: int) -> MLPConfig:
+    try:
+        return MLPConfig(num_features=featurizer.num_features, num_classes=num_classes, embed_dim=args.embed_dim,
+                         hidden_dim=args.hidden_dim, dropout=args.dropout)
+    except ValueError as err:   # the vocabulary and the buckets together make too large a table
+        raise UserError(f"the model these flags describe is too large ({err}); lower --buckets or --embed_dim, "
+                        "or raise --min_freq") from None
+
+
+def resume_run(run: ResumableRun, model: Any, optimizer: Any, payload: Any) -> bool:
+    """`run.attach`, with a last.pt whose optimizer state or counters were edited (or come from another version)
+    refused in one line instead of failing in the middle of training."""
+    try:
+        resumed = run.attach(model, optimizer, payload)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+        raise UserError(f"{run.last_path}: its training state does not fit this model ({str(err)[:80]}); start a "
+                        "new run (another --out_dir, or without --resume)") from None
+    for key, value in run.state.items():
+        ok = isinstance(value, list) if key == "history" else (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= -1)
+        if not ok:
+            raise UserError(f"{run.last_path}: its training state has {key} = {str(value)[:20]!r}; start a new run "
+                            "(another --out_dir, or without --resume)")
+    return resumed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -264,18 +346,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(f"{'resuming' if run.resume else 'training'} {args.impl} MLP on {args.dataset} ({device}); "
              f"run folder {out_dir}")
 
-    featurizer, train_set, val_set, classes, source = load_data(args, run.resume["featurizer"] if run.resume else None)
+    # a resumed run rebuilds the model, vocabulary and classes last.pt saved, each checked (models/checkpoint.py)
+    saved, model = load_model(run.last_path, run.resume, device) if run.resume else (None, None)
+    featurizer, train_set, val_set, classes, source = load_data(args, saved and saved.featurizer, log)
     log.info(f"{source}: {len(train_set)} train / {len(val_set)} val documents, {featurizer.num_words} words + "
              f"{featurizer.num_features - featurizer.num_words} n-gram buckets, "
              f"{len(train_set.ids) / len(train_set):.0f} features per document ({time.time() - started:.1f}s)")
-    config = MLPConfig(**run.resume["config"]) if run.resume else MLPConfig(
-        num_features=featurizer.num_features, num_classes=len(classes), embed_dim=args.embed_dim,
-        hidden_dim=args.hidden_dim, dropout=args.dropout)
-    set_seed(args.seed)
-    model, optimizer = make_model(args.impl, config, args.lr, device)
+    if saved is not None:
+        config, classes = saved.config, saved.classes
+        model, optimizer = make_optimizer(args.impl, model, args.lr)
+    else:
+        config = new_config(args, featurizer, len(classes))
+        set_seed(args.seed)
+        model, optimizer = make_model(args.impl, config, args.lr, device)
     params = count_params(model.parameters())
     log.info(f"model: {params:,} parameters ({config})")
-    if run.attach(model, optimizer, payload=lambda: checkpoint_payload(args, config, featurizer, classes)):
+    if resume_run(run, model, optimizer, payload=lambda: checkpoint_payload(args, config, featurizer, classes)):
         log.info(f"resumed at epoch {run.state['epoch'] + 1}, step {run.state['step_in_epoch']} of that epoch")
     featurizer.save(out_dir / "vocab.json")
 

@@ -114,9 +114,9 @@ def test_unknown_dataset_flag(cli):
 
 
 def test_no_data_and_no_network(tmp_path, monkeypatch, cli):
-    monkeypatch.delenv("MY_LLM_DATA", raising=False)
     (tmp_path / "empty").mkdir()
-    code, _, err = cli(train.main, ["--data_dir", str(tmp_path / "empty"), "--out_dir", str(tmp_path / "run")])
+    monkeypatch.setenv("MY_LLM_DATA", str(tmp_path / "empty"))
+    code, _, err = cli(train.main, ["--out_dir", str(tmp_path / "run"), "--checkpoint", str(tmp_path / "ck.pt")])
     assert code == 2 and err.count("\n") == 1
     assert "no local copy of imdb (train.jsonl.gz)" in err and "MY_LLM_DATA" in err
 

@@ -25,7 +25,7 @@ def test_quick_preset_fills_unset_flags_and_names_its_own_outputs():
     assert Path(default.out_dir).name == "imdb_torch" and Path(default.checkpoint).name == "best_model.pt"
     mixed = train.parse_args(["--preset", "quick", "--epochs", "5", "--impl", "scratch"])   # a given flag wins
     assert mixed.epochs == 5 and mixed.batch_size == 256 and Path(mixed.out_dir).name == "imdb_scratch_quick"
-    text = train.build_parser().format_help()
+    text = " ".join(train.build_parser().format_help().split())   # as one line: argparse wraps at the terminal width
     assert "{default,quick}" in text and "default 10, quick 2" in text and "default 2,000,000, quick 500,000" in text
 
 
