@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from scripts.common import ArgParser, UserError, read_json, run_main, write_json
+from scripts.checks import THREADS
+from scripts.common import ArgParser, UserError, data_bases, read_json, run_main, write_json
 from scripts.report import load_results, markdown_table, update_file
 
 STAGE_DIR = Path(__file__).resolve().parent
@@ -176,10 +177,6 @@ def tables(dataset: str) -> dict[str, str]:
     return blocks
 
 
-def write_tables(dataset: str) -> None:
-    update_file(STAGE_DIR / "README.md", tables(dataset))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgParser(description=__doc__)
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
@@ -188,9 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="data set of the default part (the quick part is IMDb's)")
     parser.add_argument("--tables_only", action="store_true", help="only rebuild README tables from results/")
     parser.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
-    parser.add_argument("--num_threads", type=int, default=0,
-                        help="CPU threads for torch in every run (0: torch's default, one per core)")
+    parser.add_argument("--num_threads", type=THREADS, default=0,
+                        help="CPU threads for torch in every run (0: torch's default, one per core; at most 1024)")
     args = parser.parse_args(argv)
+    if args.tables_only and args.parts != list(PARTS):
+        raise UserError("--parts chooses what to run, and --tables_only runs nothing; give one of the two")
+    data_bases(args.data_dir)   # a --data_dir that is not a folder is said here, not by the first run
     extra = (["--data_dir", args.data_dir] if args.data_dir else []) + ["--num_threads", str(args.num_threads)]
     if not args.tables_only:
         try:
@@ -203,8 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except subprocess.CalledProcessError as err:
             raise UserError(f"a run failed (exit {err.returncode}): {' '.join(map(str, err.cmd[1:3]))}; "
                             "see its message above") from None
-    write_json(RESULTS / "overview.json", overview())
-    write_tables(args.dataset)
+    try:   # the README is rewritten only when every results file reads
+        write_json(RESULTS / "overview.json", overview())
+        blocks = tables(args.dataset)
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, FileNotFoundError) as err:
+        raise UserError(f"the results files in {RESULTS} are incomplete or were edited ({type(err).__name__}: "
+                        f"{str(err)[:80]}); rerun python stage1_mlp/bench.py to measure them again") from None
+    update_file(STAGE_DIR / "README.md", blocks)
     print(f"README tables rebuilt from {RESULTS}")
     return 0
 
