@@ -51,6 +51,11 @@ CHAR_FORMAT = "stage5-char-v1"
 # spaces but leaves its last space to the word that follows, so "a   b" -> "a", "  ", " b".
 GPT2_SPLIT_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 
+# `_encode_piece` is quadratic in a piece's length: a pasted line of 100,000 letters (one piece) would take hours.
+# Longer pieces are encoded in chunks of this many characters; no word of any language comes near it, so this never
+# changes the tokens of real text, and decoding still gives back every byte.
+MAX_PIECE = 256
+
 
 # ----------------------------------------------------------------------------- the 256 base tokens
 def bytes_to_unicode() -> dict[int, str]:
@@ -298,7 +303,10 @@ class ByteLevelBPE:
         cache = self._cache
         for piece in self.pattern.findall(text):
             piece_ids = cache.get(piece)
-            if piece_ids is None:
+            if piece_ids is None and len(piece) > MAX_PIECE:   # see MAX_PIECE: never in prose
+                piece_ids = tuple(i for start in range(0, len(piece), MAX_PIECE)
+                                  for i in self._encode_piece(piece[start:start + MAX_PIECE]))
+            elif piece_ids is None:
                 piece_ids = self._encode_piece(piece)
                 if len(cache) < 1_000_000:  # bound the memory an endless stream of new pieces could take
                     cache[piece] = piece_ids

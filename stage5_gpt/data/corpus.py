@@ -15,6 +15,7 @@ windows straight from the memory map: a corpus of any size costs no RAM, and a s
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 import time
@@ -28,15 +29,22 @@ import torch
 
 from scripts.classification_data import load_split, train_val_split
 from scripts.common import (UserError, cache_dir, data_candidates, download, find_local_data, missing_data_error,
-                            read_json, write_json)
+                            read_json, read_text, write_json)
 from stage5_gpt.data.bpe import ByteLevelBPE, CharTokenizer, load_tokenizer
 
 STAGE_DIR = Path(__file__).resolve().parents[1]
 DATA_CACHE = STAGE_DIR / "data_cache"
 EOT = "<|endoftext|>"
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/{id}/pg{id}.txt"
-GUTENBERG_BOOKS = Path(__file__).resolve().parent / "gutenberg_books.json"   # the 111 books: number, title, split
+# downloads are pinned to one commit and verified against a checksum: a changed or damaged file is refused, never
+# trained on (the shared copies in ../shared/data were made from exactly these files)
+SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/"
+                   "data/tinyshakespeare/input.txt")
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+# the books of gutenberg_en, as kept in a course repository's test data (gutenberg_en/MANIFEST.md): raw Project
+# Gutenberg files, each cleaned here and checked against the sha256 of its cleaned text in the shared copy
+GUTENBERG_URL = "https://raw.githubusercontent.com/RU-ECE/ECE451-Parallel/c58dca3a6abedd8041057571c247e9a393cc3b4d/{path}"
+GUTENBERG_BOOKS = Path(__file__).resolve().parent / "gutenberg_books.json"   # the 111 books: number, title, split,
+#                                                                               source_path, sha256 of the clean text
 PG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.M | re.I)
 PG_END = re.compile(r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg|"
                     r"The Project Gutenberg Etext of)", re.M | re.I)
@@ -49,13 +57,9 @@ VAL_FRACTION, SPLIT_SEED = 0.1, 0
 
 
 def _read(path: Path) -> str:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                return f.read()
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, EOFError) as err:
-        raise UserError(f"cannot read {path} ({err}); replace it with a fresh copy") from None
+    """A data file's text; a damaged gzip, bytes that are not UTF-8 (named with their line) or an unreadable file
+    end in one line naming it."""
+    return read_text(path, "data file")
 
 
 def clean_gutenberg(raw: str) -> str:
@@ -72,22 +76,34 @@ def clean_gutenberg(raw: str) -> str:
 
 
 def download_gutenberg(folder: Path) -> Path:
-    """Rebuild gutenberg_en/{train,valid}.txt.gz from gutenberg.org: every book of GUTENBERG_BOOKS, cleaned, in
-    Gutenberg-number order, each followed by a line <|endoftext|>. (Today's files on gutenberg.org may differ a
-    little from the snapshot the shared copy was made from.)"""
+    """Rebuild gutenberg_en/{train,valid}.txt.gz from the pinned source files: every book of GUTENBERG_BOOKS,
+    cleaned, checked against its pinned sha256, in Gutenberg-number order, each followed by a line <|endoftext|>.
+    The result is the shared copy byte for byte, or a ValueError naming the book that differs."""
     books = json.loads(GUTENBERG_BOOKS.read_text(encoding="utf-8"))
     for split, name in (("train", "train.txt.gz"), ("valid", "valid.txt.gz")):
         if (folder / name).is_file():
             continue
         parts = []
         for book in sorted((b for b in books if b["split"] == split), key=lambda b: b["pg_id"]):
-            raw = download(GUTENBERG_URL.format(id=book["pg_id"]), folder / "books" / f"pg{book['pg_id']}.txt")
-            parts.append(clean_gutenberg(raw.read_text(encoding="utf-8", errors="replace")) + "\n" + EOT + "\n")
+            parts.append(gutenberg_book(book, folder / "books") + "\n" + EOT + "\n")
         tmp = folder / f".{name}.part"
         with gzip.open(tmp, "wt", encoding="utf-8") as f:
             f.write("".join(parts))
         tmp.replace(folder / name)
     return folder
+
+
+def gutenberg_book(book: dict, folder: Path) -> str:
+    """One book's cleaned text, downloaded into `folder` and verified: a text whose sha256 differs from the pinned
+    one is refused (and its download deleted, so the next try fetches it again)."""
+    raw = download(GUTENBERG_URL.format(path=book["source_path"]), folder / Path(book["source_path"]).name)
+    text = clean_gutenberg(raw.read_bytes().decode("utf-8", errors="replace"))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if digest != book["sha256"]:
+        raw.unlink()
+        raise ValueError(f"book #{book['pg_id']} ({book['source_path']}) cleans to sha256 {digest[:16]}..., "
+                         f"expected {book['sha256'][:16]}... (changed upstream or damaged in transit)")
+    return text
 
 
 def load_text(dataset: str, data_dir: str | None) -> dict[str, str]:
@@ -101,7 +117,7 @@ def load_text(dataset: str, data_dir: str | None) -> dict[str, str]:
     if dataset == "shakespeare":
         if folder is None:
             try:
-                folder = download(SHAKESPEARE_URL, cache_dir(name) / "input.txt").parent
+                folder = download(SHAKESPEARE_URL, cache_dir(name) / "input.txt", sha256=SHAKESPEARE_SHA256).parent
             except Exception as err:  # noqa: BLE001 - any network failure means "no copy"
                 raise missing_data_error(name, files, data_dir, str(err)) from None
         text = _read(folder / "input.txt")
@@ -190,7 +206,8 @@ def prepare(dataset: str, data_dir: str | None,
             path = folder / f"{split}.bin"
             if not path.is_file() or path.stat().st_size != meta[f"{split}_tokens"] * np.dtype(dtype).itemsize:
                 raise UserError(f"token cache {folder} is incomplete ({path.name}); delete the folder and rerun")
-            arrays[split] = np.memmap(path, dtype=dtype, mode="r")
+            arrays[split] = np.memmap(path, dtype=dtype, mode="r") if meta[f"{split}_tokens"] else np.zeros(0, dtype)
+            check_ids(arrays[split], tokenizer.vocab_size, path)
         return TokenData(arrays["train"], arrays["val"], tokenizer, folder)
 
     splits = load_text(dataset, data_dir)
@@ -212,6 +229,17 @@ def prepare(dataset: str, data_dir: str | None,
         log(f"{dataset} {split}: {len(text):,} characters -> {len(ids):,} tokens in {time.time() - tick:.1f} s")
     write_json(meta_path, meta)   # written last: its presence means the folder is complete
     return prepare(dataset, data_dir, make_tokenizer, cache_name, limit, log, cache_root)
+
+
+def check_ids(ids: np.ndarray, vocab_size: int, path: Path) -> None:
+    """Every id of a token cache must be one its tokenizer has: an id beyond it would index past the model's
+    embedding (a crash) or, worse, stand for a token of another tokenizer. One pass over the memory map (a second
+    for 70 million tokens)."""
+    top = int(ids.max()) if len(ids) else -1
+    if top >= vocab_size:
+        raise UserError(f"token cache {path} holds id {top}, but its tokenizer has only {vocab_size:,} tokens (ids "
+                        f"0..{vocab_size - 1}); the cache belongs to another tokenizer or is damaged: delete "
+                        f"{path.parent} and rerun")
 
 
 def windows(data: np.ndarray, starts: Sequence[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:

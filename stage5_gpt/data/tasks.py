@@ -27,6 +27,7 @@ import functools
 import hashlib
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -166,9 +167,7 @@ def tokenize(tokenizer: Any, data: TaskData, cache_dir: str | Path | None = None
             digest.update(text.encode("utf-8") + b"\0")
         path = Path(cache_dir) / f"{data.task}-{digest.hexdigest()[:16]}.npz"
         if path.is_file():
-            with np.load(path) as saved:
-                flat, offsets = saved["flat"].tolist(), saved["offsets"].tolist()
-            data.ids = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+            data.ids = read_token_cache(path, len(data.texts), tokenizer.vocab_size)
             return data
     data.ids = [tokenizer.encode(text, allowed_special=False) for text in data.texts]
     if path:
@@ -179,6 +178,27 @@ def tokenize(tokenizer: Any, data: TaskData, cache_dir: str | Path | None = None
         np.savez(tmp, flat=flat, offsets=offsets)
         os.replace(tmp, path)
     return data
+
+
+def read_token_cache(path: Path, texts: int, vocab_size: int) -> list[list[int]]:
+    """The token lists saved by `tokenize`, checked: one list per text, every id in the tokenizer's range. A damaged
+    or foreign file ends in one line naming it (delete it: the texts are tokenised again)."""
+    def bad(reason: str) -> UserError:
+        return UserError(f"token cache {path} is damaged ({reason}); delete it and rerun")
+
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            flat, offsets = saved["flat"], saved["offsets"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise bad(" ".join(str(err).split())[:80] or type(err).__name__) from None
+    if flat.ndim != 1 or offsets.ndim != 1 or flat.dtype.kind not in "iu" or offsets.dtype.kind not in "iu":
+        raise bad("not two lists of integers")
+    if len(offsets) != texts + 1 or offsets[0] != 0 or offsets[-1] != len(flat) or (np.diff(offsets) < 0).any():
+        raise bad(f"its offsets do not cut {len(flat)} ids into {texts} texts")
+    if len(flat) and (flat.min() < 0 or flat.max() >= vocab_size):
+        raise bad(f"ids outside 0..{vocab_size - 1}")
+    flat_list, cuts = flat.tolist(), offsets.tolist()
+    return [flat_list[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def encode_for_head(tokenizer: Any, data: TaskData, max_len: int) -> list[list[int]]:

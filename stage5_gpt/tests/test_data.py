@@ -1,5 +1,7 @@
 """Text loading, the Gutenberg rebuild recipe, the token cache and the exact-evaluation windows."""
 import gzip
+import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -17,18 +19,26 @@ def test_clean_gutenberg_keeps_only_the_book():
 
 
 def test_gutenberg_is_rebuilt_from_the_book_list_when_no_copy_exists(tmp_path, monkeypatch):
+    """Each book of the list from its pinned source file, cleaned and checked against its pinned checksum (here every
+    book is the same fake one, and the list is pinned to its checksum)."""
     fetched = []
+    raw = RAW_BOOK.replace("story.", "story. " * 40)
 
     def fake_download(url, dest, timeout=30.0):
         fetched.append(url)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(RAW_BOOK.replace("story.", "story. " * 40), encoding="utf-8")
+        dest.write_text(raw, encoding="utf-8")
         return dest
+    books = json.loads(corpus.GUTENBERG_BOOKS.read_text(encoding="utf-8"))
+    digest = hashlib.sha256(corpus.clean_gutenberg(raw).encode("utf-8")).hexdigest()
+    (tmp_path / "books.json").write_text(json.dumps([{**book, "sha256": digest} for book in books]))
+    monkeypatch.setattr(corpus, "GUTENBERG_BOOKS", tmp_path / "books.json")
     monkeypatch.setattr(corpus, "download", fake_download)
     monkeypatch.setattr(corpus, "cache_dir", lambda name: tmp_path / name)
     monkeypatch.delenv("MY_LLM_DATA", raising=False)
     splits = corpus.load_text("gutenberg", None)
-    assert len(fetched) == 111 and all(u.startswith("https://www.gutenberg.org/cache/epub/") for u in fetched)
+    pinned = "https://raw.githubusercontent.com/RU-ECE/ECE451-Parallel/c58dca3a6abedd8041057571c247e9a393cc3b4d/data/"
+    assert len(fetched) == 111 and all(u.startswith(pinned) for u in fetched)
     assert splits["train"].count("\n<|endoftext|>\n") == 105 and splits["val"].count("\n<|endoftext|>\n") == 6
     with gzip.open(tmp_path / "gutenberg_en" / "valid.txt.gz", "rt", encoding="utf-8") as f:
         assert f.read() == splits["val"]
