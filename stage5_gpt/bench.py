@@ -56,6 +56,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from scripts.checks import THREADS
 from scripts.common import ArgParser, UserError, hardware, load_checkpoint, read_json, run_main, write_json
 from scripts.plots import plot_curves
 from scripts.report import markdown_table, run_script, update_file
@@ -659,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", nargs="+", default=list(FINETUNE_RUNS), choices=list(FINETUNE_RUNS),
                    help="--parts finetune: which fine-tuning runs")
     p.add_argument("--device", default=None, help="--parts finetune: passed to finetune.py (e.g. cuda)")
-    p.add_argument("--num_threads", type=int, default=0,
+    p.add_argument("--num_threads", type=THREADS, default=0,
                    help="passed to every program: CPU threads for torch (0: torch's default, one per core)")
     p.add_argument("--collect", default=None,
                    help="import finished fine-tuning run folders DIR/<run name> into results/ instead of training")

@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, autocast, check_positive,
-                            get_device, run_main, set_threads, write_metrics)
+from scripts.checks import COUNT
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, autocast, get_device,
+                            read_text, run_main, set_threads, write_metrics)
 from stage5_gpt.data.corpus import DATASETS, load_text, sequential_windows
 from stage5_gpt.data.tasks import TASKS, evaluate_task, load_task, tokenize
-from stage5_gpt.finetune import model_from_checkpoint, model_label
+from stage5_gpt.finetune import BATCH, model_from_checkpoint, model_label
 from stage5_gpt.generate import CHECKPOINT_HELP, find_checkpoint, load_model
 from stage5_gpt.models.gpt import GPT
 
@@ -50,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whose validation split to score (default: the checkpoint's); imdb: the held-out training "
                         "reviews' text")
     p.add_argument("--text_file", default=None, help="score this UTF-8 text file instead of a validation split")
-    p.add_argument("--batch_size", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--limit", type=int, default=0,
+    p.add_argument("--batch_size", type=BATCH, default=16, help="windows per forward pass")
+    p.add_argument("--limit", type=COUNT, default=0,
                    help="score only the first N characters (0: all); for tasks, N test examples, a fixed sample "
                         "with every class in equal share")
     p.add_argument("--task", default=None, choices=list(TASKS),
@@ -88,9 +89,6 @@ def run_name(checkpoint: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "batch_size")
-    if args.limit < 0:
-        raise UserError(f"--limit must be >= 0, got {args.limit}")
     set_threads(args.num_threads)
     device = get_device(args.device)
     ckpt = None if args.init_from else find_checkpoint(args, classifier_ok=True)
@@ -103,12 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, tokenizer, trained_on = load_model(args, device, ckpt=ckpt)
     if args.text_file:
         path = Path(args.text_file)
-        if not path.is_file():
-            raise UserError(f"--text_file {path} does not exist")
-        try:
-            text, dataset = path.read_text(encoding="utf-8"), path.name
-        except UnicodeDecodeError:
-            raise UserError(f"--text_file {path} is not UTF-8 text") from None
+        text, dataset = read_text(path, "--text_file"), path.name
     else:
         dataset = args.dataset or trained_on
         if dataset is None:

@@ -31,9 +31,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name,
-                            autocast, check_positive, checkpoint_header, get_device, hardware, load_checkpoint,
+                            autocast, checkpoint_header, get_device, hardware, load_checkpoint,
                             run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
                             write_metrics)
+from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
+from scripts.common import model_from_checkpoint as checked_model
 from scripts.monitor import TrainingMonitor
 from scripts.plots import plot_curves
 from scripts.training import ResumableRun
@@ -41,7 +43,7 @@ from stage5_gpt.data import tasks as T
 from stage5_gpt.models.gpt import GPT
 from stage5_gpt.models.hf import GPT2_NAMES, load_gpt2
 from stage5_gpt.models.lora import add_lora, merge_lora, trainable_fraction
-from stage5_gpt.train import gpt_from_checkpoint, load_pretrained, load_weights
+from stage5_gpt.train import LR, WEIGHT_DECAY, checkpoint_config, gpt_from_checkpoint, load_pretrained
 
 STAGE = "stage5_gpt"
 STAGE_DIR = Path(__file__).resolve().parent
@@ -56,6 +58,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "standard": dict(epochs=3, max_len=0),
     "cpu": dict(epochs=1, max_len=256, lr=1e-3),
 }
+# the allowed values of the numeric flags (the others: scripts/checks.py, and train.py's LR and WEIGHT_DECAY)
+EPOCHS = Range(int, lo=1, hi=1000)
+BATCH = Range(int, lo=1, hi=1 << 16)
+LORA_RANK = Range(int, lo=1, hi=1 << 14)          # and at most the model's width (checked once it is loaded)
+LORA_ALPHA = Range(float, lo=0, hi=1e4, lo_open=True)
+MAX_LEN = Range(int, lo=8, zero_means="the model's context")   # fewer tokens leave no room for a prompt and a text
 # what --resume compares with the saved run: the flags that decide the model, the data order and the schedule
 RESUME_MUST_MATCH = ["base", "scratch", "tasks", "method", "train_blocks", "lora_rank", "lora_alpha", "lora_targets",
                      "lora_dropout", "epochs", "batch_size", "lr", "warmup", "weight_decay", "dropout", "max_len",
@@ -78,43 +86,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what is trained: everything, the head only, the last --train_blocks blocks, or LoRA")
     p.add_argument("--scratch", action=argparse.BooleanOptionalAction, default=False,
                    help="same architecture and tokenizer as --base, random weights: what pretraining buys")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=EPOCHS, default=None,
                    help="passes over the training split " + preset_default("epochs"))
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=LR, default=None,
                    help="peak AdamW learning rate (default: the cpu preset's " + f"{PRESETS['cpu']['lr']:g} " +
                         "but from scratch; else per method: " +
                         ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    p.add_argument("--batch_size", type=int, default=16, help="examples per step")
+    p.add_argument("--batch_size", type=BATCH, default=16, help="examples per step")
 
     method = p.add_argument_group("method")
-    method.add_argument("--train_blocks", type=int, default=2, help="--method last_blocks: how many blocks train")
-    method.add_argument("--lora_rank", type=int, default=8, help="LoRA rank r")
-    method.add_argument("--lora_alpha", type=float, default=16.0,
+    method.add_argument("--train_blocks", type=POSITIVE_INT, default=2,
+                        help="--method last_blocks: how many blocks train")
+    method.add_argument("--lora_rank", type=LORA_RANK, default=8, help="LoRA rank r")
+    method.add_argument("--lora_alpha", type=LORA_ALPHA, default=16.0,
                         help="LoRA scale alpha (the update is alpha/r * B A)")
     method.add_argument("--lora_targets", default="c_attn,c_proj",
                         help="comma-separated Linear names that get LoRA (c_attn, c_proj, c_fc)")
-    method.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA branch's input")
+    method.add_argument("--lora_dropout", type=FRACTION, default=0.0, help="dropout on the LoRA branch's input")
 
     training = p.add_argument_group("training")
-    training.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up")
-    training.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (matrices only)")
-    training.add_argument("--dropout", type=float, default=0.1, help="dropout in the model and before the head")
-    training.add_argument("--clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    training.add_argument("--max_len", type=int, default=None,
+    training.add_argument("--warmup", type=FRACTION, default=0.06, help="fraction of the steps spent warming up")
+    training.add_argument("--weight_decay", type=WEIGHT_DECAY, default=0.01, help="AdamW weight decay (matrices only)")
+    training.add_argument("--dropout", type=FRACTION, default=0.1, help="dropout in the model and before the head")
+    training.add_argument("--clip", type=CLIP, default=1.0, help="clip the global gradient norm (0: off)")
+    training.add_argument("--max_len", type=MAX_LEN, default=None,
                           help="tokens per example, longer texts cut (head and tail kept); 0: the model's context "
                                + preset_default("max_len"))
     training.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                           help="bf16 autocast where the hardware has it")
-    training.add_argument("--log_interval", type=int, default=50, help="log loss and speed every N steps")
+    training.add_argument("--log_interval", type=POSITIVE_INT, default=50, help="log loss and speed every N steps")
 
     data = p.add_argument_group("data")
-    data.add_argument("--limit", type=int, default=0,
+    data.add_argument("--limit", type=COUNT, default=0,
                       help="train on N examples of each task, a fixed sample with every class in equal share (0: "
                            "all); the validation and test splits stay whole unless --eval_limit")
-    data.add_argument("--eval_limit", type=int, default=0,
+    data.add_argument("--eval_limit", type=COUNT, default=0,
                       help="score N validation and N test examples, a fixed sample with every class in equal share "
                            "(0: all)")
-    data.add_argument("--eval_batch_size", type=int, default=64, help="examples per batch when scoring")
+    data.add_argument("--eval_batch_size", type=BATCH, default=64, help="examples per batch when scoring")
     data.add_argument("--ag_news_source", default="official", choices=T.AG_NEWS_SOURCES,
                       help="official (downloads the training split), or test_carveout: train on 6,000 rows of the "
                            "official test split and test on the other 1,600 (when only test.csv exists)")
@@ -137,7 +146,6 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None and not (key == "lr" and args.scratch):   # random weights keep their own rate
             setattr(args, key, value)
-    check_positive(args, "epochs", "batch_size", "eval_batch_size", "lora_rank", "train_blocks", "log_interval")
     args.task_list = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.task == "multi" else [args.task]
     for task in args.task_list:
         T.check_task(task)
@@ -147,15 +155,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--method head needs a classification head: use --task imdb or ag_news")
     if args.scratch and args.method != "full":
         raise UserError("--scratch trains every weight from random values: use it with --method full")
-    for flag in ("limit", "eval_limit", "max_len"):
-        if getattr(args, flag) < 0:
-            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    for flag in ("dropout", "lora_dropout", "warmup"):
-        if not 0.0 <= getattr(args, flag) < 1.0:
-            raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
     args.lr = args.lr if args.lr is not None else DEFAULT_LR["scratch" if args.scratch else args.method]
-    if args.lr <= 0:
-        raise UserError(f"--lr must be > 0, got {args.lr}")
     args.lora_target_list = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
     args.dataset = args.task if args.task != "multi" else "multi:" + ",".join(args.task_list)
     name = f"ft_{args.task}_{'scratch' if args.scratch else args.method}"
@@ -185,6 +185,8 @@ def prepare_model(args: argparse.Namespace, gpt: GPT, classes: list[str] | None)
     parameters of --method left trainable."""
     model: nn.Module = T.GPTClassifier(gpt, len(classes), args.dropout) if classes else gpt
     if args.method == "lora":
+        if args.lora_rank > gpt.config.n_embd:   # a rank as large as the layer is no longer low-rank
+            raise UserError(f"--lora_rank {args.lora_rank} exceeds the model's width of {gpt.config.n_embd}")
         try:
             add_lora(gpt, args.lora_rank, args.lora_alpha, args.lora_target_list, args.lora_dropout)
         except ValueError as err:
@@ -229,14 +231,49 @@ def load_finetuned(path: str | Path, device: torch.device) -> tuple[nn.Module, A
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> tuple[nn.Module, Any]:
     """The model of a loaded checkpoint and its tokenizer: a GPT (pretrained, or fine-tuned text to text), or for
-    a 'gpt_classifier' checkpoint the GPTClassifier."""
-    if ckpt["model"] != "gpt_classifier":
-        return gpt_from_checkpoint(ckpt, str(path))
-    gpt, tokenizer = gpt_from_checkpoint(ckpt, str(path), random_init=True)   # the weights are the classifier's
+    a 'gpt_classifier' checkpoint the GPTClassifier. Everything is checked before the model is built: the config,
+    the tokenizer, the fine-tuning record and the weights' shapes."""
+    where = str(path)
+    if ckpt.get("finetune") is not None or ckpt.get("model") == "gpt_classifier":
+        check_finetune_info(ckpt.get("finetune"), where, ckpt.get("model"), ckpt.get("config"))
+    if ckpt.get("model") != "gpt_classifier":
+        return gpt_from_checkpoint(ckpt, where)
+    config, tokenizer = checkpoint_config(ckpt, where)
     info = ckpt["finetune"]
-    model = T.GPTClassifier(gpt, len(info["classes"][info["tasks"][0]]))
-    load_weights(model, ckpt, str(path))
-    return model, tokenizer
+    classes = len(info["classes"][info["tasks"][0]])
+    return checked_model(where, lambda: T.GPTClassifier(GPT(config), classes), ckpt.get("model_state")), tokenizer
+
+
+FINETUNE_KEYS = ("kind", "tasks", "classes", "method", "scratch", "base", "max_len", "ag_news_source",
+                 "trainable_params")
+
+
+def check_finetune_info(info: Any, where: str, model: Any, config: Any) -> None:
+    """The fine-tuning record of a checkpoint (`finetune_info`), checked: generate.py and evaluate.py read the kind,
+    tasks, classes and length from it, so an edited one is refused here in one line, not halfway through."""
+    def bad(reason: str) -> UserError:
+        return UserError(f"{where}: its fine-tuning record is damaged or from another version ({reason}); "
+                         "fine-tune the model again")
+
+    if not isinstance(info, dict) or not all(key in info for key in FINETUNE_KEYS):
+        raise bad(f"it must hold {', '.join(FINETUNE_KEYS)}")
+    kind, tasks, classes = info["kind"], info["tasks"], info["classes"]
+    if kind != ("head" if model == "gpt_classifier" else "prompt"):
+        raise bad(f"kind {str(kind)[:20]!r} for a {model!r} model")
+    if (not isinstance(tasks, list) or not tasks or len(set(map(str, tasks))) != len(tasks)
+            or not all(task in T.TASKS for task in tasks)
+            or kind == "head" and (len(tasks) != 1 or tasks[0] not in T.CLASSIFICATION_TASKS)):
+        raise bad(f"tasks {str(tasks)[:60]}")
+    for task in (t for t in tasks if t in T.CLASSIFICATION_TASKS):
+        names = classes.get(task) if isinstance(classes, dict) else None
+        if not (isinstance(names, list) and 2 <= len(names) <= 1000 and all(isinstance(c, str) and c for c in names)):
+            raise bad(f"classes of {task}: {str(names)[:60]}")
+    context = config.get("block_size") if isinstance(config, dict) else None
+    max_len = info["max_len"]
+    if not (isinstance(max_len, int) and isinstance(context, int) and 8 <= max_len <= context):
+        raise bad(f"max_len {str(max_len)[:20]} for a context of {context}")
+    if info["ag_news_source"] not in T.AG_NEWS_SOURCES:
+        raise bad(f"ag_news_source {str(info['ag_news_source'])[:20]!r}")
 
 
 # ----------------------------------------------------------------------------- data

@@ -32,9 +32,10 @@ from typing import Any, Sequence
 
 import torch
 
+from scripts.checks import Range
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, describe_model, find_model,
                             get_device, load_checkpoint, run_main, set_threads)
-from scripts.repl import STANDARD, Repl, check_setting
+from scripts.repl import SETTING_RANGES, Repl, check_setting
 from stage5_gpt.data import tasks
 from stage5_gpt.data.bpe import load_tokenizer
 from stage5_gpt.finetune import model_from_checkpoint
@@ -48,6 +49,7 @@ CHECKPOINT_HELP = ("a checkpoint written by train.py or finetune.py (default: th
                    "the newest runs/gpt_*/last.pt)")
 FREE_TEXT_TEMPERATURE = 0.8   # an unset --temperature: this for free text, 0 (greedy) for a task's answer
 SAMPLING = ("temperature", "top_k", "top_p", "max_new_tokens", "seed")
+MAX_NEW_TOKENS = 10_000    # what the interactive loop allows too (scripts/repl.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,14 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactive", action="store_true", help="read prompts from the keyboard, one per line")
     p.add_argument("--task", default=None, help="a fine-tuned multi-task model: wrap the prompt in this task's prompt")
     sampling = p.add_argument_group("sampling")
-    sampling.add_argument("--max_new_tokens", type=int, default=500, help="tokens to generate")
-    sampling.add_argument("--temperature", type=float, default=None,
+    sampling.add_argument("--max_new_tokens", type=Range(int, lo=1, hi=MAX_NEW_TOKENS), default=500,
+                          help=f"tokens to generate (1 .. {MAX_NEW_TOKENS:,})")
+    sampling.add_argument("--temperature", type=SETTING_RANGES["temperature"], default=None,
                           help=f"softmax temperature, 0 = greedy (default: {FREE_TEXT_TEMPERATURE} for free text, "
                                "0 for a task's answer)")
-    sampling.add_argument("--top_k", type=int, default=0, help="sample from the k likeliest tokens only (0: all)")
-    sampling.add_argument("--top_p", type=float, default=0.95,
+    sampling.add_argument("--top_k", type=SETTING_RANGES["top_k"], default=0,
+                          help="sample from the k likeliest tokens only (0: all)")
+    sampling.add_argument("--top_p", type=SETTING_RANGES["top_p"], default=0.95,
                           help="nucleus sampling: the smallest set of tokens with probability p")
-    sampling.add_argument("--num_samples", type=int, default=1, help="independent samples for the prompt")
+    sampling.add_argument("--num_samples", type=Range(int, lo=1, hi=1000), default=1,
+                          help="independent samples for the prompt (1 .. 1000)")
     sampling.add_argument("--kv_cache", action=argparse.BooleanOptionalAction, default=True,
                           help="keep each layer's keys and values; without, the whole context is recomputed for "
                                "every token (same tokens, slower)")
@@ -77,12 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    """The sampling flags, checked as the interactive loop checks its :commands."""
+    """The sampling flags, checked as the interactive loop checks its :commands (the same words, with --)."""
     for name in SAMPLING:
         if getattr(args, name) is not None:
-            check_setting(name, getattr(args, name))
-    if args.num_samples < 1:
-        raise UserError(f"--num_samples must be at least 1, got {args.num_samples}")
+            try:
+                setattr(args, name, check_setting(name, getattr(args, name)))
+            except UserError as err:
+                raise UserError(f"--{err}") from None
 
 
 def find_checkpoint(args: argparse.Namespace, classifier_ok: bool = False) -> dict[str, Any]:
@@ -112,11 +118,11 @@ def load_model(args: argparse.Namespace, device: torch.device, classifier_ok: bo
         model.finetune = ckpt.get("finetune")
         if args.tokenizer:
             given = load_tokenizer(Path(args.tokenizer))
-            if given.fingerprint() != ckpt["tokenizer_fingerprint"]:
+            if given.fingerprint() != ckpt.get("tokenizer_fingerprint"):
                 raise UserError(f"--tokenizer {args.tokenizer} is not the tokenizer {args.checkpoint} was trained "
                                 "with (ids would mean other tokens); drop --tokenizer to use the checkpoint's own")
             tokenizer = given
-        dataset = ckpt["dataset"]
+        dataset = ckpt.get("dataset")
     return model.to(device).eval(), tokenizer, dataset
 
 
@@ -207,11 +213,6 @@ def interactive(model: GPT, tokenizer: Any, args: argparse.Namespace, device: to
     info = getattr(model, "finetune", None)
     chosen = {"task": args.task, "temperature_given": args.temperature is not None}
 
-    def parse_temperature(text: str) -> float:   # the standard check; once set, :task no longer changes it
-        value = check_setting("temperature", STANDARD["temperature"][0](text))
-        chosen["temperature_given"] = True
-        return value
-
     def parse_cache(text: str) -> str:
         if text not in ("on", "off"):
             raise ValueError(f"{text!r} is not on or off")
@@ -225,8 +226,9 @@ def interactive(model: GPT, tokenizer: Any, args: argparse.Namespace, device: to
             except UserError as err:
                 return f"({err})"
         chosen["task"] = task
-        if not chosen["temperature_given"]:
-            repl.settings["temperature"] = default_temperature(task)
+        # a temperature the user chose (--temperature, or :temperature since) stays; the program's own follows the task
+        if not chosen["temperature_given"] and repl.settings["temperature"] == chosen["auto_temperature"]:
+            repl.settings["temperature"] = chosen["auto_temperature"] = default_temperature(task)
             return f"task: {task or 'none'} (temperature {repl.settings['temperature']})"
         return f"task: {task or 'none'}"
 
@@ -243,10 +245,10 @@ def interactive(model: GPT, tokenizer: Any, args: argparse.Namespace, device: to
         print(f"[{speed:.0f} tokens/s]")
 
     settings = {name: getattr(args, name) for name in SAMPLING}
-    settings["temperature"] = args.temperature if chosen["temperature_given"] else default_temperature(args.task)
+    chosen["auto_temperature"] = default_temperature(args.task)
+    settings["temperature"] = args.temperature if chosen["temperature_given"] else chosen["auto_temperature"]
     repl = Repl({**settings, "cache": "on" if args.kv_cache else "off"},
-                extra_settings={"temperature": (parse_temperature, STANDARD["temperature"][1]),
-                                "cache": (parse_cache, "on: use the KV cache; off: recompute the context per token")},
+                extra_settings={"cache": (parse_cache, "on: use the KV cache; off: recompute the context per token")},
                 extra_commands={"task": (set_task, "NAME|none: wrap each line in this task's prompt (a fine-tuned "
                                                    "multi-task model)")})
     banner = f"GPT-mini, context {model.config.block_size} tokens. Type a prompt and press Enter; :help lists commands."

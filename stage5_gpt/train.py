@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -37,9 +38,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args, amp_name,
-                            autocast, check_positive, checkpoint_header, get_device, hardware, load_checkpoint,
-                            rng_state, run_main, save_checkpoint, set_rng_state, set_seed, set_threads, setup_logging,
-                            uses_bf16, warmup_cosine, write_json, write_metrics)
+                            autocast, check_vocab_fits, checkpoint_header, config_from_checkpoint, get_device,
+                            hardware, load_checkpoint, rng_state, run_main, save_checkpoint, set_rng_state, set_seed,
+                            set_threads, setup_logging, uses_bf16, warmup_cosine, write_json, write_metrics)
+from scripts.common import model_from_checkpoint as checked_model
+from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
 from scripts.monitor import TrainingMonitor
 from scripts.plots import plot_curves
 from scripts.training import ResumableRun
@@ -87,6 +90,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                  batch_size=16, grad_accum=1, max_steps=2000, lr=2e-3, min_lr=2e-4, warmup_steps=200,
                  weight_decay=0.1, beta2=0.95, eval_interval=500, eval_iters=20, amp=True),
 }
+# the allowed values of the numeric flags (scripts/checks.py): each refused in one line naming it, before any work
+LR = Range(float, lo=0, hi=1, lo_open=True)          # AdamW's peak rate: 0 would train nothing
+MIN_LR = Range(float, lo=0, hi=1)
+WEIGHT_DECAY = Range(float, lo=0, hi=10)
+PEAK_TFLOPS = Range(float, lo=0, lo_open=True, zero_means="measure or look up")
+VOCAB_SIZE = Range(int, lo=258, hi=1 << 20)          # 256 bytes, <|endoftext|> and at least one merge
+SIZES = {"batch_size": Range(int, lo=1, hi=1 << 16), "grad_accum": Range(int, lo=1, hi=1 << 16),
+         "n_layer": Range(int, lo=1, hi=256), "n_head": Range(int, lo=1, hi=256),
+         "n_embd": Range(int, lo=1, hi=1 << 14),
+         "block_size": Range(int, lo=2, hi=1 << 16), "eval_iters": Range(int, lo=1, hi=100_000)}
 # what --resume compares with the saved run: the flags that decide the model, the data order and the schedule
 RESUME_MUST_MATCH = ["tokenizer", "vocab_size", "bias", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
                      "grad_accum", "max_steps", "lr", "min_lr", "warmup_steps", "limit", "init_from", "dropout",
@@ -119,22 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder holding a transformers GPT-2 (config.json, weights, vocab.json, merges.txt); or a "
                         "checkpoint of this script, to continue pretraining it (e.g. on --dataset imdb) with its "
                         "shape and tokenizer")
-    p.add_argument("--max_steps", type=int, default=None,
+    p.add_argument("--max_steps", type=POSITIVE_INT, default=None,
                    help="optimizer steps; the cosine schedule ends here " + preset_default("max_steps"))
-    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate " + preset_default("lr"))
-    p.add_argument("--batch_size", type=int, default=None,
+    p.add_argument("--lr", type=LR, default=None, help="peak AdamW learning rate " + preset_default("lr"))
+    p.add_argument("--batch_size", type=SIZES["batch_size"], default=None,
                    help="windows per micro-batch, per process " + preset_default("batch_size"))
 
     model = p.add_argument_group("model")
-    model.add_argument("--n_layer", type=int, default=None, help="Transformer blocks " + preset_default("n_layer"))
-    model.add_argument("--n_head", type=int, default=None, help="attention heads per block " + preset_default("n_head"))
-    model.add_argument("--n_embd", type=int, default=None,
+    model.add_argument("--n_layer", type=SIZES["n_layer"], default=None,
+                       help="Transformer blocks " + preset_default("n_layer"))
+    model.add_argument("--n_head", type=SIZES["n_head"], default=None,
+                       help="attention heads per block " + preset_default("n_head"))
+    model.add_argument("--n_embd", type=SIZES["n_embd"], default=None,
                        help="model width d, divisible by --n_head " + preset_default("n_embd"))
-    model.add_argument("--block_size", type=int, default=None,
+    model.add_argument("--block_size", type=SIZES["block_size"], default=None,
                        help="context length in tokens " + preset_default("block_size"))
-    model.add_argument("--dropout", type=float, default=None,
+    model.add_argument("--dropout", type=FRACTION, default=None,
                        help="dropout on the embeddings and residual branches " + preset_default("dropout"))
-    model.add_argument("--attn_dropout", type=float, default=None,
+    model.add_argument("--attn_dropout", type=FRACTION, default=None,
                        help="dropout on the attention weights; on CPU the fused attention kernel has none and falls "
                             "back to a much slower path " + preset_default("attn_dropout"))
     model.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
@@ -144,36 +159,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help="manual: softmax(QK^T/sqrt(d))V written out; sdpa: F.scaled_dot_product_attention (faster)")
 
     training = p.add_argument_group("training")
-    training.add_argument("--grad_accum", type=int, default=None,
+    training.add_argument("--grad_accum", type=SIZES["grad_accum"], default=None,
                           help="micro-batches summed into each optimizer step " + preset_default("grad_accum"))
-    training.add_argument("--min_lr", type=float, default=None,
+    training.add_argument("--min_lr", type=MIN_LR, default=None,
                           help="learning rate at the end of the cosine " + preset_default("min_lr"))
-    training.add_argument("--warmup_steps", type=int, default=None,
+    training.add_argument("--warmup_steps", type=COUNT, default=None,
                           help="linear warm-up steps " + preset_default("warmup_steps"))
-    training.add_argument("--weight_decay", type=float, default=None,
+    training.add_argument("--weight_decay", type=WEIGHT_DECAY, default=None,
                           help="AdamW decoupled weight decay, matrices only " + preset_default("weight_decay"))
-    training.add_argument("--beta2", type=float, default=None, help="AdamW beta2 " + preset_default("beta2"))
-    training.add_argument("--clip", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
+    training.add_argument("--beta2", type=FRACTION, default=None, help="AdamW beta2 " + preset_default("beta2"))
+    training.add_argument("--clip", type=CLIP, default=1.0, help="clip the global gradient norm to this (0: off)")
     training.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                           help="bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16 (elsewhere float32); off for "
                                "baby, whose matrices are too small for bf16 to pay on a CPU " + preset_default("amp"))
     training.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                           help="torch.compile the model")
-    training.add_argument("--eval_interval", type=int, default=None,
+    training.add_argument("--eval_interval", type=POSITIVE_INT, default=None,
                           help="estimate losses and save every N steps " + preset_default("eval_interval"))
-    training.add_argument("--eval_iters", type=int, default=None,
+    training.add_argument("--eval_iters", type=SIZES["eval_iters"], default=None,
                           help="batches per loss estimate " + preset_default("eval_iters"))
-    training.add_argument("--log_interval", type=int, default=0,
+    training.add_argument("--log_interval", type=COUNT, default=0,
                           help="log loss, tokens/s and MFU every N steps (0: ten times per --eval_interval)")
-    training.add_argument("--peak_tflops", type=float, default=0.0,
+    training.add_argument("--peak_tflops", type=PEAK_TFLOPS, default=0.0,
                           help="hardware peak for MFU (0: known GPUs from a table; CPUs by timing a matmul at start)")
 
     data = p.add_argument_group("data")
-    data.add_argument("--vocab_size", type=int, default=None,
+    data.add_argument("--vocab_size", type=VOCAB_SIZE, default=None,
                       help="BPE vocabulary size, special tokens included " + preset_default("vocab_size"))
-    data.add_argument("--bpe_train_chars", type=int, default=10_000_000,
+    data.add_argument("--bpe_train_chars", type=COUNT, default=10_000_000,
                       help="train the BPE on the first N characters of the training text (0: all)")
-    data.add_argument("--limit", type=int, default=0, help="use only the first N characters of the training text")
+    data.add_argument("--limit", type=COUNT, default=0, help="use only the first N characters of the training text")
     data.add_argument("--cache_dir", default=str(DATA_CACHE), help="where the tokenised data sets are kept")
 
     add_output_args(p, "where the best model is written (default: checkpoints/gpt_<dataset>_"
@@ -186,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill unset flags from the preset and check what a user may get wrong."""
+    """Fill unset flags from the preset and check what a user may get wrong: each number was checked while
+    parsing (its range); here the combinations."""
+    typed = {key for key in PRESETS[args.preset] if getattr(args, key) is not None}   # what the user gave
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -195,27 +212,21 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--init_from {args.init_from}: no such checkpoint or folder, and not one of "
                             f"{', '.join(GPT2_NAMES[:4])}")
         args.tokenizer = "base" if Path(args.init_from).is_file() else "gpt2"
-    if args.tokenizer == "bpe" and args.vocab_size < 257 + 1:
-        raise UserError(f"--vocab_size must exceed 257 (256 bytes and <|endoftext|>), got {args.vocab_size}")
-    check_positive(args, "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps",
-                   "eval_interval", "eval_iters")
-    if args.log_interval < 0:
-        raise UserError(f"--log_interval must be >= 0, got {args.log_interval}")
+    if "vocab_size" in typed and args.tokenizer != "bpe":
+        raise UserError(f"--vocab_size applies to --tokenizer bpe only; this run uses the {args.tokenizer} "
+                        "tokenizer's own vocabulary")
+    if args.tokenizer == "bpe":
+        VOCAB_SIZE.check(args.vocab_size, "--vocab_size")
     args.log_interval = args.log_interval or max(1, args.eval_interval // 10)
     if args.n_embd % args.n_head:
         raise UserError(f"--n_embd {args.n_embd} must be divisible by --n_head {args.n_head}")
-    for flag in ("dropout", "attn_dropout"):
-        if not 0.0 <= getattr(args, flag) < 1.0:
-            raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
-    if args.block_size < 2:
-        raise UserError(f"--block_size must be at least 2, got {args.block_size}")
-    if not 0 <= args.beta2 < 1 or args.weight_decay < 0:
-        raise UserError(f"need 0 <= --beta2 < 1 and --weight_decay >= 0, got {args.beta2} and {args.weight_decay}")
-    for flag in ("limit", "bpe_train_chars", "warmup_steps"):
-        if getattr(args, flag) < 0:
-            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
-    if not (args.lr > 0 and 0 <= args.min_lr <= args.lr):
-        raise UserError(f"need --lr > 0 and 0 <= --min_lr <= --lr, got {args.lr} and {args.min_lr}")
+    if args.min_lr > args.lr:
+        raise UserError(f"--min_lr {args.min_lr:g} must not exceed --lr {args.lr:g} (the cosine goes down to it)")
+    if args.limit and args.limit < args.block_size + 2:   # a token holds at least one character
+        raise UserError(f"--limit {args.limit} keeps fewer characters than one training window of --block_size "
+                        f"{args.block_size} + 1 tokens; raise it, or 0 for the whole text")
+    if "warmup_steps" in typed and args.warmup_steps > args.max_steps:
+        raise UserError(f"--warmup_steps {args.warmup_steps} must be at most --max_steps {args.max_steps}")
     run = "gpt_baby" if args.preset == "baby" else f"gpt_{args.dataset}_{args.tokenizer}"
     if args.preset == "quick":   # its own files: a quick run never overwrites a long one
         run += "_quick"
@@ -231,23 +242,38 @@ def checkpoint_payload(args: argparse.Namespace, model: GPT, tokenizer: Any) -> 
             "tokenizer": tokenizer.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint(), "args": vars(args)}
 
 
-def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], where: str) -> None:
-    """The checkpoint's weights into `model`; a state that does not fit its own config is a damaged file."""
+# the largest sizes a checkpoint's config may hold (GPT-2 xl is 1600 wide, 48 layers, 50257 tokens, context 1024):
+# a bigger one was edited or damaged, and is refused before a single tensor is allocated from it
+CONFIG_LIMITS = {"vocab_size": 1 << 20, "block_size": 1 << 16, "n_layer": 256, "n_head": 256, "n_embd": 1 << 14}
+
+
+def checkpoint_config(ckpt: dict[str, Any], where: str) -> tuple[GPTConfig, Any]:
+    """The checked model config and the tokenizer of a loaded checkpoint of this stage: every config key present
+    and of its type, sizes within CONFIG_LIMITS, the tokenizer valid, unedited (its fingerprint) and exactly as
+    large as the model's embedding."""
+    config = config_from_checkpoint(where, ckpt.get("config"), GPTConfig, limits=CONFIG_LIMITS)
     try:
-        model.load_state_dict(ckpt["model_state"])
-    except (RuntimeError, KeyError) as err:
-        raise UserError(f"{where} does not fit its own config ({str(err).splitlines()[0][:120]}); "
-                        "the file is damaged") from None
+        tokenizer = load_tokenizer(ckpt.get("tokenizer"))
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
+    if ckpt.get("tokenizer_fingerprint") != tokenizer.fingerprint():
+        raise UserError(f"{where}: its tokenizer does not match the fingerprint saved with it (the file was edited); "
+                        "retrain the model")
+    check_vocab_fits(where, tokenizer.vocab_size, config.vocab_size)
+    return config, tokenizer
 
 
 def gpt_from_checkpoint(ckpt: dict[str, Any], where: str, overrides: dict[str, Any] | None = None,
                         random_init: bool = False) -> tuple[GPT, Any]:
-    """The GPT and the tokenizer of a loaded checkpoint of this script. `overrides` change its config (e.g.
-    dropout); random_init keeps the architecture but not the weights."""
-    model = GPT(GPTConfig(**{**ckpt["config"], **(overrides or {})}))
-    if not random_init:
-        load_weights(model, ckpt, where)
-    return model, load_tokenizer(ckpt["tokenizer"])
+    """The GPT and the tokenizer of a loaded checkpoint of this script, both checked (`checkpoint_config`, and the
+    weights' names and shapes against the config before the model is built). `overrides` change settings that
+    leave the shapes alone (dropout, attention); random_init keeps the architecture but not the weights."""
+    config, tokenizer = checkpoint_config(ckpt, where)
+    config = dataclasses.replace(config, **(overrides or {}))
+    # random_init: load (to check the weights fit), then build afresh; the check draws no random numbers
+    with torch.random.fork_rng(devices=[]) if random_init else contextlib.nullcontext():
+        model = checked_model(where, lambda: GPT(config), ckpt.get("model_state"))
+    return (GPT(config) if random_init else model), tokenizer
 
 
 def load_pretrained(path: str | Path, flag: str, overrides: dict[str, Any] | None = None,
@@ -516,10 +542,10 @@ def check_resume(run: ResumableRun, ddp: Distributed, data: TokenData) -> None:
     """What ResumableRun cannot check from the flags: the number of processes and the tokenizer."""
     if run.resume is None:
         return
-    if run.resume["processes"] != ddp.world:
-        raise UserError(f"--resume: {run.last_path} was trained by {run.resume['processes']} process(es), now "
+    if run.resume.get("processes") != ddp.world:
+        raise UserError(f"--resume: {run.last_path} was trained by {run.resume.get('processes')} process(es), now "
                         f"{ddp.world}; resume with the same number (the global batch and data order depend on it)")
-    if run.resume["tokenizer_fingerprint"] != data.tokenizer.fingerprint():
+    if run.resume.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
         raise UserError(f"--resume: {run.last_path} was trained with another tokenizer than {data.folder}; "
                         "start a new run with another --out_dir")
 
@@ -631,6 +657,8 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
     raw_model = build_model(args, data.tokenizer, init, log).to(device)
     optimizer = make_optimizer(raw_model, args, device)
     data_order = torch.Generator().manual_seed(args.seed)
+    if run.resume:   # the saved weights must fit the model the flags build (an edited last.pt: one line)
+        checked_model(run.last_path, lambda: raw_model, run.resume.get("model_state"))
     save_last = attach(run, raw_model, optimizer, data_order, args, data.tokenizer, ddp)
     state = run.state
     if run.resume:

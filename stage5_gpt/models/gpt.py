@@ -37,6 +37,13 @@ class GPTConfig:
     attention: str = "sdpa"     # "manual": softmax(QK^T/sqrt(d))V written out; "sdpa": F.scaled_dot_product_attention
 
     def __post_init__(self) -> None:
+        # a config read from an edited checkpoint reaches here too: refuse what cannot be built, in words
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.attention not in ATTENTION_IMPLS:
