@@ -249,8 +249,8 @@ def test_translate_interactive_commands(trained, tmp_path, cli, monkeypatch):
     code, out, _ = cli(translate.main, ["--checkpoint", trained, "--interactive"])
     assert code == 0
     assert "(empty line: type some text, or :help)" in out
-    assert "(:beam kept 5: beam must be between 1 (greedy) and 64, got 0)" in out and "beam = 2" in out
-    assert "(:alpha kept 1.0: alpha must be between 0 (no length penalty) and 10, got -1.0)" in out
+    assert "(:beam kept 5: beam must be an integer in [1, 64], got '0')" in out and "beam = 2" in out
+    assert "(:alpha kept 1.0: alpha must be a number in [0, 10], got '-1')" in out
     assert "alpha = 0.6" in out and "heatmap = " in out and "heatmap off" in out
     assert (tmp_path / "typed.png").stat().st_size > 1000 and out.count("fr> ") == 2
     assert "(:temperature does not apply here" in out and "beam 2, alpha 0.6" in out
@@ -261,8 +261,8 @@ def test_translate_interactive_commands(trained, tmp_path, cli, monkeypatch):
     ([" "], "empty sentence"),
     ([], "give one of: a sentence, --input FILE, or --interactive"),
     (["--input", "x.txt", "--heatmap", "m.png"], "--heatmap draws one sentence"),
-    (["--beam_size", "65", "Hello."], "--beam_size: beam must be between 1 (greedy) and 64, got 65"),
-    (["--alpha", "inf", "Hello."], "--alpha: alpha must be between 0 (no length penalty) and 10, got inf"),
+    (["--beam_size", "65", "Hello."], "--beam_size: must be an integer in [1, 64], got '65'"),
+    (["--alpha", "inf", "Hello."], "--alpha: must be a number in [0, 10], got 'inf'"),
 ])
 def test_translate_bad_input(trained, cli, argv, message):
     from stage4_transformer import translate
