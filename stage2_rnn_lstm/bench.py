@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from scripts.checks import THREADS
 from scripts.common import ArgParser, UserError, hardware, read_json, run_main, write_json
 from scripts.report import load_results, markdown_table, run_script, short_paths, update_file
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
@@ -301,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tables_only", action=argparse.BooleanOptionalAction, default=False,
                         help="only rebuild the README tables from results/")
     parser.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
-    parser.add_argument("--num_threads", type=int, default=0,
+    parser.add_argument("--num_threads", type=THREADS, default=0,
                         help="CPU threads for torch in the programs run (0: torch's default, one per core)")
     args = parser.parse_args(argv)
     extra = ["--data_dir", args.data_dir] if args.data_dir else []

@@ -25,12 +25,14 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args,
-                            check_positive, checkpoint_header, count_params, get_device, run_main, save_checkpoint,
-                            set_seed, set_threads, setup_logging, warmup_cosine, write_metrics)
+from scripts.checks import CLIP, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Range, check_args
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, checkpoint_header, count_params,
+                            get_device, model_from_checkpoint, run_main, save_checkpoint, set_seed, set_threads,
+                            setup_logging, warmup_cosine, write_metrics)
 from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
-from stage2_rnn_lstm.data.corpus import DATASETS, Vocabulary, batchify, bptt_batches, load_corpus, num_batches
+from stage2_rnn_lstm.data.corpus import (DATASETS, Vocabulary, batchify, bptt_batches, describe_split, load_corpus,
+                                         num_batches)
 from stage2_rnn_lstm.models.cells import detach_state
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
 
@@ -59,6 +61,14 @@ RESUME_MUST_MATCH = ("model_type", "vocab_type", "impl", "embed_dim", "hidden_di
 # the sample printed at every evaluation: a fixed prompt and seed, so samples of one run can be compared
 SAMPLE = {"char": dict(prompt="ROMEO:", max_new_tokens=200), "word": dict(prompt="the company said", max_new_tokens=40)}
 SAMPLE_TEMPERATURE, SAMPLE_SEED = 0.8, 0
+# the allowed values of the flags (scripts/checks.py). The bounds are far beyond any sensible model; they are there
+# so that a typo such as --hidden_dim 5120000 is refused in one line instead of filling the memory
+WIDTH = Range(int, lo=1, hi=65_536)                 # --embed_dim, --hidden_dim
+LAYERS = Range(int, lo=1, hi=64)                    # --num_layers
+MAX_PARAMS = 500_000_000                            # the default char model has 3.3 million
+MAX_STEP_NUMBERS = 1 << 29                          # floats one training step holds for logits and states (2 GiB)
+FLAG_RANGES = dict(epochs=POSITIVE_INT, lr=POSITIVE, batch_size=POSITIVE_INT, embed_dim=WIDTH, hidden_dim=WIDTH,
+                   num_layers=LAYERS, dropout=FRACTION, seq_len=POSITIVE_INT, clip=CLIP, weight_decay=NON_NEGATIVE)
 
 
 def preset_default(key: str) -> str:
@@ -82,33 +92,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, choices=DATASETS, help="text to train on " + preset_default("dataset"))
     p.add_argument("--impl", default="torch", choices=["scratch", "torch"],
                    help="scratch: the cells of models/cells.py; torch: nn.RNN/nn.LSTM/nn.GRU")
-    p.add_argument("--epochs", type=int, default=None, help="passes over the training text " + preset_default("epochs"))
-    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate " + preset_default("lr"))
-    p.add_argument("--batch_size", type=int, default=None, help="parallel text streams " + preset_default("batch_size"))
+    p.add_argument("--epochs", type=POSITIVE_INT, default=None,
+                   help="passes over the training text, >= 1 " + preset_default("epochs"))
+    p.add_argument("--lr", type=POSITIVE, default=None, help="peak AdamW learning rate, > 0 " + preset_default("lr"))
+    p.add_argument("--batch_size", type=POSITIVE_INT, default=None,
+                   help="parallel text streams, >= 1 " + preset_default("batch_size"))
 
     model = p.add_argument_group("model")
-    model.add_argument("--embed_dim", type=int, default=None,
-                       help="token embedding size " + preset_default("embed_dim"))
-    model.add_argument("--hidden_dim", type=int, default=None,
-                       help="hidden (and cell) state size " + preset_default("hidden_dim"))
-    model.add_argument("--num_layers", type=int, default=None,
-                       help="stacked recurrent layers " + preset_default("num_layers"))
-    model.add_argument("--dropout", type=float, default=None,
-                       help="dropout on embeddings, between layers and on outputs " + preset_default("dropout"))
+    model.add_argument("--embed_dim", type=WIDTH, default=None,
+                       help="token embedding size, 1 .. 65536 " + preset_default("embed_dim"))
+    model.add_argument("--hidden_dim", type=WIDTH, default=None,
+                       help="hidden (and cell) state size, 1 .. 65536 " + preset_default("hidden_dim"))
+    model.add_argument("--num_layers", type=LAYERS, default=None,
+                       help="stacked recurrent layers, 1 .. 64 " + preset_default("num_layers"))
+    model.add_argument("--dropout", type=FRACTION, default=None,
+                       help="dropout on embeddings, between layers and on outputs, in [0, 1) "
+                            + preset_default("dropout"))
     model.add_argument("--tie_weights", action=argparse.BooleanOptionalAction, default=None,
                        help="the decoder shares the embedding matrix (needs embed_dim == hidden_dim) "
                             + preset_default("tie_weights"))
 
     training = p.add_argument_group("training")
-    training.add_argument("--seq_len", type=int, default=None,
-                          help="BPTT length: tokens per batch and stream " + preset_default("seq_len"))
-    training.add_argument("--clip", type=float, default=None,
-                          help="clip the gradient norm to this " + preset_default("clip"))
-    training.add_argument("--weight_decay", type=float, default=None,
-                          help="AdamW decoupled weight decay " + preset_default("weight_decay"))
-    training.add_argument("--warmup_steps", type=int, default=100, help="linear warm-up, then cosine decay to lr/10")
-    training.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-    training.add_argument("--limit", type=int, default=0, help="use only the first N training tokens (0: all)")
+    training.add_argument("--seq_len", type=POSITIVE_INT, default=None,
+                          help="BPTT length: tokens per batch and stream, >= 1 " + preset_default("seq_len"))
+    training.add_argument("--clip", type=CLIP, default=None,
+                          help="clip the gradient norm to this, > 0 (0: no clipping) " + preset_default("clip"))
+    training.add_argument("--weight_decay", type=NON_NEGATIVE, default=None,
+                          help="AdamW decoupled weight decay, >= 0 " + preset_default("weight_decay"))
+    training.add_argument("--warmup_steps", type=COUNT, default=100,
+                          help="linear warm-up (>= 0 steps), then cosine decay to lr/10")
+    training.add_argument("--max_steps", type=COUNT, default=0, help="stop after this many steps (0: no limit)")
+    training.add_argument("--limit", type=COUNT, default=0, help="use only the first N training tokens (0: all)")
 
     add_output_args(p, "where to write the best model (default: checkpoints/best_<model>_<vocab>.pt, "
                        "best_<model>_<vocab>_quick.pt for the quick preset)",
@@ -129,17 +143,36 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if (args.dataset == "ptb") != (args.vocab_type == "word"):
         wanted = "word" if args.dataset == "ptb" else "char"
         raise UserError(f"--dataset {args.dataset} goes with --vocab_type {wanted}")
-    check_positive(args, "embed_dim", "hidden_dim", "num_layers", "batch_size", "seq_len", "epochs")
+    check_args(args, **FLAG_RANGES)        # the preset's values obey the same rules as typed ones
     if args.tie_weights and args.embed_dim != args.hidden_dim:
         raise UserError(f"--tie_weights needs --embed_dim == --hidden_dim (got {args.embed_dim} and "
                         f"{args.hidden_dim}); change one, or pass --no-tie_weights")
-    if not 0.0 <= args.dropout < 1.0:
-        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
     suffix = "" if args.preset == "default" else f"_{args.preset}"
     run = f"{args.model_type}_{args.vocab_type}"
     args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"best_{run}{suffix}.pt")
     args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / f"{run}_{args.impl}{suffix}")
+    # the best model and the run's last state are two files: one path for both would lose one of them
+    if Path(args.checkpoint).resolve() == (Path(args.out_dir) / "last.pt").resolve():
+        raise UserError(f"--checkpoint {args.checkpoint} is the run's own last.pt; choose another path")
+    if Path(args.checkpoint).is_dir():
+        raise UserError(f"--checkpoint {args.checkpoint} is a folder; give the path of a .pt file to write")
     return args
+
+
+def check_size(config: LMConfig, batch_size: int, seq_len: int, stream_len: int) -> None:
+    """Refuse, before anything is allocated, a model or a batch that cannot fit in memory (a typo such as
+    --hidden_dim 50000, or --seq_len as long as the whole text with a 10,000-word vocabulary). A batch holds
+    min(seq_len, stream_len) tokens per stream."""
+    params = config.num_parameters()
+    if params > MAX_PARAMS:
+        raise UserError(f"--embed_dim {config.embed_dim}, --hidden_dim {config.hidden_dim} and --num_layers "
+                        f"{config.num_layers} make a model of {params:,} parameters, more than the {MAX_PARAMS:,} "
+                        "that fit in memory for training; choose smaller sizes")
+    numbers = batch_size * min(seq_len, stream_len) * (config.vocab_size + 6 * config.num_layers * config.hidden_dim)
+    if numbers > MAX_STEP_NUMBERS:
+        raise UserError(f"--batch_size {batch_size} x --seq_len {seq_len} tokens make a step of {numbers:,} numbers "
+                        f"(logits over {config.vocab_size:,} tokens and the recurrent states), more than the "
+                        f"{MAX_STEP_NUMBERS:,} that fit in memory; lower --batch_size or --seq_len")
 
 
 def model_label(args: argparse.Namespace) -> str:
@@ -154,9 +187,17 @@ def load_data(args: argparse.Namespace, saved_vocab: dict | None,
     validation streams, and the number of training tokens."""
     splits, kind = load_corpus(args.dataset, args.data_dir)
     train_tokens = splits["train"][: args.limit] if args.limit else splits["train"]
-    vocab = Vocabulary.from_dict(saved_vocab) if saved_vocab else Vocabulary.build(splits["train"], kind)
-    train_data = batchify(vocab.encode(train_tokens), args.batch_size)                # (B, N / B)
-    valid_data = batchify(vocab.encode(splits["valid"]), min(args.batch_size, 16))
+    where = Path(args.out_dir) / "last.pt"
+    vocab = (Vocabulary.from_dict(saved_vocab, str(where)) if saved_vocab is not None
+             else Vocabulary.build(splits["train"], kind, where=describe_split(args.dataset, "train")))
+    if vocab.kind != kind:
+        raise UserError(f"{where} holds a {vocab.kind} vocabulary, but {args.dataset} is read as {kind}s; "
+                        "start a new run with another --out_dir")
+    what = (f"the first {len(train_tokens):,} tokens (--limit {args.limit})" if args.limit
+            else describe_split(args.dataset, "train"))
+    train_data = batchify(vocab.encode(train_tokens), args.batch_size, what)                # (B, N / B)
+    valid_data = batchify(vocab.encode(splits["valid"]), min(args.batch_size, 16),
+                          describe_split(args.dataset, "valid"))
     log.info(f"{args.dataset}: {len(train_tokens):,} train / {len(splits['valid']):,} valid {kind}s, "
              f"vocabulary {len(vocab)}; run folder {args.out_dir}")
     return vocab, train_data, valid_data, len(train_tokens)
@@ -190,7 +231,8 @@ def train_one_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer
         loss = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        # --clip 0 turns clipping off: an infinite bound leaves the gradients as they are (the norm is still logged)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf)
         optimizer.step()
 
         state["hidden"] = detach_state(hidden)          # the values flow on to the next batch, the gradients stop
@@ -242,14 +284,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "best_val_loss": math.inf, "best_epoch": 0, "history": [], "train_seconds": 0.0,
                            "epoch_loss_sum": 0.0, "epoch_tokens": 0})
     log = setup_logging(out_dir)
-    vocab, train_data, valid_data, train_size = load_data(args, run.resume and run.resume["vocab"], log)
+    vocab, train_data, valid_data, train_size = load_data(args, run.resume and run.resume.get("vocab", {}), log)
 
-    set_seed(args.seed)
     # on --resume the flags that shape the model were checked against the saved run (RESUME_MUST_MATCH)
     config = LMConfig(vocab_size=len(vocab), model_type=args.model_type, impl=args.impl, embed_dim=args.embed_dim,
                       hidden_dim=args.hidden_dim, num_layers=args.num_layers, dropout=args.dropout,
                       tie_weights=args.tie_weights)
+    check_size(config, args.batch_size, args.seq_len, train_data.shape[1] - 1)
+    set_seed(args.seed)
     model = RNNLanguageModel(config).to(device)
+    if run.resume:      # the saved weights and state must be those of this model (last.pt may have been edited)
+        check_resume(run, config, args.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     log.info(f"{config.model_type.upper()} ({config.impl}): {count_params(model):,} parameters, {config}")
     payload = {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": vocab.to_dict(),
@@ -284,6 +329,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(f"best val loss {best['val_loss']:.4f} (ppl {best['val_ppl']:.2f}) at epoch {best['epoch']}; "
              f"checkpoint {best_path}")
     return 0
+
+
+def check_resume(run: ResumableRun, config: LMConfig, batch_size: int) -> None:
+    """The weights and the carried hidden state in last.pt must fit the model about to be trained."""
+    model_from_checkpoint(run.last_path, lambda: RNNLanguageModel(config), run.resume.get("model_state"))
+    hidden = run.resume.get("hidden")
+    tensors = hidden if isinstance(hidden, (tuple, list)) else [] if hidden is None else [hidden]
+    expected = (config.num_layers, batch_size, config.hidden_dim)
+    if len(tensors) != (0 if hidden is None else 2 if config.model_type == "lstm" else 1) or any(
+            not isinstance(t, torch.Tensor) or tuple(t.shape) != expected for t in tensors):
+        raise UserError(f"{run.last_path}: the saved hidden state does not fit a {config.model_type} of this size "
+                        "(the file was edited or pieced together); start a new run with another --out_dir")
 
 
 def end_of_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer: torch.optim.Optimizer,

@@ -22,10 +22,11 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE, POSITIVE_INT, Range
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split
-from scripts.common import (ArgParser, UserError, add_common_args, add_output_args,
-                            check_positive, checkpoint_header, count_params, get_device, load_checkpoint, run_main,
-                            save_checkpoint, set_seed, set_threads, setup_logging, write_json, write_metrics)
+from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, checkpoint_header, count_params,
+                            get_device, load_checkpoint, model_from_checkpoint, run_main, save_checkpoint, set_seed,
+                            set_threads, setup_logging, write_json, write_metrics)
 from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from stage2_rnn_lstm.models.classifier import ClassifierConfig, RNNClassifier
@@ -39,6 +40,14 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[!?.,;:()\"-]")
 # --patience may change: more epochs carry on where the run stopped)
 RESUME_MUST_MATCH = ("model_type", "impl", "embed_dim", "hidden_dim", "num_layers", "dropout", "vocab_size", "max_len",
                      "limit", "val_fraction", "seed", "batch_size", "lr", "clip")
+# allowed values of the size flags: far beyond any sensible model, so that a typo is refused in one line instead of
+# filling the memory
+WIDTH = Range(int, lo=1, hi=65_536)
+LAYERS = Range(int, lo=1, hi=64)
+VOCAB_SIZE = Range(int, lo=3, hi=1_000_000)        # <pad>, <unk> and at least one word
+MAX_LEN = Range(int, lo=1, hi=100_000)
+VAL_FRACTION = Range(float, lo=0, hi=1, lo_open=True, hi_open=True)
+MAX_PARAMS = 500_000_000
 
 
 def tokenize(text: str) -> list[str]:
@@ -100,24 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="imdb", choices=DATASETS, help="data set")
     p.add_argument("--model_type", default="lstm", choices=["rnn", "lstm", "gru"], help="recurrent cell")
     p.add_argument("--impl", default="torch", choices=["torch", "scratch"], help="nn.LSTM or the cells of models/")
-    p.add_argument("--epochs", type=int, default=4, help="most epochs (early stopping on validation accuracy)")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
-    p.add_argument("--batch_size", type=int, default=64, help="texts per step")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=4,
+                   help="most epochs, >= 1 (early stopping on validation accuracy)")
+    p.add_argument("--lr", type=POSITIVE, default=2e-3, help="AdamW learning rate, > 0")
+    p.add_argument("--batch_size", type=POSITIVE_INT, default=64, help="texts per step, >= 1")
 
     model = p.add_argument_group("model")
-    model.add_argument("--embed_dim", type=int, default=128, help="word embedding size")
-    model.add_argument("--hidden_dim", type=int, default=128, help="hidden state size")
-    model.add_argument("--num_layers", type=int, default=1, help="stacked recurrent layers")
-    model.add_argument("--dropout", type=float, default=0.3, help="dropout on embeddings and the pooled vector")
-    model.add_argument("--vocab_size", type=int, default=30000, help="most frequent words kept (the rest are <unk>)")
-    model.add_argument("--max_len", type=int, default=400, help="read at most this many tokens of each text")
+    model.add_argument("--embed_dim", type=WIDTH, default=128, help="word embedding size, 1 .. 65536")
+    model.add_argument("--hidden_dim", type=WIDTH, default=128, help="hidden state size, 1 .. 65536")
+    model.add_argument("--num_layers", type=LAYERS, default=1, help="stacked recurrent layers, 1 .. 64")
+    model.add_argument("--dropout", type=FRACTION, default=0.3,
+                       help="dropout on embeddings and the pooled vector, in [0, 1)")
+    model.add_argument("--vocab_size", type=VOCAB_SIZE, default=30000,
+                       help="most frequent words kept (the rest are <unk>), 3 .. 1000000")
+    model.add_argument("--max_len", type=MAX_LEN, default=400,
+                       help="read at most this many tokens of each text, 1 .. 100000")
 
     training = p.add_argument_group("training")
-    training.add_argument("--patience", type=int, default=1,
-                          help="epochs without a better validation accuracy before stopping")
-    training.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
-    training.add_argument("--val_fraction", type=float, default=0.1, help="share of train held out for validation")
-    training.add_argument("--limit", type=int, default=0, help="use only N training and N test texts (0: all)")
+    training.add_argument("--patience", type=POSITIVE_INT, default=1,
+                          help="epochs without a better validation accuracy before stopping, >= 1")
+    training.add_argument("--clip", type=CLIP, default=1.0,
+                          help="clip the gradient norm to this, > 0 (0: no clipping)")
+    training.add_argument("--val_fraction", type=VAL_FRACTION, default=0.1,
+                          help="share of train held out for validation, in (0, 1)")
+    training.add_argument("--limit", type=COUNT, default=0, help="use only N training and N test texts (0: all)")
 
     add_output_args(p, "where to write the best model (checkpoints/best_classifier_<dataset>.pt)",
                        "run folder (runs/classify_<dataset>)")
@@ -125,21 +140,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_data(args: argparse.Namespace, saved_vocab: list[str] | None) -> dict[str, Any]:
+def load_data(args: argparse.Namespace, saved_vocab: list[str] | None, last_path: Path) -> dict[str, Any]:
     """Training and validation texts as token ids (the validation split held out of train), the vocabulary
     (the resumed run's, else built from the training texts) and the class names."""
     full = load_split(args.dataset, "train", args.data_dir)
     if args.limit:
         full = full.subset(torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed))[:args.limit])
     train_idx, val_idx = train_val_split(len(full), args.val_fraction, args.seed)
+    if len(train_idx) == 0:
+        raise UserError(f"--val_fraction {args.val_fraction} of {len(full)} text{'s' if len(full) > 1 else ''} "
+                        f"{'(--limit ' + str(args.limit) + ') ' if args.limit else ''}leaves none to train on; "
+                        "use a larger --limit or a smaller --val_fraction")
     train_docs = [tokenize(full.texts[i]) for i in train_idx.tolist()]
-    itos = saved_vocab or build_vocab(train_docs, args.vocab_size)
+    itos = (checked_vocab(saved_vocab, args.vocab_size, last_path) if saved_vocab is not None
+            else build_vocab(train_docs, args.vocab_size))
     stoi = {w: i for i, w in enumerate(itos)}
     return {"itos": itos, "stoi": stoi, "classes": full.classes, "source": full.source,
             "train_x": encode(train_docs, stoi, args.max_len),
             "train_y": torch.tensor([full.labels[i] for i in train_idx.tolist()]),
             "val_x": encode([tokenize(full.texts[i]) for i in val_idx.tolist()], stoi, args.max_len),
             "val_y": torch.tensor([full.labels[i] for i in val_idx.tolist()])}
+
+
+def checked_vocab(itos: Any, vocab_size: int, where: Path) -> list[str]:
+    """The vocabulary saved in last.pt, as --resume reads it: <pad>, <unk>, then distinct words, at most
+    --vocab_size of them (the file may have been edited; a wrong list would silently misread every text)."""
+    if (not isinstance(itos, list) or itos[:2] != [PAD, UNK] or not 2 <= len(itos) <= vocab_size
+            or not all(isinstance(w, str) and w for w in itos) or len(set(itos)) != len(itos)):
+        raise UserError(f"{where}: the saved vocabulary is not a list of <pad>, <unk> and at most --vocab_size "
+                        f"{vocab_size} distinct words; start a new run with another --out_dir")
+    return itos
 
 
 def train_one_epoch(args: argparse.Namespace, model: RNNClassifier, optimizer: torch.optim.Optimizer,
@@ -157,7 +187,7 @@ def train_one_epoch(args: argparse.Namespace, model: RNNClassifier, optimizer: t
         loss = F.cross_entropy(logits, data["train_y"][index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf)     # --clip 0: no clipping
         optimizer.step()
 
         tokens += int(lengths.sum())
@@ -172,28 +202,35 @@ def train_one_epoch(args: argparse.Namespace, model: RNNClassifier, optimizer: t
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(args, "embed_dim", "hidden_dim", "num_layers", "vocab_size", "max_len", "epochs", "batch_size")
     started = time.time()
     set_threads(args.num_threads)
     device = get_device(args.device)
     out_dir = Path(args.out_dir or STAGE_DIR / "runs" / f"classify_{args.dataset}")
     best_path = Path(args.checkpoint or STAGE_DIR / "checkpoints" / f"best_classifier_{args.dataset}.pt")
+    # checked now, not when the first epoch ends and its best model cannot be written
+    if best_path.is_dir():
+        raise UserError(f"--checkpoint {best_path} is a folder; give the path of a .pt file to write")
+    if best_path.resolve() == (out_dir / "last.pt").resolve():
+        raise UserError(f"--checkpoint {best_path} is the run's own last.pt; choose another path")
     run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", must_match=RESUME_MUST_MATCH,
                        map_location=device, state={
         "epoch": 0, "batch_in_epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": [],
         "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_seen": 0})
     log = setup_logging(out_dir)
-    data = load_data(args, run.resume and run.resume["vocab"])
+    data = load_data(args, run.resume.get("vocab") if run.resume else None, run.last_path)
     train_x, itos = data["train_x"], data["itos"]
     log.info(f"{data['source']}: {len(train_x)} train / {len(data['val_x'])} val texts, vocabulary {len(itos)}, "
              f"{sum(len(d) for d in train_x) / len(train_x):.0f} tokens per text (cut at {args.max_len})")
 
-    set_seed(args.seed)
     # on --resume the flags that shape the model were checked against the saved run (RESUME_MUST_MATCH)
     config = ClassifierConfig(
         vocab_size=len(itos), num_classes=len(data["classes"]), model_type=args.model_type, impl=args.impl,
         embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, num_layers=args.num_layers, dropout=args.dropout)
+    check_size(config)
+    set_seed(args.seed)
     model = RNNClassifier(config).to(device)
+    if run.resume:      # the saved weights must be those of this model (last.pt may have been edited)
+        model_from_checkpoint(run.last_path, lambda: RNNClassifier(config), run.resume.get("model_state"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     log.info(f"{config.model_type.upper()} classifier ({config.impl}): {count_params(model):,} parameters")
     payload = {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": itos,
@@ -230,6 +267,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def check_size(config: ClassifierConfig) -> None:
+    """Refuse, before anything is allocated, a model too large to train (a typo such as --hidden_dim 50000)."""
+    with torch.device("meta"):
+        params = count_params(RNNClassifier(config))
+    if params > MAX_PARAMS:
+        raise UserError(f"--embed_dim {config.embed_dim}, --hidden_dim {config.hidden_dim}, --num_layers "
+                        f"{config.num_layers} and a vocabulary of {config.vocab_size:,} make a model of {params:,} "
+                        f"parameters, more than the {MAX_PARAMS:,} that fit in memory for training; choose smaller "
+                        "sizes")
+
+
 def end_of_epoch(model: RNNClassifier, data: dict[str, Any], run: ResumableRun, payload: dict[str, Any],
                  best_path: Path, tokens: int, seconds: float, device: torch.device) -> dict[str, Any]:
     """Validation accuracy, the best model kept, early-stopping count, last.pt saved; returns the history row."""
@@ -254,10 +302,11 @@ def score_on_test(args: argparse.Namespace, model: RNNClassifier, best_path: Pat
     """Load the best checkpoint into `model` and score it on the test set, read only now: accuracy, macro-F1,
     per-class scores, the confusion matrix and the latency of one text at a time."""
     best = load_checkpoint(best_path, STAGE, [MODEL_NAME], map_location=device)
-    if best["dataset"] != args.dataset or best["config"] != config.to_dict():
+    if best.get("dataset") != args.dataset or best.get("config") != config.to_dict():
         raise UserError(f"{best_path} no longer holds this run's best model (another run wrote over it); "
                         "give each run its own --checkpoint")
-    model.load_state_dict(best["model_state"])
+    best_model = model_from_checkpoint(best_path, lambda: RNNClassifier(config), best.get("model_state"))
+    model.load_state_dict(best_model.state_dict())
     test = load_split(args.dataset, "test", args.data_dir)
     if args.limit:
         test = test.subset(list(range(0, len(test), max(1, len(test) // args.limit)))[: args.limit])

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from stage2_rnn_lstm.models.cells import ScratchRecurrent, State
 
 TORCH_RNNS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+IMPLS = ("scratch", "torch")
+PROMPT_CHUNK = 512       # a long prompt is read this many tokens at a time (the state carries over)
 
 
 @dataclass
@@ -24,8 +26,27 @@ class LMConfig:
     dropout: float = 0.2
     tie_weights: bool = False
 
+    def __post_init__(self) -> None:
+        """Refuse what no model can be built from (a config edited by hand, or saved by another version)."""
+        if self.model_type not in TORCH_RNNS:
+            raise ValueError(f"model_type {self.model_type!r} is not one of {', '.join(TORCH_RNNS)}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl {self.impl!r} is not one of {', '.join(IMPLS)}")
+        for name in ("vocab_size", "embed_dim", "hidden_dim", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_weights and self.embed_dim != self.hidden_dim:
+            raise ValueError("tie_weights needs embed_dim == hidden_dim")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def num_parameters(self) -> int:
+        """How many parameters the model of this config has, counted on the meta device (no memory used)."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in RNNLanguageModel(self).parameters())
 
 
 def make_recurrent(model_type: str, impl: str, input_size: int, hidden_size: int, num_layers: int,
@@ -71,10 +92,15 @@ class RNNLanguageModel(nn.Module):
                  top_p: float = 1.0, generator: torch.Generator | None = None) -> Iterator[int]:
         """Yield `steps` sampled token ids, one at a time (so callers can stream them).
 
-        The prompt (T,) is read once; then each step feeds only the newest token and the carried state.
+        The prompt (T,) is read once, PROMPT_CHUNK tokens at a time (so a long one needs no more memory than a
+        short one); then each step feeds only the newest token and the carried state.
         """
+        if prompt.numel() == 0:
+            raise ValueError("generate needs a prompt of at least one token")
         self.eval()
-        logits, state = self(prompt[None, :])
+        state = None
+        for start in range(0, prompt.numel(), PROMPT_CHUNK):
+            logits, state = self(prompt[None, start:start + PROMPT_CHUNK], state)
         for step in range(steps):
             token = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
             yield token

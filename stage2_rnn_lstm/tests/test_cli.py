@@ -73,7 +73,7 @@ def test_interactive_session(char_model, monkeypatch, cli):
     code, out, _ = cli(generate.main, ["--checkpoint", str(char_model), "--interactive"])
     assert code == 0
     assert "(empty line" in out and "temperature = 0.5" in out and "max_new_tokens = 10" in out
-    assert "(:top_k kept 0:" in out and "(:top_p kept 1.0: top_p must be in (0, 1]" in out
+    assert "(:top_k kept 0:" in out and "(:top_p kept 1.0: top_p must be a number in (0, 1]" in out
     assert "not in the vocabulary" in out and "'ñ'" in out and "unknown command :bogus" in out
     assert "temperature = 0.0" in out and "max_new_tokens = 12" in out and "(:max_new_tokens kept 12:" in out
     assert "seed = 7" in out and "top_k = 5" in out and "top_p = 0.9" in out
@@ -98,13 +98,13 @@ def test_interactive_ends_on_ctrl_d_and_survives_ctrl_c(char_model, monkeypatch,
 
 @pytest.mark.parametrize("argv, message", [
     (["--prompt", ""], "--prompt is empty"),
-    (["--temperature", "-1"], "--temperature must be 0 (greedy) or between 0.01 and 100"),
-    (["--temperature", "nan"], "--temperature must be 0 (greedy) or between 0.01 and 100"),
-    (["--top_p", "0"], "--top_p must be in (0, 1]"),
-    (["--top_k", "-2"], "--top_k must be between 0"),
-    (["--max_new_tokens", "0"], "--max_new_tokens must be between 1 and"),
-    (["--length", "0"], "--max_new_tokens must be between 1 and"),
-    (["--seed", "-1"], "--seed must be between 0 and"),
+    (["--temperature", "-1"], "--temperature must be 0 (greedy) or a number in [0.01, 100]"),
+    (["--temperature", "nan"], "--temperature must be 0 (greedy) or a number in [0.01, 100]"),
+    (["--top_p", "0"], "--top_p must be a number in (0, 1]"),
+    (["--top_k", "-2"], "--top_k must be an integer in [0, "),
+    (["--max_new_tokens", "0"], "--max_new_tokens must be an integer in [1, "),
+    (["--length", "0"], "--max_new_tokens must be an integer in [1, "),
+    (["--seed", "-1"], "--seed: must be an integer in [0, "),
     (["--interactive", "1"], "unrecognized arguments: 1"),
 ])
 def test_generate_bad_settings(char_model, cli, argv, message):
@@ -139,7 +139,7 @@ def test_wrong_and_broken_checkpoints(char_model, tmp_path, cli):
     (["--tie_weights", "--embed_dim", "8"], "--tie_weights needs --embed_dim == --hidden_dim"),
     (["--vocab_type", "word", "--embed_dim", "8"], "--tie_weights needs --embed_dim == --hidden_dim"),
     (["--tie_weights", "1"], "unrecognized arguments: 1"),
-    (["--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["--dropout", "1"], "--dropout: must be a number in [0, 1)"),
 ])
 def test_train_bad_flags(cli, argv, message):
     code, _, err = cli(train.main, argv)
@@ -187,7 +187,7 @@ def test_missing_data(tmp_path, monkeypatch, cli):
     monkeypatch.delenv("MY_LLM_DATA", raising=False)
     (tmp_path / "empty").mkdir()
     code, _, err = cli(train.main, ["--data_dir", str(tmp_path / "empty"), "--out_dir", str(tmp_path / "r")])
-    assert code == 2 and "no local copy of tiny_shakespeare (input.txt)" in err and err.count("\n") == 1
+    assert code == 2 and "lacks input.txt of tiny_shakespeare" in err and err.count("\n") == 1
 
 
 def test_ctrl_c_mid_epoch_then_resume_is_exact(lm_data, tmp_path, cli, monkeypatch):
