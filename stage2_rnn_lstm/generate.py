@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import torch
 
@@ -24,6 +24,7 @@ from stage2_rnn_lstm.evaluate import CHECKPOINT_HELP, find_language_model, load_
 from stage2_rnn_lstm.models.rnn_lm import RNNLanguageModel
 
 SETTINGS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed")
+MAX_PROMPT_TOKENS = 20_000    # a recurrent model keeps only a state: a longer prompt takes time and adds little
 
 
 def encode_prompt(vocab: Vocabulary, prompt: str) -> tuple[torch.Tensor, list[str]]:
@@ -31,6 +32,9 @@ def encode_prompt(vocab: Vocabulary, prompt: str) -> tuple[torch.Tensor, list[st
     tokens = vocab.split(prompt)
     if not tokens:
         raise UserError("the prompt is empty; type some text to continue")
+    if len(tokens) > MAX_PROMPT_TOKENS:
+        raise UserError(f"the prompt has {len(tokens):,} {vocab.kind}s; at most {MAX_PROMPT_TOKENS:,} are read, "
+                        "so shorten it (its end is what the model continues)")
     return vocab.encode(tokens), sorted(set(vocab.unknown(tokens)))
 
 
@@ -39,7 +43,7 @@ def stream(model: RNNLanguageModel, vocab: Vocabulary, prompt: str, settings: di
     """Write the prompt's continuation to `out` token by token; return it."""
     ids, unknown = encode_prompt(vocab, prompt)
     if unknown:
-        shown = ", ".join(repr(t) for t in unknown[:10])
+        shown = ", ".join(repr(t if len(t) <= 20 else t[:17] + "...") for t in unknown[:10])
         print(f"(not in the vocabulary, read as {vocab.itos[vocab.unk_id]}: {shown})", file=out)
     generator = torch.Generator().manual_seed(settings["seed"])
     pieces = []
@@ -54,16 +58,28 @@ def stream(model: RNNLanguageModel, vocab: Vocabulary, prompt: str, settings: di
     return "".join(pieces)
 
 
+def interactive(model: RNNLanguageModel, vocab: Vocabulary, settings: dict[str, Any], device: torch.device,
+                read: Callable[[str], str] | None = None) -> int:
+    """The prompt loop: every line is a prompt to continue or a :command (scripts/repl.py); returns exit status 0."""
+    repl = Repl(settings)
+    return repl.loop(lambda line: stream(model, vocab, line, repl.settings, sys.stdout, device), read=read,
+                     banner=f"{model.config.model_type.upper()} {vocab.kind}-level model, vocabulary "
+                            f"{len(vocab)}. Type a prompt; :help lists the commands; Ctrl-D quits.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Sample text from a stage 2 language model.")
     add_checkpoint_arg(p, None, help=CHECKPOINT_HELP)
     p.add_argument("--vocab", default=None, help="vocabulary JSON (optional: the checkpoint holds its own)")
     p.add_argument("--prompt", default=None, help="text to continue (a newline for a char model, <eos> for a word one)")
     p.add_argument("--max_new_tokens", "--length", dest="max_new_tokens", type=int, default=300,
-                   help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; <1 sharper, >1 more random")
-    p.add_argument("--top_k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
-    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling: smallest set with this much mass")
+                   help="tokens to generate, 1 .. 10000")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="0 = greedy, else 0.01 .. 100: <1 sharper, >1 more random")
+    p.add_argument("--top_k", type=int, default=0,
+                   help="sample among the k most likely tokens, 0 .. 1000000 (0 = all)")
+    p.add_argument("--top_p", type=float, default=1.0,
+                   help="nucleus sampling: smallest set with this much mass, in (0, 1]")
     p.add_argument("--interactive", action=argparse.BooleanOptionalAction, default=False,
                    help="a prompt loop with :commands (:temperature, :top_k, :max_new_tokens, ...)")
     add_common_args(p, seed_help="seed for sampling")
@@ -90,15 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, vocab, ckpt = load_language_model(checkpoint, args.vocab, device)
     if args.interactive:
         print(describe_model(checkpoint, ckpt))
-        repl = Repl(settings)
-        return repl.loop(lambda line: stream(model, vocab, line, repl.settings, sys.stdout, device),
-                         banner=f"{model.config.model_type.upper()} {vocab.kind}-level model, vocabulary "
-                                f"{len(vocab)}. Type a prompt; :help lists the commands; Ctrl-D quits.")
+        return interactive(model, vocab, settings, device)
     prompt = args.prompt if args.prompt is not None else ("\n" if vocab.kind == "char" else EOS)
     if not prompt.strip() and vocab.kind == "word":
         raise UserError("--prompt is empty; give some words to continue, e.g. --prompt \"the market\"")
     if prompt == "":
         raise UserError("--prompt is empty; give some text to continue, e.g. --prompt \"ROMEO:\"")
+    encode_prompt(vocab, prompt)        # a prompt that cannot be read is refused before anything is printed
     # on stderr, so that `generate.py > sample.txt` keeps only the text
     print(describe_model(checkpoint, ckpt), file=sys.stderr)
     stream(model, vocab, prompt, settings, sys.stdout, device)
