@@ -178,7 +178,7 @@ def check_writable(path: str | Path, name: str, folder: bool = False) -> Path:
             target = path.parent
         existing = next(p for p in [target.absolute(), *target.absolute().parents] if p.exists())
         if not existing.is_dir():
-            raise UserError(f"{name} {path}: {existing} is not a folder")
+            raise UserError(f"{name} {path} cannot be written ({existing} is not a folder)")
         if not folder and existing == target.absolute():
             created = not path.exists()
             with open(path, "ab"):
