@@ -244,6 +244,11 @@ def edit_last(change):
     (lambda c: c["model_state"].pop("decoder.bias"), "decoder.bias is missing"),
     (lambda c: c.update(hidden=(torch.zeros(2, 4, 99), torch.zeros(2, 4, 99))), "hidden state does not fit"),
     (lambda c: c.update(hidden=torch.zeros(2, 4, 16)), "hidden state does not fit"),
+    (lambda c: c.pop("global_step"), "global_step is 'None', not an integer"),
+    (lambda c: c.update(epoch="1"), "epoch is '1', not an integer"),
+    (lambda c: c.update(best_val_loss=[]), "best_val_loss is '[]', not a number"),
+    (lambda c: c.update(optimizer_state={}), "cannot be resumed"),
+    (lambda c: c.update(rng_state={"python": 3}), "cannot be resumed"),
 ])
 def test_resume_from_an_edited_last_pt_is_refused(lm_data, trained, tmp_path, cli, change, message):
     folder = copy_of(trained, tmp_path)
@@ -472,10 +477,12 @@ def test_train_classifier_bad_rows_and_resume_with_changed_settings(tiny_data, t
         code, _, err = cli(train_classifier.main, argv + [*extra, "--epochs", "2", "--resume"])
         one_line_error(code, err, message)
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    ckpt["vocab"] = ckpt["vocab"][1:]
-    save_checkpoint(tmp_path / "run" / "last.pt", ckpt)
-    code, _, err = cli(train_classifier.main, argv + ["--epochs", "2", "--resume"])
-    one_line_error(code, err, "the saved vocabulary is not a list of <pad>, <unk>")
+    for change, message in (({"vocab": ckpt["vocab"][1:]}, "the saved vocabulary is not a list of <pad>, <unk>"),
+                            ({"optimizer_state": {}}, "cannot be resumed"), ({"bad_epochs": -1}, "bad_epochs is '-1'"),
+                            ({"model_state": {}}, "embedding.weight is missing")):
+        save_checkpoint(tmp_path / "run" / "last.pt", {**ckpt, **change})
+        code, _, err = cli(train_classifier.main, argv + ["--epochs", "2", "--resume"])
+        one_line_error(code, err, message, "last.pt")
     assert (tmp_path / "ck" / "clf.pt").read_bytes() == before[1]
 
 
