@@ -55,10 +55,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
+        describe = getattr(action.type, "describe", None)      # a scripts.checks.Range: say what it allows
+        allowed = f"; allowed: {describe()}" if callable(describe) and "allowed:" not in help_text else ""
         # a default of None means "chosen by the program" (the help says how); booleans show as --x / --no-x
         if action.default is None or action.default is argparse.SUPPRESS or "%(default)" in help_text:
-            return help_text
-        return super()._get_help_string(action)
+            return help_text + allowed
+        return super()._get_help_string(action) + allowed
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -539,8 +541,9 @@ def model_from_checkpoint(path: Path | str, build: Callable[[], torch.nn.Module]
     try:
         with torch.device("meta"):
             expected = {name: tuple(t.shape) for name, t in build().state_dict().items()}
-    except (TypeError, ValueError, RuntimeError, AssertionError) as err:
-        raise bad(" ".join(str(err).split())[:120]) from None
+    except (TypeError, ValueError, RuntimeError, AssertionError, ArithmeticError, LookupError,
+            NotImplementedError) as err:     # whatever a config the model's checks missed makes __init__ raise
+        raise bad(" ".join(str(err).split())[:120] or type(err).__name__) from None
     saved = {name: tuple(t.shape) for name, t in state.items()}
     for name in sorted(set(expected) | set(saved)):
         if name not in saved:

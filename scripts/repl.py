@@ -107,7 +107,7 @@ class Repl:
         try:
             if name in STANDARD:      # parsed and checked in one go, so the message names the allowed values
                 value = check_setting(name, text, self.max_new_tokens)
-            else:
+            if self.parsers[name] is not STANDARD.get(name):     # the program's own parser (it may note the change)
                 value = self.parsers[name][0](text)
         except (ValueError, OverflowError, UserError) as err:
             return f"(:{name} kept {self.settings[name]}: {err})"

@@ -182,15 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: runs/transformer_<impl>_<dataset> in the stage folder, with _quick at the end "
                         "for --preset quick)")
     add_common_args(p, seed_help="seed for initialisation, data order and dropout")
-    say_allowed(p)
     return p
-
-
-def say_allowed(parser: argparse.ArgumentParser) -> None:
-    """Each checked flag's --help ends with its allowed values, in the words its error uses."""
-    for action in parser._actions:
-        if isinstance(action.type, Range):
-            action.help = f"{action.help}; allowed: {action.type.describe()}"
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:

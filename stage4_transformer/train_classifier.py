@@ -30,7 +30,6 @@ from scripts.training import ResumableRun
 from stage4_transformer.data.batches import pad
 from stage4_transformer.data.subword import MAX_PIECES, UNK_ID, SubwordVocab
 from stage4_transformer.models.classifier import ClassifierConfig, TransformerClassifier
-from stage4_transformer.train import say_allowed
 from stage4_transformer.translator import CONFIG_LIMITS, MAX_POSITIONS
 
 STAGE = "stage4_transformer"
@@ -129,7 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "run folder (default: runs/classify_<dataset> in the stage "
                         "folder)")
     add_common_args(p, seed_help="seed for the validation split, initialisation, data order and dropout")
-    say_allowed(p)
     return p
 
 

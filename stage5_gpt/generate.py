@@ -35,7 +35,7 @@ import torch
 from scripts.checks import Range
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, describe_model, find_model,
                             get_device, load_checkpoint, run_main, set_threads)
-from scripts.repl import SETTING_RANGES, Repl, check_setting
+from scripts.repl import SETTING_RANGES, STANDARD, Repl, check_setting
 from stage5_gpt.data import tasks
 from stage5_gpt.data.bpe import load_tokenizer
 from stage5_gpt.finetune import model_from_checkpoint
@@ -213,6 +213,11 @@ def interactive(model: GPT, tokenizer: Any, args: argparse.Namespace, device: to
     info = getattr(model, "finetune", None)
     chosen = {"task": args.task, "temperature_given": args.temperature is not None}
 
+    def parse_temperature(text: str) -> float:   # the standard check; once set, :task no longer changes it
+        value = check_setting("temperature", text)
+        chosen["temperature_given"] = True
+        return value
+
     def parse_cache(text: str) -> str:
         if text not in ("on", "off"):
             raise ValueError(f"{text!r} is not on or off")
@@ -226,9 +231,8 @@ def interactive(model: GPT, tokenizer: Any, args: argparse.Namespace, device: to
             except UserError as err:
                 return f"({err})"
         chosen["task"] = task
-        # a temperature the user chose (--temperature, or :temperature since) stays; the program's own follows the task
-        if not chosen["temperature_given"] and repl.settings["temperature"] == chosen["auto_temperature"]:
-            repl.settings["temperature"] = chosen["auto_temperature"] = default_temperature(task)
+        if not chosen["temperature_given"]:      # a temperature the user chose stays; the program's follows the task
+            repl.settings["temperature"] = default_temperature(task)
             return f"task: {task or 'none'} (temperature {repl.settings['temperature']})"
         return f"task: {task or 'none'}"
 
@@ -245,10 +249,10 @@ def interactive(model: GPT, tokenizer: Any, args: argparse.Namespace, device: to
         print(f"[{speed:.0f} tokens/s]")
 
     settings = {name: getattr(args, name) for name in SAMPLING}
-    chosen["auto_temperature"] = default_temperature(args.task)
-    settings["temperature"] = args.temperature if chosen["temperature_given"] else chosen["auto_temperature"]
+    settings["temperature"] = args.temperature if chosen["temperature_given"] else default_temperature(args.task)
     repl = Repl({**settings, "cache": "on" if args.kv_cache else "off"},
-                extra_settings={"cache": (parse_cache, "on: use the KV cache; off: recompute the context per token")},
+                extra_settings={"temperature": (parse_temperature, STANDARD["temperature"][1]),
+                                "cache": (parse_cache, "on: use the KV cache; off: recompute the context per token")},
                 extra_commands={"task": (set_task, "NAME|none: wrap each line in this task's prompt (a fine-tuned "
                                                    "multi-task model)")})
     banner = f"GPT-mini, context {model.config.block_size} tokens. Type a prompt and press Enter; :help lists commands."
