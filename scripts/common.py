@@ -139,9 +139,16 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
         except OSError as err:   # a folder that cannot be written, a full disk, a path that is a file...
             fail(os_error_line(err), EXIT_USER_ERROR)
         except MemoryError:
-            fail("out of memory; use a smaller --batch_size or model, or --limit the data", EXIT_USER_ERROR)
+            fail(OUT_OF_MEMORY, EXIT_USER_ERROR)
+        except RuntimeError as err:     # torch's allocators say it this way (CPU) or as torch.OutOfMemoryError (GPU)
+            if not (isinstance(err, getattr(torch, "OutOfMemoryError", ())) or "can't allocate memory" in str(err)):
+                raise
+            fail(OUT_OF_MEMORY, EXIT_USER_ERROR)
         show_warnings(held)
     sys.exit(code or 0)
+
+
+OUT_OF_MEMORY = "out of memory; use a smaller --batch_size or model, or --limit the data"
 
 
 def fail(message: str, code: int, prefix: str = "error") -> None:
@@ -647,7 +654,10 @@ def load_resume(last_path: Path, stage: str, model: str, args: Any, must_match: 
     resume = load_checkpoint(last_path, stage, [model], map_location=map_location)
     if resume.get("dataset") != args.dataset:
         raise UserError(f"--resume: {last_path} was trained on {resume.get('dataset')}, not {args.dataset}")
-    saved = {**(before_flag or {}), **resume.get("args", {})}
+    if not isinstance(resume.get("args"), dict):
+        raise UserError(f"--resume: {last_path} holds no settings (args); it was edited or made by another version; "
+                        "start a new run with another --out_dir")
+    saved = {**(before_flag or {}), **resume["args"]}
     changed = [f"--{k} {saved.get(k)} (now {getattr(args, k)})" for k in must_match if saved.get(k) != getattr(args, k)]
     if changed:
         raise UserError(f"--resume: {last_path} was trained with {', '.join(changed)}; resume with the same flags, "

@@ -8,12 +8,13 @@ and `replace_block` rewrites what lies between, so no number in a table is ever 
 """
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from scripts.common import UserError, read_json
 
 Column = tuple[str, Callable[[dict[str, Any]], Any]]
 
@@ -22,7 +23,9 @@ def load_results(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Read metrics.json files, each with its file name under `_file`."""
     rows = []
     for path in paths:
-        row = json.loads(Path(path).read_text(encoding="utf-8"))
+        row = read_json(path, "results file")
+        if not isinstance(row, dict):
+            raise UserError(f"results file {path} holds no JSON object; regenerate it with the stage's bench.py")
         row["_file"] = Path(path).name
         rows.append(row)
     return rows

@@ -138,10 +138,21 @@ class ResumableRun:
         self._extra = extra_state or dict
         if self.resume is None:
             return False
-        model.load_state_dict(self.resume["model_state"])
-        optimizer.load_state_dict(self.resume["optimizer_state"])
-        self.state = {key: self.resume[key] for key in self.state}
-        set_rng_state(self.resume["rng_state"])
+        try:
+            model.load_state_dict(self.resume["model_state"])
+            optimizer.load_state_dict(self.resume["optimizer_state"])
+            state = {key: self.resume[key] for key in self.state}
+            for key, value in state.items():    # counters and scores keep their kind (an int step, a float loss)
+                kind = type(self.state[key])
+                if value is not None and self.state[key] is not None and not (
+                        type(value) is kind or kind is float and type(value) is int):
+                    raise TypeError(f"{key} = {str(value)[:30]!r}")
+            set_rng_state(self.resume["rng_state"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            reason = " ".join(str(err).split())[:120]
+            raise UserError(f"--resume: {self.last_path} cannot be restored ({reason}); it was edited or made by "
+                            "another version; start a new run with another --out_dir") from None
+        self.state = state
         return True
 
     def checkpoint(self) -> dict[str, Any]:

@@ -243,3 +243,57 @@ def test_the_repl_answers_any_line(lines):
     assert all(isinstance(s, str) for s in said)
     for text in answered:       # what reaches the program can always be encoded
         text.encode("utf-8")
+
+
+def test_torch_running_out_of_cpu_memory_is_one_line(capsys):
+    def main(argv):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 4000000000000 bytes.")
+    code, _, err = ended(main, [], capsys)
+    assert code == 2 and err.startswith("error: out of memory") and err.count("\n") == 1
+
+
+def test_other_runtime_errors_stay_tracebacks(capsys):
+    def main(argv):
+        raise RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_main(main, [])
+
+
+# ----------------------------------------------------------------------------- resume
+def resumable(tmp_path, state=None):
+    import argparse  # noqa: PLC0415
+
+    from scripts.training import ResumableRun  # noqa: PLC0415
+    args = argparse.Namespace(resume=True, dataset="d", checkpoint=None)
+    return ResumableRun(args, "stage0", "m", tmp_path / "last.pt", state or {"step": 0, "best": float("inf")})
+
+
+def save_last(tmp_path, **edits):
+    model = torch.nn.Linear(2, 2)
+    payload = {**common.checkpoint_header("stage0", "m"), "dataset": "d", "args": {}, "step": 5, "best": 1.5,
+               "model_state": model.state_dict(), "optimizer_state": torch.optim.SGD(model.parameters()).state_dict(),
+               "rng_state": common.rng_state(), **edits}
+    common.save_checkpoint(tmp_path / "last.pt", {k: v for k, v in payload.items() if v is not None})
+    return model
+
+
+@pytest.mark.parametrize("edits, message", [
+    ({"args": ["not", "a", "dict"]}, "holds no settings"),
+    ({"step": "five"}, r"cannot be restored \(step = 'five'\)"),
+    ({"rng_state": None}, r"cannot be restored \('rng_state'\)"),
+    ({"model_state": {"weight": torch.zeros(3, 3)}}, "cannot be restored"),
+])
+def test_an_edited_last_checkpoint_is_refused_in_one_line(tmp_path, edits, message):
+    model = save_last(tmp_path, **edits)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(UserError, match=message):
+        run = resumable(tmp_path)
+        run.attach(model, torch.optim.SGD(model.parameters()), dict)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_a_good_last_checkpoint_resumes(tmp_path):
+    model = save_last(tmp_path)
+    run = resumable(tmp_path)
+    assert run.attach(model, torch.optim.SGD(model.parameters()), dict) and run.state == {"step": 5, "best": 1.5}
