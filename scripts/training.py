@@ -106,6 +106,20 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
 
 
+def check_counter(path: Path, key: str, saved: Any, start: Any) -> None:
+    """A counter or score restored from last.pt must be of the kind a fresh run starts with (an int step, a float
+    loss; None where a fresh run has None) and counts must not be negative: else the file was edited."""
+    if start is None:
+        return
+    kind = (int, float) if isinstance(start, float) else type(start)
+    if not isinstance(saved, kind) or isinstance(saved, bool) and not isinstance(start, bool) or (
+            isinstance(start, int) and not isinstance(start, bool) and saved < 0):
+        noun = {int: "an integer", float: "a number", list: "a list", dict: "a dict"}.get(type(start),
+                                                                                           type(start).__name__)
+        raise UserError(f"--resume: {path}: {key} is {str(saved)[:20]!r}, not {noun} (the file was edited); start "
+                        "a new run with another --out_dir")
+
+
 class ResumableRun:
     """The `--resume` / Ctrl-C bookkeeping of one training run (see the module docstring)."""
 
@@ -138,19 +152,16 @@ class ResumableRun:
         self._extra = extra_state or dict
         if self.resume is None:
             return False
+        state = {key: self.resume.get(key) for key in self.state}
+        for key, start in self.state.items():
+            check_counter(self.last_path, key, state[key], start)
         try:
             model.load_state_dict(self.resume["model_state"])
             optimizer.load_state_dict(self.resume["optimizer_state"])
-            state = {key: self.resume[key] for key in self.state}
-            for key, value in state.items():    # counters and scores keep their kind (an int step, a float loss)
-                kind = type(self.state[key])
-                if value is not None and self.state[key] is not None and not (
-                        type(value) is kind or kind is float and type(value) is int):
-                    raise TypeError(f"{key} = {str(value)[:30]!r}")
             set_rng_state(self.resume["rng_state"])
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
-            reason = " ".join(str(err).split())[:120]
-            raise UserError(f"--resume: {self.last_path} cannot be restored ({reason}); it was edited or made by "
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+            reason = " ".join(f"{type(err).__name__}: {err}".split())[:120]
+            raise UserError(f"--resume: {self.last_path} cannot be resumed ({reason}); it was edited or made by "
                             "another version; start a new run with another --out_dir") from None
         self.state = state
         return True

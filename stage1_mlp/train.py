@@ -317,13 +317,9 @@ def new_config(args: argparse.Namespace, featurizer: Featurizer, num_classes: in
 
 
 def resume_run(run: ResumableRun, model: Any, optimizer: Any, payload: Any) -> bool:
-    """`run.attach`, with a last.pt whose optimizer state or counters were edited (or come from another version)
-    refused in one line instead of failing in the middle of training."""
-    try:
-        resumed = run.attach(model, optimizer, payload)
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
-        raise UserError(f"{run.last_path}: its training state does not fit this model ({str(err)[:80]}); start a "
-                        "new run (another --out_dir, or without --resume)") from None
+    """`run.attach` (which refuses a last.pt whose weights, optimizer state or counters were edited), and counters
+    that are not finite numbers refused in one line instead of failing in the middle of training."""
+    resumed = run.attach(model, optimizer, payload)
     for key, value in run.state.items():
         ok = isinstance(value, list) if key == "history" else (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= -1)

@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(f"{config.model_type.upper()} ({config.impl}): {count_params(model):,} parameters, {config}")
     payload = {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": vocab.to_dict(),
                "dataset": args.dataset, "args": vars(args)}
-    if attach_checked(run, model, optimizer, payload=lambda: payload):
+    if run.attach(model, optimizer, payload=lambda: payload):
         log.info(f"resumed at epoch {run.state['epoch'] + 1}, batch {run.state['batch_in_epoch']}")
     vocab_path = best_path.parent / f"{vocab.kind}_vocabulary.json"
     vocab.save(vocab_path)
@@ -341,27 +341,6 @@ def check_resume(run: ResumableRun, config: LMConfig, batch_size: int) -> None:
             not isinstance(t, torch.Tensor) or tuple(t.shape) != expected for t in tensors):
         raise UserError(f"{run.last_path}: the saved hidden state does not fit a {config.model_type} of this size "
                         "(the file was edited or pieced together); start a new run with another --out_dir")
-
-
-def attach_checked(run: ResumableRun, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   payload: Any) -> bool:
-    """`run.attach`, with a last.pt edited by hand refused in one line: counters of another kind than a fresh run's
-    (a missing step, a step written as text), or an optimizer or RNG state that does not load."""
-    if run.resume:
-        for key, start in run.state.items():
-            saved = run.resume.get(key)
-            kind = (int, float) if isinstance(start, float) else type(start)
-            if key != "hidden" and (not isinstance(saved, kind) or isinstance(saved, bool)
-                                    or isinstance(start, int) and saved < 0):
-                noun = {int: "an integer", float: "a number", list: "a list"}.get(type(start), type(start).__name__)
-                raise UserError(f"{run.last_path}: {key} is {str(saved)[:20]!r}, not {noun} (the file was edited); "
-                                "start a new run with another --out_dir")
-    try:
-        return run.attach(model, optimizer, payload=payload)
-    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:120]
-        raise UserError(f"{run.last_path} cannot be resumed ({reason}); start a new run with another "
-                        "--out_dir") from None
 
 
 def end_of_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer: torch.optim.Optimizer,

@@ -30,7 +30,6 @@ from scripts.common import (ArgParser, UserError, add_common_args, add_output_ar
 from scripts.monitor import TrainingMonitor
 from scripts.training import ResumableRun
 from stage2_rnn_lstm.models.classifier import ClassifierConfig, RNNClassifier
-from stage2_rnn_lstm.train import attach_checked
 
 STAGE = "stage2_rnn_lstm"
 STAGE_DIR = Path(__file__).resolve().parent
@@ -236,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(f"{config.model_type.upper()} classifier ({config.impl}): {count_params(model):,} parameters")
     payload = {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": itos,
                "classes": data["classes"], "dataset": args.dataset, "args": vars(args)}
-    attach_checked(run, model, optimizer, payload=lambda: payload)
+    run.attach(model, optimizer, payload=lambda: payload)
     write_json(best_path.with_suffix(".vocab.json"), {"format": "stage2-classifier-vocabulary-v1", "itos": itos})
 
     state = run.state

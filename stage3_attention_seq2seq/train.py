@@ -348,12 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # beside the model it belongs to, written with it: an earlier model's vocabulary is never replaced before
         save_vocabularies(best_path.with_suffix(".vocab.json"), corpus.src_vocab, corpus.tgt_vocab)
 
-    try:
-        if run.attach(model, optimizer, payload, extra_state=lambda: {"wall_seconds": wall_seconds()}):
-            log.info(f"resumed at epoch {run.state['epoch'] + 1}, batch {run.state['batch_in_epoch']}")
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
-        raise UserError(f"--resume: {run.last_path} holds a training state this version cannot restore "
-                        f"({' '.join(str(err).split())[:100]}); start a new run with another --out_dir") from None
+    if run.attach(model, optimizer, payload, extra_state=lambda: {"wall_seconds": wall_seconds()}):
+        log.info(f"resumed at epoch {run.state['epoch'] + 1}, batch {run.state['batch_in_epoch']}")
 
     total_steps = args.epochs * num_batches(len(corpus.train), args.batch_size)
     total_steps = min(total_steps, args.max_steps) if args.max_steps else total_steps

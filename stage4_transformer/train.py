@@ -456,12 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = build_model(lambda: (resumed_model or Transformer(build_config(args, data))).to(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
     average = WeightAverage(run.resume)
-    try:
-        run.attach(model, optimizer, payload=lambda: model_payload(args, model, data.vocab),
-                   extra_state=lambda: {"wall_seconds": time.time() - started, **average.state()})
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:    # last.pt edited or cut short
-        raise UserError(f"--resume: {run.last_path} cannot be resumed ({' '.join(str(err).split())[:100]}); "
-                        "start a new run with another --out_dir") from None
+    run.attach(model, optimizer, payload=lambda: model_payload(args, model, data.vocab),
+               extra_state=lambda: {"wall_seconds": time.time() - started, **average.state()})
     state, config = run.state, model.config
     log.info(f"Transformer ({config.impl}): {count_params(model):,} parameters, {config}; softmax over "
              f"{len(config.output_ids):,} target-side pieces; {amp_name(device, args.amp)}; {args.epochs} epochs"

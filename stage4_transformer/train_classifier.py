@@ -280,11 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98))
     payload = {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": vocab.to_json(),
                "classes": full.classes, "dataset": args.dataset, "args": vars(args)}
-    try:
-        run.attach(model, optimizer, payload=lambda: payload)
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:    # last.pt edited or cut short
-        raise UserError(f"--resume: {run.last_path} cannot be resumed ({' '.join(str(err).split())[:100]}); "
-                        "start a new run with another --out_dir") from None
+    run.attach(model, optimizer, payload=lambda: payload)
     state = run.state
     log.info(f"Transformer classifier: {count_params(model):,} parameters, {config}; {amp_name(device, args.amp)}")
 

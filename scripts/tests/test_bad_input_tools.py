@@ -280,9 +280,11 @@ def save_last(tmp_path, **edits):
 
 @pytest.mark.parametrize("edits, message", [
     ({"args": ["not", "a", "dict"]}, "holds no settings"),
-    ({"step": "five"}, r"cannot be restored \(step = 'five'\)"),
-    ({"rng_state": None}, r"cannot be restored \('rng_state'\)"),
-    ({"model_state": {"weight": torch.zeros(3, 3)}}, "cannot be restored"),
+    ({"step": "five"}, r"last.pt: step is 'five', not an integer \(the file was edited\)"),
+    ({"step": -2}, r"step is '-2', not an integer"),
+    ({"best": True}, r"best is 'True', not a number"),
+    ({"rng_state": None}, r"cannot be resumed \(KeyError: 'rng_state'\)"),
+    ({"model_state": {"weight": torch.zeros(3, 3)}}, "cannot be resumed"),
 ])
 def test_an_edited_last_checkpoint_is_refused_in_one_line(tmp_path, edits, message):
     model = save_last(tmp_path, **edits)

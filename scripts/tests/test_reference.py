@@ -203,7 +203,7 @@ def test_bad_input_is_one_line_with_status_2(tmp_path, cli):
         (["compare", wrong_shape, "--reference", out], "is not a per-epoch history"),
         (["compare", run, "--reference", bad_ref], "is not a reference file of this course"),
         (["compare", run, "--reference", tmp_path / "none.json"], "does not exist"),
-        (["compare", run, "--reference", out, "--tolerance", "-1"], "--tolerance must be 0 or more"),
+        (["compare", run, "--reference", out, "--tolerance", "-1"], "--tolerance: must be a number >= 0"),
         (["build", run, other_stage], "different stages"),
         (["build", "--stage", "stage1_mlp", run], "--stage stage1_mlp, but the runs were made by stage2_rnn_lstm"),
         (["build", run, write_run(tmp_path / "dup", "stage2_rnn_lstm", seed=0)], "both ran --seed 0"),

@@ -215,8 +215,8 @@ RESUME_STATE_EDITS = {
 def test_resume_refuses_an_edited_training_state(run_copy, tiny_data, cli, name):
     last = run_copy / "run" / "last.pt"
     save_checkpoint(last, edit(torch.load(last, weights_only=True), RESUME_STATE_EDITS[name]))
-    one_line(cli(train.main, train_args(tiny_data, run_copy, "--epochs", "2", "--resume")), "last.pt",
-             "training state")
+    one_line(cli(train.main, train_args(tiny_data, run_copy, "--epochs", "2", "--resume")), "--resume: ", "last.pt",
+             "start a new run")
 
 
 def test_resume_of_a_scratch_run_refuses_edited_adam_moments(tiny_data, tmp_path, cli):

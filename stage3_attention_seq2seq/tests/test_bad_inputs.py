@@ -398,7 +398,7 @@ def test_resume_with_other_model_settings_is_refused_and_keeps_last_pt(mt_data, 
     save_checkpoint(last, ckpt)
     code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--epochs", "2", "--resume"))
     assert code == 2
-    one_line(err, "--resume", "cannot restore")
+    one_line(err, "--resume", "cannot be resumed")
     assert before != last.read_bytes()                            # (the edits above were ours)
 
 
