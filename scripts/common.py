@@ -303,13 +303,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_positive(args: argparse.Namespace, *flags: str) -> None:
-    """Each named flag must be at least 1 (sizes, counts, epochs)."""
-    for flag in flags:
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-
-
 def warmup_cosine(step: int, total: int, warmup: int, peak: float, final: float) -> float:
     """The learning rate at optimizer step `step` (counted from 0): a linear warm-up to `peak` over
     `warmup` steps, then half a cosine from `peak` down to `final` at step `total`, flat after that.

@@ -42,6 +42,18 @@ def cli(capsys):
     return run
 
 
+def one_error_line(code: int | None, err: str, *needles: str, besides: tuple[str, ...] = ()) -> str:
+    """The course's rule for an error a user caused: exit status 2 (unless `code` is None: not checked) and exactly
+    one line on stderr, "error: ...", saying each of `needles`. `besides` names the starts of informational lines
+    a program may print before it (translate.py's "model: ..." line). Returns the error line."""
+    lines = [line for line in err.splitlines() if not line.startswith(besides)] if besides else err.splitlines()
+    assert code is None or code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and err.endswith("\n"), err
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, err)
+    return lines[0]
+
+
 def execute_notebook(path: Path, env: dict[str, str], monkeypatch) -> str:
     """Execute a notebook top to bottom (as CI does) with extra environment; returns its printed text."""
     import nbformat

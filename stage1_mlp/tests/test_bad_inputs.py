@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scripts.common import UserError, run_main, save_checkpoint
-from scripts.testing import TypedLines
+from scripts.testing import TypedLines, one_error_line
 from stage1_mlp import bench, evaluate, train
 from stage1_mlp.data.features import Featurizer, tokenize
 
@@ -35,11 +35,7 @@ FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChec
 
 def one_line(result, *words):
     """`cli`'s result: exit status 2 and exactly one line on stderr that says each of `words`."""
-    code, _, err = result
-    assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    for word in words:
-        assert word in err, (word, err)
+    one_error_line(result[0], result[2], *words)
 
 
 def train_args(data, folder, *extra):

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scripts.common import UserError, run_main, save_checkpoint, set_seed
-from scripts.testing import TypedLines, write_imdb
+from scripts.testing import TypedLines, one_error_line, write_imdb
 from stage2_rnn_lstm import bench, evaluate, generate, train, train_classifier
 from stage2_rnn_lstm.data import corpus
 from stage2_rnn_lstm.data.corpus import Vocabulary, load_corpus
@@ -36,12 +36,7 @@ def lm_args(data, folder, *extra):
             *TINY, *extra]
 
 
-def one_line_error(code, err, *needles):
-    """Exit status 2 and exactly one line on stderr, holding every needle."""
-    assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    for needle in needles:
-        assert str(needle) in err, err
+one_line_error = one_error_line       # exit status 2, exactly one line on stderr, holding every needle
 
 
 @pytest.fixture(scope="module")

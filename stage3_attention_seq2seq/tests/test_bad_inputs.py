@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scripts.common import UserError, load_checkpoint, run_main, save_checkpoint
-from scripts.testing import TypedLines, write_gz
+from scripts.testing import TypedLines, one_error_line, write_gz
 from stage3_attention_seq2seq import bench, evaluate, train, translate, translator
 from stage3_attention_seq2seq.data.translation import (SPECIALS, Vocabulary, detokenize, load_pairs,
                                                        load_vocabularies, tokenize)
@@ -48,12 +48,9 @@ def model(mt_data, tmp_path_factory):
 
 
 def one_line(err: str, *needles: str) -> None:
-    """Exactly one line on stderr, an error naming what is wrong (besides the "model: ..." line translate.py and
+    """Exactly one error line on stderr naming what is wrong (besides the "model: ..." line translate.py and
     evaluate.py print once a model is loaded)."""
-    lines = [line for line in err.splitlines() if not line.startswith("model: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
+    one_error_line(None, err, *needles, besides=("model: ",))
 
 
 def a_file_in_the_way(tmp_path) -> Path:

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scripts.common import UserError, checkpoint_header
-from scripts.testing import caption
+from scripts.testing import caption, one_error_line
 from stage4_transformer import bench, evaluate, train, train_classifier, translate
 from stage4_transformer.data.batches import encode_pairs
 from stage4_transformer.data.subword import SubwordVocab
@@ -39,11 +39,7 @@ ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=200)
 
 def one_line(result, *words):
     """`cli`'s result: exit status 2 and exactly one line on stderr that says each of `words`."""
-    code, _, err = result
-    assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    for word in words:
-        assert word in err, (word, err)
+    one_error_line(result[0], result[2], *words)
 
 
 # ----------------------------------------------------------------------------- a tiny model, saved as train.py does

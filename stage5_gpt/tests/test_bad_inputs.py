@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scripts.common import UserError, checkpoint_header, read_text, save_checkpoint
-from scripts.testing import TypedLines
+from scripts.testing import TypedLines, one_error_line
 from stage5_gpt import bench, evaluate, finetune, generate, train
 from stage5_gpt.data import corpus
 from stage5_gpt.data import tasks as T
@@ -29,15 +29,6 @@ STAGE = "stage5_gpt"
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,:;!?'\n"))
 BPE_TEXT = ("the king and the queen shall speak of love and death, " * 40 + "Café naïve “quoted” ") * 3
 HYPOTHESIS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def one_error_line(code, err, *names):
-    """Exit status 2, exactly one line on stderr, naming each of `names`."""
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), err
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def checkpoint(model, tokenizer, model_name="gpt", **extra) -> dict:
