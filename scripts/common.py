@@ -104,6 +104,8 @@ def add_output_args(parser: argparse.ArgumentParser, checkpoint_help: str, out_d
     add_checkpoint_arg(output, None, checkpoint_help)
     output.add_argument("--out_dir", default=None, help=out_dir_help)
     output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    output.add_argument("--restart", action="store_true",
+                        help="start over in a run folder whose last run was interrupted (its last.pt is replaced)")
 
 
 def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:

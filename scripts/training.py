@@ -38,7 +38,7 @@ import torch
 
 from scripts.common import (StopOnInterrupt, UserError, command_line, display_path, load_resume, rng_state,
                             save_checkpoint, set_rng_state)
-from scripts.monitor import process_alive
+from scripts.monitor import process_alive, read_progress
 
 
 class RunLock:
@@ -106,6 +106,23 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
 
 
+def refuse_to_replace_unfinished(last_path: Path, restart: bool) -> None:
+    """A run stopped by Ctrl-C (or killed) can go on with --resume; the same command without it would start over
+    and replace that run's last.pt at its first save. Refused in one line unless the user says --restart."""
+    if restart or not Path(last_path).is_file():
+        return
+    try:
+        progress = read_progress(Path(last_path).parent)
+    except UserError:
+        return      # an unreadable progress.json says nothing either way
+    if progress is None or progress.get("state") not in ("interrupted", "stopped"):
+        return
+    step, total = progress.get("step"), progress.get("total_steps")
+    where = f" at step {step:,} of {total:,}" if isinstance(step, int) and isinstance(total, int) else ""
+    raise UserError(f"{display_path(Path(last_path).parent)} holds a run that was {progress['state']}{where}; "
+                    "add --resume to continue it, or --restart to start over (its last.pt is then replaced)")
+
+
 def check_counter(path: Path, key: str, saved: Any, start: Any) -> None:
     """A counter or score restored from last.pt must be of the kind a fresh run starts with (an int step, a float
     loss; None where a fresh run has None) and counts must not be negative: else the file was edited."""
@@ -129,6 +146,10 @@ class ResumableRun:
         self.state = dict(state)
         # the run folder is this process's until it ends (in a data-parallel run, the first process holds it)
         self.lock = RunLock(self.last_path.parent).acquire() if os.environ.get("RANK", "0") == "0" else None
+        if args.resume and getattr(args, "restart", False):
+            raise UserError("--resume continues the run, --restart starts it over: choose one")
+        if not args.resume:
+            refuse_to_replace_unfinished(self.last_path, getattr(args, "restart", False))
         best = getattr(args, "checkpoint", None)      # the best model's file, when the program has resolved it
         self.best_lock = (RunLock.for_checkpoint(Path(best)).acquire()
                           if isinstance(best, (str, Path)) and self.lock is not None else None)

@@ -299,3 +299,27 @@ def test_a_good_last_checkpoint_resumes(tmp_path):
     model = save_last(tmp_path)
     run = resumable(tmp_path)
     assert run.attach(model, torch.optim.SGD(model.parameters()), dict) and run.state == {"step": 5, "best": 1.5}
+
+
+@pytest.mark.parametrize("state, refused", [("interrupted", True), ("stopped", True), ("finished", False),
+                                            ("failed", False)])
+def test_a_fresh_start_never_silently_replaces_an_unfinished_run(tmp_path, state, refused):
+    import argparse  # noqa: PLC0415
+
+    from scripts.monitor import PROGRESS_FORMAT  # noqa: PLC0415
+    from scripts.training import ResumableRun  # noqa: PLC0415
+    save_last(tmp_path)
+    common.write_json(tmp_path / "progress.json", {"format": PROGRESS_FORMAT, "state": state, "step": 120,
+                                                   "total_steps": 400})
+    fresh = argparse.Namespace(resume=False, restart=False, dataset="d", checkpoint=None)
+    if refused:
+        with pytest.raises(UserError, match=rf"holds a run that was {state} at step 120 of 400; add --resume to "
+                                            "continue it, or --restart to start over"):
+            ResumableRun(fresh, "stage0", "m", tmp_path / "last.pt", {"step": 0})
+    else:
+        ResumableRun(fresh, "stage0", "m", tmp_path / "last.pt", {"step": 0}).lock.release()
+    ResumableRun(argparse.Namespace(**{**vars(fresh), "restart": True}), "stage0", "m", tmp_path / "last.pt",
+                 {"step": 0}).lock.release()
+    with pytest.raises(UserError, match="choose one"):
+        ResumableRun(argparse.Namespace(**{**vars(fresh), "restart": True, "resume": True}), "stage0", "m",
+                     tmp_path / "last.pt", {"step": 0})
