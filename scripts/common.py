@@ -51,16 +51,19 @@ class TrainingInterrupted(Exception):
 
 # ----------------------------------------------------------------------------- command line
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """`--help` shows every option's default and keeps the description's line breaks (its examples)."""
+    """`--help` shows every option's allowed values (a scripts.checks.Range type says them) and default, and keeps
+    the description's line breaks (its examples)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        describe = getattr(action.type, "describe", None)      # a scripts.checks.Range: say what it allows
-        allowed = f"; allowed: {describe()}" if callable(describe) and "allowed:" not in help_text else ""
+        describe = getattr(action.type, "describe", None)
+        if callable(describe) and describe() not in help_text:
+            help_text += f" (allowed: {describe()})"
         # a default of None means "chosen by the program" (the help says how); booleans show as --x / --no-x
         if action.default is None or action.default is argparse.SUPPRESS or "%(default)" in help_text:
-            return help_text + allowed
-        return super()._get_help_string(action) + allowed
+            return help_text
+        return help_text + " (default: %(default)s)" if action.option_strings or action.nargs in ("?", "*") \
+            else help_text
 
 
 class ArgParser(argparse.ArgumentParser):
