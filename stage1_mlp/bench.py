@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tables_only", action="store_true", help="only rebuild README tables from results/")
     parser.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
     parser.add_argument("--num_threads", type=THREADS, default=0,
-                        help="CPU threads for torch in every run (0: torch's default, one per core; at most 1024)")
+                        help="CPU threads for torch in every run (0: torch's default, one per core)")
     args = parser.parse_args(argv)
     if args.tables_only and args.parts != list(PARTS):
         raise UserError("--parts chooses what to run, and --tables_only runs nothing; give one of the two")

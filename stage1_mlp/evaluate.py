@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactive", action="store_true", help="classify texts typed at a prompt")
     p.add_argument("--limit", type=COUNT, default=0, help="evaluate only N evenly spaced test documents (0: all)")
     p.add_argument("--batch_size", type=POSITIVE_INT, default=1024,
-                   help="batch size for the accuracy pass and throughput (>= 1)")
+                   help="batch size for the accuracy pass and throughput")
     p.add_argument("--latency_samples", type=POSITIVE_INT, default=500,
-                   help="documents timed one at a time for latency (>= 1)")
+                   help="documents timed one at a time for latency")
     p.add_argument("--out_dir", default=None,
                    help="where outputs go (when not given: stage1_mlp/runs/eval_<dataset>, with _quick at the end "
                         "for a model of the quick preset)")

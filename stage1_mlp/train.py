@@ -65,15 +65,10 @@ SAMPLE_TEXTS = {
 
 
 def preset_default(key: str) -> str:
-    """How --help states a flag whose default comes from --preset, and its allowed values."""
+    """How --help states a flag whose default comes from --preset (its allowed values: the formatter adds them)."""
     shown = [f"{name} {values[key]:,}" if isinstance(values[key], int) else f"{name} {values[key]}"
              for name, values in PRESETS.items()]
-    return f"({allowed(key)}; default: the preset's: {', '.join(shown)})"
-
-
-def allowed(key: str) -> str:
-    """The allowed values of a numeric flag, for its --help line: "an integer >= 1", "a number in (0, 1]"..."""
-    return RANGES[key].describe()
+    return f"(default: the preset's: {', '.join(shown)})"
 
 
 def run_suffix(preset: str) -> str:
@@ -98,23 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = p.add_argument_group("model and features")
     model.add_argument("--embed_dim", type=RANGES["embed_dim"], default=32,
-                       help=f"size of each n-gram embedding ({allowed('embed_dim')})")
+                       help="size of each n-gram embedding")
     model.add_argument("--hidden_dim", type=RANGES["hidden_dim"], default=64,
-                       help=f"size of the hidden ReLU layer ({allowed('hidden_dim')})")
+                       help="size of the hidden ReLU layer")
     model.add_argument("--dropout", type=RANGES["dropout"], default=0.3,
-                       help=f"dropout on the hidden layer ({allowed('dropout')})")
+                       help="dropout on the hidden layer")
     model.add_argument("--ngrams", type=RANGES["ngrams"], default=None,
                        help="longest word n-gram used (1: words only) " + preset_default("ngrams"))
     model.add_argument("--buckets", type=RANGES["buckets"], default=None,
                        help="hash buckets for the n-grams " + preset_default("buckets"))
     model.add_argument("--min_freq", type=RANGES["min_freq"], default=2,
-                       help=f"words seen fewer times map to <unk> ({allowed('min_freq')})")
+                       help="words seen fewer times map to <unk>")
 
     training = p.add_argument_group("training")
     training.add_argument("--patience", type=RANGES["patience"], default=2,
-                          help=f"stop after this many epochs without a better val accuracy ({allowed('patience')})")
+                          help="stop after this many epochs without a better val accuracy")
     training.add_argument("--val_fraction", type=RANGES["val_fraction"], default=0.1,
-                          help=f"share of train held out for validation ({allowed('val_fraction')})")
+                          help="share of train held out for validation")
     training.add_argument("--limit", type=RANGES["limit"], default=0,
                           help="use only this many training documents (0: all)")
     training.add_argument("--max_steps", type=RANGES["max_steps"], default=0,
