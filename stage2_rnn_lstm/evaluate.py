@@ -84,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", default=None, help="vocabulary JSON (optional: the checkpoint holds its own)")
     p.add_argument("--split", default=None, choices=["valid", "test"],
                    help="default: test for PTB, valid for Shakespeare (which has no test split)")
-    p.add_argument("--batch_size", type=POSITIVE_INT, default=16, help="parallel streams while scoring, >= 1")
+    p.add_argument("--batch_size", type=POSITIVE_INT, default=16, help="parallel streams while scoring")
     p.add_argument("--seq_len", type=POSITIVE_INT, default=128,
-                   help="tokens per forward pass, >= 1 (the state carries over)")
+                   help="tokens per forward pass (the state carries over)")
     p.add_argument("--out_dir", default=None, help="default: runs/eval_<model>_<vocab> in this stage")
     p.add_argument("--metrics_out", default=None, help="also write metrics.json here")
     add_common_args(p, seed_help="unused: scoring draws no random numbers")

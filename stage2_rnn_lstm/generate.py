@@ -18,13 +18,15 @@ import torch
 
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, describe_model, get_device,
                             run_main, set_threads)
-from scripts.repl import Repl, check_setting
+from scripts.checks import Range
+from scripts.repl import SETTING_RANGES, Repl, check_setting
 from stage2_rnn_lstm.data.corpus import EOS, Vocabulary
 from stage2_rnn_lstm.evaluate import CHECKPOINT_HELP, find_language_model, load_language_model
 from stage2_rnn_lstm.models.rnn_lm import RNNLanguageModel
 
 SETTINGS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed")
 MAX_PROMPT_TOKENS = 20_000    # a recurrent model keeps only a state: a longer prompt takes time and adds little
+MAX_NEW_TOKENS = 10_000       # check_setting's limit (scripts/repl.py), for --max_new_tokens and :max_new_tokens
 
 
 def encode_prompt(vocab: Vocabulary, prompt: str) -> tuple[torch.Tensor, list[str]]:
@@ -67,19 +69,27 @@ def interactive(model: RNNLanguageModel, vocab: Vocabulary, settings: dict[str, 
                             f"{len(vocab)}. Type a prompt; :help lists the commands; Ctrl-D quits.")
 
 
+def allowed(name: str) -> str:
+    """How --help states a sampling flag's allowed values (checked after parsing, by check_setting): in a Range's
+    words, as the other programs' flags say them."""
+    limits = Range(int, lo=1, hi=MAX_NEW_TOKENS) if name == "max_new_tokens" else SETTING_RANGES[name]
+    return f"allowed: {limits.describe()}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Sample text from a stage 2 language model.")
     add_checkpoint_arg(p, None, help=CHECKPOINT_HELP)
     p.add_argument("--vocab", default=None, help="vocabulary JSON (optional: the checkpoint holds its own)")
     p.add_argument("--prompt", default=None, help="text to continue (a newline for a char model, <eos> for a word one)")
     p.add_argument("--max_new_tokens", "--length", dest="max_new_tokens", type=int, default=300,
-                   help="tokens to generate, 1 .. 10000")
+                   help=f"tokens to generate ({allowed('max_new_tokens')})")
     p.add_argument("--temperature", type=float, default=0.8,
-                   help="0 = greedy, else 0.01 .. 100: <1 sharper, >1 more random")
+                   help="sampling temperature, 0 = greedy: below 1 sharper, above 1 more random "
+                        f"({allowed('temperature')})")
     p.add_argument("--top_k", type=int, default=0,
-                   help="sample among the k most likely tokens, 0 .. 1000000 (0 = all)")
+                   help=f"sample among the k most likely tokens, 0 = all ({allowed('top_k')})")
     p.add_argument("--top_p", type=float, default=1.0,
-                   help="nucleus sampling: smallest set with this much mass, in (0, 1]")
+                   help=f"nucleus sampling: smallest set with this much mass ({allowed('top_p')})")
     p.add_argument("--interactive", action=argparse.BooleanOptionalAction, default=False,
                    help="a prompt loop with :commands (:temperature, :top_k, :max_new_tokens, ...)")
     add_common_args(p, seed_help="seed for sampling")

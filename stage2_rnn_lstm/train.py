@@ -93,20 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", default="torch", choices=["scratch", "torch"],
                    help="scratch: the cells of models/cells.py; torch: nn.RNN/nn.LSTM/nn.GRU")
     p.add_argument("--epochs", type=POSITIVE_INT, default=None,
-                   help="passes over the training text, >= 1 " + preset_default("epochs"))
-    p.add_argument("--lr", type=POSITIVE, default=None, help="peak AdamW learning rate, > 0 " + preset_default("lr"))
+                   help="passes over the training text " + preset_default("epochs"))
+    p.add_argument("--lr", type=POSITIVE, default=None, help="peak AdamW learning rate " + preset_default("lr"))
     p.add_argument("--batch_size", type=POSITIVE_INT, default=None,
-                   help="parallel text streams, >= 1 " + preset_default("batch_size"))
+                   help="parallel text streams " + preset_default("batch_size"))
 
     model = p.add_argument_group("model")
     model.add_argument("--embed_dim", type=WIDTH, default=None,
-                       help="token embedding size, 1 .. 65536 " + preset_default("embed_dim"))
+                       help="token embedding size " + preset_default("embed_dim"))
     model.add_argument("--hidden_dim", type=WIDTH, default=None,
-                       help="hidden (and cell) state size, 1 .. 65536 " + preset_default("hidden_dim"))
+                       help="hidden (and cell) state size " + preset_default("hidden_dim"))
     model.add_argument("--num_layers", type=LAYERS, default=None,
-                       help="stacked recurrent layers, 1 .. 64 " + preset_default("num_layers"))
+                       help="stacked recurrent layers " + preset_default("num_layers"))
     model.add_argument("--dropout", type=FRACTION, default=None,
-                       help="dropout on embeddings, between layers and on outputs, in [0, 1) "
+                       help="dropout on embeddings, between layers and on outputs "
                             + preset_default("dropout"))
     model.add_argument("--tie_weights", action=argparse.BooleanOptionalAction, default=None,
                        help="the decoder shares the embedding matrix (needs embed_dim == hidden_dim) "
@@ -114,13 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     training = p.add_argument_group("training")
     training.add_argument("--seq_len", type=POSITIVE_INT, default=None,
-                          help="BPTT length: tokens per batch and stream, >= 1 " + preset_default("seq_len"))
+                          help="BPTT length: tokens per batch and stream " + preset_default("seq_len"))
     training.add_argument("--clip", type=CLIP, default=None,
-                          help="clip the gradient norm to this, > 0 (0: no clipping) " + preset_default("clip"))
+                          help="clip the gradient norm to this (0: no clipping) " + preset_default("clip"))
     training.add_argument("--weight_decay", type=NON_NEGATIVE, default=None,
-                          help="AdamW decoupled weight decay, >= 0 " + preset_default("weight_decay"))
+                          help="AdamW decoupled weight decay " + preset_default("weight_decay"))
     training.add_argument("--warmup_steps", type=COUNT, default=100,
-                          help="linear warm-up (>= 0 steps), then cosine decay to lr/10")
+                          help="linear warm-up steps, then cosine decay to lr/10")
     training.add_argument("--max_steps", type=COUNT, default=0, help="stop after this many steps (0: no limit)")
     training.add_argument("--limit", type=COUNT, default=0, help="use only the first N training tokens (0: all)")
 

@@ -110,28 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_type", default="lstm", choices=["rnn", "lstm", "gru"], help="recurrent cell")
     p.add_argument("--impl", default="torch", choices=["torch", "scratch"], help="nn.LSTM or the cells of models/")
     p.add_argument("--epochs", type=POSITIVE_INT, default=4,
-                   help="most epochs, >= 1 (early stopping on validation accuracy)")
-    p.add_argument("--lr", type=POSITIVE, default=2e-3, help="AdamW learning rate, > 0")
-    p.add_argument("--batch_size", type=POSITIVE_INT, default=64, help="texts per step, >= 1")
+                   help="most epochs (early stopping on validation accuracy)")
+    p.add_argument("--lr", type=POSITIVE, default=2e-3, help="AdamW learning rate")
+    p.add_argument("--batch_size", type=POSITIVE_INT, default=64, help="texts per step")
 
     model = p.add_argument_group("model")
-    model.add_argument("--embed_dim", type=WIDTH, default=128, help="word embedding size, 1 .. 65536")
-    model.add_argument("--hidden_dim", type=WIDTH, default=128, help="hidden state size, 1 .. 65536")
-    model.add_argument("--num_layers", type=LAYERS, default=1, help="stacked recurrent layers, 1 .. 64")
+    model.add_argument("--embed_dim", type=WIDTH, default=128, help="word embedding size")
+    model.add_argument("--hidden_dim", type=WIDTH, default=128, help="hidden state size")
+    model.add_argument("--num_layers", type=LAYERS, default=1, help="stacked recurrent layers")
     model.add_argument("--dropout", type=FRACTION, default=0.3,
-                       help="dropout on embeddings and the pooled vector, in [0, 1)")
+                       help="dropout on embeddings and the pooled vector")
     model.add_argument("--vocab_size", type=VOCAB_SIZE, default=30000,
-                       help="most frequent words kept (the rest are <unk>), 3 .. 1000000")
+                       help="most frequent words kept (the rest are <unk>)")
     model.add_argument("--max_len", type=MAX_LEN, default=400,
-                       help="read at most this many tokens of each text, 1 .. 100000")
+                       help="read at most this many tokens of each text")
 
     training = p.add_argument_group("training")
     training.add_argument("--patience", type=POSITIVE_INT, default=1,
-                          help="epochs without a better validation accuracy before stopping, >= 1")
+                          help="epochs without a better validation accuracy before stopping")
     training.add_argument("--clip", type=CLIP, default=1.0,
-                          help="clip the gradient norm to this, > 0 (0: no clipping)")
+                          help="clip the gradient norm to this (0: no clipping)")
     training.add_argument("--val_fraction", type=VAL_FRACTION, default=0.1,
-                          help="share of train held out for validation, in (0, 1)")
+                          help="share of train held out for validation")
     training.add_argument("--limit", type=COUNT, default=0, help="use only N training and N test texts (0: all)")
 
     add_output_args(p, "where to write the best model (checkpoints/best_classifier_<dataset>.pt)",
