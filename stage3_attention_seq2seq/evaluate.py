@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, choices=DATASETS,
                    help="data set to score on (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=SPLITS, help="test = Multi30k test_2016_flickr")
-    p.add_argument("--beam_size", type=BEAM, default=5, help="beam width for the beam-search score, 1 .. 64")
-    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent, 0 (none) .. 10")
+    p.add_argument("--beam_size", type=BEAM, default=5, help="beam width for the beam-search score")
+    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent")
     p.add_argument("--unk_replace", action=argparse.BooleanOptionalAction, default=True,
                    help="replace <unk> in the output by the most attended source word")
     p.add_argument("--batch_size", type=POSITIVE_INT, default=128, help="sentences translated at once")

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=RANGES["epochs"], default=None,
                    help="passes over the training pairs " + preset_default("epochs"))
     p.add_argument("--lr", type=RANGES["lr"], default=None,
-                   help="peak AdamW learning rate, in (0, 1] " + preset_default("lr"))
+                   help="peak AdamW learning rate " + preset_default("lr"))
     p.add_argument("--batch_size", type=RANGES["batch_size"], default=None,
                    help="sentence pairs per batch " + preset_default("batch_size"))
     p.add_argument("--teacher_forcing_end", type=RANGES["teacher_forcing_end"], default=1.0,

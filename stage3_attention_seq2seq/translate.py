@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="translate this file, one sentence per line; - reads stdin (default: none)")
     p.add_argument("--output", default=None, help="write the file's translations here (default: stdout)")
     p.add_argument("--interactive", action="store_true", help="type sentences at a prompt (:help lists commands)")
-    p.add_argument("--beam_size", type=BEAM, default=5, help="beam width, 1 (greedy) .. 64")
-    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent, 0 (none) .. 10")
+    p.add_argument("--beam_size", type=BEAM, default=5, help="beam width (1: greedy)")
+    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent")
     p.add_argument("--unk_replace", action=argparse.BooleanOptionalAction, default=True,
                    help="replace <unk> in the output by the most attended source word")
     p.add_argument("--batch_size", type=POSITIVE_INT, default=64, help="sentences per batch with --input")
