@@ -34,12 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, choices=DATASETS, help="default: the one the model was trained on")
     p.add_argument("--split", default="test", choices=SPLITS, help="test = Multi30k test_2016_flickr")
     p.add_argument("--beam_size", type=SETTING_RANGES["beam"], default=5,
-                   help="beam width for the beam-search score (1 to 64)")
-    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent (0: none; at most 10)")
+                   help="beam width for the beam-search score")
+    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent (0: none)")
     p.add_argument("--kv_cache", action=argparse.BooleanOptionalAction, default=True,
                    help="decode with the key/value cache; --no-kv_cache: recompute every position each step (slower, "
                         "the same words)")
-    p.add_argument("--batch_size", type=BATCH_SIZE, default=128, help="sentences translated at once (1 to 4096)")
+    p.add_argument("--batch_size", type=BATCH_SIZE, default=128, help="sentences translated at once")
     p.add_argument("--limit", type=COUNT, default=0, help="score only the first N pairs (0: all)")
     p.add_argument("--out_dir", default=None, help="default: runs/eval_<checkpoint name>")
     p.add_argument("--metrics_out", default=None, help="also write metrics.json here")

@@ -34,9 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, help="translate this file, one sentence per line (-: standard input)")
     p.add_argument("--output", default=None, help="write the file's translations here (default: stdout)")
     p.add_argument("--interactive", action="store_true", help="type sentences at a prompt (:help lists commands)")
-    p.add_argument("--beam_size", type=SETTING_RANGES["beam"], default=5, help="beam width (1: greedy; at most 64)")
-    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent (0: none; at most 10)")
-    p.add_argument("--batch_size", type=BATCH_SIZE, default=64, help="sentences per batch with --input (1 to 4096)")
+    p.add_argument("--beam_size", type=SETTING_RANGES["beam"], default=5, help="beam width (1: greedy)")
+    p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent (0: none)")
+    p.add_argument("--batch_size", type=BATCH_SIZE, default=64, help="sentences per batch with --input")
     p.add_argument("--heatmap", default=None, help="save the cross-attention of every layer and head as this PNG")
     add_common_args(p, seed_help="unused here: greedy and beam search draw no random numbers")
     return p
