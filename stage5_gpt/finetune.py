@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=EPOCHS, default=None,
                    help="passes over the training split " + preset_default("epochs"))
     p.add_argument("--lr", type=LR, default=None,
-                   help="peak AdamW learning rate, in (0, 1] (default: the cpu preset's "
+                   help="peak AdamW learning rate (default: the cpu preset's "
                         + f"{PRESETS['cpu']['lr']:g} " +
                         "but from scratch; else per method: " +
                         ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="a fine-tuned multi-task model: wrap the prompt in this task's prompt")
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--max_new_tokens", type=Range(int, lo=1, hi=MAX_NEW_TOKENS), default=500,
-                          help=f"tokens to generate (1 .. {MAX_NEW_TOKENS:,})")
+                          help="tokens to generate")
     sampling.add_argument("--temperature", type=SETTING_RANGES["temperature"], default=None,
                           help=f"softmax temperature, 0 = greedy (default: {FREE_TEXT_TEMPERATURE} for free text, "
                                "0 for a task's answer)")
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--top_p", type=SETTING_RANGES["top_p"], default=0.95,
                           help="nucleus sampling: the smallest set of tokens with probability p")
     sampling.add_argument("--num_samples", type=Range(int, lo=1, hi=1000), default=1,
-                          help="independent samples for the prompt (1 .. 1000)")
+                          help="independent samples for the prompt")
     sampling.add_argument("--kv_cache", action=argparse.BooleanOptionalAction, default=True,
                           help="keep each layer's keys and values; without, the whole context is recomputed for "
                                "every token (same tokens, slower)")

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "shape and tokenizer")
     p.add_argument("--max_steps", type=POSITIVE_INT, default=None,
                    help="optimizer steps; the cosine schedule ends here " + preset_default("max_steps"))
-    p.add_argument("--lr", type=LR, default=None, help="peak AdamW learning rate, in (0, 1] " + preset_default("lr"))
+    p.add_argument("--lr", type=LR, default=None, help="peak AdamW learning rate " + preset_default("lr"))
     p.add_argument("--batch_size", type=SIZES["batch_size"], default=None,
                    help="windows per micro-batch, per process " + preset_default("batch_size"))
 
