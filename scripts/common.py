@@ -87,7 +87,7 @@ def add_common_args(parser: argparse.ArgumentParser, seed_help: str = "random se
                        help=f"folder holding the data sets (default: ${DATA_ENV}, else download)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                        help="where to run: auto picks cuda, then mps, then cpu")
-    group.add_argument("--seed", type=SEED, default=0, help=f"{seed_help} (0 .. 2**32 - 1)")
+    group.add_argument("--seed", type=SEED, default=0, help=seed_help)
     group.add_argument("--num_threads", type=THREADS, default=0,
                        help="CPU threads for torch (0: torch's default, one per core)")
 
