@@ -137,11 +137,11 @@ def load_split(name: str, split: str, data_dir: str | None = None) -> TextDatase
         raise
     if folder is not None:
         path = folder / filename
-        if name == "ag_news":
-            texts, labels = read_ag_news_csv(path)
-            return TextDataset(texts, labels, AG_NEWS_CLASSES, str(path))
-        texts, labels = read_imdb_jsonl(path)
-        return TextDataset(texts, labels, IMDB_CLASSES, str(path))
+        texts, labels = read_ag_news_csv(path) if name == "ag_news" else read_imdb_jsonl(path)
+        if split == "train" and len(set(labels)) < 2:
+            raise UserError(f"{path} holds only texts of class {labels[0] + 1 if name == 'ag_news' else labels[0]}; "
+                            "a classifier learns nothing from one class: is it the right file?")
+        return TextDataset(texts, labels, AG_NEWS_CLASSES if name == "ag_news" else IMDB_CLASSES, str(path))
     try:
         return _download(name, split)
     except Exception as err:  # no network, hub down, not cached: all end the same way for a user

@@ -45,6 +45,15 @@ class UserError(Exception):
     """A mistake the user can fix: a bad path, malformed data, a wrong checkpoint, a bad value."""
 
 
+class ChildFailed(Exception):
+    """A program this one started (bench.py runs train.py) failed and has already said why on stderr: end with its
+    exit status and no second line."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class TrainingInterrupted(Exception):
     """Ctrl-C arrived during training and a resumable checkpoint is safely on disk."""
 
@@ -83,7 +92,7 @@ def add_common_args(parser: argparse.ArgumentParser, seed_help: str = "random se
     from scripts.checks import SEED, THREADS  # noqa: PLC0415 - checks.py imports this module
 
     group = parser.add_argument_group("data and hardware")
-    group.add_argument("--data_dir", default=None,
+    group.add_argument("--data_dir", type=path_arg, default=None,
                        help=f"folder holding the data sets (default: ${DATA_ENV}, else download)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                        help="where to run: auto picks cuda, then mps, then cpu")
@@ -92,11 +101,19 @@ def add_common_args(parser: argparse.ArgumentParser, seed_help: str = "random se
                        help="CPU threads for torch (0: torch's default, one per core)")
 
 
+def path_arg(text: str) -> str:
+    """An argparse `type=` for a path: an empty or blank one (an unset shell variable, `--out_dir "$RUN"`) is
+    refused rather than read as "not given", which would write into the default folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name (is a shell variable unset?)")
+    return text
+
+
 def add_checkpoint_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str | None,
                        help: str = "trained model to load") -> None:
     """`--checkpoint PATH`, the one name for "a trained model" in every stage (`--model_path`, the
     original course's spelling, is the same option)."""
-    parser.add_argument("--checkpoint", "--model_path", dest="checkpoint", default=default, help=help)
+    parser.add_argument("--checkpoint", "--model_path", dest="checkpoint", type=path_arg, default=default, help=help)
 
 
 def add_output_args(parser: argparse.ArgumentParser, checkpoint_help: str, out_dir_help: str) -> None:
@@ -105,7 +122,7 @@ def add_output_args(parser: argparse.ArgumentParser, checkpoint_help: str, out_d
     The defaults are chosen by the program from its other flags, so each help says what they are."""
     output = parser.add_argument_group("output and resume")
     add_checkpoint_arg(output, None, checkpoint_help)
-    output.add_argument("--out_dir", default=None, help=out_dir_help)
+    output.add_argument("--out_dir", type=path_arg, default=None, help=out_dir_help)
     output.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     output.add_argument("--restart", action="store_true",
                         help="start over in a run folder whose last run was interrupted (its last.pt is replaced)")
@@ -126,9 +143,12 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
         try:
             for number, arg in enumerate(args, 1):
                 check_utf8(arg, f"command-line argument {number}")
+            check_same_checkout()
             code = main(args)
         except UserError as err:
             fail(str(err), EXIT_USER_ERROR)
+        except ChildFailed as err:
+            sys.exit(err.code if isinstance(err.code, int) and 0 < err.code < 256 else EXIT_USER_ERROR)
         except TrainingInterrupted as err:
             show_warnings(held)
             fail(f"{err}", EXIT_INTERRUPTED, prefix="interrupted")
@@ -154,6 +174,19 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
 
 
 OUT_OF_MEMORY = "out of memory; use a smaller --batch_size or model, or --limit the data"
+
+
+def check_same_checkout() -> None:
+    """A program of one checkout must run the shared code of that checkout. With two clones and one virtual
+    environment (the course installed in editable mode from the other clone), `scripts` would silently come from
+    the other one."""
+    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0].endswith(".py") else None
+    if script is None or not script.is_file() or not (script.parent.parent / "scripts" / "common.py").is_file():
+        return      # run as a module, from a notebook or a test: nothing to compare
+    if script.parent.parent != REPO_ROOT:
+        raise UserError(f"{script} belongs to the checkout {script.parent.parent}, but Python imports the course's "
+                        f"shared code from {REPO_ROOT}; run `pip install -e .` in {script.parent.parent} "
+                        "(or use a virtual environment of its own)")
 
 
 def fail(message: str, code: int, prefix: str = "error") -> None:

@@ -323,3 +323,32 @@ def test_a_fresh_start_never_silently_replaces_an_unfinished_run(tmp_path, state
     with pytest.raises(UserError, match="choose one"):
         ResumableRun(argparse.Namespace(**{**vars(fresh), "restart": True, "resume": True}), "stage0", "m",
                      tmp_path / "last.pt", {"step": 0})
+
+
+def test_a_failed_child_program_adds_no_second_line(capsys):
+    def main(argv):
+        raise common.ChildFailed(2)
+    assert ended(main, [], capsys) == (2, "", "")
+
+
+def test_an_empty_path_is_refused_not_taken_for_the_default(capsys):
+    parser = common.ArgParser(prog="train.py")
+    common.add_output_args(parser, "best model", "run folder")
+    common.add_common_args(parser)
+    for flag in ("--out_dir", "--checkpoint", "--data_dir"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([flag, " "])
+        assert f"argument {flag}: an empty path" in capsys.readouterr().err
+
+
+def test_a_program_of_another_checkout_is_refused(tmp_path, monkeypatch):
+    other = tmp_path / "clone"
+    (other / "scripts").mkdir(parents=True)
+    (other / "scripts" / "common.py").write_text("")
+    (other / "stage1_mlp").mkdir()
+    (other / "stage1_mlp" / "train.py").write_text("")
+    monkeypatch.setattr("sys.argv", [str(other / "stage1_mlp" / "train.py")])
+    with pytest.raises(UserError, match=r"belongs to the checkout .*clone, but Python imports the course's"):
+        common.check_same_checkout()
+    monkeypatch.setattr("sys.argv", [str(common.REPO_ROOT / "stage1_mlp" / "train.py")])
+    common.check_same_checkout()

@@ -90,3 +90,11 @@ def test_ag_news_train_split_is_missing_here_and_the_error_says_so(real_data, tm
     with pytest.raises(UserError, match=r"lacks train\.csv of ag_news.*IMDb works offline"):
         load_split("ag_news", "train", str(tmp_path))
     assert len(load_split("ag_news", "test", str(tmp_path))) == 7600
+
+
+def test_a_training_file_of_one_class_is_refused(tmp_path):
+    (tmp_path / "imdb").mkdir()
+    with gzip.open(tmp_path / "imdb" / "train.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("".join(f'{{"text": "bad film {i}", "label": 0}}\n' for i in range(20)))
+    with pytest.raises(UserError, match="holds only texts of class 0; a classifier learns nothing from one class"):
+        load_split("imdb", "train", str(tmp_path))
