@@ -463,6 +463,9 @@ class Check:
         return f"{label(self.key)} at {self.unit} {int(self.x) if float(self.x).is_integer() else self.x}"
 
     def describe(self) -> str:
+        if not math.isfinite(self.value):      # a diverged run: NaN is no side of the band
+            return (f"{self.what} is {fmt(self.value)}, not a finite number: the run diverged (the band is "
+                    f"{fmt(self.low)}-{fmt(self.high)})")
         side = "above" if self.value > self.allowed[1] else "below" if self.value < self.allowed[0] else "within"
         bound = (f"allowed up to {fmt(self.allowed[1])}" if side == "above" else
                  f"allowed down to {fmt(self.allowed[0])}" if side == "below" else

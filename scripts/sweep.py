@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Sequence
 
 from scripts.checks import COUNT, SEED
-from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_json, write_text
+from scripts.common import REPO_ROOT, ArgParser, ChildFailed, UserError, read_json, run_main, write_json, write_text
 from scripts.report import markdown_table
+
+
+SWEEP_SETS = ("seed", "out_dir", "checkpoint", "model_path", "resume", "restart")   # flags each run gets from the sweep
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
@@ -36,6 +39,12 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
         choices = [v.strip() for v in values.split(",") if v.strip()]
         if not sep or not name or not choices:
             raise UserError(f"--grid {item!r}: write FLAG=V1,V2,... (e.g. lr=1e-3,2e-3)")
+        if name in SWEEP_SETS:
+            raise UserError(f"--grid {item!r}: the sweep sets --{name} itself for every run (use --seeds, --out)")
+        if name in grid:
+            raise UserError(f"--grid names {name} twice; give all its values in one FLAG=V1,V2,...")
+        if len(set(choices)) < len(choices):
+            raise UserError(f"--grid {item!r} repeats a value; each run of a setting needs its own folder")
         grid[name] = choices
     return grid
 
@@ -61,8 +70,9 @@ def run_one(script: Path, setting: dict[str, str], seed: int, fixed: list[str], 
     if ckpt_flag:
         argv += [ckpt_flag, str(run_dir / "best.pt")]
     print("$", " ".join(argv[1:]), flush=True)
-    if subprocess.run(argv).returncode != 0:
-        raise UserError(f"a run failed ({' '.join(argv[1:])}); see its message above")
+    code = subprocess.run(argv).returncode
+    if code != 0:       # the run has said why, in its one line: no second line from the sweep
+        raise ChildFailed(code)
 
 
 def summarise(rows: list[dict], grid: dict[str, list[str]], metric: str, mode: str) -> list[dict]:
@@ -111,10 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mode", choices=["min", "max"], default="min", help="whether lower or higher is better")
     p.add_argument("--out", required=True, help="folder for the runs, results.json, results.md and sweep.png")
     args = p.parse_args(own)
-    script = Path(args.script) if Path(args.script).is_file() else REPO_ROOT / args.script
-    if not script.is_file():
-        raise UserError(f"{args.script} is not a file; give a stage's train.py, e.g. stage5_gpt/train.py")
+    script = (Path(args.script) if Path(args.script).is_file() else REPO_ROOT / args.script).resolve()
+    trainers = sorted(REPO_ROOT.glob("stage*/train*.py")) + sorted(REPO_ROOT.glob("stage*/finetune.py"))
+    if script not in trainers:
+        raise UserError(f"{args.script} is not one of the course's training programs; give one of "
+                        f"{', '.join(str(t.relative_to(REPO_ROOT)) for t in trainers)}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file; give a folder for the runs")
     grid, out = parse_grid(args.grid), Path(args.out)
+    fixed_set = [a for a in fixed if a.startswith("--") and a[2:].split("=")[0] in SWEEP_SETS]
+    if fixed_set:
+        raise UserError(f"{fixed_set[0]} after --: the sweep sets it itself for every run (use --seeds, --out)")
     ckpt_flag = checkpoint_flag(script)
     rows = []
     for setting in settings(grid, args.random, 0):

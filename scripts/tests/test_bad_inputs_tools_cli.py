@@ -24,7 +24,7 @@ CASES = [
     ("sweep: a negative seed", sweep.main, [*SWEEP, "--seeds", "-1"], "--seeds: must be an integer in [0, 4294967295]"),
     ("sweep: --random -2", sweep.main, [*SWEEP, "--random", "-2"], "--random: must be an integer >= 0"),
     ("sweep: a script that is not there", sweep.main, ["nope/train.py", "--grid", "lr=1", "--metric", "m",
-                                                       "--out", "{tmp}/s"], "nope/train.py is not a file"),
+                                                       "--out", "{tmp}/s"], "is not one of the course"),
     ("course_report: --root not a folder", course_report.main, ["--check", "--root", "{tmp}/nowhere"],
      "is not a folder"),
 ]
@@ -41,3 +41,32 @@ def test_bad_input_is_one_line(cli, tmp_path, what, main, argv, message):
     code, out, err = cli(main, [a.format(**names) for a in argv])
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before      # nothing written
+
+
+SWEEP_CASES = [
+    ("a repeated value", ["--grid", "lr=0.01,0.01"], "repeats a value"),
+    ("a flag the sweep sets", ["--grid", "out_dir=/tmp/x"], "the sweep sets --out_dir itself"),
+    ("a flag named twice", ["--grid", "lr=1", "lr=2"], "names lr twice"),
+    ("a file that is no training program", ["--grid", "lr=1"], "is not one of the course's training programs"),
+]
+
+
+@pytest.mark.parametrize("what, grid, message", SWEEP_CASES, ids=[c[0] for c in SWEEP_CASES])
+def test_sweep_refuses_what_would_mislead(cli, tmp_path, what, grid, message):
+    script = "/etc/hostname" if "training program" in message else "stage1_mlp/train.py"
+    code, _, err = cli(sweep.main, [script, "--metric", "val_accuracy", "--out", str(tmp_path / "s"), *grid])
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_adds_no_line_to_a_failed_run(cli, tmp_path, tiny_data):
+    """The run's own one-line error is the only one: the sweep ends with its status."""
+    code, out, err = cli(sweep.main, ["stage1_mlp/train.py", "--metric", "val_accuracy", "--out", str(tmp_path / "s"),
+                                      "--grid", "lr=nan", "--", "--data_dir", str(tiny_data)])
+    assert code == 2 and err == "" and out.startswith("$ ")
+
+
+def test_reference_says_a_nan_is_no_side_of_the_band():
+    check = reference.Check(key="val_loss", unit="epoch", x=1, value=float("nan"), low=0.5, high=0.6,
+                            allowed=(0.45, 0.65))
+    assert "not a finite number: the run diverged" in check.describe() and not check.inside

@@ -48,7 +48,7 @@ def test_random_picks_and_bad_input(shakespeare, tmp_path, cli):
     code, _, err = cli(sweep.main, ["stage5_gpt/train.py", "--grid", "lr", "--metric", "m", "--out", tmp_path])
     assert code == 2 and "FLAG=V1,V2" in err
     code, _, err = cli(sweep.main, ["nowhere/train.py", "--grid", "lr=1", "--metric", "m", "--out", tmp_path])
-    assert code == 2 and "is not a file" in err
+    assert code == 2 and "is not one of the course's training programs" in err
     code, _, err = cli(sweep.main, ["stage5_gpt/train.py", "--grid", "lr=1e-3", "--metric", "accuracy", "--out",
                                     tmp_path / "s", *fixed(shakespeare, tmp_path)])
     assert code == 2 and "no metric 'accuracy'" in err
