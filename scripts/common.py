@@ -502,6 +502,8 @@ def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None =
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely (`weights_only=True`) and check it belongs to `stage` (and `models`)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; pass the .pt file in it")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; train a model first or pass the right path")
     try:
@@ -622,6 +624,10 @@ def find_model(given: str | None, stage_dir: Path, best: Sequence[str], runs: Se
         path = Path(given)
         if path.is_file():
             return path
+        if path.is_dir():
+            inside = sorted(p.name for p in path.glob("*.pt"))[:3]
+            raise UserError(f"checkpoint {path} is a folder; pass a .pt file" + (f" such as {path / inside[0]}"
+                                                                                 if inside else ""))
         other = newest_model(stage_dir, best, runs)
         hint = (f"the newest model of this stage is {display_path(other)} (leave out --checkpoint to load it)"
                 if other else f"train one first: {train_hint}")

@@ -352,3 +352,11 @@ def test_a_program_of_another_checkout_is_refused(tmp_path, monkeypatch):
         common.check_same_checkout()
     monkeypatch.setattr("sys.argv", [str(common.REPO_ROOT / "stage1_mlp" / "train.py")])
     common.check_same_checkout()
+
+
+def test_a_checkpoint_that_is_a_folder_is_named_so(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"is a folder; pass a .pt file such as .*best.pt"):
+        common.find_model(str(tmp_path), tmp_path, ["*.pt"], [], "python train.py")
+    with pytest.raises(UserError, match="is a folder; pass the .pt file in it"):
+        common.load_checkpoint(tmp_path, "stage1_mlp")
