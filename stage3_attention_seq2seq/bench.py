@@ -23,6 +23,8 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import subprocess
+import sys
 import time
 from operator import itemgetter
 from pathlib import Path
@@ -31,8 +33,9 @@ from typing import Sequence
 import torch
 
 from scripts.checks import POSITIVE_INT, THREADS
-from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main, write_json
-from scripts.report import markdown_table, run_script, update_file
+from scripts.common import (REPO_ROOT, ArgParser, ChildFailed, UserError, path_arg, read_json, run_main,
+                            write_json)
+from scripts.report import markdown_table, update_file
 from scripts.report import short_paths as report_short_paths
 from scripts.translation_data import corpus_scores
 from stage3_attention_seq2seq.data.translation import load_pairs, tokenize
@@ -53,7 +56,16 @@ TRY_SENTENCES = ("A man is riding a bicycle down the street.", "Two dogs are pla
                  "A woman is reading a book on a bench.", "Children are playing soccer in the park.")
 
 
-run = functools.partial(run_script, STAGE_DIR)   # run("train.py", flags...): a stage program, echoed
+def run(script: str, *argv: str) -> None:
+    """Run one of the stage's programs as a learner would (a fresh Python process), echoing the command. When it
+    fails it has said why in its own line: the benchmark ends with its exit status and no second line."""
+    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
+    print("$", " ".join(cmd[1:]), flush=True)
+    code = subprocess.run(cmd).returncode
+    if code < 0:        # killed by a signal (out of memory, kill): it could not say anything itself
+        raise UserError(f"{script} was stopped by signal {-code} (out of memory?); see above for how far it got")
+    if code != 0:
+        raise ChildFailed(code)
 
 
 def train_and_evaluate(name: str, train_argv: list[str], extra: list[str]) -> None:
@@ -259,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compare_epochs", type=POSITIVE_INT, default=5, help="epochs per attention type in the comparison")
     p.add_argument("--tables_only", action="store_true",
                    help="only rebuild results/overview.json and the README tables from results/")
-    p.add_argument("--data_dir", default=None, help="folder holding multi30k/ (default: $MY_LLM_DATA)")
+    p.add_argument("--data_dir", type=path_arg, default=None, help="folder holding multi30k/ (default: $MY_LLM_DATA)")
     p.add_argument("--num_threads", type=THREADS, default=0,
                    help="passed to every program (0: torch's default, one per core; the timings in the README)")
     args = p.parse_args(argv)

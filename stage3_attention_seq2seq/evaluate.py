@@ -21,7 +21,7 @@ from typing import Sequence
 
 from scripts.checks import COUNT, POSITIVE_INT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, get_device,
-                            run_main, set_threads, write_metrics, write_text)
+                            path_arg, run_main, set_threads, write_metrics, write_text)
 from scripts.translation_data import corpus_scores
 from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs, tokenize
 from stage3_attention_seq2seq.translator import (ALPHA, BEAM, CHECKPOINT_HELP, STAGE, STAGE_DIR, check_length,
@@ -41,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace <unk> in the output by the most attended source word")
     p.add_argument("--batch_size", type=POSITIVE_INT, default=128, help="sentences translated at once")
     p.add_argument("--limit", type=COUNT, default=0, help="score only the first N pairs (0: all)")
-    p.add_argument("--out_dir", default=None, help="where metrics.json and translations.txt go (default: "
-                                                   "stage3_attention_seq2seq/runs/eval_<checkpoint name>, "
-                                                   "eval_<run>_last for a run's last.pt)")
-    p.add_argument("--metrics_out", default=None, help="also write metrics.json here (default: nowhere else)")
+    p.add_argument("--out_dir", type=path_arg, default=None,
+                   help="where metrics.json and translations.txt go (default: "
+                        "stage3_attention_seq2seq/runs/eval_<checkpoint name>, eval_<run>_last for a run's last.pt)")
+    p.add_argument("--metrics_out", type=path_arg, default=None,
+                   help="also write metrics.json here (default: nowhere else)")
     add_common_args(p, seed_help="unused: greedy and beam search draw no random numbers")
     return p
 

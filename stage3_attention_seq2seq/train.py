@@ -18,6 +18,7 @@ history.json / curves.png, rewritten after every epoch.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from scripts.common import (ArgParser, UserError, add_common_args, add_output_ar
                             get_device, run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine,
                             write_metrics)
 from scripts.monitor import TrainingMonitor
-from scripts.training import ResumableRun
+from scripts.training import ResumableRun, check_counter
 from scripts.translation_data import corpus_scores
 from stage3_attention_seq2seq.data.translation import (DATASETS, MIN_TOKENS, PAD_ID, Vocabulary, bucketed_batches,
                                                        encode_pairs, load_pairs, num_batches, save_vocabularies,
@@ -332,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     log.info(f"attention {model.config.attention_type} ({model.config.impl}): {count_params(model):,} parameters, "
              f"{model.config}")
-    wall_before = run.resume["wall_seconds"] if run.resume else 0.0      # time before this --resume
+    wall_before = resumed_wall_seconds(run)      # time before this --resume
 
     def wall_seconds() -> float:
         return wall_before + time.time() - started
@@ -379,6 +380,19 @@ def resumed_model(run: ResumableRun) -> tuple[Seq2Seq, Vocabulary, Vocabulary]:
     """The model and vocabularies of the last.pt that --resume continues, each checked (translator.model_from_ckpt)
     before anything is built from it."""
     return model_from_ckpt(run.last_path, run.resume)
+
+
+def resumed_wall_seconds(run: ResumableRun) -> float:
+    """The wall time of the run before this --resume, as last.pt holds it (0 for a fresh run); checked, so that an
+    edited file ends in one line now rather than in a traceback when the metrics are written."""
+    if not run.resume:
+        return 0.0
+    seconds = run.resume.get("wall_seconds")
+    check_counter(run.last_path, "wall_seconds", seconds, 0.0)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise UserError(f"--resume: {run.last_path}: wall_seconds is {seconds!r}, not a number of seconds (the file "
+                        "was edited); start a new run with another --out_dir")
+    return float(seconds)
 
 
 # the panels of curves.png: losses, validation BLEU, speed

@@ -14,6 +14,7 @@ course's commands (:beam, :settings, :help, :quit) plus :alpha VALUE and :heatma
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 
 from scripts.checks import POSITIVE_INT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, clean_text, get_device,
-                            read_text, run_main, set_threads, write_text)
+                            path_arg, read_text, run_main, set_threads, write_text)
 from scripts.repl import Repl
 from stage3_attention_seq2seq.data.translation import EOS, UNK, Vocabulary, split_lines, tokenize
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq
@@ -39,32 +40,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Translate English to French with a trained stage 3 model.")
     p.add_argument("sentence", nargs="*", help="English text to translate (one sentence)")
     add_checkpoint_arg(p, None, CHECKPOINT_HELP)
-    p.add_argument("--input", default=None,
+    p.add_argument("--input", type=path_arg, default=None,
                    help="translate this file, one sentence per line; - reads stdin (default: none)")
-    p.add_argument("--output", default=None, help="write the file's translations here (default: stdout)")
+    p.add_argument("--output", type=path_arg, default=None, help="write the file's translations here (default: stdout)")
     p.add_argument("--interactive", action="store_true", help="type sentences at a prompt (:help lists commands)")
     p.add_argument("--beam_size", type=BEAM, default=5, help="beam width (1: greedy)")
     p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent")
     p.add_argument("--unk_replace", action=argparse.BooleanOptionalAction, default=True,
                    help="replace <unk> in the output by the most attended source word")
     p.add_argument("--batch_size", type=POSITIVE_INT, default=64, help="sentences per batch with --input")
-    p.add_argument("--heatmap", default=None,
+    p.add_argument("--heatmap", type=path_arg, default=None,
                    help="save the sentence's attention weights as this .png, .pdf or .svg (default: none)")
     add_common_args(p, seed_help="unused: greedy and beam search draw no random numbers")
     return p
 
 
-def check_known(sentence: str, src_vocab: Vocabulary) -> list[str]:
-    """The unknown words of a sentence; refuses an empty sentence or one with no known word at all."""
+def check_sentence(sentence: str, what: str = "that sentence") -> list[str]:
+    """The words of a sentence to translate; refuses an empty one or one too long (no model is needed to tell)."""
     tokens = tokenize(sentence)
     if not tokens:
         raise UserError("empty sentence: type some English to translate")
-    check_length(tokens, "that sentence")
+    check_length(tokens, what)
+    return tokens
+
+
+def note_unknown(sentence: str, src_vocab: Vocabulary) -> None:
+    """Say on stderr which words the model does not know (they are read as <unk>). A sentence of unknown words
+    only is still translated: the model's answer, however poor, is the result asked for."""
+    tokens = check_sentence(sentence)
     unknown = [t for t in tokens if t not in src_vocab.stoi]
     if len(unknown) == len(tokens):
-        raise UserError(f"none of the words of {sentence!r} is in the model's English vocabulary; "
-                        "try a sentence about people, animals or places (Multi30k describes photos)")
-    return unknown
+        print(f"note: none of the words of {sentence[:200]!r} is in the model's English vocabulary, so the "
+              "translation is a guess; try a sentence about people, animals or places (Multi30k describes photos)",
+              file=sys.stderr)
+    elif unknown:
+        print(f"note: unknown words read as {UNK}: {' '.join(unknown)[:500]}", file=sys.stderr)
+
+
+def check_output_is_not_input(input_name: str | None, output_name: str | None) -> None:
+    """--output must be another file than --input (also through a symbolic or hard link): writing the
+    translations there would replace the English sentences."""
+    if not input_name or input_name == "-" or not output_name:
+        return
+    try:
+        same = os.path.samefile(input_name, output_name)
+    except (OSError, ValueError):       # one of them does not exist (yet): not the same file
+        return
+    if same:
+        raise UserError(f"--output {output_name} is the --input file; writing the translations there would "
+                        "replace the English: give another --output")
 
 
 def draw_heatmap(translation: Translation, path: str | Path, title: str = "") -> Path:
@@ -111,9 +135,7 @@ def translate_one(model: Seq2Seq, src_vocab: Vocabulary, tgt_vocab: Vocabulary, 
                   show: Callable[[str], None] = print) -> None:
     """One sentence, shown through `show`; unknown words are named on stderr, then the attention drawn to
     `heatmap` if given (the translation is shown first: a heatmap that cannot be written does not lose it)."""
-    unknown = check_known(sentence, src_vocab)
-    if unknown:
-        print(f"note: unknown words read as {UNK}: {' '.join(unknown)[:500]}", file=sys.stderr)
+    note_unknown(sentence, src_vocab)
     result = translate_sentences(model, src_vocab, tgt_vocab, [sentence], device, beam, alpha,
                                  return_attention=heatmap is not None and model.attention is not None,
                                  unk_replace=unk_replace)[0]
@@ -200,10 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--heatmap draws one sentence; give a sentence (or use :heatmap in --interactive)")
     if args.output is not None and args.input is None:
         raise UserError("--output holds the translations of --input FILE; give --input too")
-    if args.sentence:
-        check_length(tokenize(" ".join(args.sentence)), "the sentence")
+    if args.sentence:       # checked before the model loads: a typing slip costs nothing
+        check_sentence(" ".join(args.sentence), "the sentence")
     if args.heatmap:
         check_heatmap(args.heatmap)
+    check_output_is_not_input(args.input, args.output)
     if args.output:
         check_writable(args.output, "--output")
     lines = read_input(args.input) if args.input is not None else []     # read and checked before the model loads

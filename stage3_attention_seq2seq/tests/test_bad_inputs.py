@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -129,6 +130,8 @@ EVALUATE_FLAGS = [
     (["--split", "dev"], "--split"),
     (["--dataset", "wmt"], "--dataset"),
     (["--seed", "99999999999999999999999"], "--seed"),
+    (["--out_dir", ""], "--out_dir: an empty path"),              # an unset shell variable: not "the default"
+    (["--metrics_out", " "], "--metrics_out: an empty path"),
 ]
 
 
@@ -164,6 +167,11 @@ TRANSLATE_FLAGS = [
     ([SENTENCE, "--heatmap", "a\x00b.png"], ["--heatmap", "cannot be written"]),
     (["--input", "/nonexistent/in.txt"], ["--input /nonexistent/in.txt does not exist"]),
     (["word " * 300], ["the sentence has 300 words and marks; this model translates at most 200"]),
+    ([""], ["empty sentence"]),                                  # checked before the model loads (no "model:" line)
+    (["  ", "\t"], ["empty sentence"]),
+    (["--input", ""], ["--input", "an empty path"]),            # an unset shell variable
+    (["--input", "x.txt", "--output", " "], ["--output", "an empty path"]),
+    ([SENTENCE, "--heatmap", ""], ["--heatmap", "an empty path"]),
 ]
 
 
@@ -196,11 +204,59 @@ def test_command_line_text_that_is_not_utf8_is_refused(model, cli):
 
 def test_bench_refuses_bad_flags(cli, tmp_path):
     for argv, message in ((["--compare_epochs", "0"], "--compare_epochs"), (["--num_threads", "-2"], "--num_threads"),
-                          (["--parts", "everything"], "--parts"),
+                          (["--parts", "everything"], "--parts"), (["--data_dir", ""], "--data_dir: an empty path"),
                           (["--data_dir", tmp_path / "nope", "--parts", "quick"], "--data_dir")):
         code, _, err = cli(bench.main, argv)
         assert code == 2
         one_line(err, message)
+
+
+def test_an_empty_sentence_is_refused_before_the_model_line(model, cli):
+    for argv in ([""], ["   "], [" ", "\t"]):
+        code, out, err = cli(translate.main, ["--checkpoint", model, *argv])
+        one_error_line(code, err, "empty sentence")             # one line in all: no "model: ..." before it
+        assert out == ""
+
+
+def test_a_sentence_of_unknown_words_only_is_translated(model, cli):
+    code, out, err = cli(translate.main, ["--checkpoint", model, "qwerty zxcv"])
+    assert code == 0 and out.strip(), err                        # the model's guess is the answer
+    assert "note: none of the words of 'qwerty zxcv'" in err and "error" not in err
+
+
+def test_output_that_is_the_input_file_is_refused(cli, tmp_path, monkeypatch):
+    source = tmp_path / "in.en"
+    source.write_text(SENTENCE + "\n")
+    (tmp_path / "symlink.en").symlink_to(source)
+    os.link(source, tmp_path / "hardlink.en")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for output in (source, "in.en", "./sub/../in.en", tmp_path / "symlink.en", tmp_path / "hardlink.en"):
+        code, out, err = cli(translate.main, ["--checkpoint", "/nonexistent/never_loaded.pt", "--input", "in.en",
+                                              "--output", output])
+        one_error_line(code, err, f"--output {output} is the --input file")
+        assert out == ""
+    assert source.read_text() == SENTENCE + "\n"
+
+
+def fake_children(monkeypatch, code):
+    """bench.py's programs, each ending at once with `code`; returns the commands they were given."""
+    commands = []
+
+    def fake_run(cmd, *args, **kwargs):
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, code)
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    return commands
+
+
+def test_bench_stops_at_a_failed_program_without_a_second_line(cli, monkeypatch):
+    commands = fake_children(monkeypatch, 2)            # train.py has said why, in its one line
+    code, out, err = cli(bench.main, ["--parts", "main"])
+    assert (code, err) == (2, "") and len(commands) == 1 and "train.py" in out
+    fake_children(monkeypatch, -9)                       # killed (out of memory): it could say nothing itself
+    code, _, err = cli(bench.main, ["--parts", "quick"])
+    one_error_line(code, err, "train.py was stopped by signal 9")
 
 
 # ----------------------------------------------------------------------------- data files
@@ -399,6 +455,29 @@ def test_resume_with_other_model_settings_is_refused_and_keeps_last_pt(mt_data, 
     assert before != last.read_bytes()                            # (the edits above were ours)
 
 
+EDITED_COUNTERS = [
+    ("global_step", -3, "global_step is '-3', not an integer"),
+    ("epoch", "1", "epoch is '1', not an integer"),
+    ("history", {"a": 1}, "history is"),
+    ("wall_seconds", "abc", "wall_seconds is 'abc', not a number"),
+    ("wall_seconds", float("nan"), "wall_seconds is nan"),
+    ("wall_seconds", None, "wall_seconds is 'None'"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", EDITED_COUNTERS, ids=[f"{k}={v!r}" for k, v, _ in EDITED_COUNTERS])
+def test_resume_refuses_a_last_pt_with_edited_counters(model, mt_data, tmp_path, cli, key, value, message):
+    shutil.copytree(model.parent.parent / "run", tmp_path / "run", ignore=shutil.ignore_patterns("run.lock"))
+    last = tmp_path / "run" / "last.pt"
+    ckpt = load_checkpoint(last, translator.STAGE)
+    ckpt[key] = value
+    save_checkpoint(last, ckpt)
+    before = last.read_bytes()
+    code, _, err = cli(train.main, train_args(mt_data, tmp_path, "--epochs", "2", "--resume"))
+    one_error_line(code, err, "--resume:", str(last), message)
+    assert last.read_bytes() == before
+
+
 def test_a_run_folder_in_use_is_refused_and_the_best_model_kept(mt_data, tmp_path, cli):
     assert cli(train.main, train_args(mt_data, tmp_path, "--epochs", "1", "--max_steps", "2"))[0] == 0
     best, vocab = tmp_path / "ck" / "best.pt", tmp_path / "ck" / "best.vocab.json"
@@ -450,8 +529,8 @@ REPL_LINES = [
     (":heatmap " + UNWRITABLE + ".png", "(:heatmap kept off: :heatmap /proc/my_llm_no_such/x.png cannot be written"),
     (":heatmap map.gif", "(:heatmap kept off: :heatmap 'map.gif': the file name must end in .png"),
     (":heatmap a\x00.png", "(:heatmap kept off"),
-    ("\x00\x01\x1b[31m", "(none of the words"),
-    ("\u202e\u200b\ufeff", "(none of the words"),
+    ("\x00\x01\x1b[31m", "fr> "),                  # words the model does not know: translated all the same
+    ("\u202e\u200b\ufeff", "fr> "),
     ("dog " * 5000, "(that sentence has 5,000 words and marks"),
     ("   ", "(empty line"),
     ("🐕 " + SENTENCE, "fr> "),
