@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from scripts.checks import THREADS
-from scripts.common import ArgParser, UserError, data_bases, read_json, run_main, write_json
+from scripts.common import ArgParser, ChildFailed, UserError, data_bases, path_arg, read_json, run_main, write_json
 from scripts.report import load_results, markdown_table, update_file
 
 STAGE_DIR = Path(__file__).resolve().parent
@@ -184,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", default="imdb", choices=["imdb", "ag_news"],
                         help="data set of the default part (the quick part is IMDb's)")
     parser.add_argument("--tables_only", action="store_true", help="only rebuild README tables from results/")
-    parser.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
+    parser.add_argument("--data_dir", type=path_arg, default=None,
+                        help="folder holding the data sets (default: $MY_LLM_DATA)")
     parser.add_argument("--num_threads", type=THREADS, default=0,
                         help="CPU threads for torch in every run (0: torch's default, one per core)")
     args = parser.parse_args(argv)
@@ -200,9 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_json(RESULTS / f"{args.dataset}_speed.json", speed_summary(args.dataset))
             if "quick" in args.parts:
                 run_quick(extra)
-        except subprocess.CalledProcessError as err:
-            raise UserError(f"a run failed (exit {err.returncode}): {' '.join(map(str, err.cmd[1:3]))}; "
-                            "see its message above") from None
+        except subprocess.CalledProcessError as err:   # the run has said why in its one line: nothing to add
+            raise ChildFailed(err.returncode) from None
     try:   # the README is rewritten only when every results file reads
         write_json(RESULTS / "overview.json", overview())
         blocks = tables(args.dataset)

@@ -25,7 +25,7 @@ import torch
 from scripts.classification_data import DATASETS, classification_report, load_split
 from scripts.checks import COUNT, POSITIVE_INT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, describe_model,
-                            find_model, get_device, load_checkpoint, run_main, set_threads, write_metrics)
+                            find_model, get_device, load_checkpoint, path_arg, run_main, set_threads, write_metrics)
 from scripts.plots import plot_confusion
 from scripts.repl import Repl
 from stage1_mlp.data.features import FeatureSet, tokenize
@@ -55,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch size for the accuracy pass and throughput")
     p.add_argument("--latency_samples", type=POSITIVE_INT, default=500,
                    help="documents timed one at a time for latency")
-    p.add_argument("--out_dir", default=None,
+    p.add_argument("--out_dir", type=path_arg, default=None,
                    help="where outputs go (when not given: stage1_mlp/runs/eval_<dataset>, with _quick at the end "
                         "for a model of the quick preset)")
-    p.add_argument("--metrics_out", default=None, help="also write metrics.json to this file")
+    p.add_argument("--metrics_out", type=path_arg, default=None, help="also write metrics.json to this file")
     add_common_args(p, seed_help="random seed (evaluation itself draws no random numbers)")
     return p
 
