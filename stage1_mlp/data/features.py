@@ -25,6 +25,7 @@ from scripts.common import UserError, read_json, write_json
 
 TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?|[!?]"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
+TOKENIZER = {"token_pattern": TOKEN_PATTERN, "lowercase": True}   # how `tokenize` works, saved with each vocabulary
 _HASH_MULTIPLIER = np.uint64(116049371)  # the multiplier fastText uses to hash word n-grams
 UNK = "<unk>"
 FORMAT = "stage1-ngram-featurizer-v1"
@@ -88,8 +89,7 @@ class Featurizer:
 
     # -- JSON, never pickle
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "token_pattern": TOKEN_PATTERN, "lowercase": True,
-                "ngrams": self.ngrams, "buckets": self.buckets, "itos": self.itos}
+        return {"format": FORMAT, **TOKENIZER, "ngrams": self.ngrams, "buckets": self.buckets, "itos": self.itos}
 
     def save(self, path: Path) -> None:
         write_json(path, self.to_dict())
@@ -104,6 +104,13 @@ class Featurizer:
         def bad(reason: str) -> UserError:
             return UserError(f"{where}: the stage 1 vocabulary is damaged ({reason}); retrain the model")
 
+        # the words were cut out of text by this tokenizer: another pattern or case would give other words, and the
+        # model would silently see mostly <unk>. The saved values are compared, never used.
+        made_with = {"token_pattern": obj.get("token_pattern"), "lowercase": obj.get("lowercase")}
+        if made_with != TOKENIZER or type(made_with["lowercase"]) is not bool:   # 1 == True, but it is not one of ours
+            shown = ", ".join(f"{key} {str(value)[:40]!r}" for key, value in made_with.items())
+            raise UserError(f"{where}: its vocabulary was made by another tokenizer ({shown}; this version's is "
+                            f"token_pattern {TOKEN_PATTERN!r}, lowercase True); retrain the model")
         itos, ngrams, buckets = obj.get("itos"), obj.get("ngrams"), obj.get("buckets")
         if not isinstance(itos, list) or not 1 <= len(itos) <= MAX_WORDS:
             raise bad(f"'itos' must be a list of 1 to {MAX_WORDS:,} words")
