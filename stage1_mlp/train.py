@@ -14,6 +14,7 @@ beside it, and the run's log, curves, history, TensorBoard events and metrics.js
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from scripts.classification_data import DATASETS, load_split, train_val_split
+from scripts.classification_data import DATASETS, TextDataset, load_split, train_val_split
 from scripts.checks import COUNT, FRACTION, POSITIVE_INT, Range, check_args
 from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, checkpoint_header, count_params,
                             get_device, run_main, save_checkpoint, set_seed, set_threads, setup_logging,
@@ -199,11 +200,11 @@ def sample_predictions(model: Any, featurizer: Featurizer, classes: list[str], t
 
 
 # ----------------------------------------------------------------------------- data and checkpoints
-def load_data(args: argparse.Namespace, saved_featurizer: Featurizer | None, log: Any) -> tuple[
-        Featurizer, FeatureSet, FeatureSet, list[str], str]:
-    """Train and validation features. Validation is a fixed-seed slice of train; the test split is evaluate.py's.
+def read_data(args: argparse.Namespace, log: Any) -> tuple[TextDataset, torch.Tensor, torch.Tensor]:
+    """The training documents (after --limit) and their train / validation split, each checked: called before the
+    run folder is touched, so a missing or odd data set leaves it as it was.
 
-    A resumed run reuses the featurizer it saved (the same vocabulary, so the same feature ids)."""
+    Validation is a fixed-seed slice of train; the test split is evaluate.py's."""
     full = load_split(args.dataset, "train", args.data_dir)
     if args.limit > len(full):
         log.info(f"note: --limit {args.limit:,} is more than the {len(full):,} training documents; using them all")
@@ -213,6 +214,22 @@ def load_data(args: argparse.Namespace, saved_featurizer: Featurizer | None, log
     if len(train_idx) == 0:
         raise UserError(f"--val_fraction {args.val_fraction} of {len(full)} documents leaves none to train on; "
                         "use a smaller --val_fraction or a larger --limit")
+    # the data file has two classes or more (load_split checks it), but a small --limit or the held-out validation
+    # documents may leave one: a model would only learn to answer that class
+    classes_left = {full.labels[i] for i in train_idx.tolist()}
+    if len(classes_left) < 2:
+        only = full.classes[classes_left.pop()]
+        cause = (f"--limit {args.limit:,}" if 0 < args.limit <= len(full) else full.source) + \
+            f" with --val_fraction {args.val_fraction}"
+        raise UserError(f"{cause} leaves training documents of one class only ({only!r}): a classifier learns nothing "
+                        "from them; use a larger --limit or a smaller --val_fraction")
+    return full, train_idx, val_idx
+
+
+def featurize(args: argparse.Namespace, full: TextDataset, train_idx: torch.Tensor, val_idx: torch.Tensor,
+              saved_featurizer: Featurizer | None) -> tuple[Featurizer, FeatureSet, FeatureSet]:
+    """Train and validation features. A resumed run reuses the featurizer it saved (the same vocabulary, so the
+    same feature ids); a new run builds it from the training documents."""
     train_texts, val_texts = full.subset(train_idx), full.subset(val_idx)
     train_tokens = [tokenize(t) for t in train_texts.texts]
     if saved_featurizer is not None:
@@ -222,7 +239,7 @@ def load_data(args: argparse.Namespace, saved_featurizer: Featurizer | None, log
         check_vocabulary(args, featurizer, train_tokens)
     train_set = FeatureSet.from_texts(featurizer, train_tokens, train_texts.labels)
     val_set = FeatureSet.from_texts(featurizer, val_texts.texts, val_texts.labels)
-    return featurizer, train_set, val_set, full.classes, full.source
+    return featurizer, train_set, val_set
 
 
 def check_vocabulary(args: argparse.Namespace, featurizer: Featurizer, train_tokens: list[list[str]]) -> None:
@@ -324,23 +341,55 @@ def resume_run(run: ResumableRun, model: Any, optimizer: Any, payload: Any) -> b
     return resumed
 
 
+class Remember(logging.Handler):
+    """Keeps the log records said before the run's train.log may be opened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def console_log() -> tuple[logging.Logger, Remember]:
+    """The log on the console only (the run folder is not touched yet), remembering what it says."""
+    log, early = setup_logging(None), Remember()
+    log.addHandler(early)
+    return log, early
+
+
+def open_run_log(out_dir: Path, early: Remember) -> logging.Logger:
+    """The log on the console and in <out_dir>/train.log, which first gets the lines the console already showed."""
+    log = setup_logging(out_dir)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            for record in early.records:
+                handler.handle(record)
+    return log
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     set_threads(args.num_threads)
     device = get_device(args.device)
     out_dir, best_path = Path(args.out_dir), Path(args.checkpoint)
+    # until every input is checked (data, last.pt, the model) the run folder is left as it was: what is said goes
+    # to the console and reaches train.log when it is opened
+    log, early = console_log()
+    log.info(f"{'resuming' if args.resume else 'training'} {args.impl} MLP on {args.dataset} ({device}); "
+             f"run folder {out_dir}")
+    full, train_idx, val_idx = read_data(args, log)
     run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", must_match=RESUME_MUST_MATCH, state={
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0, "best_epoch": 0, "bad_epochs": 0,
         "history": [], "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_seen": 0})  # sums of the current epoch
-    log = setup_logging(out_dir)
-    log.info(f"{'resuming' if run.resume else 'training'} {args.impl} MLP on {args.dataset} ({device}); "
-             f"run folder {out_dir}")
 
     # a resumed run rebuilds the model, vocabulary and classes last.pt saved, each checked (models/checkpoint.py)
     saved, model = load_model(run.last_path, run.resume, device) if run.resume else (None, None)
-    featurizer, train_set, val_set, classes, source = load_data(args, saved and saved.featurizer, log)
-    log.info(f"{source}: {len(train_set)} train / {len(val_set)} val documents, {featurizer.num_words} words + "
+    featurizer, train_set, val_set = featurize(args, full, train_idx, val_idx, saved and saved.featurizer)
+    classes = full.classes
+    log.info(f"{full.source}: {len(train_set)} train / {len(val_set)} val documents, {featurizer.num_words} words + "
              f"{featurizer.num_features - featurizer.num_words} n-gram buckets, "
              f"{len(train_set.ids) / len(train_set):.0f} features per document ({time.time() - started:.1f}s)")
     if saved is not None:
@@ -352,7 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, optimizer = make_model(args.impl, config, args.lr, device)
     params = count_params(model.parameters())
     log.info(f"model: {params:,} parameters ({config})")
-    if resume_run(run, model, optimizer, payload=lambda: checkpoint_payload(args, config, featurizer, classes)):
+    resumed = resume_run(run, model, optimizer, payload=lambda: checkpoint_payload(args, config, featurizer, classes))
+    log = open_run_log(out_dir, early)   # every input checked: from here on the run folder is written
+    if resumed:
         log.info(f"resumed at epoch {run.state['epoch'] + 1}, step {run.state['step_in_epoch']} of that epoch")
     featurizer.save(out_dir / "vocab.json")
 
