@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scripts.common import UserError, run_main, save_checkpoint
-from scripts.testing import TypedLines, one_error_line
+from scripts.testing import TypedLines, ctrl_c_after_steps, one_error_line
 from stage1_mlp import bench, evaluate, train
-from stage1_mlp.data.features import Featurizer, tokenize
+from scripts.classification_data import train_val_split
+from stage1_mlp.data.features import TOKEN_PATTERN, Featurizer, tokenize
 
 SMALL = ["--buckets", "2000", "--embed_dim", "16", "--hidden_dim", "16", "--num_threads", "1", "--min_freq", "1"]
 # any character, lone surrogates (bytes that were not UTF-8) and control characters included
@@ -83,6 +84,7 @@ TRAIN_FLAGS = [  # (flags, what the one line must say)
     (["--seed", "-1"], "--seed"), (["--seed", str(2 ** 64)], "--seed"), (["--num_threads", "-1"], "--num_threads"),
     (["--preset", "slow"], "--preset"), (["--impl", "numpy"], "--impl"), (["--device", "tpu"], "--device"),
     (["--dataset", "mnist"], "--dataset"), (["--out_dir", "run\udcff"], "not valid UTF-8"),
+    (["--out_dir", ""], "--out_dir"), (["--checkpoint", " "], "--checkpoint"), (["--data_dir", ""], "--data_dir"),
 ]
 
 
@@ -94,6 +96,7 @@ def test_train_flag_out_of_range_is_refused_before_any_work(tiny_data, tmp_path,
 
 TRAIN_DATA_CHECKS = [  # flags that parse but leave nothing to learn from: refused once the data is read
     (["--limit", "1"], "leaves none to train on"), (["--val_fraction", "0.9999"], "leaves none to train on"),
+    (["--limit", "2"], "--limit 2 with --val_fraction 0.1 leaves training documents of one class only"),
     (["--min_freq", "100000"], "--min_freq 100,000 keeps no word"),
 ]
 
@@ -102,6 +105,16 @@ TRAIN_DATA_CHECKS = [  # flags that parse but leave nothing to learn from: refus
 def test_train_flags_that_leave_nothing_to_learn(tiny_data, tmp_path, cli, flags, says):
     one_line(cli(train.main, train_args(tiny_data, tmp_path, *flags)), says)
     assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "ck" / "best.pt").exists()
+
+
+def test_a_validation_split_that_leaves_one_class_to_train_on(tmp_path, cli):
+    """The file has both classes (load_split checks that), but the only positive review goes to validation."""
+    rows = [{"text": "a fine film", "label": 1}] + [{"text": f"a dull film {i}", "label": 0} for i in range(19)]
+    path = write_split(tmp_path / "data", "imdb", gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    seed = next(seed for seed in range(100) if 0 in train_val_split(20, 0.5, seed)[1].tolist())
+    one_line(cli(train.main, train_args(tmp_path / "data", tmp_path, "--val_fraction", "0.5", "--seed", str(seed))),
+             str(path), "--val_fraction 0.5", "one class only ('negative')")
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_checkpoint_path_that_makes_no_sense(tiny_data, tmp_path, cli):
@@ -169,6 +182,11 @@ CHECKPOINT_EDITS = {  # name -> (change, what the one line must say)
     "word twice": (lambda c: c["featurizer"]["itos"].__setitem__(2, c["featurizer"]["itos"][1]), "twice"),
     "ngrams huge": (lambda c: c["featurizer"].update(ngrams=10 ** 6), "'ngrams'"),
     "no featurizer": (lambda c: c.pop("featurizer"), "not a stage 1 vocabulary"),
+    "another token pattern": (lambda c: c["featurizer"].update(token_pattern=r"\w+"), "made by another tokenizer"),
+    "a pattern that does not compile": (lambda c: c["featurizer"].update(token_pattern="(["), "another tokenizer"),
+    "not lowercased": (lambda c: c["featurizer"].update(lowercase=False), "another tokenizer"),
+    "lowercase 1": (lambda c: c["featurizer"].update(lowercase=1), "another tokenizer"),
+    "no token pattern": (lambda c: c["featurizer"].pop("token_pattern"), "token_pattern 'None'"),
     "classes missing": (lambda c: c.pop("classes"), "class names"),
     "weights missing": (lambda c: c["model_state"].pop("fc2.bias"), "fc2.bias is missing"),
     "weights reshaped": (lambda c: c["model_state"].update({"fc1.bias": torch.zeros(3)}), "fc1.bias has shape"),
@@ -189,7 +207,7 @@ def test_evaluate_refuses_an_edited_checkpoint(trained, tmp_path, cli, name):
 
 
 @pytest.mark.parametrize("name", ["config key missing", "absurd size", "unknown model type", "vocabulary shorter",
-                                  "weights reshaped", "weights not finite"])
+                                  "weights reshaped", "weights not finite", "another token pattern"])
 def test_resume_refuses_an_edited_last_checkpoint(run_copy, tiny_data, cli, name):
     change, says = CHECKPOINT_EDITS[name]
     last = run_copy / "run" / "last.pt"
@@ -233,6 +251,8 @@ EVALUATE_FLAGS = [
     (["--interactive", "--dataset", "imdb", "--metrics_out", "m.json"], "--dataset, --metrics_out"),
     (["--text", "   "], "--text is empty"), (["--text", "... ;;"], "no words to classify"),
     (["--text", "bad \udcff bytes"], "not valid UTF-8"), (["--seed", "2**32"], "--seed"),
+    (["--metrics_out", ""], "--metrics_out"), (["--out_dir", "  "], "--out_dir"),
+    (["--checkpoint", ""], "--checkpoint"),
 ]
 
 
@@ -267,7 +287,9 @@ DATA_FILES = {  # name -> (data set, file bytes, what the one line must say)
     "not UTF-8": ("imdb", gzip.compress(IMDB_ROW + b"\n" + b'{"text": "caf\xe9", "label": 0}\n'), "line 2"),
     "bad label": ("imdb", gzip.compress(b'{"text": "x", "label": 7}\n'), ":1: label 7"),
     "empty": ("imdb", gzip.compress(b""), "holds no rows"),
-    "one row": ("imdb", gzip.compress(IMDB_ROW + b"\n"), "leaves none to train on"),
+    "one row": ("imdb", gzip.compress(IMDB_ROW + b"\n"), "holds only texts of class 1"),
+    "two rows": ("imdb", gzip.compress(IMDB_ROW + b"\n" + IMDB_ROW.replace(b'"label": 1', b'"label": 0') + b"\n"),
+                 "leaves training documents of one class only"),
     "csv class": ("ag_news", b'"9","title","text"\n', "class '9'"),
     "csv fields": ("ag_news", b'"1","title"\n', "expected 3 fields"),
     "csv unclosed quote": ("ag_news", b'"1","t","' + b"x" * 1_000_001, "not a valid CSV row"),
@@ -279,7 +301,24 @@ def test_odd_data_file_names_the_file(tmp_path, cli, name):
     dataset, data, says = DATA_FILES[name]
     path = write_split(tmp_path / "data", dataset, data)
     argv = train_args(tmp_path / "data", tmp_path, "--dataset", dataset)
-    one_line(cli(train.main, argv), *([says] if name == "one row" else [str(path), says]))
+    one_line(cli(train.main, argv), str(path), says)
+
+
+def folder_bytes(folder):
+    return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("data_dir", ["missing", "file", "/proc", "empty", "one class"])
+def test_bad_data_leaves_an_existing_run_folder_as_it_was(run_copy, cli, data_dir):
+    """The data is read and checked before the run folder is touched: train.log gets no line, nothing is added."""
+    (run_copy / "file").write_text("x")
+    (run_copy / "empty").mkdir()
+    write_split(run_copy / "one class", "imdb", gzip.compress(IMDB_ROW * 10))
+    data = data_dir if data_dir.startswith("/") else str(run_copy / data_dir)
+    before = folder_bytes(run_copy / "run"), folder_bytes(run_copy / "ck")
+    for resume in ([], ["--resume"]):
+        one_line(cli(train.main, train_args(data, run_copy, *resume)), data)
+        assert (folder_bytes(run_copy / "run"), folder_bytes(run_copy / "ck")) == before
 
 
 def test_data_dir_that_is_a_file_or_lacks_the_data_set(tmp_path, cli):
@@ -308,6 +347,22 @@ def test_a_second_training_into_a_busy_run_folder_or_checkpoint_is_refused(run_c
     assert best.read_bytes() == before
 
 
+def test_a_new_run_into_an_interrupted_run_folder_needs_restart(tiny_data, tmp_path, cli, monkeypatch):
+    """A run stopped by Ctrl-C goes on with --resume; the same command without it is refused (its last.pt would be
+    replaced), unless --restart says so."""
+    put_back = ctrl_c_after_steps(monkeypatch, 2, train.SparseDenseAdam)
+    assert cli(train.main, train_args(tiny_data, tmp_path, "--batch_size", "32"))[0] == 130
+    put_back()
+    last = tmp_path / "run" / "last.pt"
+    before = last.read_bytes()
+    one_line(cli(train.main, train_args(tiny_data, tmp_path, "--batch_size", "32")), "interrupted", "--resume",
+             "--restart")
+    assert last.read_bytes() == before
+    one_line(cli(train.main, train_args(tiny_data, tmp_path, "--resume", "--restart")), "choose one")
+    code, _, err = cli(train.main, train_args(tiny_data, tmp_path, "--batch_size", "32", "--restart"))
+    assert code == 0, err
+
+
 def test_unwritable_outputs_end_in_one_line_and_keep_the_best_model(run_copy, tiny_data, cli):
     best = run_copy / "ck" / "best.pt"
     before = best.read_bytes()
@@ -325,10 +380,22 @@ def test_unwritable_outputs_end_in_one_line_and_keep_the_best_model(run_copy, ti
 @pytest.mark.parametrize("flags, says", [
     (["--num_threads", "-1"], "--num_threads"), (["--num_threads", "5000"], "--num_threads"),
     (["--tables_only", "--parts", "quick"], "--tables_only"), (["--data_dir", "/nonexistent/data"], "--data_dir"),
-    (["--parts", "slow"], "--parts"),
+    (["--parts", "slow"], "--parts"), (["--data_dir", ""], "--data_dir"),
 ])
 def test_bench_flags(cli, flags, says):
     one_line(cli(bench.main, flags), says)
+
+
+def test_a_failed_run_of_bench_is_said_once_by_the_run_itself(tmp_path, capfd, monkeypatch):
+    """train.py's own line is the only one: bench.py adds none (ChildFailed)."""
+    real_quick = bench.run_quick
+    monkeypatch.setattr(bench, "run_quick", lambda extra: real_quick(extra, outputs=tmp_path, results=tmp_path / "r"))
+    (tmp_path / "empty").mkdir()
+    readme = (bench.STAGE_DIR / "README.md").read_bytes()
+    with pytest.raises(SystemExit) as info:     # capfd: the child's stderr is that of another process
+        run_main(bench.main, ["--parts", "quick", "--data_dir", str(tmp_path / "empty"), "--num_threads", "1"])
+    one_error_line(info.value.code, capfd.readouterr().err, "--data_dir", "lacks train.jsonl.gz")
+    assert not (tmp_path / "r").exists() and (bench.STAGE_DIR / "README.md").read_bytes() == readme
 
 
 def test_bench_refuses_edited_results_and_keeps_the_readme(tmp_path, cli, monkeypatch):
@@ -404,7 +471,7 @@ def vocab_dict(trained):
 
 
 @settings(max_examples=150, deadline=None)
-@given(key=st.sampled_from(["format", "itos", "ngrams", "buckets", "lowercase"]), value=JSON)
+@given(key=st.sampled_from(["format", "itos", "ngrams", "buckets", "lowercase", "token_pattern"]), value=JSON)
 def test_a_vocabulary_with_any_field_edited_is_read_or_refused(vocab_dict, key, value):
     edited = {**vocab_dict, key: value}
     try:
@@ -414,6 +481,17 @@ def test_a_vocabulary_with_any_field_edited_is_read_or_refused(vocab_dict, key, 
         return
     assert featurizer.itos[0] == "<unk>" and 1 <= featurizer.ngrams <= 5 and featurizer.buckets >= 1
     assert featurizer.features(["a", "b", "c"]).max() < featurizer.num_features
+
+
+def test_a_vocabulary_file_of_another_tokenizer_is_refused(vocab_dict, tmp_path):
+    """The tokenizer fields are compared with this version's, never used: another pattern would give other words."""
+    assert vocab_dict["token_pattern"] == TOKEN_PATTERN and vocab_dict["lowercase"] is True
+    path = tmp_path / "vocab.json"
+    for change in ({"token_pattern": "[a-z]+"}, {"token_pattern": "(["}, {"lowercase": False}, {"lowercase": "yes"}):
+        path.write_text(json.dumps({**vocab_dict, **change}))
+        with pytest.raises(UserError, match="another tokenizer") as info:
+            Featurizer.load(path)
+        assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
 
 
 @FEW
