@@ -46,7 +46,7 @@ from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
 from scripts.monitor import TrainingMonitor
 from scripts.plots import plot_curves
 from scripts.training import ResumableRun
-from stage5_gpt.data.bpe import load_tokenizer
+from stage5_gpt.data.bpe import CharTokenizer, load_tokenizer
 from stage5_gpt.data.corpus import DATA_CACHE, DATASETS, TokenData, prepare, train_tokenizer, windows
 from stage5_gpt.models.gpt import ATTENTION_IMPLS, GPT, GPTConfig
 from stage5_gpt.models.hf import GPT2_NAMES, load_gpt2
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="text to train on " + preset_default("dataset"))
     p.add_argument("--tokenizer", default=None, choices=["char", "bpe"],
-                   help="characters, or byte-level BPE " + preset_default("tokenizer"))
+                   help="characters, or byte-level BPE (--dataset imdb needs bpe) " + preset_default("tokenizer"))
     p.add_argument("--init_from", default="scratch",
                    help="scratch; or GPT-2 weights: gpt2 / gpt2-medium / ... (Hugging Face, online) or a local "
                         "folder holding a transformers GPT-2 (config.json, weights, vocab.json, merges.txt); or a "
@@ -212,6 +212,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--init_from {args.init_from}: no such checkpoint or folder, and not one of "
                             f"{', '.join(GPT2_NAMES[:4])}")
         args.tokenizer = "base" if Path(args.init_from).is_file() else "gpt2"
+    if args.dataset == "imdb" and args.tokenizer == "char":
+        raise UserError("--dataset imdb needs --tokenizer bpe (or --preset imdb): a character model would spell out "
+                        "the <|endoftext|> between reviews letter by letter, and finetune.py needs BPE's token for it")
     if "vocab_size" in typed and args.tokenizer != "bpe":
         raise UserError(f"--vocab_size applies to --tokenizer bpe only; this run uses the {args.tokenizer} "
                         "tokenizer's own vocabulary")
@@ -252,8 +255,12 @@ def checkpoint_config(ckpt: dict[str, Any], where: str) -> tuple[GPTConfig, Any]
     and of its type, sizes within CONFIG_LIMITS, the tokenizer valid, unedited (its fingerprint) and exactly as
     large as the model's embedding."""
     config = config_from_checkpoint(where, ckpt.get("config"), GPTConfig, limits=CONFIG_LIMITS)
+    for key, kind in (("tokenizer", dict), ("tokenizer_fingerprint", str)):   # (load_tokenizer takes a str for a path)
+        if not isinstance(ckpt.get(key), kind):
+            raise UserError(f"{where} holds no {key} (the entry is missing or of the wrong type: edited, or made by "
+                            "another version); retrain the model")
     try:
-        tokenizer = load_tokenizer(ckpt.get("tokenizer"))
+        tokenizer = load_tokenizer(ckpt["tokenizer"])
     except UserError as err:
         raise UserError(f"{where}: {err}") from None
     if ckpt.get("tokenizer_fingerprint") != tokenizer.fingerprint():
@@ -420,6 +427,7 @@ def load_data(args: argparse.Namespace, ddp: Distributed, log: Any, given_tokeni
 
     def make_tokenizer(splits: dict[str, str]) -> Any:
         if given_tokenizer is not None:
+            check_spells(given_tokenizer, splits, args)
             return given_tokenizer
         return train_tokenizer(args.tokenizer, splits, args.vocab_size, args.bpe_train_chars)
 
@@ -429,6 +437,18 @@ def load_data(args: argparse.Namespace, ddp: Distributed, log: Any, given_tokeni
     if not ddp.master:
         data = prepare(args.dataset, args.data_dir, make_tokenizer, name, args.limit, log.info, Path(args.cache_dir))
     return data
+
+
+def check_spells(tokenizer: Any, splits: dict[str, str], args: argparse.Namespace) -> None:
+    """--init_from a character model: its vocabulary must hold every character of --dataset (BPE's bytes hold any
+    text). Said now, naming both flags, rather than as an encoding error about 'the text'."""
+    if not isinstance(tokenizer, CharTokenizer):
+        return
+    unknown = sorted(set(splits["train"]).union(splits["val"]) - set(tokenizer.chars))
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise UserError(f"--init_from {args.init_from} is a character model whose vocabulary lacks {len(unknown)} "
+                        f"character(s) of --dataset {args.dataset} ({shown}); start from a BPE model or from scratch")
 
 
 def random_starts(data: np.ndarray, block_size: int, shape: tuple[int, ...],
