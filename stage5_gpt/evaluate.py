@@ -103,9 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(args.text_file)
         text, dataset = read_text(path, "--text_file"), path.name
     else:
-        dataset = args.dataset or trained_on
-        if dataset is None:
+        if args.init_from and not args.dataset:
             raise UserError("with --init_from, say what to score: --dataset or --text_file")
+        dataset = args.dataset or trained_on
+        if not (isinstance(dataset, str) and dataset in DATASETS):   # an edited checkpoint's entry
+            raise UserError(f"{args.checkpoint} does not say which data set it was trained on (its dataset entry is "
+                            f"{str(dataset)[:40]!r}); say what to score: --dataset or --text_file")
         text = load_text(dataset, args.data_dir)["val"]
     text = text[: args.limit] if args.limit else text
     tick = time.time()
