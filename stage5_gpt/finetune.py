@@ -64,6 +64,13 @@ BATCH = Range(int, lo=1, hi=1 << 16)
 LORA_RANK = Range(int, lo=1, hi=1 << 14)          # and at most the model's width (checked once it is loaded)
 LORA_ALPHA = Range(float, lo=0, hi=1e4, lo_open=True)
 MAX_LEN = Range(int, lo=8, zero_means="the model's context")   # fewer tokens leave no room for a prompt and a text
+# the flags that apply to one choice only: flag -> (the option, its value, the flag's default). Typed with another
+# choice they would be ignored without a word, so they are refused
+ONLY_WITH: dict[str, tuple[str, str, Any]] = {
+    "train_blocks": ("method", "last_blocks", 2), "lora_rank": ("method", "lora", 8),
+    "lora_alpha": ("method", "lora", 16.0), "lora_targets": ("method", "lora", "c_attn,c_proj"),
+    "lora_dropout": ("method", "lora", 0.0), "tasks": ("task", "multi", "imdb,ag_news,translate"),
+}
 # what --resume compares with the saved run: the flags that decide the model, the data order and the schedule
 RESUME_MUST_MATCH = ["base", "scratch", "tasks", "method", "train_blocks", "lora_rank", "lora_alpha", "lora_targets",
                      "lora_dropout", "epochs", "batch_size", "lr", "warmup", "weight_decay", "dropout", "max_len",
@@ -80,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "256 tokens: minutes on a 2-core CPU)")
     p.add_argument("--task", default="imdb", choices=["imdb", "ag_news", "multi"],
                    help="imdb / ag_news: a classification head; multi: text-to-text over --tasks")
-    p.add_argument("--tasks", default="imdb,ag_news,translate",
-                   help=f"comma-separated tasks of --task multi, from {', '.join(T.TASKS)}")
+    p.add_argument("--tasks", default=None,
+                   help=f"--task multi: comma-separated tasks, from {', '.join(T.TASKS)} " + only_default("tasks"))
     p.add_argument("--method", default="full", choices=METHODS,
                    help="what is trained: everything, the head only, the last --train_blocks blocks, or LoRA")
     p.add_argument("--scratch", action=argparse.BooleanOptionalAction, default=False,
@@ -95,15 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
                         ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--batch_size", type=BATCH, default=16, help="examples per step")
 
-    method = p.add_argument_group("method")
-    method.add_argument("--train_blocks", type=POSITIVE_INT, default=2,
-                        help="--method last_blocks: how many blocks train")
-    method.add_argument("--lora_rank", type=LORA_RANK, default=8, help="LoRA rank r")
-    method.add_argument("--lora_alpha", type=LORA_ALPHA, default=16.0,
-                        help="LoRA scale alpha (the update is alpha/r * B A)")
-    method.add_argument("--lora_targets", default="c_attn,c_proj",
-                        help="comma-separated Linear names that get LoRA (c_attn, c_proj, c_fc)")
-    method.add_argument("--lora_dropout", type=FRACTION, default=0.0, help="dropout on the LoRA branch's input")
+    # each of these applies to one --method (or --task) only: default None, so that a flag the user typed for
+    # another method is refused (resolve_args), and the default filled in after
+    method = p.add_argument_group("method (each flag only with its --method)")
+    method.add_argument("--train_blocks", type=POSITIVE_INT, default=None,
+                        help="--method last_blocks: how many blocks train " + only_default("train_blocks"))
+    method.add_argument("--lora_rank", type=LORA_RANK, default=None,
+                        help="--method lora: LoRA rank r " + only_default("lora_rank"))
+    method.add_argument("--lora_alpha", type=LORA_ALPHA, default=None,
+                        help="--method lora: LoRA scale alpha (the update is alpha/r * B A) "
+                             + only_default("lora_alpha"))
+    method.add_argument("--lora_targets", default=None,
+                        help="--method lora: comma-separated Linear names that get LoRA (c_attn, c_proj, c_fc) "
+                             + only_default("lora_targets"))
+    method.add_argument("--lora_dropout", type=FRACTION, default=None,
+                        help="--method lora: dropout on the LoRA branch's input " + only_default("lora_dropout"))
 
     training = p.add_argument_group("training")
     training.add_argument("--warmup", type=FRACTION, default=0.06, help="fraction of the steps spent warming up")
@@ -137,12 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def only_default(key: str) -> str:
+    """How --help states the default of a flag that only one --method (or --task) takes."""
+    return f"(default: {ONLY_WITH[key][2]})"
+
+
 def preset_default(key: str) -> str:
     """How --help states a flag whose default comes from --preset."""
     return "(default: the preset's: " + ", ".join(f"{name} {values[key]}" for name, values in PRESETS.items()) + ")"
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    for name, (option, value, default) in ONLY_WITH.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+        elif getattr(args, option) != value:
+            raise UserError(f"--{name} applies only with --{option} {value}, not --{option} {getattr(args, option)}; "
+                            f"drop --{name} or use --{option} {value}")
     args.preset_max_len = args.max_len is None   # a preset's length gives way to a shorter context; a flag's errs
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None and not (key == "lr" and args.scratch):   # random weights keep their own rate
@@ -275,6 +299,12 @@ def check_finetune_info(info: Any, where: str, model: Any, config: Any) -> None:
         raise bad(f"max_len {str(max_len)[:20]} for a context of {context}")
     if info["ag_news_source"] not in T.AG_NEWS_SOURCES:
         raise bad(f"ag_news_source {str(info['ag_news_source'])[:20]!r}")
+    # what results files copy: method and scratch name the model, base and trainable_params are written as they are
+    if info["method"] not in METHODS or not isinstance(info["scratch"], bool):
+        raise bad(f"method {str(info['method'])[:20]!r}, scratch {str(info['scratch'])[:20]!r}")
+    if not isinstance(info["base"], str) or isinstance(info["trainable_params"], bool) \
+            or not isinstance(info["trainable_params"], int):
+        raise bad(f"base {str(info['base'])[:40]!r}, trainable_params {str(info['trainable_params'])[:20]!r}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -285,11 +315,24 @@ def load_splits(args: argparse.Namespace, tokenizer: Any, log: Any) -> dict[str,
         splits[task] = {split: T.load_task(task, split, args.data_dir, args.ag_news_source,
                                            args.limit if split == "train" else args.eval_limit)
                         for split in ("train", "val", "test")}
+        check_classes(splits[task]["train"], args.limit)
         for data in splits[task].values():
             T.tokenize(tokenizer, data, args.cache_dir or None)
         sizes = ", ".join(f"{len(d):,} {s}" for s, d in splits[task].items())
         log.info(f"{task} ({splits[task]['test'].source}): {sizes}")
     return splits
+
+
+def check_classes(data: T.TaskData, limit: int) -> None:
+    """Training examples of a classification task must hold two classes at least: with one, the head learns to
+    answer it always and the run reports a success. A small --limit (or a tiny data file's split) can leave one."""
+    present = sorted(set(data.labels))
+    if data.labels and len(present) < 2:
+        only = data.classes[present[0]] if present else "none"
+        cause = (f"--limit {limit} leaves" if limit else "the training part of the data (its 90/10 split) holds")
+        raise UserError(f"{cause} only one class ({only}) of {data.task}'s {len(data.classes)} in its {len(data):,} "
+                        "training example(s): a classifier needs two at least"
+                        + (f"; raise --limit to {len(data.classes)} or more" if limit else "; check the data files"))
 
 
 def encode_train(args: argparse.Namespace, tokenizer: Any, splits: dict[str, dict[str, T.TaskData]],

@@ -52,8 +52,8 @@ def read(path: Path) -> dict:
 @pytest.mark.parametrize("method", ["full", "head", "last_blocks", "lora", "scratch"])
 def test_each_method_trains_only_its_parameters_and_scores_the_test_split(base, ft_data, tmp_path, cli, method):
     extra = ["--scratch", "--lr", "3e-3"] if method == "scratch" else ["--method", method, "--lr", "3e-3"]
-    code, _, err = cli(finetune.main, ft_args(base, ft_data, tmp_path, "--task", "imdb", "--train_blocks", "1",
-                                              "--lora_rank", "2", *extra))
+    extra += {"last_blocks": ["--train_blocks", "1"], "lora": ["--lora_rank", "2"]}.get(method, [])
+    code, _, err = cli(finetune.main, ft_args(base, ft_data, tmp_path, "--task", "imdb", *extra))
     assert code == 0, err
     result = read(tmp_path / "run" / "test_imdb.json")
     assert result["model"] == f"gpt_{method}" and result["test_size"] == 100 and result["train_size"] == 360
