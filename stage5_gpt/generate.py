@@ -5,6 +5,7 @@
     python generate.py --checkpoint checkpoints/gpt_gutenberg_bpe.pt --prompt "It was a dark night"
     python generate.py --init_from gpt2 --prompt "Hello"                  # OpenAI's GPT-2 weights (online)
     python generate.py --interactive                                      # a prompt loop; :help lists commands
+    python generate.py --interactive --prompt "ROMEO:"                    # this prompt first, then the loop
     python generate.py --prompt "ROMEO:" --no-kv_cache                    # recompute the whole context per token
     python generate.py --checkpoint checkpoints/ft_multi_full.pt --task translate --prompt "A dog runs."
     python generate.py --checkpoint checkpoints/ft_multi_full.pt --interactive    # then :task imdb / translate
@@ -28,7 +29,7 @@ import codecs
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer JSON to use; must be the one the checkpoint was trained with (default: its own)")
     p.add_argument("--prompt", default=None,
                    help="text to continue (default: a new line, or <|endoftext|> for a BPE model)")
-    p.add_argument("--interactive", action="store_true", help="read prompts from the keyboard, one per line")
+    p.add_argument("--interactive", action="store_true",
+                   help="read prompts from the keyboard, one per line (with --prompt, that text is answered first)")
     p.add_argument("--task", default=None, help="a fine-tuned multi-task model: wrap the prompt in this task's prompt")
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--max_new_tokens", type=Range(int, lo=1, hi=MAX_NEW_TOKENS), default=500,
@@ -73,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--top_p", type=SETTING_RANGES["top_p"], default=0.95,
                           help="nucleus sampling: the smallest set of tokens with probability p")
     sampling.add_argument("--num_samples", type=Range(int, lo=1, hi=1000), default=1,
-                          help="independent samples for the prompt")
+                          help="independent samples for the prompt (not with --interactive)")
     sampling.add_argument("--kv_cache", action=argparse.BooleanOptionalAction, default=True,
                           help="keep each layer's keys and values; without, the whole context is recomputed for "
                                "every token (same tokens, slower)")
@@ -201,11 +203,24 @@ def classify(model: tasks.GPTClassifier, tokenizer: Any, text: str, device: torc
                                                                      for c in order[1:])
 
 
-def classify_loop(model: tasks.GPTClassifier, tokenizer: Any, device: torch.device) -> int:
+def classify_loop(model: tasks.GPTClassifier, tokenizer: Any, device: torch.device, first: str | None = None) -> int:
     info = model.finetune
     banner = (f"a {info['tasks'][0]} classifier ({', '.join(info['classes'][info['tasks'][0]])}). "
               "Type a text and press Enter; :help lists commands, :quit or Ctrl-D leaves.")
-    return Repl({}).loop(lambda line: print(classify(model, tokenizer, line, device)), banner)
+    return Repl({}).loop(lambda line: print(classify(model, tokenizer, line, device)), banner,
+                         read=first_then_keyboard(first))
+
+
+def first_then_keyboard(first: str | None) -> Callable[[str], str]:
+    """The interactive loop's reader: `first` (--prompt) as if it had been typed, then the keyboard."""
+    pending = [first] if first is not None else []
+
+    def read(prompt: str) -> str:
+        if pending:
+            print(prompt + pending[0], flush=True)
+            return pending.pop()
+        return input(prompt)
+    return read
 
 
 def interactive(model: GPT, tokenizer: Any, args: argparse.Namespace, device: torch.device) -> int:
@@ -259,7 +274,7 @@ def interactive(model: GPT, tokenizer: Any, args: argparse.Namespace, device: to
     if info and info["kind"] == "prompt":
         banner += (f"\nfine-tuned on {', '.join(info['tasks'])}: ':task NAME' wraps each line in that task's prompt "
                    f"(now: {args.task or 'none'})")
-    return repl.loop(answer, banner)
+    return repl.loop(answer, banner, read=first_then_keyboard(args.prompt))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,10 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_flags(args)
     set_threads(args.num_threads)
     device = get_device(args.device)
+    if args.interactive and args.num_samples != 1:
+        raise UserError("--num_samples applies to one --prompt; the interactive loop answers each line once")
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("--prompt is empty; give some text to continue (or leave --prompt out to start fresh)")
     model, tokenizer, _ = load_model(args, device, classifier_ok=True)
     if isinstance(model, tasks.GPTClassifier):
         if args.interactive:
-            return classify_loop(model, tokenizer, device)
+            return classify_loop(model, tokenizer, device, args.prompt)
         if not (args.prompt or "").strip():
             raise UserError(f"{args.checkpoint} is a classifier: give the text to classify with --prompt")
         print(classify(model, tokenizer, args.prompt, device))
@@ -279,8 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         task_prompt(model, tokenizer, args.task, "x")   # a clear error now for a wrong task or model
     if args.interactive:
         return interactive(model, tokenizer, args, device)
-    if args.prompt is not None and not args.prompt.strip():
-        raise UserError("--prompt is empty; give some text to continue (or leave --prompt out to start fresh)")
     prompt = args.prompt if args.prompt is not None else default_prompt(tokenizer)
     if args.task:
         ids, note = task_prompt(model, tokenizer, args.task, prompt), None
