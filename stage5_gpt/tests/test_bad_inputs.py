@@ -103,6 +103,7 @@ TRAIN_FLAGS = [
     (["--bpe_train_chars", "-1"], "--bpe_train_chars"), (["--seed", str(2 ** 64)], "--seed"),
     (["--num_threads", "-1"], "--num_threads"), (["--init_from", "no_such_model"], "--init_from"),
     (["--limit", "10"], "--limit"), (["--lr", "0.001", "--min_lr", "nan"], "--min_lr"),
+    (["--dataset", "imdb", "--tokenizer", "char"], "--tokenizer bpe"), (["--dataset", "imdb"], "--dataset imdb"),
 ]
 
 
@@ -110,6 +111,14 @@ TRAIN_FLAGS = [
 def test_train_refuses_bad_flags_in_one_line(lm_data, tmp_path, cli, flags, name):
     code, _, err = cli(train.main, tiny_args(lm_data, tmp_path, *flags))
     one_error_line(code, err, name)
+    assert not (tmp_path / "best.pt").exists()
+
+
+def test_train_says_imdb_needs_bpe(char_model, tiny_data, tmp_path, cli):
+    assert "--dataset imdb needs bpe" in " ".join(train.build_parser().format_help().split())
+    # a character model to start from cannot spell the reviews either: said before any training, naming both flags
+    code, _, err = cli(train.main, tiny_args(tiny_data, tmp_path, "--dataset", "imdb", "--init_from", char_model))
+    one_error_line(code, err, "--init_from", "--dataset imdb", "'<'")
     assert not (tmp_path / "best.pt").exists()
 
 
@@ -262,6 +271,9 @@ CHECKPOINT_EDITS = [
                         tokenizer_fingerprint=CharTokenizer(CHARS[:-3]).fingerprint()), "entries"),
     (lambda c: c.update(tokenizer={"type": "char", "chars": ["a", "a"], "format": "stage5-char-v1"}), "distinct"),
     (lambda c: c.update(config=[1, 2]), "config"),
+    (lambda c: c.pop("tokenizer"), "no tokenizer"), (lambda c: c.update(tokenizer=None), "no tokenizer"),
+    (lambda c: c.update(tokenizer="tok.json"), "no tokenizer"),
+    (lambda c: c.pop("tokenizer_fingerprint"), "no tokenizer_fingerprint"),
 ]
 
 
@@ -288,6 +300,8 @@ FINETUNE_INFO_EDITS = [
     (lambda i: i.update(tasks="imdb"), "tasks"), (lambda i: i.update(classes={"imdb": ["pos"]}), "classes"),
     (lambda i: i.update(classes={"imdb": "neg,pos"}), "classes"), (lambda i: i.update(max_len=10 ** 6), "max_len"),
     (lambda i: i.pop("method"), "method"), (lambda i: i.update(ag_news_source="web"), "ag_news_source"),
+    (lambda i: i.update(method="prefix"), "method"), (lambda i: i.update(scratch="yes"), "scratch"),
+    (lambda i: i.update(base=None), "base"), (lambda i: i.update(trainable_params="all"), "trainable_params"),
 ]
 
 
@@ -298,6 +312,30 @@ def test_edited_fine_tuning_records_are_refused(classifier, tmp_path, cli, edit,
     argv = ["--checkpoint", path, "--prompt", "a film"] if program is generate.main else ["--checkpoint", path]
     code, _, err = cli(program, argv)
     one_error_line(code, err, name, path.name)
+
+
+@pytest.mark.parametrize("edit", [lambda c: c.pop("dataset"), lambda c: c.update(dataset=["shakespeare"]),
+                                  lambda c: c.update(dataset="poetry")], ids=["missing", "a-list", "unknown"])
+def test_evaluate_refuses_a_checkpoint_that_does_not_name_its_data_set(char_model, lm_data, tmp_path, cli, edit):
+    path = edited(char_model, tmp_path, edit)
+    code, _, err = cli(evaluate.main, ["--checkpoint", path, "--data_dir", lm_data, "--metrics_out",
+                                       tmp_path / "m.json"])
+    one_error_line(code, err, path.name, "--dataset or --text_file")
+    # the text to score named on the command line, the entry is not needed
+    code, _, err = cli(evaluate.main, ["--checkpoint", path, "--data_dir", lm_data, "--dataset", "shakespeare",
+                                       "--limit", "200", "--metrics_out", tmp_path / "m.json"])
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("edit", [lambda c: c.pop("args"), lambda c: c.update(args=5)], ids=["missing", "an-int"])
+def test_a_checkpoint_without_its_training_flags_still_loads(char_model, lm_data, tmp_path, cli, edit):
+    """The flags it was trained with (args) only describe the model: generate.py and evaluate.py do without them."""
+    path = edited(char_model, tmp_path, edit)
+    code, _, err = cli(generate.main, ["--checkpoint", path, "--max_new_tokens", "2"])
+    assert code == 0, err
+    code, _, err = cli(evaluate.main, ["--checkpoint", path, "--data_dir", lm_data, "--limit", "200",
+                                       "--metrics_out", tmp_path / "m.json"])
+    assert code == 0, err
 
 
 def test_a_classifier_with_another_number_of_classes_is_refused(classifier, tmp_path, cli):
@@ -321,6 +359,25 @@ GENERATE_FLAGS = [
 @pytest.mark.parametrize("flags, name", GENERATE_FLAGS, ids=[" ".join(f) for f, _ in GENERATE_FLAGS])
 def test_generate_refuses_bad_flags_in_one_line(char_model, cli, flags, name):
     code, out, err = cli(generate.main, ["--checkpoint", char_model, "--max_new_tokens", "3", *flags])
+    one_error_line(code, err, name)
+
+
+def test_generate_interactive_answers_the_prompt_first(char_model, classifier, cli):
+    """--interactive --prompt X: X is answered as if typed first, then the keyboard is read (here: end of input)."""
+    with mock.patch.object(sys, "stdin", TypedLines(["ba"])):
+        code, out, err = cli(generate.main, ["--checkpoint", char_model, "--interactive", "--prompt", "ab",
+                                             "--max_new_tokens", "2"])
+    assert code == 0, err
+    assert "> ab\nab" in out and "> ba" in out and out.index("> ab") < out.index("> ba")   # (input() echoes no pipe)
+    with mock.patch.object(sys, "stdin", TypedLines([])):
+        code, out, err = cli(generate.main, ["--checkpoint", classifier, "--interactive", "--prompt", "a good film"])
+    assert code == 0, err
+    assert "> a good film\n" in out and ("neg (" in out or "pos (" in out)
+
+
+@pytest.mark.parametrize("flags, name", [(["--num_samples", "2"], "--num_samples"), (["--prompt", " "], "--prompt")])
+def test_generate_interactive_refuses_what_it_would_ignore(char_model, cli, flags, name):
+    code, _, err = cli(generate.main, ["--checkpoint", char_model, "--interactive", *flags])
     one_error_line(code, err, name)
 
 
@@ -367,6 +424,11 @@ FINETUNE_FLAGS = [
     (["--task", "multi", "--tasks", ","], "--tasks"), (["--task", "multi", "--tasks", "imdb,imdb"], "--tasks"),
     (["--task", "multi", "--method", "head"], "--method"), (["--scratch", "--method", "lora"], "--scratch"),
     (["--task", "sentiment"], "--task"), (["--base", "no_such.pt"], "no_such.pt"),
+    (["--method", "head", "--lora_rank", "4"], "--lora_rank applies only with --method lora"),
+    (["--lora_alpha", "8"], "--lora_alpha"), (["--method", "last_blocks", "--lora_targets", "c_fc"], "--lora_targets"),
+    (["--method", "head", "--lora_dropout", "0.1"], "--lora_dropout"),
+    (["--method", "lora", "--train_blocks", "1"], "--train_blocks applies only with --method last_blocks"),
+    (["--tasks", "imdb,translate"], "--tasks applies only with --task multi"),
 ]
 
 
@@ -375,6 +437,23 @@ def test_finetune_refuses_bad_flags_in_one_line(bpe_model, tmp_path, cli, flags,
     code, _, err = cli(finetune.main, ["--base", bpe_model, "--out_dir", tmp_path / "run", "--checkpoint",
                                        tmp_path / "ft.pt", "--device", "cpu", *flags])
     one_error_line(code, err, name)
+    assert not (tmp_path / "ft.pt").exists()
+
+
+def test_finetune_fills_in_the_defaults_of_the_other_methods_flags():
+    """The flags of one method default to None so that a typed one can be refused with another method; left out,
+    they take their defaults whatever the method (--resume compares them with the saved run's)."""
+    for method in finetune.METHODS:
+        args = finetune.resolve_args(finetune.build_parser().parse_args(["--method", method]))
+        assert (args.train_blocks, args.lora_rank, args.lora_alpha, args.lora_targets, args.lora_dropout,
+                args.tasks) == (2, 8, 16.0, "c_attn,c_proj", 0.0, "imdb,ag_news,translate")
+
+
+def test_finetune_refuses_training_data_of_one_class(bpe_model, tiny_data, tmp_path, cli):
+    code, _, err = cli(finetune.main, ["--base", bpe_model, "--data_dir", tiny_data, "--out_dir", tmp_path / "run",
+                                       "--checkpoint", tmp_path / "ft.pt", "--cache_dir", "", "--limit", "1",
+                                       "--device", "cpu"])
+    one_error_line(code, err, "--limit 1", "one class", "imdb")
     assert not (tmp_path / "ft.pt").exists()
 
 
