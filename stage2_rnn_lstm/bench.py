@@ -13,7 +13,6 @@ results/overview.json (quick, default and GPU runs in one schema for the course'
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import resource
 import shutil
@@ -27,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from scripts.checks import THREADS
-from scripts.common import ArgParser, UserError, hardware, read_json, run_main, write_json
-from scripts.report import load_results, markdown_table, run_script, short_paths, update_file
+from scripts.common import ArgParser, ChildFailed, hardware, path_arg, read_json, run_main, write_json
+from scripts.report import load_results, markdown_table, short_paths, update_file
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
 from stage2_rnn_lstm import train as train_module
 from stage2_rnn_lstm.evaluate import load_language_model
@@ -41,7 +40,14 @@ DEFAULT_PARTS = ("char", "word", "speed", "classify")
 QUICK_COMMAND = "python stage2_rnn_lstm/train.py --preset quick"
 
 
-run = functools.partial(run_script, STAGE_DIR)   # run("train.py", flags...): a stage program, echoed
+def run(script: str, *argv: str) -> None:
+    """Run one of the stage's programs as a learner would (a fresh Python process), echoing the command. A failure
+    ends the benchmark with the program's exit status; its own one-line message says why (no second line here)."""
+    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
+    print("$", " ".join(cmd[1:]), flush=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise ChildFailed(code)
 
 
 def language_model(vocab_type: str, extra: list[str]) -> None:
@@ -108,7 +114,8 @@ def write_sample(vocab_type: str) -> None:
             "--temperature", "0.8", "--seed", "0"]
     sample = subprocess.run([sys.executable, str(STAGE_DIR / "generate.py"), *argv], capture_output=True, text=True)
     if sample.returncode != 0:
-        raise UserError(f"generate.py failed: {sample.stderr.strip()}")
+        sys.stderr.write(sample.stderr)     # generate.py's own one-line message
+        raise ChildFailed(sample.returncode)
     shown = " ".join(f"'{a}'" if " " in a or ":" in a else a for a in argv[2:])
     write_json(RESULTS / f"lstm_{vocab_type}_sample.json",
                {"text": sample.stdout, "command": f"python stage2_rnn_lstm/generate.py --checkpoint "
@@ -301,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="which measurements to run")
     parser.add_argument("--tables_only", action=argparse.BooleanOptionalAction, default=False,
                         help="only rebuild the README tables from results/")
-    parser.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
+    parser.add_argument("--data_dir", type=path_arg, default=None,
+                        help="folder holding the data sets (default: $MY_LLM_DATA)")
     parser.add_argument("--num_threads", type=THREADS, default=0,
                         help="CPU threads for torch in the programs run (0: torch's default, one per core)")
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@
     python stage2_rnn_lstm/generate.py --checkpoint stage2_rnn_lstm/checkpoints/best_lstm_word.pt \\
         --prompt "the company said" --top_p 0.9
     python stage2_rnn_lstm/generate.py --interactive     # a prompt loop; :help lists the commands
+    python stage2_rnn_lstm/generate.py --interactive --prompt "ROMEO:"   # that prompt first, then the loop
 
 Without --checkpoint it loads the newest best language model in checkpoints/ (else the newest run's last.pt, e.g.
 of a run still training or stopped with Ctrl-C) and says which.
@@ -17,7 +18,7 @@ from typing import Any, Callable, Sequence, TextIO
 import torch
 
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, describe_model, get_device,
-                            run_main, set_threads)
+                            path_arg, run_main, set_threads)
 from scripts.checks import Range
 from scripts.repl import SETTING_RANGES, Repl, check_setting
 from stage2_rnn_lstm.data.corpus import EOS, Vocabulary
@@ -61,12 +62,28 @@ def stream(model: RNNLanguageModel, vocab: Vocabulary, prompt: str, settings: di
 
 
 def interactive(model: RNNLanguageModel, vocab: Vocabulary, settings: dict[str, Any], device: torch.device,
-                read: Callable[[str], str] | None = None) -> int:
-    """The prompt loop: every line is a prompt to continue or a :command (scripts/repl.py); returns exit status 0."""
+                read: Callable[[str], str] | None = None, first: str | None = None) -> int:
+    """The prompt loop: every line is a prompt to continue or a :command (scripts/repl.py); returns exit status 0.
+    `first` (--prompt) is answered first, as if it had been typed at the prompt."""
     repl = Repl(settings)
+    if first is not None:
+        read = typed_first(first, read)
     return repl.loop(lambda line: stream(model, vocab, line, repl.settings, sys.stdout, device), read=read,
                      banner=f"{model.config.model_type.upper()} {vocab.kind}-level model, vocabulary "
                             f"{len(vocab)}. Type a prompt; :help lists the commands; Ctrl-D quits.")
+
+
+def typed_first(line: str, read: Callable[[str], str] | None) -> Callable[[str], str]:
+    """A `read` for the loop that gives `line` first (shown after the prompt, as the terminal would show it typed),
+    then reads as usual."""
+    pending = [line]
+
+    def read_line(prompt: str) -> str:
+        if pending:
+            print(prompt + pending[0], flush=True)
+            return pending.pop()
+        return (read or input)(prompt)
+    return read_line
 
 
 def allowed(name: str) -> str:
@@ -79,8 +96,11 @@ def allowed(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Sample text from a stage 2 language model.")
     add_checkpoint_arg(p, None, help=CHECKPOINT_HELP)
-    p.add_argument("--vocab", default=None, help="vocabulary JSON (optional: the checkpoint holds its own)")
-    p.add_argument("--prompt", default=None, help="text to continue (a newline for a char model, <eos> for a word one)")
+    p.add_argument("--vocab", type=path_arg, default=None,
+                   help="vocabulary JSON (optional: the checkpoint holds its own)")
+    p.add_argument("--prompt", default=None,
+                   help="text to continue (a newline for a char model, <eos> for a word one); with --interactive, "
+                        "answered first, then the loop goes on")
     p.add_argument("--max_new_tokens", "--length", dest="max_new_tokens", type=int, default=300,
                    help=f"tokens to generate ({allowed('max_new_tokens')})")
     p.add_argument("--temperature", type=float, default=0.8,
@@ -116,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, vocab, ckpt = load_language_model(checkpoint, args.vocab, device)
     if args.interactive:
         print(describe_model(checkpoint, ckpt))
-        return interactive(model, vocab, settings, device)
+        return interactive(model, vocab, settings, device, first=args.prompt)
     prompt = args.prompt if args.prompt is not None else ("\n" if vocab.kind == "char" else EOS)
     if not prompt.strip() and vocab.kind == "word":
         raise UserError("--prompt is empty; give some words to continue, e.g. --prompt \"the market\"")
