@@ -20,10 +20,10 @@ import torch
 from scripts.checks import POSITIVE_INT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_vocab_fits,
                             config_from_checkpoint, count_params, describe_model, find_model, get_device,
-                            load_checkpoint, model_from_checkpoint, run_main, set_threads, write_metrics)
+                            load_checkpoint, model_from_checkpoint, path_arg, run_main, set_threads, write_metrics)
 from stage2_rnn_lstm.data.corpus import MAX_VOCAB, Vocabulary, batchify, describe_split, load_corpus
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
-from stage2_rnn_lstm.train import MODEL_NAME, PRESETS, STAGE, check_size, evaluate_stream
+from stage2_rnn_lstm.train import MODEL_NAME, PRESETS, STAGE, check_size, evaluate_stream, perplexity
 
 STAGE_DIR = Path(__file__).resolve().parent
 # where the newest language model is looked for without --checkpoint (the classifier's checkpoints do not match)
@@ -68,6 +68,11 @@ def load_language_model(checkpoint: str | Path, vocab_path: str | None,
     if config.tie_weights and not torch.equal(state["embedding.weight"], state["decoder.weight"]):
         raise UserError(f"{checkpoint}: the config says tie_weights but the saved embedding and decoder differ "
                         "(the config was edited); retrain the model")
+    # NaN or infinite weights would score NaN and make sampling fail halfway: say so now
+    broken = next((name for name, value in state.items() if not torch.isfinite(value).all()), None)
+    if broken is not None:
+        raise UserError(f"{checkpoint}: the weight {broken} holds NaN or infinite numbers (a run that diverged, or "
+                        "an edited file); use another checkpoint or retrain with a smaller --lr")
     return model.to(device).eval(), vocab, ckpt
 
 
@@ -81,14 +86,15 @@ def preset_of(ckpt: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Evaluate a stage 2 language model.")
     add_checkpoint_arg(p, None, help=CHECKPOINT_HELP)
-    p.add_argument("--vocab", default=None, help="vocabulary JSON (optional: the checkpoint holds its own)")
+    p.add_argument("--vocab", type=path_arg, default=None,
+                   help="vocabulary JSON (optional: the checkpoint holds its own)")
     p.add_argument("--split", default=None, choices=["valid", "test"],
                    help="default: test for PTB, valid for Shakespeare (which has no test split)")
     p.add_argument("--batch_size", type=POSITIVE_INT, default=16, help="parallel streams while scoring")
     p.add_argument("--seq_len", type=POSITIVE_INT, default=128,
                    help="tokens per forward pass (the state carries over)")
-    p.add_argument("--out_dir", default=None, help="default: runs/eval_<model>_<vocab> in this stage")
-    p.add_argument("--metrics_out", default=None, help="also write metrics.json here")
+    p.add_argument("--out_dir", type=path_arg, default=None, help="default: runs/eval_<model>_<vocab> in this stage")
+    p.add_argument("--metrics_out", type=path_arg, default=None, help="also write metrics.json here")
     add_common_args(p, seed_help="unused: scoring draws no random numbers")
     return p
 
@@ -111,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loss = evaluate_stream(model, data, args.seq_len, device)
     seconds = time.time() - started
     scored = data[:, 1:]  # every token but the first of each stream is predicted once
-    metrics = {"loss": loss, "ppl": math.exp(loss), "bits_per_token": loss / math.log(2),
+    metrics = {"loss": loss, "ppl": perplexity(loss), "bits_per_token": loss / math.log(2),
                "tokens": scored.numel(), "unknown_rate": (scored == vocab.unk_id).float().mean().item()}
     config = model.config
     preset = preset_of(ckpt)      # train.py's name for the model (metrics.json)
@@ -125,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_metrics(Path(args.metrics_out), **common)
     unit = "bits per character" if kind == "char" else "bits per word"
     print(f"{dataset} {split} ({scored.numel():,} {kind}s scored), {name} from {args.checkpoint}")
-    print(f"  loss {loss:.4f} nats/token   perplexity {math.exp(loss):.2f}   {loss / math.log(2):.3f} {unit}")
+    print(f"  loss {loss:.4f} nats/token   perplexity {perplexity(loss):.2f}   {loss / math.log(2):.3f} {unit}")
     print(f"  wrote {out_dir / 'metrics.json'}")
     return 0
 

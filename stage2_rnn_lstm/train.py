@@ -16,8 +16,10 @@ history.json and curves.png in the run folder, logs to TensorBoard and prints a 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +27,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from scripts.checks import CLIP, COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Range, check_args
+from scripts.checks import CLIP, COUNT, FRACTION, NON_NEGATIVE, POSITIVE_INT, Range, check_args
 from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, checkpoint_header, count_params,
                             get_device, model_from_checkpoint, run_main, save_checkpoint, set_seed, set_threads,
                             setup_logging, warmup_cosine, write_metrics)
@@ -65,9 +67,10 @@ SAMPLE_TEMPERATURE, SAMPLE_SEED = 0.8, 0
 # so that a typo such as --hidden_dim 5120000 is refused in one line instead of filling the memory
 WIDTH = Range(int, lo=1, hi=65_536)                 # --embed_dim, --hidden_dim
 LAYERS = Range(int, lo=1, hi=64)                    # --num_layers
+LR = Range(float, lo=0, hi=1, lo_open=True)         # --lr: 0 would train nothing; AdamW above 1 only diverges
 MAX_PARAMS = 500_000_000                            # the default char model has 3.3 million
 MAX_STEP_NUMBERS = 1 << 29                          # floats one training step holds for logits and states (2 GiB)
-FLAG_RANGES = dict(epochs=POSITIVE_INT, lr=POSITIVE, batch_size=POSITIVE_INT, embed_dim=WIDTH, hidden_dim=WIDTH,
+FLAG_RANGES = dict(epochs=POSITIVE_INT, lr=LR, batch_size=POSITIVE_INT, embed_dim=WIDTH, hidden_dim=WIDTH,
                    num_layers=LAYERS, dropout=FRACTION, seq_len=POSITIVE_INT, clip=CLIP, weight_decay=NON_NEGATIVE)
 
 
@@ -94,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scratch: the cells of models/cells.py; torch: nn.RNN/nn.LSTM/nn.GRU")
     p.add_argument("--epochs", type=POSITIVE_INT, default=None,
                    help="passes over the training text " + preset_default("epochs"))
-    p.add_argument("--lr", type=POSITIVE, default=None, help="peak AdamW learning rate " + preset_default("lr"))
+    p.add_argument("--lr", type=LR, default=None, help="peak AdamW learning rate " + preset_default("lr"))
     p.add_argument("--batch_size", type=POSITIVE_INT, default=None,
                    help="parallel text streams " + preset_default("batch_size"))
 
@@ -144,6 +147,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         wanted = "word" if args.dataset == "ptb" else "char"
         raise UserError(f"--dataset {args.dataset} goes with --vocab_type {wanted}")
     check_args(args, **FLAG_RANGES)        # the preset's values obey the same rules as typed ones
+    if args.lr * args.weight_decay >= 1:   # AdamW multiplies each weight by (1 - lr * weight_decay) every step
+        raise UserError(f"--lr {args.lr:g} times --weight_decay {args.weight_decay:g} must be below 1 (each step "
+                        "would zero or flip every weight); lower one of them")
     if args.tie_weights and args.embed_dim != args.hidden_dim:
         raise UserError(f"--tie_weights needs --embed_dim == --hidden_dim (got {args.embed_dim} and "
                         f"{args.hidden_dim}); change one, or pass --no-tie_weights")
@@ -181,14 +187,17 @@ def model_label(args: argparse.Namespace) -> str:
     return f"{args.model_type}_{args.vocab_type}_{args.impl}{suffix}"
 
 
-def load_data(args: argparse.Namespace, saved_vocab: dict | None,
-              log: logging.Logger) -> tuple[Vocabulary, torch.Tensor, torch.Tensor, int]:
+def load_data(args: argparse.Namespace, resume: dict[str, Any] | None,
+              log: logging.Logger) -> tuple[Vocabulary, torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The vocabulary (the resumed run's, else built from the training text), the batchified training and
-    validation streams, and the number of training tokens."""
+    validation streams, and the data's fingerprint (saved in last.pt, so that --resume can tell other text)."""
     splits, kind = load_corpus(args.dataset, args.data_dir)
+    data = fingerprint(splits)
+    if resume is not None:
+        check_same_data(args, resume, data)
     train_tokens = splits["train"][: args.limit] if args.limit else splits["train"]
     where = Path(args.out_dir) / "last.pt"
-    vocab = (Vocabulary.from_dict(saved_vocab, str(where)) if saved_vocab is not None
+    vocab = (Vocabulary.from_dict(resume.get("vocab", {}), str(where)) if resume is not None
              else Vocabulary.build(splits["train"], kind, where=describe_split(args.dataset, "train")))
     if vocab.kind != kind:
         raise UserError(f"{where} holds a {vocab.kind} vocabulary, but {args.dataset} is read as {kind}s; "
@@ -196,11 +205,39 @@ def load_data(args: argparse.Namespace, saved_vocab: dict | None,
     what = (f"the first {len(train_tokens):,} tokens (--limit {args.limit})" if args.limit
             else describe_split(args.dataset, "train"))
     train_data = batchify(vocab.encode(train_tokens), args.batch_size, what)                # (B, N / B)
+    # a BPTT window longer than a stream would be cut to the stream's length without a word: say so instead
+    if args.seq_len > train_data.shape[1] - 1:
+        raise UserError(f"--seq_len {args.seq_len} is longer than each of the --batch_size {args.batch_size} "
+                        f"streams of {what} ({train_data.shape[1] - 1:,} tokens to predict each); use --seq_len "
+                        f"{train_data.shape[1] - 1} or less, or a smaller --batch_size")
     valid_data = batchify(vocab.encode(splits["valid"]), min(args.batch_size, 16),
                           describe_split(args.dataset, "valid"))
     log.info(f"{args.dataset}: {len(train_tokens):,} train / {len(splits['valid']):,} valid {kind}s, "
              f"vocabulary {len(vocab)}; run folder {args.out_dir}")
-    return vocab, train_data, valid_data, len(train_tokens)
+    return vocab, train_data, valid_data, {**data, "train_size": len(train_tokens)}
+
+
+def fingerprint(splits: dict[str, list[str]]) -> dict[str, Any]:
+    """sha256 and lengths of the training and validation text: the same --dataset read from another --data_dir
+    (another text) gives other numbers."""
+    digest = hashlib.sha256()
+    for split in ("train", "valid"):
+        digest.update("\x00".join(splits[split]).encode("utf-8", "surrogatepass") + b"\x01")
+    return {"sha256": digest.hexdigest(), "tokens": [len(splits["train"]), len(splits["valid"])]}
+
+
+def check_same_data(args: argparse.Namespace, resume: dict[str, Any], data: dict[str, Any]) -> None:
+    """--resume must read the text the run was trained on (a last.pt saved before fingerprints has none: let it be)."""
+    saved = resume.get("data")
+    if saved is None or saved == data:
+        return
+    old_args = resume.get("args") if isinstance(resume.get("args"), dict) else {}
+
+    def folder(value: Any) -> str:
+        return f"--data_dir {value}" if value else "the default data folder"
+    raise UserError(f"--resume: {Path(args.out_dir) / 'last.pt'} was trained on other {args.dataset} text (from "
+                    f"{folder(old_args.get('data_dir'))}) than {folder(args.data_dir)} holds now; resume with the "
+                    "run's own data, or start a new run with another --out_dir")
 
 
 @torch.no_grad()
@@ -229,6 +266,7 @@ def train_one_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer
             group["lr"] = lr
         logits, hidden = model(inputs.to(device), state["hidden"])                       # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten())
+        check_finite(loss.item(), "training", state["global_step"] + 1, args.lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # --clip 0 turns clipping off: an infinite bound leaves the gradients as they are (the norm is still logged)
@@ -250,6 +288,19 @@ def train_one_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer
     return tokens, time.time() - tick
 
 
+def check_finite(loss: float, what: str, step: int, lr: float) -> None:
+    """A loss that became NaN or infinite ends the run in one line: nothing after it could be trusted, so neither
+    last.pt (the last evaluation's state) nor the best checkpoint is written over."""
+    if not math.isfinite(loss):
+        raise UserError(f"the {what} loss became {loss} at step {step:,}: the model diverged; use a smaller --lr "
+                        f"(now {lr:g})")
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), or inf where that overflows a float (a loss above about 709 nats)."""
+    return math.exp(loss) if loss < math.log(sys.float_info.max) else math.inf
+
+
 @torch.no_grad()
 def sample_text(model: RNNLanguageModel, vocab: Vocabulary, device: torch.device) -> str:
     """The fixed-prompt, fixed-seed sample shown at every evaluation (its own generator: the training RNG is left
@@ -268,7 +319,7 @@ def epoch_row(state: dict[str, Any], val_loss: float, tokens: int, seconds: floa
     """One line of history.json: the epoch's mean training loss, validation loss, perplexity and bits per token."""
     return {"epoch": state["epoch"] + 1, "steps": state["global_step"],
             "train_loss": state["epoch_loss_sum"] / max(state["epoch_tokens"], 1), "val_loss": val_loss,
-            "val_ppl": math.exp(val_loss), "val_bpc": val_loss / math.log(2),
+            "val_ppl": perplexity(val_loss), "val_bpc": val_loss / math.log(2),
             "tokens_per_s": tokens / max(seconds, 1e-9), "lr": lr, "elapsed_s": state["train_seconds"]}
 
 
@@ -284,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "best_val_loss": math.inf, "best_epoch": 0, "history": [], "train_seconds": 0.0,
                            "epoch_loss_sum": 0.0, "epoch_tokens": 0})
     log = setup_logging(out_dir)
-    vocab, train_data, valid_data, train_size = load_data(args, run.resume and run.resume.get("vocab", {}), log)
+    vocab, train_data, valid_data, data = load_data(args, run.resume, log)
+    train_size = data.pop("train_size")
 
     # on --resume the flags that shape the model were checked against the saved run (RESUME_MUST_MATCH)
     config = LMConfig(vocab_size=len(vocab), model_type=args.model_type, impl=args.impl, embed_dim=args.embed_dim,
@@ -298,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     log.info(f"{config.model_type.upper()} ({config.impl}): {count_params(model):,} parameters, {config}")
     payload = {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": vocab.to_dict(),
-               "dataset": args.dataset, "args": vars(args)}
+               "dataset": args.dataset, "data": data, "args": vars(args)}
     if run.attach(model, optimizer, payload=lambda: payload):
         log.info(f"resumed at epoch {run.state['epoch'] + 1}, batch {run.state['batch_in_epoch']}")
     vocab_path = best_path.parent / f"{vocab.kind}_vocabulary.json"
@@ -349,6 +401,7 @@ def end_of_epoch(args: argparse.Namespace, model: RNNLanguageModel, optimizer: t
     """Validate, keep the best model, save last.pt and draw the sample; returns (history row, improved, sample)."""
     state = run.state
     val_loss = evaluate_stream(model, valid_data, args.seq_len, device)
+    check_finite(val_loss, "validation", state["global_step"], args.lr)
     row = epoch_row(state, val_loss, tokens, seconds, optimizer.param_groups[0]["lr"])
     state["history"].append(row)
     state.update(epoch=row["epoch"], batch_in_epoch=0, hidden=None, epoch_loss_sum=0.0, epoch_tokens=0)

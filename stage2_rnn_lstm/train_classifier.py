@@ -12,6 +12,7 @@ and curves.png there are rewritten after every epoch, and TensorBoard event file
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import re
 import time
@@ -22,7 +23,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE, POSITIVE_INT, Range
+from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
 from scripts.classification_data import DATASETS, classification_report, load_split, train_val_split
 from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, checkpoint_header, count_params,
                             get_device, load_checkpoint, model_from_checkpoint, run_main, save_checkpoint, set_seed,
@@ -47,6 +48,7 @@ LAYERS = Range(int, lo=1, hi=64)
 VOCAB_SIZE = Range(int, lo=3, hi=1_000_000)        # <pad>, <unk> and at least one word
 MAX_LEN = Range(int, lo=1, hi=100_000)
 VAL_FRACTION = Range(float, lo=0, hi=1, lo_open=True, hi_open=True)
+LR = Range(float, lo=0, hi=1, lo_open=True)        # 0 would train nothing; AdamW above 1 only diverges
 MAX_PARAMS = 500_000_000
 
 
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", default="torch", choices=["torch", "scratch"], help="nn.LSTM or the cells of models/")
     p.add_argument("--epochs", type=POSITIVE_INT, default=4,
                    help="most epochs (early stopping on validation accuracy)")
-    p.add_argument("--lr", type=POSITIVE, default=2e-3, help="AdamW learning rate")
+    p.add_argument("--lr", type=LR, default=2e-3, help="AdamW learning rate")
     p.add_argument("--batch_size", type=POSITIVE_INT, default=64, help="texts per step")
 
     model = p.add_argument_group("model")
@@ -140,10 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_data(args: argparse.Namespace, saved_vocab: list[str] | None, last_path: Path) -> dict[str, Any]:
+def load_data(args: argparse.Namespace, resume: dict[str, Any] | None, last_path: Path) -> dict[str, Any]:
     """Training and validation texts as token ids (the validation split held out of train), the vocabulary
-    (the resumed run's, else built from the training texts) and the class names."""
+    (the resumed run's, else built from the training texts), the class names and the data's fingerprint."""
     full = load_split(args.dataset, "train", args.data_dir)
+    fingerprint = data_fingerprint(full.texts, full.labels)
+    if resume is not None and resume.get("data") not in (None, fingerprint):    # a last.pt from before: no check
+        old_args = resume.get("args") if isinstance(resume.get("args"), dict) else {}
+        raise UserError(f"--resume: {last_path} was trained on other {args.dataset} texts (from "
+                        f"{data_folder(old_args.get('data_dir'))}) than {data_folder(args.data_dir)} holds now; "
+                        "resume with the run's own data, or start a new run with another --out_dir")
     if args.limit:
         full = full.subset(torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed))[:args.limit])
     train_idx, val_idx = train_val_split(len(full), args.val_fraction, args.seed)
@@ -151,15 +159,34 @@ def load_data(args: argparse.Namespace, saved_vocab: list[str] | None, last_path
         raise UserError(f"--val_fraction {args.val_fraction} of {len(full)} text{'s' if len(full) > 1 else ''} "
                         f"{'(--limit ' + str(args.limit) + ') ' if args.limit else ''}leaves none to train on; "
                         "use a larger --limit or a smaller --val_fraction")
+    train_labels = [full.labels[i] for i in train_idx.tolist()]
+    if len(set(train_labels)) < 2:      # a model shown one class learns to say it always
+        flags = f"--limit {args.limit} and " if args.limit else ""
+        raise UserError(f"{flags}--val_fraction {args.val_fraction} leave {len(train_labels)} training "
+                        f"text{'s' if len(train_labels) > 1 else ''}, all of one class; use "
+                        f"{'a larger --limit' if args.limit else 'a smaller --val_fraction'}")
     train_docs = [tokenize(full.texts[i]) for i in train_idx.tolist()]
+    saved_vocab = resume.get("vocab") if resume is not None else None
     itos = (checked_vocab(saved_vocab, args.vocab_size, last_path) if saved_vocab is not None
             else build_vocab(train_docs, args.vocab_size))
     stoi = {w: i for i, w in enumerate(itos)}
-    return {"itos": itos, "stoi": stoi, "classes": full.classes, "source": full.source,
-            "train_x": encode(train_docs, stoi, args.max_len),
-            "train_y": torch.tensor([full.labels[i] for i in train_idx.tolist()]),
+    return {"itos": itos, "stoi": stoi, "classes": full.classes, "source": full.source, "fingerprint": fingerprint,
+            "train_x": encode(train_docs, stoi, args.max_len), "train_y": torch.tensor(train_labels),
             "val_x": encode([tokenize(full.texts[i]) for i in val_idx.tolist()], stoi, args.max_len),
             "val_y": torch.tensor([full.labels[i] for i in val_idx.tolist()])}
+
+
+def data_fingerprint(texts: list[str], labels: list[int]) -> dict[str, Any]:
+    """sha256 and count of the training file's texts and labels (saved in last.pt: --resume with another
+    --data_dir holding other texts is refused)."""
+    digest = hashlib.sha256()
+    for text, label in zip(texts, labels):
+        digest.update(f"{label}\x00{text}\x01".encode("utf-8", "surrogatepass"))
+    return {"sha256": digest.hexdigest(), "texts": len(texts)}
+
+
+def data_folder(data_dir: Any) -> str:
+    return f"--data_dir {data_dir}" if data_dir else "the default data folder"
 
 
 def checked_vocab(itos: Any, vocab_size: int, where: Path) -> list[str]:
@@ -185,6 +212,10 @@ def train_one_epoch(args: argparse.Namespace, model: RNNClassifier, optimizer: t
         inputs, lengths = pad_batch([data["train_x"][i] for i in index])                # (B, T), (B,)
         logits = model(inputs.to(device), lengths.to(device))                           # (B, C)
         loss = F.cross_entropy(logits, data["train_y"][index].to(device))
+        if not math.isfinite(loss.item()):  # nothing after this could be trusted: last.pt and the best model stay
+            raise UserError(f"the training loss became {loss.item()} at epoch {epoch}, batch "
+                            f"{state['batch_in_epoch'] + 1:,}: the model diverged; use a smaller --lr "
+                            f"(now {args.lr:g})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf)     # --clip 0: no clipping
@@ -217,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "epoch": 0, "batch_in_epoch": 0, "best_val_acc": -1.0, "bad_epochs": 0, "history": [],
         "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_seen": 0})
     log = setup_logging(out_dir)
-    data = load_data(args, run.resume.get("vocab") if run.resume else None, run.last_path)
+    data = load_data(args, run.resume, run.last_path)
     train_x, itos = data["train_x"], data["itos"]
     log.info(f"{data['source']}: {len(train_x)} train / {len(data['val_x'])} val texts, vocabulary {len(itos)}, "
              f"{sum(len(d) for d in train_x) / len(train_x):.0f} tokens per text (cut at {args.max_len})")
@@ -234,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     log.info(f"{config.model_type.upper()} classifier ({config.impl}): {count_params(model):,} parameters")
     payload = {**checkpoint_header(STAGE, MODEL_NAME), "config": config.to_dict(), "vocab": itos,
-               "classes": data["classes"], "dataset": args.dataset, "args": vars(args)}
+               "classes": data["classes"], "dataset": args.dataset, "data": data["fingerprint"], "args": vars(args)}
     run.attach(model, optimizer, payload=lambda: payload)
     write_json(best_path.with_suffix(".vocab.json"), {"format": "stage2-classifier-vocabulary-v1", "itos": itos})
 

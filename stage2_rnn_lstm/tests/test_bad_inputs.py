@@ -66,9 +66,13 @@ def file_bytes(folder):
     (["--clip", "nan"], "argument --clip: must be 0 (off) or a number > 0"),
     (["--limit", "-5"], "argument --limit: must be an integer >= 0"),
     (["--max_steps", "-1"], "argument --max_steps: must be an integer >= 0"),
-    (["--lr", "0"], "argument --lr: must be a number > 0"),
-    (["--lr", "inf"], "argument --lr: must be a number > 0"),
-    (["--lr", "1e-320"], "argument --lr: must be a number > 0"),
+    (["--lr", "0"], "argument --lr: must be a number in (0, 1]"),
+    (["--lr", "inf"], "argument --lr: must be a number in (0, 1]"),
+    (["--lr", "1e-320"], "argument --lr: must be a number in (0, 1]"),
+    (["--lr", "1e308"], "argument --lr: must be a number in (0, 1]"),       # once a traceback inside AdamW
+    (["--lr", "1e30"], "argument --lr: must be a number in (0, 1]"),        # once an OverflowError in exp(loss)
+    (["--weight_decay", "1e308"], "--lr 0.003 times --weight_decay 1e+308 must be below 1"),
+    (["--lr", "0.5", "--weight_decay", "2"], "--lr 0.5 times --weight_decay 2 must be below 1"),
     (["--weight_decay", "-1"], "argument --weight_decay: must be a number >= 0"),
     (["--warmup_steps", "-1"], "argument --warmup_steps: must be an integer >= 0"),
     (["--epochs", "0"], "argument --epochs: must be an integer >= 1"),
@@ -93,9 +97,12 @@ def file_bytes(folder):
     (["--checkpoint", "{tmp}"], "is a folder"),
     # sizes that cannot fit in memory, refused before anything is allocated
     (["--hidden_dim", "20000", "--embed_dim", "20000"], "parameters, more than"),
-    (["--hidden_dim", "10000", "--num_layers", "1", "--seq_len", "5000"], "--batch_size 4 x --seq_len 5000 tokens"),
+    (["--hidden_dim", "10000", "--num_layers", "1", "--seq_len", "3000"], "--batch_size 4 x --seq_len 3000 tokens"),
     # more than the text holds
     (["--limit", "3"], "the first 3 tokens (--limit 3) has 3 tokens, too few for --batch_size 4"),
+    (["--limit", "400", "--seq_len", "100"], "--seq_len 100 is longer than each of the --batch_size 4 streams of "
+                                             "the first 400 tokens (--limit 400) (99 tokens to predict each); use "
+                                             "--seq_len 99 or less"),
     (["--batch_size", "100000"], "the train text of shakespeare (input.txt, first 90%)"),
 ])
 def test_train_refuses_bad_flags(lm_data, tmp_path, cli, extra, message):
@@ -114,6 +121,44 @@ def test_clip_0_means_no_clipping_not_no_training(lm_data, tmp_path, cli):
     untrained = RNNLanguageModel(LMConfig(**ckpt["config"]))
     saved = ckpt["model_state"]
     assert all(not torch.equal(value, saved[name]) for name, value in untrained.state_dict().items())
+
+
+def nan_loss_in(monkeypatch, module, after_calls=0):
+    """Make the training loss of `module` (train or train_classifier) NaN from its call number `after_calls` on
+    (the validation loss, summed, is left alone)."""
+    real, calls = module.F.cross_entropy, []
+
+    def cross_entropy(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        if "reduction" in kwargs:
+            return loss
+        calls.append(1)
+        return loss * float("nan") if len(calls) > after_calls else loss
+    monkeypatch.setattr(module.F, "cross_entropy", cross_entropy)
+
+
+@pytest.mark.parametrize("where", ["training", "validation"])
+def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_saved_models(lm_data, trained, tmp_path, monkeypatch,
+                                                                         cli, where):
+    """--lr 1e308 once crashed inside AdamW; a diverging run must end in one line naming --lr, and neither last.pt
+    nor the best checkpoint of the run before may be written over with NaN weights."""
+    folder = copy_of(trained, tmp_path)
+    before = file_bytes(folder)
+    if where == "training":
+        nan_loss_in(monkeypatch, train)
+    else:
+        monkeypatch.setattr(train, "evaluate_stream", lambda *args: float("nan"))
+    code, _, err = cli(train.main, lm_args(lm_data, folder, *RUN))
+    one_line_error(code, err, f"the {where} loss became nan at step", "use a smaller --lr (now 0.01)")
+    assert file_bytes(folder) == before
+
+
+def test_perplexity_of_a_huge_loss_is_inf_not_an_overflow():
+    assert train.perplexity(1e30) == float("inf") and train.perplexity(710) == float("inf")
+    assert abs(train.perplexity(2.0) - 7.389056) < 1e-6
+    row = train.epoch_row({"epoch": 0, "global_step": 1, "epoch_loss_sum": 5.0, "epoch_tokens": 1,
+                           "train_seconds": 1.0}, 1e4, 10, 1.0, 0.1)
+    assert row["val_ppl"] == float("inf") and row["val_loss"] == 1e4
 
 
 # ----------------------------------------------------------------------------- train.py: data files
@@ -254,6 +299,24 @@ def test_resume_from_an_edited_last_pt_is_refused(lm_data, trained, tmp_path, cl
     assert file_bytes(folder) == before
 
 
+def test_resume_with_other_text_is_refused_unless_last_pt_predates_fingerprints(lm_data, trained, tmp_path, cli):
+    other = write_lm_data(tmp_path / "other")
+    with open(other / "tiny_shakespeare" / "input.txt", "a") as f:
+        f.write("KING RICHARD III:\nNow is the winter of our discontent.\n")
+    folder = copy_of(trained, tmp_path)
+    before = file_bytes(folder)
+    argv = lm_args(other, folder, *RUN, "--resume")
+    code, _, err = cli(train.main, argv)
+    one_line_error(code, err, "--resume:", "was trained on other shakespeare text", f"--data_dir {lm_data}",
+                   f"than --data_dir {other} holds now")
+    assert file_bytes(folder) == before
+    code, _, err = cli(train.main, lm_args(lm_data, folder, *RUN, "--resume"))      # its own data: goes on
+    assert code == 0, err
+    edit_last(lambda c: c.pop("data"))(folder / "run" / "last.pt")      # a last.pt saved before fingerprints
+    code, _, err = cli(train.main, argv)
+    assert code == 0, err
+
+
 def test_resume_without_a_run_is_refused(lm_data, tmp_path, cli):
     code, _, err = cli(train.main, lm_args(lm_data, tmp_path, "--resume"))
     one_line_error(code, err, "no resumable checkpoint")
@@ -266,6 +329,12 @@ def test_second_training_into_a_busy_run_folder_is_refused(lm_data, trained, tmp
     before = file_bytes(folder)
     code, _, err = cli(train.main, lm_args(lm_data, folder, *RUN))
     one_line_error(code, err, f"is in use by process {os.getppid()}")
+    assert file_bytes(folder) == before
+    # another run folder, but the same --checkpoint: its best model would be overwritten by either run
+    (folder / "run" / "run.lock").unlink()
+    (folder / "ck" / ".best.pt.lock").write_text(json.dumps(holder))
+    code, _, err = cli(train.main, lm_args(lm_data, folder, *RUN, "--out_dir", folder / "other_run"))
+    one_line_error(code, err, f"is in use by process {os.getppid()}", "pass another --checkpoint")
     assert file_bytes(folder) == before
 
 
@@ -362,6 +431,9 @@ def test_edited_checkpoints_are_refused_in_one_line(trained, lm_data, tmp_path, 
     (["--checkpoint", "{tmp}/nothing.pt"], "nothing.pt does not exist"),
     (["--metrics_out", "{tmp}/a_file/metrics.json"], "cannot use"),
     (["--vocab", "{tmp}/nothing.json"], "vocabulary {tmp}/nothing.json does not exist"),
+    (["--out_dir", ""], "argument --out_dir: an empty path"),
+    (["--metrics_out", " "], "argument --metrics_out: an empty path"),
+    (["--vocab", ""], "argument --vocab: an empty path"),
 ])
 def test_evaluate_refuses_bad_flags(trained, lm_data, tmp_path, cli, extra, message):
     (tmp_path / "a_file").write_text("")
@@ -384,6 +456,7 @@ def test_evaluate_refuses_bad_flags(trained, lm_data, tmp_path, cli, extra, mess
     (["--prompt", ""], "--prompt is empty"),
     (["--prompt", "x" * 20_001], "the prompt has 20,001 chars; at most 20,000"),
     (["--prompt", "ROMEO\udcff"], "command-line argument 4 is not valid UTF-8"),
+    (["--vocab", ""], "argument --vocab: an empty path"),
 ])
 def test_generate_refuses_bad_flags(trained, cli, extra, message):
     code, _, err = cli(generate.main, ["--checkpoint", trained / "ck" / "best.pt", *extra])
@@ -429,7 +502,8 @@ def test_prompt_loop_survives_every_line(trained, monkeypatch, cli):
 # ----------------------------------------------------------------------------- train_classifier.py and bench.py
 @pytest.mark.parametrize("extra, message", [
     (["--clip", "-1"], "argument --clip: must be 0 (off) or a number > 0"),
-    (["--lr", "0"], "argument --lr: must be a number > 0"),
+    (["--lr", "0"], "argument --lr: must be a number in (0, 1]"),
+    (["--lr", "1e308"], "argument --lr: must be a number in (0, 1]"),     # once trained to NaN and exited 0
     (["--limit", "-5"], "argument --limit: must be an integer >= 0"),
     (["--val_fraction", "0"], "argument --val_fraction: must be a number in (0, 1)"),
     (["--val_fraction", "1"], "argument --val_fraction: must be a number in (0, 1)"),
@@ -442,6 +516,8 @@ def test_prompt_loop_survives_every_line(trained, monkeypatch, cli):
     (["--num_layers", "0"], "argument --num_layers: must be an integer in [1, 64]"),
     (["--batch_size", "0"], "argument --batch_size: must be an integer >= 1"),
     (["--limit", "1"], "leaves none to train on"),
+    (["--limit", "2", "--val_fraction", "0.5"], "leave 1 training text, all of one class; use a larger --limit"),
+    (["--out_dir", ""], "argument --out_dir: an empty path"),
     (["--hidden_dim", "20000", "--embed_dim", "20000", "--num_layers", "2"], "parameters, more than"),
     (["--checkpoint", "{tmp}"], "is a folder"),
     (["--checkpoint", "{tmp}/run/last.pt"], "is the run's own last.pt"),
@@ -481,9 +557,46 @@ def test_train_classifier_bad_rows_and_resume_with_changed_settings(tiny_data, t
     assert (tmp_path / "ck" / "clf.pt").read_bytes() == before[1]
 
 
+def test_train_classifier_stops_when_the_loss_becomes_nan(tiny_data, tmp_path, monkeypatch, cli):
+    """--lr 1e308 once trained to NaN, exited 0 and reported a test accuracy."""
+    argv = ["--data_dir", tiny_data, "--out_dir", tmp_path / "run", "--checkpoint", tmp_path / "ck" / "clf.pt",
+            "--embed_dim", "8", "--hidden_dim", "8", "--epochs", "1", "--limit", "60", "--num_threads", "1"]
+    code, _, err = cli(train_classifier.main, argv)
+    assert code == 0, err
+    saved = [tmp_path / "run" / "last.pt", tmp_path / "ck" / "clf.pt", tmp_path / "run" / "metrics.json"]
+    before = [path.read_bytes() for path in saved]
+    nan_loss_in(monkeypatch, train_classifier)
+    code, _, err = cli(train_classifier.main, argv + ["--lr", "1"])
+    one_line_error(code, err, "the training loss became nan at epoch 1, batch 1", "use a smaller --lr (now 1)")
+    assert [path.read_bytes() for path in saved] == before      # no model, no test score written
+
+
+def test_train_classifier_resume_with_other_texts_is_refused(tiny_data, tmp_path, cli):
+    other = write_imdb(tmp_path / "other" / "imdb", seed=1).parent
+    argv = ["--out_dir", tmp_path / "run", "--checkpoint", tmp_path / "ck" / "clf.pt", "--embed_dim", "8",
+            "--hidden_dim", "8", "--epochs", "1", "--limit", "60", "--num_threads", "1"]
+    code, _, err = cli(train_classifier.main, ["--data_dir", tiny_data, *argv])
+    assert code == 0, err
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    code, _, err = cli(train_classifier.main, ["--data_dir", other, *argv, "--epochs", "2", "--resume"])
+    one_line_error(code, err, "--resume:", "was trained on other imdb texts", f"--data_dir {tiny_data}",
+                   f"than --data_dir {other} holds now")
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_bench_stops_with_the_failed_programs_own_line(lm_data, tmp_path, capfd):
+    """A program bench.py runs says why it failed in one line; bench.py adds none and exits with its status."""
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda argv: bench.quick(["--data_dir", str(lm_data)], train_extra=["--lr", "2"],
+                                          stage_dir=tmp_path / "stage", results=tmp_path), [])
+    err = capfd.readouterr().err
+    one_line_error(info.value.code, err, "argument --lr: must be a number in (0, 1], got '2'")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--num_threads", "-1"], "argument --num_threads"),
     (["--parts", "everything"], "invalid choice: 'everything'"),
+    (["--data_dir", ""], "argument --data_dir: an empty path"),
 ])
 def test_bench_refuses_bad_flags(cli, argv, message):
     one_line_error(*cli(bench.main, argv)[::2], message)
