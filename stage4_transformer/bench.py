@@ -21,6 +21,8 @@ results/overview.json (the quick, default and GPU runs: command, minutes, test B
 import functools
 import os
 import shutil
+import subprocess
+import sys
 import time
 from operator import itemgetter
 from pathlib import Path
@@ -29,9 +31,9 @@ from typing import Sequence
 import torch
 
 from scripts.checks import THREADS
-from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, command_line, hardware, read_json, run_main,
-                            write_json)
-from scripts.report import hardware_label, markdown_table, run_script, update_file
+from scripts.common import (REPO_ROOT, ArgParser, ChildFailed, UserError, amp_name, command_line, hardware, path_arg,
+                            read_json, run_main, write_json)
+from scripts.report import hardware_label, markdown_table, update_file
 from scripts.report import short_paths as report_short_paths
 from scripts.translation_data import load_pairs
 from stage4_transformer.data.batches import encode_pairs, token_batches
@@ -54,7 +56,16 @@ HEATMAP_SENTENCE = "A young woman in a red dress is singing into a microphone."
 ALPHAS = ("0.6", "1.0", "1.4")   # length-penalty exponents tried on the validation set
 
 
-run = functools.partial(run_script, STAGE_DIR)   # run("train.py", flags...): a stage program, echoed
+def run(script: str, *argv: str) -> None:
+    """Run one of the stage's programs as a learner would (a fresh Python process), echoing the command. When it
+    fails it has said why in its own line: the benchmark ends with its exit status and no second line."""
+    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
+    print("$", " ".join(cmd[1:]), flush=True)
+    code = subprocess.run(cmd).returncode
+    if code < 0:        # killed by a signal (out of memory, kill): it could not say anything itself
+        raise UserError(f"{script} was stopped by signal {-code} (out of memory?); see above for how far it got")
+    if code != 0:
+        raise ChildFailed(code)
 
 
 short_paths = functools.partial(report_short_paths, stage="stage4_transformer")
@@ -313,10 +324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(description="Stage 4 benchmark: train and evaluate, then rebuild the README tables.")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to run")
     p.add_argument("--tables_only", action="store_true", help="only rebuild the README tables from results/")
-    p.add_argument("--data_dir", default=None, help="folder holding the data sets (default: $MY_LLM_DATA)")
+    p.add_argument("--data_dir", type=path_arg, default=None,
+                   help="folder holding the data sets (default: $MY_LLM_DATA)")
     p.add_argument("--num_threads", type=THREADS, default=0,
                    help="CPU threads for the train and evaluate runs (0: torch's default, one per core)")
     args = p.parse_args(argv)
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():    # checked here, before a program runs
+        raise UserError(f"--data_dir {args.data_dir} is not a folder; pass the folder that holds the data sets")
     extra = ["--data_dir", args.data_dir] if args.data_dir else []
     if args.num_threads:
         extra += ["--num_threads", str(args.num_threads)]

@@ -18,11 +18,11 @@ from typing import Any, Sequence
 
 from scripts.checks import COUNT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, get_device,
-                            run_main, set_threads, write_metrics, write_text)
+                            path_arg, run_main, set_threads, write_metrics, write_text)
 from scripts.repl import SETTING_RANGES
 from scripts.translation_data import DATASETS, SPLITS, corpus_scores, load_pairs
-from stage4_transformer.translator import (ALPHA, BATCH_SIZE, STAGE, find_checkpoint, load_model, model_line,
-                                           translate_sentences)
+from stage4_transformer.translator import (ALPHA, BATCH_SIZE, STAGE, check_writable, find_checkpoint, load_model,
+                                           model_line, translate_sentences)
 
 STAGE_DIR = Path(__file__).resolve().parent
 
@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the same words)")
     p.add_argument("--batch_size", type=BATCH_SIZE, default=128, help="sentences translated at once")
     p.add_argument("--limit", type=COUNT, default=0, help="score only the first N pairs (0: all)")
-    p.add_argument("--out_dir", default=None, help="default: runs/eval_<checkpoint name>")
-    p.add_argument("--metrics_out", default=None, help="also write metrics.json here")
+    p.add_argument("--out_dir", type=path_arg, default=None, help="default: runs/eval_<checkpoint name>")
+    p.add_argument("--metrics_out", type=path_arg, default=None, help="also write metrics.json here")
     add_common_args(p, seed_help="unused here: greedy and beam search draw no random numbers")
     return p
 
@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.checkpoint = str(find_checkpoint(args.checkpoint))
+    # where the results go is checked before minutes of decoding, so they are never lost at the end
+    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.checkpoint).stem}"
+    check_writable(out_dir, "--out_dir", folder=True)
+    if args.metrics_out:
+        check_writable(args.metrics_out, "--metrics_out")
     set_threads(args.num_threads)
     device = get_device(args.device)
     started = time.time()
@@ -77,7 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name:6s} (beam {beam:2d}): {scores['bleu_detail']}  chrF {scores['chrf']:.2f}  "
               f"{len(pairs) / seconds:,.1f} sentences/s")
 
-    out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.checkpoint).stem}"
     try:
         write_text(out_dir / "translations.txt", "".join(t + "\n" for t in outputs["beam"]))
     except OSError as err:

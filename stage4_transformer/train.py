@@ -33,7 +33,7 @@ from scripts.common import (ArgParser, UserError, add_common_args, add_output_ar
                             checkpoint_header, count_params, get_device, run_main, save_checkpoint, set_seed,
                             set_threads, setup_logging, uses_bf16, warmup_cosine, write_metrics, write_text)
 from scripts.monitor import TrainingMonitor
-from scripts.training import ResumableRun
+from scripts.training import ResumableRun, check_counter
 from scripts.translation_data import DATASETS, corpus_scores, load_pairs
 from stage4_transformer.data.batches import count_batches, encode_pairs, token_batches
 from stage4_transformer.data.subword import BOS_ID, EOS_ID, MAX_PIECES, PAD_ID, UNK_ID, SubwordVocab
@@ -387,6 +387,22 @@ class WeightAverage:
         return {"weight_sum": self.sum, "weight_count": self.count}
 
 
+def resumed_average(run: ResumableRun, model: torch.nn.Module) -> WeightAverage:
+    """The running sum of weights last.pt carries on (an empty one for a fresh run), checked against the model
+    (an edited file ends in one line now, not in a traceback at the last epoch)."""
+    if not run.resume:
+        return WeightAverage()
+    total, count = run.resume.get("weight_sum"), run.resume.get("weight_count")
+    check_counter(run.last_path, "weight_count", count, 0)
+    shapes = {name: value.shape for name, value in model.state_dict().items()}
+    fits = isinstance(total, dict) and all(isinstance(v, torch.Tensor) and v.is_floating_point()
+                                           for v in total.values())
+    if not fits or (count and {k: v.shape for k, v in total.items()} != shapes) or (not count and total):
+        raise UserError(f"--resume: {run.last_path}: its weight_sum (the running sum for --average_last) does not "
+                        "fit the model (the file was edited); start a new run with another --out_dir")
+    return WeightAverage(run.resume)
+
+
 def try_average(args: argparse.Namespace, model: Transformer, data: Data, run: ResumableRun, average: WeightAverage,
                 device: torch.device, log: Any) -> None:
     """Score the mean of the last epochs' weights on validation like an epoch; keep it as the best model if better."""
@@ -455,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_seed(args.seed)
     model = build_model(lambda: (resumed_model or Transformer(build_config(args, data))).to(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
-    average = WeightAverage(run.resume)
+    average = resumed_average(run, model)
     run.attach(model, optimizer, payload=lambda: model_payload(args, model, data.vocab),
                extra_state=lambda: {"wall_seconds": time.time() - started, **average.state()})
     state, config = run.state, model.config

@@ -142,6 +142,9 @@ def load_texts(args: argparse.Namespace, resume: dict | None, resume_path: Path,
     if not len(train_idx):
         raise UserError(f"--limit {args.limit} with --val_fraction {args.val_fraction:g} leaves no training texts; "
                         "raise --limit (0: all) or lower --val_fraction")
+    if len({full.labels[i] for i in train_idx.tolist()}) < 2:     # what --limit and the split left: one class
+        raise UserError(f"--limit {args.limit} with --val_fraction {args.val_fraction:g} leaves training texts of one "
+                        "class only, and a classifier learns nothing from one class; raise --limit (0: all)")
     train_texts = [full.texts[i] for i in train_idx.tolist()]
     vocab = (SubwordVocab.from_json(resume.get("vocab"), where=f"{resume_path}: its subword vocabulary") if resume
              else SubwordVocab.train((clean(t) for t in train_texts), args.vocab_size))

@@ -10,6 +10,7 @@ Beam search (--beam_size 5) with the key/value cache by default; --beam_size 1 i
 loads the newest model train.py wrote (--preset quick's too) and says which on stderr.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -17,13 +18,13 @@ from typing import Sequence
 import torch
 
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, clean_text, get_device,
-                            read_text, run_main, set_threads, write_text)
+                            path_arg, read_text, run_main, set_threads, write_text)
 from scripts.repl import SETTING_RANGES, Repl
 from scripts.translation_data import split_lines
 from stage4_transformer.data.subword import BOS_ID, EOS_ID, SubwordVocab
 from stage4_transformer.models.transformer import Transformer
-from stage4_transformer.translator import (ALPHA, BATCH_SIZE, find_checkpoint, load_model, model_line,
-                                           translate_sentences)
+from stage4_transformer.translator import (ALPHA, BATCH_SIZE, check_writable, find_checkpoint, load_model,
+                                           model_line, translate_sentences)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,20 +32,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sentence", nargs="*", help="English text to translate (one sentence)")
     add_checkpoint_arg(p, None, "checkpoint written by train.py (default: the newest checkpoints/best_transformer*.pt "
                                 "in the stage folder, else the newest runs/transformer_*/last.pt)")
-    p.add_argument("--input", default=None, help="translate this file, one sentence per line (-: standard input)")
-    p.add_argument("--output", default=None, help="write the file's translations here (default: stdout)")
+    p.add_argument("--input", type=path_arg, default=None,
+                   help="translate this file, one sentence per line (-: standard input)")
+    p.add_argument("--output", type=path_arg, default=None, help="write the file's translations here (default: stdout)")
     p.add_argument("--interactive", action="store_true", help="type sentences at a prompt (:help lists commands)")
     p.add_argument("--beam_size", type=SETTING_RANGES["beam"], default=5, help="beam width (1: greedy)")
     p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent (0: none)")
     p.add_argument("--batch_size", type=BATCH_SIZE, default=64, help="sentences per batch with --input")
-    p.add_argument("--heatmap", default=None, help="save the cross-attention of every layer and head as this PNG")
+    p.add_argument("--heatmap", type=path_arg, default=None,
+                   help="save the cross-attention of every layer and head as this PNG")
     add_common_args(p, seed_help="unused here: greedy and beam search draw no random numbers")
     return p
 
 
 def check_sentence(sentence: str) -> None:
+    """An empty or blank sentence is refused (before the model loads, on the command line). Any other text is
+    translated: the subword vocabulary spells every word with its pieces, so no word is unknown."""
     if not sentence.split():
         raise UserError("empty sentence: type some English to translate")
+
+
+def check_output_is_not_input(input_name: str | None, output_name: str | None) -> None:
+    """--output must be another file than --input (also through a symbolic or hard link): writing the
+    translations there would replace the English sentences."""
+    if not input_name or input_name == "-" or not output_name:
+        return
+    try:
+        same = os.path.samefile(input_name, output_name)
+    except (OSError, ValueError):       # one of them does not exist (yet): not the same file
+        return
+    if same:
+        raise UserError(f"--output {output_name} is the --input file; writing the translations there would "
+                        "replace the English: give another --output")
 
 
 def draw_heatmap(model: Transformer, vocab: SubwordVocab, sentence: str, translation: str, path: str | Path,
@@ -162,15 +181,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("give one of: a sentence, --input FILE, or --interactive")
     if args.heatmap and args.input is not None:
         raise UserError("--heatmap draws one sentence; give a sentence (or use :heatmap in --interactive)")
+    if args.output is not None and args.input is None:
+        raise UserError("--output holds the translations of --input FILE; give --input too")
     if args.sentence:
         check_sentence(" ".join(args.sentence))     # before the model loads: a typing slip costs nothing
+    check_output_is_not_input(args.input, args.output)
+    for flag, output in (("--output", args.output), ("--heatmap", args.heatmap)):    # and an output not to be written
+        if output:
+            check_writable(output, flag)
     lines = split_lines(read_input(args.input)) if args.input is not None else []     # so is a file that is no text
-    for flag, output in (("--output", args.output), ("--heatmap", args.heatmap)):    # and a folder not to be made
-        try:
-            if output:
-                Path(output).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"{flag} {output}: cannot make its folder ({err.strerror or err})") from None
     set_threads(args.num_threads)
     device = get_device(args.device)
     path = find_checkpoint(args.checkpoint)

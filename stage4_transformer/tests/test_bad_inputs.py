@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -105,6 +106,27 @@ def tiny_model(payload, tmp_path_factory):
     (train_classifier, ["--dropout", "1"], "--dropout"), (train_classifier, ["--max_len", "0"], "--max_len"),
     (train_classifier, ["--batch_size", "-3"], "--batch_size"),
     (bench, ["--num_threads", "-1"], "--num_threads"),
+    # the rest of train_classifier.py's flags
+    (train_classifier, ["--layers", "0"], "--layers"), (train_classifier, ["--n_heads", "0"], "--n_heads"),
+    (train_classifier, ["--d_ff", "0"], "--d_ff"), (train_classifier, ["--vocab_size", "10"], "--vocab_size"),
+    (train_classifier, ["--max_len", str(10 ** 6)], "--max_len"), (train_classifier, ["--lr", "nan"], "--lr"),
+    (train_classifier, ["--val_fraction", "-0.1"], "--val_fraction"),
+    (train_classifier, ["--dataset", "wikipedia"], "--dataset"), (train_classifier, ["--device", "tpu"], "--device"),
+    (train_classifier, ["--seed", "-1"], "--seed"), (train_classifier, ["--resume", "--restart"], "--restart"),
+    # and evaluate.py's
+    (evaluate, ["--beam_size", "65"], "--beam_size"), (evaluate, ["--alpha", "-1"], "--alpha"),
+    (evaluate, ["--split", "dev"], "--split"), (evaluate, ["--dataset", "wmt"], "--dataset"),
+    (evaluate, ["--batch_size", str(10 ** 6)], "--batch_size"), (evaluate, ["--limit", "2.5"], "--limit"),
+    # an empty path (an unset shell variable) is refused, not read as "the default"
+    (translate, ["--input", ""], "--input"), (translate, ["--input", "x.en", "--output", " "], "--output"),
+    (translate, ["A dog.", "--heatmap", ""], "--heatmap"), (evaluate, ["--out_dir", ""], "--out_dir"),
+    (evaluate, ["--metrics_out", ""], "--metrics_out"), (evaluate, ["--checkpoint", ""], "--checkpoint"),
+    (train_classifier, ["--out_dir", ""], "--out_dir"), (train_classifier, ["--checkpoint", " "], "--checkpoint"),
+    (train_classifier, ["--data_dir", ""], "--data_dir"), (bench, ["--data_dir", ""], "--data_dir"),
+    (bench, ["--data_dir", "/nonexistent/data"], "--data_dir"),
+    # translate.py's sentence and outputs, checked before a model loads
+    (translate, [""], "empty sentence"), (translate, [" ", "\t"], "empty sentence"),
+    (translate, ["A dog.", "--output", "x.fr"], "--output"),
 ])
 def test_a_bad_flag_is_one_line_before_any_work(cli, program, argv, flag):
     one_line(cli(program.main, argv), flag)
@@ -123,6 +145,66 @@ def test_clip_zero_turns_clipping_off(monkeypatch, mt_data, tmp_path, cli):
                                     tmp_path / "best.pt", *TINY, "--clip", "0", "--max_steps", "1", "--limit", "60",
                                     "--val_limit", "3", "--epochs", "1", "--average_last", "0"])
     assert code == 0, err
+
+
+def test_an_empty_sentence_is_refused_before_the_model_line(tiny_model, cli):
+    for argv in ([""], ["   "], [" ", "\t"]):
+        code, out, err = cli(translate.main, ["--checkpoint", tiny_model[0], *argv])
+        one_error_line(code, err, "empty sentence")             # one line in all: no "model: ..." before it
+        assert out == ""
+
+
+def test_output_that_is_the_input_file_is_refused(cli, tmp_path, monkeypatch):
+    source = tmp_path / "in.en"
+    source.write_text("A dog runs.\n")
+    (tmp_path / "symlink.en").symlink_to(source)
+    os.link(source, tmp_path / "hardlink.en")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for output in (source, "in.en", "./sub/../in.en", tmp_path / "symlink.en", tmp_path / "hardlink.en"):
+        code, out, err = cli(translate.main, ["--checkpoint", "/nonexistent/never_loaded.pt", "--input", "in.en",
+                                              "--output", output])
+        one_error_line(code, err, f"--output {output} is the --input file")
+        assert out == ""
+    assert source.read_text() == "A dog runs.\n"
+
+
+def test_outputs_are_checked_before_the_model_loads_and_scores(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(translate, "load_model", mock.Mock(side_effect=AssertionError("loaded a model")))
+    monkeypatch.setattr(evaluate, "load_model", mock.Mock(side_effect=AssertionError("loaded a model")))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    source = tmp_path / "in.en"
+    source.write_text("A dog runs.\n")
+    ckpt = ["--checkpoint", tmp_path / "never_loaded.pt"]
+    (tmp_path / "never_loaded.pt").write_bytes(b"")
+    one_line(cli(translate.main, [*ckpt, "--input", source, "--output", tmp_path]), "--output", "is a folder")
+    one_line(cli(translate.main, [*ckpt, "--input", source, "--output", blocker / "x"]), "--output", str(blocker))
+    one_line(cli(translate.main, [*ckpt, "A dog.", "--heatmap", "/proc/my_llm_no/x.png"]), "--heatmap")
+    one_line(cli(evaluate.main, [*ckpt, "--out_dir", blocker / "eval"]), "--out_dir", str(blocker))
+    one_line(cli(evaluate.main, [*ckpt, "--out_dir", tmp_path / "eval", "--metrics_out", tmp_path]),
+             "--metrics_out", "is a folder")
+    assert not (tmp_path / "eval").exists()
+
+
+def fake_children(monkeypatch, code):
+    """bench.py's programs, each ending at once with `code`; returns the commands they were given."""
+    commands = []
+
+    def fake_run(cmd, *args, **kwargs):
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, code)
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    return commands
+
+
+def test_bench_stops_at_a_failed_program_without_a_second_line(cli, monkeypatch):
+    commands = fake_children(monkeypatch, 2)            # translate.py has said why, in its one line
+    code, out, err = cli(bench.main, ["--parts", "heatmaps"])
+    assert (code, err) == (2, "") and len(commands) == 1 and "translate.py" in out
+    fake_children(monkeypatch, -9)                       # killed (out of memory): it could say nothing itself
+    code, _, err = cli(bench.main, ["--parts", "quick"])
+    one_error_line(code, err, "train.py was stopped by signal 9")
 
 
 # ----------------------------------------------------------------------------- text that is not UTF-8
@@ -223,6 +305,19 @@ def test_an_edited_checkpoint_is_refused_before_the_model_is_built(payload, tmp_
         real_init(self, config)
     monkeypatch.setattr(Transformer, "__init__", guarded_init)
     one_line(cli(translate.main, ["--checkpoint", path, "A dog runs."]), str(path), words)
+
+
+@pytest.mark.parametrize("case", ["absurd d_model", "vocabulary longer than the model", "weights: missing",
+                                  "unknown model type"])
+def test_an_edited_checkpoint_is_refused_by_evaluate_too(payload, tmp_path, mt_data, cli, case):
+    edit, words = CHECKPOINT_EDITS[case]
+    ckpt = copy.deepcopy(payload)
+    edit(ckpt)
+    path = tmp_path / "edited.pt"
+    torch.save(ckpt, path)
+    code, out, err = cli(evaluate.main, ["--checkpoint", path, "--data_dir", mt_data, "--out_dir", tmp_path / "e"])
+    one_error_line(code, err, str(path), words)
+    assert "greedy" not in out and not (tmp_path / "e").exists()
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", os.urandom(300)])
@@ -337,6 +432,25 @@ def test_resume_refuses_an_edited_last_checkpoint(stopped_run, tmp_path, cli, ca
     assert (run / "last.pt").read_bytes() == before
 
 
+EDITED_COUNTERS = [("global_step", -1, "global_step"), ("epoch", "1", "epoch"), ("history", None, "history"),
+                   ("averaged", [], "averaged"), ("wall_seconds", float("nan"), "wall_seconds"),
+                   ("weight_count", "2", "weight_count"), ("weight_count", 1, "weight_sum"),
+                   ("weight_sum", {"x": torch.zeros(2)}, "weight_sum")]
+
+
+@pytest.mark.parametrize("key, value, named", EDITED_COUNTERS, ids=[f"{k}={v!r}" for k, v, _ in EDITED_COUNTERS])
+def test_resume_refuses_edited_counters(stopped_run, tmp_path, cli, key, value, named):
+    folder, argv = stopped_run
+    run = tmp_path / "run"
+    shutil.copytree(folder / "run", run, ignore=shutil.ignore_patterns("run.lock"))
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt[key] = value
+    torch.save(ckpt, run / "last.pt")
+    before = (run / "last.pt").read_bytes()
+    one_line(cli(train.main, [*argv, "--out_dir", run, "--resume"]), "--resume", named)
+    assert (run / "last.pt").read_bytes() == before
+
+
 def test_classifier_resume_refuses_changes_and_edits(tiny_data, tmp_path, cli):
     argv = ["--data_dir", tiny_data, "--out_dir", tmp_path / "run", "--checkpoint", tmp_path / "clf.pt",
             "--d_model", "16", "--n_heads", "2", "--layers", "1", "--d_ff", "32", "--epochs", "2", "--patience", "2",
@@ -345,13 +459,23 @@ def test_classifier_resume_refuses_changes_and_edits(tiny_data, tmp_path, cli):
     assert code == 0, err
     last = tmp_path / "run" / "last.pt"
     one_line(cli(train_classifier.main, [*argv, "--dropout", "0.3", "--resume"]), "--dropout")
-    ckpt = torch.load(last, weights_only=True)
+    original = torch.load(last, weights_only=True)
+    ckpt = copy.deepcopy(original)
     vocab_edit(lambda m, d: m["merges"].append(["zz", "qq"]))(ckpt)
     torch.save(ckpt, last)
     before = last.read_bytes()
     one_line(cli(train_classifier.main, [*argv, "--resume"]), "last.pt", "merge")
     assert last.read_bytes() == before
+    for key, value in (("step", -4), ("best_val_acc", "high"), ("bad_epochs", 1.5)):
+        ckpt = {**original, key: value}
+        torch.save(ckpt, last)
+        one_line(cli(train_classifier.main, [*argv, "--resume"]), "--resume:", key)
+    for flags, named in ((["--lr", "0.01"], "--lr"), (["--vocab_size", "140"], "--vocab_size"),
+                         (["--max_len", "64"], "--max_len")):
+        one_line(cli(train_classifier.main, [*argv, *flags, "--resume"]), "--resume", named)
     one_line(cli(train_classifier.main, [*argv, "--limit", "1", "--out_dir", tmp_path / "one"]), "--limit")
+    one_line(cli(train_classifier.main, [*argv, "--limit", "2", "--val_fraction", "0.5", "--out_dir",
+                                         tmp_path / "two"]), "--limit 2", "one class")
 
 
 # ----------------------------------------------------------------------------- the prompt, and arbitrary text
