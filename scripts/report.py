@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from scripts.common import UserError, read_json
+from scripts.common import ChildFailed, UserError, read_json
 
 Column = tuple[str, Callable[[dict[str, Any]], Any]]
 
@@ -80,14 +80,13 @@ def update_file(path: Path, blocks: dict[str, str]) -> bool:
 
 def run_script(stage_dir: Path, script: str, *argv: str) -> None:
     """Run one of a stage's programs as a learner would (a fresh Python process), echoing the command;
-    a failure stops the benchmark with the program's own message above it. Benches bind `stage_dir` once:
-    `run = functools.partial(run_script, STAGE_DIR)`."""
-    from scripts.common import UserError  # noqa: PLC0415 - common imports torch; tables alone should not
-
+    a failure stops the benchmark with the program's own one-line message as the only one (ChildFailed). Benches
+    bind `stage_dir` once: `run = functools.partial(run_script, STAGE_DIR)`."""
     cmd = [sys.executable, str(Path(stage_dir) / script), *argv]
     print("$", " ".join(cmd[1:]), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise UserError(f"{script} failed; see its message above")
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise ChildFailed(code)
 
 
 def short_paths(command: str, stage: str) -> str:
