@@ -1,6 +1,6 @@
 """Stage 5 benchmark: every number in the stage README, from the default settings, on this machine.
 
-    python stage5_gpt/bench.py                                 # all parts
+    python stage5_gpt/bench.py                                 # all parts but gpu and finetune
     python stage5_gpt/bench.py --parts quick                   # the quick preset end to end (~2.5 min)
     python stage5_gpt/bench.py --parts char                    # the default char-level model (~20 min)
     python stage5_gpt/bench.py --parts baby --nanogpt_dir ~/nanoGPT   # also time nanoGPT's own train.py
@@ -35,11 +35,12 @@ gpu:       on a CUDA machine: the default char model, GPT-2 small's shape on Gut
            and with --compile (tokens/s and MFU against the card's bf16 peak), and GPU_BASE, a 14M-parameter
            Gutenberg model pretrained in about two minutes (checkpoints/gpu_base_gutenberg.pt), then GPU_ADAPT:
            that model's pretraining continued on the IMDb training reviews' text (checkpoints/gpu_base_imdb.pt),
-           the base of the *_adapted fine-tuning runs.
+           the base of the *_adapted fine-tuning runs. With --parts gpu finetune, gpu runs first.
 Each writes JSON files into stage5_gpt/results/.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
@@ -57,13 +58,15 @@ from typing import Callable, Sequence
 import torch
 
 from scripts.checks import THREADS
-from scripts.common import ArgParser, UserError, hardware, load_checkpoint, read_json, run_main, write_json
+from scripts.common import (ArgParser, ChildFailed, UserError, hardware, load_checkpoint, path_arg, read_json, run_main,
+                            write_json)
 from scripts.plots import plot_curves
-from scripts.report import markdown_table, run_script, update_file
+from scripts.report import markdown_table, update_file
 from scripts.report import short_paths as report_short_paths
 from stage5_gpt.data.bpe import ByteLevelBPE
 from stage5_gpt.data.corpus import load_text
 from stage5_gpt.models.gpt import GPT, GPTConfig
+from stage5_gpt.models.hf import GPT2_NAMES
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
@@ -111,7 +114,22 @@ BABY_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_inter
               "--lr_decay_iters=2000", "--dropout=0.0"]   # nanoGPT README's CPU command, verbatim
 
 
-run = functools.partial(run_script, STAGE_DIR)   # run("train.py", flags...): a stage program, echoed
+PROGRAMS = Path(__file__).resolve().parent   # where the stage's programs are (tests move STAGE_DIR's outputs only)
+
+
+def run(script: str, *argv: str) -> None:
+    """Run one of the stage's programs as a learner would (a fresh Python process), echoing the command. When it
+    fails it has said why in its own line: the benchmark ends with its exit status and no second line."""
+    cmd = [sys.executable, str(PROGRAMS / script), *argv]
+    print("$", " ".join(cmd[1:]), flush=True)
+    check_child(script, subprocess.run(cmd).returncode)
+
+
+def check_child(script: str, code: int) -> None:
+    if code < 0:        # killed by a signal (out of memory, kill): it could not say anything itself
+        raise UserError(f"{script} was stopped by signal {-code} (out of memory?); see above for how far it got")
+    if code != 0:
+        raise ChildFailed(code)
 
 
 short_paths = functools.partial(report_short_paths, stage="stage5_gpt")
@@ -147,7 +165,8 @@ def quick(extra: list[str], train_flags: Sequence[str] = ()) -> None:
     generate = [sys.executable, str(Path(__file__).resolve().parent / "generate.py"), "--checkpoint", str(checkpoint)]
     generated = subprocess.run([*generate, *QUICK_SAMPLE, *extra], capture_output=True, text=True)
     if generated.returncode != 0:
-        raise UserError(f"generate.py failed: {generated.stderr.strip()[-300:]}")
+        sys.stderr.write(generated.stderr)   # its own one-line error
+        check_child("generate.py", generated.returncode)
     trained, scored = read_json(run_dir / "metrics.json"), read_json(run_dir / "eval.json")
     shutil.copy(run_dir / "history.json", RESULTS / "quick_history.json")
     write_json(RESULTS / "quick.json", {
@@ -649,22 +668,59 @@ def draw_curves() -> None:
                         title=f"GPT-mini, {name} run: loss (nats per token)", x="step")
 
 
+def check_bench_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The combinations: a flag of a part that does not run would be ignored (after hours of other parts), a
+    folder or checkpoint that is not there would fail at the end; both are refused before anything runs."""
+    if args.tables_only and (args.parts is not None or args.nanogpt_dir or args.base or args.runs or args.collect):
+        raise UserError("--tables_only runs nothing: drop --parts, --nanogpt_dir, --base, --runs and --collect")
+    args.parts = args.parts or [part for part in PARTS if part not in ("gpu", "finetune")]
+    for flag in ("base", "runs", "device", "collect"):
+        if getattr(args, flag) is not None and "finetune" not in args.parts:
+            raise UserError(f"--{flag} applies to --parts finetune only")
+    if args.collect and (args.base or args.device):
+        raise UserError("--collect imports finished runs: --base and --device do not apply")
+    if args.nanogpt_dir and "baby" not in args.parts:
+        raise UserError("--nanogpt_dir applies to --parts baby only")
+    if args.nanogpt_dir and not (Path(args.nanogpt_dir).expanduser() / "train.py").is_file():
+        raise UserError(f"--nanogpt_dir {args.nanogpt_dir} is not a nanoGPT checkout (no train.py in it)")
+    args.runs = args.runs or list(FINETUNE_RUNS)
+    if args.collect and not any((Path(args.collect) / name).is_dir() for name in args.runs):
+        raise UserError(f"--collect {args.collect} holds no run folder named {', '.join(args.runs)}")
+    args.base = args.base or str(FINETUNE_BASE)
+    if "finetune" in args.parts and not args.collect:
+        made_here = {FINETUNE_BASE, IMDB_BASE} if "gpu" in args.parts else set()   # the gpu part runs first
+        for name in args.runs:
+            base = finetune_base(name, Path(args.base))
+            if base not in made_here and not base.exists() and str(base) not in GPT2_NAMES:
+                whose, other = (("--base", "pass another --base") if base != IMDB_BASE else
+                                (f"run {name} starts from {IMDB_BASE.name}:", "leave the *_adapted runs out"))
+                raise UserError(f"{whose} {base} does not exist; pretrain it first (--parts gpu) or {other}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(description="Stage 5 benchmark: the numbers in stage5_gpt/README.md.")
-    p.add_argument("--parts", nargs="+", default=[p for p in PARTS if p not in ("gpu", "finetune")], choices=PARTS,
+    p.add_argument("--parts", nargs="+", default=None, choices=PARTS,
                    help="which measurements to run (default: all but gpu and finetune)")
-    p.add_argument("--nanogpt_dir", default=None, help="a nanoGPT checkout, to time its train.py beside ours")
-    p.add_argument("--data_dir", default=None, help="folder holding the data sets (default $MY_LLM_DATA)")
+    p.add_argument("--nanogpt_dir", type=path_arg, default=None,
+                   help="--parts baby: a nanoGPT checkout, to time its train.py beside ours")
+    p.add_argument("--data_dir", type=path_arg, default=None,
+                   help="folder holding the data sets (default $MY_LLM_DATA)")
     p.add_argument("--tables_only", action="store_true", help="only rebuild the README tables from results/")
-    p.add_argument("--base", default=str(FINETUNE_BASE), help="--parts finetune: the pretrained checkpoint")
-    p.add_argument("--runs", nargs="+", default=list(FINETUNE_RUNS), choices=list(FINETUNE_RUNS),
-                   help="--parts finetune: which fine-tuning runs")
-    p.add_argument("--device", default=None, help="--parts finetune: passed to finetune.py (e.g. cuda)")
+    # the flags of the finetune part: default None, so that one typed without --parts finetune is refused
+    p.add_argument("--base", type=path_arg, default=None,
+                   help="--parts finetune: the pretrained checkpoint (default: checkpoints/gpu_base_gutenberg.pt, "
+                        "made by --parts gpu)")
+    p.add_argument("--runs", nargs="+", default=None, choices=list(FINETUNE_RUNS),
+                   help="--parts finetune: which fine-tuning runs (default: all)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"],
+                   help="--parts finetune: passed to finetune.py")
     p.add_argument("--num_threads", type=THREADS, default=0,
                    help="passed to every program: CPU threads for torch (0: torch's default, one per core)")
-    p.add_argument("--collect", default=None,
-                   help="import finished fine-tuning run folders DIR/<run name> into results/ instead of training")
-    args = p.parse_args(argv)
+    p.add_argument("--collect", type=path_arg, default=None,
+                   help="--parts finetune: import finished fine-tuning run folders DIR/<run name> into results/ "
+                        "instead of training")
+    args = check_bench_args(p.parse_args(argv))
     extra = (["--data_dir", args.data_dir] if args.data_dir else []) + (
         ["--num_threads", str(args.num_threads)] if args.num_threads else [])
     threads = torch.get_num_threads()
@@ -686,6 +742,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bpe_speed(args.data_dir)
         if "gutenberg" in args.parts:
             train_and_evaluate("gutenberg", ["--preset", "gutenberg"], extra)
+        if "gpu" in args.parts:   # before finetune: it pretrains the bases fine-tuning starts from
+            gpu(extra)
         if "finetune" in args.parts and args.collect:
             for name in args.runs:
                 if (Path(args.collect) / name).is_dir():
@@ -694,8 +752,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             finetune_bench(extra + (["--device", args.device] if args.device else []), Path(args.base), args.runs)
         if "cpu_finetune" in args.parts:
             cpu_finetune(extra)
-        if "gpu" in args.parts:
-            gpu(extra)
     draw_curves()
     write_json(RESULTS / "overview.json", overview())
     for path, blocks in readme_blocks().items():
