@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from scripts.checks import COUNT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, autocast, get_device,
-                            read_text, run_main, set_threads, write_metrics)
+                            path_arg, read_text, run_main, set_threads, write_metrics)
 from stage5_gpt.data.corpus import DATASETS, load_text, sequential_windows
 from stage5_gpt.data.tasks import TASKS, evaluate_task, load_task, tokenize
 from stage5_gpt.finetune import BATCH, model_from_checkpoint, model_label
@@ -45,12 +45,15 @@ RUNS = Path(__file__).resolve().parent / "runs"
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Validation loss, perplexity and bits per byte of a GPT-mini (stage 5).")
     add_checkpoint_arg(p, None, CHECKPOINT_HELP)
-    p.add_argument("--init_from", default=None, help="score GPT-2's weights instead: gpt2 (online) or a folder")
-    p.add_argument("--tokenizer", default=None, help="tokenizer JSON (must match the checkpoint; default its own)")
+    p.add_argument("--init_from", type=path_arg, default=None,
+                   help="score GPT-2's weights instead: gpt2 (online) or a folder")
+    p.add_argument("--tokenizer", type=path_arg, default=None,
+                   help="tokenizer JSON (must match the checkpoint; default its own)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="whose validation split to score (default: the checkpoint's); imdb: the held-out training "
                         "reviews' text")
-    p.add_argument("--text_file", default=None, help="score this UTF-8 text file instead of a validation split")
+    p.add_argument("--text_file", type=path_arg, default=None,
+                   help="score this UTF-8 text file instead of a validation split")
     p.add_argument("--batch_size", type=BATCH, default=16, help="windows per forward pass")
     p.add_argument("--limit", type=COUNT, default=0,
                    help="score only the first N characters (0: all); for tasks, N test examples, a fixed sample "
@@ -58,11 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, choices=list(TASKS),
                    help="a fine-tuned checkpoint: score only this task (default: every task it was tuned on)")
     p.add_argument("--split", default="test", choices=["val", "test"], help="a fine-tuned checkpoint: which split")
-    p.add_argument("--out_dir", default=None, help="a fine-tuned checkpoint: where test_<task>.json go "
+    p.add_argument("--out_dir", type=path_arg, default=None, help="a fine-tuned checkpoint: where test_<task>.json go "
                                                    "(default runs/eval_<checkpoint name>)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="bf16 autocast where the hardware has it (faster, less exact)")
-    p.add_argument("--metrics_out", default=None,
+    p.add_argument("--metrics_out", type=path_arg, default=None,
                    help="metrics.json path (default: runs/eval_<checkpoint name>/metrics.json)")
     add_common_args(p, seed_help="random seed (scoring draws no random numbers)")
     return p

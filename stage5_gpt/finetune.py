@@ -31,14 +31,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scripts.common import (ArgParser, UserError, add_common_args, add_output_args, amp_name,
-                            autocast, checkpoint_header, get_device, hardware, load_checkpoint,
+                            autocast, checkpoint_header, get_device, hardware, load_checkpoint, path_arg,
                             run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
                             write_metrics)
 from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
 from scripts.common import model_from_checkpoint as checked_model
 from scripts.monitor import TrainingMonitor
 from scripts.plots import plot_curves
-from scripts.training import ResumableRun
+from scripts.training import ResumableRun, RunLock
 from stage5_gpt.data import tasks as T
 from stage5_gpt.models.gpt import GPT
 from stage5_gpt.models.hf import GPT2_NAMES, load_gpt2
@@ -79,7 +79,7 @@ RESUME_MUST_MATCH = ["base", "scratch", "tasks", "method", "train_blocks", "lora
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Fine-tune a pretrained GPT-mini for classification or several tasks (stage 5).")
-    p.add_argument("--base", default=str(STAGE_DIR / "checkpoints" / "gpt_gutenberg_bpe.pt"),
+    p.add_argument("--base", type=path_arg, default=str(STAGE_DIR / "checkpoints" / "gpt_gutenberg_bpe.pt"),
                    help="the pretrained model: a checkpoint from train.py (BPE), or gpt2 / gpt2-medium / a local "
                         "GPT-2 folder")
     p.add_argument("--preset", default="standard", choices=list(PRESETS),
@@ -488,6 +488,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.num_threads)
     device = get_device(args.device)
     kind = "head" if args.task in T.CLASSIFICATION_TASKS else "prompt"
+    # the run folder and the best checkpoint are this process's before its log goes there (ResumableRun below,
+    # which needs the base's context to check --resume, takes both locks over)
+    RunLock(Path(args.out_dir)).acquire()
+    RunLock.for_checkpoint(Path(args.checkpoint)).acquire()
     log = setup_logging(Path(args.out_dir))
     set_seed(args.seed)
     gpt, tokenizer, base_name = load_base(args, log)

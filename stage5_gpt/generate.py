@@ -35,7 +35,7 @@ import torch
 
 from scripts.checks import Range
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, describe_model, find_model,
-                            get_device, load_checkpoint, run_main, set_threads)
+                            get_device, load_checkpoint, path_arg, run_main, set_threads)
 from scripts.repl import SETTING_RANGES, STANDARD, Repl, check_setting
 from stage5_gpt.data import tasks
 from stage5_gpt.data.bpe import load_tokenizer
@@ -56,8 +56,9 @@ MAX_NEW_TOKENS = 10_000    # what the interactive loop allows too (scripts/repl.
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Generate text with a trained GPT-mini, or with GPT-2's weights (stage 5).")
     add_checkpoint_arg(p, None, CHECKPOINT_HELP)
-    p.add_argument("--init_from", default=None, help="use GPT-2 weights instead: gpt2 (online) or a local folder")
-    p.add_argument("--tokenizer", default=None,
+    p.add_argument("--init_from", type=path_arg, default=None,
+                   help="use GPT-2 weights instead: gpt2 (online) or a local folder")
+    p.add_argument("--tokenizer", type=path_arg, default=None,
                    help="tokenizer JSON to use; must be the one the checkpoint was trained with (default: its own)")
     p.add_argument("--prompt", default=None,
                    help="text to continue (default: a new line, or <|endoftext|> for a BPE model)")

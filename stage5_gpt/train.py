@@ -39,7 +39,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args, amp_name,
                             autocast, check_vocab_fits, checkpoint_header, config_from_checkpoint, get_device,
-                            hardware, load_checkpoint, rng_state, run_main, save_checkpoint, set_rng_state, set_seed,
+                            hardware, load_checkpoint, path_arg, rng_state, run_main, save_checkpoint, set_rng_state,
+                            set_seed,
                             set_threads, setup_logging, uses_bf16, warmup_cosine, write_json, write_metrics)
 from scripts.common import model_from_checkpoint as checked_model
 from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text to train on " + preset_default("dataset"))
     p.add_argument("--tokenizer", default=None, choices=["char", "bpe"],
                    help="characters, or byte-level BPE (--dataset imdb needs bpe) " + preset_default("tokenizer"))
-    p.add_argument("--init_from", default="scratch",
+    p.add_argument("--init_from", type=path_arg, default="scratch",
                    help="scratch; or GPT-2 weights: gpt2 / gpt2-medium / ... (Hugging Face, online) or a local "
                         "folder holding a transformers GPT-2 (config.json, weights, vocab.json, merges.txt); or a "
                         "checkpoint of this script, to continue pretraining it (e.g. on --dataset imdb) with its "
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--bpe_train_chars", type=COUNT, default=10_000_000,
                       help="train the BPE on the first N characters of the training text (0: all)")
     data.add_argument("--limit", type=COUNT, default=0, help="use only the first N characters of the training text")
-    data.add_argument("--cache_dir", default=str(DATA_CACHE), help="where the tokenised data sets are kept")
+    data.add_argument("--cache_dir", type=path_arg, default=str(DATA_CACHE),
+                      help="where the tokenised data sets are kept")
 
     add_output_args(p, "where the best model is written (default: checkpoints/gpt_<dataset>_"
                         "<tokenizer>.pt, the tokenizer being char, bpe, or base/gpt2 with --init_from; "
