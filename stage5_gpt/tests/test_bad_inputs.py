@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scripts.common import UserError, checkpoint_header, read_text, save_checkpoint
+from scripts.common import UserError, checkpoint_header, read_text, run_main, save_checkpoint
 from scripts.testing import TypedLines, one_error_line
 from stage5_gpt import bench, evaluate, finetune, generate, train
 from stage5_gpt.data import corpus
@@ -455,6 +455,87 @@ def test_finetune_refuses_training_data_of_one_class(bpe_model, tiny_data, tmp_p
                                        "--device", "cpu"])
     one_error_line(code, err, "--limit 1", "one class", "imdb")
     assert not (tmp_path / "ft.pt").exists()
+
+
+def tiny_finetune(bpe_model, tiny_data, tmp_path, *extra) -> list:
+    return ["--base", bpe_model, "--data_dir", tiny_data, "--out_dir", tmp_path / "run", "--checkpoint",
+            tmp_path / "ft.pt", "--cache_dir", "", "--limit", "8", "--eval_limit", "4", "--epochs", "1",
+            "--batch_size", "4", "--max_len", "16", "--device", "cpu", "--num_threads", "1", *extra]
+
+
+def test_finetune_resume_refuses_other_settings_and_an_edited_last_pt(bpe_model, tiny_data, tmp_path, cli):
+    code, _, err = cli(finetune.main, tiny_finetune(bpe_model, tiny_data, tmp_path))
+    assert code == 0, err
+    last, best = tmp_path / "run" / "last.pt", tmp_path / "ft.pt"
+    before = last.read_bytes(), best.read_bytes()
+    for flags, name in ((["--lr", "0.01"], "--lr"), (["--max_len", "32"], "--max_len"), (["--clip", "0"], "--clip")):
+        code, _, err = cli(finetune.main, tiny_finetune(bpe_model, tiny_data, tmp_path, "--resume", *flags))
+        one_error_line(code, err, "--resume", name)
+    assert (last.read_bytes(), best.read_bytes()) == before
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["step"] = -3
+    save_checkpoint(last, ckpt)
+    code, _, err = cli(finetune.main, tiny_finetune(bpe_model, tiny_data, tmp_path, "--resume"))
+    one_error_line(code, err, "--resume", "last.pt")
+    assert best.read_bytes() == before[1]
+
+
+@pytest.mark.parametrize("locked", ["run/run.lock", ".ft.pt.lock"], ids=["out_dir", "checkpoint"])
+def test_finetune_refuses_a_run_folder_or_checkpoint_in_use(bpe_model, tiny_data, tmp_path, cli, locked):
+    lock = tmp_path / locked
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "command": "finetune.py", "started": "now"}))
+    code, _, err = cli(finetune.main, tiny_finetune(bpe_model, tiny_data, tmp_path))
+    one_error_line(code, err, "in use")
+    assert not (tmp_path / "run" / "train.log").exists() and not (tmp_path / "ft.pt").exists()
+
+
+EMPTY_PATHS = [(finetune.main, "--out_dir"), (finetune.main, "--checkpoint"), (finetune.main, "--base"),
+               (train.main, "--out_dir"), (train.main, "--init_from"), (train.main, "--cache_dir"),
+               (evaluate.main, "--metrics_out"), (evaluate.main, "--text_file"), (evaluate.main, "--tokenizer"),
+               (evaluate.main, "--init_from"), (evaluate.main, "--out_dir"), (generate.main, "--tokenizer"),
+               (generate.main, "--init_from"), (generate.main, "--checkpoint"), (bench.main, "--data_dir"),
+               (bench.main, "--collect"), (bench.main, "--base"), (bench.main, "--nanogpt_dir")]
+
+
+@pytest.mark.parametrize("program, flag", EMPTY_PATHS,
+                         ids=[f"{p.__module__.split('.')[-1]} {f}" for p, f in EMPTY_PATHS])
+def test_an_empty_path_is_refused(cli, program, flag):
+    """An unset shell variable (`--out_dir "$RUN"`) is not read as "not given": that would write elsewhere."""
+    code, _, err = cli(program, [flag, ""])
+    one_error_line(code, err, flag, "empty path")
+
+
+BENCH_FLAGS = [
+    (["--base", "x.pt"], "--base applies to --parts finetune"), (["--parts", "quick", "--device", "cuda"], "--device"),
+    (["--parts", "quick", "--runs", "imdb_full"], "--runs"),
+    (["--parts", "char", "--nanogpt_dir", "."], "--nanogpt_dir"),
+    (["--parts", "baby", "--nanogpt_dir", "."], "not a nanoGPT checkout"),
+    (["--parts", "finetune", "--base", "no_such.pt", "--runs", "imdb_full"], "no_such.pt"),
+    (["--parts", "finetune", "--runs", "imdb_full_adapted", "--base", "gpt2"], "gpu_base_imdb.pt"),
+    (["--parts", "finetune", "--collect", "."], "--collect"), (["--tables_only", "--parts", "quick"], "--tables_only"),
+    (["--parts", "finetune", "--device", "tpu"], "--device"),
+]
+
+
+@pytest.mark.parametrize("flags, name", BENCH_FLAGS, ids=[" ".join(f) for f, _ in BENCH_FLAGS])
+def test_bench_refuses_flags_that_would_be_ignored_or_fail_late(cli, monkeypatch, tmp_path, flags, name):
+    monkeypatch.setattr(bench, "IMDB_BASE", tmp_path / "gpu_base_imdb.pt")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(bench.main, flags)
+    one_error_line(code, err, name)
+    assert not (tmp_path / "results").exists()
+
+
+def test_bench_ends_with_a_failed_programs_own_line(capfd, monkeypatch, tmp_path):
+    """train.py's one-line error (from its own process: capfd) is the only one: bench.py adds none and exits with
+    its status (ChildFailed)."""
+    monkeypatch.setattr(bench, "STAGE_DIR", tmp_path)
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    with pytest.raises(SystemExit) as info:
+        run_main(bench.main, ["--parts", "quick", "--data_dir", str(tmp_path / "no_data")])
+    one_error_line(info.value.code, capfd.readouterr().err, "no_data")
 
 
 @pytest.mark.parametrize("flags, name", [(["--method", "lora", "--lora_rank", "64"], "--lora_rank"),
