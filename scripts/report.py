@@ -85,6 +85,8 @@ def run_script(stage_dir: Path, script: str, *argv: str) -> None:
     cmd = [sys.executable, str(Path(stage_dir) / script), *argv]
     print("$", " ".join(cmd[1:]), flush=True)
     code = subprocess.run(cmd).returncode
+    if code < 0:        # killed by a signal (out of memory, kill): it could not say anything itself
+        raise UserError(f"{script} was stopped by signal {-code} (out of memory?); see above for how far it got")
     if code != 0:
         raise ChildFailed(code)
 

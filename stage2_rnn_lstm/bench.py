@@ -13,6 +13,7 @@ results/overview.json (quick, default and GPU runs in one schema for the course'
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import shutil
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from scripts.checks import THREADS
 from scripts.common import ArgParser, ChildFailed, hardware, path_arg, read_json, run_main, write_json
-from scripts.report import load_results, markdown_table, short_paths, update_file
+from scripts.report import load_results, markdown_table, run_script, short_paths, update_file
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
 from stage2_rnn_lstm import train as train_module
 from stage2_rnn_lstm.evaluate import load_language_model
@@ -40,14 +41,7 @@ DEFAULT_PARTS = ("char", "word", "speed", "classify")
 QUICK_COMMAND = "python stage2_rnn_lstm/train.py --preset quick"
 
 
-def run(script: str, *argv: str) -> None:
-    """Run one of the stage's programs as a learner would (a fresh Python process), echoing the command. A failure
-    ends the benchmark with the program's exit status; its own one-line message says why (no second line here)."""
-    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
-    print("$", " ".join(cmd[1:]), flush=True)
-    code = subprocess.run(cmd).returncode
-    if code != 0:
-        raise ChildFailed(code)
+run = functools.partial(run_script, STAGE_DIR)   # a failed program's own line is the only one
 
 
 def language_model(vocab_type: str, extra: list[str]) -> None:

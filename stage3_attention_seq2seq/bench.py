@@ -23,8 +23,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import subprocess
-import sys
 import time
 from operator import itemgetter
 from pathlib import Path
@@ -33,9 +31,9 @@ from typing import Sequence
 import torch
 
 from scripts.checks import POSITIVE_INT, THREADS
-from scripts.common import (REPO_ROOT, ArgParser, ChildFailed, UserError, path_arg, read_json, run_main,
+from scripts.common import (REPO_ROOT, ArgParser, UserError, path_arg, read_json, run_main,
                             write_json)
-from scripts.report import markdown_table, update_file
+from scripts.report import markdown_table, run_script, update_file
 from scripts.report import short_paths as report_short_paths
 from scripts.translation_data import corpus_scores
 from stage3_attention_seq2seq.data.translation import load_pairs, tokenize
@@ -56,16 +54,7 @@ TRY_SENTENCES = ("A man is riding a bicycle down the street.", "Two dogs are pla
                  "A woman is reading a book on a bench.", "Children are playing soccer in the park.")
 
 
-def run(script: str, *argv: str) -> None:
-    """Run one of the stage's programs as a learner would (a fresh Python process), echoing the command. When it
-    fails it has said why in its own line: the benchmark ends with its exit status and no second line."""
-    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
-    print("$", " ".join(cmd[1:]), flush=True)
-    code = subprocess.run(cmd).returncode
-    if code < 0:        # killed by a signal (out of memory, kill): it could not say anything itself
-        raise UserError(f"{script} was stopped by signal {-code} (out of memory?); see above for how far it got")
-    if code != 0:
-        raise ChildFailed(code)
+run = functools.partial(run_script, STAGE_DIR)   # a failed program's own line is the only one
 
 
 def train_and_evaluate(name: str, train_argv: list[str], extra: list[str]) -> None:

@@ -23,13 +23,13 @@ from typing import Callable, Sequence
 import torch
 
 from scripts.checks import POSITIVE_INT
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, clean_text, get_device,
-                            path_arg, read_text, run_main, set_threads, write_text)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, clean_text,
+                            get_device, path_arg, read_text, run_main, set_threads, write_text)
 from scripts.repl import Repl
 from stage3_attention_seq2seq.data.translation import EOS, UNK, Vocabulary, split_lines, tokenize
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq
 from stage3_attention_seq2seq.translator import (ALPHA, BEAM, CHECKPOINT_HELP, Translation, check_length,
-                                                 check_writable, find_checkpoint, load_model, model_line,
+                                                 find_checkpoint, load_model, model_line,
                                                  translate_sentences)
 
 NO_ATTENTION = "this model has no attention weights to draw (--attention_type none)"

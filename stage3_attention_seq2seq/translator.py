@@ -2,7 +2,6 @@
 sentences in length-sorted batches (scored by `scripts.translation_data.corpus_scores`)."""
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -161,34 +160,3 @@ def replace_unknowns(tokens: list[str], source_tokens: list[str],
         out.append(token)
         kept.append(i)
     return out, kept
-
-
-def check_writable(path: str | Path, name: str, folder: bool = False) -> Path:
-    """Refuse, before any work, an output path that cannot be written (a folder in the way, a parent that is a
-    file, no permission, a name too long...), so a long evaluation or translation never ends in a lost result.
-    Probes by creating (and removing) a file: in the folder that will hold the output, or in its nearest existing
-    ancestor when that folder is still to be made. An existing file is opened for appending and left unchanged."""
-    path = Path(path)
-    try:
-        if folder:
-            target = path
-        else:
-            if path.is_dir():
-                raise UserError(f"{name} {path} is a folder; give a file name")
-            target = path.parent
-        existing = next(p for p in [target.absolute(), *target.absolute().parents] if p.exists())
-        if not existing.is_dir():
-            raise UserError(f"{name} {path} cannot be written ({existing} is not a folder)")
-        if not folder and existing == target.absolute():
-            created = not path.exists()
-            with open(path, "ab"):
-                pass
-            if created:
-                path.unlink()
-        else:
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-    except (OSError, ValueError) as err:       # ValueError: a NUL character in the path
-        reason = getattr(err, "strerror", None) or str(err)
-        raise UserError(f"{name} {str(path)[:200]} cannot be written ({reason})") from None
-    return path

@@ -21,8 +21,6 @@ results/overview.json (the quick, default and GPU runs: command, minutes, test B
 import functools
 import os
 import shutil
-import subprocess
-import sys
 import time
 from operator import itemgetter
 from pathlib import Path
@@ -31,9 +29,9 @@ from typing import Sequence
 import torch
 
 from scripts.checks import THREADS
-from scripts.common import (REPO_ROOT, ArgParser, ChildFailed, UserError, amp_name, command_line, hardware, path_arg,
+from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, command_line, hardware, path_arg,
                             read_json, run_main, write_json)
-from scripts.report import hardware_label, markdown_table, update_file
+from scripts.report import hardware_label, markdown_table, run_script, update_file
 from scripts.report import short_paths as report_short_paths
 from scripts.translation_data import load_pairs
 from stage4_transformer.data.batches import encode_pairs, token_batches
@@ -56,16 +54,7 @@ HEATMAP_SENTENCE = "A young woman in a red dress is singing into a microphone."
 ALPHAS = ("0.6", "1.0", "1.4")   # length-penalty exponents tried on the validation set
 
 
-def run(script: str, *argv: str) -> None:
-    """Run one of the stage's programs as a learner would (a fresh Python process), echoing the command. When it
-    fails it has said why in its own line: the benchmark ends with its exit status and no second line."""
-    cmd = [sys.executable, str(STAGE_DIR / script), *argv]
-    print("$", " ".join(cmd[1:]), flush=True)
-    code = subprocess.run(cmd).returncode
-    if code < 0:        # killed by a signal (out of memory, kill): it could not say anything itself
-        raise UserError(f"{script} was stopped by signal {-code} (out of memory?); see above for how far it got")
-    if code != 0:
-        raise ChildFailed(code)
+run = functools.partial(run_script, STAGE_DIR)   # a failed program's own line is the only one
 
 
 short_paths = functools.partial(report_short_paths, stage="stage4_transformer")

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from scripts.checks import COUNT
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, count_params, get_device,
-                            path_arg, run_main, set_threads, write_metrics, write_text)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, count_params,
+                            get_device, path_arg, run_main, set_threads, write_metrics, write_text)
 from scripts.repl import SETTING_RANGES
 from scripts.translation_data import DATASETS, SPLITS, corpus_scores, load_pairs
-from stage4_transformer.translator import (ALPHA, BATCH_SIZE, STAGE, check_writable, find_checkpoint, load_model,
+from stage4_transformer.translator import (ALPHA, BATCH_SIZE, STAGE, find_checkpoint, load_model,
                                            model_line, translate_sentences)
 
 STAGE_DIR = Path(__file__).resolve().parent

@@ -17,13 +17,13 @@ from typing import Sequence
 
 import torch
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, clean_text, get_device,
-                            path_arg, read_text, run_main, set_threads, write_text)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, clean_text,
+                            get_device, path_arg, read_text, run_main, set_threads, write_text)
 from scripts.repl import SETTING_RANGES, Repl
 from scripts.translation_data import split_lines
 from stage4_transformer.data.subword import BOS_ID, EOS_ID, SubwordVocab
 from stage4_transformer.models.transformer import Transformer
-from stage4_transformer.translator import (ALPHA, BATCH_SIZE, check_writable, find_checkpoint, load_model,
+from stage4_transformer.translator import (ALPHA, BATCH_SIZE, find_checkpoint, load_model,
                                            model_line, translate_sentences)
 
 

@@ -2,7 +2,6 @@
 sentences in length-sorted batches."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -130,28 +129,3 @@ def translate_sentences(model: Transformer, vocab: SubwordVocab, sentences: Sequ
         bar.update(len(batch.indices))
     bar.close()
     return out
-
-
-def check_writable(path: str | Path, name: str, folder: bool = False) -> Path:
-    """Refuse, before any work, an output path that cannot be written (a folder in the way, a parent that is a
-    file, no permission, a NUL in the name...), so a long evaluation or translation never ends in a lost result.
-    Probes by creating (and removing) a temporary file in the nearest folder that exists on the way; nothing is
-    made or changed (a folder still to be made is made only when the result is written)."""
-    path = Path(path)
-    try:
-        if not folder and path.is_dir():
-            raise UserError(f"{name} {path} is a folder; give a file name")
-        target = path if folder else path.parent
-        existing = next(p for p in [target.absolute(), *target.absolute().parents] if p.exists())
-        if not existing.is_dir():
-            raise UserError(f"{name} {path} cannot be written ({existing} is not a folder)")
-        if not folder and path.exists():
-            with open(path, "ab"):      # an existing file: can it be replaced? (appending nothing changes nothing)
-                pass
-        else:
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-    except (OSError, ValueError) as err:       # ValueError: a NUL character in the path
-        reason = getattr(err, "strerror", None) or str(err)
-        raise UserError(f"{name} {str(path)[:200]} cannot be written ({reason})") from None
-    return path
