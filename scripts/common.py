@@ -727,6 +727,20 @@ def write_metrics(path: Path, *, stage: str, model: str, dataset: str, split: st
     return payload
 
 
+def check_output_is_not_input(input_name: str | None, output_name: str | None) -> None:
+    """--output must be another file than --input (also through a symbolic or hard link): writing the results
+    there would replace what the program reads."""
+    if not input_name or input_name == "-" or not output_name:
+        return
+    try:
+        same = os.path.samefile(input_name, output_name)
+    except (OSError, ValueError):       # one of them does not exist (yet): not the same file
+        return
+    if same:
+        raise UserError(f"--output {output_name} is the --input file; writing there would replace the text it "
+                        "reads: give another --output")
+
+
 def check_writable(path: str | Path, name: str, folder: bool = False) -> Path:
     """Refuse, before any work, an output path that cannot be written (a folder in the way, a parent that is a
     file, no permission, a name too long...), so a long evaluation or translation never ends in a lost result.

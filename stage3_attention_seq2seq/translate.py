@@ -14,7 +14,6 @@ course's commands (:beam, :settings, :help, :quit) plus :alpha VALUE and :heatma
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Callable, Sequence
 import torch
 
 from scripts.checks import POSITIVE_INT
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, clean_text,
-                            get_device, path_arg, read_text, run_main, set_threads, write_text)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_output_is_not_input,
+                            check_writable, clean_text, get_device, path_arg, read_text, run_main, set_threads,
+                            write_text)
 from scripts.repl import Repl
 from stage3_attention_seq2seq.data.translation import EOS, UNK, Vocabulary, split_lines, tokenize
 from stage3_attention_seq2seq.models.seq2seq import Seq2Seq
@@ -75,20 +75,6 @@ def note_unknown(sentence: str, src_vocab: Vocabulary) -> None:
               file=sys.stderr)
     elif unknown:
         print(f"note: unknown words read as {UNK}: {' '.join(unknown)[:500]}", file=sys.stderr)
-
-
-def check_output_is_not_input(input_name: str | None, output_name: str | None) -> None:
-    """--output must be another file than --input (also through a symbolic or hard link): writing the
-    translations there would replace the English sentences."""
-    if not input_name or input_name == "-" or not output_name:
-        return
-    try:
-        same = os.path.samefile(input_name, output_name)
-    except (OSError, ValueError):       # one of them does not exist (yet): not the same file
-        return
-    if same:
-        raise UserError(f"--output {output_name} is the --input file; writing the translations there would "
-                        "replace the English: give another --output")
 
 
 def draw_heatmap(translation: Translation, path: str | Path, title: str = "") -> Path:

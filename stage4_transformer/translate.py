@@ -10,15 +10,15 @@ Beam search (--beam_size 5) with the key/value cache by default; --beam_size 1 i
 loads the newest model train.py wrote (--preset quick's too) and says which on stderr.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, clean_text,
-                            get_device, path_arg, read_text, run_main, set_threads, write_text)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_output_is_not_input,
+                            check_writable, clean_text, get_device, path_arg, read_text, run_main, set_threads,
+                            write_text)
 from scripts.repl import SETTING_RANGES, Repl
 from scripts.translation_data import split_lines
 from stage4_transformer.data.subword import BOS_ID, EOS_ID, SubwordVocab
@@ -50,20 +50,6 @@ def check_sentence(sentence: str) -> None:
     translated: the subword vocabulary spells every word with its pieces, so no word is unknown."""
     if not sentence.split():
         raise UserError("empty sentence: type some English to translate")
-
-
-def check_output_is_not_input(input_name: str | None, output_name: str | None) -> None:
-    """--output must be another file than --input (also through a symbolic or hard link): writing the
-    translations there would replace the English sentences."""
-    if not input_name or input_name == "-" or not output_name:
-        return
-    try:
-        same = os.path.samefile(input_name, output_name)
-    except (OSError, ValueError):       # one of them does not exist (yet): not the same file
-        return
-    if same:
-        raise UserError(f"--output {output_name} is the --input file; writing the translations there would "
-                        "replace the English: give another --output")
 
 
 def draw_heatmap(model: Transformer, vocab: SubwordVocab, sentence: str, translation: str, path: str | Path,
