@@ -28,6 +28,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -431,7 +432,11 @@ def load_data(args: argparse.Namespace, ddp: Distributed, log: Any, given_tokeni
         if given_tokenizer is not None:
             check_spells(given_tokenizer, splits, args)
             return given_tokenizer
-        return train_tokenizer(args.tokenizer, splits, args.vocab_size, args.bpe_train_chars)
+        tokenizer = train_tokenizer(args.tokenizer, splits, args.vocab_size, args.bpe_train_chars)
+        if args.tokenizer == "bpe" and tokenizer.vocab_size < args.vocab_size:    # the text ran out of pairs to merge
+            print(f"note: the BPE reached {tokenizer.vocab_size:,} tokens, not --vocab_size {args.vocab_size:,}: its "
+                  "training text has no more pairs to merge (raise --bpe_train_chars)", file=sys.stderr)
+        return tokenizer
 
     if ddp.master:
         data = prepare(args.dataset, args.data_dir, make_tokenizer, name, args.limit, log.info, Path(args.cache_dir))

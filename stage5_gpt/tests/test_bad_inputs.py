@@ -723,3 +723,11 @@ def test_text_files_of_any_bytes_are_read_or_refused(tmp_path_factory, data):
         assert "t.txt" in str(err) and "line" in str(err)
         return
     assert BPE.decode(BPE.encode(text)) == text
+
+
+def test_a_bpe_that_cannot_reach_its_vocab_size_says_so(lm_data, tmp_path, cli):
+    """Too little training text for the merges asked for: the run goes on with the tokenizer it got, and says so."""
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path, "--tokenizer", "bpe", "--vocab_size", "600",
+                                             "--bpe_train_chars", "50", "--max_steps", "2", "--eval_interval", "2"))
+    assert code == 0, err
+    assert "not --vocab_size 600: its training text has no more pairs to merge" in err
