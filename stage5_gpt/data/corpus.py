@@ -200,6 +200,7 @@ def prepare(dataset: str, data_dir: str | None,
         if not isinstance(meta, dict) or meta.get("tokenizer") != tokenizer.fingerprint() or not all(
                 isinstance(meta.get(f"{split}_tokens"), int) for split in ("train", "val")):
             raise UserError(f"token cache {folder} does not match its tokenizer.json; delete the folder and rerun")
+        check_source(folder, meta, dataset, data_dir)
         dtype = ids_dtype(tokenizer.vocab_size)
         arrays = {}
         for split in ("train", "val"):
@@ -219,7 +220,8 @@ def prepare(dataset: str, data_dir: str | None,
     log(f"tokenizer: {tokenizer.vocab_size:,} tokens, trained in {time.time() - tick:.1f} s")
     tokenizer.save(folder / "tokenizer.json")
     dtype = ids_dtype(tokenizer.vocab_size)
-    meta = {"dataset": dataset, "tokenizer": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size}
+    meta = {"dataset": dataset, "tokenizer": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
+            "source": source_identity(dataset, data_dir)}
     for split, text in splits.items():
         tick = time.time()
         ids = tokenizer.encode(text)
@@ -229,6 +231,42 @@ def prepare(dataset: str, data_dir: str | None,
         log(f"{dataset} {split}: {len(text):,} characters -> {len(ids):,} tokens in {time.time() - tick:.1f} s")
     write_json(meta_path, meta)   # written last: its presence means the folder is complete
     return prepare(dataset, data_dir, make_tokenizer, cache_name, limit, log, cache_root)
+
+
+def source_identity(dataset: str, data_dir: str | None) -> dict[str, dict[str, int | str]] | None:
+    """{file name: {"bytes": size, "sha256": digest}} of the data files `dataset` is read from, or None when there
+    is no local copy (IMDb read through Hugging Face datasets). A token cache keeps it in its meta.json, so a cache
+    built from one copy of the text is never read for another (say a 12-character input.txt given by --data_dir)."""
+    name, files = DATASETS[dataset]
+    if dataset == "imdb":
+        files = ["train.jsonl.gz"]                      # the only file imdb_text reads
+    folder = find_local_data(name, files, data_dir) or cache_dir(name)   # no local copy: where a download lands
+    if not all((folder / f).is_file() for f in files):
+        return None
+    identity = {}
+    for f in files:
+        digest = hashlib.sha256()
+        with open(folder / f, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+        identity[f] = {"bytes": (folder / f).stat().st_size, "sha256": digest.hexdigest()}
+    return identity
+
+
+def check_source(folder: Path, meta: dict, dataset: str, data_dir: str | None) -> None:
+    """Refuse a token cache built from other files than the ones this run would read (a cache without a record of
+    its source predates the check and cannot be trusted either). With no local copy at all there is nothing to
+    compare, and the cache is all there is."""
+    current = source_identity(dataset, data_dir)
+    if current is None or meta.get("source") == current:
+        return
+    where = f"--data_dir {data_dir}" if data_dir else "the data"
+    if not isinstance(meta.get("source"), dict):
+        raise UserError(f"token cache {folder} does not record which {dataset} files it was built from; delete the "
+                        "folder and rerun (or give another --cache_dir)")
+    sizes = ", ".join(f"{name}: {entry['bytes']:,} bytes" for name, entry in current.items())
+    raise UserError(f"token cache {folder} was built from other {dataset} text than {where} now holds ({sizes}); "
+                    "give another --cache_dir, or delete the folder and rerun")
 
 
 def check_ids(ids: np.ndarray, vocab_size: int, path: Path) -> None:

@@ -205,6 +205,26 @@ def test_a_token_cache_with_ids_beyond_the_tokenizer_is_refused(cached_run, cli)
     one_error_line(code, err, "train.bin", "999")
 
 
+def test_a_token_cache_built_from_other_text_is_refused(cached_run, lm_data, tmp_path, cli):
+    """A cache made from one copy of the data is never read for another --data_dir (a truncated one here)."""
+    folder, args = cached_run
+    other = tmp_path / "other" / "tiny_shakespeare"
+    other.mkdir(parents=True)
+    (other / "input.txt").write_text((lm_data / "tiny_shakespeare" / "input.txt").read_text()[:5000])
+    args[args.index("--data_dir") + 1] = other.parent
+    code, _, err = cli(train.main, args)
+    one_error_line(code, err, str(folder), "--data_dir", "5,000 bytes", "--cache_dir")
+
+
+def test_a_token_cache_without_its_source_is_refused(cached_run, cli):
+    folder, args = cached_run
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["source"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    code, _, err = cli(train.main, args)
+    one_error_line(code, err, str(folder), "does not record")
+
+
 @pytest.mark.parametrize("edit, name", [
     (lambda t: {**t, "chars": t["chars"][:-1]}, "does not match"),
     (lambda t: {**t, "chars": t["chars"] + t["chars"][:1]}, "distinct"),
