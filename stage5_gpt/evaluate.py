@@ -61,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, choices=list(TASKS),
                    help="a fine-tuned checkpoint: score only this task (default: every task it was tuned on)")
     p.add_argument("--split", default="test", choices=["val", "test"], help="a fine-tuned checkpoint: which split")
-    p.add_argument("--out_dir", type=path_arg, default=None, help="a fine-tuned checkpoint: where test_<task>.json go "
-                                                   "(default runs/eval_<checkpoint name>)")
+    p.add_argument("--out_dir", type=path_arg, default=None,
+                   help="where the results go: test_<task>.json for a fine-tuned checkpoint, metrics.json for a "
+                        "language model (default runs/eval_<checkpoint name>)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="bf16 autocast where the hardware has it (faster, less exact)")
     p.add_argument("--metrics_out", type=path_arg, default=None,
-                   help="metrics.json path (default: runs/eval_<checkpoint name>/metrics.json)")
+                   help="a language model: metrics.json path, instead of --out_dir "
+                        "(default: runs/eval_<checkpoint name>/metrics.json)")
     add_common_args(p, seed_help="random seed (scoring draws no random numbers)")
     return p
 
@@ -99,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return evaluate_tasks(args, device, ckpt)
     if args.task:
         raise UserError(f"--task needs a fine-tuned checkpoint; {args.checkpoint} is a pretrained language model")
+    if args.out_dir and args.metrics_out:
+        raise UserError("give --out_dir or --metrics_out, not both: each says where metrics.json goes")
     if ckpt and ckpt["model"] == "gpt_classifier":
         raise UserError(f"{args.checkpoint} is a classifier, not a language model: drop --dataset / --text_file")
     model, tokenizer, trained_on = load_model(args, device, ckpt=ckpt)
@@ -126,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "tokens": count, "bytes": n_bytes, "bytes_per_token": n_bytes / len(ids),
                "tokens_per_s": count / max(seconds, 1e-9)}
     name = args.init_from or run_name(Path(args.checkpoint))
-    out = Path(args.metrics_out) if args.metrics_out else RUNS / f"eval_{Path(name).name}" / "metrics.json"
+    out_dir = Path(args.out_dir) if args.out_dir else RUNS / f"eval_{Path(name).name}"
+    out = Path(args.metrics_out) if args.metrics_out else out_dir / "metrics.json"
     write_metrics(out, stage=STAGE, model="gpt", dataset=dataset, split="val" if not args.text_file else "text",
                   metrics=metrics, params=model.num_params(), seconds=seconds, seconds_key="eval_seconds",
                   device=device, extra={"checkpoint": args.init_from or args.checkpoint})
@@ -138,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def evaluate_tasks(args: argparse.Namespace, device: torch.device, ckpt: dict) -> int:
     """Score a fine-tuned checkpoint on the test (or validation) split of its tasks."""
+    if args.metrics_out:   # one file cannot hold a result per task
+        raise UserError("--metrics_out applies only to a language model; a fine-tuned checkpoint's results go to "
+                        "--out_dir (one <split>_<task>.json per task)")
     model, tokenizer = model_from_checkpoint(ckpt, args.checkpoint)
     model, info = model.to(device).eval(), ckpt["finetune"]
     tasks = [args.task] if args.task else info["tasks"]

@@ -418,6 +418,25 @@ def test_evaluate_refuses_bad_flags_in_one_line(char_model, lm_data, tmp_path, c
     one_error_line(code, err, name)
 
 
+def test_evaluate_writes_a_language_models_metrics_into_out_dir(char_model, lm_data, tmp_path, cli):
+    code, out, err = cli(evaluate.main, ["--checkpoint", char_model, "--data_dir", lm_data, "--out_dir",
+                                         tmp_path / "ev", "--limit", "2000"])
+    assert code == 0, err
+    assert (tmp_path / "ev" / "metrics.json").is_file() and str(tmp_path / "ev" / "metrics.json") in out
+
+
+@pytest.mark.parametrize("model, flags, name", [
+    ("lm", ["--out_dir", "ev", "--metrics_out", "m.json"], "not both"),
+    ("classifier", ["--metrics_out", "m.json"], "--metrics_out applies only"),
+], ids=["lm-both", "classifier-metrics-out"])
+def test_evaluate_refuses_an_output_flag_it_would_ignore(char_model, classifier, tmp_path, cli, model, flags, name):
+    path = char_model if model == "lm" else classifier
+    code, _, err = cli(evaluate.main, ["--checkpoint", path, *[str(tmp_path / f) if f[0] != "-" else f
+                                                               for f in flags]])
+    one_error_line(code, err, name)
+    assert not list(tmp_path.iterdir())
+
+
 def test_evaluate_names_the_line_of_a_text_file_that_is_not_utf8(char_model, tmp_path, cli):
     path = tmp_path / "text.txt"
     path.write_bytes(b"good text\n" * 3 + b"caf\xe9\n")
