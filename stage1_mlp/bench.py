@@ -11,8 +11,10 @@ are made from the same files by `python scripts/course_report.py`).
 
 Results go to stage1_mlp/results/: <dataset>_<impl>_{train,test}.json and <dataset>_speed.json (default part),
 quick.json (quick part); every part, and --tables_only, also rewrites results/overview.json, the quick / default /
-GPU summary the course's roadmap is built from.
+GPU summary the course's roadmap is built from. The data must be the course's reference copies (checked against their
+sha256 before anything runs): a bench publishes results. Your own data is train.py's.
 """
+import hashlib
 import os
 import shutil
 import subprocess
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from scripts.checks import THREADS
-from scripts.common import ArgParser, ChildFailed, UserError, data_bases, path_arg, read_json, run_main, write_json
+from scripts.common import (DATA_ENV, ArgParser, ChildFailed, UserError, data_bases, find_local_data, path_arg,
+                            read_bytes, read_json, run_main, write_json)
 from scripts.report import load_results, markdown_table, update_file
 
 STAGE_DIR = Path(__file__).resolve().parent
@@ -30,6 +33,39 @@ RESULTS = STAGE_DIR / "results"
 IMPLS = ("torch", "scratch")
 PARTS = ("default", "quick")
 QUICK_COMMAND = "python stage1_mlp/train.py --preset quick"
+# the sha256 of the shared copies (their MANIFEST.md): the only data the benchmark publishes results of. The shared
+# AG News holds the test split only, so there is no reference training split: its results are train.py's to make.
+REFERENCE = {"imdb": {"train.jsonl.gz": "f18a43e9b40d29993a738d4db28a78acc72ef9b8cef1498902ca16102a6720eb",
+                      "test.jsonl.gz": "e92bb9153e119326672687acb81fda0f4c46f1614d9541702735fb0a4000ce7f"},
+             "ag_news": {"train.csv": None,
+                         "test.csv": "521465c2428ed7f02f8d6db6ffdd4b5447c1c701962353eb2c40d548c3c85699"}}
+REFUSAL = ("bench.py publishes the course's results and needs the reference copy; train on your own data with "
+           "train.py")
+
+
+def check_reference_data(name: str, pins: dict[str, str | None], data_dir: str | None, unpacked: bool = False,
+                         download_checked: bool = True) -> None:
+    """Refuse, before any part runs, data that is not the reference copy: a bench publishes the course's results
+    (README tables, results/), and a truncated copy trains and scores without an error, on the wrong data.
+    `pins`: each file the parts read -> sha256 of the shared copy (of the unpacked text when `unpacked`; None: no
+    reference copy exists). A file that would be downloaded is checked by the download itself when
+    `download_checked`; else it cannot be checked before it is used, and is refused too."""
+    folder = find_local_data(name, list(pins), data_dir)
+    if folder is None:
+        if download_checked:
+            return
+        raise UserError(f"no local copy of {name} ({', '.join(pins)}), and a download cannot be checked first: "
+                        f"{REFUSAL} (in --data_dir or ${DATA_ENV})")
+    for filename, sha256 in pins.items():
+        path = folder / filename
+        if unpacked:
+            digest = hashlib.sha256(read_bytes(path, f"{name} file")).hexdigest()
+        else:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != sha256:
+            why = "no reference copy of it exists" if sha256 is None else "its sha256 differs"
+            raise UserError(f"{path} is not the reference copy of {name} ({why}): {REFUSAL}")
 
 
 def run_one(dataset: str, impl: str, extra: list[str]) -> None:
@@ -179,19 +215,26 @@ def tables(dataset: str) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgParser(description=__doc__)
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
-                        help="default: both implementations with default settings; quick: the quick preset, timed")
+    parser.add_argument("--parts", nargs="+", default=None, choices=PARTS,
+                        help="default: both implementations with default settings; quick: the quick preset, timed "
+                             "(default: both)")
     parser.add_argument("--dataset", default="imdb", choices=["imdb", "ag_news"],
                         help="data set of the default part (the quick part is IMDb's)")
     parser.add_argument("--tables_only", action="store_true", help="only rebuild README tables from results/")
     parser.add_argument("--data_dir", type=path_arg, default=None,
-                        help="folder holding the data sets (default: $MY_LLM_DATA)")
-    parser.add_argument("--num_threads", type=THREADS, default=0,
-                        help="CPU threads for torch in every run (0: torch's default, one per core)")
+                        help="folder holding the data sets (default: $MY_LLM_DATA); they must be the reference "
+                             "copies, checked against their sha256 before anything runs (your own data: train.py)")
+    parser.add_argument("--num_threads", type=THREADS, default=None,
+                        help="CPU threads for torch in every run (default 0: torch's default, one per core)")
     args = parser.parse_args(argv)
-    if args.tables_only and args.parts != list(PARTS):
-        raise UserError("--parts chooses what to run, and --tables_only runs nothing; give one of the two")
+    if args.tables_only and (args.parts is not None or args.data_dir is not None or args.num_threads is not None):
+        raise UserError("--tables_only runs nothing: drop --parts, --data_dir and --num_threads")
+    args.parts = args.parts or list(PARTS)
+    args.num_threads = args.num_threads or 0
     data_bases(args.data_dir)   # a --data_dir that is not a folder is said here, not by the first run
+    if not args.tables_only:   # the data each part reads, checked before the first run
+        for name in {args.dataset if part == "default" else "imdb" for part in args.parts}:
+            check_reference_data(name, REFERENCE[name], args.data_dir, download_checked=False)
     extra = (["--data_dir", args.data_dir] if args.data_dir else []) + ["--num_threads", str(args.num_threads)]
     if not args.tables_only:
         try:

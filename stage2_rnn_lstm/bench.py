@@ -9,11 +9,14 @@ Parts: quick (train.py --preset quick, then evaluate.py, timed as a whole), char
 word (PTB train + test + a sample), speed (scratch cells against nn.RNN/LSTM/GRU, same run), classify (LSTM
 classifier on IMDb), samples (only redraw the samples). Each writes JSON files into stage2_rnn_lstm/results/;
 results/overview.json (quick, default and GPU runs in one schema for the course's tables) is rebuilt from them.
+The data must be the course's reference copies (checked against their sha256 before anything runs): a bench
+publishes results. Your own data is train.py's.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import os
 import resource
 import shutil
@@ -27,21 +30,58 @@ import torch
 import torch.nn.functional as F
 
 from scripts.checks import THREADS
-from scripts.common import ArgParser, ChildFailed, hardware, path_arg, read_json, run_main, write_json
+from scripts.common import (DATA_ENV, ArgParser, ChildFailed, UserError, find_local_data, hardware, path_arg,
+                            read_bytes, read_json, run_main, write_json)
 from scripts.report import load_results, markdown_table, run_script, short_paths, update_file
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
 from stage2_rnn_lstm import train as train_module
 from stage2_rnn_lstm.evaluate import load_language_model
 from stage2_rnn_lstm.train import DEFAULTS
+from stage2_rnn_lstm.data.corpus import PTB_SHA256, SHAKESPEARE_SHA256
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
 PARTS = ("char", "word", "speed", "classify", "quick", "samples")
 DEFAULT_PARTS = ("char", "word", "speed", "classify")
+# the data each part reads: (name, sha256 of each file of the shared copy, pinned of the unpacked text?). Their
+# downloads are checked against the same sha256, all but IMDb's (Hugging Face's), which is refused.
+REFERENCE = {
+    "shakespeare": ("tiny_shakespeare", {"input.txt": SHAKESPEARE_SHA256}, False),
+    "ptb": ("ptb", {f"ptb.{split}.txt.gz": sha256 for split, sha256 in PTB_SHA256.items()}, True),
+    "imdb": ("imdb", {"train.jsonl.gz": "f18a43e9b40d29993a738d4db28a78acc72ef9b8cef1498902ca16102a6720eb",
+                      "test.jsonl.gz": "e92bb9153e119326672687acb81fda0f4c46f1614d9541702735fb0a4000ce7f"}, False)}
+PART_DATA = {"quick": "shakespeare", "char": "shakespeare", "word": "ptb", "classify": "imdb"}
+REFUSAL = ("bench.py publishes the course's results and needs the reference copy; train on your own data with "
+           "train.py")
 QUICK_COMMAND = "python stage2_rnn_lstm/train.py --preset quick"
 
 
 run = functools.partial(run_script, STAGE_DIR)   # a failed program's own line is the only one
+
+
+def check_reference_data(name: str, pins: dict[str, str | None], data_dir: str | None, unpacked: bool = False,
+                         download_checked: bool = True) -> None:
+    """Refuse, before any part runs, data that is not the reference copy: a bench publishes the course's results
+    (README tables, results/), and a truncated copy trains and scores without an error, on the wrong data.
+    `pins`: each file the parts read -> sha256 of the shared copy (of the unpacked text when `unpacked`; None: no
+    reference copy exists). A file that would be downloaded is checked by the download itself when
+    `download_checked`; else it cannot be checked before it is used, and is refused too."""
+    folder = find_local_data(name, list(pins), data_dir)
+    if folder is None:
+        if download_checked:
+            return
+        raise UserError(f"no local copy of {name} ({', '.join(pins)}), and a download cannot be checked first: "
+                        f"{REFUSAL} (in --data_dir or ${DATA_ENV})")
+    for filename, sha256 in pins.items():
+        path = folder / filename
+        if unpacked:
+            digest = hashlib.sha256(read_bytes(path, f"{name} file")).hexdigest()
+        else:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != sha256:
+            why = "no reference copy of it exists" if sha256 is None else "its sha256 differs"
+            raise UserError(f"{path} is not the reference copy of {name} ({why}): {REFUSAL}")
 
 
 def language_model(vocab_type: str, extra: list[str]) -> None:
@@ -297,16 +337,25 @@ def write_tables() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgParser(description="Benchmark stage 2 with default settings and rebuild its README tables.")
-    parser.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), choices=PARTS,
-                        help="which measurements to run")
+    parser = ArgParser(description="Benchmark stage 2 with default settings and rebuild its README tables. The data "
+                                   "must be the reference copies (sha256-checked first); your own data: train.py.")
+    parser.add_argument("--parts", nargs="+", default=None, choices=PARTS,
+                        help=f"which measurements to run (default: {' '.join(DEFAULT_PARTS)})")
     parser.add_argument("--tables_only", action=argparse.BooleanOptionalAction, default=False,
                         help="only rebuild the README tables from results/")
     parser.add_argument("--data_dir", type=path_arg, default=None,
-                        help="folder holding the data sets (default: $MY_LLM_DATA)")
-    parser.add_argument("--num_threads", type=THREADS, default=0,
-                        help="CPU threads for torch in the programs run (0: torch's default, one per core)")
+                        help="folder holding the data sets (default: $MY_LLM_DATA); they must be the reference "
+                             "copies, checked against their sha256 before anything runs")
+    parser.add_argument("--num_threads", type=THREADS, default=None,
+                        help="CPU threads for torch in the programs run (default 0: torch's default, one per core)")
     args = parser.parse_args(argv)
+    if args.tables_only and (args.parts is not None or args.data_dir is not None or args.num_threads is not None):
+        raise UserError("--tables_only runs nothing: drop --parts, --data_dir and --num_threads")
+    args.parts = args.parts or list(DEFAULT_PARTS)
+    if not args.tables_only:   # the data each part reads, checked before the first part runs
+        for data in sorted({PART_DATA[part] for part in args.parts if part in PART_DATA}):
+            name, pins, unpacked = REFERENCE[data]
+            check_reference_data(name, pins, args.data_dir, unpacked, download_checked=data != "imdb")
     extra = ["--data_dir", args.data_dir] if args.data_dir else []
     extra += ["--num_threads", str(args.num_threads)] if args.num_threads else []
     if not args.tables_only:

@@ -381,6 +381,9 @@ def test_unwritable_outputs_end_in_one_line_and_keep_the_best_model(run_copy, ti
     (["--num_threads", "-1"], "--num_threads"), (["--num_threads", "5000"], "--num_threads"),
     (["--tables_only", "--parts", "quick"], "--tables_only"), (["--data_dir", "/nonexistent/data"], "--data_dir"),
     (["--parts", "slow"], "--parts"), (["--data_dir", ""], "--data_dir"),
+    (["--tables_only", "--parts", "default", "quick"], "--tables_only"),   # the default list, typed
+    (["--tables_only", "--num_threads", "1"], "--tables_only runs nothing"),
+    (["--tables_only", "--data_dir", "/tmp"], "--tables_only runs nothing"),
 ])
 def test_bench_flags(cli, flags, says):
     one_line(cli(bench.main, flags), says)
@@ -389,6 +392,7 @@ def test_bench_flags(cli, flags, says):
 def test_a_failed_run_of_bench_is_said_once_by_the_run_itself(tmp_path, capfd, monkeypatch):
     """train.py's own line is the only one: bench.py adds none (ChildFailed)."""
     real_quick = bench.run_quick
+    monkeypatch.setattr(bench, "check_reference_data", lambda *args, **kwargs: None)   # let train.py find it
     monkeypatch.setattr(bench, "run_quick", lambda extra: real_quick(extra, outputs=tmp_path, results=tmp_path / "r"))
     (tmp_path / "empty").mkdir()
     readme = (bench.STAGE_DIR / "README.md").read_bytes()
@@ -396,6 +400,30 @@ def test_a_failed_run_of_bench_is_said_once_by_the_run_itself(tmp_path, capfd, m
         run_main(bench.main, ["--parts", "quick", "--data_dir", str(tmp_path / "empty"), "--num_threads", "1"])
     one_error_line(info.value.code, capfd.readouterr().err, "--data_dir", "lacks train.jsonl.gz")
     assert not (tmp_path / "r").exists() and (bench.STAGE_DIR / "README.md").read_bytes() == readme
+
+
+def test_bench_publishes_results_of_the_reference_data_only(tiny_data, tmp_path, cli, monkeypatch):
+    """A copy of the data that is not the shared one (here: the tiny test set) is refused before any run, naming the
+    file; README.md and results/ keep their bytes. Tests that run the bench on tiny data monkeypatch the check."""
+    monkeypatch.setattr(bench, "run_quick", lambda *args, **kwargs: pytest.fail("ran on unchecked data"))
+    monkeypatch.setattr(bench, "run_one", lambda *args, **kwargs: pytest.fail("ran on unchecked data"))
+    readme, overview = (bench.STAGE_DIR / "README.md").read_bytes(), (bench.RESULTS / "overview.json").read_bytes()
+    one_line(cli(bench.main, ["--parts", "quick", "--data_dir", tiny_data]),
+             str(tiny_data / "imdb" / "train.jsonl.gz"), "not the reference copy", "train.py")
+    (tmp_path / "ag_news").mkdir()
+    for name in ("train.csv", "test.csv"):
+        shutil.copy(tiny_data / "ag_news" / name, tmp_path / "ag_news" / name)
+    one_line(cli(bench.main, ["--parts", "default", "--dataset", "ag_news", "--data_dir", tmp_path]),
+             "train.csv is not the reference copy", "no reference copy of it exists")
+    assert (bench.STAGE_DIR / "README.md").read_bytes() == readme
+    assert (bench.RESULTS / "overview.json").read_bytes() == overview
+
+
+def test_bench_accepts_the_reference_data(real_data, cli, monkeypatch):
+    started = []
+    monkeypatch.setattr(bench, "run_quick", lambda extra: started.append(extra) or sys.exit(5))
+    code, _, err = cli(bench.main, ["--parts", "quick", "--data_dir", real_data])
+    assert (code, err) == (5, "") and started
 
 
 def test_bench_refuses_edited_results_and_keeps_the_readme(tmp_path, cli, monkeypatch):

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -599,9 +600,37 @@ def test_bench_stops_with_the_failed_programs_own_line(lm_data, tmp_path, capfd)
     (["--num_threads", "-1"], "argument --num_threads"),
     (["--parts", "everything"], "invalid choice: 'everything'"),
     (["--data_dir", ""], "argument --data_dir: an empty path"),
+    (["--tables_only", "--parts", "char"], "--tables_only runs nothing"),
+    (["--tables_only", "--num_threads", "1"], "--tables_only runs nothing"),
+    (["--tables_only", "--data_dir", "/tmp"], "--tables_only runs nothing"),
 ])
 def test_bench_refuses_bad_flags(cli, argv, message):
     one_line_error(*cli(bench.main, argv)[::2], message)
+
+
+@pytest.mark.parametrize("parts, file", [(["quick"], "tiny_shakespeare/input.txt"), (["word"], "ptb/ptb.train.txt.gz"),
+                                         (["speed", "char"], "tiny_shakespeare/input.txt")])
+def test_bench_publishes_results_of_the_reference_data_only(lm_data, cli, monkeypatch, parts, file):
+    """A copy that is not the shared one (a truncated Shakespeare trains and scores without an error) is refused
+    before any part runs, naming the file; README.md and results/ keep their bytes. (Tests that run the bench on
+    tiny data call its parts, or monkeypatch check_reference_data.)"""
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: pytest.fail("ran on unchecked data"))
+    monkeypatch.setattr(bench, "speed", lambda *args, **kwargs: pytest.fail("a part ran before the check"))
+    readme, overview = (bench.STAGE_DIR / "README.md").read_bytes(), (bench.RESULTS / "overview.json").read_bytes()
+    one_line_error(*cli(bench.main, ["--parts", *parts, "--data_dir", lm_data])[::2],
+                   f"{lm_data / file} is not the reference copy", "train.py")
+    assert (bench.STAGE_DIR / "README.md").read_bytes() == readme
+    assert (bench.RESULTS / "overview.json").read_bytes() == overview
+
+
+def test_bench_accepts_the_reference_data(real_data, cli, monkeypatch):
+    started = []
+    monkeypatch.setattr(bench, "quick", lambda extra: started.append(extra) or sys.exit(5))
+    monkeypatch.setattr(bench, "language_model", lambda *args: started.append(args) or sys.exit(5))
+    for part in ("quick", "word"):
+        code, _, err = cli(bench.main, ["--parts", part, "--data_dir", real_data])
+        assert (code, err) == (5, "")
+    assert len(started) == 2
 
 
 # ----------------------------------------------------------------------------- property-based: any text, any bytes
