@@ -17,10 +17,13 @@ lengths:  test BLEU of each compared model by English source length (seconds; re
 Each run's metrics.json, training history and test translations are copied into results/.
 Every part ends by rewriting results/overview.json (quick / default / GPU run: command, minutes, score, hardware,
 made from the result files) and the README tables.
+The data must be the course's reference copies (checked against their sha256 before anything runs): a bench
+publishes results. Your own data is train.py's.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import time
@@ -31,11 +34,11 @@ from typing import Sequence
 import torch
 
 from scripts.checks import POSITIVE_INT, THREADS
-from scripts.common import (REPO_ROOT, ArgParser, UserError, path_arg, read_json, run_main,
-                            write_json)
+from scripts.common import (DATA_ENV, REPO_ROOT, ArgParser, UserError, find_local_data, path_arg, read_bytes,
+                            read_json, run_main, write_json)
 from scripts.report import markdown_table, run_script, update_file
 from scripts.report import short_paths as report_short_paths
-from scripts.translation_data import corpus_scores
+from scripts.translation_data import MULTI30K_FILES, MULTI30K_SHA256, corpus_scores
 from stage3_attention_seq2seq.data.translation import load_pairs, tokenize
 from stage3_attention_seq2seq.models.attention import ATTENTION_TYPES
 from stage3_attention_seq2seq.translator import load_model, translate_sentences
@@ -45,6 +48,11 @@ RESULTS = STAGE_DIR / "results"
 STAGE = STAGE_DIR.name
 PARTS = ("quick", "main", "heatmaps", "compare", "lengths")
 QUICK_COMMAND = "python stage3_attention_seq2seq/train.py --preset quick"
+# the data the parts read must be the shared reference copies (sha256 of the gz bytes, as the downloads are checked)
+MULTI30K_PINS = {f"{MULTI30K_FILES[split]}.{lang}.gz": MULTI30K_SHA256[f"{MULTI30K_FILES[split]}.{lang}.gz"]
+                 for split in ("train", "valid", "test") for lang in ("en", "fr")}
+REFUSAL = ("bench.py publishes the course's results and needs the reference copy; train on your own data with "
+           "train.py")
 LENGTH_BUCKETS = [(1, 10), (11, 13), (14, 16), (17, 20), (21, 200)]
 HEATMAP_SENTENCES = {"heatmap_short": "A black dog is running on the grass.",
                      "heatmap_reorder": "A young woman in a red dress is singing into a microphone."}
@@ -55,6 +63,31 @@ TRY_SENTENCES = ("A man is riding a bicycle down the street.", "Two dogs are pla
 
 
 run = functools.partial(run_script, STAGE_DIR)   # a failed program's own line is the only one
+
+
+def check_reference_data(name: str, pins: dict[str, str | None], data_dir: str | None, unpacked: bool = False,
+                         download_checked: bool = True) -> None:
+    """Refuse, before any part runs, data that is not the reference copy: a bench publishes the course's results
+    (README tables, results/), and a truncated copy trains and scores without an error, on the wrong data.
+    `pins`: each file the parts read -> sha256 of the shared copy (of the unpacked text when `unpacked`; None: no
+    reference copy exists). A file that would be downloaded is checked by the download itself when
+    `download_checked`; else it cannot be checked before it is used, and is refused too."""
+    folder = find_local_data(name, list(pins), data_dir)
+    if folder is None:
+        if download_checked:
+            return
+        raise UserError(f"no local copy of {name} ({', '.join(pins)}), and a download cannot be checked first: "
+                        f"{REFUSAL} (in --data_dir or ${DATA_ENV})")
+    for filename, sha256 in pins.items():
+        path = folder / filename
+        if unpacked:
+            digest = hashlib.sha256(read_bytes(path, f"{name} file")).hexdigest()
+        else:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != sha256:
+            why = "no reference copy of it exists" if sha256 is None else "its sha256 differs"
+            raise UserError(f"{path} is not the reference copy of {name} ({why}): {REFUSAL}")
 
 
 def train_and_evaluate(name: str, train_argv: list[str], extra: list[str]) -> None:
@@ -254,18 +287,31 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(description="Stage 3 benchmark: train and evaluate, then rebuild the README tables.")
-    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+    p.add_argument("--parts", nargs="+", default=None, choices=PARTS,
                    help="quick: the quick preset, timed; main: default Bahdanau run; heatmaps: attention PNGs of the "
-                        "main model; compare: all types; lengths: BLEU by source length")
-    p.add_argument("--compare_epochs", type=POSITIVE_INT, default=5, help="epochs per attention type in the comparison")
+                        "main model; compare: all types; lengths: BLEU by source length (default: all)")
+    p.add_argument("--compare_epochs", type=POSITIVE_INT, default=None,
+                   help="--parts compare: epochs per attention type in the comparison (default 5)")
     p.add_argument("--tables_only", action="store_true",
                    help="only rebuild results/overview.json and the README tables from results/")
-    p.add_argument("--data_dir", type=path_arg, default=None, help="folder holding multi30k/ (default: $MY_LLM_DATA)")
-    p.add_argument("--num_threads", type=THREADS, default=0,
-                   help="passed to every program (0: torch's default, one per core; the timings in the README)")
+    p.add_argument("--data_dir", type=path_arg, default=None,
+                   help="folder holding multi30k/ (default: $MY_LLM_DATA); it must be the reference copy, checked "
+                        "against its sha256 before anything runs (your own data: train.py)")
+    p.add_argument("--num_threads", type=THREADS, default=None,
+                   help="passed to every program (default 0: torch's default, one per core; the timings in the "
+                        "README)")
     args = p.parse_args(argv)
+    if args.tables_only and (args.parts is not None or args.compare_epochs is not None or args.data_dir is not None
+                             or args.num_threads is not None):
+        raise UserError("--tables_only runs nothing: drop --parts, --compare_epochs, --data_dir and --num_threads")
+    args.parts = args.parts or list(PARTS)
+    if args.compare_epochs is not None and "compare" not in args.parts:
+        raise UserError("--compare_epochs applies to --parts compare only")
+    args.compare_epochs = args.compare_epochs or 5
     if args.data_dir is not None and not Path(args.data_dir).is_dir():    # checked here, before a program runs
         raise UserError(f"--data_dir {args.data_dir} is not a folder; pass the folder that holds multi30k/")
+    if not args.tables_only and set(args.parts) - {"heatmaps"}:   # heatmaps reads the main model only
+        check_reference_data("multi30k", MULTI30K_PINS, args.data_dir)
     extra = (["--data_dir", args.data_dir] if args.data_dir else []) + (
         ["--num_threads", str(args.num_threads)] if args.num_threads else [])
     if not args.tables_only:

@@ -14,11 +14,14 @@ main:     `train.py` with no flags, then `evaluate.py` on test_2016_flickr (with
 speed:    training target tokens/s of the scratch model and of the nn.Transformer model, same shape,
           same batches, measured one after the other in one run.
 heatmaps: `translate.py --heatmap` on one sentence (every decoder layer and head).
-classify: `train_classifier.py` on IMDb (and AG News when its training split can be had).
+classify: `train_classifier.py` on IMDb (AG News has no reference training split to publish results of).
 Each writes JSON files into stage4_transformer/results/; every run (and --tables_only) also rewrites
 results/overview.json (the quick, default and GPU runs: command, minutes, test BLEU, hardware) and the README tables.
+The data must be the course's reference copies (checked against their sha256 before anything runs): a bench
+publishes results. Your own data is train.py's.
 """
 import functools
+import hashlib
 import os
 import shutil
 import time
@@ -29,11 +32,11 @@ from typing import Sequence
 import torch
 
 from scripts.checks import THREADS
-from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, command_line, hardware, path_arg,
-                            read_json, run_main, write_json)
+from scripts.common import (DATA_ENV, REPO_ROOT, ArgParser, UserError, amp_name, command_line, find_local_data,
+                            hardware, path_arg, read_bytes, read_json, run_main, write_json)
 from scripts.report import hardware_label, markdown_table, run_script, update_file
 from scripts.report import short_paths as report_short_paths
-from scripts.translation_data import load_pairs
+from scripts.translation_data import MULTI30K_FILES, MULTI30K_SHA256, load_pairs
 from stage4_transformer.data.batches import encode_pairs, token_batches
 from stage4_transformer.data.subword import SubwordVocab
 from stage4_transformer.models.transformer import Transformer, TransformerConfig
@@ -46,6 +49,14 @@ RESULTS = STAGE_DIR / "results"
 STAGE3_RESULTS = REPO_ROOT / "stage3_attention_seq2seq" / "results"
 PARTS = ("quick", "main", "speed", "heatmaps", "classify")
 QUICK_COMMAND = "python stage4_transformer/train.py --preset quick"
+# the data the parts read must be the shared reference copies (sha256 of the gz bytes, as the downloads are checked)
+MULTI30K_PINS = {f"{MULTI30K_FILES[split]}.{lang}.gz": MULTI30K_SHA256[f"{MULTI30K_FILES[split]}.{lang}.gz"]
+                 for split in ("train", "valid", "test") for lang in ("en", "fr")}
+REFUSAL = ("bench.py publishes the course's results and needs the reference copy; train on your own data with "
+           "train.py")
+# IMDb's shared copy (imdb/MANIFEST.md); its download (Hugging Face's) cannot be checked first, so it is refused
+IMDB_PINS = {"train.jsonl.gz": "f18a43e9b40d29993a738d4db28a78acc72ef9b8cef1498902ca16102a6720eb",
+             "test.jsonl.gz": "e92bb9153e119326672687acb81fda0f4c46f1614d9541702735fb0a4000ce7f"}
 # translated by the quick model after its run (beam 5): short sentences like the training captions
 QUICK_SENTENCES = ("A man is riding a bicycle down the street.", "Two dogs are playing in the snow.",
                    "A little girl is eating an ice cream.", "A woman in a red dress is singing.",
@@ -58,6 +69,31 @@ run = functools.partial(run_script, STAGE_DIR)   # a failed program's own line i
 
 
 short_paths = functools.partial(report_short_paths, stage="stage4_transformer")
+
+
+def check_reference_data(name: str, pins: dict[str, str | None], data_dir: str | None, unpacked: bool = False,
+                         download_checked: bool = True) -> None:
+    """Refuse, before any part runs, data that is not the reference copy: a bench publishes the course's results
+    (README tables, results/), and a truncated copy trains and scores without an error, on the wrong data.
+    `pins`: each file the parts read -> sha256 of the shared copy (of the unpacked text when `unpacked`; None: no
+    reference copy exists). A file that would be downloaded is checked by the download itself when
+    `download_checked`; else it cannot be checked before it is used, and is refused too."""
+    folder = find_local_data(name, list(pins), data_dir)
+    if folder is None:
+        if download_checked:
+            return
+        raise UserError(f"no local copy of {name} ({', '.join(pins)}), and a download cannot be checked first: "
+                        f"{REFUSAL} (in --data_dir or ${DATA_ENV})")
+    for filename, sha256 in pins.items():
+        path = folder / filename
+        if unpacked:
+            digest = hashlib.sha256(read_bytes(path, f"{name} file")).hexdigest()
+        else:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != sha256:
+            why = "no reference copy of it exists" if sha256 is None else "its sha256 differs"
+            raise UserError(f"{path} is not the reference copy of {name} ({why}): {REFUSAL}")
 
 
 def choose_alpha(checkpoint: Path, run_dir: Path, extra: list[str]) -> str:
@@ -192,17 +228,12 @@ def speed(data_dir: str | None, steps: int = 40) -> None:
 
 
 def classify(extra: list[str]) -> None:
-    for dataset in ("imdb", "ag_news"):
-        run_dir = STAGE_DIR / "runs" / f"bench_classify_{dataset}"
-        try:
-            run("train_classifier.py", "--dataset", dataset, "--out_dir", str(run_dir), "--checkpoint",
-                str(STAGE_DIR / "checkpoints" / f"bench_classifier_{dataset}.pt"), *extra)
-        except UserError:
-            if dataset == "ag_news":   # its training split cannot be had offline: say so, keep the IMDb result
-                print("AG News not measured (no training split here)", flush=True)
-                continue
-            raise
-        shutil.copy(run_dir / "metrics.json", RESULTS / f"classify_{dataset}_test.json")
+    """IMDb only: AG News has no reference training split (the shared copy holds its test split), so the bench
+    cannot publish an AG News result; train_classifier.py --dataset ag_news trains on a copy of your own."""
+    run_dir = STAGE_DIR / "runs" / "bench_classify_imdb"
+    run("train_classifier.py", "--dataset", "imdb", "--out_dir", str(run_dir), "--checkpoint",
+        str(STAGE_DIR / "checkpoints" / "bench_classifier_imdb.pt"), *extra)
+    shutil.copy(run_dir / "metrics.json", RESULTS / "classify_imdb_test.json")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -311,15 +342,23 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(description="Stage 4 benchmark: train and evaluate, then rebuild the README tables.")
-    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to run")
+    p.add_argument("--parts", nargs="+", default=None, choices=PARTS, help="what to run (default: all)")
     p.add_argument("--tables_only", action="store_true", help="only rebuild the README tables from results/")
     p.add_argument("--data_dir", type=path_arg, default=None,
-                   help="folder holding the data sets (default: $MY_LLM_DATA)")
-    p.add_argument("--num_threads", type=THREADS, default=0,
-                   help="CPU threads for the train and evaluate runs (0: torch's default, one per core)")
+                   help="folder holding the data sets (default: $MY_LLM_DATA); they must be the reference copies, "
+                        "checked against their sha256 before anything runs (your own data: train.py)")
+    p.add_argument("--num_threads", type=THREADS, default=None,
+                   help="CPU threads for the train and evaluate runs (default 0: torch's default, one per core)")
     args = p.parse_args(argv)
+    if args.tables_only and (args.parts is not None or args.data_dir is not None or args.num_threads is not None):
+        raise UserError("--tables_only runs nothing: drop --parts, --data_dir and --num_threads")
+    args.parts = args.parts or list(PARTS)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():    # checked here, before a program runs
         raise UserError(f"--data_dir {args.data_dir} is not a folder; pass the folder that holds the data sets")
+    if not args.tables_only and {"quick", "main", "speed"} & set(args.parts):
+        check_reference_data("multi30k", MULTI30K_PINS, args.data_dir)
+    if not args.tables_only and "classify" in args.parts:
+        check_reference_data("imdb", IMDB_PINS, args.data_dir, download_checked=False)
     extra = ["--data_dir", args.data_dir] if args.data_dir else []
     if args.num_threads:
         extra += ["--num_threads", str(args.num_threads)]

@@ -205,7 +205,11 @@ def test_command_line_text_that_is_not_utf8_is_refused(model, cli):
 def test_bench_refuses_bad_flags(cli, tmp_path):
     for argv, message in ((["--compare_epochs", "0"], "--compare_epochs"), (["--num_threads", "-2"], "--num_threads"),
                           (["--parts", "everything"], "--parts"), (["--data_dir", ""], "--data_dir: an empty path"),
-                          (["--data_dir", tmp_path / "nope", "--parts", "quick"], "--data_dir")):
+                          (["--data_dir", tmp_path / "nope", "--parts", "quick"], "--data_dir"),
+                          (["--tables_only", "--compare_epochs", "3"], "--tables_only runs nothing"),
+                          (["--tables_only", "--parts", "main"], "--tables_only runs nothing"),
+                          (["--tables_only", "--num_threads", "1"], "--tables_only runs nothing"),
+                          (["--parts", "quick", "--compare_epochs", "3"], "--compare_epochs applies to --parts")):
         code, _, err = cli(bench.main, argv)
         assert code == 2
         one_line(err, message)
@@ -248,6 +252,26 @@ def fake_children(monkeypatch, code):
         return subprocess.CompletedProcess(cmd, code)
     monkeypatch.setattr(subprocess, "run", fake_run)     # the benches run their programs through scripts/report.py
     return commands
+
+
+def test_bench_publishes_results_of_the_reference_data_only(mt_data, cli, monkeypatch):
+    """A copy of Multi30k that is not the shared one (a 50-line one trains and scores without an error) is refused
+    before any part runs, naming the file; README.md and results/ keep their bytes. (Tests that run the bench on
+    tiny data call its parts, or monkeypatch check_reference_data.)"""
+    commands = fake_children(monkeypatch, 0)
+    readme, overview = (bench.STAGE_DIR / "README.md").read_bytes(), (bench.RESULTS / "overview.json").read_bytes()
+    for parts in (["quick"], ["heatmaps", "lengths"]):
+        code, _, err = cli(bench.main, ["--parts", *parts, "--data_dir", mt_data])
+        one_error_line(code, err, str(mt_data / "multi30k" / "train.en.gz"), "not the reference copy", "train.py")
+    assert commands == []
+    assert (bench.STAGE_DIR / "README.md").read_bytes() == readme
+    assert (bench.RESULTS / "overview.json").read_bytes() == overview
+
+
+def test_bench_accepts_the_reference_data(real_data, cli, monkeypatch):
+    monkeypatch.setattr(bench, "quick_part", lambda extra: sys.exit(5))
+    code, _, err = cli(bench.main, ["--parts", "quick", "--data_dir", real_data])
+    assert (code, err) == (5, "")
 
 
 def test_bench_stops_at_a_failed_program_without_a_second_line(cli, monkeypatch):

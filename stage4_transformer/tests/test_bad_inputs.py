@@ -124,6 +124,10 @@ def tiny_model(payload, tmp_path_factory):
     (train_classifier, ["--out_dir", ""], "--out_dir"), (train_classifier, ["--checkpoint", " "], "--checkpoint"),
     (train_classifier, ["--data_dir", ""], "--data_dir"), (bench, ["--data_dir", ""], "--data_dir"),
     (bench, ["--data_dir", "/nonexistent/data"], "--data_dir"),
+    # --tables_only runs nothing: a flag of a run is refused, not ignored
+    (bench, ["--tables_only", "--parts", "quick"], "--tables_only"), (bench, ["--tables_only", "--data_dir", "/tmp"],
+                                                                      "--tables_only"),
+    (bench, ["--tables_only", "--num_threads", "1"], "--tables_only"),
     # translate.py's sentence and outputs, checked before a model loads
     (translate, [""], "empty sentence"), (translate, [" ", "\t"], "empty sentence"),
     (translate, ["A dog.", "--output", "x.fr"], "--output"),
@@ -196,6 +200,29 @@ def fake_children(monkeypatch, code):
         return subprocess.CompletedProcess(cmd, code)
     monkeypatch.setattr(subprocess, "run", fake_run)     # the benches run their programs through scripts/report.py
     return commands
+
+
+def test_bench_publishes_results_of_the_reference_data_only(mt_data, tiny_data, cli, monkeypatch):
+    """A copy of the data that is not the shared one (a 50-line Multi30k trains and scores without an error) is
+    refused before any part runs, naming the file; README.md and results/ keep their bytes. (Tests that run the
+    bench on tiny data call its parts, or monkeypatch check_reference_data.)"""
+    commands = fake_children(monkeypatch, 0)
+    monkeypatch.setattr(bench, "speed", lambda *args, **kwargs: pytest.fail("a part ran before the check"))
+    readme, overview = (bench.STAGE_DIR / "README.md").read_bytes(), (bench.RESULTS / "overview.json").read_bytes()
+    for parts in (["quick"], ["heatmaps", "speed"]):
+        one_line(cli(bench.main, ["--parts", *parts, "--data_dir", mt_data]),
+                 str(mt_data / "multi30k" / "train.en.gz"), "not the reference copy", "train.py")
+    one_line(cli(bench.main, ["--parts", "classify", "--data_dir", tiny_data]),
+             str(tiny_data / "imdb" / "train.jsonl.gz"), "not the reference copy")
+    assert commands == []
+    assert (bench.STAGE_DIR / "README.md").read_bytes() == readme
+    assert (bench.RESULTS / "overview.json").read_bytes() == overview
+
+
+def test_bench_accepts_the_reference_data(real_data, cli, monkeypatch):
+    monkeypatch.setattr(bench, "quick_run", lambda extra: sys.exit(5))
+    code, _, err = cli(bench.main, ["--parts", "quick", "classify", "--data_dir", real_data])
+    assert (code, err) == (5, "")
 
 
 def test_bench_stops_at_a_failed_program_without_a_second_line(cli, monkeypatch):
