@@ -33,12 +33,12 @@ def hub_offline() -> bool:
     return False
 
 
-def _tokenizer_files(source: str, offline: bool = False) -> tuple[Path, Path]:
+def _tokenizer_files(source: str, offline: bool = False, flag: str = "--init_from") -> tuple[Path, Path]:
     folder = Path(source)
     if folder.is_dir():
         files = folder / "vocab.json", folder / "merges.txt"
         if not all(f.is_file() for f in files):
-            raise UserError(f"--init_from {source}: the folder has no vocab.json and merges.txt (GPT-2's tokenizer); "
+            raise UserError(f"{flag} {source}: the folder has no vocab.json and merges.txt (GPT-2's tokenizer); "
                             "save it with GPT2TokenizerFast.save_pretrained beside the model")
         return files
     from huggingface_hub import hf_hub_download   # only when downloading
@@ -47,12 +47,14 @@ def _tokenizer_files(source: str, offline: bool = False) -> tuple[Path, Path]:
                  for name in ("vocab.json", "merges.txt"))
 
 
-def load_gpt2(source: str, attention: str = "sdpa", dropout: float = 0.0) -> tuple[GPT, ByteLevelBPE]:
-    """Our GPT holding GPT-2's weights, and GPT-2's tokenizer as our ByteLevelBPE."""
+def load_gpt2(source: str, attention: str = "sdpa", dropout: float = 0.0,
+              flag: str = "--init_from") -> tuple[GPT, ByteLevelBPE]:
+    """Our GPT holding GPT-2's weights, and GPT-2's tokenizer as our ByteLevelBPE; errors name `flag`, the option
+    that gave `source`."""
     if not Path(source).is_dir() and source not in GPT2_NAMES:
-        raise UserError(f"--init_from {source!r} is neither a folder nor one of {', '.join(GPT2_NAMES[:4])}")
+        raise UserError(f"{flag} {source!r} is neither a folder nor one of {', '.join(GPT2_NAMES[:4])}")
     offline = not Path(source).is_dir() and hub_offline()
-    not_cached = UserError(f"--init_from {source}: huggingface.co cannot be reached (or HF_HUB_OFFLINE is set) and "
+    not_cached = UserError(f"{flag} {source}: huggingface.co cannot be reached (or HF_HUB_OFFLINE is set) and "
                            f"{source} is not in the local Hugging Face cache; go online once to download it, or pass "
                            "a folder saved with transformers' save_pretrained")
     if offline:
@@ -62,16 +64,24 @@ def load_gpt2(source: str, attention: str = "sdpa", dropout: float = 0.0) -> tup
             raise not_cached
     try:
         from transformers import GPT2LMHeadModel   # a large import, only when asked for
+        from transformers.utils import logging as hf_logging
 
-        hf_model = GPT2LMHeadModel.from_pretrained(source, local_files_only=offline)
-        vocab_file, merges_file = _tokenizer_files(source, offline)
+        # transformers logs its remarks on a config (not Python warnings, which run_main holds back): quiet them,
+        # so a folder it cannot load ends in our one error line, not in its log lines first
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            hf_model = GPT2LMHeadModel.from_pretrained(source, local_files_only=offline)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        vocab_file, merges_file = _tokenizer_files(source, offline, flag)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - offline, a missing file, a model of another kind
         if offline:
             raise not_cached from None
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise UserError(f"--init_from {source}: cannot load GPT-2 weights ({reason}); go online, or pass a "
+        raise UserError(f"{flag} {source}: cannot load GPT-2 weights ({reason}); go online, or pass a "
                         "folder saved with transformers' save_pretrained") from None
     try:
         config = config_from_hf_gpt2(hf_model.config.to_dict(), attention)
@@ -79,9 +89,9 @@ def load_gpt2(source: str, attention: str = "sdpa", dropout: float = 0.0) -> tup
         model = GPT(config)
         load_hf_gpt2_state(model, hf_model.state_dict())
     except ValueError as err:
-        raise UserError(f"--init_from {source}: {err}") from None
+        raise UserError(f"{flag} {source}: {err}") from None
     tokenizer = ByteLevelBPE.from_gpt2_files(vocab_file, merges_file)
     if tokenizer.vocab_size != config.vocab_size:
-        raise UserError(f"--init_from {source}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
+        raise UserError(f"{flag} {source}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
                         f"{config.vocab_size}; the folder mixes two models")
     return model, tokenizer
