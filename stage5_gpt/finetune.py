@@ -74,7 +74,8 @@ ONLY_WITH: dict[str, tuple[str, str, Any]] = {
 # what --resume compares with the saved run: the flags that decide the model, the data order and the schedule
 RESUME_MUST_MATCH = ["base", "scratch", "tasks", "method", "train_blocks", "lora_rank", "lora_alpha", "lora_targets",
                      "lora_dropout", "epochs", "batch_size", "lr", "warmup", "weight_decay", "dropout", "max_len",
-                     "limit", "ag_news_source", "amp", "clip"]
+                     "limit", "ag_news_source", "amp", "clip", "seed", "eval_limit"]   # seed: the batch order;
+#                                          eval_limit: the best epoch is picked by comparing scores on one set
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,9 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="score N validation and N test examples, a fixed sample with every class in equal share "
                            "(0: all)")
     data.add_argument("--eval_batch_size", type=BATCH, default=64, help="examples per batch when scoring")
-    data.add_argument("--ag_news_source", default="official", choices=T.AG_NEWS_SOURCES,
-                      help="official (downloads the training split), or test_carveout: train on 6,000 rows of the "
-                           "official test split and test on the other 1,600 (when only test.csv exists)")
+    data.add_argument("--ag_news_source", default=None, choices=T.AG_NEWS_SOURCES,
+                      help="for a task list with ag_news: official (downloads the training split, the default), or "
+                           "test_carveout: train on 6,000 rows of the official test split and test on the other "
+                           "1,600 (when only test.csv exists)")
     data.add_argument("--cache_dir", default=str(STAGE_DIR / "data_cache" / "tasks"),
                       help="where tokenised task data is kept between runs ('' for none)")
 
@@ -176,6 +178,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         T.check_task(task)
     if len(set(args.task_list)) != len(args.task_list) or not args.task_list:
         raise UserError(f"--tasks must name each task once, got {args.tasks!r}")
+    if args.ag_news_source is not None and "ag_news" not in args.task_list:
+        raise UserError(f"--ag_news_source applies only when ag_news is trained (--task ag_news, or --task multi with "
+                        f"ag_news in --tasks), not to {', '.join(args.task_list)}; drop --ag_news_source")
+    args.ag_news_source = args.ag_news_source or "official"
     if args.task == "multi" and args.method == "head":
         raise UserError("--method head needs a classification head: use --task imdb or ag_news")
     if args.scratch and args.method != "full":
@@ -190,19 +196,19 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- model
-def load_base(args: argparse.Namespace, log: Any) -> tuple[GPT, Any, str]:
-    """The pretrained GPT (its dropout set to --dropout), its tokenizer, and where it came from."""
+def load_base(args: argparse.Namespace) -> tuple[GPT, Any, str, str]:
+    """The pretrained GPT (its dropout set to --dropout), its tokenizer, where it came from, and a line for the log."""
     if args.base in GPT2_NAMES or Path(args.base).is_dir():
-        model, tokenizer = load_gpt2(args.base, "sdpa", args.dropout)
+        model, tokenizer = load_gpt2(args.base, "sdpa", args.dropout, flag="--base")
         if args.scratch:
             model = GPT(model.config)
-        return model, tokenizer, f"GPT-2 ({args.base})"
+        return model, tokenizer, f"GPT-2 ({args.base})", ""
     model, tokenizer = load_pretrained(args.base, "--base", {"dropout": args.dropout}, random_init=args.scratch)
     T.eot_of(tokenizer)   # a char-level base cannot mark the end of a text
     config = model.config
-    log.info(f"base {args.base}: {model.num_params():,} parameters, {config.n_layer} layers, {config.n_embd} wide, "
-             f"context {config.block_size}{' (architecture only: random weights)' if args.scratch else ''}")
-    return model, tokenizer, str(args.base)
+    line = (f"base {args.base}: {model.num_params():,} parameters, {config.n_layer} layers, {config.n_embd} wide, "
+            f"context {config.block_size}{' (architecture only: random weights)' if args.scratch else ''}")
+    return model, tokenizer, str(args.base), line
 
 
 def prepare_model(args: argparse.Namespace, gpt: GPT, classes: list[str] | None) -> nn.Module:
@@ -492,9 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # which needs the base's context to check --resume, takes both locks over)
     RunLock(Path(args.out_dir)).acquire()
     RunLock.for_checkpoint(Path(args.checkpoint)).acquire()
-    log = setup_logging(Path(args.out_dir))
+    # the console only, until ResumableRun has checked the run folder may be written (a refused rerun after
+    # Ctrl-C must leave the interrupted run's train.log as it was)
+    log = setup_logging(None)
     set_seed(args.seed)
-    gpt, tokenizer, base_name = load_base(args, log)
+    gpt, tokenizer, base_name, base_line = load_base(args)
     if args.max_len > gpt.config.block_size and args.preset_max_len:
         args.max_len = gpt.config.block_size
     if args.max_len > gpt.config.block_size:
@@ -504,6 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = ResumableRun(args, STAGE, model_name, Path(args.out_dir) / "last.pt", must_match=RESUME_MUST_MATCH,
                        state={"step": 0, "best_score": -math.inf, "best_epoch": 0, "history": [], "curve": [],
                               "train_seconds": 0.0, "tokens_seen": 0, "examples_seen": 0})
+    log = setup_logging(Path(args.out_dir))
+    if base_line:
+        log.info(base_line)
     splits = load_splits(args, tokenizer, log)
     classes = {task: splits[task]["test"].classes for task in args.task_list}
     model = prepare_model(args, gpt, classes[args.task] if kind == "head" else None).to(device)
@@ -525,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tokenizer_fingerprint": tokenizer.fingerprint(), "args": vars(args), "finetune": info}
 
     if run.attach(model, optimizer, payload):
+        check_resumed_counters(run, total_steps, args.epochs)
         log.info(f"resumed at step {run.state['step']} of {total_steps}")
     state, order, pad, speed = run.state, {}, tokenizer.eot_id, Throughput()
     model.train()
@@ -573,6 +585,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.step_done(f"step {state['step']}")
     finish(args, state, splits, tokenizer, device, trainable, total, started, log)
     return 0
+
+
+def check_resumed_counters(run: ResumableRun, total_steps: int, epochs: int) -> None:
+    """A last.pt's counters must fit this run: a step past the end would "finish" without training, a best epoch
+    never reached would name a model that was never scored."""
+    step, best, history = run.state["step"], run.state["best_epoch"], run.state["history"]
+    problem = (f"step {step}, but the run has only {total_steps} steps" if not 0 <= step <= total_steps else
+               f"best epoch {best} of {epochs} epochs" if not 0 <= best <= epochs else
+               f"{len(history)} epochs scored of {epochs}" if not isinstance(history, list) or len(history) > epochs
+               else "")
+    if problem:
+        raise UserError(f"--resume: {run.last_path} says {problem}; it was edited or belongs to another run: "
+                        "start over with --restart")
 
 
 def plot_history(args: argparse.Namespace, history: list[dict[str, Any]], path: Path) -> None:

@@ -5,6 +5,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import logging
 import socket
 import sys
 from pathlib import Path
@@ -468,6 +469,8 @@ FINETUNE_FLAGS = [
     (["--method", "head", "--lora_dropout", "0.1"], "--lora_dropout"),
     (["--method", "lora", "--train_blocks", "1"], "--train_blocks applies only with --method last_blocks"),
     (["--tasks", "imdb,translate"], "--tasks applies only with --task multi"),
+    (["--ag_news_source", "test_carveout"], "--ag_news_source applies only"),
+    (["--task", "multi", "--tasks", "imdb,translate", "--ag_news_source", "official"], "--ag_news_source"),
 ]
 
 
@@ -507,7 +510,8 @@ def test_finetune_resume_refuses_other_settings_and_an_edited_last_pt(bpe_model,
     assert code == 0, err
     last, best = tmp_path / "run" / "last.pt", tmp_path / "ft.pt"
     before = last.read_bytes(), best.read_bytes()
-    for flags, name in ((["--lr", "0.01"], "--lr"), (["--max_len", "32"], "--max_len"), (["--clip", "0"], "--clip")):
+    for flags, name in ((["--lr", "0.01"], "--lr"), (["--max_len", "32"], "--max_len"), (["--clip", "0"], "--clip"),
+                        (["--seed", "9"], "--seed"), (["--eval_limit", "2"], "--eval_limit")):
         code, _, err = cli(finetune.main, tiny_finetune(bpe_model, tiny_data, tmp_path, "--resume", *flags))
         one_error_line(code, err, "--resume", name)
     assert (last.read_bytes(), best.read_bytes()) == before
@@ -517,6 +521,54 @@ def test_finetune_resume_refuses_other_settings_and_an_edited_last_pt(bpe_model,
     code, _, err = cli(finetune.main, tiny_finetune(bpe_model, tiny_data, tmp_path, "--resume"))
     one_error_line(code, err, "--resume", "last.pt")
     assert best.read_bytes() == before[1]
+
+
+@pytest.mark.parametrize("edit, name", [
+    (lambda c: c.update(step=10**9), "step 1000000000"), (lambda c: c.update(best_epoch=7), "best epoch 7"),
+], ids=["step-beyond-the-end", "best-epoch-never-reached"])
+def test_finetune_resume_refuses_impossible_counters(bpe_model, tiny_data, tmp_path, cli, edit, name):
+    code, _, err = cli(finetune.main, tiny_finetune(bpe_model, tiny_data, tmp_path))
+    assert code == 0, err
+    last, best = tmp_path / "run" / "last.pt", tmp_path / "ft.pt"
+    ckpt = torch.load(last, weights_only=True)
+    edit(ckpt)
+    save_checkpoint(last, ckpt)
+    before = best.read_bytes()
+    code, _, err = cli(finetune.main, tiny_finetune(bpe_model, tiny_data, tmp_path, "--resume"))
+    assert one_error_line(code, err, name).startswith("error: --resume:")
+    assert best.read_bytes() == before
+
+
+def test_a_refused_rerun_leaves_the_interrupted_runs_log_alone(bpe_model, tiny_data, tmp_path, cli):
+    code, _, err = cli(finetune.main, tiny_finetune(bpe_model, tiny_data, tmp_path))
+    assert code == 0, err
+    progress = tmp_path / "run" / "progress.json"
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "state": "interrupted"}))   # as after Ctrl-C
+    log = (tmp_path / "run" / "train.log").read_bytes()
+    code, _, err = cli(finetune.main, tiny_finetune(bpe_model, tiny_data, tmp_path))
+    one_error_line(code, err, "--resume", "--restart")
+    assert (tmp_path / "run" / "train.log").read_bytes() == log
+
+
+@pytest.mark.parametrize("program, flag", [(finetune.main, "--base"), (train.main, "--init_from")],
+                         ids=["finetune", "train"])
+def test_a_gpt2_folder_without_weights_is_one_line_naming_its_flag(lm_data, tmp_path, cli, program, flag):
+    """transformers' own log lines about the config must not come before the error."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32,
+                                                    "n_positions": 64, "vocab_size": 300}))
+    said = []   # transformers logs to a handler of its own (bound to the real stderr), so listen on its logger
+    listener = logging.Handler()
+    listener.emit = said.append
+    logging.getLogger("transformers").addHandler(listener)
+    try:
+        code, _, err = cli(program, [flag, folder, "--data_dir", lm_data, "--out_dir", tmp_path / "run",
+                                     "--checkpoint", tmp_path / "ft.pt", "--device", "cpu"])
+    finally:
+        logging.getLogger("transformers").removeHandler(listener)
+    assert one_error_line(code, err, str(folder)).startswith(f"error: {flag} ")
+    assert not said, [record.getMessage() for record in said]
 
 
 @pytest.mark.parametrize("locked", ["run/run.lock", ".ft.pt.lock"], ids=["out_dir", "checkpoint"])
