@@ -24,6 +24,9 @@ BATCH_SIZE = Range(int, lo=1, hi=4096)  # sentences translated at once
 # the largest sizes a checkpoint may state (scripts.common.config_from_checkpoint): the position table and the
 # softmax's index are not saved, so their sizes must be bounded before the model is built
 MAX_POSITIONS = 4096
+# the fewest positions a checkpoint may state: a source sentence needs its pieces and <eos>, and the decoder <bos>
+# and the words it writes (train.py always gives 258 or more; 1 or 2 would leave no room for a sentence)
+MIN_POSITIONS = 8
 CONFIG_LIMITS = {"max_len": MAX_POSITIONS, "d_model": 8192, "n_heads": 256, "n_encoder_layers": 64,
                  "n_decoder_layers": 64, "d_ff": 65536, "src_vocab_size": MAX_PIECES, "tgt_vocab_size": MAX_PIECES}
 MODEL_NAME = "transformer_mt"
@@ -90,6 +93,8 @@ def check_config(c: TransformerConfig) -> None:
                  "d_ff", "max_len"):
         if getattr(c, name) < (4 if name.endswith("vocab_size") else 1):
             raise ValueError(f"{name} = {getattr(c, name)}")
+    if c.max_len < MIN_POSITIONS:
+        raise ValueError(f"max_len {c.max_len} leaves no room for a sentence: at least {MIN_POSITIONS}")
     if c.d_model % c.n_heads:
         raise ValueError(f"d_model {c.d_model} is not divisible by n_heads {c.n_heads}")
     for name in ("dropout", "attention_dropout", "activation_dropout"):
