@@ -78,6 +78,8 @@ RANGES = {
     "weight_decay": NON_NEGATIVE, "clip": CLIP, "label_smoothing": FRACTION, "average_last": COUNT, "max_steps": COUNT,
 }
 BOOL = argparse.BooleanOptionalAction
+# the numbers each history row (one per finished epoch) holds, which the final report reads
+HISTORY_NUMBERS = ("train_loss", "val_loss", "val_bleu", "val_chrf", "tgt_tokens_per_s")
 
 
 def preset_default(key: str) -> str:
@@ -298,7 +300,21 @@ def save_model(path: Path, args: argparse.Namespace, model: Transformer, vocab: 
     a crash or a full disk leaves the previous pair in place)."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(path, {**model_payload(args, model, vocab), "model_state": weights, **extra})
-    write_text(path.with_suffix(".tokenizer.json"), vocab.to_json())
+    write_text(tokenizer_path(path), vocab.to_json())
+
+
+def tokenizer_path(checkpoint: str | Path) -> Path:
+    """Where the best model's vocabulary goes: beside it, as <name>.tokenizer.json (never a run folder's file)."""
+    return Path(checkpoint).with_suffix(".tokenizer.json")
+
+
+def check_tokenizer_path(args: argparse.Namespace) -> None:
+    """The vocabulary file beside --checkpoint must be a file that can be replaced, checked before any work: a folder
+    there (the run folder itself, say) would stop the run at its first best epoch."""
+    path = tokenizer_path(args.checkpoint)
+    if path.is_dir() or path.absolute() == Path(args.out_dir).absolute():
+        raise UserError(f"--checkpoint {args.checkpoint}: its vocabulary goes beside it to {path}, which is a folder"
+                        " (or --out_dir); give another --checkpoint name")
 
 
 # ----------------------------------------------------------------------------- loss and validation
@@ -453,6 +469,7 @@ def report(args: argparse.Namespace, model: Transformer, data: Data, run: Resuma
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = resolve_args(build_parser().parse_args(argv))
+    check_tokenizer_path(args)
     started = time.time()
     set_threads(args.num_threads)
     device = get_device(args.device)
@@ -465,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.epochs = args.epochs or saved_number(run, ("args", "epochs"), POSITIVE_INT)
         started -= saved_number(run, ("wall_seconds",), Range(float, lo=0))
     args.epochs = args.epochs or default_epochs(device, args.amp, args.preset)
+    if run.resume:
+        check_resumed_counters(run, args)      # before the run folder's train.log is touched
     log = setup_logging(Path(args.out_dir))
     data = load_data(args, vocab, log)
 
@@ -482,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)    # a path that cannot be written: fail now
 
     steps_per_epoch = count_batches(data.train, args.max_tokens)
+    if run.resume:
+        check_resumed_position(run, steps_per_epoch)
     total_steps = args.epochs * steps_per_epoch    # the schedule's length (--max_steps shortens it)
     total_steps = min(total_steps, args.max_steps or total_steps)
     if args.warmup_steps > total_steps:     # allowed (a smoke test's few steps), but never silently
@@ -502,6 +523,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.save()      # last.pt carries the wall time this report states, so a resumed run's total adds on to it
     report(args, model, data, run, seconds, device, log)
     return 0
+
+
+def check_resumed_counters(run: ResumableRun, args: argparse.Namespace) -> None:
+    """last.pt's counters must describe a run that can go on: one history row per finished epoch, the step count
+    they add up to, an optimizer that has Adam's moments once a step was taken, and something left to train. An
+    edited file (or a --resume with a lower --epochs/--max_steps) is refused in one line, not trained wrongly."""
+    saved, where = run.resume, f"--resume: {run.last_path}"
+    for key, start in run.state.items():     # the kinds first (a fresh run's), as ResumableRun.attach checks them
+        check_counter(run.last_path, key, saved.get(key), start)
+    epoch, batch, step, history = (saved["epoch"], saved["batch_in_epoch"], saved["global_step"],
+                                   saved["history"])
+    rows_fit = all(isinstance(row, dict) and row.get("epoch") == i + 1 and type(row.get("steps")) is int
+                   and all(isinstance(row.get(k), (int, float)) for k in HISTORY_NUMBERS)
+                   for i, row in enumerate(history))
+    if not rows_fit:
+        raise UserError(f"{where}: its history is not one row of numbers per finished epoch (the file was edited); "
+                        "start a new run with another --out_dir")
+    if epoch != len(history):
+        raise UserError(f"{where}: epoch {epoch} does not match its history of {len(history)} finished epochs (the "
+                        "file was edited); start a new run with another --out_dir")
+    if step != (history[-1]["steps"] if history else 0) + batch:
+        raise UserError(f"{where}: global_step {step:,} is not the steps of its finished epochs plus batch_in_epoch "
+                        f"{batch:,} (the file was edited); start a new run with another --out_dir")
+    optimizer = saved.get("optimizer_state")
+    if step and isinstance(optimizer, dict) and not optimizer.get("state"):
+        raise UserError(f"{where}: its optimizer state is empty after {step:,} steps (the file was edited; resuming "
+                        "would restart Adam's averages); start a new run with another --out_dir")
+    for flag, what, done, total in (("--epochs", "epoch", epoch, args.epochs),
+                                    ("--max_steps", "step", step, args.max_steps)):
+        if total and done > total:
+            raise UserError(f"{where}: the run is at {what} {done:,}, past {flag} {total:,} (the file was "
+                            f"edited, or {flag} was lowered); give the run's own {flag} or more")
+    # a run stopped between its last epoch and the average of its last epochs' weights still has that to do
+    count = saved.get("weight_count")
+    averaging_left = args.average_last > 1 and isinstance(count, int) and count > 1 and not saved["averaged"]
+    if (epoch == args.epochs and not averaging_left) or (args.max_steps and step == args.max_steps):
+        raise UserError(f"{where}: the run already finished (epoch {epoch} of {args.epochs}, step {step:,}): "
+                        "nothing left to train; raise --epochs or --max_steps to train on")
+
+
+def check_resumed_position(run: ResumableRun, steps_per_epoch: int) -> None:
+    """Where last.pt says the run stopped must lie within the epochs' batches (known once the data is loaded)."""
+    state, where = run.state, f"--resume: {run.last_path}"
+    if state["batch_in_epoch"] > steps_per_epoch:
+        raise UserError(f"{where}: batch_in_epoch {state['batch_in_epoch']:,} is past the {steps_per_epoch:,} batches "
+                        "of an epoch (the file was edited); start a new run with another --out_dir")
+    most = state["epoch"] * steps_per_epoch + state["batch_in_epoch"]
+    if state["global_step"] > most:
+        raise UserError(f"{where}: global_step {state['global_step']:,} is more than {state['epoch']} epochs of "
+                        f"{steps_per_epoch:,} batches hold (the file was edited); start a new run with another "
+                        "--out_dir")
 
 
 def saved_number(run: ResumableRun, keys: tuple[str, ...], allowed: Range) -> Any:
