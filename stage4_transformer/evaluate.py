@@ -12,15 +12,23 @@ runs/eval_<checkpoint name>/ (or --out_dir), and metrics.json also to --metrics_
 """
 import argparse
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from scripts.checks import COUNT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, count_params,
                             get_device, path_arg, run_main, set_threads, write_metrics, write_text)
+from scripts.monitor import process_alive
 from scripts.repl import SETTING_RANGES
+from scripts.training import RunLock
 from scripts.translation_data import DATASETS, SPLITS, corpus_scores, load_pairs
+from stage4_transformer.data.subword import SubwordVocab
+from stage4_transformer.models.transformer import Transformer
 from stage4_transformer.translator import (ALPHA, BATCH_SIZE, STAGE, find_checkpoint, load_model,
                                            model_line, translate_sentences)
 
@@ -53,8 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # where the results go is checked before minutes of decoding, so they are never lost at the end
     out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{Path(args.checkpoint).stem}"
     check_writable(out_dir, "--out_dir", folder=True)
+    refuse_a_training_folder(out_dir, "--out_dir")
     if args.metrics_out:
         check_writable(args.metrics_out, "--metrics_out")
+        if training_metrics(Path(args.metrics_out)):
+            raise UserError(f"--metrics_out {args.metrics_out} is a training run's metrics.json; write the "
+                            "evaluation elsewhere: another --metrics_out")
     set_threads(args.num_threads)
     device = get_device(args.device)
     started = time.time()
@@ -64,6 +76,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs = load_pairs(dataset, args.split, args.data_dir)
     if args.limit:
         pairs = pairs[: args.limit]
+    # the folder is this evaluation's until it ends: a training started into it meanwhile is refused
+    lock = RunLock(out_dir, advice="pass another --out_dir").acquire()
+    try:
+        return score(args, model, vocab, ckpt, dataset, pairs, out_dir, device, started)
+    finally:
+        lock.release()
+
+
+def refuse_a_training_folder(folder: Path, flag: str) -> None:
+    """An evaluation never writes into a training's run folder: its metrics.json is the training's record, and a
+    training may still be writing there. Refused in one line before the model is even loaded."""
+    if (folder / "last.pt").is_file() or (folder / "train.log").is_file() or training_metrics(folder / "metrics.json"):
+        raise UserError(f"{flag} {folder} is a training run folder (it holds last.pt, train.log or a training's "
+                        f"metrics.json); write the evaluation elsewhere: another {flag}")
+    holder = RunLock(folder).holder()
+    if holder is not None and holder.get("pid") != os.getpid() and (
+            holder.get("host") != socket.gethostname() or process_alive(holder.get("pid"))):
+        raise UserError(f"{flag} {folder} is in use by process {holder.get('pid')} (`{holder.get('command')}`); "
+                        f"wait for it to end, or pass another {flag}")
+
+
+def training_metrics(path: Path) -> bool:
+    """Whether the file at path is a training's metrics.json (it states train_seconds)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "train_seconds" in record
+
+
+def score(args: argparse.Namespace, model: Transformer, vocab: SubwordVocab, ckpt: dict, dataset: str,
+          pairs: list, out_dir: Path, device: torch.device, started: float) -> int:
+    """Greedy and beam-search BLEU and chrF on `pairs`, printed and written to out_dir (and --metrics_out)."""
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
 
     metrics: dict = {"sentences": len(pairs), "beam_size": args.beam_size, "alpha": args.alpha,
