@@ -26,6 +26,8 @@ from stage4_transformer.models.transformer import Transformer
 from stage4_transformer.translator import (ALPHA, BATCH_SIZE, find_checkpoint, load_model,
                                            model_line, translate_sentences)
 
+HEATMAP_FORMATS = (".png", ".pdf", ".svg")     # matplotlib would add .png to any other name, so it is refused
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(description="Translate English to French with a trained stage 4 Transformer.")
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=ALPHA, default=1.0, help="length penalty exponent (0: none)")
     p.add_argument("--batch_size", type=BATCH_SIZE, default=64, help="sentences per batch with --input")
     p.add_argument("--heatmap", type=path_arg, default=None,
-                   help="save the cross-attention of every layer and head as this PNG")
+                   help="save the cross-attention of every layer and head as this .png, .pdf or .svg")
     add_common_args(p, seed_help="unused here: greedy and beam search draw no random numbers")
     return p
 
@@ -50,6 +52,33 @@ def check_sentence(sentence: str) -> None:
     translated: the subword vocabulary spells every word with its pieces, so no word is unknown."""
     if not sentence.split():
         raise UserError("empty sentence: type some English to translate")
+
+
+def check_heatmap_name(text: str, name: str) -> None:
+    """A heatmap must be a file of a format matplotlib draws: given a folder, or a name without .png/.pdf/.svg,
+    matplotlib would write <name>.png, another file than the one the user named and is told about."""
+    if Path(text).is_dir():
+        raise UserError(f"cannot write the heatmap {text[:100]!r} with {name}: it is a folder; give a file name such "
+                        f"as {str(Path(text) / 'attention.png')[:120]!r}")
+    if Path(text).suffix.lower() not in HEATMAP_FORMATS:
+        raise UserError(f"cannot write the heatmap {text[:100]!r} with {name}: the file name must end in "
+                        f"{', '.join(HEATMAP_FORMATS)}")
+
+
+def note_cut(model: Transformer, vocab: SubwordVocab, sentences: list[str], what: str) -> None:
+    """Say on stderr when a sentence has more subword pieces than the model has positions: `translate_sentences`
+    translates only its first pieces (the rest is left out, never silently)."""
+    keep = model.config.max_len - 1
+    sizes = [len(vocab.encode(s)) for s in sentences]
+    long = [i for i, size in enumerate(sizes) if size > keep]
+    if len(long) == 1 and len(sentences) == 1:
+        print(f"note: {what} is {sizes[0]:,} subword pieces long; the model reads at most "
+              f"{keep:,}, so only its beginning is translated", file=sys.stderr)
+    elif long:
+        lines = f"{len(long):,} lines of {what} (the first: line {long[0] + 1}) are" if len(long) > 1 else \
+            f"line {long[0] + 1} of {what} is"
+        print(f"note: {lines} longer than the {keep:,} subword pieces the model reads; only the beginning is "
+              "translated", file=sys.stderr)
 
 
 def draw_heatmap(model: Transformer, vocab: SubwordVocab, sentence: str, translation: str, path: str | Path,
@@ -92,6 +121,7 @@ def draw_heatmap(model: Transformer, vocab: SubwordVocab, sentence: str, transla
 def translate_one(model: Transformer, vocab: SubwordVocab, sentence: str, beam: int, alpha: float,
                   device: torch.device, heatmap: str | None) -> str:
     check_sentence(sentence)
+    note_cut(model, vocab, [sentence], "the sentence")
     translation = translate_sentences(model, vocab, [sentence], device, beam, alpha)[0]
     if heatmap:
         print(f"attention heatmap: {draw_heatmap(model, vocab, sentence, translation, heatmap, device)}",
@@ -103,6 +133,7 @@ def translate_file(model: Transformer, vocab: SubwordVocab, lines: list[str], ar
                    device: torch.device) -> None:
     """Line i of --output translates line i of --input; an empty input line gives an empty output line."""
     todo = [i for i, line in enumerate(lines) if line.split()]
+    note_cut(model, vocab, lines, f"--input {args.input}")
     results = translate_sentences(model, vocab, [lines[i] for i in todo], device, args.beam_size, args.alpha,
                                   args.batch_size, progress=True)
     out = [""] * len(lines)
@@ -125,6 +156,8 @@ def read_input(name: str) -> str:
     """--input's text: a UTF-8 file (a line that is not UTF-8 is named), or standard input for "-", where bytes that
     are not UTF-8 become U+FFFD (with a note), as for every line typed at a prompt."""
     if name != "-":
+        if Path(name).is_dir():       # read_text would say "does not exist"
+            raise UserError(f"--input {name} is a folder; give a text file (one sentence per line)")
         return read_text(name, "--input")
     return clean_text(sys.stdin.read(), "standard input")     # run_main reads stdin with errors="replace"
 
@@ -139,6 +172,10 @@ def interactive(model: Transformer, vocab: SubwordVocab, args: argparse.Namespac
             return "heatmap off"
         if model.config.impl != "scratch":
             return "(attention maps come from the scratch model; this one was trained with --impl torch)"
+        try:
+            check_heatmap_name(value, ":heatmap")
+        except UserError as err:
+            return f"({err}; the heatmap stays {heatmap['file'] or 'off'})"
         heatmap["file"] = value
         return f"heatmap = {value} (drawn for each sentence)"
 
@@ -172,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sentence:
         check_sentence(" ".join(args.sentence))     # before the model loads: a typing slip costs nothing
     check_output_is_not_input(args.input, args.output)
+    if args.heatmap:
+        check_heatmap_name(args.heatmap, "--heatmap")
     for flag, output in (("--output", args.output), ("--heatmap", args.heatmap)):    # and an output not to be written
         if output:
             check_writable(output, flag)
