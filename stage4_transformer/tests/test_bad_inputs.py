@@ -529,7 +529,8 @@ def test_the_heatmap_command_refuses_paths_it_cannot_write(tiny_model, tmp_path,
     (tmp_path / "a_file").write_text("")
     out = run_prompt(tiny_model, [":heatmap a_file/map.png", "A dog runs.", ":heatmap map.xyz", "A dog runs.",
                                   ":heatmap nul\x00.png", "A $5 dog.", ":heatmap ok.png", "It costs $5 and $6."])
-    assert out.count("cannot write the heatmap") == 3 and (tmp_path / "ok.png").is_file()
+    # map.xyz is refused when typed (so a_file/map.png stays, and fails again at the next sentence)
+    assert "must end in" in out and out.count("cannot write the heatmap") == 4 and (tmp_path / "ok.png").is_file()
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -575,3 +576,95 @@ def test_any_bytes_as_an_input_file_are_text_or_one_line(data):
         assert "\n" not in str(err) and str(path) in str(err)
     finally:
         path.unlink()
+
+
+# ----------------------------------------------------------------------------- probe 2: configs, counters, folders
+def test_a_config_too_short_for_a_sentence_is_refused(payload, tmp_path, mt_data, cli):
+    ckpt = copy.deepcopy(payload)
+    ckpt["config"]["max_len"] = 1
+    path = tmp_path / "short.pt"
+    torch.save(ckpt, path)
+    code, out, err = cli(translate.main, ["--checkpoint", path, "A dog."])
+    one_error_line(code, err, str(path), "max_len")
+    code, out, err = cli(evaluate.main, ["--checkpoint", path, "--data_dir", mt_data, "--limit", "2",
+                                         "--out_dir", tmp_path / "e"])
+    one_error_line(code, err, str(path), "max_len")
+    assert "model:" not in out
+
+
+IMPOSSIBLE_COUNTERS = {
+    "batch past the epoch's": ("c['batch_in_epoch'] = 999", "batch_in_epoch"),
+    "global_step too large": ("c['global_step'] = 10 ** 9", "global_step"),
+    "epoch beyond --epochs": ("c['epoch'] = 99", "epoch 99"),
+    "epoch 0 after one epoch": ("c['epoch'] = 0", "epoch 0"),
+    "batch past the epoch's, steps to match": ("c['batch_in_epoch'] += 999; c['global_step'] += 999",
+                                               "batch_in_epoch"),
+    "steps more than the epochs hold": ("c['global_step'] += 999; c['history'][-1]['steps'] += 999", "global_step"),
+    "history edited": ("c['history'][0]['val_bleu'] = 'high'", "history"),
+    "optimizer state emptied": ("c['optimizer_state']['state'] = {}", "optimizer state is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPOSSIBLE_COUNTERS))
+def test_resume_refuses_impossible_counters(stopped_run, tmp_path, cli, case):
+    folder, argv = stopped_run
+    run = tmp_path / "run"
+    shutil.copytree(folder / "run", run, ignore=shutil.ignore_patterns("run.lock"))
+    c = torch.load(run / "last.pt", weights_only=True)
+    exec(IMPOSSIBLE_COUNTERS[case][0])
+    torch.save(c, run / "last.pt")
+    before = (run / "last.pt").read_bytes()
+    code, _, err = cli(train.main, [*argv, "--out_dir", run, "--resume"])
+    one_error_line(code, err, IMPOSSIBLE_COUNTERS[case][1])
+    assert err.startswith("error: --resume:") and (run / "last.pt").read_bytes() == before
+
+
+def test_resume_refuses_a_run_with_nothing_left_to_train(stopped_run, tmp_path, cli):
+    folder, argv = stopped_run      # one epoch of two done, at step 1
+    run = tmp_path / "run"
+    shutil.copytree(folder / "run", run, ignore=shutil.ignore_patterns("run.lock"))
+    one_line(cli(train.main, [*argv, "--out_dir", run, "--resume", "--epochs", "1"]), "--resume:", "finished")
+    one_line(cli(train.main, [*argv, "--out_dir", run, "--resume", "--max_steps", "1"]), "--resume:", "finished")
+
+
+def test_the_vocabulary_beside_the_checkpoint_cannot_be_a_folder(mt_data, tmp_path, cli):
+    (tmp_path / "best.tokenizer.json").mkdir()
+    one_line(cli(train.main, ["--data_dir", mt_data, "--out_dir", tmp_path / "run", "--checkpoint",
+                              tmp_path / "best.pt", *TINY]), "--checkpoint", "best.tokenizer.json")
+    assert not (tmp_path / "run").exists()
+    one_line(cli(train.main, ["--data_dir", mt_data, "--out_dir", tmp_path / "x.tokenizer.json", "--checkpoint",
+                              tmp_path / "x.pt", *TINY]), "--checkpoint", "--out_dir")
+
+
+def test_evaluate_refuses_a_training_run_folder(stopped_run, tiny_model, tmp_path, mt_data, cli):
+    folder, _ = stopped_run
+    run = tmp_path / "run"
+    shutil.copytree(folder / "run", run, ignore=shutil.ignore_patterns("run.lock"))
+    (run / "metrics.json").write_text(json.dumps({"train_seconds": 1.0}))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    argv = ["--checkpoint", tiny_model[0], "--data_dir", mt_data, "--limit", "2", "--beam_size", "2"]
+    code, out, err = cli(evaluate.main, [*argv, "--out_dir", run])
+    one_error_line(code, err, "--out_dir", "training run folder")
+    assert "model:" not in out and {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    one_line(cli(evaluate.main, [*argv, "--out_dir", tmp_path / "e", "--metrics_out", run / "metrics.json"]),
+             "--metrics_out", "training")
+    busy = tmp_path / "busy"       # a live process (this test's parent) holds the folder
+    busy.mkdir()
+    (busy / "run.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
+                                               "command": "python train.py", "started": "now"}))
+    one_line(cli(evaluate.main, [*argv, "--out_dir", busy]), "--out_dir", "in use")
+    assert sorted(p.name for p in busy.iterdir()) == ["run.lock"]
+
+
+def test_translate_says_what_it_does_with_folders_and_long_lines(tiny_model, tmp_path, cli, capsys, monkeypatch):
+    path = tiny_model[0]
+    one_line(cli(translate.main, ["--checkpoint", path, "--input", tmp_path]), "--input", "is a folder")
+    one_line(cli(translate.main, ["--checkpoint", path, "A dog.", "--heatmap", tmp_path]), "--heatmap", "folder")
+    one_line(cli(translate.main, ["--checkpoint", path, "A dog.", "--heatmap", tmp_path / "map"]), "--heatmap",
+             ".png")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "maps").mkdir()
+    capsys.readouterr()
+    out = run_prompt(tiny_model, [":heatmap maps", "A dog runs.", "word " * 20000])
+    assert "it is a folder" in out and not list(tmp_path.glob("*.png"))
+    assert "only its beginning is translated" in capsys.readouterr().err
