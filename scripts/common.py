@@ -287,7 +287,7 @@ def os_error_line(err: OSError) -> str:
     if err.filename is None:
         return f"{reason} ({type(err).__name__}); check the paths and the free disk space"
     names = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
-    return f"cannot use {names}: {reason}; choose another path (--out_dir, --checkpoint) or fix its permissions"
+    return f"cannot use {names}: {reason}; choose another path or fix its permissions"
 
 
 def command_line() -> str:
@@ -593,9 +593,19 @@ def model_from_checkpoint(path: Path | str, build: Callable[[], torch.nn.Module]
             raise bad(f"unexpected {name}")
         if saved[name] != expected[name]:
             raise bad(f"{name} has shape {list(saved[name])}, the config makes {list(expected[name])}")
+    check_finite(path, state)
     model = build()
     model.load_state_dict(state)
     return model
+
+
+def check_finite(path: Path | str, state: dict[str, torch.Tensor]) -> None:
+    """Every floating-point weight must be a finite number: a model with NaN or inf in it answers nothing sensible
+    (a BLEU of 0, an empty translation, a sampler that fails)."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(f"{path}: the weight {name} holds NaN or infinite values (a diverged run, or an edited "
+                            "file); retrain the model with a smaller --lr")
 
 
 def check_vocab_fits(path: Path | str, vocab_size: int, model_size: int, what: str = "vocabulary") -> None:
@@ -708,6 +718,14 @@ def write_metrics(path: Path, *, stage: str, model: str, dataset: str, split: st
                   params: int, seconds: float, seconds_key: str, device: torch.device | str,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write `metrics.json` in the course-wide format that README tables are built from."""
+    if seconds_key == "eval_seconds" and Path(path).is_file():     # never replace a training's own record
+        try:
+            previous = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if isinstance(previous, dict) and "train_seconds" in previous:
+            raise UserError(f"{path} is a training run's metrics.json; write the evaluation elsewhere "
+                            "(another --out_dir or --metrics_out)")
     payload: dict[str, Any] = {
         "stage": stage,
         "model": model,

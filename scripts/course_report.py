@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from scripts.common import REPO_ROOT, ArgParser, UserError, read_json, run_main
+from scripts.common import REPO_ROOT, ArgParser, UserError, path_arg, read_json, run_main
 from scripts.report import hardware_label, markdown_table, replace_block, update_file
 
 COMMAND = "python scripts/course_report.py"
@@ -263,6 +263,11 @@ def load_overviews(root: Path) -> list[Record]:
     """Every `stage*/results/overview.json` ({"stage": ..., "rows": [{"run", "command", "minutes", "score",
     "hardware", "source"}]}), checked, in stage order."""
     out = []
+    stages = sorted(folder for folder in Path(root).glob("stage*_*") if (folder / "bench.py").is_file())
+    missing = [f"{folder.name}/results/overview.json" for folder in stages
+               if not (folder / "results" / "overview.json").is_file()]
+    if missing:     # a stage's row silently gone from the course tables would read as "not measured"
+        raise UserError(f"{', '.join(missing)} missing; run that stage's bench.py (e.g. --parts quick) first")
     for path in sorted(Path(root).glob("stage*/results/overview.json")):
         data = read_json(path, "results file")
         rows = data.get("rows") if isinstance(data, dict) else None
@@ -430,8 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "made from the committed stage*/results/*.json files.")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 2 if a course_* block is not what the results make now")
-    parser.add_argument("--images_dir", default=None, help=f"folder for the PNG plots (default: <root>/{IMAGES})")
-    parser.add_argument("--root", default=str(REPO_ROOT), help="the checkout to report on")
+    parser.add_argument("--images_dir", type=path_arg, default=None,
+                        help=f"folder for the PNG plots (default: <root>/{IMAGES})")
+    parser.add_argument("--root", type=path_arg, default=str(REPO_ROOT), help="the checkout to report on")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     if not root.is_dir():

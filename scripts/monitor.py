@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from scripts.common import EXIT_INTERRUPTED, TrainingInterrupted, command_line, hardware, write_json
+from scripts.common import EXIT_INTERRUPTED, TrainingInterrupted, UserError, command_line, hardware, write_json
 from scripts.plots import plot_curves
 
 PROGRESS_FORMAT = "my_llm-progress-v1"
@@ -95,6 +95,9 @@ class TrainingMonitor:
     def step(self, loss: float, items: int = 0, epoch: str | None = None, **scalars: float) -> None:
         """One optimizer step done: its loss, how many `unit`s it processed, the epoch ("3/7") to show, and any
         other numbers for TensorBoard (e.g. lr=..., grad_norm=...)."""
+        if not math.isfinite(loss):     # diverged: nothing learnt after this step could be trusted, or saved
+            raise UserError(f"the training loss became {loss} at step {self.step_no + 1:,}: training diverged; "
+                            "train again with a smaller --lr (the checkpoints keep the state from before)")
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -102,8 +105,7 @@ class TrainingMonitor:
         self._tick = now
         self.step_no += 1
         self._items += items
-        if math.isfinite(loss):
-            self.running_loss = loss if self.running_loss is None else EMA * self.running_loss + (1 - EMA) * loss
+        self.running_loss = loss if self.running_loss is None else EMA * self.running_loss + (1 - EMA) * loss
         postfix = {}
         if epoch is not None:
             postfix["epoch"] = epoch

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Sequence
 
 from scripts.checks import COUNT, SEED
-from scripts.common import REPO_ROOT, ArgParser, ChildFailed, UserError, read_json, run_main, write_json, write_text
+from scripts.common import (REPO_ROOT, ArgParser, ChildFailed, UserError, path_arg, read_json, run_main, write_json,
+                            write_text)
 from scripts.report import markdown_table
 
 
@@ -119,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--random", type=COUNT, default=0, help="try only N settings drawn from the grid (0: all)")
     p.add_argument("--metric", required=True, help="key of metrics.json's 'metrics' to compare (e.g. val_loss)")
     p.add_argument("--mode", choices=["min", "max"], default="min", help="whether lower or higher is better")
-    p.add_argument("--out", required=True, help="folder for the runs, results.json, results.md and sweep.png")
+    p.add_argument("--out", type=path_arg, required=True,
+                   help="folder for the runs, results.json, results.md and sweep.png")
     args = p.parse_args(own)
     script = (Path(args.script) if Path(args.script).is_file() else REPO_ROOT / args.script).resolve()
     trainers = sorted(REPO_ROOT.glob("stage*/train*.py")) + sorted(REPO_ROOT.glob("stage*/finetune.py"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import math
 import os
 import socket
 import sys
@@ -36,8 +37,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from scripts.common import (StopOnInterrupt, UserError, command_line, display_path, load_resume, rng_state,
-                            save_checkpoint, set_rng_state)
+from scripts.common import (StopOnInterrupt, UserError, check_finite, command_line, display_path, load_resume,
+                            rng_state, save_checkpoint, set_rng_state)
 from scripts.monitor import process_alive, read_progress
 
 
@@ -106,6 +107,18 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
 
 
+def check_best_path(best: Path, last_path: Path) -> None:
+    """The file the best model goes to must be one a checkpoint can replace: not a folder, not the run's last.pt,
+    not another kind of file (a train.log given by mistake). Checked before any work, not at the first save."""
+    if best.is_dir():
+        raise UserError(f"--checkpoint {best} is a folder; give a file name such as {best / 'best.pt'}")
+    if best.resolve() == Path(last_path).resolve():
+        raise UserError(f"--checkpoint {best} is the run's own last.pt; give another file name")
+    if best.is_file() and best.suffix != ".pt":
+        raise UserError(f"--checkpoint {best} is an existing file that is not a checkpoint (.pt); writing the model "
+                        "there would replace it: give another file name")
+
+
 def refuse_to_replace_unfinished(last_path: Path, restart: bool) -> None:
     """A run stopped by Ctrl-C (or killed) can go on with --resume; the same command without it would start over
     and replace that run's last.pt at its first save. Refused in one line unless the user says --restart."""
@@ -121,6 +134,34 @@ def refuse_to_replace_unfinished(last_path: Path, restart: bool) -> None:
     where = f" at step {step:,} of {total:,}" if isinstance(step, int) and isinstance(total, int) else ""
     raise UserError(f"{display_path(Path(last_path).parent)} holds a run that was {progress['state']}{where}; "
                     "add --resume to continue it, or --restart to start over (its last.pt is then replaced)")
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer, fresh: dict[str, Any]) -> None:
+    """After loading a saved optimizer state: its settings must be of the kinds a fresh optimizer has (betas a pair,
+    numbers finite) and every per-parameter tensor (Adam's moments) the shape of its parameter and finite. torch
+    only notices a wrong one at the first step, with a traceback in the middle of the run."""
+    for group, new_group in zip(fresh["param_groups"], optimizer.param_groups):
+        for key, value in group.items():
+            if key == "params":
+                continue
+            saved = new_group.get(key)
+            if isinstance(value, (tuple, list)):
+                ok = isinstance(saved, (tuple, list)) and len(saved) == len(value) and all(
+                    isinstance(v, (int, float)) and math.isfinite(v) for v in saved)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                ok = isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved)
+            else:
+                ok = True
+            if not ok:
+                raise ValueError(f"optimizer setting {key} = {str(saved)[:30]}")
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, tensor in optimizer.state.get(param, {}).items():
+                if not isinstance(tensor, torch.Tensor) or tensor.dim() == 0:
+                    continue        # the step count
+                if tensor.shape != param.shape or (tensor.is_floating_point() and not torch.isfinite(tensor).all()):
+                    raise ValueError(f"optimizer state {key} of shape {list(tensor.shape)} for a parameter of shape "
+                                     f"{list(param.shape)}, or not finite")
 
 
 def check_counter(path: Path, key: str, saved: Any, start: Any) -> None:
@@ -144,13 +185,15 @@ class ResumableRun:
                  must_match: Sequence[str] = (), map_location: str | torch.device = "cpu") -> None:
         self.last_path = Path(last_path)
         self.state = dict(state)
-        # the run folder is this process's until it ends (in a data-parallel run, the first process holds it)
-        self.lock = RunLock(self.last_path.parent).acquire() if os.environ.get("RANK", "0") == "0" else None
         if args.resume and getattr(args, "restart", False):
             raise UserError("--resume continues the run, --restart starts it over: choose one")
+        # the run folder is this process's until it ends (in a data-parallel run, the first process holds it)
+        self.lock = RunLock(self.last_path.parent).acquire() if os.environ.get("RANK", "0") == "0" else None
         if not args.resume:
             refuse_to_replace_unfinished(self.last_path, getattr(args, "restart", False))
         best = getattr(args, "checkpoint", None)      # the best model's file, when the program has resolved it
+        if isinstance(best, (str, Path)):
+            check_best_path(Path(best), self.last_path)
         self.best_lock = (RunLock.for_checkpoint(Path(best)).acquire()
                           if isinstance(best, (str, Path)) and self.lock is not None else None)
         # None without --resume; else the checked checkpoint (same stage, model, --dataset and must_match)
@@ -177,8 +220,12 @@ class ResumableRun:
         for key, start in self.state.items():
             check_counter(self.last_path, key, state[key], start)
         try:
+            check_finite(self.last_path, self.resume["model_state"])
             model.load_state_dict(self.resume["model_state"])
+            fresh = optimizer.state_dict()
             optimizer.load_state_dict(self.resume["optimizer_state"])
+            if isinstance(optimizer, torch.optim.Optimizer):
+                check_optimizer(optimizer, fresh)
             set_rng_state(self.resume["rng_state"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:120]

@@ -360,3 +360,63 @@ def test_a_checkpoint_that_is_a_folder_is_named_so(tmp_path):
         common.find_model(str(tmp_path), tmp_path, ["*.pt"], [], "python train.py")
     with pytest.raises(UserError, match="is a folder; pass the .pt file in it"):
         common.load_checkpoint(tmp_path, "stage1_mlp")
+
+
+def test_non_finite_weights_are_refused():
+    state = Tiny(TinyConfig()).state_dict()
+    state["out.bias"][0] = float("nan")
+    with pytest.raises(UserError, match="the weight out.bias holds NaN or infinite values"):
+        model_from_checkpoint("m.pt", lambda: Tiny(TinyConfig()), state)
+
+
+def test_a_diverged_training_loss_stops_the_run_in_one_line(tmp_path):
+    from scripts.monitor import TrainingMonitor  # noqa: PLC0415
+    monitor = TrainingMonitor(tmp_path, stage="stage0", model="m", dataset="d", device="cpu", total_steps=5,
+                              unit="tok")
+    monitor.step(2.5, items=10)
+    with pytest.raises(UserError, match=r"the training loss became nan at step 2: training diverged; .*--lr"):
+        monitor.step(float("nan"), items=10)
+    monitor.close("failed")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda o: o["param_groups"][0].update(betas=(0.5,)), "optimizer setting betas"),
+    (lambda o: o["param_groups"][0].update(lr=float("nan")), "optimizer setting lr"),
+    (lambda o: o["state"][0].update(exp_avg=torch.zeros(5)), r"optimizer state exp_avg of shape \[5\]"),
+])
+def test_an_edited_optimizer_state_is_refused_on_resume(tmp_path, edit, message):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    edit(saved)
+    save_last(tmp_path, optimizer_state=saved, model_state=model.state_dict())
+    run = resumable(tmp_path)
+    with pytest.raises(UserError, match=message):
+        run.attach(model, torch.optim.AdamW(model.parameters()), dict)
+
+
+@pytest.mark.parametrize("best, message", [("folder", "is a folder"), ("run/last.pt", "the run's own last.pt"),
+                                           ("run/train.log", "is an existing file that is not a checkpoint")])
+def test_a_best_checkpoint_path_that_would_destroy_something_is_refused(tmp_path, best, message):
+    import argparse  # noqa: PLC0415
+
+    from scripts.training import ResumableRun  # noqa: PLC0415
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train.log").write_text("the log\n")
+    args = argparse.Namespace(resume=False, dataset="d", checkpoint=str(tmp_path / best))
+    with pytest.raises(UserError, match=message):
+        ResumableRun(args, "stage0", "m", tmp_path / "run" / "last.pt", {"step": 0})
+    assert (tmp_path / "run" / "train.log").read_text() == "the log\n"
+
+
+def test_an_evaluation_never_replaces_a_trainings_metrics(tmp_path):
+    common.write_metrics(tmp_path / "metrics.json", stage="s", model="m", dataset="d", split="test", metrics={},
+                         params=1, seconds=1.0, seconds_key="train_seconds", device="cpu")
+    before = (tmp_path / "metrics.json").read_bytes()
+    with pytest.raises(UserError, match="is a training run's metrics.json"):
+        common.write_metrics(tmp_path / "metrics.json", stage="s", model="m", dataset="d", split="test",
+                             metrics={}, params=1, seconds=1.0, seconds_key="eval_seconds", device="cpu")
+    assert (tmp_path / "metrics.json").read_bytes() == before

@@ -190,7 +190,7 @@ CHECKPOINT_EDITS = {  # name -> (change, what the one line must say)
     "classes missing": (lambda c: c.pop("classes"), "class names"),
     "weights missing": (lambda c: c["model_state"].pop("fc2.bias"), "fc2.bias is missing"),
     "weights reshaped": (lambda c: c["model_state"].update({"fc1.bias": torch.zeros(3)}), "fc1.bias has shape"),
-    "weights not finite": (lambda c: c["model_state"]["fc1.bias"].fill_(float("nan")), "not finite"),
+    "weights not finite": (lambda c: c["model_state"]["fc1.bias"].fill_(float("nan")), "holds NaN or infinite values"),
     "weights as integers": (lambda c: c["model_state"].update({"fc2.bias": torch.zeros(2, dtype=torch.long)}),
                             "fc2.bias"),
     "no data set": (lambda c: c.pop("dataset"), "which data set"),

@@ -398,7 +398,7 @@ CHECKPOINT_EDITS = {
     "weight_reshaped": (edited(lambda c: c["model_state"].update({"decoder.bias": torch.zeros(5)})),
                         "decoder.bias has shape [5]"),
     "weight_nan": (edited(lambda c: c["model_state"]["decoder.bias"].fill_(float("nan"))),
-                   "the weight decoder.bias holds NaN or infinite numbers"),
+                   "the weight decoder.bias holds NaN or infinite values"),
     "weight_extra": (edited(lambda c: c["model_state"].update({"head.weight": torch.zeros(2)})),
                      "unexpected head.weight"),
     "another_model": (edited(lambda c: c.update(model="rnn_classifier")), "holds a 'rnn_classifier' model"),
