@@ -26,6 +26,11 @@ DATASETS = ("imdb", "ag_news")
 AG_NEWS_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 IMDB_CLASSES = ["negative", "positive"]
 _BARE_ENTITY = re.compile(r"&?#(\d+);")  # "#39;" or "&#39;"
+# the sha256 of the shared copies (imdb/ and ag_news/ MANIFEST.md): what the benches publish results of
+IMDB_SHA256 = {"train.jsonl.gz": "f18a43e9b40d29993a738d4db28a78acc72ef9b8cef1498902ca16102a6720eb",
+               "test.jsonl.gz": "e92bb9153e119326672687acb81fda0f4c46f1614d9541702735fb0a4000ce7f"}
+AG_NEWS_SHA256 = {"train.csv": None,      # the shared copy holds the test split only: no reference training split
+                  "test.csv": "521465c2428ed7f02f8d6db6ffdd4b5447c1c701962353eb2c40d548c3c85699"}
 MAX_FIELD = 1_000_000   # characters in one text: the longest IMDb review has ~14k, an AG News story ~1k
 
 

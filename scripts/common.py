@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import io
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -884,7 +885,6 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
     is given, verified: a file whose checksum differs is deleted and refused (ValueError), so a truncated,
     tampered or changed upstream file is never read as the data set. A `dest` already there was verified when
     it was written."""
-    import hashlib  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
 
     dest = Path(dest)
@@ -908,6 +908,36 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
         if tmp.exists():
             tmp.unlink()
     return dest
+
+
+# a bench publishes the course's results (README tables, results/): only from the reference copies of the data
+REFUSAL = ("bench.py publishes the course's results and needs the reference copy; train on your own data with "
+           "train.py")
+
+
+def check_reference_data(name: str, pins: dict[str, str | None], data_dir: str | None, unpacked: bool = False,
+                         download_checked: bool = True) -> None:
+    """Refuse, before any part runs, data that is not the reference copy: a bench publishes the course's results
+    (README tables, results/), and a truncated copy trains and scores without an error, on the wrong data.
+    `pins`: each file the parts read -> sha256 of the shared copy (of the unpacked text when `unpacked`; None: no
+    reference copy exists). A file that would be downloaded is checked by the download itself when
+    `download_checked`; else it cannot be checked before it is used, and is refused too."""
+    folder = find_local_data(name, list(pins), data_dir)
+    if folder is None:
+        if download_checked:
+            return
+        raise UserError(f"no local copy of {name} ({', '.join(pins)}), and a download cannot be checked first: "
+                        f"{REFUSAL} (in --data_dir or ${DATA_ENV})")
+    for filename, sha256 in pins.items():
+        path = folder / filename
+        if unpacked:
+            digest = hashlib.sha256(read_bytes(path, f"{name} file")).hexdigest()
+        else:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != sha256:
+            why = "no reference copy of it exists" if sha256 is None else "its sha256 differs"
+            raise UserError(f"{path} is not the reference copy of {name} ({why}): {REFUSAL}")
 
 
 def count_params(module_or_tensors: Any) -> int:

@@ -14,7 +14,6 @@ quick.json (quick part); every part, and --tables_only, also rewrites results/ov
 GPU summary the course's roadmap is built from. The data must be the course's reference copies (checked against their
 sha256 before anything runs): a bench publishes results. Your own data is train.py's.
 """
-import hashlib
 import os
 import shutil
 import subprocess
@@ -24,8 +23,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from scripts.checks import THREADS
-from scripts.common import (DATA_ENV, ArgParser, ChildFailed, UserError, data_bases, find_local_data, path_arg,
-                            read_bytes, read_json, run_main, write_json)
+from scripts.classification_data import AG_NEWS_SHA256, IMDB_SHA256
+from scripts.common import (ArgParser, ChildFailed, UserError, check_reference_data, data_bases, path_arg, read_json,
+                            run_main, write_json)
 from scripts.report import load_results, markdown_table, update_file
 
 STAGE_DIR = Path(__file__).resolve().parent
@@ -35,37 +35,8 @@ PARTS = ("default", "quick")
 QUICK_COMMAND = "python stage1_mlp/train.py --preset quick"
 # the sha256 of the shared copies (their MANIFEST.md): the only data the benchmark publishes results of. The shared
 # AG News holds the test split only, so there is no reference training split: its results are train.py's to make.
-REFERENCE = {"imdb": {"train.jsonl.gz": "f18a43e9b40d29993a738d4db28a78acc72ef9b8cef1498902ca16102a6720eb",
-                      "test.jsonl.gz": "e92bb9153e119326672687acb81fda0f4c46f1614d9541702735fb0a4000ce7f"},
-             "ag_news": {"train.csv": None,
-                         "test.csv": "521465c2428ed7f02f8d6db6ffdd4b5447c1c701962353eb2c40d548c3c85699"}}
-REFUSAL = ("bench.py publishes the course's results and needs the reference copy; train on your own data with "
-           "train.py")
-
-
-def check_reference_data(name: str, pins: dict[str, str | None], data_dir: str | None, unpacked: bool = False,
-                         download_checked: bool = True) -> None:
-    """Refuse, before any part runs, data that is not the reference copy: a bench publishes the course's results
-    (README tables, results/), and a truncated copy trains and scores without an error, on the wrong data.
-    `pins`: each file the parts read -> sha256 of the shared copy (of the unpacked text when `unpacked`; None: no
-    reference copy exists). A file that would be downloaded is checked by the download itself when
-    `download_checked`; else it cannot be checked before it is used, and is refused too."""
-    folder = find_local_data(name, list(pins), data_dir)
-    if folder is None:
-        if download_checked:
-            return
-        raise UserError(f"no local copy of {name} ({', '.join(pins)}), and a download cannot be checked first: "
-                        f"{REFUSAL} (in --data_dir or ${DATA_ENV})")
-    for filename, sha256 in pins.items():
-        path = folder / filename
-        if unpacked:
-            digest = hashlib.sha256(read_bytes(path, f"{name} file")).hexdigest()
-        else:
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != sha256:
-            why = "no reference copy of it exists" if sha256 is None else "its sha256 differs"
-            raise UserError(f"{path} is not the reference copy of {name} ({why}): {REFUSAL}")
+REFERENCE = {"imdb": IMDB_SHA256,
+             "ag_news": AG_NEWS_SHA256}
 
 
 def run_one(dataset: str, impl: str, extra: list[str]) -> None:

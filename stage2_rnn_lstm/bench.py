@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import resource
 import shutil
@@ -30,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from scripts.checks import THREADS
-from scripts.common import (DATA_ENV, ArgParser, ChildFailed, UserError, find_local_data, hardware, path_arg,
-                            read_bytes, read_json, run_main, write_json)
+from scripts.classification_data import IMDB_SHA256
+from scripts.common import (ArgParser, ChildFailed, UserError, check_reference_data, hardware, path_arg, read_json,
+                            run_main, write_json)
 from scripts.report import load_results, markdown_table, run_script, short_paths, update_file
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
 from stage2_rnn_lstm import train as train_module
@@ -48,40 +48,12 @@ DEFAULT_PARTS = ("char", "word", "speed", "classify")
 REFERENCE = {
     "shakespeare": ("tiny_shakespeare", {"input.txt": SHAKESPEARE_SHA256}, False),
     "ptb": ("ptb", {f"ptb.{split}.txt.gz": sha256 for split, sha256 in PTB_SHA256.items()}, True),
-    "imdb": ("imdb", {"train.jsonl.gz": "f18a43e9b40d29993a738d4db28a78acc72ef9b8cef1498902ca16102a6720eb",
-                      "test.jsonl.gz": "e92bb9153e119326672687acb81fda0f4c46f1614d9541702735fb0a4000ce7f"}, False)}
+    "imdb": ("imdb", IMDB_SHA256, False)}
 PART_DATA = {"quick": "shakespeare", "char": "shakespeare", "word": "ptb", "classify": "imdb"}
-REFUSAL = ("bench.py publishes the course's results and needs the reference copy; train on your own data with "
-           "train.py")
 QUICK_COMMAND = "python stage2_rnn_lstm/train.py --preset quick"
 
 
 run = functools.partial(run_script, STAGE_DIR)   # a failed program's own line is the only one
-
-
-def check_reference_data(name: str, pins: dict[str, str | None], data_dir: str | None, unpacked: bool = False,
-                         download_checked: bool = True) -> None:
-    """Refuse, before any part runs, data that is not the reference copy: a bench publishes the course's results
-    (README tables, results/), and a truncated copy trains and scores without an error, on the wrong data.
-    `pins`: each file the parts read -> sha256 of the shared copy (of the unpacked text when `unpacked`; None: no
-    reference copy exists). A file that would be downloaded is checked by the download itself when
-    `download_checked`; else it cannot be checked before it is used, and is refused too."""
-    folder = find_local_data(name, list(pins), data_dir)
-    if folder is None:
-        if download_checked:
-            return
-        raise UserError(f"no local copy of {name} ({', '.join(pins)}), and a download cannot be checked first: "
-                        f"{REFUSAL} (in --data_dir or ${DATA_ENV})")
-    for filename, sha256 in pins.items():
-        path = folder / filename
-        if unpacked:
-            digest = hashlib.sha256(read_bytes(path, f"{name} file")).hexdigest()
-        else:
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != sha256:
-            why = "no reference copy of it exists" if sha256 is None else "its sha256 differs"
-            raise UserError(f"{path} is not the reference copy of {name} ({why}): {REFUSAL}")
 
 
 def language_model(vocab_type: str, extra: list[str]) -> None:

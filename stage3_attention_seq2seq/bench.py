@@ -23,7 +23,6 @@ publishes results. Your own data is train.py's.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import time
@@ -34,8 +33,8 @@ from typing import Sequence
 import torch
 
 from scripts.checks import POSITIVE_INT, THREADS
-from scripts.common import (DATA_ENV, REPO_ROOT, ArgParser, UserError, find_local_data, path_arg, read_bytes,
-                            read_json, run_main, write_json)
+from scripts.common import (REPO_ROOT, ArgParser, UserError, check_reference_data, path_arg, read_json, run_main,
+                            write_json)
 from scripts.report import markdown_table, run_script, update_file
 from scripts.report import short_paths as report_short_paths
 from scripts.translation_data import MULTI30K_FILES, MULTI30K_SHA256, corpus_scores
@@ -51,8 +50,6 @@ QUICK_COMMAND = "python stage3_attention_seq2seq/train.py --preset quick"
 # the data the parts read must be the shared reference copies (sha256 of the gz bytes, as the downloads are checked)
 MULTI30K_PINS = {f"{MULTI30K_FILES[split]}.{lang}.gz": MULTI30K_SHA256[f"{MULTI30K_FILES[split]}.{lang}.gz"]
                  for split in ("train", "valid", "test") for lang in ("en", "fr")}
-REFUSAL = ("bench.py publishes the course's results and needs the reference copy; train on your own data with "
-           "train.py")
 LENGTH_BUCKETS = [(1, 10), (11, 13), (14, 16), (17, 20), (21, 200)]
 HEATMAP_SENTENCES = {"heatmap_short": "A black dog is running on the grass.",
                      "heatmap_reorder": "A young woman in a red dress is singing into a microphone."}
@@ -63,31 +60,6 @@ TRY_SENTENCES = ("A man is riding a bicycle down the street.", "Two dogs are pla
 
 
 run = functools.partial(run_script, STAGE_DIR)   # a failed program's own line is the only one
-
-
-def check_reference_data(name: str, pins: dict[str, str | None], data_dir: str | None, unpacked: bool = False,
-                         download_checked: bool = True) -> None:
-    """Refuse, before any part runs, data that is not the reference copy: a bench publishes the course's results
-    (README tables, results/), and a truncated copy trains and scores without an error, on the wrong data.
-    `pins`: each file the parts read -> sha256 of the shared copy (of the unpacked text when `unpacked`; None: no
-    reference copy exists). A file that would be downloaded is checked by the download itself when
-    `download_checked`; else it cannot be checked before it is used, and is refused too."""
-    folder = find_local_data(name, list(pins), data_dir)
-    if folder is None:
-        if download_checked:
-            return
-        raise UserError(f"no local copy of {name} ({', '.join(pins)}), and a download cannot be checked first: "
-                        f"{REFUSAL} (in --data_dir or ${DATA_ENV})")
-    for filename, sha256 in pins.items():
-        path = folder / filename
-        if unpacked:
-            digest = hashlib.sha256(read_bytes(path, f"{name} file")).hexdigest()
-        else:
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != sha256:
-            why = "no reference copy of it exists" if sha256 is None else "its sha256 differs"
-            raise UserError(f"{path} is not the reference copy of {name} ({why}): {REFUSAL}")
 
 
 def train_and_evaluate(name: str, train_argv: list[str], extra: list[str]) -> None:

@@ -21,7 +21,6 @@ The data must be the course's reference copies (checked against their sha256 bef
 publishes results. Your own data is train.py's.
 """
 import functools
-import hashlib
 import os
 import shutil
 import time
@@ -32,8 +31,9 @@ from typing import Sequence
 import torch
 
 from scripts.checks import THREADS
-from scripts.common import (DATA_ENV, REPO_ROOT, ArgParser, UserError, amp_name, command_line, find_local_data,
-                            hardware, path_arg, read_bytes, read_json, run_main, write_json)
+from scripts.classification_data import IMDB_SHA256
+from scripts.common import (REPO_ROOT, ArgParser, UserError, amp_name, check_reference_data, command_line, hardware,
+                            path_arg, read_json, run_main, write_json)
 from scripts.report import hardware_label, markdown_table, run_script, update_file
 from scripts.report import short_paths as report_short_paths
 from scripts.translation_data import MULTI30K_FILES, MULTI30K_SHA256, load_pairs
@@ -52,11 +52,7 @@ QUICK_COMMAND = "python stage4_transformer/train.py --preset quick"
 # the data the parts read must be the shared reference copies (sha256 of the gz bytes, as the downloads are checked)
 MULTI30K_PINS = {f"{MULTI30K_FILES[split]}.{lang}.gz": MULTI30K_SHA256[f"{MULTI30K_FILES[split]}.{lang}.gz"]
                  for split in ("train", "valid", "test") for lang in ("en", "fr")}
-REFUSAL = ("bench.py publishes the course's results and needs the reference copy; train on your own data with "
-           "train.py")
 # IMDb's shared copy (imdb/MANIFEST.md); its download (Hugging Face's) cannot be checked first, so it is refused
-IMDB_PINS = {"train.jsonl.gz": "f18a43e9b40d29993a738d4db28a78acc72ef9b8cef1498902ca16102a6720eb",
-             "test.jsonl.gz": "e92bb9153e119326672687acb81fda0f4c46f1614d9541702735fb0a4000ce7f"}
 # translated by the quick model after its run (beam 5): short sentences like the training captions
 QUICK_SENTENCES = ("A man is riding a bicycle down the street.", "Two dogs are playing in the snow.",
                    "A little girl is eating an ice cream.", "A woman in a red dress is singing.",
@@ -69,31 +65,6 @@ run = functools.partial(run_script, STAGE_DIR)   # a failed program's own line i
 
 
 short_paths = functools.partial(report_short_paths, stage="stage4_transformer")
-
-
-def check_reference_data(name: str, pins: dict[str, str | None], data_dir: str | None, unpacked: bool = False,
-                         download_checked: bool = True) -> None:
-    """Refuse, before any part runs, data that is not the reference copy: a bench publishes the course's results
-    (README tables, results/), and a truncated copy trains and scores without an error, on the wrong data.
-    `pins`: each file the parts read -> sha256 of the shared copy (of the unpacked text when `unpacked`; None: no
-    reference copy exists). A file that would be downloaded is checked by the download itself when
-    `download_checked`; else it cannot be checked before it is used, and is refused too."""
-    folder = find_local_data(name, list(pins), data_dir)
-    if folder is None:
-        if download_checked:
-            return
-        raise UserError(f"no local copy of {name} ({', '.join(pins)}), and a download cannot be checked first: "
-                        f"{REFUSAL} (in --data_dir or ${DATA_ENV})")
-    for filename, sha256 in pins.items():
-        path = folder / filename
-        if unpacked:
-            digest = hashlib.sha256(read_bytes(path, f"{name} file")).hexdigest()
-        else:
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != sha256:
-            why = "no reference copy of it exists" if sha256 is None else "its sha256 differs"
-            raise UserError(f"{path} is not the reference copy of {name} ({why}): {REFUSAL}")
 
 
 def choose_alpha(checkpoint: Path, run_dir: Path, extra: list[str]) -> str:
@@ -358,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.tables_only and {"quick", "main", "speed"} & set(args.parts):
         check_reference_data("multi30k", MULTI30K_PINS, args.data_dir)
     if not args.tables_only and "classify" in args.parts:
-        check_reference_data("imdb", IMDB_PINS, args.data_dir, download_checked=False)
+        check_reference_data("imdb", IMDB_SHA256, args.data_dir, download_checked=False)
     extra = ["--data_dir", args.data_dir] if args.data_dir else []
     if args.num_threads:
         extra += ["--num_threads", str(args.num_threads)]
