@@ -52,7 +52,6 @@ QUICK_COMMAND = "python stage4_transformer/train.py --preset quick"
 # the data the parts read must be the shared reference copies (sha256 of the gz bytes, as the downloads are checked)
 MULTI30K_PINS = {f"{MULTI30K_FILES[split]}.{lang}.gz": MULTI30K_SHA256[f"{MULTI30K_FILES[split]}.{lang}.gz"]
                  for split in ("train", "valid", "test") for lang in ("en", "fr")}
-# IMDb's shared copy (imdb/MANIFEST.md); its download (Hugging Face's) cannot be checked first, so it is refused
 # translated by the quick model after its run (beam 5): short sentences like the training captions
 QUICK_SENTENCES = ("A man is riding a bicycle down the street.", "Two dogs are playing in the snow.",
                    "A little girl is eating an ice cream.", "A woman in a red dress is singing.",
