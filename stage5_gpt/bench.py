@@ -58,13 +58,15 @@ from typing import Callable, Sequence
 import torch
 
 from scripts.checks import THREADS
-from scripts.common import (ArgParser, ChildFailed, UserError, hardware, load_checkpoint, path_arg, read_json, run_main,
-                            write_json)
+from scripts.classification_data import AG_NEWS_SHA256, IMDB_SHA256
+from scripts.common import (ArgParser, ChildFailed, UserError, check_reference_data, hardware, load_checkpoint,
+                            path_arg, read_json, run_main, write_json)
 from scripts.plots import plot_curves
 from scripts.report import markdown_table, update_file
 from scripts.report import short_paths as report_short_paths
 from stage5_gpt.data.bpe import ByteLevelBPE
-from stage5_gpt.data.corpus import load_text
+from scripts.translation_data import MULTI30K_SHA256
+from stage5_gpt.data.corpus import SHAKESPEARE_SHA256, load_text
 from stage5_gpt.models.gpt import GPT, GPTConfig
 from stage5_gpt.models.hf import GPT2_NAMES
 
@@ -668,6 +670,19 @@ def draw_curves() -> None:
                         title=f"GPT-mini, {name} run: loss (nats per token)", x="step")
 
 
+# the data each part reads, and the sha256 of its shared copy: a bench publishes results of the reference data only
+# (download_checked: a download is verified against the same pins, so "no local copy" may go ahead)
+GUTENBERG_SHA256 = {"train.txt.gz": "d49fa9e6c697b619abb0fc519c8b2fe7da06098fe65f5e4b0111bea5beb111d7",
+                    "valid.txt.gz": "b0d1519473e96768458e854b0b220a1f41093c6b4c5a46f4d80a686be2f99cb1"}
+REFERENCE_DATA = {   # data set -> (pins, download checked, the parts that read it)
+    "tiny_shakespeare": ({"input.txt": SHAKESPEARE_SHA256}, True, {"quick", "baby_lr", "baby", "char", "kv"}),
+    "gutenberg_en": (GUTENBERG_SHA256, True, {"bpe", "gpu"}),
+    "imdb": (IMDB_SHA256, False, {"gpu", "finetune", "cpu_finetune"}),
+    "multi30k": (MULTI30K_SHA256, True, {"finetune"}),
+    "ag_news": ({"test.csv": AG_NEWS_SHA256["test.csv"]}, False, {"finetune"}),
+}
+
+
 def check_bench_args(args: argparse.Namespace) -> argparse.Namespace:
     """The combinations: a flag of a part that does not run would be ignored (after hours of other parts), a
     folder or checkpoint that is not there would fail at the end; both are refused before anything runs."""
@@ -695,6 +710,10 @@ def check_bench_args(args: argparse.Namespace) -> argparse.Namespace:
                 whose, other = (("--base", "pass another --base") if base != IMDB_BASE else
                                 (f"run {name} starts from {IMDB_BASE.name}:", "leave the *_adapted runs out"))
                 raise UserError(f"{whose} {base} does not exist; pretrain it first (--parts gpu) or {other}")
+    if not args.tables_only and not args.collect:
+        for name, (pins, download_checked, parts) in REFERENCE_DATA.items():
+            if parts & set(args.parts):
+                check_reference_data(name, pins, args.data_dir, download_checked=download_checked)
     return args
 
 

@@ -822,3 +822,21 @@ def test_a_bpe_that_cannot_reach_its_vocab_size_says_so(lm_data, tmp_path, cli):
                                              "--bpe_train_chars", "50", "--max_steps", "2", "--eval_interval", "2"))
     assert code == 0, err
     assert "not --vocab_size 600: its training text has no more pairs to merge" in err
+
+
+def test_bench_publishes_results_of_the_reference_data_only(cli, tmp_path, monkeypatch):
+    """A truncated copy trains without an error: the bench refuses it before any part runs, naming the file."""
+    (tmp_path / "tiny_shakespeare").mkdir()
+    (tmp_path / "tiny_shakespeare" / "input.txt").write_text("First Citizen:\nSpeak.\n" * 200)
+    monkeypatch.setattr(bench, "run", lambda *a: pytest.fail("a part ran"))
+    code, _, err = cli(bench.main, ["--parts", "quick", "--data_dir", str(tmp_path)])
+    one_error_line(code, err, "input.txt is not the reference copy of tiny_shakespeare (its sha256 differs)")
+
+
+def test_bench_accepts_the_reference_data(cli, real_data, monkeypatch):
+    ran = []
+    monkeypatch.setattr(bench, "quick", lambda *a, **k: ran.append("quick"))
+    monkeypatch.setattr(bench, "update_file", lambda *a, **k: False)
+    monkeypatch.setattr(bench, "draw_curves", lambda: None)
+    code, _, err = cli(bench.main, ["--parts", "quick", "--data_dir", str(real_data)])
+    assert ran == ["quick"], err
