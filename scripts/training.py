@@ -169,6 +169,9 @@ def check_counter(path: Path, key: str, saved: Any, start: Any) -> None:
     loss; None where a fresh run has None) and counts must not be negative: else the file was edited."""
     if start is None:
         return
+    if isinstance(saved, float) and (math.isnan(saved) or math.isinf(saved) and math.isfinite(start)):
+        raise UserError(f"--resume: {path}: {key} is {saved} (the file was edited, or the run diverged); start a "
+                        "new run with another --out_dir")
     kind = (int, float) if isinstance(start, float) else type(start)
     if not isinstance(saved, kind) or isinstance(saved, bool) and not isinstance(start, bool) or (
             isinstance(start, int) and not isinstance(start, bool) and saved < 0):

@@ -420,3 +420,15 @@ def test_an_evaluation_never_replaces_a_trainings_metrics(tmp_path):
         common.write_metrics(tmp_path / "metrics.json", stage="s", model="m", dataset="d", split="test",
                              metrics={}, params=1, seconds=1.0, seconds_key="eval_seconds", device="cpu")
     assert (tmp_path / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("edits, message", [({"best": float("nan")}, "best is nan"),
+                                            ({"step": 3, "best": float("inf")}, None)])
+def test_a_nan_counter_is_refused_on_resume(tmp_path, edits, message):
+    model = save_last(tmp_path, **edits)
+    run = resumable(tmp_path, {"step": 0, "best": float("inf")})
+    if message:
+        with pytest.raises(UserError, match=message):
+            run.attach(model, torch.optim.SGD(model.parameters()), dict)
+    else:       # no evaluation yet: the best score is still the fresh run's inf
+        assert run.attach(model, torch.optim.SGD(model.parameters()), dict)
