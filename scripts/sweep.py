@@ -131,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file; give a folder for the runs")
     grid, out = parse_grid(args.grid), Path(args.out)
+    if len(set(args.seeds)) < len(args.seeds):
+        raise UserError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; each run needs its own folder")
     fixed_set = [a for a in fixed if a.startswith("--") and a[2:].split("=")[0] in SWEEP_SETS]
     if fixed_set:
         raise UserError(f"{fixed_set[0]} after --: the sweep sets it itself for every run (use --seeds, --out)")

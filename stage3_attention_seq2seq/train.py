@@ -308,6 +308,19 @@ def end_of_epoch(args: argparse.Namespace, run: ResumableRun, model: Seq2Seq, co
     return row, improved
 
 
+def check_resumed_counters(run: ResumableRun, batches: int, total_steps: int) -> None:
+    """The counters of a resumed last.pt must describe a run these flags could have made: one history row per
+    finished epoch, a batch inside the epoch, steps that the finished epochs and that batch add up to."""
+    state = run.state
+    steps_before = state["history"][-1].get("steps") if state["history"] else 0
+    if (state["epoch"] != len(state["history"]) or not 0 <= state["batch_in_epoch"] < batches
+            or not isinstance(steps_before, int) or state["global_step"] != steps_before + state["batch_in_epoch"]
+            or state["global_step"] > total_steps):
+        raise UserError(f"--resume: {run.last_path} says epoch {state['epoch']}, batch {state['batch_in_epoch']}, "
+                        f"step {state['global_step']:,}, which these flags' run ({batches} batches an epoch, "
+                        f"{total_steps:,} steps) cannot reach: the file was edited; start a new run with --restart")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = resolve_args(build_parser().parse_args(argv))
     started = time.time()
@@ -349,10 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # beside the model it belongs to, written with it: an earlier model's vocabulary is never replaced before
         save_vocabularies(best_path.with_suffix(".vocab.json"), corpus.src_vocab, corpus.tgt_vocab)
 
-    if run.attach(model, optimizer, payload, extra_state=lambda: {"wall_seconds": wall_seconds()}):
+    resumed = run.attach(model, optimizer, payload, extra_state=lambda: {"wall_seconds": wall_seconds()})
+    total_steps = args.epochs * num_batches(len(corpus.train), args.batch_size)
+    if resumed:
+        check_resumed_counters(run, num_batches(len(corpus.train), args.batch_size), total_steps)
         log.info(f"resumed at epoch {run.state['epoch'] + 1}, batch {run.state['batch_in_epoch']}")
 
-    total_steps = args.epochs * num_batches(len(corpus.train), args.batch_size)
     total_steps = min(total_steps, args.max_steps) if args.max_steps else total_steps
     monitor = TrainingMonitor(out_dir, stage=STAGE, model=f"{model.config.attention_type}_{model.config.impl}",
                               dataset=args.dataset, device=device, total_steps=total_steps,

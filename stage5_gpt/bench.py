@@ -686,8 +686,10 @@ REFERENCE_DATA = {   # data set -> (pins, download checked, the parts that read 
 def check_bench_args(args: argparse.Namespace) -> argparse.Namespace:
     """The combinations: a flag of a part that does not run would be ignored (after hours of other parts), a
     folder or checkpoint that is not there would fail at the end; both are refused before anything runs."""
-    if args.tables_only and (args.parts is not None or args.nanogpt_dir or args.base or args.runs or args.collect):
-        raise UserError("--tables_only runs nothing: drop --parts, --nanogpt_dir, --base, --runs and --collect")
+    if args.tables_only and (args.parts is not None or args.nanogpt_dir or args.base or args.runs or args.collect
+                             or args.data_dir or args.num_threads):
+        raise UserError("--tables_only runs nothing: drop --parts, --nanogpt_dir, --base, --runs, --collect, "
+                        "--data_dir and --num_threads")
     args.parts = args.parts or [part for part in PARTS if part not in ("gpu", "finetune")]
     for flag in ("base", "runs", "device", "collect"):
         if getattr(args, flag) is not None and "finetune" not in args.parts:

@@ -689,6 +689,10 @@ def train(args: argparse.Namespace, ddp: Distributed, started: float) -> int:
     save_last = attach(run, raw_model, optimizer, data_order, args, data.tokenizer, ddp)
     state = run.state
     if run.resume:
+        if not 0 <= state["step"] <= args.max_steps:
+            raise UserError(f"--resume: {run.last_path} says step {state['step']:,}, but the run has only "
+                            f"{args.max_steps:,} steps (--max_steps): the file was edited; start a new run with "
+                            "--restart")
         log.info(f"resumed at step {state['step']}")
     meter = SpeedMeter(raw_model, args, ddp)
     log.info(f"GPT ({args.attention}, {amp_name(device, args.amp)}) on {hardware(device)}: {meter.describe()}")

@@ -47,6 +47,7 @@ SWEEP_CASES = [
     ("a repeated value", ["--grid", "lr=0.01,0.01"], "repeats a value"),
     ("a flag the sweep sets", ["--grid", "out_dir=/tmp/x"], "the sweep sets --out_dir itself"),
     ("a flag named twice", ["--grid", "lr=1", "lr=2"], "names lr twice"),
+    ("a repeated seed", ["--grid", "lr=1", "--seeds", "1", "1"], "repeats a seed"),
     ("a file that is no training program", ["--grid", "lr=1"], "is not one of the course's training programs"),
 ]
 

@@ -486,6 +486,9 @@ EDITED_COUNTERS = [
     ("wall_seconds", "abc", "wall_seconds is 'abc', not a number"),
     ("wall_seconds", float("nan"), "wall_seconds is nan"),
     ("wall_seconds", None, "wall_seconds is 'None'"),
+    ("epoch", 99, "cannot reach: the file was edited"),
+    ("global_step", 10**9, "cannot reach: the file was edited"),
+    ("batch_in_epoch", 10**9, "cannot reach: the file was edited"),
 ]
 
 

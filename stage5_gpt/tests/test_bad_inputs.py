@@ -143,6 +143,13 @@ def test_train_refuses_an_edited_last_pt(lm_data, tmp_path, cli):
     save_checkpoint(last, ckpt)
     code, _, err = cli(train.main, tiny_args(lm_data, tmp_path, "--max_steps", "3", "--eval_interval", "3", "--resume"))
     one_error_line(code, err, "last.pt", "wte.weight")
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["model_state"]["wte.weight"] = torch.load(tmp_path / "best.pt", weights_only=True)["model_state"][
+        "wte.weight"]
+    ckpt["step"] = 10**9         # beyond the run: it would "resume" and train nothing
+    save_checkpoint(last, ckpt)
+    code, _, err = cli(train.main, tiny_args(lm_data, tmp_path, "--max_steps", "3", "--eval_interval", "3", "--resume"))
+    one_error_line(code, err, "says step 1,000,000,000, but the run has only 3 steps")
 
 
 def test_a_run_folder_in_use_is_refused(lm_data, tmp_path, cli):
@@ -840,3 +847,8 @@ def test_bench_accepts_the_reference_data(cli, real_data, monkeypatch):
     monkeypatch.setattr(bench, "draw_curves", lambda: None)
     code, _, err = cli(bench.main, ["--parts", "quick", "--data_dir", str(real_data)])
     assert ran == ["quick"], err
+
+
+@pytest.mark.parametrize("flag", [["--data_dir", "/nonexistent"], ["--num_threads", "2"]])
+def test_bench_tables_only_refuses_flags_it_would_ignore(cli, flag):
+    one_error_line(*cli(bench.main, ["--tables_only", *flag])[::2], "--tables_only runs nothing")
