@@ -605,7 +605,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                                       f"{made['sample'].strip()}\n```")
     if (RESULTS / "cpu_finetune.json").is_file():
         blocks["stage5_cpu_finetune"] = cpu_finetune_table(read_json(RESULTS / "cpu_finetune.json"))
-    return {STAGE_DIR / "README.md": blocks}
+    details = {name: blocks.pop(name) for name in ("stage5_nanogpt", "stage5_gpu") if name in blocks}
+    return {STAGE_DIR / "README.md": blocks, RESULTS / "TUNING.md": details}    # the lesson, and its measurement notes
 
 
 def cpu_finetune_table(cpu: dict) -> str:
