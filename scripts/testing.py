@@ -88,6 +88,20 @@ def ctrl_c_after_steps(monkeypatch, steps: int, optimizer: type | None = None):
     return lambda: monkeypatch.setattr(optimizer, "step", real_step)
 
 
+def fake_children(monkeypatch, code: int) -> list:
+    """Programs a bench starts (through scripts/report.run_script's subprocess.run), each ending at once with
+    `code` (2: it printed its one-line error; -9: killed); returns the commands they were given."""
+    import subprocess
+
+    commands = []
+
+    def fake_run(cmd, *args, **kwargs):
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, code)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    return commands
+
+
 class TypedLines:
     """Stands in for sys.stdin, so `input()` reads these lines; an exception class in the list is raised instead
     (KeyboardInterrupt: Ctrl-C at the prompt); after the last line, end of input (Ctrl-D)."""

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -21,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scripts.common import UserError, load_checkpoint, run_main, save_checkpoint
-from scripts.testing import TypedLines, one_error_line, write_gz
+from scripts.testing import TypedLines, fake_children, one_error_line, write_gz
 from stage3_attention_seq2seq import bench, evaluate, train, translate, translator
 from stage3_attention_seq2seq.data.translation import (SPECIALS, Vocabulary, detokenize, load_pairs,
                                                        load_vocabularies, tokenize)
@@ -241,17 +240,6 @@ def test_output_that_is_the_input_file_is_refused(cli, tmp_path, monkeypatch):
         one_error_line(code, err, f"--output {output} is the --input file")
         assert out == ""
     assert source.read_text() == SENTENCE + "\n"
-
-
-def fake_children(monkeypatch, code):
-    """bench.py's programs, each ending at once with `code`; returns the commands they were given."""
-    commands = []
-
-    def fake_run(cmd, *args, **kwargs):
-        commands.append(cmd)
-        return subprocess.CompletedProcess(cmd, code)
-    monkeypatch.setattr(subprocess, "run", fake_run)     # the benches run their programs through scripts/report.py
-    return commands
 
 
 def test_bench_publishes_results_of_the_reference_data_only(mt_data, cli, monkeypatch):

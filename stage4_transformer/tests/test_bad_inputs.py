@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -24,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scripts.common import UserError, checkpoint_header
-from scripts.testing import caption, one_error_line
+from scripts.testing import caption, fake_children, one_error_line
 from stage4_transformer import bench, evaluate, train, train_classifier, translate
 from stage4_transformer.data.batches import encode_pairs
 from stage4_transformer.data.subword import SubwordVocab
@@ -189,17 +188,6 @@ def test_outputs_are_checked_before_the_model_loads_and_scores(cli, tmp_path, mo
     one_line(cli(evaluate.main, [*ckpt, "--out_dir", tmp_path / "eval", "--metrics_out", tmp_path]),
              "--metrics_out", "is a folder")
     assert not (tmp_path / "eval").exists()
-
-
-def fake_children(monkeypatch, code):
-    """bench.py's programs, each ending at once with `code`; returns the commands they were given."""
-    commands = []
-
-    def fake_run(cmd, *args, **kwargs):
-        commands.append(cmd)
-        return subprocess.CompletedProcess(cmd, code)
-    monkeypatch.setattr(subprocess, "run", fake_run)     # the benches run their programs through scripts/report.py
-    return commands
 
 
 def test_bench_publishes_results_of_the_reference_data_only(mt_data, tiny_data, cli, monkeypatch):
