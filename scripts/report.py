@@ -84,8 +84,13 @@ def run_script(stage_dir: Path, script: str, *argv: str) -> None:
     bind `stage_dir` once: `run = functools.partial(run_script, STAGE_DIR)`."""
     cmd = [sys.executable, str(Path(stage_dir) / script), *argv]
     print("$", " ".join(cmd[1:]), flush=True)
-    code = subprocess.run(cmd).returncode
-    if code < 0:        # killed by a signal (out of memory, kill): it could not say anything itself
+    check_child(script, subprocess.run(cmd).returncode)
+
+
+def check_child(script: str, code: int) -> None:
+    """A program a bench started has ended with `code`: a failure it explained in its own line ends the bench with
+    that status (ChildFailed, no second line); one killed by a signal could say nothing, so it is said here."""
+    if code < 0:        # killed by a signal (out of memory, kill)
         raise UserError(f"{script} was stopped by signal {-code} (out of memory?); see above for how far it got")
     if code != 0:
         raise ChildFailed(code)

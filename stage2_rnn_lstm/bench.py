@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from scripts.checks import THREADS
 from scripts.classification_data import IMDB_SHA256
-from scripts.common import (ArgParser, ChildFailed, UserError, check_reference_data, hardware, path_arg, read_json,
+from scripts.common import (ArgParser, UserError, check_reference_data, hardware, path_arg, read_json,
                             run_main, write_json)
-from scripts.report import load_results, markdown_table, run_script, short_paths, update_file
+from scripts.report import check_child, load_results, markdown_table, run_script, short_paths, update_file
 from stage2_rnn_lstm.models.rnn_lm import LMConfig, RNNLanguageModel
 from stage2_rnn_lstm import train as train_module
 from stage2_rnn_lstm.evaluate import load_language_model
@@ -121,7 +121,7 @@ def write_sample(vocab_type: str) -> None:
     sample = subprocess.run([sys.executable, str(STAGE_DIR / "generate.py"), *argv], capture_output=True, text=True)
     if sample.returncode != 0:
         sys.stderr.write(sample.stderr)     # generate.py's own one-line message
-        raise ChildFailed(sample.returncode)
+        check_child("generate.py", sample.returncode)
     shown = " ".join(f"'{a}'" if " " in a or ":" in a else a for a in argv[2:])
     write_json(RESULTS / f"lstm_{vocab_type}_sample.json",
                {"text": sample.stdout, "command": f"python stage2_rnn_lstm/generate.py --checkpoint "

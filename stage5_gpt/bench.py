@@ -59,10 +59,10 @@ import torch
 
 from scripts.checks import THREADS
 from scripts.classification_data import AG_NEWS_SHA256, IMDB_SHA256
-from scripts.common import (ArgParser, ChildFailed, UserError, check_reference_data, hardware, load_checkpoint,
+from scripts.common import (ArgParser, UserError, check_reference_data, hardware, load_checkpoint,
                             path_arg, read_json, run_main, write_json)
 from scripts.plots import plot_curves
-from scripts.report import markdown_table, update_file
+from scripts.report import check_child, markdown_table, update_file
 from scripts.report import short_paths as report_short_paths
 from stage5_gpt.data.bpe import ByteLevelBPE
 from scripts.translation_data import MULTI30K_SHA256
@@ -125,13 +125,6 @@ def run(script: str, *argv: str) -> None:
     cmd = [sys.executable, str(PROGRAMS / script), *argv]
     print("$", " ".join(cmd[1:]), flush=True)
     check_child(script, subprocess.run(cmd).returncode)
-
-
-def check_child(script: str, code: int) -> None:
-    if code < 0:        # killed by a signal (out of memory, kill): it could not say anything itself
-        raise UserError(f"{script} was stopped by signal {-code} (out of memory?); see above for how far it got")
-    if code != 0:
-        raise ChildFailed(code)
 
 
 short_paths = functools.partial(report_short_paths, stage="stage5_gpt")
