@@ -117,6 +117,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     """
     if temperature <= 0:
         return int(logits.argmax())
+    probs = next_token_probs(logits, temperature, top_k, top_p)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                     top_p: float = 1.0) -> torch.Tensor:
+    """The distribution sample_next draws from, (V,): softmax(logits / temperature) after the top-k and top-p cuts
+    (temperature 0: all the mass on the likeliest token)."""
+    if temperature <= 0:
+        return F.one_hot(logits.argmax(), logits.numel()).float()
     logits = logits.float() / temperature
     if 0 < top_k < logits.numel():
         kth = torch.topk(logits, top_k).values[-1]
@@ -127,5 +137,4 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         drop = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p   # keep up to and including the crossing
         drop[0] = False                                                  # the most likely token always stays
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    return F.softmax(logits, dim=-1)

@@ -85,3 +85,14 @@ def test_sampling_rules():
     cold = [sample_next(logits, 0.1, generator=g) for _ in range(200)]
     hot = [sample_next(logits, 5.0, generator=g) for _ in range(400)]
     assert cold.count(1) > 190 and len(set(hot)) == 4
+
+
+def test_next_token_probs_is_what_sample_next_draws_from():
+    from stage2_rnn_lstm.models.rnn_lm import next_token_probs
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0])
+    assert next_token_probs(logits, 0.0).tolist() == [1.0, 0.0, 0.0, 0.0]
+    probs = next_token_probs(logits, 1.0, top_k=2)
+    assert abs(float(probs.sum()) - 1) < 1e-6 and (probs[2:] == 0).all()
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, 0.7, top_p=0.9, generator=g) for _ in range(300)}
+    assert draws <= set(next_token_probs(logits, 0.7, top_p=0.9).nonzero().flatten().tolist()) and len(draws) > 1

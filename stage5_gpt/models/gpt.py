@@ -271,6 +271,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     top_p keeps the smallest set whose probability reaches p (nucleus sampling)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
+    probs = next_token_probs(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                     top_p: float = 1.0) -> torch.Tensor:
+    """The distribution sample_next draws from, (B, vocab): softmax(logits / temperature) after the top-k and
+    top-p cuts (temperature 0: all the mass on the likeliest token)."""
+    if temperature <= 0:
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
     logits = logits.float() / temperature
     if top_k and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]          # (B, 1)
@@ -282,8 +292,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         drop[:, 0] = False                                               # the likeliest token always stays
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits.softmax(dim=-1)
 
 
 # ----------------------------------------------------------------------------- GPT-2 weights

@@ -180,3 +180,15 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert draws == {1, 3}
     draws = {sample_next(logits, 1.0, top_p=0.9, generator=torch.Generator().manual_seed(s)).item() for s in range(80)}
     assert draws == {1, 2, 3}
+
+
+def test_next_token_probs_is_what_sample_next_draws_from():
+    from stage5_gpt.models.gpt import next_token_probs
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
+    assert next_token_probs(logits, 0.0).tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    probs = next_token_probs(logits, 1.0, top_k=2)
+    assert torch.allclose(probs.sum(-1), torch.ones(1)) and (probs[0, 2:] == 0).all()
+    assert torch.allclose(next_token_probs(logits, 1.0), logits.softmax(-1))
+    draws = [sample_next(logits, 0.7, top_p=0.9, generator=torch.Generator().manual_seed(s)).item() for s in range(300)]
+    allowed = set(next_token_probs(logits, 0.7, top_p=0.9)[0].nonzero().flatten().tolist())
+    assert set(draws) <= allowed and len(set(draws)) > 1
