@@ -142,6 +142,15 @@ class Run:
         return f"{self.state}, step {step:,} of {total:,}" if is_number(step) and is_number(total) else self.state
 
 
+def run_state(folder: Path, progress: dict[str, Any] | None) -> str:
+    """"finished" when the run's progress.json says so, or when it has a metrics.json and no progress.json (a run
+    from before progress.json existed); else the state its progress.json gives (running, interrupted, stopped,
+    failed: see scripts/monitor.py), or "unknown" when it has neither file."""
+    if progress is not None:
+        return str(progress["state"])
+    return "finished" if (Path(folder) / "metrics.json").is_file() else "unknown"
+
+
 def read_run(folder: str | Path) -> Run:
     """A training run, finished or not: the header of its metrics.json (a finished run) or of its progress.json
     (one still running, interrupted or stopped), which names the stage, and its history.json, read by the stage's
@@ -157,15 +166,14 @@ def read_run(folder: str | Path) -> Run:
                             "evaluation; try again after it")
         raise UserError(f"{folder} is not a training run: it has no history.json (train.py writes it at every "
                         "evaluation)")
-    finished = (folder / "metrics.json").is_file() and (progress is None or progress["state"] == "finished")
-    if finished:
+    state = run_state(folder, progress)
+    if state == "finished" and (folder / "metrics.json").is_file():
         metrics = read_json(folder / "metrics.json", "run metrics")
         if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict) or "stage" not in metrics:
             raise UserError(f"{folder / 'metrics.json'} is not a metrics file of this course (no 'stage' and "
                             "'metrics')")
-        state = "finished"
     elif progress is not None:
-        metrics, state = {**progress, "metrics": {}}, progress["state"]
+        metrics = {**progress, "metrics": {}}
     else:
         raise UserError(f"{folder} has a history.json but neither metrics.json (written when a run ends) nor "
                         "progress.json (written while it trains); give the run folder of a train.py run")
@@ -212,15 +220,20 @@ def recipe(command: str) -> str:
     return shlex.join(kept)
 
 
-def preset_of(command: str) -> str | None:
-    """The value of --preset in a command (`--preset quick` or `--preset=quick`), or None."""
-    words = words_of(command)
+def flag_of(command: str, flag: str) -> str | None:
+    """The value of a flag in a command (`--preset quick` or `--preset=quick`; the last one given), or None."""
+    words, value = words_of(command), None
     for i, word in enumerate(words):
-        if word.startswith("--preset="):
-            return word.split("=", 1)[1]
-        if word == "--preset" and i + 1 < len(words):
-            return words[i + 1]
-    return None
+        if word.startswith(flag + "="):
+            value = word.split("=", 1)[1]
+        elif word == flag and i + 1 < len(words):
+            value = words[i + 1]
+    return value
+
+
+def preset_of(command: str) -> str | None:
+    """The value of --preset in a command, or None."""
+    return flag_of(command, "--preset")
 
 
 # ----------------------------------------------------------------------------- bands
