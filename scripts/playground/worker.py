@@ -69,6 +69,7 @@ class ModelWorker:
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.active = 0                        # streams being stepped now (the tests watch a cancelled one go)
         self.thread = threading.Thread(target=self.loop, daemon=True, name="models")
         self.thread.start()
 
@@ -95,6 +96,7 @@ class ModelWorker:
                 except queue.Empty:
                     job = None
             streams = [s for s in streams if s.step()]
+            self.active = len(streams)
 
     @staticmethod
     def take(job: Any, streams: list[Stream]) -> None:
