@@ -6,7 +6,7 @@ import torch
 
 from scripts.common import UserError, load_checkpoint, save_checkpoint
 from scripts.playground.classify import MAX_TEXT_CHARS, load_classifier
-from scripts.playground.tests.tiny_models import EXPECTED
+from scripts.playground.tests.tiny_models import EXPECTED, build_course
 from scripts.playground.translate import load_translator
 
 CPU = torch.device("cpu")
@@ -44,6 +44,11 @@ def test_the_tiny_course_holds_every_model(tiny_course):
     for stage in ("stage1_mlp", "stage2_rnn_lstm", "stage3_attention_seq2seq", "stage4_transformer", "stage5_gpt"):
         assert list((tiny_course / stage / "runs").glob("*/history.json")), stage
         assert list((tiny_course / stage / "runs").glob("*/last.pt")), stage
+
+
+def test_the_tiny_course_is_built_only_into_a_new_or_empty_folder(tiny_course):
+    with pytest.raises(ValueError, match="new or empty folder"):
+        build_course(tiny_course)
 
 
 # ----------------------------------------------------------------------------- classifiers

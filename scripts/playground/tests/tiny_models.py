@@ -157,9 +157,14 @@ def quiet_and_offline(log_path: Path) -> Iterator[None]:
 
 
 def build_course(root: Path) -> Path:
-    """Train every tiny model into `root` (created if need be) and return it. A program that fails raises
-    RuntimeError naming it and the end of what it printed (root/build.log holds all of it)."""
+    """Train every tiny model into `root`, a new or empty folder, and return it. A program that fails raises
+    RuntimeError naming it and the end of what it printed (root/build.log holds all of it).
+
+    A folder with files in it is refused (ValueError): the programs would resume or refuse its runs, and a
+    learner's checkout given by mistake would have its models written over."""
     root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ValueError(f"build_course needs a new or empty folder; {root} is not one")
     root.mkdir(parents=True, exist_ok=True)
     data = write_data(root / "data")
     log_path = root / "build.log"
