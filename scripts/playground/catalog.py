@@ -74,8 +74,24 @@ def tasks_of(stage: str, header: dict[str, Any]) -> list[str]:
     return [task]
 
 
+HEADERS: dict[Path, tuple[tuple[int, int], dict[str, Any] | None]] = {}   # path -> (its mtime and size, header)
+
+
+def cached_header(path: Path) -> dict[str, Any] | None:
+    """read_header, remembered while the file's modification time and size stay the same: the page asks for the
+    list often, and reading forty checkpoints takes seconds."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (stat.st_mtime_ns, stat.st_size)
+    if path not in HEADERS or HEADERS[path][0] != key:
+        HEADERS[path] = (key, read_header(path))
+    return HEADERS[path][1]
+
+
 def entry_for(root: Path, path: Path, stage: str, kind: str) -> Entry | None:
-    header = read_header(path)
+    header = cached_header(path)
     if header is None or header.get("stage") != stage:
         return None
     tasks = tasks_of(stage, header)
