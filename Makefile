@@ -3,10 +3,12 @@
 #   make demo   set up, then train stage 1's quick preset on IMDb and classify one review
 #   make quick  set up, then every stage's quick preset in turn (a few minutes each on 2 CPU cores), each followed by
 #               one try of the model it trained: a review classified, Shakespeare written, sentences translated
+#   make play   set up, then serve the playground (every stage's trained models in the browser) on 127.0.0.1:8000
 #   make test   set up (with the test packages), lint with ruff, run every test
 #   make lint   ruff over the whole repository
 #   make bench  every stage's benchmark (hours on 2 CPU cores); make bench-stage1 ... bench-stage5 for one;
-#               results go to stageN_*/results/, then scripts/course_report.py rebuilds the top README's tables
+#               results go to stageN_*/results/, then scripts/course_report.py rebuilds the top README's tables;
+#               make bench-playground times the playground against generate.py (about 2 minutes)
 # Data: a local copy is read from --data_dir or $MY_LLM_DATA (e.g. export MY_LLM_DATA=$PWD/../shared/data);
 # otherwise the data sets are downloaded with Hugging Face `datasets`.
 
@@ -17,7 +19,7 @@ MIN_PYTHON := 3.11
 
 .PHONY: setup setup-dev check-python demo quick quick-stage1 quick-stage2 quick-stage3 quick-stage4 quick-stage5 \
 	test lint bench bench-stage1 bench-stage2 bench-stage3 bench-stage4 \
-	bench-stage5 report clean
+	bench-stage5 bench-playground play report clean
 
 # Refuse a Python older than MIN_PYTHON before anything is built, and rebuild a .venv made by another Python.
 check-python:
@@ -76,6 +78,9 @@ quick-stage5: setup
 	$(PY) stage5_gpt/train.py --preset quick
 	$(PY) stage5_gpt/generate.py --prompt "ROMEO:" --max_new_tokens 300 --seed 1
 
+play: setup
+	$(PY) -m scripts.playground
+
 lint: setup-dev
 	$(VENV)/bin/ruff check .
 
@@ -102,6 +107,9 @@ bench-stage4: setup
 
 bench-stage5: setup
 	$(PY) stage5_gpt/bench.py --parts baby char kv bpe gutenberg
+
+bench-playground: setup-dev
+	$(PY) scripts/playground/bench.py
 
 clean:
 	rm -rf stage1_mlp/runs stage1_mlp/checkpoints stage2_rnn_lstm/runs stage2_rnn_lstm/checkpoints \
