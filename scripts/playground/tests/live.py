@@ -12,6 +12,11 @@ import uvicorn
 
 from scripts.playground.server import create_app
 
+# the tiny course's models (tiny_models.py) the API tests talk to
+GPT = "stage5_gpt/checkpoints/gpt_shakespeare_char.pt"
+LSTM = "stage2_rnn_lstm/checkpoints/best_lstm_char.pt"
+MULTI = "stage5_gpt/checkpoints/ft_multi_full.pt"
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -14,12 +14,9 @@ import torch
 
 from scripts.playground.__main__ import is_loopback, main as playground_main
 from scripts.playground.catalog import scan
-from scripts.playground.tests.live import serve
+from scripts.playground.tests.live import GPT, LSTM, MULTI, serve
 from scripts.testing import one_error_line
 
-GPT = "stage5_gpt/checkpoints/gpt_shakespeare_char.pt"
-LSTM = "stage2_rnn_lstm/checkpoints/best_lstm_char.pt"
-MULTI = "stage5_gpt/checkpoints/ft_multi_full.pt"
 
 
 @pytest.fixture(scope="module")

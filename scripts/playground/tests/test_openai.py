@@ -5,11 +5,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from scripts.playground.tests.live import serve
+from scripts.playground.tests.live import GPT, LSTM, MULTI, serve
 
-GPT = "stage5_gpt/checkpoints/gpt_shakespeare_char.pt"
-LSTM = "stage2_rnn_lstm/checkpoints/best_lstm_char.pt"
-MULTI = "stage5_gpt/checkpoints/ft_multi_full.pt"
 
 
 @pytest.fixture(scope="module")
