@@ -81,6 +81,18 @@ def note_cut(model: Transformer, vocab: SubwordVocab, sentences: list[str], what
               "translated", file=sys.stderr)
 
 
+def cross_attention_maps(model: Transformer, vocab: SubwordVocab, sentence: str, translation: str,
+                         device: torch.device) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Every decoder layer's cross-attention while it reads `translation` (fed in whole) over `sentence`:
+    maps (layers, heads, target pieces, source pieces), then the target and the source pieces, <eos> included."""
+    longest = model.config.max_len - 1      # as translate_sentences cuts a sentence too long for the model
+    src = torch.tensor([vocab.encode(sentence)[:longest] + [EOS_ID]], device=device)
+    out = vocab.encode(translation)[:longest] + [EOS_ID]
+    maps = model.cross_attention(src, torch.tensor([[BOS_ID] + out[:-1]], device=device))[:, 0].cpu()  # (L, h, T, S)
+    name = vocab.tokenizer.id_to_token
+    return maps, [name(i) for i in out], [name(i) for i in src[0].tolist()]
+
+
 def draw_heatmap(model: Transformer, vocab: SubwordVocab, sentence: str, translation: str, path: str | Path,
                  device: torch.device) -> Path:
     """A grid of cross-attention maps: one row per decoder layer, one column per head."""
@@ -88,12 +100,7 @@ def draw_heatmap(model: Transformer, vocab: SubwordVocab, sentence: str, transla
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    longest = model.config.max_len - 1      # as translate_sentences cuts a sentence too long for the model
-    src = torch.tensor([vocab.encode(sentence)[:longest] + [EOS_ID]], device=device)
-    out = vocab.encode(translation)[:longest] + [EOS_ID]
-    maps = model.cross_attention(src, torch.tensor([[BOS_ID] + out[:-1]], device=device))[:, 0].cpu()  # (L, h, T, S)
-    rows = [vocab.tokenizer.id_to_token(i) for i in out]
-    cols = [vocab.tokenizer.id_to_token(i) for i in src[0].tolist()]
+    maps, rows, cols = cross_attention_maps(model, vocab, sentence, translation, device)
     layers, heads = maps.shape[:2]
     fig, axes = plt.subplots(layers, heads, figsize=(2.6 * heads + 1, 2.6 * layers + 1), squeeze=False)
     for layer in range(layers):

@@ -103,7 +103,7 @@ def load_seq2seq(path: Path, device: torch.device) -> Callable[[str, int, float]
 def load_transformer(path: Path, device: torch.device) -> Callable[[str, int, float], dict[str, Any]]:
     """Stage 4: translator.py's loader and `translate_sentences`; the attention is every decoder layer's
     cross-attention over the output, as translate.py's heatmap computes it (the scratch model only)."""
-    from stage4_transformer.data.subword import BOS_ID, EOS_ID
+    from stage4_transformer.translate import cross_attention_maps
     from stage4_transformer.translator import load_model as load_stage4
     from stage4_transformer.translator import translate_sentences
 
@@ -120,12 +120,8 @@ def load_transformer(path: Path, device: torch.device) -> Callable[[str, int, fl
         translation = translate_sentences(model, vocab, [text], device, beam, alpha)[0]
         attention = None
         if model.config.impl == "scratch":        # nn.Transformer (--impl torch) does not hand out its weights
-            src = pieces + [EOS_ID]
-            out = vocab.encode(translation)[:longest] + [EOS_ID]
-            maps = model.cross_attention(torch.tensor([src], device=device),
-                                         torch.tensor([[BOS_ID] + out[:-1]], device=device))[:, 0]   # (L, h, T, S)
-            names = vocab.tokenizer.id_to_token
-            attention = attention_json([names(i) for i in src], [names(i) for i in out], maps.cpu())
+            maps, target, source = cross_attention_maps(model, vocab, text, translation, device)
+            attention = attention_json(source, target, maps)
         return {"translation": translation, "attention": attention}
     return translate
 
