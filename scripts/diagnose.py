@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import socket
 from pathlib import Path
@@ -90,13 +91,14 @@ def finding(level: str, code: str, message: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------- runs and their state
 def live_lock(folder: Path) -> dict[str, Any] | None:
     """The holder of the folder's run.lock when that process still runs (RunLock's rule: a lock from another machine
-    cannot be checked and counts as held; one whose process is gone is stale)."""
+    cannot be checked and counts as held; one whose process is gone is stale, and so is one of this very process,
+    left by a training it ran in-process and finished, as the playground's tests do)."""
     holder = RunLock(folder).holder()
     if holder is None:
         return None
-    if holder.get("host") != socket.gethostname() or process_alive(holder.get("pid")):
+    if holder.get("host") != socket.gethostname():
         return holder
-    return None
+    return holder if holder.get("pid") != os.getpid() and process_alive(holder.get("pid")) else None
 
 
 def run_status(folder: Path, progress: dict[str, Any] | None) -> str:
@@ -251,6 +253,8 @@ class Curves:
         else:
             self.train = finite(points_of(curves.get("train_loss", {})))
             self.unit, self.per_step = units.get("train_loss", "epoch"), False
+            if self.unit == "step" and self.train and self.train[-1][0] < MIN_STEP_POINTS:
+                self.train = []     # a few steps in: too early to judge a shape (the warm-up may not be over)
         self.enough = self.per_step or len(self.train) >= MIN_SHAPE_EVALS
 
     def trend(self) -> list[tuple[float, float]]:
@@ -621,10 +625,14 @@ def diagnose(folder: str | Path) -> dict[str, Any]:
                                              and any(g["code"] == f["code"] for g in findings))]
     findings += speed_rule(header, history)
     if not any(f["level"] != "ok" and f["code"] not in NOT_LOSS for f in findings) and curves:
-        judged = any(f["code"] in ("better_than_band", "lr_changed") for f in findings) or (
+        in_band = any(f["code"] in ("better_than_band", "lr_changed") for f in findings) or (
             ref is not None and not any(f["code"] in ("reference_differs", "no_reference") for f in findings))
-        findings.append(finding("ok", "healthy", "损失曲线看起来正常：在下降，没有 NaN、发散、剧烈摆动或过拟合的迹象"
-                                + ("，并且在课程参考范围之内。" if judged else "。")))
+        if len(c.train) >= 2 or in_band:
+            findings.append(finding("ok", "healthy", "损失曲线看起来正常：在下降，没有 NaN、发散、剧烈摆动或过拟合的"
+                                    "迹象" + ("，并且在课程参考范围之内。" if in_band else "。")))
+        else:
+            findings.append(finding("ok", "too_short", f"训练的步数还太少，看不出损失曲线的形状：每步的损失要有 "
+                                    f"{MIN_STEP_POINTS} 个点以上（或两轮以上的记录），多训练一会儿再来看。"))
     findings.sort(key=lambda f: LEVELS.index(f["level"]))
     command = header.get("command")
     out: dict[str, Any] = {"id": run_id(folder)} if run_id(folder) else {}

@@ -156,6 +156,9 @@ def test_flat_loss_from_the_start_is_bad(tmp_path):
     # a per-epoch curve that stays put is flat too
     same = diagnose.diagnose(epoch_run(tmp_path / "epochs", [0.69] * 4, [0.69] * 4))
     assert codes(same, "bad") == ["flat"]
+    # six steps (a smoke run) are too few to call anything flat: the warm-up may not be over
+    short = diagnose.diagnose(step_run(tmp_path / "short", [0.693] * 6, every=3))
+    assert codes(short) == ["no_reference", "too_short"]
 
 
 def test_oscillating_loss_is_a_warning_also_from_tensorboard_events(tmp_path):
@@ -236,7 +239,10 @@ def test_slower_than_the_course_measured_for_the_same_command(tmp_path, repo):
 def test_a_running_run_holds_its_lock(tmp_path):
     # `--resume` takes the lock at once; progress.json still says "interrupted" until its data is loaded
     folder = step_run(tmp_path / "stage5_gpt" / "runs" / "live", falling(300), state="interrupted", total=1000)
-    (folder / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+    # a live process (this one's parent) holds the lock; one left by this process itself is stale, as RunLock has it
+    (folder / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    assert diagnose.diagnose(folder)["status"] == "interrupted"
+    (folder / "run.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
                                                  "command": "python stage5_gpt/train.py", "started": "now"}))
     result = diagnose.diagnose(folder)
     assert result["status"] == "running" and codes(result)[0] == "running"
@@ -278,8 +284,8 @@ def test_list_runs_finds_every_run_with_its_status(tmp_path):
     root = tmp_path / "course"
     step_run(root / "stage5_gpt" / "runs" / "done", falling(200))
     step_run(root / "stage5_gpt" / "runs" / "bench" / "base", falling(200), state="interrupted")
-    live = epoch_run(root / "stage1_mlp" / "runs" / "live", TRAIN[:2], VAL[:2], state="running")
-    (live / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    live = epoch_run(root / "stage1_mlp" / "runs" / "live", TRAIN[:2], VAL[:2], state="running", pid=os.getppid())
+    (live / "run.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
     (root / "stage1_mlp" / "runs" / "eval_only").mkdir()            # evaluate.py's folder: not a training run
     (root / "stage1_mlp" / "runs" / "eval_only" / "metrics.json").write_text("{}")
     (root / "stage1_mlp" / "runs" / "empty").mkdir()
