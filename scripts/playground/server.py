@@ -265,10 +265,12 @@ def create_app(root: Path, device: str | torch.device = "cpu") -> FastAPI:
 
     @app.get("/api/image/{image_id:path}", include_in_schema=False)
     def image(image_id: str) -> FileResponse:
-        from scripts.playground.results import results as read_results
-        if image_id not in set(read_results(pg.root).get("plots", [])):
-            raise ApiError(f"没有这张图：{image_id[:80]!r}", 404)
-        return FileResponse(pg.root / image_id, media_type="image/png")
+        from scripts.playground.results import plot_file
+        try:
+            path = plot_file(pg.root, image_id)       # only a plot the results list: never any other file
+        except UserError:
+            raise ApiError(f"没有这张图：{image_id[:80]!r}", 404) from None
+        return FileResponse(path, media_type="image/png")
 
     from scripts.playground.openai_api import add_routes
     add_routes(app, pg)

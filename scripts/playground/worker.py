@@ -95,6 +95,7 @@ class ModelWorker:
                     job = self.jobs.get_nowait()
                 except queue.Empty:
                     job = None
+            self.active = len(streams)
             streams = [s for s in streams if s.step()]
             self.active = len(streams)
 

@@ -216,9 +216,25 @@ def test_runs_results_and_sweeps(server):
     assert "findings" in one and "curves" in one
     assert client.get("/api/runs/../../etc/passwd").status_code == 404
     results = client.get("/api/results").json()
-    assert isinstance(results, dict)
+    assert {"rows", "plots"} <= set(results)
     assert "sweeps" in client.get("/api/sweeps").json()
     assert client.get("/api/image/stage1_mlp/checkpoints/best_model.pt").status_code == 404
+    assert client.get("/api/image/../../../etc/passwd").status_code == 404
+
+
+def test_images_are_served_only_when_listed(tmp_path, tiny_course):
+    root = tmp_path / "course"
+    shutil.copytree(tiny_course / "stage1_mlp", root / "stage1_mlp")
+    (root / "stage1_mlp" / "results").mkdir()
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 32
+    (root / "stage1_mlp" / "results" / "curves.png").write_bytes(png)
+    (root / "stage1_mlp" / "results" / "secret.txt").write_text("no")
+    with serve(root) as (url, _):
+        plots = httpx.get(f"{url}/api/results").json()["plots"]
+        assert "stage1_mlp/results/curves.png" in {p["id"] for p in plots}
+        got = httpx.get(f"{url}/api/image/stage1_mlp/results/curves.png")
+        assert got.status_code == 200 and got.content == png and got.headers["content-type"] == "image/png"
+        assert httpx.get(f"{url}/api/image/stage1_mlp/results/secret.txt").status_code == 404
 
 
 def test_the_page_and_its_files_are_served_with_no_outside_address(server):
