@@ -165,24 +165,24 @@ function renderModels() {
   list.replaceChildren();
   if (!catalog.models.length) list.append(el("p", {class: "hint"}, "还没有找到训练好的模型。"));
   const stages = [...new Set(catalog.models.map((m) => m.stage))].sort((a, b) => stageNumber(a) - stageNumber(b));
+  // One compact table per stage, a row per (task, model): a course folder soon holds dozens of checkpoints.
   for (const stage of stages) {
-    const group = el("div", {class: "stage-group", "data-stage": stage}, el("h2", {}, stageName(stage)));
-    for (const task of Object.keys(TASK_NAMES)) {
-      const models = catalog.models.filter((m) => m.stage === stage && serves(m, task));
-      if (!models.length) continue;
-      group.append(el("h3", {}, TASK_NAMES[task]), el("ul", {class: "model-list"}, ...models.map(modelItem)));
-    }
-    list.append(group);
+    const rows = Object.keys(TASK_NAMES).flatMap((task) =>
+      catalog.models.filter((m) => m.stage === stage && serves(m, task)).map((m) => modelRow(m, task)));
+    list.append(el("div", {class: "stage-group", "data-stage": stage}, el("h2", {}, stageName(stage)),
+      el("table", {class: "models"},
+        el("thead", {}, el("tr", {}, ...["任务", "模型", "数据集", "来源", "训练进度"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, ...rows))));
   }
   renderMissing();
 }
 
-function modelItem(model) {
-  const details = [model.model, model.dataset, KIND_NAMES[model.kind] || model.kind, formatProgress(model.progress)];
-  return el("li", {class: "model", "data-model": model.id},
-    el("strong", {}, model.label || model.model), " ",
-    el("span", {class: "hint"}, details.filter(Boolean).join(" · ")),
-    el("div", {class: "model-id"}, el("code", {}, model.id)));
+function modelRow(model, task) {
+  return el("tr", {class: "model", "data-model": model.id, "data-task": task},
+    el("td", {}, TASK_NAMES[task]),
+    el("td", {}, el("strong", {}, model.label || model.model), el("div", {class: "model-id"}, el("code", {}, model.id))),
+    el("td", {}, model.dataset), el("td", {}, KIND_NAMES[model.kind] || model.kind),
+    el("td", {}, formatProgress(model.progress)));
 }
 
 // "progress" says how far the training got (a line of text, a fraction, or a few named numbers).
@@ -751,9 +751,15 @@ function runItem(run) {
   const button = el("button", {class: "run", "data-run": run.id, "data-testid": "run-item"},
     el("span", {class: `status status-${run.status}`}, STATUS_NAMES[run.status] || run.status), " ",
     el("strong", {}, run.name),
-    el("div", {class: "hint"}, `${stageName(run.stage)} · ${new Date(run.modified * 1000).toLocaleString("zh-CN")}`));
+    el("div", {class: "hint"}, `第 ${stageNumber(run.stage)} 阶段 · ${shortTime(run.modified)}`));
   button.addEventListener("click", () => showRun(run.id));
   return el("li", {}, button);
+}
+
+// "12月7日 09:30": when the run last wrote something (a running one moves on).
+function shortTime(seconds) {
+  return new Date(seconds * 1000).toLocaleString("zh-CN", {month: "short", day: "numeric", hour: "2-digit",
+    minute: "2-digit"});
 }
 
 async function showRun(id) {
@@ -793,7 +799,7 @@ function runCharts(run) {
     const canvas = el("canvas", {"data-testid": "run-curve", "data-key": key});
     charts.append(el("figure", {}, el("figcaption", {}, key), canvas));
     drawChart(canvas, {series: [{label: "这次运行", points}], band: bands[key], xLabel: "步数 / 轮数", yLabel: key},
-      440, 260);
+      420, 250);
   }
   if (!charts.children.length) charts.append(el("p", {class: "hint"}, "还没有曲线数据。"));
   return charts;
@@ -803,14 +809,14 @@ function runCharts(run) {
 // 6. Results: the course-wide tables (filterable), the plots, and each sweep as metric against parameter
 // ---------------------------------------------------------------------------------------------------------
 
+let resultsData = null;            // the last /api/results answer, re-tabled when "README only" is switched
+
 async function loadResults() {
   clearError($("results-error"));
   clearError($("sweeps-error"));
   try {
-    const data = await api("/api/results");
-    $("results-tables").replaceChildren(...resultTables(data).map(resultTable));
-    $("results-plots").replaceChildren(...(data.plots || data.images || []).map(plotFigure));
-    applyResultFilters();
+    resultsData = await api("/api/results");
+    renderResults();
   } catch (err) {
     showError($("results-error"), err);
   }
@@ -823,16 +829,55 @@ async function loadResults() {
   }
 }
 
-// Tables come as [{title, columns?, rows: [{column: value}]}] (or {title: rows}); columns default to the rows' keys.
-function resultTables(data) {
-  let tables = data.tables || [];
-  if (!Array.isArray(tables)) tables = Object.entries(tables).map(([title, rows]) => ({title, rows}));
-  return tables.map((table) => {
-    const rows = table.rows || [];
-    const columns = (table.columns || [...new Set(rows.flatMap(Object.keys))])
-      .map((c) => (typeof c === "string" ? {key: c, label: c} : {key: c.key, label: c.label || c.key}));
-    return {title: table.title || table.name || "", note: table.note, rows, columns};
-  });
+function renderResults() {
+  const data = resultsData;
+  const notes = (data.notes || []).map((note) => el("p", {class: "hint"}, note));
+  $("results-tables").replaceChildren(...notes, ...resultTables(data, $("results-readme").checked).map(resultTable));
+  $("results-plots").replaceChildren(...(data.plots || []).map(plotFigure));
+  applyResultFilters();
+}
+
+// The few metrics each table shows (a results file holds many more: throughput, epochs, ...): [label, the keys
+// that hold it (the first one present wins: stages name some metrics differently), format].
+const TASK_TABLES = [
+  {task: "classify", title: "文本分类", metrics: [
+    ["准确率", ["accuracy"], "percent"], ["macro-F1", ["macro_f1"], "percent"], ["每条用时 ms", ["latency_ms_bs1"]]]},
+  {task: "translate", title: "英译法", metrics: [
+    ["BLEU", ["bleu_beam", "bleu"]], ["BLEU（贪心）", ["bleu_greedy"]], ["chrF", ["chrf_beam", "chrf"]]]},
+  {task: "language_model", title: "语言模型", metrics: [
+    ["验证损失", ["val_loss", "loss"]], ["困惑度", ["perplexity", "ppl"]], ["bits/byte", ["bits_per_byte"]],
+    ["训练词元/秒", ["train_tokens_per_s"]]]},
+];
+
+// /api/results gives one row per results file and each stage's measured commands; make the course's tables.
+function resultTables(data, readmeOnly) {
+  const rows = (data.rows || []).filter((row) => !readmeOnly || (row.tables || []).length);
+  const tables = TASK_TABLES.map((spec) => taskTable(spec, rows.filter((row) => row.task === spec.task)));
+  const runs = {
+    id: "runs", title: "各阶段的训练命令（实测用时）",
+    columns: [{key: "stage", label: "阶段", filter: true}, {key: "run", label: "运行", filter: true},
+      {key: "command", label: "命令"}, {key: "minutes", label: "分钟"}, {key: "score", label: "成绩"},
+      {key: "hardware", label: "硬件", filter: true}],
+    rows: (data.runs || []).map((run) => ({...run, stage: stageName(run.stage)})),
+  };
+  return [...tables, runs].filter((table) => table.rows.length);
+}
+
+function taskTable(spec, rows) {
+  const metrics = spec.metrics.filter(([, keys]) => rows.some((row) => keys.some((k) => row.metrics[k] != null)));
+  // filter: the columns whose few repeated values make a useful drop-down (the text box searches every column)
+  const columns = [{key: "stage", label: "阶段", filter: true}, {key: "model", label: "模型"},
+    {key: "dataset", label: "数据集", filter: true}, {key: "split", label: "划分", filter: true},
+    ...metrics.map(([label, , format]) => ({key: label, label, format})),
+    {key: "params", label: "参数量"}, {key: "minutes", label: "训练分钟"}, {key: "hardware", label: "硬件", filter: true},
+    {key: "file", label: "结果文件"}];
+  const flat = rows.map((row) => ({
+    stage: row.stage_number, model: row.model_name, dataset: row.dataset_name, split: row.split,
+    params: row.params, hardware: row.hardware, file: row.id,
+    minutes: row.train_seconds != null ? Number((row.train_seconds / 60).toFixed(1)) : null,
+    ...Object.fromEntries(metrics.map(([label, keys]) => [label, keys.map((k) => row.metrics[k]).find((v) => v != null)])),
+  }));
+  return {id: spec.task, title: spec.title, columns, rows: flat};
 }
 
 function cellText(value) {
@@ -842,19 +887,22 @@ function cellText(value) {
   return String(value);
 }
 
-// A column with a few repeated values (stage, data set, hardware) gets a drop-down; the text box searches all.
+// A filter column with more than one value gets a drop-down of its values.
 function resultTable(table) {
   const filters = table.columns.map((column) => {
-    const values = [...new Set(table.rows.map((r) => cellText(r[column.key])))].filter(Boolean).sort();
-    if (values.length < 2 || values.length > 12 || values.length === table.rows.length) return el("th");
+    const values = [...new Set(table.rows.map((r) => cellText(r[column.key])))].filter(Boolean)
+      .sort((a, b) => a.localeCompare(b, "zh-CN", {numeric: true}));
+    if (!column.filter || values.length < 2) return el("th");
     const select = el("select", {"data-column": column.key, "aria-label": column.label},
       el("option", {value: ""}, "全部"), ...values.map((v) => el("option", {value: v}, v)));
     select.addEventListener("change", applyResultFilters);
     return el("th", {}, select);
   });
+  const text = (column, value) => (column.format === "percent" && typeof value === "number" ? percent(value)
+    : cellText(value));
   const body = el("tbody", {}, ...table.rows.map((row) => el("tr", {"data-testid": "result-row"},
-    ...table.columns.map((c) => el("td", {"data-column": c.key}, cellText(row[c.key]))))));
-  return el("div", {class: "result-table", "data-testid": "result-table"},
+    ...table.columns.map((c) => el("td", {"data-column": c.key}, text(c, row[c.key]))))));
+  return el("div", {class: "result-table", "data-testid": "result-table", "data-table": table.id},
     el("h3", {}, table.title), table.note ? el("p", {class: "hint"}, table.note) : "",
     el("div", {class: "table-scroll"}, el("table", {},
       el("thead", {}, el("tr", {}, ...table.columns.map((c) => el("th", {}, c.label))),
@@ -871,7 +919,7 @@ function applyResultFilters() {
     let shown = 0;
     const rows = table.querySelectorAll("tbody tr");
     for (const row of rows) {
-      const text = row.textContent.toLowerCase();
+      const text = [...row.cells].map((cell) => cell.textContent).join(" | ").toLowerCase();
       const visible = words.every((w) => text.includes(w)) && chosen.every((select) =>
         row.querySelector(`td[data-column="${CSS.escape(select.dataset.column)}"]`).textContent === select.value);
       row.hidden = !visible;
@@ -879,32 +927,40 @@ function applyResultFilters() {
     }
     table.querySelector(".count").textContent = `显示 ${shown} / ${rows.length} 行`;
   }
+  for (const figure of document.querySelectorAll("#results-plots figure")) {
+    figure.hidden = !words.every((w) => figure.textContent.toLowerCase().includes(w));
+  }
 }
 
+// A plot is {id (its path), stage (null for docs/images), name}; the caption is searched by the filter too.
 function plotFigure(plot) {
-  const id = typeof plot === "string" ? plot : plot.id;
-  const image = el("img", {src: pathOf("/api/image/", id), alt: plot.title || id, loading: "lazy"});
-  const figure = el("figure", {"data-testid": "result-plot"}, image, el("figcaption", {}, plot.title || id));
-  image.addEventListener("error", () => figure.append(el("div", {class: "error"}, `图片读不出来：${id}`)));
+  const image = el("img", {src: pathOf("/api/image/", plot.id), alt: plot.name, loading: "lazy"});
+  const where = plot.stage ? stageName(plot.stage) : "docs/images";
+  const figure = el("figure", {"data-testid": "result-plot", "data-plot": plot.id}, image,
+    el("figcaption", {}, `${where} · ${plot.name}`));
+  image.addEventListener("error", () => figure.append(el("div", {class: "error"}, `图片读不出来：${plot.id}`)));
   return figure;
 }
 
-// A sweep's rows are {param: value, ..., metric: number}; pick which parameter goes along x.
+// A sweep is {id, stage, params, metrics, metric, mode, note, rows: [{param: value, ..., metric: number, seed}]}:
+// pick the parameter along x and the metric along y.
 function sweepView(sweep) {
-  const rows = sweep.rows.map((r) => ({...(r.setting || {}), ...r, setting: undefined}));
-  const metric = sweep.metric && rows.some((r) => typeof r[sweep.metric] === "number") ? sweep.metric : "score";
-  const skip = new Set([metric, "seed", "run", "setting", "score"]);
-  const params = sweep.params || [...new Set(rows.flatMap(Object.keys))].filter((k) => !skip.has(k));
   const canvas = el("canvas", {"data-testid": "sweep-chart"});
-  const choose = el("select", {"aria-label": "横轴参数"}, ...params.map((p) => el("option", {value: p}, p)));
-  const redraw = () => drawChart(canvas, sweepChart(rows, choose.value, params, metric));
-  choose.addEventListener("change", redraw);
-  const view = el("div", {class: "sweep", "data-testid": "sweep"},
-    el("h3", {}, sweep.name || sweep.id || sweep.out || "扫描"),
-    el("div", {class: "toolbar"}, el("label", {}, "横轴 ", choose),
-      el("span", {class: "hint"}, `纵轴：${metric}（点为单个种子，线为平均）`)),
+  const param = el("select", {"aria-label": "横轴参数"}, ...sweep.params.map((p) => el("option", {value: p}, p)));
+  const metrics = sweep.metrics && sweep.metrics.length ? sweep.metrics : [sweep.metric];
+  const metric = el("select", {"aria-label": "纵轴指标"}, ...metrics.map((m) => el("option", {value: m}, m)));
+  metric.value = sweep.metric;
+  const redraw = () => drawChart(canvas, sweepChart(sweep.rows, param.value, sweep.params, metric.value));
+  param.addEventListener("change", redraw);
+  metric.addEventListener("change", redraw);
+  const better = sweep.mode === "max" ? "越大越好" : "越小越好";
+  const view = el("div", {class: "sweep", "data-testid": "sweep", "data-sweep": sweep.id},
+    el("h3", {}, sweep.id), el("p", {class: "hint"}, [sweep.stage && stageName(sweep.stage), sweep.script, sweep.note,
+      sweep.hardware].filter(Boolean).join(" · ")),
+    el("div", {class: "toolbar"}, el("label", {}, "横轴 ", param), el("label", {}, "纵轴 ", metric),
+      el("span", {class: "hint"}, `${better}；点是单次运行（每个种子一个），线是平均`)),
     canvas);
-  if (params.length) redraw();
+  if (sweep.params.length) redraw();
   return view;
 }
 
@@ -915,7 +971,7 @@ function sweepChart(rows, param, params, metric) {
   const others = params.filter((p) => p !== param);
   const groups = new Map();
   for (const row of rows) {
-    const name = others.map((p) => `${p}=${row[p]}`).join(", ") || metric;
+    const name = others.map((p) => `${p}=${cellText(row[p])}`).join(", ") || metric;
     if (!groups.has(name)) groups.set(name, []);
     groups.get(name).push([values.indexOf(String(row[param])), row[metric]]);
   }
@@ -927,7 +983,8 @@ function sweepChart(rows, param, params, metric) {
     });
     return [{label: name, points: means, color}, {label: "", points, color, dots: true}];
   });
-  return {series, xLabel: param, yLabel: metric, xTicks: values.map((v, x) => [x, v])};
+  const label = (v) => (Number.isNaN(Number(v)) ? v : formatNumber(Number(v)));
+  return {series, xLabel: param, yLabel: metric, xTicks: values.map((v, x) => [x, label(v)])};
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -951,6 +1008,7 @@ function wire() {
   $("runs-refresh").addEventListener("click", loadRuns);
   $("results-refresh").addEventListener("click", loadResults);
   $("results-filter").addEventListener("input", applyResultFilters);
+  $("results-readme").addEventListener("change", () => resultsData && renderResults());
   window.addEventListener("hashchange", () => showTab(location.hash.slice(1)));
 }
 
