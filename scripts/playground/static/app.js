@@ -24,14 +24,13 @@ function el(tag, attributes = {}, ...children) {
 
 // One way to call the server: GET when there is no body, POST JSON otherwise. Any failure (no connection,
 // an HTTP error, a {"error": ...} answer) becomes a thrown Error with a message fit to show to the learner.
-async function api(path, body, signal) {
-  const options = body === undefined ? {signal}
-    : {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body), signal};
+async function api(path, body) {
+  const options = body === undefined ? {}
+    : {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
   let response;
   try {
     response = await fetch(path, options);
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
+  } catch {
     throw new Error(`连不上游乐场服务器（${path}）：它还在运行吗？`);
   }
   if (!response.ok) throw await responseError(response);
@@ -111,7 +110,7 @@ const STAGE_NAMES = {
   4: "第 4 阶段 · Transformer", 5: "第 5 阶段 · GPT",
 };
 const TASK_NAMES = {classify: "分类", translate: "翻译", generate: "生成"};
-const KIND_NAMES = {best: "验证集上最好的", last: "最后保存的"};
+const KIND_NAMES = {best: "checkpoints/ 里的最好模型", last: "训练的最新状态（last.pt）"};
 
 let catalog = {models: [], missing: []};
 let catalogReady = null;          // the promise of the first /api/models answer; other tabs wait for it
@@ -398,8 +397,8 @@ function drawHeatmap(canvas, matrix, source, target) {
 
 const panes = [0, 1].map((i) => ({
   select: $(`gen-model-${i}`), output: $(`gen-output-${i}`), stats: $(`gen-stats-${i}`),
-  error: $(`gen-error-${i}`), dist: $(`gen-dist-${i}`),
-  controller: null, model: null, settings: null, promptIds: [], tokens: [], started: 0,
+  error: $(`gen-error-${i}`), note: $(`gen-note-${i}`), dist: $(`gen-dist-${i}`),
+  controller: null, model: null, prompt: "", settings: null, promptIds: [], tokens: [], started: 0,
 }));
 
 // Default: the stage 2 LSTM on the left and the stage 5 GPT on the right, to compare an RNN with a Transformer:
@@ -482,6 +481,7 @@ async function runPane(pane, request) {
 
 function resetPane(pane, request) {
   pane.model = pane.select.value;
+  pane.prompt = request.prompt;
   // Kept with the pane: clicking a token later must ask about the settings it was generated with.
   pane.settings = {temperature: request.temperature, top_k: request.top_k, top_p: request.top_p};
   pane.promptIds = [];
@@ -489,6 +489,7 @@ function resetPane(pane, request) {
   pane.started = performance.now();
   pane.output.replaceChildren();
   pane.dist.replaceChildren();
+  pane.note.textContent = "";
   pane.stats.textContent = "等待第一个词元……";
   pane.output.dataset.state = "running";
   clearError(pane.error);
@@ -531,16 +532,16 @@ function parseEvent(block) {
 function onGenerateEvent(pane, event, data) {
   if (event === "start") {
     pane.promptIds = data.prompt_ids;
-    pane.output.append(el("span", {class: "prompt"}, $("gen-prompt").value));
+    pane.output.append(el("span", {class: "prompt"}, pane.prompt));
     // kv_cache is null for a model without one (an RNN carries its state instead of caching keys and values).
     const notes = [data.note, data.kv_cache === null ? "这个模型没有 KV 缓存（RNN 靠隐藏状态记住前文）" : null];
-    pane.stats.textContent = notes.filter(Boolean).join("；") || "等待第一个词元……";
+    pane.note.textContent = notes.filter(Boolean).join("；");
   } else if (event === "token") {
     addToken(pane, data);
   } else if (event === "done") {
     const speed = `${formatNumber(data.tokens_per_second)} 词元/秒`;
-    const first = `首个词元 ${formatNumber(data.first_token_ms)} ms`;
-    const line = `${data.stopped ? "已停止" : "完成"}：${data.tokens} 个词元，${formatNumber(data.seconds)} 秒，${speed}，${first}`;
+    const first = data.first_token_ms === null ? "" : `，首个词元 ${formatNumber(data.first_token_ms)} ms`;
+    const line = `${data.stopped ? "已停止" : "完成"}：${data.tokens} 个词元，${formatNumber(data.seconds)} 秒，${speed}${first}`;
     finishPane(pane, data.stopped ? "stopped" : "done", line);
   } else if (event === "error") {
     failPane(pane, new Error(data.error));
@@ -607,7 +608,8 @@ function drawChart(canvas, chart, width = 560, height = 300) {
   const context = canvas.getContext("2d");
   context.scale(ratio, ratio);
   context.font = "12px sans-serif";
-  const box = {left: 64, right: width - 12, top: 12, bottom: height - 40};
+  const legend = legendLayout(context, chart, width);
+  const box = {left: 64, right: width - 12, top: 12 + legend.height, bottom: height - 40};
   const band = chart.band || [];
   const points = chart.series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
   const xs = [...points.map((p) => p[0]), ...band.map((b) => b[0])];
@@ -625,7 +627,7 @@ function drawChart(canvas, chart, width = 560, height = 300) {
   drawAxes(context, box, xRange, yRange, toX, toY, chart);
   if (band.length) drawBand(context, band, toX, toY);
   chart.series.forEach((series, i) => drawSeries(context, series, series.color || COLORS[i % COLORS.length], toX, toY));
-  drawLegend(context, box, chart);
+  drawLegend(context, legend);
   canvas.dataset.drawn = String(points.length);
 }
 
@@ -711,21 +713,31 @@ function drawSeries(context, series, color, toX, toY) {
   context.stroke();
 }
 
-function drawLegend(context, box, chart) {
+// The legend sits above the plot, entries left to right (wrapping), so it never hides a line.
+function legendLayout(context, chart, width) {
   const entries = chart.series.map((s, i) => [s.label, s.color || COLORS[i % COLORS.length]])
     .filter(([label]) => label);
   if (chart.band && chart.band.length) entries.push(["参考范围", "rgba(120, 120, 120, 0.4)"]);
+  let x = 64, y = 10;
+  const placed = entries.map(([label, color]) => {
+    const size = 20 + context.measureText(label).width + 16;
+    if (x + size > width && x > 64) [x, y] = [64, y + 16];
+    const item = {label, color, x, y};
+    x += size;
+    return item;
+  });
+  return {placed, height: entries.length ? y + 10 : 0};
+}
+
+function drawLegend(context, legend) {
   context.textAlign = "left";
   context.textBaseline = "middle";
-  context.fillStyle = "rgba(255, 255, 255, 0.85)";     // keep the legend readable over the lines
-  context.fillRect(box.right - 156, box.top, 156, 6 + entries.length * 16);
-  entries.forEach(([label, color], i) => {
-    const y = box.top + 10 + i * 16;
+  for (const {label, color, x, y} of legend.placed) {
     context.fillStyle = color;
-    context.fillRect(box.right - 150, y - 5, 14, 10);
+    context.fillRect(x, y - 5, 14, 10);
     context.fillStyle = "#222";
-    context.fillText(label, box.right - 130, y);
-  });
+    context.fillText(label, x + 20, y);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------

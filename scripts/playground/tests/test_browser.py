@@ -304,7 +304,7 @@ def test_two_tabs_generate_at_once(context, server, page):
 
 def test_runs_tab_shows_a_run_over_its_reference_and_the_diagnosis(page):
     page.click("#tab-runs")
-    item = page.locator("[data-testid=run-item][data-run='stage5_gpt/runs/gpt_shakespeare_char']")
+    item = page.locator("[data-testid=run-item][data-run='stage3_attention_seq2seq/runs/bahdanau_multi30k']")
     assert item.locator(".status").inner_text() == "已完成"
     item.click()
     page.get_by_test_id("run-summary").wait_for()
