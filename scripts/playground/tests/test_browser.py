@@ -368,6 +368,12 @@ def test_a_failed_request_shows_an_error_and_the_page_keeps_working(page):
     page.wait_for_selector("#models-error:not([hidden])")
     assert page.inner_text("#models-error") == "模型目录读不出来"
     page.unroute("**/api/models")
+    page.click("#tab-generate")
+    page.fill("#gen-temperature", "9")           # above the server's limit of 5: refused before streaming
+    page.click("#gen-start")
+    for i in (0, 1):
+        expect(page.locator(f"#gen-error-{i}")).to_contain_text("temperature")
+        assert page.get_attribute(f"#gen-output-{i}", "data-state") == "error"
     page.click("#tab-runs")
     page.click("#runs-refresh")
     page.get_by_test_id("run-item").first.wait_for()
