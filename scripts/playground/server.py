@@ -186,9 +186,7 @@ def create_app(root: Path, device: str | torch.device = "cpu") -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, err: RequestValidationError) -> JSONResponse:
-        first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
-        return error_response(request, f"{where}: {first.get('msg', 'invalid request')}", 400)
+        return error_response(request, validation_message(err.errors()), 400)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception) -> JSONResponse:
@@ -220,8 +218,11 @@ def create_app(root: Path, device: str | torch.device = "cpu") -> FastAPI:
     async def translate(req: TranslateRequest) -> dict[str, Any]:
         check_text(req.text)
         entry, translator = await pg.model(req.model, "translate")
-        result, ms = await pg.run(timed, lambda: translator.translate(req.text, req.beam, req.alpha))
-        return {"model": entry.id, **result, "ms": ms}
+        beam, note = req.beam, None
+        if entry.stage == "stage5_gpt" and beam > 1:     # the page sends one setting to every translator
+            beam, note = 1, "第 5 阶段的 GPT 只做贪心解码（没有束搜索），这里按束宽 1 翻译"
+        result, ms = await pg.run(timed, lambda: translator.translate(req.text, beam, req.alpha))
+        return {"model": entry.id, **result, "ms": ms, "note": note}
 
     @app.post("/api/next_token")
     async def next_token(req: NextTokenRequest) -> dict[str, Any]:
@@ -275,6 +276,29 @@ def create_app(root: Path, device: str | torch.device = "cpu") -> FastAPI:
     from scripts.playground.openai_api import add_routes
     add_routes(app, pg)
     return app
+
+
+# pydantic's error types, said in the page's language (the field's name stays as the API spells it)
+SAID = {"less_than_equal": "不能大于 {le}", "less_than": "要小于 {lt}", "greater_than_equal": "不能小于 {ge}",
+        "greater_than": "要大于 {gt}", "string_too_long": "最多 {max_length} 个字符",
+        "too_long": "最多 {max_length} 项", "too_short": "至少 {min_length} 项", "missing": "缺少这一项",
+        "extra_forbidden": "没有这个设置", "int_parsing": "要一个整数", "int_type": "要一个整数",
+        "int_from_float": "要一个整数", "float_parsing": "要一个数", "float_type": "要一个数",
+        "finite_number": "要一个有限的数（不是 NaN 或无穷大）", "string_type": "要一段文字",
+        "bool_parsing": "要 true 或 false", "bool_type": "要 true 或 false", "list_type": "要一个列表",
+        "json_invalid": "不是合法的 JSON", "model_attributes_type": "要一个 JSON 对象"}
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """The first problem of a request, in one line: `field: what is wrong` (pydantic's own words for a rare one)."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "请求"
+    said = SAID.get(first.get("type", ""))
+    try:
+        what = said.format(**first.get("ctx", {})) if said else first.get("msg", "不合法")
+    except (KeyError, IndexError):
+        what = first.get("msg", "不合法")
+    return f"{where}: {what}"
 
 
 def error_response(request: Request, message: str, status: int) -> JSONResponse:

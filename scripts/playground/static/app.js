@@ -312,7 +312,7 @@ async function translateOne(model, settings, results) {
   try {
     const data = await api("/api/translate", {...settings, model: model.id});
     status.replaceWith(el("div", {class: "translation", "data-testid": "translation"}, data.translation),
-      el("div", {class: "latency"}, `用时 ${formatNumber(data.ms)} ms`));
+      el("div", {class: "latency"}, `用时 ${formatNumber(data.ms)} ms`), data.note ? el("div", {class: "hint"}, data.note) : "");
     if (data.attention) card.append(attentionView(data.attention));
     else card.append(el("div", {class: "hint"}, "这个模型不给出注意力权重。"));
   } catch (err) {

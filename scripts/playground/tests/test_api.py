@@ -283,6 +283,22 @@ def test_a_bad_request_gets_one_line_and_the_server_keeps_serving(server, path, 
     assert client.get("/api/models").status_code == 200
 
 
+def test_errors_are_said_in_the_pages_language(server):
+    client, _ = server
+    assert client.post("/api/generate", json=dict(model=GPT, prompt="a", temperature=9)).json()["error"] == \
+        "temperature: 不能大于 5.0"
+    assert client.post("/api/generate", json=dict(model=GPT)).json()["error"] == "prompt: 缺少这一项"
+    assert client.post("/api/generate", json=dict(model=GPT, prompt="a", seed="x")).json()["error"] == \
+        "seed: 要一个整数"
+
+
+def test_beam_on_the_gpt_translates_greedily_and_says_so(server):
+    client, _ = server
+    beam = client.post("/api/translate", json={"text": "A dog runs.", "model": MULTI, "beam": 4}).json()
+    greedy = client.post("/api/translate", json={"text": "A dog runs.", "model": MULTI}).json()
+    assert beam["translation"] == greedy["translation"] and "贪心" in beam["note"] and greedy["note"] is None
+
+
 def test_malformed_json_and_nan_are_refused(server):
     client, _ = server
     bad = client.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"})

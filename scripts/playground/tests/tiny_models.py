@@ -13,9 +13,11 @@ Nothing is cached outside `root`; the build takes well under a minute on one CPU
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -173,11 +175,15 @@ def build_course(root: Path) -> Path:
         for what, main, argv in steps(root, data):
             started = time.perf_counter()
             print(f"=== {what}: {' '.join(argv)}", flush=True)
+            saved_argv = sys.argv
+            sys.argv = [inspect.getfile(main), *argv]      # the command the run records: the program's, not pytest's
             try:
                 code = main(argv)
             except BaseException as err:   # a UserError, or SystemExit from argparse: say which model failed
                 failure = (what, err)
                 break
+            finally:
+                sys.argv = saved_argv
             if code not in (0, None):
                 failure = (what, RuntimeError(f"exit status {code}"))
                 break
@@ -195,8 +201,6 @@ def build_course(root: Path) -> Path:
 
 
 if __name__ == "__main__":     # python -m scripts.playground.tests.tiny_models FOLDER
-    import sys
-
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny_course")
     tick = time.perf_counter()
     build_course(target)
