@@ -1,5 +1,6 @@
 """How fast the playground serves: streaming speed against generate.py, time to the first token, four streams at
-once, and the page's first load. Writes scripts/playground/results/bench.json and the README's table.
+once, the page's first load, and why one thread calls the models. Writes scripts/playground/bench.json
+and the tables in README.md and docs/serving.md.
 
     python scripts/playground/bench.py                 # about 2 minutes on 2 CPU cores
     python scripts/playground/bench.py --tables_only   # rewrite the README's table from bench.json
@@ -28,8 +29,9 @@ from scripts.checks import Range
 from scripts.common import ArgParser, UserError, hardware, run_main, write_text
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = Path(__file__).resolve().parent / "results" / "bench.json"
+RESULTS = Path(__file__).resolve().parent / "bench.json"
 README = ROOT / "README.md"
+DOC = ROOT / "docs" / "serving.md"
 MODEL = "stage5_gpt/checkpoints/gpt_shakespeare_char.pt"
 PROMPT = "ROMEO:"
 SAMPLING = {"temperature": 0.8, "top_k": 0, "top_p": 0.95}      # generate.py's defaults for free text
@@ -152,6 +154,29 @@ def page_load(url: str) -> dict[str, Any]:
             "load_event_ms": summary(loads), "models_listed_ms": summary(lists)}
 
 
+def calling_threads(tokens: int) -> dict[str, float]:
+    """Why the server runs every model call on one thread: the same generation, in this process, from one calling
+    thread, then from a second one (each thread that calls torch brings its own OpenMP team)."""
+    import torch
+
+    from scripts.playground import generation
+    model = generation.load_generator(ROOT / MODEL, "stage5_gpt", torch.device("cpu"))
+    ids, _ = model.encode(PROMPT)
+    settings = generation.Settings(max_new_tokens=tokens, seed=1, **SAMPLING)
+
+    def speed() -> float:
+        return list(generation.run(model, ids, settings, threading.Event()))[-1]["tokens_per_second"]
+
+    speed()                                                   # warm-up
+    one = [speed() for _ in range(3)]
+    other: list[float] = []
+    for _ in range(3):
+        thread = threading.Thread(target=lambda: other.append(speed()))
+        thread.start()
+        thread.join()
+    return {"one_thread_tokens_per_s": summary(one), "second_thread_tokens_per_s": summary(other)}
+
+
 def summary(values: Sequence[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 1), "min": round(min(values), 1), "max": round(max(values), 1)}
 
@@ -177,6 +202,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(timeout=20)
+    threads = calling_threads(args.tokens)
     return {"command": COMMAND + (f" --pairs {args.pairs}" if args.pairs != 5 else ""), "model": MODEL,
             "settings": {"prompt": PROMPT, "max_new_tokens": args.tokens, "kv_cache": True, **SAMPLING},
             "hardware": hardware(), "load_average_1min": round(os.getloadavg()[0], 2),
@@ -184,7 +210,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "generate_py_tokens_per_s": summary([p["generate_py"] for p in pairs]),
             "page_tokens_per_s": summary([p["page"] for p in pairs]),
             "first_token_ms": summary(first), "cold_first_token_ms": round(cold["first_token_ms"], 1),
-            "concurrent": together, "page_load": load}
+            "concurrent": together, "page_load": load, "calling_threads": threads}
 
 
 def table(result: dict[str, Any]) -> str:
@@ -206,11 +232,13 @@ def table(result: dict[str, Any]) -> str:
         ("四路同时生成", f"{together['completed']}/{together['streams']} 完成,错误 {len(together['errors'])},"
                        f"合计 {together['total_tokens_per_s']:.0f} tokens/s"),
         ("页面首次加载", page_load),
+        ("同一进程里换一个线程调用模型", f"{result['calling_threads']['one_thread_tokens_per_s']['median']:.0f} → "
+                                  f"{result['calling_threads']['second_thread_tokens_per_s']['median']:.0f} tokens/s"),
     ]
     settings = result["settings"]
     lines = ["| 测量 | 结果 |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
     lines.append("")
-    lines.append(f"Made by `{result['command']}` from `scripts/playground/results/bench.json`: {result['model']}, "
+    lines.append(f"Made by `{result['command']}` from `scripts/playground/bench.json`: {result['model']}, "
                  f"prompt {settings['prompt']!r}, {settings['max_new_tokens']} new tokens, temperature "
                  f"{settings['temperature']}, top-p {settings['top_p']}, KV cache; {result['hardware']}. "
                  "The page's speed is the client's: from sending the request to the last token received.")
@@ -229,8 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({k: result[k] for k in ("ratio", "first_token_ms", "concurrent", "page_load")},
                          ensure_ascii=False, indent=1))
     from scripts.report import update_file
-    update_file(README, {"playground": table(result)})
-    print(f"wrote {RESULTS.relative_to(ROOT)} and the table in README.md", file=sys.stderr)
+    for path in (README, DOC):
+        update_file(path, {"playground": table(result)})
+    print(f"wrote {RESULTS.relative_to(ROOT)} and the tables in README.md and docs/serving.md", file=sys.stderr)
     return 0
 
 
