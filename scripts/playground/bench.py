@@ -177,8 +177,9 @@ def calling_threads(tokens: int) -> dict[str, float]:
     return {"one_thread_tokens_per_s": summary(one), "second_thread_tokens_per_s": summary(other)}
 
 
-def summary(values: Sequence[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1), "max": round(max(values), 1)}
+def summary(values: Sequence[float], digits: int = 1) -> dict[str, float]:
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {"command": COMMAND + (f" --pairs {args.pairs}" if args.pairs != 5 else ""), "model": MODEL,
             "settings": {"prompt": PROMPT, "max_new_tokens": args.tokens, "kv_cache": True, **SAMPLING},
             "hardware": hardware(), "load_average_1min": round(os.getloadavg()[0], 2),
-            "speed_pairs": pairs, "ratio": summary([p["ratio"] for p in pairs]),
+            "speed_pairs": pairs, "ratio": summary([p["ratio"] for p in pairs], digits=3),
             "generate_py_tokens_per_s": summary([p["generate_py"] for p in pairs]),
             "page_tokens_per_s": summary([p["page"] for p in pairs]),
             "first_token_ms": summary(first), "cold_first_token_ms": round(cold["first_token_ms"], 1),
