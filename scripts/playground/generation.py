@@ -7,7 +7,6 @@ the next-token distribution at any point of a text.
 from __future__ import annotations
 
 import codecs
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -221,7 +220,3 @@ def run(generator: Generator, ids: list[int], settings: Settings, stop: threadin
            "tokens_per_second": round(count / seconds, 1) if seconds > 0 else 0.0,
            "first_token_ms": round(first * 1000, 1) if first is not None else None,
            "stopped": stop.is_set()}
-
-
-def finite(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
