@@ -1,0 +1,507 @@
+"""Knowledge distillation (stage 5): train a smaller GPT-mini on what a trained one predicts.
+
+    python distill.py                                  # teacher: the default char model; student: 4 layers, 176 wide
+    python distill.py --no-distill                     # the control: the same student on the data alone
+    python distill.py --teacher T.pt --n_layer 2 --n_embd 128 --temperature 2 --alpha 0.5
+    python distill.py --resume                         # carry on after Ctrl-C, bit-exact on CPU
+
+The data alone says which token came next; the teacher says how likely every token was. The student learns
+from both (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network"):
+
+    L = alpha * T^2 * KL( softmax(z_teacher / T) || softmax(z_student / T) ) + (1 - alpha) * CE(z_student, y)
+
+A temperature T > 1 softens both distributions, so the small probabilities the teacher gives to the wrong
+tokens (that "e" often follows "th", "a" less often) carry weight; T^2 keeps the soft term's gradient as large
+as at T = 1, since the gradient of the KL term with respect to the student's logits shrinks like 1/T.
+
+The teacher is frozen, in eval mode. With --cache_teacher (the default where it fits in memory) its logits
+for every training position are computed once, before the first step, from windows of its context that overlap
+by half (so each position sees at least half a context), and each step reads them: a step then costs what the
+control's step costs, and the distilled run is slower only by that one pass of the teacher over the text.
+Without it the teacher runs on every batch. The student has the teacher's tokenizer, data set and context
+length; the result is an ordinary stage 5 checkpoint (model "gpt") that generate.py and evaluate.py load, with
+a "distillation" record: the teacher's path and sha256, T, alpha and both sizes.
+
+`measure()` compares the distilled student with the same student trained on the data alone in the same time.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args, amp_name,
+                            autocast, hardware, load_checkpoint, path_arg, run_main, save_checkpoint, set_seed,
+                            set_threads, setup_logging, warmup_cosine, write_json, write_metrics)
+from scripts.common import model_from_checkpoint as checked_model
+from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
+from scripts.monitor import TrainingMonitor
+from scripts.training import ResumableRun
+from stage5_gpt.data.bpe import CharTokenizer
+from stage5_gpt.data.corpus import DATA_CACHE, TokenData, prepare
+from stage5_gpt.models.gpt import GPT, GPTConfig
+from stage5_gpt import train as T
+
+STAGE, MODEL_NAME, STAGE_DIR = T.STAGE, T.MODEL_NAME, T.STAGE_DIR
+DEFAULT_TEACHER = STAGE_DIR / "checkpoints" / "gpt_shakespeare_char.pt"
+# the student's shape and training (results/TUNING.md): about half the teacher's parameters or fewer
+DEFAULTS: dict[str, Any] = dict(n_layer=4, n_head=4, n_embd=176, dropout=0.0, batch_size=16, grad_accum=1,
+                                max_steps=1500, lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.1,
+                                beta2=0.99, eval_interval=250, eval_iters=50)
+CACHE_LIMIT_BYTES = 2 << 30       # --cache_teacher by default when the teacher's logits fit in 2 GiB (float16)
+TEMPERATURE = Range(float, lo=0.05, hi=100)
+ALPHA = Range(float, lo=0, hi=1)
+# what --resume compares with the saved run: the flags that decide the student, the targets and the schedule
+RESUME_MUST_MATCH = ["teacher_sha256", "n_layer", "n_head", "n_embd", "dropout", "batch_size", "grad_accum",
+                     "max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "beta2", "clip", "amp",
+                     "temperature", "alpha", "distill", "init_from_sha256"]   # and cache_teacher, once resolved
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    """Hinton et al.'s loss, averaged over the positions whose target is not -1:
+
+        L = alpha * T^2 * KL(p_T || q_T) + (1 - alpha) * CE(z_s, y)
+        p_T = softmax(z_t / T),  q_T = softmax(z_s / T),  KL(p || q) = sum_v p_v (log p_v - log q_v)
+
+    student_logits, teacher_logits: (..., vocab); targets: (...) token ids. alpha 0 is the data alone (the
+    teacher's logits are then not read), alpha 1 the teacher alone. Computed in float32."""
+    z_student = student_logits.float().flatten(0, -2)                       # (N, V)
+    y = targets.flatten()                                                   # (N,)
+    ce = F.cross_entropy(z_student, y, ignore_index=-1)
+    if alpha == 0:
+        return ce
+    keep = (y != -1).float()                                                # (N,)
+    log_q = F.log_softmax(z_student / temperature, dim=-1)                  # (N, V)
+    log_p = F.log_softmax(teacher_logits.float().flatten(0, -2) / temperature, dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)                        # (N,)
+    kl = (kl * keep).sum() / keep.sum().clamp(min=1)
+    return alpha * temperature ** 2 * kl + (1 - alpha) * ce
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
+    p = ArgParser(description="Distil a trained GPT-mini (the teacher) into a smaller one (the student), stage 5.")
+    p.add_argument("--teacher", type=path_arg, default=str(DEFAULT_TEACHER),
+                   help="the trained model to learn from: a checkpoint of train.py; its data set, tokenizer and "
+                        "context length are the student's")
+    p.add_argument("--temperature", type=TEMPERATURE, default=2.0,
+                   help="T: both distributions are softmax(logits / T); higher shows the teacher's small "
+                        "probabilities more")
+    p.add_argument("--alpha", type=ALPHA, default=0.5,
+                   help="weight of the teacher's soft targets; 1 - alpha goes to the data's next tokens")
+    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
+                   help="learn from the teacher; --no-distill trains the same student on the data alone (alpha 0), "
+                        "the control")
+    p.add_argument("--max_steps", type=POSITIVE_INT, default=d["max_steps"],
+                   help="optimizer steps; the cosine schedule ends here")
+    p.add_argument("--lr", type=T.LR, default=d["lr"], help="peak AdamW learning rate")
+
+    student = p.add_argument_group("student")
+    student.add_argument("--n_layer", type=T.SIZES["n_layer"], default=d["n_layer"], help="the student's blocks")
+    student.add_argument("--n_head", type=T.SIZES["n_head"], default=d["n_head"],
+                         help="the student's attention heads per block")
+    student.add_argument("--n_embd", type=T.SIZES["n_embd"], default=d["n_embd"],
+                         help="the student's width, divisible by --n_head")
+    student.add_argument("--dropout", type=FRACTION, default=d["dropout"], help="the student's dropout")
+    student.add_argument("--init_from", type=path_arg, default=None,
+                         help="start the student from this checkpoint of train.py or distill.py (its shape; it must "
+                              "use the teacher's tokenizer) instead of random weights")
+
+    training = p.add_argument_group("training")
+    training.add_argument("--batch_size", type=T.SIZES["batch_size"], default=d["batch_size"],
+                          help="windows per micro-batch")
+    training.add_argument("--grad_accum", type=T.SIZES["grad_accum"], default=d["grad_accum"],
+                          help="micro-batches summed into each optimizer step")
+    training.add_argument("--min_lr", type=T.MIN_LR, default=d["min_lr"],
+                          help="learning rate at the end of the cosine")
+    training.add_argument("--warmup_steps", type=COUNT, default=d["warmup_steps"], help="linear warm-up steps")
+    training.add_argument("--weight_decay", type=T.WEIGHT_DECAY, default=d["weight_decay"],
+                          help="AdamW decoupled weight decay, matrices only")
+    training.add_argument("--beta2", type=FRACTION, default=d["beta2"], help="AdamW beta2")
+    training.add_argument("--clip", type=CLIP, default=1.0, help="clip the global gradient norm to this (0: off)")
+    training.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                          help="bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16 (elsewhere float32), for the "
+                               "student and the teacher")
+    training.add_argument("--cache_teacher", action=argparse.BooleanOptionalAction, default=None,
+                          help="compute the teacher's logits for the whole training text once, before the first step "
+                               "(default: when they fit in 2 GiB); --no-cache_teacher runs the teacher on every batch")
+    training.add_argument("--eval_interval", type=POSITIVE_INT, default=d["eval_interval"],
+                          help="estimate losses and save every N steps")
+    training.add_argument("--eval_iters", type=T.SIZES["eval_iters"], default=d["eval_iters"],
+                          help="batches per loss estimate")
+    training.add_argument("--log_interval", type=COUNT, default=0,
+                          help="log loss and tokens/s every N steps (0: ten times per --eval_interval)")
+    training.add_argument("--cache_dir", type=path_arg, default=str(DATA_CACHE),
+                          help="where the tokenised data sets are kept")
+
+    add_output_args(p, "where the best student is written (default: checkpoints/student_<dataset>_<tokenizer>.pt, "
+                       "student_..._alone.pt with --no-distill)",
+                    "run folder: log, history, curves, metrics.json, last.pt (default: runs/student_<dataset>_"
+                    "<tokenizer>[_alone])")
+    add_common_args(p)
+    return p
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_teacher(path: str) -> tuple[dict[str, Any], GPT, Any]:
+    """The teacher's checkpoint, model and tokenizer. Refused in one line: another stage, a classifier, a
+    fine-tuned or quantized model (those say so in their records)."""
+    ckpt = load_checkpoint(path, STAGE, [MODEL_NAME])
+    if ckpt.get("finetune"):
+        raise UserError(f"--teacher {path} is a fine-tuned model; distil a pretrained one (a checkpoint of train.py)")
+    if any(ckpt.get(key) for key in ("quantization", "quantized", "quant")):
+        raise UserError(f"--teacher {path} is a quantized model; distil from the float checkpoint it was made from")
+    if not isinstance(ckpt.get("dataset"), str) or not isinstance(ckpt.get("tokenizer"), dict):
+        raise UserError(f"--teacher {path} does not say which data set and tokenizer it was trained with; "
+                        "retrain it with train.py")
+    model, tokenizer = T.gpt_from_checkpoint(ckpt, f"--teacher {path}", {"dropout": 0.0, "attn_dropout": 0.0,
+                                                                          "attention": "sdpa"})
+    return ckpt, model, tokenizer
+
+
+def load_student_init(args: argparse.Namespace, tokenizer: Any) -> GPT | None:
+    """--init_from: the student's starting weights; its tokenizer must be the teacher's."""
+    if args.init_from is None:
+        return None
+    ckpt = load_checkpoint(args.init_from, STAGE, [MODEL_NAME])
+    if ckpt.get("finetune"):
+        raise UserError(f"--init_from {args.init_from} is a fine-tuned model; start from a pretrained one")
+    if ckpt.get("tokenizer_fingerprint") != tokenizer.fingerprint():
+        raise UserError(f"--init_from {args.init_from} uses another tokenizer than --teacher {args.teacher} (token "
+                        "ids would mean other things to the two models); start from a model of the teacher's "
+                        "tokenizer, or from scratch")
+    model, _ = T.gpt_from_checkpoint(ckpt, f"--init_from {args.init_from}", {"dropout": args.dropout})
+    return model
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Check the combinations of flags; the teacher's checks come in `setup`."""
+    if args.n_embd % args.n_head:
+        raise UserError(f"--n_embd {args.n_embd} must be divisible by --n_head {args.n_head}")
+    if args.min_lr > args.lr:
+        raise UserError(f"--min_lr {args.min_lr:g} must not exceed --lr {args.lr:g} (the cosine goes down to it)")
+    if args.warmup_steps > args.max_steps:
+        raise UserError(f"--warmup_steps {args.warmup_steps} must be at most --max_steps {args.max_steps}")
+    if not args.distill:
+        args.alpha = 0.0
+    elif args.alpha == 0:
+        raise UserError("--alpha 0 ignores the teacher; that is the control: say --no-distill")
+    args.log_interval = args.log_interval or max(1, args.eval_interval // 10)
+    args.peak_tflops = 0.0          # SpeedMeter times a matmul for the CPU's peak (train.py's MFU)
+    return args
+
+
+def output_paths(args: argparse.Namespace) -> None:
+    run = f"student_{args.dataset}_{args.tokenizer}" + ("" if args.distill else "_alone")
+    args.checkpoint = args.checkpoint or str(STAGE_DIR / "checkpoints" / f"{run}.pt")
+    args.out_dir = args.out_dir or str(STAGE_DIR / "runs" / run)
+
+
+# ----------------------------------------------------------------------------- the teacher's targets
+class TeacherTargets:
+    """The teacher's logits for a batch of training windows: read from a table computed once over the whole
+    training text (cached), or from a forward pass of the teacher on the batch (online)."""
+
+    def __init__(self, teacher: GPT, data: np.ndarray, device: torch.device, amp: bool, cached: bool,
+                 log: Any) -> None:
+        self.teacher, self.device, self.amp = teacher, device, amp
+        self.table: torch.Tensor | None = None
+        self.seconds = 0.0
+        if cached:
+            tick = time.time()
+            self.table = self.logits_table(data, log)
+            self.seconds = time.time() - tick
+
+    @torch.no_grad()
+    def logits_table(self, data: np.ndarray, log: Any, batch: int = 32) -> torch.Tensor:
+        """(len(data) - 1, vocab) float16: row i is the teacher's logits for the token after position i. Windows of
+        the teacher's context overlap by half, and each keeps the positions no earlier window covered, so every
+        position but the first half-window's sees at least half a context."""
+        block = self.teacher.config.block_size
+        n = len(data) - 1                                  # positions that have a next token
+        block = min(block, n)
+        stride = max(1, block // 2)
+        starts = list(range(0, n - block + 1, stride))
+        if starts[-1] != n - block:
+            starts.append(n - block)                       # the last window ends at the last position
+        table = torch.empty(n, self.teacher.config.vocab_size, dtype=torch.float16)
+        log.info(f"teacher: computing its logits for {n:,} positions ({len(starts):,} windows of {block})")
+        written = 0                                        # positions 0 .. written - 1 are in the table
+        for first in range(0, len(starts), batch):
+            chunk = starts[first:first + batch]
+            x = torch.from_numpy(np.stack([np.asarray(data[s:s + block], dtype=np.int64) for s in chunk]))
+            with autocast(self.device, self.amp):
+                logits, _ = self.teacher(x.to(self.device))                     # (b, block, V)
+            logits = logits.float().cpu()
+            for row, s in enumerate(chunk):
+                keep = max(0, written - s)                                       # in-window index of the first new one
+                table[s + keep:s + block] = logits[row, keep:].to(torch.float16)
+                written = s + block
+        return table
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """(B, T, vocab) float32 logits for the windows whose inputs x (B, T) begin at `starts` (B,)."""
+        if self.table is None:
+            with autocast(self.device, self.amp):
+                logits, _ = self.teacher(x)
+            return logits.float()
+        index = starts[:, None] + torch.arange(x.size(1))                       # (B, T) positions
+        return self.table[index].float().to(self.device)
+
+
+def cache_fits(data: np.ndarray, vocab_size: int) -> bool:
+    return len(data) * vocab_size * 2 <= CACHE_LIMIT_BYTES
+
+
+# ----------------------------------------------------------------------------- set-up
+def load_data(args: argparse.Namespace, tokenizer: Any, log: Any) -> TokenData:
+    """The teacher's data set, tokenised with the teacher's tokenizer (in a cache folder named after it)."""
+    def make_tokenizer(splits: dict[str, str]) -> Any:
+        if isinstance(tokenizer, CharTokenizer):
+            unknown = sorted(set(splits["train"]).union(splits["val"]) - set(tokenizer.chars))
+            if unknown:
+                raise UserError(f"the {args.dataset} text here holds {len(unknown)} character(s) the teacher's "
+                                f"vocabulary lacks ({', '.join(map(repr, unknown[:5]))}): it is not the text the "
+                                f"teacher was trained on; give the --data_dir of {args.teacher}'s data set")
+        return tokenizer
+    name = f"{args.dataset}-teacher-{tokenizer.fingerprint()[:12]}"
+    data = prepare(args.dataset, args.data_dir, make_tokenizer, name, 0, log.info, Path(args.cache_dir))
+    if data.tokenizer.fingerprint() != tokenizer.fingerprint():
+        raise UserError(f"token cache {data.folder} holds another tokenizer than the teacher's; delete the folder "
+                        "and rerun")
+    if len(data.train) < args.block_size + 2 or len(data.val) < args.block_size + 2:
+        raise UserError(f"the {args.dataset} text holds fewer tokens than one window of the teacher's context "
+                        f"({args.block_size}); give the --data_dir of the teacher's data set")
+    return data
+
+
+def build_student(args: argparse.Namespace, tokenizer: Any, init: GPT | None) -> GPT:
+    if init is not None:
+        if init.config.block_size < args.block_size:
+            raise UserError(f"--init_from {args.init_from} has a context of {init.config.block_size}, shorter than "
+                            f"the teacher's {args.block_size}")
+        return init
+    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                         n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, attn_dropout=0.0,
+                         bias=False, attention="sdpa"))
+
+
+def distillation_record(args: argparse.Namespace, teacher: GPT, student: GPT,
+                        teacher_ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a student's checkpoint says about how it was made."""
+    return {"distilled": bool(args.distill), "teacher": str(args.teacher), "teacher_sha256": args.teacher_sha256,
+            "temperature": args.temperature, "alpha": args.alpha, "teacher_params": teacher.num_params(),
+            "student_params": student.num_params(), "teacher_config": teacher.config.to_dict(),
+            "teacher_best_val_loss": teacher_ckpt.get("best_val_loss"), "cache_teacher": bool(args.cache_teacher)}
+
+
+# ----------------------------------------------------------------------------- the training loop
+def main(argv: Sequence[str] | None = None) -> int:
+    args = resolve_args(build_parser().parse_args(argv))
+    started = time.time()
+    set_threads(args.num_threads)
+    device = T.get_device(args.device)
+    teacher_ckpt, teacher, tokenizer = load_teacher(args.teacher)
+    args.teacher_sha256 = sha256_file(Path(args.teacher))
+    args.dataset, args.block_size = teacher_ckpt["dataset"], teacher.config.block_size
+    args.tokenizer = "char" if isinstance(tokenizer, CharTokenizer) else "bpe"
+    args.init_from_sha256 = sha256_file(Path(args.init_from)) if args.init_from else None
+    init = load_student_init(args, tokenizer)
+    if init is not None:      # the shape comes from --init_from
+        args.n_layer, args.n_head, args.n_embd = init.config.n_layer, init.config.n_head, init.config.n_embd
+    output_paths(args)
+    set_seed(args.seed)                   # the student's first weights (and later its dropout) come from --seed
+    student = build_student(args, tokenizer, init)
+    if student.num_params() >= teacher.num_params():
+        raise UserError(f"the student ({student.num_params():,} parameters: {args.n_layer} layers, {args.n_embd} "
+                        f"wide) is not smaller than the teacher ({teacher.num_params():,}); choose fewer --n_layer "
+                        "or a smaller --n_embd")
+    return train(args, teacher_ckpt, teacher, tokenizer, student, device, started)
+
+
+def train(args: argparse.Namespace, teacher_ckpt: dict[str, Any], teacher: GPT, tokenizer: Any, student: GPT,
+          device: torch.device, started: float) -> int:
+    out_dir = Path(args.out_dir)
+    run = ResumableRun(args, STAGE, MODEL_NAME, out_dir / "last.pt", must_match=RESUME_MUST_MATCH,
+                       state={"step": 0, "best_val_loss": math.inf, "best_step": 0, "history": [], "curve": [],
+                              "train_seconds": 0.0, "teacher_seconds": 0.0, "tokens_seen": 0, "speeds": []})
+    log = setup_logging(out_dir)
+    data = load_data(args, tokenizer, log)
+    fits = cache_fits(data.train, tokenizer.vocab_size)
+    if args.cache_teacher and not fits:
+        raise UserError(f"--cache_teacher: the teacher's logits for {len(data.train):,} tokens x "
+                        f"{tokenizer.vocab_size:,} would take more than {CACHE_LIMIT_BYTES >> 30} GiB; use "
+                        "--no-cache_teacher")
+    args.cache_teacher = bool(args.distill and (fits if args.cache_teacher is None else args.cache_teacher))
+    if run.resume and run.resume["args"].get("cache_teacher") != args.cache_teacher:
+        raise UserError(f"--resume: {run.last_path} was trained with "
+                        f"--{'' if run.resume['args'].get('cache_teacher') else 'no-'}cache_teacher (the teacher's "
+                        "targets differ with it); resume with the same flags")
+    if run.resume and run.resume.get("tokenizer_fingerprint") != tokenizer.fingerprint():
+        raise UserError(f"--resume: {run.last_path} was trained with another tokenizer; start a new run with "
+                        "another --out_dir")
+    log.info(f"teacher {args.teacher}: {teacher.num_params():,} parameters ({teacher.config.n_layer} layers, "
+             f"{teacher.config.n_embd} wide); student: {student.num_params():,} ({args.n_layer} layers, "
+             f"{args.n_embd} wide), {student.num_params() / teacher.num_params():.0%} of the teacher")
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    student = student.to(device)
+    optimizer = T.make_optimizer(student, args, device)
+    data_order = torch.Generator().manual_seed(args.seed)
+    record = distillation_record(args, teacher, student, teacher_ckpt)
+
+    def payload() -> dict[str, Any]:
+        return {**T.checkpoint_payload(args, student, tokenizer), "distillation": record}
+    if run.resume:   # the saved weights must fit the student the flags build (an edited last.pt: one line)
+        checked_model(run.last_path, lambda: student, run.resume.get("model_state"))
+    run.attach(student, optimizer, payload=payload, extra_state=lambda: {"data_rng": data_order.get_state()})
+    if run.resume:
+        if not isinstance(run.resume.get("data_rng"), torch.Tensor):
+            raise UserError(f"--resume: {run.last_path} holds no data order (edited, or made by another program); "
+                            "start a new run with --restart")
+        data_order.set_state(run.resume["data_rng"])
+    save_last = run.save
+    state = run.state
+    if run.resume:
+        if not 0 <= state["step"] <= args.max_steps:
+            raise UserError(f"--resume: {run.last_path} says step {state['step']:,}, but the run has only "
+                            f"{args.max_steps:,} steps: the file was edited; start a new run with --restart")
+        log.info(f"resumed at step {state['step']}")
+
+    targets = TeacherTargets(teacher, data.train, device, args.amp, args.cache_teacher, log) if args.distill else None
+    if targets is not None and targets.table is not None:
+        state["teacher_seconds"] += targets.seconds
+        log.info(f"teacher: logits of the training text in {targets.seconds:.1f} s "
+                 f"({targets.table.numel() * 2 / 2**20:.0f} MiB)")
+    teacher_val = T.estimate_loss(teacher, data.val, args, device, 2)
+    meter = T.SpeedMeter(student, args, SimpleNamespace(device=device, world=1))
+    log.info(f"teacher val loss (estimate) {teacher_val:.4f}; "
+             + (f"T {args.temperature:g}, alpha {args.alpha:g}" if args.distill else "the data alone (--no-distill)")
+             + f"; GPT ({amp_name(device, args.amp)}) on {hardware(device)}: {meter.describe()}")
+    student.train()
+    monitor = TrainingMonitor(out_dir, stage=STAGE, model="gpt_student", dataset=args.dataset, device=device,
+                              total_steps=args.max_steps, done_steps=state["step"], unit="tokens", log=log,
+                              title=f"student of {Path(args.teacher).name}")
+    meter.restart()
+    with monitor, run:
+        while state["step"] < args.max_steps:
+            step_start = time.time()
+            lr = warmup_cosine(state["step"], args.max_steps, args.warmup_steps, args.lr, args.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            starts = T.window_starts(data.train, args, 1, data_order)
+            loss = train_step(student, optimizer, data.train, starts, targets, args, device)
+            state["step"] += 1
+            state["tokens_seen"] += meter.tokens_per_step
+            state["train_seconds"] += time.time() - step_start
+            state["curve"].append([state["step"], round(loss, 6)])
+            meter.step()
+            monitor.step(loss, items=meter.tokens_per_step, lr=lr)
+            last = state["step"] == args.max_steps
+            if state["step"] % args.log_interval == 0 or last:
+                speed, _, ms_per_step = meter.report()
+                state["speeds"].append(speed)
+                log.info(f"step {state['step']:5d}  loss {loss:.4f}  lr {lr:.2e}  {speed:,.0f} tokens/s  "
+                         f"{ms_per_step:.0f} ms/step")
+            if state["step"] % args.eval_interval == 0 or last:
+                with monitor.evaluating():
+                    row = evaluate_and_save(student, data, args, state, lr, payload, log)
+                    save_last()
+                    sample = T.sample_text(student, tokenizer, args.dataset, device)
+                monitor.evaluated(row, {"evals": state["history"], "curve": state["curve"]}, sample=sample,
+                                  plot=lambda path: T.plot_history(args, state["history"], path))
+                meter.restart()
+            if run.stop_requested:
+                save_last()
+                monitor.close("interrupted")
+                raise TrainingInterrupted(f"saved {run.last_path} at step {state['step']}; run the same command "
+                                          "with --resume to continue")
+    finish(args, student, teacher, teacher_val, state, meter, device, started, log)
+    return 0
+
+
+def train_step(student: GPT, optimizer: torch.optim.Optimizer, data: np.ndarray, starts: torch.Tensor,
+               targets: TeacherTargets | None, args: argparse.Namespace, device: torch.device) -> float:
+    """One optimizer step over --grad_accum micro-batches of the distillation loss; returns its mean."""
+    loss_sum = 0.0
+    for micro in range(args.grad_accum):
+        x, y = T.batch_on(data, starts[micro], args.block_size, device)
+        teacher_logits = targets(x, starts[micro]) if targets is not None else None
+        with autocast(device, args.amp):
+            logits, _ = student(x)
+        loss = distillation_loss(logits, teacher_logits, y, args.temperature, args.alpha)
+        (loss / args.grad_accum).backward()
+        loss_sum += loss.item() / args.grad_accum
+    if args.clip > 0:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), args.clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+def evaluate_and_save(student: GPT, data: TokenData, args: argparse.Namespace, state: dict[str, Any], lr: float,
+                      payload: Any, log: Any) -> dict[str, Any]:
+    """Estimate both splits' cross-entropy (the data's loss, whatever the training loss) into the history; save the
+    student to --checkpoint when validation improved."""
+    device = next(student.parameters()).device
+    row = {"step": state["step"], "train_loss": T.estimate_loss(student, data.train, args, device, 1),
+           "val_loss": T.estimate_loss(student, data.val, args, device, 2), "lr": lr,
+           "tokens_seen": state["tokens_seen"], "elapsed_s": round(state["train_seconds"], 3)}
+    state["history"].append(row)
+    improved = row["val_loss"] < state["best_val_loss"]
+    if improved:
+        state.update(best_val_loss=row["val_loss"], best_step=state["step"])
+        save_checkpoint(Path(args.checkpoint), {
+            **payload(), "model_state": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+            "step": state["step"], "best_val_loss": row["val_loss"], "history": state["history"]})
+    log.info(f"step {state['step']:5d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
+             f"{'  *best*' if improved else ''}  {state['train_seconds'] / 60:.1f} min")
+    return row
+
+
+def finish(args: argparse.Namespace, student: GPT, teacher: GPT, teacher_val: float, state: dict[str, Any],
+           meter: Any, device: torch.device, started: float, log: Any) -> None:
+    """history.json, curves.png and metrics.json of the run."""
+    out_dir = Path(args.out_dir)
+    write_json(out_dir / "history.json", {"evals": state["history"], "curve": state["curve"]})
+    T.plot_history(args, state["history"], out_dir / "curves.png")
+    tokens_per_s = state["tokens_seen"] / max(state["train_seconds"], 1e-9)
+    steady = float(np.median(state["speeds"][1:] or state["speeds"] or [tokens_per_s]))
+    best = min(state["history"], key=lambda r: r["val_loss"])
+    metrics = {"val_loss": best["val_loss"], "best_step": best["step"],
+               "final_val_loss": state["history"][-1]["val_loss"],
+               "final_train_loss": state["history"][-1]["train_loss"], "teacher_val_loss": teacher_val,
+               "steps": state["step"], "tokens_seen": state["tokens_seen"], "train_tokens_per_s": tokens_per_s,
+               "steady_tokens_per_s": steady, "fit_seconds": round(state["train_seconds"], 3),
+               "teacher_seconds": round(state["teacher_seconds"], 3),
+               "seconds_per_step": state["train_seconds"] / max(state["step"], 1),
+               "student_params": student.num_params(), "teacher_params": teacher.num_params(),
+               "temperature": args.temperature, "alpha": args.alpha, "distilled": bool(args.distill)}
+    write_metrics(out_dir / "metrics.json", stage=STAGE, model="gpt_student" if args.distill else "gpt_student_alone",
+                  dataset=args.dataset, split="val", params=student.num_params(), seconds=time.time() - started,
+                  seconds_key="train_seconds", device=device, metrics=metrics,
+                  extra={"checkpoint": str(args.checkpoint), "teacher": str(args.teacher),
+                         "config": student.config.to_dict(), "amp": amp_name(device, args.amp)})
+    log.info(f"best val loss {best['val_loss']:.4f} at step {best['step']} (teacher {teacher_val:.4f}); "
+             f"{tokens_per_s:,.0f} tokens/s; checkpoint {args.checkpoint}")
+
+
+if __name__ == "__main__":
+    run_main(main)
