@@ -137,3 +137,18 @@ def test_the_real_checkout():
     found = pg_results.sweeps(ROOT)
     json.dumps(found, allow_nan=False)
     assert all(s["rows"] and s["metric"] in s["rows"][0] for s in found)
+
+
+def test_every_run_of_the_tiny_course_is_diagnosed(tiny_course):
+    """Runs of every stage, written by the stages' own programs: each has a status and findings, as JSON."""
+    import json
+
+    from scripts.diagnose import diagnose, list_runs
+    runs = list_runs(tiny_course)
+    assert {r["stage"] for r in runs} == {"stage1_mlp", "stage2_rnn_lstm", "stage3_attention_seq2seq",
+                                         "stage4_transformer", "stage5_gpt"}
+    for run in runs:
+        result = diagnose(tiny_course / run["id"])
+        assert result["status"] == run["status"] == "finished" and result["findings"], run["id"]
+        assert "nan" not in {f["code"] for f in result["findings"]}, (run["id"], result["findings"])
+        json.dumps(result, allow_nan=False)
