@@ -3,6 +3,8 @@
     python export.py --checkpoint checkpoints/gpt_imdb_bpe.pt --out exported/imdb     # a BPE model
     python export.py --checkpoint checkpoints/gpt_shakespeare_char.pt --out exported/char
     python generate.py --init_from exported/imdb --prompt "This movie"                 # back into our own GPT
+    python export.py --checkpoint checkpoints/gpt_imdb_bpe.pt --out exported/imdb \
+        --gguf imdb.gguf --llama_cpp ~/llama.cpp                                      # and llama.cpp's GGUF
 
 The folder is what `save_pretrained` writes, so any tool of that ecosystem reads it:
 
@@ -25,6 +27,12 @@ vocab.json and merges.txt. A character model gets a `tokenizers` vocabulary of i
 merges: each character one token, the same ids as ours). Every export is read back with `transformers` and
 compared with our model before the program ends (`--no-verify` skips that).
 
+GGUF (llama.cpp): `--gguf FILE --llama_cpp DIR` runs llama.cpp's own convert_hf_to_gguf.py on the folder. That
+converter recognises a BPE tokenizer's pre-split by hashing the ids it gives a test text, from a list of published
+tokenizers; ours was trained here, so it is not on the list, and the plain command stops with "BPE pre-tokenizer
+was not recognized". Our pre-split *is* GPT-2's regular expression, so the converter is told "gpt-2" (the one
+line it cannot know). A character vocabulary is not byte-level, which llama.cpp's GPT-2 reader assumes: refused.
+
 Not exported, each refused in one line: a quantized checkpoint (export the float one it came from) and a
 fine-tuned classifier (GPT-2's sequence-classification head has no bias and finds the last token through
 padding, so ours does not map onto it exactly).
@@ -34,6 +42,7 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=path_arg, default=None, help="the folder to write (new, or empty)")
     p.add_argument("--force", action="store_true",
                    help="write into a folder that already holds files (only the export's own files are replaced)")
+    p.add_argument("--gguf", type=path_arg, default=None,
+                   help="also write this GGUF file for llama.cpp (needs --llama_cpp)")
+    p.add_argument("--llama_cpp", type=path_arg, default=None,
+                   help="a llama.cpp checkout: its convert_hf_to_gguf.py writes the --gguf file")
+    p.add_argument("--gguf_type", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="the GGUF weights' type (f32: the same numbers as ours)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="load the export with transformers and compare its logits and greedy tokens with ours")
     p.add_argument("--num_threads", type=THREADS, default=0, help="CPU threads for torch (0: torch's default)")
@@ -220,6 +235,57 @@ def move_in(staging: Path, out: Path) -> None:
         shutil.move(str(path), out / path.name)
 
 
+# ----------------------------------------------------------------------------- on to llama.cpp
+# run in a child Python: llama.cpp's converter, told that our BPE's pre-split is GPT-2's (see the module docstring).
+# The method is on `Model` in older llama.cpp and on `TextModel` in newer: patch whichever class defines it.
+GGUF_SHIM = """
+import sys
+root = sys.argv.pop(1)
+sys.path.insert(0, root)
+import convert_hf_to_gguf as convert
+for cls in list(vars(convert).values()):
+    if isinstance(cls, type) and "get_vocab_base_pre" in vars(cls):
+        cls.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+sys.argv[0] = convert.__file__
+convert.main()
+"""
+
+
+def check_gguf_args(gguf: str | None, llama_cpp: str | None) -> Path | None:
+    """--gguf and --llama_cpp, checked before any work: the converter is there, the file can be written."""
+    if gguf is None:
+        if llama_cpp is not None:
+            raise UserError("--llama_cpp is only used with --gguf FILE")
+        return None
+    if llama_cpp is None:
+        raise UserError("--gguf needs --llama_cpp DIR, a llama.cpp checkout (git clone "
+                        "https://github.com/ggml-org/llama.cpp); its convert_hf_to_gguf.py writes the file")
+    if not (Path(llama_cpp) / "convert_hf_to_gguf.py").is_file():
+        raise UserError(f"--llama_cpp {llama_cpp} holds no convert_hf_to_gguf.py; give the folder of a llama.cpp "
+                        "checkout")
+    path = check_writable(gguf, "--gguf")
+    run_converter(Path(llama_cpp), ["--help"])   # its imports (gguf, sentencepiece...) work: before the export
+    return path
+
+
+def to_gguf(folder: Path, gguf: Path, llama_cpp: Path, outtype: str = "f32") -> float:
+    """Convert an export to GGUF with llama.cpp's converter; returns the seconds it took."""
+    tick = time.perf_counter()
+    run_converter(llama_cpp, [str(folder), "--outfile", str(gguf), "--outtype", outtype])
+    return time.perf_counter() - tick
+
+
+def run_converter(llama_cpp: Path, argv: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-c", GGUF_SHIM, str(llama_cpp.absolute()), *argv],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        last = lines[-1][:200] if lines else f"exit status {done.returncode}"
+        hint = ("; install its requirements: pip install -r requirements/requirements-convert_hf_to_gguf.txt"
+                if "No module named" in last else "")
+        raise UserError(f"llama.cpp's convert_hf_to_gguf.py failed: {last}{hint}")
+
+
 # ----------------------------------------------------------------------------- checking the export
 def ours_greedy(model: GPT, tokenizer: Any, prompt_ids: list[int], new_tokens: int) -> list[int]:
     """The tokens generate.py writes at temperature 0 (its stream path, with the KV cache)."""
@@ -279,6 +345,7 @@ def measure(checkpoint: Path, prompts: list[str], new_tokens: int = 200) -> dict
     new_tokens, prompts (a row each: prompt, prompt_tokens, new_tokens compared, same_ids, same_tokens,
     first_mismatch (None when equal), generated), all_same, transformers, torch."""
     import transformers
+    from transformers import GPT2LMHeadModel, GPT2Tokenizer  # noqa: F401 - imported before the clock starts
 
     with tempfile.TemporaryDirectory() as tmp:
         tick = time.perf_counter()
@@ -297,6 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.checkpoint or not args.out:
         raise UserError("give the model and the folder: --checkpoint FILE.pt --out FOLDER")
     set_threads(args.num_threads)
+    gguf = check_gguf_args(args.gguf, args.llama_cpp)
+    if gguf is not None:   # refuse a character model before the export, not after
+        kind = load_checkpoint(args.checkpoint, STAGE).get("tokenizer", {})
+        if isinstance(kind, dict) and kind.get("type") == "char":
+            raise UserError(f"{args.checkpoint} is a character model: llama.cpp reads GPT-2 models with a byte-level "
+                            "BPE vocabulary only; export it without --gguf")
     tick = time.perf_counter()
     info = export(args.checkpoint, args.out, args.force)
     print(f"wrote {info['out']} in {time.perf_counter() - tick:.1f} s: "
@@ -315,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not result["all_same"]:
             print("error: transformers does not reproduce this model; please report it", file=sys.stderr)
             return 1
+    if gguf is not None:
+        seconds = to_gguf(Path(info["out"]), gguf, Path(args.llama_cpp), args.gguf_type)
+        print(f"wrote {gguf} ({gguf.stat().st_size / 1e6:.2f} MB, {args.gguf_type}) in {seconds:.1f} s with "
+              f"llama.cpp's converter; run it: llama-cli -m {gguf} -p \"...\" -n 200 --temp 0")
     print(f"load it: AutoModelForCausalLM.from_pretrained({info['out']!r}), AutoTokenizer.from_pretrained(...); "
           f"back into ours: python stage5_gpt/generate.py --init_from {info['out']}")
     return 0

@@ -3,7 +3,10 @@ format and loaded back with the Auto classes (local files only): the same token 
 200 greedy tokens as generate.py, and our own loader reads the export back to the very same model. Bad input."""
 import io
 import json
+import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,3 +194,56 @@ def test_tokenizer_files_from_another_export_are_refused(bpe_checkpoint, tmp_pat
     (folder / "config.json").write_text(json.dumps(config))
     code, _, err = cli(generate.main, ["--init_from", folder, "--prompt", "x", "--device", "cpu"])
     one_error_line(code, err, "--init_from", "not the ones export.py wrote")
+
+
+FAKE_CONVERTER = """
+import sys
+class Model:   # llama.cpp's converter refuses a BPE pre-split it does not know
+    def get_vocab_base_pre(self, tokenizer):
+        raise NotImplementedError("BPE pre-tokenizer was not recognized")
+def main():
+    if "--help" in sys.argv:
+        return
+    value = {flag: sys.argv[sys.argv.index(flag) + 1] for flag in ("--outfile", "--outtype")}
+    open(value["--outfile"], "w").write(" ".join([Model().get_vocab_base_pre(None), value["--outtype"], sys.argv[1]]))
+"""
+
+
+def test_gguf_goes_through_llama_cpps_converter_told_gpt2(bpe_checkpoint, char_checkpoint, tmp_path, cli):
+    """The plumbing, with a stand-in for llama.cpp's convert_hf_to_gguf.py: it is run on the export, with the
+    pre-split named "gpt-2"; and what cannot work is refused before anything is written."""
+    fake = tmp_path / "llama.cpp"
+    fake.mkdir()
+    (fake / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
+    code, out, err = cli(export.main, ["--checkpoint", bpe_checkpoint, "--out", tmp_path / "bpe", "--no-verify",
+                                       "--gguf", tmp_path / "m.gguf", "--llama_cpp", fake, "--gguf_type", "f16"])
+    assert code == 0, err
+    assert (tmp_path / "m.gguf").read_text() == f"gpt-2 f16 {tmp_path / 'bpe'}" and "llama-cli -m" in out
+    cases = [(["--checkpoint", bpe_checkpoint, "--gguf", tmp_path / "a.gguf"], ["--llama_cpp"]),
+             (["--checkpoint", bpe_checkpoint, "--gguf", tmp_path / "a.gguf", "--llama_cpp", tmp_path],
+              ["convert_hf_to_gguf.py"]),
+             (["--checkpoint", char_checkpoint, "--gguf", tmp_path / "a.gguf", "--llama_cpp", fake],
+              ["character model", "byte-level BPE"])]
+    for argv, needles in cases:
+        code, _, err = cli(export.main, [*argv, "--out", tmp_path / "x"])
+        one_error_line(code, err, *needles)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "a.gguf").exists()
+
+
+@pytest.mark.skipif(not os.environ.get("LLAMA_CPP"), reason="set LLAMA_CPP to a llama.cpp checkout (built) to run")
+def test_gguf_in_llama_cpp(bpe_checkpoint, tmp_path, cli):
+    """The real llama.cpp: convert, then run its greedy llama-simple and compare the text with generate.py's."""
+    root = Path(os.environ["LLAMA_CPP"])
+    code, _, err = cli(export.main, ["--checkpoint", bpe_checkpoint, "--out", tmp_path / "bpe", "--no-verify",
+                                     "--gguf", tmp_path / "m.gguf", "--llama_cpp", root])
+    assert code == 0, err
+    assert (tmp_path / "m.gguf").read_bytes()[:4] == b"GGUF"
+    simple = root / "build" / "bin" / "llama-simple"
+    if not simple.is_file():
+        pytest.skip(f"{simple} is not built")
+    model, tokenizer = ours(bpe_checkpoint)
+    for prompt in PROMPTS:
+        text = subprocess.run([simple, "-m", tmp_path / "m.gguf", "-n", "50", prompt], capture_output=True,
+                              text=True, check=True).stdout
+        ids = [i for i in our_greedy(model, tokenizer, prompt, 50) if i != tokenizer.eot_id]   # it prints no EOT
+        assert text == prompt + tokenizer.decode(ids) + "\n", prompt     # and one newline at the end
