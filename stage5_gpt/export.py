@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -215,10 +217,23 @@ def export(checkpoint: str | Path, out: str | Path, force: bool = False) -> dict
             tok.save_pretrained(staging)
             if isinstance(tokenizer, ByteLevelBPE):    # GPT-2's own files, for GPT2Tokenizer of every version
                 tok.backend_tokenizer.model.save(str(staging))
+            else:   # the class name every transformers version knows (version 5 writes its new TokenizersBackend)
+                config_path = staging / "tokenizer_config.json"
+                config_path.write_text(json.dumps({**json.loads(config_path.read_text(encoding="utf-8")),
+                                                   "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2))
+            readable(staging)
             move_in(staging, out)
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.name in EXPORT_FILES}
     return {"out": str(out), "files": files, "bytes": sum(files.values()), "notes": notes,
             "tokenizer": "char" if isinstance(tokenizer, CharTokenizer) else "byte_bpe"}
+
+
+def readable(folder: Path) -> None:
+    """Give the files the permissions the user's umask asks for (transformers writes the weights as 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def move_in(staging: Path, out: Path) -> None:

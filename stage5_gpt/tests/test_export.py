@@ -131,6 +131,7 @@ def test_char_model_in_transformers_and_back(char_checkpoint, tmp_path, cli):
     assert not (folder / "vocab.json").exists()
     model, tokenizer = ours(char_checkpoint)
     assert model.config.bias and json.loads((folder / "config.json").read_text())["my_llm"]["tokenizer"] == "char"
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     check_against_transformers(folder, model, tokenizer, CHAR_TEXTS)
     check_round_trip(folder, char_checkpoint, model, tokenizer, cli)
 
