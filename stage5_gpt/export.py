@@ -25,7 +25,10 @@ The tokenizer: our byte-level BPE *is* GPT-2's algorithm (same pre-split, byte a
 becomes a GPT-2 tokenizer holding our merges: tokenizer.json for the `tokenizers` library, plus GPT-2's own
 vocab.json and merges.txt. A character model gets a `tokenizers` vocabulary of its characters (a BPE without
 merges: each character one token, the same ids as ours). Every export is read back with `transformers` and
-compared with our model before the program ends (`--no-verify` skips that).
+compared with our model before the program ends (`--no-verify` skips that). Two differences remain, both outside
+ordinary text: ours encodes a pre-split piece longer than 256 characters (300 letters with no space or punctuation)
+in 256-character chunks (see bpe.MAX_PIECE), `tokenizers` in one go, so their ids can differ there; and a character
+the character vocabulary lacks is refused by ours and dropped by transformers.
 
 GGUF (llama.cpp): `--gguf FILE --llama_cpp DIR` runs llama.cpp's own convert_hf_to_gguf.py on the folder. That
 converter recognises a BPE tokenizer's pre-split by hashing the ids it gives a test text, from a list of published
@@ -168,7 +171,9 @@ def load_exportable(path: str | Path) -> tuple[GPT, ByteLevelBPE | CharTokenizer
     from stage5_gpt.finetune import model_from_checkpoint   # imports the training code: only when exporting
 
     ckpt = load_checkpoint(path, STAGE)
-    if ckpt.get("quantization") is not None:
+    state = ckpt.get("model_state")
+    int8 = isinstance(state, dict) and any(getattr(t, "dtype", None) == torch.int8 for t in state.values())
+    if int8 or any(ckpt.get(key) for key in ("quantization", "quantized", "quant")):
         raise UserError(f"{path} is quantized; GPT-2's format holds float weights: export the float checkpoint it "
                         "was made from")
     if ckpt.get("model") == "gpt_classifier":
@@ -198,14 +203,20 @@ def export(checkpoint: str | Path, out: str | Path, force: bool = False) -> dict
     half-way leaves `out` as it was. Returns what was written and the notes a user should read."""
     out = Path(out)
     check_out(out, force)
-    model, tokenizer, _ = load_exportable(checkpoint)
+    model, tokenizer, ckpt = load_exportable(checkpoint)
     notes = []
+    if ckpt.get("finetune"):
+        notes.append("a fine-tuned multi-task model: the weights are exported, its tasks' prompt format "
+                     "(finetune.py) is not part of GPT-2's files")
     if not model.config.bias:
         notes.append("trained without biases: GPT-2's biases are written as zeros (no output changes); "
                      "config.json says my_llm.bias = false")
     if isinstance(tokenizer, CharTokenizer):
         notes.append("character model: transformers drops characters outside the vocabulary, where ours refuses "
                      "them")
+    else:
+        notes.append("a piece of over 256 characters without a space or punctuation (never in prose) may get other "
+                     "ids in transformers: ours encodes it in chunks")
     with quiet_transformers():
         hf = hf_model(model, tokenizer)
         tok = hf_tokenizer(tokenizer, model.config.block_size)

@@ -167,6 +167,14 @@ def tampered(checkpoint, tmp_path, name, **changes):
     return tmp_path / name
 
 
+def int8_weights(checkpoint, tmp_path):
+    """A quantized checkpoint without the record: its weights are int8."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt["model_state"]["h.0.mlp.c_fc.weight"] = ckpt["model_state"]["h.0.mlp.c_fc.weight"].to(torch.int8)
+    save_checkpoint(tmp_path / "int8.pt", ckpt)
+    return tmp_path / "int8.pt"
+
+
 def test_bad_input_is_one_line(bpe_checkpoint, tmp_path, cli):
     (tmp_path / "a_file").write_text("x")
     other_stage = tmp_path / "other.pt"
@@ -179,6 +187,7 @@ def test_bad_input_is_one_line(bpe_checkpoint, tmp_path, cli):
         (["--checkpoint", tmp_path / "missing.pt", "--out", tmp_path / "x"], ["does not exist"]),
         (["--checkpoint", tampered(bpe_checkpoint, tmp_path, "q.pt", quantization={"scheme": "int8"}),
           "--out", tmp_path / "x"], ["quantized", "export the float checkpoint"]),
+        (["--checkpoint", int8_weights(bpe_checkpoint, tmp_path), "--out", tmp_path / "x"], ["quantized"]),
         (["--checkpoint", tampered(bpe_checkpoint, tmp_path, "c.pt", model="gpt_classifier"),
           "--out", tmp_path / "x"], ["classifier", "GPT2ForSequenceClassification"]),
     ]
