@@ -37,6 +37,7 @@ from stage5_gpt.data.tasks import TASKS, evaluate_task, load_task, tokenize
 from stage5_gpt.finetune import BATCH, model_from_checkpoint, model_label
 from stage5_gpt.generate import CHECKPOINT_HELP, find_checkpoint, load_model
 from stage5_gpt.models.gpt import GPT
+from stage5_gpt.models.quant import parameter_count   # int8 weights are buffers, not parameters
 
 STAGE = "stage5_gpt"
 RUNS = Path(__file__).resolve().parent / "runs"
@@ -133,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else RUNS / f"eval_{Path(name).name}"
     out = Path(args.metrics_out) if args.metrics_out else out_dir / "metrics.json"
     write_metrics(out, stage=STAGE, model="gpt", dataset=dataset, split="val" if not args.text_file else "text",
-                  metrics=metrics, params=model.num_params(), seconds=seconds, seconds_key="eval_seconds",
+                  metrics=metrics, params=parameter_count(model), seconds=seconds, seconds_key="eval_seconds",
                   device=device, extra={"checkpoint": args.init_from or args.checkpoint})
     print(f"{dataset}: loss {loss:.4f} nats/token, perplexity {metrics['perplexity']:.2f}, "
           f"{metrics['bits_per_byte']:.4f} bits/byte over {count:,} tokens ({n_bytes:,} bytes) in {seconds:.1f} s")
@@ -163,7 +164,7 @@ def evaluate_tasks(args: argparse.Namespace, device: torch.device, ckpt: dict) -
         write_metrics(out, stage=STAGE, model=model_label(info),
                       dataset="multi30k" if task == "translate" else task,
                       split="test_2016_flickr" if task == "translate" and args.split == "test" else args.split,
-                      metrics=metrics, params=sum(p.numel() for p in model.parameters()), seconds=seconds,
+                      metrics=metrics, params=parameter_count(model), seconds=seconds,
                       seconds_key="eval_seconds", device=device,
                       extra={"task": task, "checkpoint": args.checkpoint, "data_source": data.source,
                              "test_size": len(data), **{k: info[k] for k in ("method", "scratch", "tasks", "base",

@@ -43,6 +43,7 @@ from stage5_gpt.data import tasks as T
 from stage5_gpt.models.gpt import GPT
 from stage5_gpt.models.hf import GPT2_NAMES, load_gpt2
 from stage5_gpt.models.lora import add_lora, merge_lora, trainable_fraction
+from stage5_gpt.models.quant import model_from_quantized, refuse_quantized
 from stage5_gpt.train import LR, WEIGHT_DECAY, checkpoint_config, gpt_from_checkpoint, load_pretrained
 
 STAGE = "stage5_gpt"
@@ -203,6 +204,7 @@ def load_base(args: argparse.Namespace) -> tuple[GPT, Any, str, str]:
         if args.scratch:
             model = GPT(model.config)
         return model, tokenizer, f"GPT-2 ({args.base})", ""
+    refuse_quantized(args.base, "--base", "fine-tune")
     model, tokenizer = load_pretrained(args.base, "--base", {"dropout": args.dropout}, random_init=args.scratch)
     T.eot_of(tokenizer)   # a char-level base cannot mark the end of a text
     config = model.config
@@ -267,12 +269,19 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> tuple[nn.Mo
     where = str(path)
     if ckpt.get("finetune") is not None or ckpt.get("model") == "gpt_classifier":
         check_finetune_info(ckpt.get("finetune"), where, ckpt.get("model"), ckpt.get("config"))
-    if ckpt.get("model") != "gpt_classifier":
+    quantized = ckpt.get("quantization") is not None      # written by quantize.py: int8, bf16 or fp16 weights
+    if ckpt.get("model") != "gpt_classifier" and not quantized:
         return gpt_from_checkpoint(ckpt, where)
     config, tokenizer = checkpoint_config(ckpt, where)
-    info = ckpt["finetune"]
-    classes = len(info["classes"][info["tasks"][0]])
-    return checked_model(where, lambda: T.GPTClassifier(GPT(config), classes), ckpt.get("model_state")), tokenizer
+    if ckpt.get("model") == "gpt_classifier":
+        info = ckpt["finetune"]
+        classes = len(info["classes"][info["tasks"][0]])
+        build = lambda: T.GPTClassifier(GPT(config), classes)   # noqa: E731
+    else:
+        build = lambda: GPT(config)   # noqa: E731
+    if quantized:
+        return model_from_quantized(where, build, ckpt), tokenizer
+    return checked_model(where, build, ckpt.get("model_state")), tokenizer
 
 
 FINETUNE_KEYS = ("kind", "tasks", "classes", "method", "scratch", "base", "max_len", "ag_news_source",
