@@ -416,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if gguf is not None:
         seconds = to_gguf(Path(info["out"]), gguf, Path(args.llama_cpp), args.gguf_type)
+        # -no-cnv: plain completion, also in a llama-cli that would start a chat (a model with a chat template)
         print(f"wrote {gguf} ({gguf.stat().st_size / 1e6:.2f} MB, {args.gguf_type}) in {seconds:.1f} s with "
               f"llama.cpp's converter; run it: llama-cli -m {gguf} -p \"...\" -n 200 --temp 0 -no-cnv")
     print(f"load it: AutoModelForCausalLM.from_pretrained({info['out']!r}), AutoTokenizer.from_pretrained(...); "
