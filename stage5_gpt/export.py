@@ -57,8 +57,8 @@ from typing import Any, Sequence
 import torch
 
 from scripts.checks import THREADS
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, check_writable, load_checkpoint, path_arg,
-                            run_main, set_threads)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, check_writable, hardware, load_checkpoint,
+                            path_arg, run_main, set_threads)
 from stage5_gpt.data.bpe import EOT, GPT2_SPLIT_PATTERN, ByteLevelBPE, CharTokenizer
 from stage5_gpt.models.gpt import GPT, HF_TRANSPOSED, GPTConfig
 from stage5_gpt.models.hf import quiet_transformers
@@ -369,7 +369,7 @@ def measure(checkpoint: Path, prompts: list[str], new_tokens: int = 200) -> dict
     """For bench.py: export `checkpoint` to a temporary folder and compare transformers' greedy tokens with ours
     for each prompt. Keys: checkpoint, tokenizer, export_seconds, folder_bytes, files, notes, max_logit_diff,
     new_tokens, prompts (a row each: prompt, prompt_tokens, new_tokens compared, same_ids, same_tokens,
-    first_mismatch (None when equal), generated), all_same, transformers, torch."""
+    first_mismatch (None when equal), generated), all_same, transformers, torch, hardware, threads."""
     import transformers
     from transformers import GPT2LMHeadModel, GPT2Tokenizer  # noqa: F401 - imported before the clock starts
 
@@ -381,7 +381,8 @@ def measure(checkpoint: Path, prompts: list[str], new_tokens: int = 200) -> dict
         result = compare(Path(info["out"]), model, tokenizer, prompts, new_tokens)
     return {"checkpoint": str(checkpoint), "tokenizer": info["tokenizer"], "export_seconds": round(seconds, 3),
             "folder_bytes": info["bytes"], "files": info["files"], "notes": info["notes"], "new_tokens": new_tokens,
-            **result, "transformers": transformers.__version__, "torch": torch.__version__}
+            **result, "transformers": transformers.__version__, "torch": torch.__version__,
+            "hardware": hardware("cpu"), "threads": torch.get_num_threads()}
 
 
 # ----------------------------------------------------------------------------- the program

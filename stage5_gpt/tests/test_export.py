@@ -143,6 +143,7 @@ def test_measure_reports_each_prompt(bpe_checkpoint):
     assert all(row["same_tokens"] and row["first_mismatch"] is None and row["new_tokens"] == 20
                for row in result["prompts"])
     assert result["folder_bytes"] == sum(result["files"].values()) > 0 and result["export_seconds"] > 0
+    assert {"checkpoint", "notes", "new_tokens", "transformers", "torch", "hardware", "threads"} <= set(result)
 
 
 def test_an_existing_folder_is_kept_unless_forced(bpe_checkpoint, tmp_path, cli):
