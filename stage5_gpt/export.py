@@ -174,8 +174,10 @@ def load_exportable(path: str | Path) -> tuple[GPT, ByteLevelBPE | CharTokenizer
     state = ckpt.get("model_state")
     int8 = isinstance(state, dict) and any(getattr(t, "dtype", None) == torch.int8 for t in state.values())
     if int8 or any(ckpt.get(key) for key in ("quantization", "quantized", "quant")):
-        raise UserError(f"{path} is quantized; GPT-2's format holds float weights: export the float checkpoint it "
-                        "was made from")
+        record = ckpt.get("quantization")
+        method = f" ({record.get('method')})" if isinstance(record, dict) and record.get("method") else ""
+        raise UserError(f"{path} is quantized{method}; the export holds the float32 model, exactly: export the float "
+                        "checkpoint it was made from")
     if ckpt.get("model") == "gpt_classifier":
         raise UserError(f"{path} is a fine-tuned classifier: transformers' GPT2ForSequenceClassification has a head "
                         "without bias that finds the last token through padding, so ours does not map exactly; "
