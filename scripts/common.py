@@ -651,6 +651,16 @@ def find_model(given: str | None, stage_dir: Path, best: Sequence[str], runs: Se
     return path
 
 
+def inside(root: Path, path: Path) -> bool:
+    """Whether `path`, with every link followed, lies under `root`: what a server may read when it is asked for
+    files by name (a link inside the course pointing elsewhere is not followed out)."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def display_path(path: Path) -> str:
     """`path` relative to the current folder when it lies below it, else absolute: short and unambiguous."""
     path = Path(path).absolute()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from scripts import reference
-from scripts.common import ArgParser, UserError, read_json, read_text, run_main
+from scripts.common import ArgParser, UserError, inside, read_json, read_text, run_main
 from scripts.monitor import process_alive, read_progress
 from scripts.reference import PER_STEP, STAGES, Check, Curve, Run
 from scripts.training import RunLock
@@ -151,6 +151,8 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
         folders = [f for f in sorted(runs.iterdir()) if f.is_dir()]
         while folders:
             folder = folders.pop(0)
+            if not inside(root, folder):     # a link out of the course: a server never reads it
+                continue
             if not is_run_folder(folder):
                 if folder.parent == runs:       # a bench's folder of runs: look one level down
                     folders += [f for f in sorted(folder.iterdir()) if f.is_dir()]
@@ -553,7 +555,8 @@ def speed_rule(header: dict[str, Any], history: Any) -> list[dict]:
 # ----------------------------------------------------------------------------- the diagnosis
 def status_findings(status: str, progress: dict[str, Any] | None) -> list[dict]:
     step, total = (progress or {}).get("step"), (progress or {}).get("total_steps")
-    at = f"（第 {step:,} 步，共 {total:,} 步）" if isinstance(step, int) and isinstance(total, int) else ""
+    at = (f"（上次记录时在第 {step:,} 步，共 {total:,} 步）" if isinstance(step, int) and isinstance(total, int)
+          else "")
     if status == "running":
         return [finding("ok", "running", f"训练还在进行{at}，下面的判断基于目前为止的曲线。")]
     if status == "interrupted" and (progress or {}).get("state") == "failed":

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
+import socket
 import sys
 import webbrowser
 from pathlib import Path
@@ -21,7 +23,8 @@ PORT = Range(int, lo=1, hi=65535)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgParser(description="The course's playground: every stage's trained models side by side, in the browser.")
+    p = ArgParser(prog="python -m scripts.playground",
+                  description="The course's playground: every stage's trained models side by side, in the browser.")
     p.add_argument("--port", type=PORT, default=8000, help="TCP port to listen on")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; anything but a loopback address lets other machines use your models")
@@ -43,8 +46,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_address(host: str, port: int) -> None:
+    """The address must resolve and the port be free, said in one line before anything is printed or loaded."""
+    if not host.strip():
+        raise UserError("--host is empty; give an address such as 127.0.0.1 (this machine only)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise UserError(f"--host {host!r} is not an address of this machine; use 127.0.0.1") from None
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as err:
+            hint = "another program (a playground already running?) uses it; pass another --port" \
+                if err.errno == errno.EADDRINUSE else err.strerror
+            raise UserError(f"cannot listen on {host} port {port}: {hint}") from None
+
+
+def page_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_address(args.host, args.port)
     if not any((Path(args.root) / stage).is_dir() for stage in ("stage1_mlp", "stage5_gpt")):
         raise UserError(f"--root {args.root} is not a course checkout (no stage1_mlp/ or stage5_gpt/ in it)")
     set_threads(args.num_threads)
@@ -56,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from scripts.playground.server import create_app
     app = create_app(Path(args.root), device)
-    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/"
+    url = page_url(args.host, args.port)
     print(f"playground: {url}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
     if args.open:
         webbrowser.open(url)

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def start_server(port: int) -> subprocess.Popen:
+    from scripts.playground.__main__ import check_address
+    check_address("127.0.0.1", port)            # a server already there would be measured instead of a fresh one
     server = subprocess.Popen([sys.executable, "-m", "scripts.playground", "--port", str(port)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import httpx
@@ -250,7 +252,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.tables_only:
         from scripts.report import load_results
+        if not RESULTS.is_file():
+            raise UserError(f"{RESULTS.relative_to(ROOT)} is missing: run {COMMAND} first")
         result = load_results([RESULTS])[0]
+        gone = [k for k in ("speed_pairs", "ratio", "page_tokens_per_s", "generate_py_tokens_per_s", "first_token_ms",
+                            "cold_first_token_ms", "concurrent", "page_load", "calling_threads", "settings",
+                            "command", "model", "hardware") if k not in result]
+        if gone:
+            raise UserError(f"{RESULTS.relative_to(ROOT)} lacks {', '.join(gone)}: run {COMMAND} again")
     else:
         result = measure(args)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from scripts.report import update_file
     for path in (README, DOC):
         update_file(path, {"playground": table(result)})
-    print(f"wrote {RESULTS.relative_to(ROOT)} and the tables in README.md and docs/serving.md", file=sys.stderr)
+    wrote = "the tables" if args.tables_only else f"{RESULTS.relative_to(ROOT)} and the tables"
+    print(f"wrote {wrote} in README.md and docs/serving.md", file=sys.stderr)
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from scripts.common import training_progress
+from scripts.common import inside, training_progress
 
 STAGES = ("stage1_mlp", "stage2_rnn_lstm", "stage3_attention_seq2seq", "stage4_transformer", "stage5_gpt")
 # (stage, the "model" a checkpoint names) -> what the playground does with it
@@ -28,6 +28,7 @@ TASKS = {
     ("stage5_gpt", "gpt"): "generate",
     ("stage5_gpt", "gpt_classifier"): "classify",
 }
+TASK_NAMES = {"classify": "分类", "translate": "翻译", "generate": "生成文字"}
 NAMES = {"ngram_mlp": "MLP", "rnn_lm": "RNN LM", "rnn_classifier": "RNN 分类器", "seq2seq_attention": "Seq2Seq+注意力",
          "transformer_mt": "Transformer", "transformer_classifier": "Transformer 编码器", "gpt": "GPT-mini",
          "gpt_classifier": "GPT-mini 分类器"}
@@ -50,15 +51,16 @@ class Entry:
         return {k: v for k, v in asdict(self).items() if k != "path"}
 
 
-def read_header(path: Path) -> dict[str, Any] | None:
+def read_header(path: Path) -> dict[str, Any] | str:
     """The plain fields of a checkpoint (stage, model, dataset, counters, settings), memory-mapped so a large file
-    costs almost nothing to look at; None for a file that is not a course checkpoint."""
+    costs almost nothing to look at; for a file that is not a readable course checkpoint, the reason (a string)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # a half-written, foreign or damaged file is simply not listed
-        return None
+    except Exception as err:  # a half-written, foreign or damaged file: listed as unreadable, with why
+        reason = " ".join(str(err).split()) or type(err).__name__
+        return f"不是可读的 checkpoint（{reason[:100]}）"
     if not isinstance(ckpt, dict) or ckpt.get("format") != "my_llm-checkpoint-v1":
-        return None
+        return "不是本课程写的 checkpoint"
     return {k: v for k, v in ckpt.items() if isinstance(v, (str, int, float, bool, dict, list)) and k != "model_state"
             and not k.endswith("_state")}
 
@@ -74,26 +76,32 @@ def tasks_of(stage: str, header: dict[str, Any]) -> list[str]:
     return [task]
 
 
-HEADERS: dict[Path, tuple[tuple[int, int], dict[str, Any] | None]] = {}   # path -> (its mtime and size, header)
+HEADERS: dict[Path, tuple[tuple[int, int], dict[str, Any] | str]] = {}   # path -> (its mtime and size, header)
 
 
-def cached_header(path: Path) -> dict[str, Any] | None:
+def cached_header(path: Path) -> dict[str, Any] | str:
     """read_header, remembered while the file's modification time and size stay the same: the page asks for the
     list often, and reading forty checkpoints takes seconds."""
     try:
         stat = path.stat()
-    except OSError:
-        return None
+    except OSError as err:
+        return f"读不了（{err.strerror}）"
     key = (stat.st_mtime_ns, stat.st_size)
     if path not in HEADERS or HEADERS[path][0] != key:
         HEADERS[path] = (key, read_header(path))
     return HEADERS[path][1]
 
 
-def entry_for(root: Path, path: Path, stage: str, kind: str) -> Entry | None:
+def entry_for(root: Path, path: Path, stage: str, kind: str) -> Entry | str | None:
+    """The catalog entry of a checkpoint; a string saying why a .pt file cannot be used; None for a checkpoint the
+    playground has nothing to do with (a model kind without a tab)."""
+    if not inside(root, path):
+        return "链接到课程目录之外的文件，不读取"
     header = cached_header(path)
-    if header is None or header.get("stage") != stage:
-        return None
+    if isinstance(header, str):
+        return header
+    if header.get("stage") != stage:
+        return f"是 {str(header.get('stage'))[:40]} 的 checkpoint，却放在 {stage} 里"
     tasks = tasks_of(stage, header)
     if not tasks:
         return None
@@ -105,15 +113,21 @@ def entry_for(root: Path, path: Path, stage: str, kind: str) -> Entry | None:
     return Entry(rel, stage, model, tasks, dataset, kind, label, training_progress(header), path)
 
 
-def scan(root: Path) -> list[Entry]:
-    """Every model of the five stages under `root`, best checkpoints first, each group newest first."""
+def scan(root: Path, unreadable: list[dict[str, str]] | None = None) -> list[Entry]:
+    """Every model of the five stages under `root`, best checkpoints first, each group newest first. Files that
+    cannot be used go to `unreadable` ({"id", "why"}) when a list is given."""
     root = Path(root).resolve()
     entries = []
     for stage in STAGES:
         found = [(p, "best") for p in (root / stage / "checkpoints").glob("*.pt")]
         found += [(p, "last") for p in (root / stage / "runs").glob("*/last.pt")]
         found.sort(key=lambda item: (item[1] != "best", -mtime(item[0]), str(item[0])))
-        entries += [e for p, kind in found if p.is_file() and (e := entry_for(root, p, stage, kind))]
+        for path, kind in found:
+            entry = entry_for(root, path, stage, kind) if path.is_file() else "不是文件"
+            if isinstance(entry, Entry):
+                entries.append(entry)
+            elif isinstance(entry, str) and unreadable is not None:
+                unreadable.append({"id": path.relative_to(root).as_posix(), "why": entry})
     return entries
 
 
@@ -157,7 +171,7 @@ SLOTS = [
          "python stage5_gpt/train.py --preset imdb && python stage5_gpt/finetune.py "
          "--base stage5_gpt/checkpoints/gpt_imdb_bpe.pt --task imdb --preset cpu",
          "stage5_gpt/results/cpu_finetune.json", "total_seconds"),
-    Slot("stage5_gpt", "translate", "GPT-mini 多任务模型（分类与翻译；时间只含微调，先要一个 BPE 底座："
+    Slot("stage5_gpt", "translate", "GPT-mini 多任务模型（这里用它的翻译任务；时间只含微调，先要一个 BPE 底座："
          "python stage5_gpt/train.py --preset gutenberg）",
          "python stage5_gpt/finetune.py --base stage5_gpt/checkpoints/gpt_gutenberg_bpe.pt --task multi "
          "--ag_news_source test_carveout",
@@ -196,10 +210,12 @@ class Catalog:
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self.entries: dict[str, Entry] = {}
+        self.unreadable: list[dict[str, str]] = []
 
     def refresh(self) -> list[Entry]:
-        found = scan(self.root)
-        self.entries = {e.id: e for e in found}
+        unreadable: list[dict[str, str]] = []
+        found = scan(self.root, unreadable)
+        self.entries, self.unreadable = {e.id: e for e in found}, unreadable
         return found
 
     def get(self, model_id: Any, task: str) -> Entry:
@@ -210,5 +226,5 @@ class Catalog:
         if entry is None:
             raise KeyError(f"没有找到模型 {str(model_id)[:80]!r}：请从列表中选择（刷新页面可看到新训练的模型）")
         if task not in entry.tasks:
-            raise KeyError(f"模型 {entry.id} 不能用于 {task}")
+            raise KeyError(f"模型 {entry.id} 不能用来{TASK_NAMES.get(task, task)}")
         return entry

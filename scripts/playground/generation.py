@@ -60,7 +60,7 @@ class Generator:
         self.check_ids(ids)
         probs = self.probs(self.logits(ids), settings)
         top = torch.topk(probs, min(TOP, probs.numel()))
-        entropy = -float((probs * probs.clamp_min(1e-30).log()).sum())
+        entropy = max(0.0, -float((probs * probs.clamp_min(1e-30).log()).sum()))   # never "-0"
         return {"top": [{"id": int(i), "text": self.piece(int(i)), "p": float(p)}
                         for p, i in zip(top.values, top.indices) if p > 0],
                 "entropy": round(entropy, 4)}
@@ -216,7 +216,8 @@ def run(generator: Generator, ids: list[int], settings: Settings, stop: threadin
         yield {"event": "token", "i": count, "id": token, "text": text}
         count += 1
     seconds = time.perf_counter() - start
-    yield {"event": "done", "tokens": count, "seconds": round(seconds, 4),
+    reason = "stopped" if stop.is_set() else "length" if count >= settings.max_new_tokens else "end_of_text"
+    yield {"event": "done", "tokens": count, "seconds": round(seconds, 4), "reason": reason,
            "tokens_per_second": round(count / seconds, 1) if seconds > 0 else 0.0,
            "first_token_ms": round(first * 1000, 1) if first is not None else None,
            "stopped": stop.is_set()}

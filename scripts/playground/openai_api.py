@@ -13,6 +13,7 @@ Both stream with `stream=True`: `data: {chunk}` lines, then `data: [DONE]`, as t
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 import uuid
@@ -75,8 +76,10 @@ def stops_of(request: OpenAIRequest) -> list[str]:
 
 def settings_of(request: OpenAIRequest, default_tokens: int, temperature: float | None = None) -> generation.Settings:
     tokens = request.max_completion_tokens or request.max_tokens or default_tokens
+    # no seed: a fresh one each time, as the OpenAI API samples anew for each request
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
     return generation.Settings(max_new_tokens=tokens, temperature=request.temperature if temperature is None
-                               else temperature, top_p=request.top_p, seed=request.seed or 0)
+                               else temperature, top_p=request.top_p, seed=seed)
 
 
 def pieces(generator: generation.Generator, ids: list[int], settings: generation.Settings, stops: list[str],
@@ -154,6 +157,13 @@ def add_routes(app: FastAPI, pg: Any) -> None:
         entries = [e for e in pg.catalog.refresh() if "generate" in e.tasks]
         return {"object": "list", "data": [{"id": e.id, "object": "model", "created": int(e.path.stat().st_mtime),
                                             "owned_by": "my_llm"} for e in entries]}
+
+    @app.get("/v1/models/{model_id:path}")
+    def one_model(model_id: str) -> Any:
+        entry = next((e for e in pg.catalog.refresh() if e.id == model_id and "generate" in e.tasks), None)
+        if entry is None:
+            return error_body(f"model {model_id[:100]!r} not found; GET /v1/models lists the models", 404)
+        return {"id": entry.id, "object": "model", "created": int(entry.path.stat().st_mtime), "owned_by": "my_llm"}
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts import course_report, sweep
-from scripts.common import UserError, read_json
+from scripts.common import UserError, inside, read_json
 
 PLOT_GLOBS = ("stage*/results/*.png", "docs/images/*.png")
 # where `python scripts/sweep.py ... --out FOLDER` is looked for: its examples write under sweeps/; a learner may
@@ -76,10 +76,19 @@ def plots(root: Path) -> list[dict[str, Any]]:
     found = []
     for pattern in PLOT_GLOBS:
         for path in sorted(Path(root).glob(pattern)):
-            if path.is_file():
+            if path.is_file() and inside(root, path) and is_png(path):
                 found.append({"id": path.relative_to(root).as_posix(),
                               "stage": path.parts[-3] if pattern.startswith("stage") else None, "name": path.stem})
     return found
+
+
+def is_png(path: Path) -> bool:
+    """A file that starts as a PNG does: only pictures are listed and served, whatever a file is named."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 def results(root: str | Path) -> dict[str, Any]:
@@ -106,7 +115,7 @@ def plot_file(root: str | Path, plot_id: str) -> Path:
     """The file of a plot listed by results() or sweeps(), else a UserError (nothing else is served)."""
     root = Path(root)
     listed = {p["id"] for p in plots(root)} | {s["plot"] for s in sweeps(root) if s.get("plot")}
-    if plot_id not in listed:
+    if plot_id not in listed or not inside(root, root / plot_id) or not is_png(root / plot_id):
         raise UserError(f"no plot {plot_id!r}; the plots are those listed by /api/results and /api/sweeps")
     return root / plot_id
 

@@ -29,6 +29,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scripts.common import UserError
 from scripts.playground import generation
@@ -37,8 +38,42 @@ from scripts.playground.worker import ModelWorker
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_TEXT_CHARS = 5_000        # a review, a sentence or a prompt: longer text is refused, not cut
-MAX_LOADED = 6                # models kept in memory at once (the least recently used one is dropped)
+MAX_BODY_BYTES = 1 << 20      # a request body: the longest text allowed is 5,000 characters, far below this
+MAX_LOADED = 12               # models kept in memory at once (the least recently used one is dropped): the tabs
+#                               together show about ten (four classifiers, three translators, two generators...)
 log = logging.getLogger("playground")
+
+
+class BodyLimit:
+    """Refuse a request body over MAX_BODY_BYTES before it is read into memory (a 300 MB upload would otherwise be
+    held whole before the size of its text is checked)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return await too_large(send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:          # a body sent without its length, in chunks
+                raise ApiError(f"请求太大：最多 {MAX_BODY_BYTES // 1024} KB", 413)
+            return message
+        return await self.app(scope, counted, send)
+
+
+async def too_large(send: Callable) -> None:
+    body = json.dumps({"error": f"请求太大：最多 {MAX_BODY_BYTES // 1024} KB"}, ensure_ascii=False).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class ApiError(Exception):
@@ -51,7 +86,8 @@ class ApiError(Exception):
 
 # ----------------------------------------------------------------------------- requests
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "0.5" is not a number and true is not a count; unknown settings are refused, not ignored
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 Text = Field(max_length=MAX_TEXT_CHARS)
@@ -151,7 +187,10 @@ class Playground:
 
     async def model(self, model_id: Any, task: str) -> tuple[Entry, Any]:
         entry = await run_in_threadpool(self.entry, model_id, task)
-        return entry, await self.run(self.cache.get, entry, task)
+        try:
+            return entry, await self.run(self.cache.get, entry, task)
+        except FileNotFoundError:       # deleted since the page listed it
+            raise ApiError(f"模型文件 {entry.id} 已经不在了：点「刷新」重新列出模型", 404) from None
 
 
 def timed(call: Callable[[], Any]) -> tuple[Any, float]:
@@ -172,9 +211,11 @@ def one_line(err: BaseException) -> str:
 
 # ----------------------------------------------------------------------------- the app
 def create_app(root: Path, device: str | torch.device = "cpu") -> FastAPI:
-    app = FastAPI(title="my_llm playground", docs_url="/api/docs", redoc_url=None)
+    # no /docs page: FastAPI's Swagger UI is fetched from a CDN, and the page must work offline; /openapi.json stays
+    app = FastAPI(title="my_llm playground", docs_url=None, redoc_url=None)
     pg = Playground(root, torch.device(device))
     app.state.playground = pg
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
@@ -187,6 +228,11 @@ def create_app(root: Path, device: str | torch.device = "cpu") -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, err: RequestValidationError) -> JSONResponse:
         return error_response(request, validation_message(err.errors()), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        said = {404: "没有这个地址", 405: "这个地址不接受这种请求方法"}.get(err.status_code, str(err.detail))
+        return error_response(request, f"{said}（{request.method} {request.url.path[:80]}）", err.status_code)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception) -> JSONResponse:
@@ -202,16 +248,20 @@ def create_app(root: Path, device: str | torch.device = "cpu") -> FastAPI:
     @app.get("/api/models")
     def models() -> dict[str, Any]:
         entries = pg.catalog.refresh()
-        return {"models": [e.public() for e in entries], "missing": missing(pg.root, entries)}
+        return {"models": [e.public() for e in entries], "missing": missing(pg.root, entries),
+                "unreadable": pg.catalog.unreadable}
 
     @app.post("/api/classify")
     async def classify(req: ClassifyRequest) -> dict[str, Any]:
         check_text(req.text)
         ids = req.models
-        if ids is None:
-            ids = [e.id for e in await run_in_threadpool(pg.catalog.refresh) if "classify" in e.tasks]
+        if ids is None:              # one classifier per stage: its newest best checkpoint (scan's order)
+            found = [e for e in await run_in_threadpool(pg.catalog.refresh) if "classify" in e.tasks]
+            ids = list({e.stage: e.id for e in reversed(found)}.values())[::-1]
+            if not ids:
+                raise ApiError("还没有训练好的分类模型：见「模型」页的训练命令", 404)
         if not ids:
-            raise ApiError("还没有训练好的分类模型：见「模型」页的训练命令", 404)
+            raise ApiError("没有选择模型")
         return {"results": [await classify_one(pg, model_id, req.text) for model_id in ids]}
 
     @app.post("/api/translate")
@@ -292,6 +342,8 @@ SAID = {"less_than_equal": "不能大于 {le}", "less_than": "要小于 {lt}", "
 def validation_message(errors: list[dict[str, Any]]) -> str:
     """The first problem of a request, in one line: `field: what is wrong` (pydantic's own words for a rare one)."""
     first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return "请求不是合法的 JSON"
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "请求"
     said = SAID.get(first.get("type", ""))
     try:
@@ -317,9 +369,11 @@ def check_text(text: str) -> None:
 async def classify_one(pg: Playground, model_id: str, text: str) -> dict[str, Any]:
     """One classifier's answer, or its error: one broken model does not hide the others' answers."""
     try:
+        start = time.perf_counter()
         entry, classifier = await pg.model(model_id, "classify")
+        load_ms = round((time.perf_counter() - start) * 1000, 1)
         result, ms = await pg.run(timed, lambda: classifier.classify(text))
-        return {"model": entry.id, **result, "ms": ms}
+        return {"model": entry.id, **result, "ms": ms, "load_ms": load_ms}
     except (ApiError, UserError) as err:
         return {"model": model_id, "error": one_line(err)}
 

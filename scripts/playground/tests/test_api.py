@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -260,7 +261,7 @@ BAD = [
     ("/api/generate", dict(model=GPT, prompt="a", colour="red"), 400, "colour"),
     ("/api/generate", dict(model="../../../etc/passwd", prompt="a"), 404, "模型"),
     ("/api/generate", dict(model="/etc/passwd", prompt="a"), 404, "模型"),
-    ("/api/generate", dict(model="stage1_mlp/checkpoints/best_model.pt", prompt="a"), 404, "generate"),
+    ("/api/generate", dict(model="stage1_mlp/checkpoints/best_model.pt", prompt="a"), 404, "生成"),
     ("/api/generate", dict(prompt="a"), 400, "model"),
     ("/api/next_token", dict(model=GPT, ids=[]), 400, "token"),
     ("/api/next_token", dict(model=GPT, ids=[10**9]), 400, "vocabulary"),
@@ -268,7 +269,10 @@ BAD = [
     ("/api/classify", dict(text=""), 400, "空"),
     ("/api/classify", dict(text="x" * 5001), 400, "text"),
     ("/api/translate", dict(text="", model=MULTI), 400, "空"),
-    ("/api/translate", dict(text="a dog", model=GPT), 404, "translate"),
+    ("/api/translate", dict(text="a dog", model=GPT), 404, "翻译"),
+    ("/api/generate", dict(model=GPT, prompt="a", max_new_tokens=True), 400, "max_new_tokens"),
+    ("/api/generate", dict(model=GPT, prompt="a", temperature="0.5"), 400, "temperature"),
+    ("/api/classify", dict(text="fine", models=[]), 400, "没有选择"),
     ("/api/translate", dict(text="a dog", model=MULTI, beam=11), 400, "beam"),
 ]
 
@@ -299,6 +303,73 @@ def test_beam_on_the_gpt_translates_greedily_and_says_so(server):
     assert beam["translation"] == greedy["translation"] and "贪心" in beam["note"] and greedy["note"] is None
 
 
+def test_unknown_addresses_and_huge_bodies_get_one_line(server):
+    client, _ = server
+    missing = client.get("/api/nothing")
+    assert missing.status_code == 404 and "没有这个地址" in missing.json()["error"]
+    assert client.get("/api/generate").status_code == 405 and "error" in client.get("/api/generate").json()
+    huge = client.post("/api/classify", content=b'{"text": "' + b"a" * (2 << 20) + b'"}',
+                       headers={"content-type": "application/json"})
+    assert huge.status_code == 413 and "太大" in huge.json()["error"]
+    assert client.get("/api/docs").status_code == 404          # Swagger UI would fetch its files from a CDN
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_done_says_why_the_text_ended(server):
+    client, _ = server
+    done = generate(client, model=GPT, prompt="ROMEO:", max_new_tokens=7)[-1][1]
+    assert done["reason"] == "length" and not done["stopped"]
+
+
+def test_classify_asks_one_model_per_stage_by_default(server, tiny_course, tmp_path):
+    client, _ = server
+    results = client.post("/api/classify", json={"text": "a fine film"}).json()["results"]
+    stages = [r["model"].split("/")[0] for r in results]
+    assert len(stages) == len(set(stages)) == 4
+    assert all(r["load_ms"] >= 0 for r in results)
+
+
+def test_a_deleted_model_is_one_card_error_not_a_failure(tmp_path, tiny_course):
+    root = tmp_path / "course"
+    for stage in ("stage1_mlp", "stage5_gpt"):
+        shutil.copytree(tiny_course / stage / "checkpoints", root / stage / "checkpoints")
+    with serve(root) as (url, _):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            ids = [m["id"] for m in client.get("/api/models").json()["models"] if "classify" in m["tasks"]]
+            (root / "stage5_gpt" / "checkpoints" / "ft_imdb_full.pt").unlink()
+            results = client.post("/api/classify", json={"text": "a fine film", "models": ids}).json()["results"]
+            gone = next(r for r in results if r["model"].endswith("ft_imdb_full.pt"))
+            assert "已经不在" in gone["error"] or "没有找到" in gone["error"]
+            assert any("label" in r for r in results)
+            (root / "stage5_gpt" / "checkpoints" / GPT.split("/")[-1]).unlink()
+            answer = client.post("/api/generate", json={"model": GPT, "prompt": "a"})
+            assert answer.status_code == 404 and "error" in answer.json()
+
+
+def test_links_out_of_the_course_and_unreadable_files_are_not_served(tmp_path, tiny_course):
+    root = tmp_path / "course"
+    shutil.copytree(tiny_course / "stage1_mlp", root / "stage1_mlp")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"secret")
+    shutil.copy(tiny_course / GPT, outside / "elsewhere.pt")
+    (root / "stage1_mlp" / "results").mkdir()
+    (root / "stage1_mlp" / "results" / "link.png").symlink_to(outside / "secret.png")
+    (root / "stage1_mlp" / "results" / "text.png").write_text("not a picture")
+    (root / "stage5_gpt" / "checkpoints").mkdir(parents=True)
+    (root / "stage5_gpt" / "checkpoints" / "link.pt").symlink_to(outside / "elsewhere.pt")
+    (root / "stage5_gpt" / "checkpoints" / "garbage.pt").write_bytes(b"\x00garbage")
+    with serve(root) as (url, _):
+        plots = {p["id"] for p in httpx.get(f"{url}/api/results").json()["plots"]}
+        assert not plots & {"stage1_mlp/results/link.png", "stage1_mlp/results/text.png"}
+        for name in ("link.png", "text.png"):
+            assert httpx.get(f"{url}/api/image/stage1_mlp/results/{name}").status_code == 404
+        body = httpx.get(f"{url}/api/models").json()
+        assert "stage5_gpt/checkpoints/link.pt" not in {m["id"] for m in body["models"]}
+        why = {u["id"]: u["why"] for u in body["unreadable"]}
+        assert "课程目录之外" in why["stage5_gpt/checkpoints/link.pt"] and "garbage.pt" in " ".join(why)
+
+
 def test_malformed_json_and_nan_are_refused(server):
     client, _ = server
     bad = client.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"})
@@ -321,6 +392,15 @@ def test_host_flag_and_root_are_checked(cli, tmp_path, capsys):
     one_error_line(code, err, "not a course checkout")
     code, _, err = cli(playground_main, ["--port", "70000"])
     one_error_line(code, err, "--port")
+    code, _, err = cli(playground_main, ["--host", ""])
+    one_error_line(code, err, "--host is empty")
+    code, _, err = cli(playground_main, ["--host", "999.1.1.1"])
+    one_error_line(code, err, "not an address")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, _, err = cli(playground_main, ["--port", str(busy.getsockname()[1])])
+        one_error_line(code, err, "pass another --port")
 
 
 def test_another_host_warns(monkeypatch, capsys):

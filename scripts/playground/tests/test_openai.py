@@ -32,6 +32,15 @@ def test_completion_is_the_models_own_text(client, model):
     assert again.choices[0].text == choice.text                       # a seed makes it repeatable
 
 
+def test_no_seed_samples_anew_and_one_model_can_be_asked_for(client):
+    texts = {client.completions.create(model=GPT, prompt="ROMEO:", max_tokens=40, temperature=1.0).choices[0].text
+             for _ in range(3)}
+    assert len(texts) > 1
+    assert client.models.retrieve(GPT).id == GPT
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
 def test_streamed_completion_joins_to_the_same_text(client):
     whole = client.completions.create(model=GPT, prompt="KING:", max_tokens=80, temperature=0.7, seed=2)
     parts = list(client.completions.create(model=GPT, prompt="KING:", max_tokens=80, temperature=0.7, seed=2,

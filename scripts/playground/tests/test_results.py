@@ -51,7 +51,7 @@ def course(tmp_path):
     (root / "stage5_gpt" / "bench.py").write_text("")          # benched stage without overview.json: a note
     for png in ("stage1_mlp/results/imdb_torch_curves.png", "docs/images/course_classification.png"):
         (root / png).parent.mkdir(parents=True, exist_ok=True)
-        (root / png).write_bytes(b"\x89PNG")
+        (root / png).write_bytes(b"\x89PNG\r\n\x1a\n")
     (root / "stage1_mlp" / "results" / "notes.txt").write_text("not a plot")
     return root
 
@@ -104,7 +104,7 @@ def test_sweeps_of_sweep_py_and_recorded_lr_sweeps(course):
              "run": str(folder / f"lr{lr}_n_layer2_seed{seed}")}
             for lr, seed, score in (("1e-3", 0, 1.9), ("1e-3", 1, 1.7), ("4e-3", 0, 1.6), ("4e-3", 1, 1.6))]
     write(folder / "results.json", sweep_results(rows))
-    (folder / "sweep.png").write_bytes(b"\x89PNG")
+    (folder / "sweep.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     write(course / "sweeps" / "lr1e-3_seed0" / "results.json", {"not": "a sweep"})      # skipped
     write(course / "stage5_gpt" / "results" / "baby_lr_sweep.json", {"rows": [
         {"lr": 0.001, "min_lr": 0.0001, "val_loss_every_token": 1.91, "train_command": "python a"},
