@@ -31,7 +31,7 @@ async function api(path, body) {
   try {
     response = await fetch(path, options);
   } catch {
-    throw new Error(`连不上游乐场服务器（${path}）：它还在运行吗？`);
+    throw new Error(`连不上练习场服务器（${path}）：它还在运行吗？`);
   }
   if (!response.ok) throw await responseError(response);
   const data = await response.json().catch(() => null);
@@ -135,8 +135,14 @@ function modelsFor(task) {
 
 // Classify and translate ask every model of the task; runs' last.pt (a training's latest state) only on request,
 // since a course folder soon holds many of them and each answer costs time.
-function chosenModels(task, withLast) {
-  return modelsFor(task).filter((m) => withLast || m.kind !== "last");
+// One model per stage (its newest best checkpoint: the catalog lists best ones first, newest first), or, when the
+// learner asks for it, every checkpoint and run there is (slower: each one is loaded once).
+function chosenModels(task, everyModel) {
+  const models = modelsFor(task);
+  if (everyModel) return models;
+  const first = new Map();
+  for (const m of models) if (!first.has(m.stage)) first.set(m.stage, m);
+  return [...first.values()];
 }
 
 // A model's short name for card titles; an id the catalog does not know is shown as it is.
@@ -149,7 +155,7 @@ function loadModels() {
   clearError($("models-error"));
   catalogReady = api("/api/models")
     .then((data) => {
-      catalog = {models: data.models || [], missing: data.missing || []};
+      catalog = {models: data.models || [], missing: data.missing || [], unreadable: data.unreadable || []};
     })
     .catch((err) => showError($("models-error"), err))
     .then(() => {
@@ -172,6 +178,11 @@ function renderModels() {
       el("table", {class: "models"},
         el("thead", {}, el("tr", {}, ...["任务", "模型", "数据集", "来源", "训练进度"].map((h) => el("th", {}, h)))),
         el("tbody", {}, ...rows))));
+  }
+  // .pt files the catalog found but cannot use: said, so that a model does not just vanish from the list
+  if (catalog.unreadable && catalog.unreadable.length) {
+    list.append(el("div", {class: "stage-group", "data-testid": "unreadable"}, el("h2", {}, "找到但用不了的文件"),
+      el("ul", {}, ...catalog.unreadable.map((item) => el("li", {}, el("code", {}, item.id), "：", item.why)))));
   }
   renderMissing();
 }
@@ -236,9 +247,13 @@ async function classify() {
   button.disabled = true;
   try {
     await catalogReady;
+    if (!$("classify-text").value.trim()) throw new Error("请先输入一段文字。");
     const models = chosenModels("classify", $("classify-last").checked).map((m) => m.id);
     if (!models.length) throw new Error("没有找到分类模型：先在「模型」页看看怎么训练一个。");
+    // the first request for a model loads it (a second or more): say so while waiting
+    results.append(el("div", {class: "hint"}, "分类中……第一次用到的模型要先加载，会慢一些。"));
     const data = await api("/api/classify", {text: $("classify-text").value, models});
+    results.replaceChildren();
     results.append(...data.results.map(classifyCard));
   } catch (err) {
     showError($("classify-error"), err);
@@ -256,7 +271,8 @@ function classifyCard(result) {
   }
   const rows = Object.entries(result.probabilities).map(([name, p]) => ({name, p, chosen: name === result.label}));
   card.append(el("div", {class: "label"}, "结果：", el("strong", {"data-testid": "classify-label"}, result.label)),
-    probabilityBars(rows), el("div", {class: "latency"}, `用时 ${formatNumber(result.ms)} ms`));
+    probabilityBars(rows), el("div", {class: "latency"}, `用时 ${formatNumber(result.ms)} ms` +
+      (result.load_ms > 100 ? `（另加载模型 ${formatNumber(result.load_ms)} ms，只在第一次）` : "")));
   return card;
 }
 
@@ -292,6 +308,7 @@ async function translate() {
   button.disabled = true;
   try {
     await catalogReady;
+    if (!$("translate-text").value.trim()) throw new Error("请先输入一句英文。");
     const translators = chosenModels("translate", $("translate-last").checked);
     if (!translators.length) throw new Error("没有找到翻译模型：先在「模型」页看看怎么训练一个。");
     const settings = translateSettings();
@@ -408,6 +425,17 @@ const DEFAULT_GENERATORS = [
   {stage: 5, id: "stage5_gpt/checkpoints/gpt_shakespeare_char.pt"},
 ];
 
+// Picking another model for a pane stops what it is writing and clears it: the text shown is always the
+// model's whose name is above it.
+panes.forEach((pane) => pane.select.addEventListener("change", () => {
+  if (pane.controller) pane.controller.abort();
+  pane.output.replaceChildren();
+  pane.dist.replaceChildren();
+  pane.note.textContent = "";
+  pane.stats.textContent = "";
+  pane.tokens = [];
+}));
+
 function fillPaneModels() {
   const models = modelsFor("generate");
   panes.forEach((pane, i) => {
@@ -428,11 +456,20 @@ function modelOptions(models) {
     ...models.filter((m) => m.stage === stage).map((m) => el("option", {value: m.id, title: m.id}, m.label || m.id))));
 }
 
+// A number box's value, or an error naming the box: an empty or unreadable box must not quietly become 0.
+function numberFrom(id, label) {
+  const box = $(id);
+  if (box.value.trim() === "" || !Number.isFinite(Number(box.value)) || box.validity.badInput) {
+    throw new Error(`「${label}」要填一个数（现在是空的或不是数字）`);
+  }
+  return Number(box.value);
+}
+
 function samplingSettings() {
   return {
-    temperature: Number($("gen-temperature").value),
-    top_k: Number($("gen-top-k").value),
-    top_p: Number($("gen-top-p").value),
+    temperature: numberFrom("gen-temperature", "温度"),
+    top_k: numberFrom("gen-top-k", "top-k"),
+    top_p: numberFrom("gen-top-p", "top-p"),
   };
 }
 
@@ -443,10 +480,17 @@ async function startGeneration() {
     showError($("generate-error"), "没有找到生成模型：先在「模型」页看看怎么训练一个。");
     return;
   }
-  const request = {
-    prompt: $("gen-prompt").value, max_new_tokens: Number($("gen-length").value), seed: Number($("gen-seed").value),
-    kv_cache: $("gen-kv").checked, ...samplingSettings(),
-  };
+  let request;
+  try {
+    if (!$("gen-prompt").value.trim()) throw new Error("请先写一个开头（prompt）。");
+    request = {
+      prompt: $("gen-prompt").value, max_new_tokens: numberFrom("gen-length", "长度"),
+      seed: numberFrom("gen-seed", "种子"), kv_cache: $("gen-kv").checked, ...samplingSettings(),
+    };
+  } catch (err) {
+    showError($("generate-error"), err);
+    return;
+  }
   $("gen-start").disabled = true;
   $("gen-stop").disabled = false;
   await Promise.all(panes.map((pane) => runPane(pane, request)));
@@ -472,7 +516,7 @@ async function runPane(pane, request) {
     if (pane.output.dataset.state === "running") throw new Error("连接在生成结束前断开了。");
   } catch (err) {
     if (err.name === "AbortError") finishPane(pane, "stopped", `已停止：${pane.tokens.length} 个词元`);
-    else if (err instanceof TypeError) failPane(pane, new Error("连不上游乐场服务器：它还在运行吗？"));
+    else if (err instanceof TypeError) failPane(pane, new Error("连不上练习场服务器：它还在运行吗？"));
     else failPane(pane, err);
   } finally {
     pane.controller = null;
@@ -541,7 +585,8 @@ function onGenerateEvent(pane, event, data) {
   } else if (event === "done") {
     const speed = `${formatNumber(data.tokens_per_second)} 词元/秒`;
     const first = data.first_token_ms === null ? "" : `，首个词元 ${formatNumber(data.first_token_ms)} ms`;
-    const line = `${data.stopped ? "已停止" : "完成"}：${data.tokens} 个词元，${formatNumber(data.seconds)} 秒，${speed}${first}`;
+    const ended = data.reason === "end_of_text" ? "（模型写出了结束符 <|endoftext|>，提前结束）" : "";
+    const line = `${data.stopped ? "已停止" : "完成"}：${data.tokens} 个词元，${formatNumber(data.seconds)} 秒，${speed}${first}${ended}`;
     finishPane(pane, data.stopped ? "stopped" : "done", line);
   } else if (event === "error") {
     failPane(pane, new Error(data.error));
@@ -774,14 +819,19 @@ function shortTime(seconds) {
     minute: "2-digit"});
 }
 
-async function showRun(id) {
+// A running run is read again every 5 seconds while it stays on screen, so its curves grow as it trains.
+let runRefresh = null;
+
+async function showRun(id, again = false) {
+  clearTimeout(runRefresh);
   const detail = $("run-detail");
   for (const button of document.querySelectorAll("#runs-list .run")) {
     button.classList.toggle("selected", button.dataset.run === id);
   }
-  detail.replaceChildren(el("p", {class: "hint"}, "读取中……"));
+  if (!again) detail.replaceChildren(el("p", {class: "hint"}, "读取中……"));
   try {
     const run = await api(pathOf("/api/runs/", id));
+    if (run.status === "running") runRefresh = setTimeout(() => showRun(id, true), 5000);
     detail.replaceChildren(el("h2", {}, id),
       run.command ? el("div", {class: "command"}, el("code", {}, run.command)) : "",
       el("p", {class: "summary", "data-testid": "run-summary"}, run.summary),

@@ -268,6 +268,24 @@ def test_generate_streams_two_panes_and_shows_the_next_token_distribution(page):
     screenshot(page, "generate")
 
 
+def test_an_empty_number_box_is_an_error_not_zero_and_a_new_model_clears_its_pane(page):
+    page.click("#tab-generate")
+    page.wait_for_selector("#gen-model-1 option", state="attached")
+    page.fill("#gen-prompt", "ROMEO:")
+    page.fill("#gen-temperature", "")
+    page.click("#gen-start")
+    assert "温度" in page.inner_text("#generate-error")
+    assert page.locator("#gen-output-0 .token").count() == 0       # nothing was sent
+    page.fill("#gen-temperature", "0.8")
+    page.fill("#gen-length", "30")
+    page.click("#gen-start")
+    wait_panes(page)
+    assert page.locator("#gen-output-1 .token").count() == 30
+    other = page.locator("#gen-model-1 option").nth(1).get_attribute("value")
+    page.select_option("#gen-model-1", other)
+    assert page.locator("#gen-output-1 .token").count() == 0       # the old model's text is gone with its name
+
+
 def test_stop_aborts_both_panes_and_the_page_generates_again(page):
     page.click("#tab-generate")
     page.wait_for_selector("#gen-model-1 option", state="attached")
