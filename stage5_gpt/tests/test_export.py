@@ -19,7 +19,7 @@ from stage5_gpt.finetune import model_from_checkpoint
 from stage5_gpt.models.hf import load_gpt2
 from stage5_gpt.tests.conftest import tiny_args
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (pinned in requirements.txt: missing is a failure, not a skip)
 
 # a context of 256 holds a prompt and 200 new tokens: transformers' GPT-2 has no sliding window beyond it
 SHAPE = ("--block_size", "256", "--n_layer", "2", "--n_embd", "32", "--max_steps", "40", "--eval_interval", "40")
@@ -241,17 +241,17 @@ def test_gguf_goes_through_llama_cpps_converter_told_gpt2(bpe_checkpoint, char_c
     assert not (tmp_path / "x").exists() and not (tmp_path / "a.gguf").exists()
 
 
-@pytest.mark.skipif(not os.environ.get("LLAMA_CPP"), reason="set LLAMA_CPP to a llama.cpp checkout (built) to run")
+@pytest.mark.slow   # needs a built llama.cpp checkout (LLAMA_CPP=...): run with -m slow where there is one
 def test_gguf_in_llama_cpp(bpe_checkpoint, tmp_path, cli):
     """The real llama.cpp: convert, then run its greedy llama-simple and compare the text with generate.py's."""
+    assert os.environ.get("LLAMA_CPP"), "set LLAMA_CPP to a llama.cpp checkout with build/bin/llama-simple built"
     root = Path(os.environ["LLAMA_CPP"])
     code, _, err = cli(export.main, ["--checkpoint", bpe_checkpoint, "--out", tmp_path / "bpe", "--no-verify",
                                      "--gguf", tmp_path / "m.gguf", "--llama_cpp", root])
     assert code == 0, err
     assert (tmp_path / "m.gguf").read_bytes()[:4] == b"GGUF"
     simple = root / "build" / "bin" / "llama-simple"
-    if not simple.is_file():
-        pytest.skip(f"{simple} is not built")
+    assert simple.is_file(), f"{simple} is not built (cmake --build build --target llama-simple)"
     model, tokenizer = ours(bpe_checkpoint)
     for prompt in PROMPTS:
         text = subprocess.run([simple, "-m", tmp_path / "m.gguf", "-n", "50", prompt], capture_output=True,
