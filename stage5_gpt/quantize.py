@@ -203,7 +203,11 @@ def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | N
             models[name], tokenizer, ckpt = load_any(path, device)
         models["pytorch_int8"] = quant.pytorch_dynamic(models["float32"])
         file_bytes = {name: path.stat().st_size for name, path in files.items()}
-        state_bytes = {name: quant.state_bytes(model.state_dict()) for name, model in models.items()}
+        # the weights alone, as each file holds them (a bf16 model computes in float32 once loaded), and PyTorch's
+        # quantized model's state dict (its int8 weights packed for fbgemm, the tied embedding left float32)
+        state_bytes = {name: quant.state_bytes(load_checkpoint(path, STAGE, MODELS)["model_state"])
+                       for name, path in files.items()}
+        state_bytes["pytorch_int8"] = quant.state_bytes(models["pytorch_int8"].state_dict())
         log(f"sizes (file bytes): {file_bytes}; state dicts: {state_bytes}")
 
         dataset = ckpt.get("dataset")
