@@ -16,8 +16,8 @@ as at T = 1, since the gradient of the KL term with respect to the student's log
 
 The teacher is frozen, in eval mode. With --cache_teacher (the default where it fits in memory) its logits
 for every training position are computed once, before the first step, from windows of its context that overlap
-by half (so each position sees at least half a context), and each step reads them: a step then costs what the
-control's step costs, and the distilled run is slower only by that one pass of the teacher over the text.
+by a quarter (so each position sees at least a quarter of a context), and each step reads them: a step then
+costs what the control's step costs, and the distilled run is slower only by that one pass of the teacher.
 Without it the teacher runs on every batch. The student has the teacher's tokenizer, data set and context
 length; the result is an ordinary stage 5 checkpoint (model "gpt") that generate.py and evaluate.py load, with
 a "distillation" record: the teacher's path and sha256, T, alpha and both sizes.
@@ -28,7 +28,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
+import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -232,15 +237,12 @@ class TeacherTargets:
     @torch.no_grad()
     def logits_table(self, data: np.ndarray, log: Any, batch: int = 32) -> torch.Tensor:
         """(len(data) - 1, vocab) float16: row i is the teacher's logits for the token after position i. Windows of
-        the teacher's context overlap by half, and each keeps the positions no earlier window covered, so every
-        position but the first half-window's sees at least half a context."""
-        block = self.teacher.config.block_size
+        the teacher's context overlap by a quarter, and each keeps the positions no earlier window covered, so
+        every position but the first few sees at least a quarter of a context (one pass and a third over the text:
+        a full overlap would buy longer contexts for twice the cost of one pass)."""
         n = len(data) - 1                                  # positions that have a next token
-        block = min(block, n)
-        stride = max(1, block // 2)
-        starts = list(range(0, n - block + 1, stride))
-        if starts[-1] != n - block:
-            starts.append(n - block)                       # the last window ends at the last position
+        block = min(self.teacher.config.block_size, n)
+        starts = table_windows(n, block)
         table = torch.empty(n, self.teacher.config.vocab_size, dtype=torch.float16)
         log.info(f"teacher: computing its logits for {n:,} positions ({len(starts):,} windows of {block})")
         written = 0                                        # positions 0 .. written - 1 are in the table
@@ -265,6 +267,21 @@ class TeacherTargets:
             return logits.float()
         index = starts[:, None] + torch.arange(x.size(1))                       # (B, T) positions
         return self.table[index].float().to(self.device)
+
+
+def table_windows(positions: int, block: int) -> list[int]:
+    """Where the teacher's windows start when it fills the table: every 3/4 block, the last ending at the end."""
+    stride = max(1, block - block // 4)
+    starts = list(range(0, positions - block + 1, stride))
+    if starts[-1] != positions - block:
+        starts.append(positions - block)
+    return starts
+
+
+def teacher_pass_flops(teacher: GPT, train_tokens: int) -> float:
+    """FLOPs of the teacher's one pass over the training text (forward only: a third of training's per token)."""
+    block = min(teacher.config.block_size, train_tokens - 1)
+    return len(table_windows(train_tokens - 1, block)) * block * teacher.flops_per_token(block) / 3
 
 
 def cache_fits(data: np.ndarray, vocab_size: int) -> bool:
@@ -433,7 +450,8 @@ def train(args: argparse.Namespace, teacher_ckpt: dict[str, Any], teacher: GPT, 
                 monitor.close("interrupted")
                 raise TrainingInterrupted(f"saved {run.last_path} at step {state['step']}; run the same command "
                                           "with --resume to continue")
-    finish(args, student, teacher, teacher_val, state, meter, device, started, log)
+    pass_flops = teacher_pass_flops(teacher, len(data.train)) if args.cache_teacher else 0.0
+    finish(args, student, teacher, teacher_val, pass_flops, state, meter, device, started, log)
     return 0
 
 
@@ -476,9 +494,10 @@ def evaluate_and_save(student: GPT, data: TokenData, args: argparse.Namespace, s
     return row
 
 
-def finish(args: argparse.Namespace, student: GPT, teacher: GPT, teacher_val: float, state: dict[str, Any],
-           meter: Any, device: torch.device, started: float, log: Any) -> None:
-    """history.json, curves.png and metrics.json of the run."""
+def finish(args: argparse.Namespace, student: GPT, teacher: GPT, teacher_val: float, pass_flops: float,
+           state: dict[str, Any], meter: Any, device: torch.device, started: float, log: Any) -> None:
+    """history.json, curves.png and metrics.json of the run (with the FLOPs of the student's steps and of the
+    teacher's pass, which measure() uses to give the control the same compute)."""
     out_dir = Path(args.out_dir)
     write_json(out_dir / "history.json", {"evals": state["history"], "curve": state["curve"]})
     T.plot_history(args, state["history"], out_dir / "curves.png")
@@ -490,7 +509,8 @@ def finish(args: argparse.Namespace, student: GPT, teacher: GPT, teacher_val: fl
                "final_train_loss": state["history"][-1]["train_loss"], "teacher_val_loss": teacher_val,
                "steps": state["step"], "tokens_seen": state["tokens_seen"], "train_tokens_per_s": tokens_per_s,
                "steady_tokens_per_s": steady, "fit_seconds": round(state["train_seconds"], 3),
-               "teacher_seconds": round(state["teacher_seconds"], 3),
+               "teacher_seconds": round(state["teacher_seconds"], 3), "teacher_pass_flops": pass_flops,
+               "train_flops": state["tokens_seen"] * meter.flops_per_token,
                "seconds_per_step": state["train_seconds"] / max(state["step"], 1),
                "student_params": student.num_params(), "teacher_params": teacher.num_params(),
                "temperature": args.temperature, "alpha": args.alpha, "distilled": bool(args.distill)}
@@ -501,6 +521,116 @@ def finish(args: argparse.Namespace, student: GPT, teacher: GPT, teacher_val: fl
                          "config": student.config.to_dict(), "amp": amp_name(device, args.amp)})
     log.info(f"best val loss {best['val_loss']:.4f} at step {best['step']} (teacher {teacher_val:.4f}); "
              f"{tokens_per_s:,.0f} tokens/s; checkpoint {args.checkpoint}")
+
+
+# ----------------------------------------------------------------------------- the comparison, for bench.py
+def measure(out_root: str | Path, teacher: str | Path = DEFAULT_TEACHER, *, seeds: Sequence[int] = (0,),
+            flags: Sequence[str] = (), data_dir: str | None = None, num_threads: int = 2, device: str = "cpu",
+            parallel: bool = False, log: Any = print) -> dict[str, Any]:
+    """The distilled student against the same student on the data alone, in the same compute, for each seed.
+
+    The distilled run takes --max_steps (from `flags`, else the default) and pays for the teacher's pass over the
+    text; the control then trains for as many more steps as that pass cost in FLOPs (forward FLOPs of the
+    teacher against the training FLOPs of one student step), so both spend the same arithmetic; their measured
+    wall-clock seconds are reported beside it. Every model, the teacher included, is scored by evaluate.py on every
+    validation token. gap_closed = (alone - distilled) / (alone - teacher). `parallel` runs each seed's two
+    trainings at once (one torch thread each): both then see the same machine load, at the price of slower runs.
+    The 1-minute load average is sampled every 10 s while the runs go."""
+    out_root = Path(out_root)
+    common = [*(["--data_dir", data_dir] if data_dir else []), "--device", device]
+    threads = max(1, num_threads // 2) if parallel else num_threads
+    parsed = resolve_args(build_parser().parse_args([*flags, "--teacher", str(teacher)]))
+    _, teacher_model, tokenizer = load_teacher(str(teacher))
+    student = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=teacher_model.config.block_size,
+                            n_layer=parsed.n_layer, n_head=parsed.n_head, n_embd=parsed.n_embd, bias=False))
+    loads: list[float] = []
+    sampling = threading.Event()
+
+    def sample_load() -> None:
+        while not sampling.wait(10):
+            loads.append(os.getloadavg()[0])
+    sampler = threading.Thread(target=sample_load, daemon=True)
+    sampler.start()
+    teacher_val = evaluate_loss(Path(teacher), out_root / "teacher_eval.json", common, num_threads)
+    train_tokens = train_token_count(parsed, str(teacher), data_dir)
+    step_flops = parsed.batch_size * parsed.grad_accum * student.flops_per_token(student.config.block_size)
+    extra = math.ceil(teacher_pass_flops(teacher_model, train_tokens) / step_flops)
+    runs = []
+    try:
+        for seed in seeds:
+            folder = out_root / f"seed{seed}"
+            distilled = [*flags, "--seed", str(seed), "--num_threads", str(threads)]
+            alone = [*flags, "--seed", str(seed), "--num_threads", str(threads), "--no-distill",
+                     "--max_steps", str(parsed.max_steps + extra)]
+            jobs = {"distilled": distilled, "alone": alone}
+            started = {name: launch(folder / name, [*argv, *common, "--teacher", str(teacher)], log)
+                       for name, argv in jobs.items()} if parallel else {}
+            result: dict[str, Any] = {"seed": seed}
+            for name, argv in jobs.items():
+                proc = started.get(name) or launch(folder / name, [*argv, *common, "--teacher", str(teacher)], log)
+                if proc.wait() != 0:
+                    raise UserError(f"distill.py ({name}, seed {seed}) failed with status {proc.returncode}; see "
+                                    f"{folder / name / 'stdout.log'}")
+            for name in jobs:
+                metrics = json.loads((folder / name / "run" / "metrics.json").read_text(encoding="utf-8"))
+                m = metrics["metrics"]
+                result[name] = {"val_loss": evaluate_loss(folder / name / "student.pt", folder / name / "eval.json",
+                                                          common, num_threads),
+                                "val_loss_estimate": m["val_loss"], "steps": m["steps"], "best_step": m["best_step"],
+                                "fit_seconds": m["fit_seconds"], "teacher_seconds": m["teacher_seconds"],
+                                "seconds": m["fit_seconds"] + m["teacher_seconds"],
+                                "flops": m["train_flops"] + m["teacher_pass_flops"],
+                                "tokens_per_s": m["train_tokens_per_s"], "params": metrics["params"]}
+            gap = result["alone"]["val_loss"] - teacher_val
+            result["gap_closed"] = (result["alone"]["val_loss"] - result["distilled"]["val_loss"]) / gap
+            log(f"seed {seed}: teacher {teacher_val:.4f}, alone {result['alone']['val_loss']:.4f}, distilled "
+                f"{result['distilled']['val_loss']:.4f}: {result['gap_closed']:.0%} of the gap closed")
+            runs.append(result)
+    finally:
+        sampling.set()
+    closed = [r["gap_closed"] for r in runs]
+    return {"teacher": {"checkpoint": str(teacher), "params": teacher_model.num_params(), "val_loss": teacher_val},
+            "student": {"n_layer": parsed.n_layer, "n_head": parsed.n_head, "n_embd": parsed.n_embd,
+                        "params": student.num_params(),
+                        "fraction_of_teacher": student.num_params() / teacher_model.num_params()},
+            "settings": {"temperature": parsed.temperature, "alpha": parsed.alpha, "steps": parsed.max_steps,
+                         "control_steps": parsed.max_steps + extra, "flags": list(flags), "parallel": parallel,
+                         "num_threads_per_run": threads},
+            "runs": runs,
+            "mean": {key: float(np.mean([r[name]["val_loss"] for r in runs])) for key, name in
+                     (("alone_val_loss", "alone"), ("distilled_val_loss", "distilled"))}
+            | {"gap_closed": float(np.mean(closed)), "gap_closed_min": float(min(closed))},
+            "load_average": {"mean": float(np.mean(loads)) if loads else os.getloadavg()[0],
+                             "max": float(max(loads)) if loads else os.getloadavg()[0], "samples": len(loads)},
+            "hardware": hardware(device), "cpu_count": os.cpu_count()}
+
+
+def launch(folder: Path, argv: list[str], log: Any) -> subprocess.Popen:
+    """Start distill.py into `folder` (its run folder, checkpoint and output log there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__)), *argv, "--out_dir", str(folder / "run"),
+           "--checkpoint", str(folder / "student.pt"), "--restart"]
+    log("$ " + " ".join(cmd[1:]))
+    with open(folder / "stdout.log", "w", encoding="utf-8") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def evaluate_loss(checkpoint: Path, metrics_out: Path, common: list[str], num_threads: int) -> float:
+    """evaluate.py's loss over every validation token of the checkpoint's data set."""
+    cmd = [sys.executable, str(STAGE_DIR / "evaluate.py"), "--checkpoint", str(checkpoint), "--metrics_out",
+           str(metrics_out), "--num_threads", str(num_threads), *common]
+    if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
+        raise UserError(f"evaluate.py failed on {checkpoint}")
+    return float(json.loads(metrics_out.read_text(encoding="utf-8"))["metrics"]["loss"])
+
+
+def train_token_count(args: argparse.Namespace, teacher: str, data_dir: str | None) -> int:
+    """Tokens of the teacher's training text (tokenised into the cache distill.py uses)."""
+    ckpt, _, tokenizer = load_teacher(teacher)
+    args.dataset, args.data_dir, args.teacher = ckpt["dataset"], data_dir, teacher
+    args.block_size = ckpt["config"]["block_size"]
+    quiet = SimpleNamespace(info=lambda message: None)
+    return len(load_data(args, tokenizer, quiet).train)
 
 
 if __name__ == "__main__":
