@@ -553,7 +553,8 @@ def measure(out_root: str | Path, teacher: str | Path = DEFAULT_TEACHER, *, seed
     sampler.start()
     teacher_val = evaluate_loss(Path(teacher), out_root / "teacher_eval.json", common, num_threads)
     train_tokens = train_token_count(parsed, str(teacher), data_dir)
-    step_flops = parsed.batch_size * parsed.grad_accum * student.flops_per_token(student.config.block_size)
+    block = student.config.block_size
+    step_flops = parsed.batch_size * parsed.grad_accum * block * student.flops_per_token(block)
     extra = math.ceil(teacher_pass_flops(teacher_model, train_tokens) / step_flops)
     runs = []
     try:

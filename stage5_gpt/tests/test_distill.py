@@ -225,8 +225,9 @@ def test_measure_gives_the_control_the_teacher_pass_in_extra_steps(lm_data, teac
     monkeypatch.setenv("MY_LLM_DATA", str(lm_data))
     flags = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--batch_size", "4", "--max_steps", "6",
              "--eval_interval", "3", "--eval_iters", "2", "--warmup_steps", "2", "--cache_dir", str(tmp_path / "c")]
-    student_step = 4 * distill.GPT(distill.GPTConfig(vocab_size=teacher_vocab(teacher_run), block_size=16, n_layer=1,
-                                                      n_head=2, n_embd=16, bias=False)).flops_per_token(16)
+    student = distill.GPT(distill.GPTConfig(vocab_size=teacher_vocab(teacher_run), block_size=16, n_layer=1,
+                                            n_head=2, n_embd=16, bias=False))
+    student_step = 4 * 16 * student.flops_per_token(16)                    # batch 4, windows of 16
     monkeypatch.setattr(distill, "teacher_pass_flops", lambda teacher, tokens: 2.5 * student_step)
     result = distill.measure(tmp_path / "m", teacher_run / "best.pt", flags=flags, num_threads=1, log=lambda m: None)
     run = result["runs"][0]
