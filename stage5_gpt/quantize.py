@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from scripts.common import (ArgParser, UserError, add_common_args, check_writable, checkpoint_header,
+from scripts.checks import THREADS
+from scripts.common import (ArgParser, UserError, check_writable, checkpoint_header,
                             load_checkpoint, path_arg, run_main, save_checkpoint, set_threads)
 from stage5_gpt.finetune import model_from_checkpoint
 from stage5_gpt.models import quant
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights")
     p.add_argument("--out", type=path_arg, default=None,
                    help="where the quantized checkpoint goes (default: beside --checkpoint, <name>_<method>.pt)")
-    add_common_args(p, seed_help="unused: quantizing draws no random numbers")
+    # no --data_dir, --device or --seed: quantizing reads no data set, runs on the CPU and draws no random number
+    p.add_argument("--num_threads", type=THREADS, default=0, help="CPU threads for torch (0: torch's default)")
     return p
 
 
