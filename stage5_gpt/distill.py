@@ -171,7 +171,7 @@ def load_teacher(path: str) -> tuple[dict[str, Any], GPT, Any]:
     ckpt = load_checkpoint(path, STAGE, [MODEL_NAME])
     if ckpt.get("finetune"):
         raise UserError(f"--teacher {path} is a fine-tuned model; distil a pretrained one (a checkpoint of train.py)")
-    if any(ckpt.get(key) for key in ("quantization", "quantized", "quant")):
+    if ckpt.get("quantization") is not None:     # quantize.py's record
         raise UserError(f"--teacher {path} is a quantized model; distil from the float checkpoint it was made from")
     if not isinstance(ckpt.get("dataset"), str) or not isinstance(ckpt.get("tokenizer"), dict):
         raise UserError(f"--teacher {path} does not say which data set and tokenizer it was trained with; "
@@ -186,8 +186,9 @@ def load_student_init(args: argparse.Namespace, tokenizer: Any) -> GPT | None:
     if args.init_from is None:
         return None
     ckpt = load_checkpoint(args.init_from, STAGE, [MODEL_NAME])
-    if ckpt.get("finetune"):
-        raise UserError(f"--init_from {args.init_from} is a fine-tuned model; start from a pretrained one")
+    if ckpt.get("finetune") or ckpt.get("quantization") is not None:
+        raise UserError(f"--init_from {args.init_from} is a fine-tuned or quantized model; start from a pretrained "
+                        "float one")
     if ckpt.get("tokenizer_fingerprint") != tokenizer.fingerprint():
         raise UserError(f"--init_from {args.init_from} uses another tokenizer than --teacher {args.teacher} (token "
                         "ids would mean other things to the two models); start from a model of the teacher's "
