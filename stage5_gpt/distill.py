@@ -540,6 +540,7 @@ def measure(out_root: str | Path, teacher: str | Path = DEFAULT_TEACHER, *, seed
     out_root = Path(out_root)
     common = [*(["--data_dir", data_dir] if data_dir else []), "--device", device]
     threads = max(1, num_threads // 2) if parallel else num_threads
+    set_threads(threads)        # this process only sets up; `hardware` below then names each run's threads
     parsed = resolve_args(build_parser().parse_args([*flags, "--teacher", str(teacher)]))
     _, teacher_model, tokenizer = load_teacher(str(teacher))
     student = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=teacher_model.config.block_size,
