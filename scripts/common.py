@@ -103,6 +103,16 @@ def add_common_args(parser: argparse.ArgumentParser, seed_help: str = "random se
                        help="CPU threads for torch (0: torch's default, one per core)")
 
 
+def refuse_common_flags(args: Any, program: str) -> None:
+    """For a program that works on the CPU from a checkpoint alone (quantize, export): add_common_args's
+    --data_dir, --seed and --device would mean nothing there, so typing them is refused rather than ignored."""
+    unused = [flag for flag, typed in (("--data_dir", args.data_dir is not None), ("--seed", args.seed != 0),
+                                        ("--device", args.device not in ("auto", "cpu"))) if typed]
+    if unused:
+        verb = "does" if len(unused) == 1 else "do"
+        raise UserError(f"{', '.join(unused)} {verb} not apply: {program} works on the CPU from the checkpoint alone")
+
+
 def path_arg(text: str) -> str:
     """An argparse `type=` for a path: an empty or blank one (an unset shell variable, `--out_dir "$RUN"`) is
     refused rather than read as "not given", which would write into the default folder."""

@@ -56,9 +56,8 @@ from typing import Any, Sequence
 
 import torch
 
-from scripts.checks import THREADS
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, check_writable, hardware, load_checkpoint,
-                            path_arg, run_main, set_threads)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, hardware,
+                            load_checkpoint, path_arg, refuse_common_flags, run_main, set_threads)
 from stage5_gpt.data.bpe import EOT, GPT2_SPLIT_PATTERN, ByteLevelBPE, CharTokenizer
 from stage5_gpt.models.gpt import GPT, HF_TRANSPOSED, GPTConfig
 from stage5_gpt.models.hf import quiet_transformers
@@ -86,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the GGUF weights' type (f32: the same numbers as ours)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="load the export with transformers and compare its logits and greedy tokens with ours")
-    p.add_argument("--num_threads", type=THREADS, default=0, help="CPU threads for torch (0: torch's default)")
+    add_common_args(p)      # the course's one dialect: --data_dir, --device, --seed and --num_threads everywhere
     return p
 
 
@@ -268,9 +267,7 @@ def move_in(staging: Path, out: Path) -> None:
 # The method is on `Model` in older llama.cpp and on `TextModel` in newer: patch whichever class defines it.
 GGUF_SHIM = """
 import sys
-root = sys.argv.pop(1)
-sys.path.insert(0, root)
-import convert_hf_to_gguf as convert
+import convert_hf_to_gguf as convert    # found through PYTHONPATH: the llama.cpp checkout
 for cls in list(vars(convert).values()):
     if isinstance(cls, type) and "get_vocab_base_pre" in vars(cls):
         cls.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
@@ -304,8 +301,9 @@ def to_gguf(folder: Path, gguf: Path, llama_cpp: Path, outtype: str = "f32") -> 
 
 
 def run_converter(llama_cpp: Path, argv: list[str]) -> None:
-    done = subprocess.run([sys.executable, "-c", GGUF_SHIM, str(llama_cpp.absolute()), *argv],
-                          capture_output=True, text=True)
+    path = os.pathsep.join(p for p in (str(llama_cpp.absolute()), os.environ.get("PYTHONPATH", "")) if p)
+    done = subprocess.run([sys.executable, "-c", GGUF_SHIM, *argv], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": path})
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         last = lines[-1][:200] if lines else f"exit status {done.returncode}"
@@ -390,6 +388,7 @@ def measure(checkpoint: Path, prompts: list[str], new_tokens: int = 200) -> dict
 # ----------------------------------------------------------------------------- the program
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    refuse_common_flags(args, "export.py")
     if not args.checkpoint or not args.out:
         raise UserError("give the model and the folder: --checkpoint FILE.pt --out FOLDER")
     set_threads(args.num_threads)

@@ -31,9 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from scripts.checks import THREADS
-from scripts.common import (ArgParser, UserError, check_writable, checkpoint_header,
-                            load_checkpoint, path_arg, run_main, save_checkpoint, set_threads)
+from scripts.common import (ArgParser, UserError, add_common_args, check_writable, checkpoint_header,
+                            load_checkpoint, path_arg, refuse_common_flags, run_main, save_checkpoint, set_threads)
 from stage5_gpt.finetune import model_from_checkpoint
 from stage5_gpt.models import quant
 
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=path_arg, default=None,
                    help="where the quantized checkpoint goes (default: beside --checkpoint, <name>_<method>.pt)")
     # no --data_dir, --device or --seed: quantizing reads no data set, runs on the CPU and draws no random number
-    p.add_argument("--num_threads", type=THREADS, default=0, help="CPU threads for torch (0: torch's default)")
+    add_common_args(p)      # the course's one dialect: --data_dir, --device, --seed and --num_threads everywhere
     return p
 
 
@@ -134,6 +133,7 @@ def quantize_file(source: Path, method: str, out: Path) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    refuse_common_flags(args, "quantize.py")
     set_threads(args.num_threads)
     source = Path(args.checkpoint)
     out = Path(args.out) if args.out else default_out(source, args.method)

@@ -204,3 +204,16 @@ def test_relative_data_paths_work_from_another_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("MY_LLM_DATA")
     assert find_local_data("imdb", ["train.jsonl.gz"], "../../repo_root_sibling") == data  # against the cwd
     assert "(nowhere: no --data_dir" in str(common.missing_data_error("imdb", ["x"], None, "offline"))
+
+
+def test_refuse_common_flags_names_what_does_not_apply():
+    import argparse
+
+    from scripts.common import UserError, refuse_common_flags
+    quiet = argparse.Namespace(data_dir=None, seed=0, device="auto")
+    refuse_common_flags(quiet, "x.py")                         # nothing typed: nothing refused
+    refuse_common_flags(argparse.Namespace(data_dir=None, seed=0, device="cpu"), "x.py")
+    with pytest.raises(UserError, match=r"^--seed does not apply: x\.py"):
+        refuse_common_flags(argparse.Namespace(data_dir=None, seed=3, device="auto"), "x.py")
+    with pytest.raises(UserError, match=r"^--data_dir, --device do not apply"):
+        refuse_common_flags(argparse.Namespace(data_dir="d", seed=0, device="cuda"), "x.py")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from scripts.common import checkpoint_header, load_checkpoint, save_checkpoint
 from scripts.testing import one_error_line
@@ -19,7 +20,6 @@ from stage5_gpt.finetune import model_from_checkpoint
 from stage5_gpt.models.hf import load_gpt2
 from stage5_gpt.tests.conftest import tiny_args
 
-import transformers  # noqa: E402  (pinned in requirements.txt: missing is a failure, not a skip)
 
 # a context of 256 holds a prompt and 200 new tokens: transformers' GPT-2 has no sliding window beyond it
 SHAPE = ("--block_size", "256", "--n_layer", "2", "--n_embd", "32", "--max_steps", "40", "--eval_interval", "40")
