@@ -36,6 +36,13 @@ gpu:       on a CUDA machine: the default char model, GPT-2 small's shape on Gut
            Gutenberg model pretrained in about two minutes (checkpoints/gpu_base_gutenberg.pt), then GPU_ADAPT:
            that model's pretraining continued on the IMDb training reviews' text (checkpoints/gpu_base_imdb.pt),
            the base of the *_adapted fine-tuning runs. With --parts gpu finetune, gpu runs first.
+quant:     int8 (ours, models/quant.py) and bf16 copies of the default char model and of cpu_finetune's IMDb
+           classifier: file sizes, validation loss on every validation token, IMDb test accuracy, batch-1
+           generation tokens/s against float32 and against PyTorch's quantize_dynamic (results/quantization.json).
+distill:   a student with under half the default char model's parameters, distilled from it and trained on the
+           data alone with the same compute, three seeds (results/distillation.json).
+export:    the char model and cpu_finetune's BPE base exported to Hugging Face GPT-2 folders; transformers' greedy
+           tokens against ours for 200 new tokens from three prompts each (results/export.json).
 Each writes JSON files into stage5_gpt/results/.
 """
 from __future__ import annotations
@@ -72,7 +79,19 @@ from stage5_gpt.models.hf import GPT2_NAMES
 
 STAGE_DIR = Path(__file__).resolve().parent
 RESULTS = STAGE_DIR / "results"
-PARTS = ("quick", "baby_lr", "baby", "char", "kv", "bpe", "gutenberg", "finetune", "cpu_finetune", "gpu")
+PARTS = ("quick", "baby_lr", "baby", "char", "kv", "bpe", "gutenberg", "finetune", "cpu_finetune", "gpu", "quant",
+         "distill", "export")
+# the models the last three parts ship: the default char model (`python stage5_gpt/train.py`), and the BPE base and
+# IMDb classifier of --parts cpu_finetune (a base pretrained on the CPU, then fine-tuned)
+SHIP_CHAR = STAGE_DIR / "checkpoints" / "gpt_shakespeare_char.pt"
+SHIP_BPE = STAGE_DIR / "checkpoints" / "bench_cpu_base_imdb.pt"
+SHIP_CLASSIFIER = STAGE_DIR / "checkpoints" / "bench_cpu_ft.pt"
+SHIP_MADE_BY = {SHIP_CHAR: "python stage5_gpt/train.py", SHIP_BPE: "python stage5_gpt/bench.py --parts cpu_finetune",
+                SHIP_CLASSIFIER: "python stage5_gpt/bench.py --parts cpu_finetune"}
+SHIP_PARTS = {"quant": (SHIP_CHAR, SHIP_CLASSIFIER), "distill": (SHIP_CHAR,), "export": (SHIP_CHAR, SHIP_BPE)}
+EXPORT_PROMPTS = {SHIP_CHAR: ["ROMEO:", "JULIET:\n", "First Citizen:\n"],
+                  SHIP_BPE: ["This movie was", "I watched this film last night and", "The acting"]}
+DISTILL_SEEDS = (0, 1, 2)
 BABY_LRS = ("1e-3", "2e-3", "4e-3", "6e-3")   # nanoGPT's 1e-3 and three higher peaks; min_lr = lr / 10
 # GPT-2 small's shape (124M with GPT-2's vocabulary; 92M with our 8192 tokens), a short run for speed and MFU
 GPT2_SMALL = ["--preset", "gutenberg", "--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "1024",
@@ -452,6 +471,94 @@ def cpu_finetune(extra: list[str]) -> None:
     write_json(RESULTS / "cpu_finetune.json", result)
 
 
+def quant_part(data_dir: str | None, threads: int) -> None:
+    """int8 and bf16 against float32 and PyTorch's own int8 (stage5_gpt/quantize.py's measure)."""
+    from stage5_gpt.quantize import measure
+    result = measure(SHIP_CHAR, SHIP_CLASSIFIER, Path(data_dir) if data_dir else None, num_threads=threads)
+    write_json(RESULTS / "quantization.json", {**result, "hardware": hardware(), "threads": threads,
+                                               "command": "python stage5_gpt/bench.py --parts quant"})
+
+
+def distill_part(data_dir: str | None, threads: int) -> None:
+    """The distilled student against the same student on the data alone (stage5_gpt/distill.py's measure)."""
+    from stage5_gpt.distill import measure
+    result = measure(STAGE_DIR / "runs" / "bench_distill", SHIP_CHAR, seeds=DISTILL_SEEDS, data_dir=data_dir,
+                     num_threads=threads)
+    write_json(RESULTS / "distillation.json", {**result, "command": "python stage5_gpt/bench.py --parts distill"})
+
+
+def export_part() -> None:
+    """Hugging Face export: transformers' greedy tokens against ours (stage5_gpt/export.py's measure)."""
+    from stage5_gpt.export import measure
+    rows = [measure(path, prompts, 200) for path, prompts in EXPORT_PROMPTS.items()]
+    write_json(RESULTS / "export.json", {"rows": rows, "command": "python stage5_gpt/bench.py --parts export"})
+
+
+def ship_blocks() -> dict[str, str]:
+    """The README tables of quantization, distillation and export (parts not run yet are left out)."""
+    blocks = {}
+    if (RESULTS / "quantization.json").is_file():
+        q = read_json(RESULTS / "quantization.json")
+        loss, size, speed = q["val_loss"], q["file_bytes"], q["tokens_per_s"]
+        rows = [{"what": "float32", "bytes": size["float32"], "loss": loss["float32"], "speed": speed["float32"]},
+                {"what": "bf16 weights", "bytes": size["bf16"], "loss": loss["bf16"], "speed": None},
+                {"what": "int8, ours (models/quant.py)", "bytes": size["int8"], "loss": loss["int8"],
+                 "speed": speed["int8"]},
+                {"what": "int8, PyTorch quantize_dynamic", "bytes": q["state_bytes"]["pytorch_int8"],
+                 "loss": loss["pytorch_int8"], "speed": speed["pytorch_int8"]}]
+        table = markdown_table(rows, [
+            ("weights", lambda r: r["what"]), ("size", lambda r: f"{r['bytes'] / 1e6:.2f} MB"),
+            ("vs float32", lambda r: f"{size['float32'] / r['bytes']:.2f}x smaller"),
+            ("val loss", lambda r: f"{r['loss']:.4f} ({100 * (r['loss'] / loss['float32'] - 1):+.2f}%)"),
+            ("tokens/s, batch 1", lambda r: "—" if r["speed"] is None else f"{r['speed']:,.0f}")])
+        note = (f"\n\nThe default char model, validation loss over all {q['val_tokens']:,} validation tokens; "
+                f"generation: {q['new_tokens']} new tokens, KV cache, median of {q['repeats']}; int8 ours / float32 "
+                f"{q['speed_int8_vs_float32']:.2f}x, ours / PyTorch's {q['speed_int8_vs_pytorch']:.2f}x. "
+                "PyTorch's size is its state dict in memory (the tied embedding stays float32).")
+        if "imdb" in q:
+            m = q["imdb"]
+            note += (f" IMDb classifier (`--parts cpu_finetune`'s): test accuracy {100 * m['accuracy_float32']:.2f}% "
+                     f"float32, {100 * m['accuracy_int8']:.2f}% int8 ({m['accuracy_change_points']:+.2f} points, "
+                     f"{m['test_size']:,} reviews), file {m['size_ratio_int8']:.2f}x smaller.")
+        blocks["stage5_quant"] = table + note + f" {q['hardware']}. Command: `{q['command']}`."
+    if (RESULTS / "distillation.json").is_file():
+        d = read_json(RESULTS / "distillation.json")
+        rows = [{"what": f"teacher ({d['teacher']['params']:,} parameters)", "loss": d["teacher"]["val_loss"],
+                 "seconds": None}]
+        for name, label in (("alone", "student on the data alone"), ("distilled", "student, distilled")):
+            losses = [r[name]["val_loss"] for r in d["runs"]]
+            seconds = [r[name]["seconds"] for r in d["runs"]]
+            rows.append({"what": f"{label} ({d['student']['params']:,})", "loss": losses, "seconds": seconds})
+        table = markdown_table(rows, [
+            ("model", lambda r: r["what"]),
+            ("val loss", lambda r: f"{r['loss']:.4f}" if r["seconds"] is None else
+             f"{sum(r['loss']) / len(r['loss']):.4f} ({min(r['loss']):.4f}–{max(r['loss']):.4f})"),
+            ("training time", lambda r: "—" if r["seconds"] is None else
+             f"{sum(r['seconds']) / len(r['seconds']) / 60:.1f} min")])
+        s_ = d["settings"]
+        blocks["stage5_distill"] = table + (
+            f"\n\nGap closed (alone − distilled) / (alone − teacher): {100 * d['mean']['gap_closed']:.0f}% on average, "
+            f"{100 * d['mean']['gap_closed_min']:.0f}% at worst over seeds "
+            f"{', '.join(str(r['seed']) for r in d['runs'])}"
+            f"; student {d['student']['n_layer']} layers, {d['student']['n_embd']} wide "
+            f"({100 * d['student']['fraction_of_teacher']:.0f}% of the teacher's parameters), T {s_['temperature']}, "
+            f"alpha {s_['alpha']}, {s_['steps']} steps distilled and {s_['control_steps']} alone (the same "
+            f"arithmetic: the teacher's pass over the text is counted). {d['hardware']}. Command: `{d['command']}`.")
+    if (RESULTS / "export.json").is_file():
+        e = read_json(RESULTS / "export.json")
+        rows = [{"model": Path(r["checkpoint"]).name, "tokenizer": r["tokenizer"], "prompt": p["prompt"],
+                 "same": p["same_ids"], "n": p["new_tokens"], "diff": r["max_logit_diff"]}
+                for r in e["rows"] for p in r["prompts"]]
+        blocks["stage5_export"] = markdown_table(rows, [
+            ("checkpoint", lambda r: f"`{r['model']}`"), ("tokenizer", lambda r: r["tokenizer"]),
+            ("prompt", lambda r: repr(r["prompt"])), ("greedy tokens", lambda r: r["n"]),
+            ("same in transformers", lambda r: "yes" if r["same"] else "no"),
+            ("largest logit difference", lambda r: f"{r['diff']:.1e}")]) + (
+            f"\n\ntransformers {e['rows'][0]['transformers']}, {e['rows'][0]['hardware']}. "
+            f"Command: `{e['command']}`.")
+    return blocks
+
+
 def mins(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -599,6 +706,7 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
     if (RESULTS / "cpu_finetune.json").is_file():
         blocks["stage5_cpu_finetune"] = cpu_finetune_table(read_json(RESULTS / "cpu_finetune.json"))
     details = {name: blocks.pop(name) for name in ("stage5_nanogpt", "stage5_gpu") if name in blocks}
+    blocks.update(ship_blocks())
     return {STAGE_DIR / "README.md": blocks, RESULTS / "TUNING.md": details}    # the lesson, and its measurement notes
 
 
@@ -669,9 +777,10 @@ def draw_curves() -> None:
 GUTENBERG_SHA256 = {"train.txt.gz": "d49fa9e6c697b619abb0fc519c8b2fe7da06098fe65f5e4b0111bea5beb111d7",
                     "valid.txt.gz": "b0d1519473e96768458e854b0b220a1f41093c6b4c5a46f4d80a686be2f99cb1"}
 REFERENCE_DATA = {   # data set -> (pins, download checked, the parts that read it)
-    "tiny_shakespeare": ({"input.txt": SHAKESPEARE_SHA256}, True, {"quick", "baby_lr", "baby", "char", "kv"}),
+    "tiny_shakespeare": ({"input.txt": SHAKESPEARE_SHA256}, True, {"quick", "baby_lr", "baby", "char", "kv", "quant",
+                                                                   "distill"}),
     "gutenberg_en": (GUTENBERG_SHA256, True, {"bpe", "gpu"}),
-    "imdb": (IMDB_SHA256, False, {"gpu", "finetune", "cpu_finetune"}),
+    "imdb": (IMDB_SHA256, False, {"gpu", "finetune", "cpu_finetune", "quant"}),
     "multi30k": (MULTI30K_SHA256, True, {"finetune"}),
     "ag_news": ({"test.csv": AG_NEWS_SHA256["test.csv"]}, False, {"finetune"}),
 }
@@ -706,6 +815,13 @@ def check_bench_args(args: argparse.Namespace) -> argparse.Namespace:
                 whose, other = (("--base", "pass another --base") if base != IMDB_BASE else
                                 (f"run {name} starts from {IMDB_BASE.name}:", "leave the *_adapted runs out"))
                 raise UserError(f"{whose} {base} does not exist; pretrain it first (--parts gpu) or {other}")
+    for part, needed in SHIP_PARTS.items():
+        made_first = "cpu_finetune" in args.parts and part != "distill"
+        for path in needed:
+            if part in args.parts and not args.tables_only and not path.is_file() and not (
+                    made_first and SHIP_MADE_BY[path].endswith("cpu_finetune")):
+                raise UserError(f"--parts {part} needs {path.relative_to(STAGE_DIR.parent)}; make it first: "
+                                f"{SHIP_MADE_BY[path]}")
     if not args.tables_only and not args.collect:
         for name, (pins, download_checked, parts) in REFERENCE_DATA.items():
             if parts & set(args.parts):
@@ -767,6 +883,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             finetune_bench(extra + (["--device", args.device] if args.device else []), Path(args.base), args.runs)
         if "cpu_finetune" in args.parts:
             cpu_finetune(extra)
+        if "quant" in args.parts:
+            quant_part(args.data_dir, args.num_threads or 2)
+        if "distill" in args.parts:
+            distill_part(args.data_dir, args.num_threads or 2)
+        if "export" in args.parts:
+            export_part()
     draw_curves()
     write_json(RESULTS / "overview.json", overview())
     for path, blocks in readme_blocks().items():
