@@ -1,6 +1,6 @@
 """Stage 5 benchmark: every number in the stage README, from the default settings, on this machine.
 
-    python stage5_gpt/bench.py                                 # all parts but gpu and finetune
+    python stage5_gpt/bench.py                                 # all parts but gpu, finetune, quant, distill, export
     python stage5_gpt/bench.py --parts quick                   # the quick preset end to end (~2.5 min)
     python stage5_gpt/bench.py --parts char                    # the default char-level model (~20 min)
     python stage5_gpt/bench.py --parts baby --nanogpt_dir ~/nanoGPT   # also time nanoGPT's own train.py
@@ -92,6 +92,7 @@ SHIP_PARTS = {"quant": (SHIP_CHAR, SHIP_CLASSIFIER), "distill": (SHIP_CHAR,), "e
 EXPORT_PROMPTS = {SHIP_CHAR: ["ROMEO:", "JULIET:\n", "First Citizen:\n"],
                   SHIP_BPE: ["This movie was", "I watched this film last night and", "The acting"]}
 DISTILL_SEEDS = (0, 1, 2)
+SHIP_ONLY_ASKED = ("quant", "distill", "export")   # they start from models made elsewhere: run when named
 BABY_LRS = ("1e-3", "2e-3", "4e-3", "6e-3")   # nanoGPT's 1e-3 and three higher peaks; min_lr = lr / 10
 # GPT-2 small's shape (124M with GPT-2's vocabulary; 92M with our 8192 tokens), a short run for speed and MFU
 GPT2_SMALL = ["--preset", "gutenberg", "--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "1024",
@@ -793,7 +794,7 @@ def check_bench_args(args: argparse.Namespace) -> argparse.Namespace:
                              or args.data_dir or args.num_threads):
         raise UserError("--tables_only runs nothing: drop --parts, --nanogpt_dir, --base, --runs, --collect, "
                         "--data_dir and --num_threads")
-    args.parts = args.parts or [part for part in PARTS if part not in ("gpu", "finetune")]
+    args.parts = args.parts or [part for part in PARTS if part not in ("gpu", "finetune") + SHIP_ONLY_ASKED]
     for flag in ("base", "runs", "device", "collect"):
         if getattr(args, flag) is not None and "finetune" not in args.parts:
             raise UserError(f"--{flag} applies to --parts finetune only")
@@ -832,7 +833,7 @@ def check_bench_args(args: argparse.Namespace) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(description="Stage 5 benchmark: the numbers in stage5_gpt/README.md.")
     p.add_argument("--parts", nargs="+", default=None, choices=PARTS,
-                   help="which measurements to run (default: all but gpu and finetune)")
+                   help="which measurements to run (default: all but gpu, finetune, quant, distill and export)")
     p.add_argument("--nanogpt_dir", type=path_arg, default=None,
                    help="--parts baby: a nanoGPT checkout, to time its train.py beside ours")
     p.add_argument("--data_dir", type=path_arg, default=None,
