@@ -57,12 +57,28 @@ def read_header(path: Path) -> dict[str, Any] | str:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # a half-written, foreign or damaged file: listed as unreadable, with why
-        reason = " ".join(str(err).split()) or type(err).__name__
-        return f"不是可读的 checkpoint（{reason[:100]}）"
+        return f"读不出来：{plain_reason(path, err)}"
     if not isinstance(ckpt, dict) or ckpt.get("format") != "my_llm-checkpoint-v1":
         return "不是本课程写的 checkpoint"
     return {k: v for k, v in ckpt.items() if isinstance(v, (str, int, float, bool, dict, list)) and k != "model_state"
             and not k.endswith("_state")}
+
+
+def plain_reason(path: Path, err: Exception) -> str:
+    """Why torch.load failed, in words a learner can act on (torch's own message is about zip internals)."""
+    text = " ".join(str(err).split())
+    try:
+        if path.stat().st_size == 0:
+            return "空文件（0 字节）"
+    except OSError:
+        pass
+    if "central directory" in text or "truncated" in text.lower() or isinstance(err, OSError):   # mmap of a cut file
+        return "文件不完整（可能写到一半，或被截断了）：重新训练或换一个文件"
+    if "zipfile" in text or "_use_new_zipfile_serialization" in text or "invalid load key" in text:
+        return "不是 torch.save 写的 checkpoint"
+    if "weights_only" in text.lower() or "unsupported global" in text.lower():
+        return "里面有不安全的内容（pickle 代码），不加载"
+    return text[:100].rsplit(" ", 1)[0] + "…" if len(text) > 100 else text
 
 
 def tasks_of(stage: str, header: dict[str, Any]) -> list[str]:

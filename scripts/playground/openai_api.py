@@ -42,6 +42,10 @@ class OpenAIRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     stop: str | list[str] | None = None
     stream: bool = False
+    # asked for but not offered here: refused, not ignored (a client would read the answer as if they applied)
+    echo: bool = False
+    logprobs: int | bool | None = None
+    best_of: int | None = None
 
 
 class CompletionRequest(OpenAIRequest):
@@ -65,6 +69,15 @@ class OpenAIError(Exception):
 def error_body(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
                                    "code": None}}, status_code=status)
+
+
+def check_unsupported(request: OpenAIRequest) -> None:
+    if getattr(request, "echo", False):
+        raise OpenAIError("echo is not supported by this server")
+    if getattr(request, "logprobs", None) not in (None, False):
+        raise OpenAIError("logprobs are not supported by this server")
+    if getattr(request, "best_of", None) not in (None, 1):
+        raise OpenAIError("best_of: only 1 is supported by this server")
 
 
 def stops_of(request: OpenAIRequest) -> list[str]:
@@ -127,6 +140,7 @@ def add_routes(app: FastAPI, pg: Any) -> None:
     async def answer(request: OpenAIRequest, kind: str, prepare) -> Any:
         """Run `prepare` (which names the model and the prompt ids), then answer at once or as a stream."""
         try:
+            check_unsupported(request)
             stops = stops_of(request)
             entry, generator, ids, settings = await pg.run(prepare)
         except (OpenAIError, UserError) as err:

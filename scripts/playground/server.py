@@ -39,8 +39,9 @@ from scripts.playground.worker import ModelWorker
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_TEXT_CHARS = 5_000        # a review, a sentence or a prompt: longer text is refused, not cut
 MAX_BODY_BYTES = 1 << 20      # a request body: the longest text allowed is 5,000 characters, far below this
-MAX_LOADED = 12               # models kept in memory at once (the least recently used one is dropped): the tabs
-#                               together show about ten (four classifiers, three translators, two generators...)
+MAX_LOADED = 32               # models kept in memory at once (the least recently used one is dropped first)...
+MAX_LOADED_BYTES = 4 << 30    # ...and at most this much checkpoint on disk among them: stage 1's n-gram MLPs are
+#                               ~260 MB each, and "every model" in the classify tab asks for all of them
 log = logging.getLogger("playground")
 
 
@@ -107,9 +108,10 @@ class TranslateRequest(Strict):
 
 
 class Sampling(Strict):
+    # the defaults are stage 5's generate.py's for free text
     temperature: float = Field(0.8, ge=0, le=5, allow_inf_nan=False)
     top_k: int = Field(0, ge=0, le=1 << 20)
-    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    top_p: float = Field(0.95, gt=0, le=1, allow_inf_nan=False)
 
 
 class GenerateRequest(Sampling):
@@ -133,6 +135,7 @@ class ModelCache:
     def __init__(self, device: torch.device):
         self.device = device
         self.loaded: OrderedDict[tuple, Any] = OrderedDict()
+        self.sizes: dict[tuple, int] = {}
 
     def get(self, entry: Entry, task: str) -> Any:
         key = (entry.id, task, entry.path.stat().st_mtime_ns)    # a retrained model is loaded again
@@ -141,8 +144,10 @@ class ModelCache:
             return self.loaded[key]
         model = LOADERS[task](entry, self.device)
         self.loaded[key] = model
-        while len(self.loaded) > MAX_LOADED:
-            self.loaded.popitem(last=False)
+        self.sizes[key] = entry.path.stat().st_size
+        while len(self.loaded) > 1 and (len(self.loaded) > MAX_LOADED or sum(self.sizes.values()) > MAX_LOADED_BYTES):
+            oldest, _ = self.loaded.popitem(last=False)
+            self.sizes.pop(oldest, None)
         return model
 
 

@@ -296,8 +296,8 @@ function translateSettings() {
   const beam = $("translate-mode").value === "beam";
   return {
     text: $("translate-text").value,
-    beam: beam ? Number($("translate-beam").value) : 1,
-    alpha: Number($("translate-alpha").value),
+    beam: beam ? numberFrom("translate-beam", "束宽") : 1,
+    alpha: numberFrom("translate-alpha", "长度惩罚 α"),
   };
 }
 
@@ -428,7 +428,10 @@ const DEFAULT_GENERATORS = [
 // Picking another model for a pane stops what it is writing and clears it: the text shown is always the
 // model's whose name is above it.
 panes.forEach((pane) => pane.select.addEventListener("change", () => {
-  if (pane.controller) pane.controller.abort();
+  if (pane.controller) {
+    pane.switching = true;          // the abort below ends the old stream: say why, not "stopped: 0 tokens"
+    pane.controller.abort();
+  }
   pane.output.replaceChildren();
   pane.dist.replaceChildren();
   pane.note.textContent = "";
@@ -515,11 +518,13 @@ async function runPane(pane, request) {
     await readEvents(response.body, (event, data) => onGenerateEvent(pane, event, data));
     if (pane.output.dataset.state === "running") throw new Error("连接在生成结束前断开了。");
   } catch (err) {
-    if (err.name === "AbortError") finishPane(pane, "stopped", `已停止：${pane.tokens.length} 个词元`);
+    if (err.name === "AbortError" && pane.switching) finishPane(pane, "stopped", "换了模型：之前的生成已停止");
+    else if (err.name === "AbortError") finishPane(pane, "stopped", `已停止：${pane.tokens.length} 个词元`);
     else if (err instanceof TypeError) failPane(pane, new Error("连不上练习场服务器：它还在运行吗？"));
     else failPane(pane, err);
   } finally {
     pane.controller = null;
+    pane.switching = false;
   }
 }
 

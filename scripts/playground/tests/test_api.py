@@ -359,6 +359,8 @@ def test_links_out_of_the_course_and_unreadable_files_are_not_served(tmp_path, t
     (root / "stage5_gpt" / "checkpoints").mkdir(parents=True)
     (root / "stage5_gpt" / "checkpoints" / "link.pt").symlink_to(outside / "elsewhere.pt")
     (root / "stage5_gpt" / "checkpoints" / "garbage.pt").write_bytes(b"\x00garbage")
+    (root / "stage5_gpt" / "checkpoints" / "empty.pt").write_bytes(b"")
+    (root / "stage5_gpt" / "checkpoints" / "cut.pt").write_bytes((tiny_course / GPT).read_bytes()[:5000])
     with serve(root) as (url, _):
         plots = {p["id"] for p in httpx.get(f"{url}/api/results").json()["plots"]}
         assert not plots & {"stage1_mlp/results/link.png", "stage1_mlp/results/text.png"}
@@ -368,6 +370,8 @@ def test_links_out_of_the_course_and_unreadable_files_are_not_served(tmp_path, t
         assert "stage5_gpt/checkpoints/link.pt" not in {m["id"] for m in body["models"]}
         why = {u["id"]: u["why"] for u in body["unreadable"]}
         assert "课程目录之外" in why["stage5_gpt/checkpoints/link.pt"] and "garbage.pt" in " ".join(why)
+        assert "空文件" in why["stage5_gpt/checkpoints/empty.pt"]
+        assert "不完整" in why["stage5_gpt/checkpoints/cut.pt"]
 
 
 def test_malformed_json_and_nan_are_refused(server):

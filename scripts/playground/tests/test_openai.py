@@ -102,4 +102,8 @@ def test_errors_are_the_clients_own_exceptions(client):
         client.completions.create(model=GPT, prompt="")
     with pytest.raises(openai.BadRequestError, match="user message"):
         client.chat.completions.create(model=MULTI, messages=[{"role": "system", "content": "translate"}])
+    with pytest.raises(openai.BadRequestError, match="echo"):
+        client.completions.create(model=GPT, prompt="hi", echo=True)
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.completions.create(model=GPT, prompt="hi", logprobs=3)
     assert client.completions.create(model=GPT, prompt="still serving", max_tokens=2).choices[0].text
