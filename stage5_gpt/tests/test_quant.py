@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from scripts.common import checkpoint_header, save_checkpoint
 from scripts.testing import one_error_line
-from stage5_gpt import evaluate, finetune, generate, quantize
+from stage5_gpt import evaluate, finetune, generate, quantize, train
 from stage5_gpt.data import tasks as T
 from stage5_gpt.data.bpe import ByteLevelBPE, CharTokenizer
 from stage5_gpt.models import quant
@@ -298,6 +298,13 @@ def test_finetune_refuses_a_quantized_base(int8_ckpt, tiny_data, tmp_path, cli):
                                        "--out_dir", tmp_path / "run", "--checkpoint", tmp_path / "ft.pt"])
     one_error_line(code, err, "--base", "quantized", "float checkpoint")
     assert not (tmp_path / "ft.pt").exists()
+
+
+def test_train_refuses_to_start_from_a_quantized_checkpoint(int8_ckpt, lm_data, tmp_path, cli):
+    code, _, err = cli(train.main, ["--init_from", int8_ckpt, "--data_dir", lm_data, "--max_steps", "2",
+                                    "--out_dir", tmp_path / "run", "--checkpoint", tmp_path / "gpt.pt"])
+    one_error_line(code, err, "--init_from", "quantized", "float checkpoint")
+    assert not (tmp_path / "gpt.pt").exists()
 
 
 def test_measure_reports_what_bench_reads(char_ckpt, classifier_ckpt, lm_data, tiny_data, tmp_path):
