@@ -2,7 +2,7 @@
 
     python distill.py                                  # teacher: the default char model; student: 4 layers, 176 wide
     python distill.py --no-distill                     # the control: the same student on the data alone
-    python distill.py --teacher T.pt --n_layer 2 --n_embd 128 --temperature 2 --alpha 0.5
+    python distill.py --teacher T.pt --n_layer 2 --n_embd 128 --temperature 2 --alpha 0.5   # other T and alpha
     python distill.py --resume                         # carry on after Ctrl-C, bit-exact on CPU
 
 The data alone says which token came next; the teacher says how likely every token was. The student learns
@@ -99,10 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", type=path_arg, default=str(DEFAULT_TEACHER),
                    help="the trained model to learn from: a checkpoint of train.py; its data set, tokenizer and "
                         "context length are the student's")
-    p.add_argument("--temperature", type=TEMPERATURE, default=2.0,
+    # T 1, alpha 0.9 (stage5_gpt/results/TUNING.md): at T 1 the soft targets are the distribution the student is
+    # scored on; T 2 with alpha 0.5 spent the small student's capacity on the teacher's softened tail
+    p.add_argument("--temperature", type=TEMPERATURE, default=1.0,
                    help="T: both distributions are softmax(logits / T); higher shows the teacher's small "
                         "probabilities more")
-    p.add_argument("--alpha", type=ALPHA, default=0.5,
+    p.add_argument("--alpha", type=ALPHA, default=0.9,
                    help="weight of the teacher's soft targets; 1 - alpha goes to the data's next tokens")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
                    help="learn from the teacher; --no-distill trains the same student on the data alone (alpha 0), "

@@ -95,7 +95,7 @@ def student_run(lm_data, teacher_run, tmp_path_factory):
 def test_the_student_is_a_stage5_checkpoint_with_its_record(student_run, teacher_run):
     ckpt = load_checkpoint(student_run / "student.pt", "stage5_gpt", ["gpt"])
     record = ckpt["distillation"]
-    assert record["distilled"] and record["temperature"] == 2.0 and record["alpha"] == 0.5
+    assert record["distilled"] and record["temperature"] == 1.0 and record["alpha"] == 0.9
     assert record["teacher"] == str(teacher_run / "best.pt") and len(record["teacher_sha256"]) == 64
     assert record["student_params"] < record["teacher_params"] and record["cache_teacher"]
     assert ckpt["config"]["n_layer"] == 1 and ckpt["config"]["n_embd"] == 16
@@ -147,7 +147,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_student(lm_data, teacher_run
         assert torch.equal(resumed["model_state"][name], value), name
     code, _, err = cli(distill.main, student_args(lm_data, teacher_run, tmp_path / "b", *common, "--resume",
                                                   "--temperature", "3"))
-    one_error_line(code, err, "--temperature 2.0 (now 3.0)")
+    one_error_line(code, err, "--temperature 1.0 (now 3.0)")
 
 
 # ----------------------------------------------------------------------------- bad input: one line, exit 2
