@@ -900,6 +900,12 @@ def cache_dir(name: str) -> Path:
     return base / "my_llm" / name
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in blocks (a checkpoint or a data set need not fit in memory twice)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0) -> Path:
     """Fetch `url` to `dest`, atomically (a partial download never looks like a finished file) and, when `sha256`
     is given, verified: a file whose checksum differs is deleted and refused (ValueError), so a truncated,
@@ -953,8 +959,7 @@ def check_reference_data(name: str, pins: dict[str, str | None], data_dir: str |
         if unpacked:
             digest = hashlib.sha256(read_bytes(path, f"{name} file")).hexdigest()
         else:
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            digest = file_sha256(path)
         if digest != sha256:
             why = "no reference copy of it exists" if sha256 is None else "its sha256 differs"
             raise UserError(f"{path} is not the reference copy of {name} ({why}): {REFUSAL}")

@@ -27,7 +27,6 @@ a "distillation" record: the teacher's path and sha256, T, alpha and both sizes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -44,8 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args, amp_name,
-                            autocast, hardware, load_checkpoint, path_arg, run_main, save_checkpoint, set_seed,
-                            set_threads, setup_logging, warmup_cosine, write_json, write_metrics)
+                            autocast, file_sha256, hardware, load_checkpoint, path_arg, run_main, save_checkpoint,
+                            set_seed, set_threads, setup_logging, warmup_cosine, write_json, write_metrics)
 from scripts.common import model_from_checkpoint as checked_model
 from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
 from scripts.monitor import TrainingMonitor
@@ -157,14 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "<tokenizer>[_alone])")
     add_common_args(p)
     return p
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_teacher(path: str) -> tuple[dict[str, Any], GPT, Any]:
@@ -340,10 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.num_threads)
     device = T.get_device(args.device)
     teacher_ckpt, teacher, tokenizer = load_teacher(args.teacher)
-    args.teacher_sha256 = sha256_file(Path(args.teacher))
+    args.teacher_sha256 = file_sha256(Path(args.teacher))
     args.dataset, args.block_size = teacher_ckpt["dataset"], teacher.config.block_size
     args.tokenizer = "char" if isinstance(tokenizer, CharTokenizer) else "bpe"
-    args.init_from_sha256 = sha256_file(Path(args.init_from)) if args.init_from else None
+    args.init_from_sha256 = file_sha256(Path(args.init_from)) if args.init_from else None
     init = load_student_init(args, tokenizer)
     if init is not None:      # the shape comes from --init_from
         args.n_layer, args.n_head, args.n_embd = init.config.n_layer, init.config.n_head, init.config.n_embd

@@ -19,7 +19,6 @@ int8 (ours), bf16 and PyTorch's own dynamic quantization.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import os
 import statistics
@@ -32,7 +31,8 @@ import numpy as np
 import torch
 
 from scripts.common import (ArgParser, UserError, add_common_args, check_writable, checkpoint_header,
-                            load_checkpoint, path_arg, refuse_common_flags, run_main, save_checkpoint, set_threads)
+                            file_sha256, load_checkpoint, path_arg, refuse_common_flags, run_main, save_checkpoint,
+                            set_threads)
 from stage5_gpt.finetune import model_from_checkpoint
 from stage5_gpt.models import quant
 
@@ -56,17 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights")
     p.add_argument("--out", type=path_arg, default=None,
                    help="where the quantized checkpoint goes (default: beside --checkpoint, <name>_<method>.pt)")
-    # no --data_dir, --device or --seed: quantizing reads no data set, runs on the CPU and draws no random number
-    add_common_args(p)      # the course's one dialect: --data_dir, --device, --seed and --num_threads everywhere
+    # the course's one dialect: --data_dir, --device, --seed and --num_threads everywhere; quantizing reads no data
+    # set, runs on the CPU and draws no random number, so main() refuses the first three when typed
+    add_common_args(p)
     return p
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_out(source: Path, method: str) -> Path:
@@ -113,7 +106,7 @@ def quantized_checkpoint(ckpt: dict[str, Any], model: torch.nn.Module, method: s
               "activations": "symmetric int8, one scale per token, computed at each call" if method == "int8"
               else "float32", "per_channel": method == "int8", "layers": layers, "kept": kept,
               "tied": "wte and lm_head share one int8 table" if method == "int8" else None,
-              "source": str(source), "source_sha256": sha256(source), "source_bytes": source.stat().st_size}
+              "source": str(source), "source_sha256": file_sha256(source), "source_bytes": source.stat().st_size}
     return {**checkpoint_header(STAGE, ckpt["model"]), **{k: ckpt[k] for k in KEPT if k in ckpt},
             "model_state": state, "quantization": record}
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from scripts.classification_data import load_split, train_val_split
-from scripts.common import (UserError, cache_dir, data_candidates, download, find_local_data, missing_data_error,
-                            read_json, read_text, write_json)
+from scripts.common import (UserError, cache_dir, data_candidates, download, file_sha256, find_local_data,
+                            missing_data_error, read_json, read_text, write_json)
 from stage5_gpt.data.bpe import ByteLevelBPE, CharTokenizer, load_tokenizer
 
 STAGE_DIR = Path(__file__).resolve().parents[1]
@@ -245,11 +245,7 @@ def source_identity(dataset: str, data_dir: str | None) -> dict[str, dict[str, i
         return None
     identity = {}
     for f in files:
-        digest = hashlib.sha256()
-        with open(folder / f, "rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-        identity[f] = {"bytes": (folder / f).stat().st_size, "sha256": digest.hexdigest()}
+        identity[f] = {"bytes": (folder / f).stat().st_size, "sha256": file_sha256(folder / f)}
     return identity
 
 
