@@ -252,7 +252,8 @@ class GPT(nn.Module):
                 caches = None
             if use_cache:
                 if caches is None:   # (re)fill the cache with the whole window
-                    caches = self.new_caches(tokens.size(0), tokens.device, self.lm_head.weight.dtype)
+                    # the cache holds activations: their dtype is the embeddings' (wpe is never quantized)
+                    caches = self.new_caches(tokens.size(0), tokens.device, self.wpe.weight.dtype)
                     logits, _ = self(tokens[:, window_start:], caches=caches)
                 else:                # one new position
                     logits, _ = self(tokens[:, -1:], caches=caches)

@@ -122,8 +122,8 @@ class QuantLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The float weight this layer stands for, s[:, None] * Q, computed when asked (code that asks a Linear
-        for its weight's dtype, as GPT.generate does for its cache, gets float32)."""
+        """The float weight this layer stands for, s[:, None] * Q, computed when asked (for code that reads a
+        Linear's weight, such as the comparisons in the tests)."""
         return dequantize(self.qweight, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,22 +214,7 @@ def pytorch_dynamic(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantized = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
-    for gpt in [m for m in quantized.modules() if isinstance(m, GPT)]:
-        gpt.lm_head = _CacheDtype(gpt.lm_head)
     return quantized
-
-
-class _CacheDtype(nn.Module):
-    """Wraps PyTorch's quantized LM head for GPT.generate, which asks `lm_head.weight.dtype` for the KV cache's
-    dtype: PyTorch's quantized Linear has weight() as a method, so this answers float32 instead."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.weight = torch.empty(0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
 
 
 def state_bytes(state: dict[str, Any]) -> int:
