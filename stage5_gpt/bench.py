@@ -60,7 +60,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -495,6 +495,16 @@ def export_part() -> None:
     write_json(RESULTS / "export.json", {"rows": rows, "command": "python stage5_gpt/bench.py --parts export"})
 
 
+def closed_text(d: dict[str, Any]) -> str:
+    """The distillation's gap closed over seeds, in words (undefined where the student alone matched its teacher)."""
+    m, n = d["mean"], len(d["runs"])
+    if m["gap_closed"] is None:
+        return "undefined (the student alone was as good as the teacher)"
+    undefined = n - m.get("gap_defined_runs", n)
+    return (f"{100 * m['gap_closed']:.0f}% on average, {100 * m['gap_closed_min']:.0f}% at worst"
+            + (f" ({undefined} runs undefined: the student alone was as good as the teacher)" if undefined else ""))
+
+
 def ship_blocks() -> dict[str, str]:
     """The README tables of quantization, distillation and export (parts not run yet are left out)."""
     blocks = {}
@@ -538,8 +548,7 @@ def ship_blocks() -> dict[str, str]:
              f"{sum(r['seconds']) / len(r['seconds']) / 60:.1f} min")])
         s_ = d["settings"]
         blocks["stage5_distill"] = table + (
-            f"\n\nGap closed (alone − distilled) / (alone − teacher): {100 * d['mean']['gap_closed']:.0f}% on average, "
-            f"{100 * d['mean']['gap_closed_min']:.0f}% at worst over seeds "
+            f"\n\nGap closed (alone − distilled) / (alone − teacher): {closed_text(d)} over seeds "
             f"{', '.join(str(r['seed']) for r in d['runs'])}"
             f"; student {d['student']['n_layer']} layers, {d['student']['n_embd']} wide "
             f"({100 * d['student']['fraction_of_teacher']:.0f}% of the teacher's parameters), T {s_['temperature']}, "

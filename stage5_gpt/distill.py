@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args, amp_name,
-                            autocast, file_sha256, hardware, load_checkpoint, path_arg, run_main, save_checkpoint,
-                            set_seed, set_threads, setup_logging, warmup_cosine, write_json, write_metrics)
+                            autocast, display_path, file_sha256, hardware, load_checkpoint, path_arg, run_main,
+                            save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
+                            write_metrics)
 from scripts.common import model_from_checkpoint as checked_model
 from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
 from scripts.monitor import TrainingMonitor
@@ -518,6 +519,13 @@ def finish(args: argparse.Namespace, student: GPT, teacher: GPT, teacher_val: fl
 
 
 # ----------------------------------------------------------------------------- the comparison, for bench.py
+def gap_closed(alone: float, distilled: float, teacher: float) -> float | None:
+    """The share of the gap between the student alone and the teacher that distillation closed; None when there is
+    no gap (the student alone is already as good as its teacher), where the ratio would mean nothing."""
+    gap = alone - teacher
+    return (alone - distilled) / gap if gap > 0 else None
+
+
 def measure(out_root: str | Path, teacher: str | Path = DEFAULT_TEACHER, *, seeds: Sequence[int] = (0,),
             flags: Sequence[str] = (), data_dir: str | None = None, num_threads: int = 2, device: str = "cpu",
             parallel: bool = False, log: Any = print) -> dict[str, Any]:
@@ -577,15 +585,18 @@ def measure(out_root: str | Path, teacher: str | Path = DEFAULT_TEACHER, *, seed
                                 "seconds": m["fit_seconds"] + m["teacher_seconds"],
                                 "flops": m["train_flops"] + m["teacher_pass_flops"],
                                 "tokens_per_s": m["train_tokens_per_s"], "params": metrics["params"]}
-            gap = result["alone"]["val_loss"] - teacher_val
-            result["gap_closed"] = (result["alone"]["val_loss"] - result["distilled"]["val_loss"]) / gap
+            result["gap_closed"] = gap_closed(result["alone"]["val_loss"], result["distilled"]["val_loss"],
+                                              teacher_val)
+            closed_text = ("undefined (alone is no worse than the teacher)" if result["gap_closed"] is None
+                           else f"{result['gap_closed']:.0%} of the gap closed")
             log(f"seed {seed}: teacher {teacher_val:.4f}, alone {result['alone']['val_loss']:.4f}, distilled "
-                f"{result['distilled']['val_loss']:.4f}: {result['gap_closed']:.0%} of the gap closed")
+                f"{result['distilled']['val_loss']:.4f}: {closed_text}")
             runs.append(result)
     finally:
         sampling.set()
-    closed = [r["gap_closed"] for r in runs]
-    return {"teacher": {"checkpoint": str(teacher), "params": teacher_model.num_params(), "val_loss": teacher_val},
+    closed = [r["gap_closed"] for r in runs if r["gap_closed"] is not None]
+    return {"teacher": {"checkpoint": display_path(teacher), "params": teacher_model.num_params(),
+                        "val_loss": teacher_val},
             "student": {"n_layer": parsed.n_layer, "n_head": parsed.n_head, "n_embd": parsed.n_embd,
                         "params": student.num_params(),
                         "fraction_of_teacher": student.num_params() / teacher_model.num_params()},
@@ -595,7 +606,8 @@ def measure(out_root: str | Path, teacher: str | Path = DEFAULT_TEACHER, *, seed
             "runs": runs,
             "mean": {key: float(np.mean([r[name]["val_loss"] for r in runs])) for key, name in
                      (("alone_val_loss", "alone"), ("distilled_val_loss", "distilled"))}
-            | {"gap_closed": float(np.mean(closed)), "gap_closed_min": float(min(closed))},
+            | {"gap_closed": float(np.mean(closed)) if closed else None,
+               "gap_closed_min": float(min(closed)) if closed else None, "gap_defined_runs": len(closed)},
             "load_average": {"mean": float(np.mean(loads)) if loads else os.getloadavg()[0],
                              "max": float(max(loads)) if loads else os.getloadavg()[0], "samples": len(loads)},
             "hardware": hardware(device), "cpu_count": os.cpu_count()}

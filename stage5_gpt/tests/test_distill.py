@@ -232,6 +232,13 @@ def test_measure_gives_the_control_the_teacher_pass_in_extra_steps(lm_data, teac
     result = distill.measure(tmp_path / "m", teacher_run / "best.pt", flags=flags, num_threads=1, log=lambda m: None)
     run = result["runs"][0]
     assert run["distilled"]["steps"] == 6 and run["alone"]["steps"] == result["settings"]["control_steps"] == 9
-    gap = run["alone"]["val_loss"] - result["teacher"]["val_loss"]
-    assert run["gap_closed"] == pytest.approx((run["alone"]["val_loss"] - run["distilled"]["val_loss"]) / gap)
+    assert run["gap_closed"] == distill.gap_closed(run["alone"]["val_loss"], run["distilled"]["val_loss"],
+                                                   result["teacher"]["val_loss"])
     assert result["student"]["params"] < result["teacher"]["params"] and result["load_average"]["mean"] >= 0
+
+
+def test_gap_closed_is_undefined_when_the_student_alone_matches_its_teacher():
+    assert distill.gap_closed(alone=1.6, distilled=1.55, teacher=1.5) == pytest.approx(0.5)
+    assert distill.gap_closed(alone=1.6, distilled=1.65, teacher=1.5) == pytest.approx(-0.5)
+    assert distill.gap_closed(alone=1.5, distilled=1.45, teacher=1.5) is None
+    assert distill.gap_closed(alone=1.47, distilled=1.46, teacher=1.49) is None
