@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from scripts.common import (ArgParser, UserError, add_common_args, check_writable, checkpoint_header,
-                            file_sha256, load_checkpoint, path_arg, refuse_common_flags, run_main, save_checkpoint,
-                            set_threads)
+                            display_path, file_sha256, load_checkpoint, path_arg, refuse_common_flags, run_main,
+                            save_checkpoint, set_threads)
 from stage5_gpt.finetune import model_from_checkpoint
 from stage5_gpt.models import quant
 
@@ -171,6 +171,25 @@ def tokens_per_s(models: dict[str, torch.nn.Module], tokenizer: Any, device: tor
     return {name: statistics.median(values) for name, values in speeds.items()}
 
 
+def batched_tokens_per_s(models: dict[str, torch.nn.Module], ids: np.ndarray, device: torch.device,
+                         batch_size: int, repeats: int, batches: int = 4) -> dict[str, float]:
+    """Scoring speed, the batched side of inference (evaluate.py's pass: `batch_size` windows of a full block
+    each, every position at once): tokens/s over the first `batches` batches of `ids`, the models taking turns,
+    the median of `repeats` runs each (after one warm-up run)."""
+    from stage5_gpt.evaluate import score  # noqa: PLC0415 - evaluate.py imports this stage's programs
+
+    block = next(iter(models.values())).config.block_size
+    part = ids[: batches * batch_size * block + 1]
+    speeds: dict[str, list[float]] = {name: [] for name in models}
+    for round_ in range(repeats + 1):
+        for name, model in models.items():
+            tick = time.perf_counter()
+            _, count = score(model, part, batch_size, device, False)
+            if round_:
+                speeds[name].append(count / (time.perf_counter() - tick))
+    return {name: statistics.median(values) for name, values in speeds.items()}
+
+
 def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | None = None, *,
             num_threads: int = 2, new_tokens: int = 500, repeats: int = 5, batch_size: int = 16,
             imdb_limit: int = 0, cache_dir: Path | None = None, work_dir: Path | None = None,
@@ -217,8 +236,10 @@ def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | N
         speeds = tokens_per_s(speed_models, tokenizer, device, new_tokens, repeats,
                               "ROMEO:" if dataset == "shakespeare" else "The")
         log(f"tokens/s: {speeds}")
+        batched = batched_tokens_per_s(speed_models, ids, device, batch_size, repeats)
+        log(f"scoring tokens/s (batch {batch_size}): {batched}")
         result: dict[str, Any] = {
-            "checkpoint": str(checkpoint), "dataset": dataset, "val_tokens": int(len(ids) - 1),
+            "checkpoint": display_path(checkpoint), "dataset": dataset, "val_tokens": int(len(ids) - 1),
             "file_bytes": file_bytes, "state_bytes": state_bytes,
             "size_ratio_int8": file_bytes["float32"] / file_bytes["int8"],
             "size_ratio_bf16": file_bytes["float32"] / file_bytes["bf16"],
@@ -229,6 +250,9 @@ def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | N
             "tokens_per_s": speeds, "speed_int8_vs_float32": speeds["int8"] / speeds["float32"],
             "speed_int8_vs_pytorch": speeds["int8"] / speeds["pytorch_int8"],
             "speed_pytorch_vs_float32": speeds["pytorch_int8"] / speeds["float32"],
+            "scoring_tokens_per_s": batched, "scoring_batch_size": batch_size,
+            "scoring_int8_vs_float32": batched["int8"] / batched["float32"],
+            "scoring_int8_vs_pytorch": batched["int8"] / batched["pytorch_int8"],
             "new_tokens": new_tokens, "repeats": repeats, "num_threads": num_threads,
             "load_average": os.getloadavg(), "torch": torch.__version__,
         }
@@ -245,7 +269,7 @@ def measure_classifier(path: Path, folder: Path, data_dir: Path | None, limit: i
     device = torch.device("cpu")
     out = folder / f"{path.stem}_int8.pt"
     sizes = quantize_file(path, "int8", out)
-    result: dict[str, Any] = {"checkpoint": str(path), "file_bytes": {"float32": sizes["source_bytes"],
+    result: dict[str, Any] = {"checkpoint": display_path(path), "file_bytes": {"float32": sizes["source_bytes"],
                                                                       "int8": sizes["out_bytes"]}}
     result["size_ratio_int8"] = sizes["source_bytes"] / sizes["out_bytes"]
     for name, file in (("float32", path), ("int8", out)):

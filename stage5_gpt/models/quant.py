@@ -130,7 +130,8 @@ class QuantLinear(nn.Module):
         shape = x.shape
         x = x.reshape(-1, self.in_features).float()                         # (N, in)
         x_q, x_scale = quantize_per_token(x)                                 # (N, in) int8, (N, 1)
-        y = int8_matmul(x_q, self.qweight).mul(x_scale * self.scale)        # (N, out) float32
+        # two broadcast products, not x_scale * scale first: that outer product is an (N, out) pass of its own
+        y = int8_matmul(x_q, self.qweight).mul(x_scale).mul_(self.scale)    # (N, out) float32
         if self.bias is not None:
             y = y.add_(self.bias)
         return y.view(*shape[:-1], self.out_features)
