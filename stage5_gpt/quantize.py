@@ -1,10 +1,10 @@
 """Quantize a trained GPT-mini (stage 5) after training: int8 weights and activations, or bf16 / fp16 weights.
 
-    python quantize.py --checkpoint checkpoints/gpt_shakespeare_char.pt                 # -> ..._int8.pt beside it
-    python quantize.py --checkpoint checkpoints/gpt_shakespeare_char.pt --method bf16   # -> ..._bf16.pt
+    python quantize.py --checkpoint checkpoints/gpt_shakespeare_char.pt                 # -> int8_gpt_...pt beside it
+    python quantize.py --checkpoint checkpoints/gpt_shakespeare_char.pt --method bf16   # -> bf16_gpt_...pt
     python quantize.py --checkpoint checkpoints/ft_imdb_full.pt --out /tmp/imdb_int8.pt # a fine-tuned classifier
-    python generate.py --checkpoint checkpoints/gpt_shakespeare_char_int8.pt --prompt "ROMEO:"
-    python evaluate.py --checkpoint checkpoints/gpt_shakespeare_char_int8.pt
+    python generate.py --checkpoint checkpoints/int8_gpt_shakespeare_char.pt --prompt "ROMEO:"
+    python evaluate.py --checkpoint checkpoints/int8_gpt_shakespeare_char.pt
 
 The output is a checkpoint like any other of this stage (same model kind, config and tokenizer), so
 generate.py and evaluate.py take it with --checkpoint. int8 (models/quant.py): every Linear layer's weight as
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: int8 per-channel weights and per-token activations; bf16 / fp16: half-precision "
                         "weights")
     p.add_argument("--out", type=path_arg, default=None,
-                   help="where the quantized checkpoint goes (default: beside --checkpoint, <name>_<method>.pt)")
+                   help="where the quantized checkpoint goes (default: beside --checkpoint, <method>_<name>.pt)")
     # the course's one dialect: --data_dir, --device, --seed and --num_threads everywhere; quantizing reads no data
     # set, runs on the CPU and draws no random number, so main() refuses the first three when typed
     add_common_args(p)
@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_out(source: Path, method: str) -> Path:
-    return source.with_name(f"{source.stem}_{method}.pt")
+    """<method>_<name>.pt beside the source: the prefix keeps it out of the programs' default model (the newest
+    checkpoints/gpt_*.pt), so a quantized copy is loaded only when named with --checkpoint."""
+    return source.with_name(f"{method}_{source.name}")
 
 
 def check_output(source: Path, out: Path) -> None:

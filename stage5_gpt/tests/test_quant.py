@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from scripts.common import checkpoint_header, save_checkpoint
+from scripts.common import checkpoint_header, newest_model, save_checkpoint
 from scripts.testing import one_error_line
 from stage5_gpt import evaluate, finetune, generate, quantize, train
 from stage5_gpt.data import tasks as T
@@ -196,7 +196,19 @@ def test_quantize_cli_default_name_and_sizes(char_ckpt, tmp_path, cli):
     source.write_bytes(char_ckpt.read_bytes())
     code, out, err = cli(quantize.main, ["--checkpoint", source])
     assert code == 0, err
-    assert (tmp_path / "gpt_int8.pt").is_file() and "smaller" in out
+    assert (tmp_path / "int8_gpt.pt").is_file() and "smaller" in out
+
+
+def test_the_default_quantized_name_is_not_the_default_model(char_ckpt, tmp_path, cli, monkeypatch):
+    """generate.py without --checkpoint keeps loading the newest float model, not its quantized copy."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    source = folder / "gpt_shakespeare_char.pt"
+    source.write_bytes(char_ckpt.read_bytes())
+    code, _, err = cli(quantize.main, ["--checkpoint", source])
+    assert code == 0, err
+    assert (folder / "int8_gpt_shakespeare_char.pt").is_file()
+    assert newest_model(tmp_path, train.BEST_MODELS, train.RUN_MODELS) == source
 
 
 def test_classifier_quantizes_and_classifies(classifier_ckpt, tmp_path, cli):
