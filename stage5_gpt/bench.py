@@ -511,18 +511,22 @@ def ship_blocks() -> dict[str, str]:
     if (RESULTS / "quantization.json").is_file():
         q = read_json(RESULTS / "quantization.json")
         loss, size, speed, scoring = q["val_loss"], q["file_bytes"], q["tokens_per_s"], q["scoring_tokens_per_s"]
+        calls = q["operator_calls_per_token"]
         rows = [{"what": "float32", "bytes": size["float32"], "loss": loss["float32"], "speed": speed["float32"],
-                 "scoring": scoring["float32"]},
-                {"what": "bf16 weights", "bytes": size["bf16"], "loss": loss["bf16"], "speed": None, "scoring": None},
+                 "scoring": scoring["float32"], "calls": calls["float32"]},
+                {"what": "bf16 weights", "bytes": size["bf16"], "loss": loss["bf16"], "speed": None, "scoring": None,
+                 "calls": None},
                 {"what": "int8, ours (models/quant.py)", "bytes": size["int8"], "loss": loss["int8"],
-                 "speed": speed["int8"], "scoring": scoring["int8"]},
+                 "speed": speed["int8"], "scoring": scoring["int8"], "calls": calls["int8"]},
                 {"what": "int8, PyTorch quantize_dynamic", "bytes": q["state_bytes"]["pytorch_int8"],
-                 "loss": loss["pytorch_int8"], "speed": speed["pytorch_int8"], "scoring": scoring["pytorch_int8"]}]
+                 "loss": loss["pytorch_int8"], "speed": speed["pytorch_int8"], "scoring": scoring["pytorch_int8"],
+                 "calls": calls["pytorch_int8"]}]
         table = markdown_table(rows, [
             ("weights", lambda r: r["what"]), ("size", lambda r: f"{r['bytes'] / 1e6:.2f} MB"),
             ("vs float32", lambda r: f"{size['float32'] / r['bytes']:.2f}x smaller"),
             ("val loss", lambda r: f"{r['loss']:.4f} ({100 * (r['loss'] / loss['float32'] - 1):+.2f}%)"),
             ("tokens/s, generating (batch 1)", lambda r: "—" if r["speed"] is None else f"{r['speed']:,.0f}"),
+            ("operator calls per token", lambda r: "—" if r["calls"] is None else f"{r['calls']:,.0f}"),
             (f"tokens/s, scoring (batch {q['scoring_batch_size']})",
              lambda r: "—" if r["scoring"] is None else f"{r['scoring']:,.0f}")])
         note = (f"\n\nThe default char model, validation loss over all {q['val_tokens']:,} validation tokens; "

@@ -173,6 +173,18 @@ def tokens_per_s(models: dict[str, torch.nn.Module], tokenizer: Any, device: tor
     return {name: statistics.median(values) for name, values in speeds.items()}
 
 
+def operator_calls_per_token(model: torch.nn.Module, ids: list[int], steps: int = 10) -> float:
+    """How many PyTorch operators (aten and quantized kernels, nested calls included) one generated token costs:
+    generating 1 + steps tokens minus generating 1, over steps. At batch 1 a small model's step is mostly the
+    fixed cost of these calls, so the count explains its tokens/s where the matmuls themselves do not."""
+    def calls(n: int) -> int:
+        with torch.inference_mode(), torch.profiler.profile() as prof:
+            for _ in model.generate(torch.tensor([ids]), n):
+                pass
+        return sum(event.count for event in prof.key_averages())
+    return (calls(1 + steps) - calls(1)) / steps
+
+
 def batched_tokens_per_s(models: dict[str, torch.nn.Module], ids: np.ndarray, device: torch.device,
                          batch_size: int, repeats: int, batches: int = 4) -> dict[str, float]:
     """Scoring speed, the batched side of inference (evaluate.py's pass: `batch_size` windows of a full block
@@ -239,6 +251,9 @@ def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | N
                               "ROMEO:" if dataset == "shakespeare" else "The")
         log(f"tokens/s: {speeds}")
         batched = batched_tokens_per_s(speed_models, ids, device, batch_size, repeats)
+        prompt_ids = tokenizer.encode("ROMEO:" if dataset == "shakespeare" else "The")
+        calls = {name: operator_calls_per_token(model, prompt_ids) for name, model in speed_models.items()}
+        log(f"operator calls per generated token: {calls}")
         log(f"scoring tokens/s (batch {batch_size}): {batched}")
         result: dict[str, Any] = {
             "checkpoint": display_path(checkpoint), "dataset": dataset, "val_tokens": int(len(ids) - 1),
@@ -252,7 +267,7 @@ def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | N
             "tokens_per_s": speeds, "speed_int8_vs_float32": speeds["int8"] / speeds["float32"],
             "speed_int8_vs_pytorch": speeds["int8"] / speeds["pytorch_int8"],
             "speed_pytorch_vs_float32": speeds["pytorch_int8"] / speeds["float32"],
-            "scoring_tokens_per_s": batched, "scoring_batch_size": batch_size,
+            "operator_calls_per_token": calls, "scoring_tokens_per_s": batched, "scoring_batch_size": batch_size,
             "scoring_int8_vs_float32": batched["int8"] / batched["float32"],
             "scoring_int8_vs_pytorch": batched["int8"] / batched["pytorch_int8"],
             "new_tokens": new_tokens, "repeats": repeats, "num_threads": num_threads,

@@ -66,9 +66,9 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     a_t = max_k |x_tk| / 127 per row (a row of zeros gets a tiny scale and quantizes to zeros). No clamp is
     needed: |x_tk| / a_t <= 127 by the choice of a_t, and rounding cannot pass 127."""
-    amax = x.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12)      # (N, 1)
-    q = x.mul(QMAX / amax).round_().to(torch.int8)                    # (N, in)
-    return q, amax.div_(QMAX)
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12).div_(QMAX)    # (N, 1)
+    q = torch.div(x, scale).round_().to(torch.int8)                            # (N, in)
+    return q, scale
 
 
 def int8_matmul(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:

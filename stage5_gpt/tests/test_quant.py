@@ -330,6 +330,8 @@ def test_measure_reports_what_bench_reads(char_ckpt, classifier_ckpt, lm_data, t
         assert result["val_loss"][key] > 0 and result["state_bytes"][key] > 0
     assert set(result["tokens_per_s"]) == set(result["scoring_tokens_per_s"]) == {"float32", "int8", "pytorch_int8"}
     assert min(result["scoring_tokens_per_s"].values()) > 0 and result["scoring_int8_vs_pytorch"] > 0
+    calls = result["operator_calls_per_token"]      # quantizing each layer's input costs extra operator calls
+    assert calls["int8"] > calls["float32"] > 0 and calls["pytorch_int8"] > 0
     assert result["state_bytes"]["float32"] / result["state_bytes"]["int8"] > 2.5
     assert abs(result["val_loss_rel_change_int8"]) < 0.05
     imdb = result["imdb"]
