@@ -42,7 +42,9 @@ quant:     int8 (ours, models/quant.py) and bf16 copies of the default char mode
 distill:   a student with under half the default char model's parameters, distilled from it and trained on the
            data alone with the same compute, three seeds (results/distillation.json).
 export:    the char model and cpu_finetune's BPE base exported to Hugging Face GPT-2 folders; transformers' greedy
-           tokens against ours for 200 new tokens from three prompts each (results/export.json).
+           tokens against ours for 200 new tokens from three prompts each (results/export.json). With
+           --llama_cpp DIR (a built llama.cpp checkout), the BPE base also goes to an f32 GGUF file, and
+           llama.cpp's greedy llama-simple is compared with ours on the same prompts.
 Each writes JSON files into stage5_gpt/results/.
 """
 from __future__ import annotations
@@ -488,11 +490,13 @@ def distill_part(data_dir: str | None, threads: int) -> None:
     write_json(RESULTS / "distillation.json", {**result, "command": "python stage5_gpt/bench.py --parts distill"})
 
 
-def export_part() -> None:
-    """Hugging Face export: transformers' greedy tokens against ours (stage5_gpt/export.py's measure)."""
+def export_part(llama_cpp: Path | None) -> None:
+    """Hugging Face export: transformers' greedy tokens against ours (stage5_gpt/export.py's measure); with
+    `llama_cpp`, llama.cpp's on the GGUF file too."""
     from stage5_gpt.export import measure
-    rows = [measure(path, prompts, 200) for path, prompts in EXPORT_PROMPTS.items()]
-    write_json(RESULTS / "export.json", {"rows": rows, "command": "python stage5_gpt/bench.py --parts export"})
+    rows = [measure(path, prompts, 200, llama_cpp) for path, prompts in EXPORT_PROMPTS.items()]
+    command = "python stage5_gpt/bench.py --parts export" + (" --llama_cpp DIR" if llama_cpp else "")
+    write_json(RESULTS / "export.json", {"rows": rows, "command": command})
 
 
 def closed_text(d: dict[str, Any]) -> str:
@@ -565,16 +569,26 @@ def ship_blocks() -> dict[str, str]:
             f"arithmetic: the teacher's pass over the text is counted). {d['hardware']}. Command: `{d['command']}`.")
     if (RESULTS / "export.json").is_file():
         e = read_json(RESULTS / "export.json")
-        rows = [{"model": Path(r["checkpoint"]).name, "tokenizer": r["tokenizer"], "prompt": p["prompt"],
-                 "same": p["same_ids"], "n": p["new_tokens"], "diff": r["max_logit_diff"]}
-                for r in e["rows"] for p in r["prompts"]]
-        blocks["stage5_export"] = markdown_table(rows, [
-            ("checkpoint", lambda r: f"`{r['model']}`"), ("tokenizer", lambda r: r["tokenizer"]),
-            ("prompt", lambda r: repr(r["prompt"])), ("greedy tokens", lambda r: r["n"]),
-            ("same in transformers", lambda r: "yes" if r["same"] else "no"),
-            ("largest logit difference", lambda r: f"{r['diff']:.1e}")]) + (
+        blocks["stage5_export"] = markdown_table(e["rows"], [
+            ("checkpoint", lambda r: f"`{Path(r['checkpoint']).name}`"), ("tokenizer", lambda r: r["tokenizer"]),
+            ("prompts", lambda r: ", ".join(repr(p["prompt"]) for p in r["prompts"])),
+            ("greedy tokens each", lambda r: "/".join(str(p["new_tokens"]) for p in r["prompts"])),
+            ("same tokens in transformers", lambda r: f"{sum(p['same_tokens'] for p in r['prompts'])} of "
+                                                      f"{len(r['prompts'])} prompts"),
+            ("same prompt ids", lambda r: "yes" if all(p["same_ids"] for p in r["prompts"]) else "no"),
+            ("largest logit difference", lambda r: f"{r['max_logit_diff']:.1e}")]) + (
             f"\n\ntransformers {e['rows'][0]['transformers']}, {e['rows'][0]['hardware']}. "
             f"Command: `{e['command']}`.")
+        for row in e["rows"]:
+            if "gguf" in row:
+                parts = [f"{p['prompt']!r}: " + ("the same text" if p["same_text"] else
+                                                 f"the same for {p['tokens_agreed']} tokens, then another token "
+                                                 f"where our top two logits differ by "
+                                                 f"{p['top2_logit_gap_where_parted']:.1e}")
+                         for p in row["gguf"]["prompts"]]
+                blocks["stage5_export"] += (
+                    f"\n\nGGUF ({row['gguf']['type']}, `{Path(row['checkpoint']).name}`) in llama.cpp's "
+                    f"llama-simple, greedy, {row['new_tokens']} new tokens: " + "; ".join(parts) + ".")
     return blocks
 
 
@@ -809,15 +823,20 @@ def check_bench_args(args: argparse.Namespace) -> argparse.Namespace:
     """The combinations: a flag of a part that does not run would be ignored (after hours of other parts), a
     folder or checkpoint that is not there would fail at the end; both are refused before anything runs."""
     if args.tables_only and (args.parts is not None or args.nanogpt_dir or args.base or args.runs or args.collect
-                             or args.data_dir or args.num_threads):
-        raise UserError("--tables_only runs nothing: drop --parts, --nanogpt_dir, --base, --runs, --collect, "
-                        "--data_dir and --num_threads")
+                             or args.data_dir or args.num_threads or args.llama_cpp):
+        raise UserError("--tables_only runs nothing: drop --parts, --nanogpt_dir, --llama_cpp, --base, --runs, "
+                        "--collect, --data_dir and --num_threads")
     args.parts = args.parts or [part for part in PARTS if part not in ("gpu", "finetune") + SHIP_ONLY_ASKED]
     for flag in ("base", "runs", "device", "collect"):
         if getattr(args, flag) is not None and "finetune" not in args.parts:
             raise UserError(f"--{flag} applies to --parts finetune only")
     if args.collect and (args.base or args.device):
         raise UserError("--collect imports finished runs: --base and --device do not apply")
+    if args.llama_cpp and "export" not in args.parts:
+        raise UserError("--llama_cpp applies to --parts export only")
+    if args.llama_cpp and not (Path(args.llama_cpp).expanduser() / "build" / "bin" / "llama-simple").is_file():
+        raise UserError(f"--llama_cpp {args.llama_cpp} has no build/bin/llama-simple: build llama.cpp first "
+                        "(cmake -B build && cmake --build build)")
     if args.nanogpt_dir and "baby" not in args.parts:
         raise UserError("--nanogpt_dir applies to --parts baby only")
     if args.nanogpt_dir and not (Path(args.nanogpt_dir).expanduser() / "train.py").is_file():
@@ -854,6 +873,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="which measurements to run (default: all but gpu, finetune, quant, distill and export)")
     p.add_argument("--nanogpt_dir", type=path_arg, default=None,
                    help="--parts baby: a nanoGPT checkout, to time its train.py beside ours")
+    p.add_argument("--llama_cpp", type=path_arg, default=None,
+                   help="--parts export: a built llama.cpp checkout, to run the GGUF export in its llama-simple")
     p.add_argument("--data_dir", type=path_arg, default=None,
                    help="folder holding the data sets (default $MY_LLM_DATA)")
     p.add_argument("--tables_only", action="store_true", help="only rebuild the README tables from results/")
@@ -907,7 +928,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "distill" in args.parts:
             distill_part(args.data_dir, args.num_threads or 2)
         if "export" in args.parts:
-            export_part()
+            export_part(Path(args.llama_cpp).expanduser() if args.llama_cpp else None)
     draw_curves()
     write_json(RESULTS / "overview.json", overview())
     for path, blocks in readme_blocks().items():

@@ -56,8 +56,8 @@ from typing import Any, Sequence
 
 import torch
 
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, hardware,
-                            load_checkpoint, path_arg, refuse_common_flags, run_main, set_threads)
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, display_path,
+                            hardware, load_checkpoint, path_arg, refuse_common_flags, run_main, set_threads)
 from stage5_gpt.data.bpe import EOT, GPT2_SPLIT_PATTERN, ByteLevelBPE, CharTokenizer
 from stage5_gpt.models.gpt import GPT, HF_TRANSPOSED, GPTConfig
 from stage5_gpt.models.hf import quiet_transformers
@@ -365,11 +365,45 @@ def compare(folder: Path, model: GPT, tokenizer: Any, prompts: Sequence[str], ne
             "all_same": all(r["same_tokens"] and r["same_ids"] for r in rows)}
 
 
-def measure(checkpoint: Path, prompts: list[str], new_tokens: int = 200) -> dict[str, Any]:
+def compare_gguf(gguf: Path, llama_cpp: Path, model: GPT, tokenizer: Any, prompts: Sequence[str],
+                 new_tokens: int) -> list[dict[str, Any]]:
+    """llama.cpp's greedy llama-simple on the GGUF file against our generate.py, prompt by prompt: whether the
+    texts are equal, how many of our tokens llama.cpp wrote the same before they part, and there the gap between
+    our two best logits (a near-tie is where float rounding in other kernels can pick the other token)."""
+    simple = Path(llama_cpp) / "build" / "bin" / "llama-simple"
+    if not simple.is_file():
+        raise UserError(f"{simple} is not built: cmake --build {Path(llama_cpp) / 'build'} --target llama-simple")
+    rows = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt)
+        room = min(new_tokens, model.config.block_size - len(ids))
+        ours = [i for i in ours_greedy(model, tokenizer, ids, room) if i != tokenizer.eot_id]   # it prints no EOT
+        done = subprocess.run([str(simple), "-m", str(gguf), "-n", str(room), prompt], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise UserError(f"llama-simple failed on {gguf}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        theirs = done.stdout.removeprefix(prompt).removesuffix("\n")           # it ends with one newline
+        agreed = 0
+        while agreed < len(ours) and theirs.startswith(tokenizer.decode(ours[:agreed + 1])):
+            agreed += 1
+        margin = None
+        if agreed < len(ours):
+            with torch.no_grad():
+                top = model(torch.tensor([ids + ours[:agreed]]))[0][0, -1].topk(2).values
+            margin = float(top[0] - top[1])
+        rows.append({"prompt": prompt, "new_tokens": len(ours), "same_text": theirs == tokenizer.decode(ours),
+                     "tokens_agreed": agreed, "top2_logit_gap_where_parted": margin})
+    return rows
+
+
+def measure(checkpoint: Path, prompts: list[str], new_tokens: int = 200,
+            llama_cpp: Path | None = None) -> dict[str, Any]:
     """For bench.py: export `checkpoint` to a temporary folder and compare transformers' greedy tokens with ours
     for each prompt. Keys: checkpoint, tokenizer, export_seconds, folder_bytes, files, notes, max_logit_diff,
     new_tokens, prompts (a row each: prompt, prompt_tokens, new_tokens compared, same_ids, same_tokens,
-    first_mismatch (None when equal), generated), all_same, transformers, torch, hardware, threads."""
+    first_mismatch (None when equal), generated), all_same, transformers, torch, hardware, threads. With
+    `llama_cpp` (a built checkout) and a BPE model, also gguf: the f32 GGUF's greedy text in llama-simple against
+    ours (compare_gguf's rows)."""
     import transformers
     from transformers import GPT2LMHeadModel, GPT2Tokenizer  # noqa: F401 - imported before the clock starts
 
@@ -379,7 +413,12 @@ def measure(checkpoint: Path, prompts: list[str], new_tokens: int = 200) -> dict
         seconds = time.perf_counter() - tick
         model, tokenizer, _ = load_exportable(checkpoint)
         result = compare(Path(info["out"]), model, tokenizer, prompts, new_tokens)
-    return {"checkpoint": str(checkpoint), "tokenizer": info["tokenizer"], "export_seconds": round(seconds, 3),
+        if llama_cpp is not None and isinstance(tokenizer, ByteLevelBPE):
+            gguf = Path(tmp) / "model.gguf"
+            to_gguf(Path(info["out"]), gguf, Path(llama_cpp))
+            result["gguf"] = {"type": "f32", "llama_cpp": str(llama_cpp),
+                              "prompts": compare_gguf(gguf, Path(llama_cpp), model, tokenizer, prompts, new_tokens)}
+    return {"checkpoint": display_path(checkpoint), "tokenizer": info["tokenizer"], "export_seconds": round(seconds, 3),
             "folder_bytes": info["bytes"], "files": info["files"], "notes": info["notes"], "new_tokens": new_tokens,
             **result, "transformers": transformers.__version__, "torch": torch.__version__,
             "hardware": hardware("cpu"), "threads": torch.get_num_threads()}

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -250,11 +249,9 @@ def test_gguf_in_llama_cpp(bpe_checkpoint, tmp_path, cli):
                                      "--gguf", tmp_path / "m.gguf", "--llama_cpp", root])
     assert code == 0, err
     assert (tmp_path / "m.gguf").read_bytes()[:4] == b"GGUF"
-    simple = root / "build" / "bin" / "llama-simple"
-    assert simple.is_file(), f"{simple} is not built (cmake --build build --target llama-simple)"
     model, tokenizer = ours(bpe_checkpoint)
-    for prompt in PROMPTS:
-        text = subprocess.run([simple, "-m", tmp_path / "m.gguf", "-n", "50", prompt], capture_output=True,
-                              text=True, check=True).stdout
-        ids = [i for i in our_greedy(model, tokenizer, prompt, 50) if i != tokenizer.eot_id]   # it prints no EOT
-        assert text == prompt + tokenizer.decode(ids) + "\n", prompt     # and one newline at the end
+    rows = export.compare_gguf(tmp_path / "m.gguf", root, model, tokenizer, PROMPTS, 50)
+    assert [row["prompt"] for row in rows] == list(PROMPTS)
+    for row in rows:
+        assert row["same_text"] and row["tokens_agreed"] == row["new_tokens"] > 0, row
+        assert row["top2_logit_gap_where_parted"] is None
