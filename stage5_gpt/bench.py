@@ -738,7 +738,8 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
                                       f"{made['sample'].strip()}\n```")
     if (RESULTS / "cpu_finetune.json").is_file():
         blocks["stage5_cpu_finetune"] = cpu_finetune_table(read_json(RESULTS / "cpu_finetune.json"))
-    details = {name: blocks.pop(name) for name in ("stage5_nanogpt", "stage5_gpu") if name in blocks}
+    details = {name: blocks.pop(name) for name in ("stage5_nanogpt", "stage5_gpu", "stage5_bpe", "stage5_cpu_finetune")
+               if name in blocks}
     blocks.update(ship_blocks())
     return {STAGE_DIR / "README.md": blocks, RESULTS / "TUNING.md": details}    # the lesson, and its measurement notes
 
