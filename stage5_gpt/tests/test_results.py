@@ -123,3 +123,11 @@ def test_the_multi_task_model_beats_its_from_scratch_twin_on_every_task():
         scratch = load(f"finetune_{task}_multitask_scratch_test.json")
         assert pretrained["model"] == "gpt_multitask" and scratch["model"] == "gpt_multitask_scratch"
         assert pretrained["metrics"][score] > scratch["metrics"][score]
+
+
+def test_exports_greedy_generate_our_tokens_in_transformers():
+    export = load("export.json")
+    assert {Path(row["checkpoint"]).name for row in export["rows"]} == {bench.SHIP_CHAR.name, bench.SHIP_BPE.name}
+    for row in export["rows"]:
+        assert len(row["prompts"]) == 3 and row["all_same"] and row["max_logit_diff"] < 1e-4
+        assert all(p["new_tokens"] == 200 and p["same_tokens"] and p["same_ids"] for p in row["prompts"])
