@@ -414,3 +414,35 @@ def test_another_host_warns(monkeypatch, capsys):
     assert playground_main(["--host", "0.0.0.0", "--root", str(Path(__file__).resolve().parents[3])]) == 0
     err = capsys.readouterr().err
     assert "warning: listening on 0.0.0.0" in err and calls[0]["host"] == "0.0.0.0"
+
+
+def test_quantized_models_are_listed_and_served_like_the_others(tmp_path, tiny_course):
+    """quantize.py's files (int8 and bf16 of the GPT, int8 of the IMDb classifier) in a course's checkpoints:
+    listed, generating the tokens stage 5's generate.py writes from them, and classifying."""
+    from scripts.playground.generation import GPTGenerator
+    from stage5_gpt.generate import stream
+    from stage5_gpt.quantize import quantize_file
+
+    root = tmp_path / "course"
+    shutil.copytree(tiny_course / "stage5_gpt" / "checkpoints", root / "stage5_gpt" / "checkpoints")
+    folder = root / "stage5_gpt" / "checkpoints"
+    quantize_file(folder / "gpt_shakespeare_char.pt", "int8", folder / "int8_gpt_shakespeare_char.pt")
+    quantize_file(folder / "gpt_shakespeare_char.pt", "bf16", folder / "bf16_gpt_shakespeare_char.pt")
+    quantize_file(folder / "ft_imdb_full.pt", "int8", folder / "int8_ft_imdb_full.pt")
+    settings = dict(max_new_tokens=30, temperature=0.9, top_k=20, top_p=0.95, seed=3)
+    with serve(root) as (url, _):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            ids = {m["id"] for m in client.get("/api/models").json()["models"]}
+            for name in ("int8_gpt_shakespeare_char.pt", "bf16_gpt_shakespeare_char.pt", "int8_ft_imdb_full.pt"):
+                assert f"stage5_gpt/checkpoints/{name}" in ids
+            for name in ("int8_gpt_shakespeare_char.pt", "bf16_gpt_shakespeare_char.pt"):
+                events = generate(client, model=f"stage5_gpt/checkpoints/{name}", prompt="ROMEO:", **settings)
+                gen, out = GPTGenerator(folder / name, torch.device("cpu")), io.StringIO()
+                with torch.no_grad():
+                    stream(gen.model, gen.tokenizer, gen.encode("ROMEO:")[0], settings, True, torch.device("cpu"),
+                           out)
+                assert text_of(events) in (out.getvalue(), out.getvalue().rstrip("\n")), name
+            answer = client.post("/api/classify", json={"text": "a fine film",
+                                                        "models": ["stage5_gpt/checkpoints/int8_ft_imdb_full.pt"]})
+            result = answer.json()["results"][0]
+            assert "error" not in result and result["label"] in result["probabilities"], result
