@@ -477,7 +477,9 @@ def cpu_finetune(extra: list[str]) -> None:
 def quant_part(data_dir: str | None, threads: int) -> None:
     """int8 and bf16 against float32 and PyTorch's own int8 (stage5_gpt/quantize.py's measure)."""
     from stage5_gpt.quantize import measure
-    result = measure(SHIP_CHAR, SHIP_CLASSIFIER, Path(data_dir) if data_dir else None, num_threads=threads)
+    tasks_cache = STAGE_DIR / "runs" / "bench_cpu_finetune" / "cache" / "tasks"   # cpu_finetune's tokenised IMDb
+    result = measure(SHIP_CHAR, SHIP_CLASSIFIER, Path(data_dir) if data_dir else None, num_threads=threads,
+                     cache_dir=tasks_cache if tasks_cache.is_dir() else None)
     write_json(RESULTS / "quantization.json", {**result, "hardware": hardware(), "threads": threads,
                                                "command": "python stage5_gpt/bench.py --parts quant"})
 
@@ -525,10 +527,14 @@ def ship_blocks() -> dict[str, str]:
                 {"what": "int8, PyTorch quantize_dynamic", "bytes": q["state_bytes"]["pytorch_int8"],
                  "loss": loss["pytorch_int8"], "speed": speed["pytorch_int8"], "scoring": scoring["pytorch_int8"],
                  "calls": calls["pytorch_int8"]}]
+        if "int8_fused" in scoring:
+            rows.insert(3, {"what": "int8, ours, fused by torch.compile (quant.fuse)", "bytes": size["int8"],
+                            "loss": None, "speed": None, "scoring": scoring["int8_fused"], "calls": None})
         table = markdown_table(rows, [
             ("weights", lambda r: r["what"]), ("size", lambda r: f"{r['bytes'] / 1e6:.2f} MB"),
             ("vs float32", lambda r: f"{size['float32'] / r['bytes']:.2f}x smaller"),
-            ("val loss", lambda r: f"{r['loss']:.4f} ({100 * (r['loss'] / loss['float32'] - 1):+.2f}%)"),
+            ("val loss", lambda r: "same as above" if r["loss"] is None else
+             f"{r['loss']:.4f} ({100 * (r['loss'] / loss['float32'] - 1):+.2f}%)"),
             ("tokens/s, generating (batch 1)", lambda r: "—" if r["speed"] is None else f"{r['speed']:,.0f}"),
             ("operator calls per token", lambda r: "—" if r["calls"] is None else f"{r['calls']:,.0f}"),
             (f"tokens/s, scoring (batch {q['scoring_batch_size']})",
@@ -537,7 +543,9 @@ def ship_blocks() -> dict[str, str]:
                 f"generation: {q['new_tokens']} new tokens, KV cache, median of {q['repeats']}; int8 ours / float32 "
                 f"{q['speed_int8_vs_float32']:.2f}x, ours / PyTorch's {q['speed_int8_vs_pytorch']:.2f}x; scoring "
                 f"(evaluate.py's pass, {q['scoring_batch_size']} windows at once, median of {q['repeats']}): ours / "
-                f"float32 {q['scoring_int8_vs_float32']:.2f}x, ours / PyTorch's {q['scoring_int8_vs_pytorch']:.2f}x. "
+                f"float32 {q['scoring_int8_vs_float32']:.2f}x, ours / PyTorch's {q['scoring_int8_vs_pytorch']:.2f}x"
+                + (f", fused / PyTorch's {scoring['int8_fused'] / scoring['pytorch_int8']:.2f}x (compiling took "
+                   f"{q['fused_compile_seconds']:.0f} s, once)" if "int8_fused" in scoring else "") + ". "
                 "PyTorch's size is its state dict in memory (the tied embedding stays float32).")
         if "imdb" in q:
             m = q["imdb"]

@@ -207,7 +207,7 @@ def batched_tokens_per_s(models: dict[str, torch.nn.Module], ids: np.ndarray, de
 def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | None = None, *,
             num_threads: int = 2, new_tokens: int = 500, repeats: int = 5, batch_size: int = 16,
             imdb_limit: int = 0, cache_dir: Path | None = None, work_dir: Path | None = None,
-            log: Any = print) -> dict[str, Any]:
+            fused: bool = True, log: Any = print) -> dict[str, Any]:
     """Quantize `checkpoint` (a char or BPE language model) to int8 and bf16 and compare with float32 and with
     PyTorch's quantize_dynamic: file sizes, validation loss over the whole validation split, batch-1 generation
     tokens/s. With `classifier` (a fine-tuned IMDb checkpoint), its IMDb test accuracy in float32 and int8
@@ -250,7 +250,16 @@ def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | N
         speeds = tokens_per_s(speed_models, tokenizer, device, new_tokens, repeats,
                               "ROMEO:" if dataset == "shakespeare" else "The")
         log(f"tokens/s: {speeds}")
-        batched = batched_tokens_per_s(speed_models, ids, device, batch_size, repeats)
+        scoring_models, compile_seconds = dict(speed_models), None
+        if fused:   # ours again, its steps around the integer matmul compiled into fused loops (quant.fuse)
+            scoring_models["int8_fused"] = quant.fuse(load_any(files["int8"], device)[0])
+            block = scoring_models["int8_fused"].config.block_size
+            tick = time.perf_counter()
+            with torch.no_grad():   # the first call compiles
+                scoring_models["int8_fused"](torch.as_tensor(ids[:batch_size * block]).view(batch_size, block))
+            compile_seconds = time.perf_counter() - tick
+            log(f"torch.compile of int8_linear: {compile_seconds:.0f} s")
+        batched = batched_tokens_per_s(scoring_models, ids, device, batch_size, repeats)
         prompt_ids = tokenizer.encode("ROMEO:" if dataset == "shakespeare" else "The")
         calls = {name: operator_calls_per_token(model, prompt_ids) for name, model in speed_models.items()}
         log(f"operator calls per generated token: {calls}")
@@ -270,6 +279,7 @@ def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | N
             "operator_calls_per_token": calls, "scoring_tokens_per_s": batched, "scoring_batch_size": batch_size,
             "scoring_int8_vs_float32": batched["int8"] / batched["float32"],
             "scoring_int8_vs_pytorch": batched["int8"] / batched["pytorch_int8"],
+            "fused_compile_seconds": compile_seconds,
             "new_tokens": new_tokens, "repeats": repeats, "num_threads": num_threads,
             "load_average": os.getloadavg(), "torch": torch.__version__,
         }

@@ -88,6 +88,15 @@ def int8_matmul(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     return (x_q.float() @ w_q.float().t()).round_().to(torch.int32)
 
 
+def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(N, in) float rows through an int8 layer (bias aside): quantize each row, multiply in integers, restore
+    the units with two broadcast products (not x_scale * scale first: that outer product is an (N, out) pass of
+    its own). In eager PyTorch each step is its own operator and its own pass over memory; `fuse` compiles this
+    function so that the steps around the integer matmul run as fused loops."""
+    x_q, x_scale = quantize_per_token(x)                                 # (N, in) int8, (N, 1)
+    return int8_matmul(x_q, qweight).mul(x_scale).mul_(scale)           # (N, out) float32
+
+
 class QuantLinear(nn.Module):
     """A Linear layer with int8 weights and per-output-channel scales, and int8 activations quantized per token
     at every call (see the module docstring):
@@ -103,6 +112,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.kernel = int8_linear            # `fuse` swaps in a compiled copy
 
     @classmethod
     def from_float(cls, linear: nn.Linear) -> "QuantLinear":
@@ -128,10 +138,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x = x.reshape(-1, self.in_features).float()                         # (N, in)
-        x_q, x_scale = quantize_per_token(x)                                 # (N, in) int8, (N, 1)
-        # two broadcast products, not x_scale * scale first: that outer product is an (N, out) pass of its own
-        y = int8_matmul(x_q, self.qweight).mul(x_scale).mul_(self.scale)    # (N, out) float32
+        y = self.kernel(x.reshape(-1, self.in_features).float(), self.qweight, self.scale)    # (N, out)
         if self.bias is not None:
             y = y.add_(self.bias)
         return y.view(*shape[:-1], self.out_features)
@@ -178,6 +185,22 @@ def quantize_model(model: nn.Module) -> nn.Module:
             if type(child) is nn.Linear:
                 setattr(parent, name, QuantLinear.from_float(child))
     return model.eval()
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """Run every QuantLinear of `model` through a torch.compile'd int8_linear (in place; returns the model).
+
+    Inductor turns the elementwise steps (absolute value, row maximum, divide, round, convert to int8; then the
+    two rescaling products) into a couple of generated C++ loops around the integer matmul, one pass over the
+    rows each instead of one per step: by hand, this is what fbgemm's dynamic quantized linear does inside
+    quantize_dynamic. It pays when many rows go through at once (scoring, a long prompt); at batch 1 the compiled
+    call costs about what the eager steps do. The first calls compile (tens of seconds; a C++ compiler is
+    needed); dynamic=True keeps one compiled kernel for the different numbers of rows."""
+    kernel = torch.compile(int8_linear, dynamic=True)
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.kernel = kernel
+    return model
 
 
 def quantized_names(model: nn.Module) -> list[str]:

@@ -160,6 +160,19 @@ def test_close_to_pytorchs_quantize_dynamic():
     assert (ours - ref).abs().mean() <= (theirs - ref).abs().mean()
 
 
+def test_fused_int8_linear_gives_the_eager_numbers():
+    """quant.fuse compiles int8_linear (torch.compile, Inductor's C++ loops): the same int8 values and the same
+    products, up to float rounding of the rescale, for several numbers of rows through one compiled kernel."""
+    torch.manual_seed(0)
+    model = quant.quantize_model(nn.Sequential(nn.Linear(48, 40), nn.GELU(), nn.Linear(40, 24, bias=False)))
+    fused = quant.fuse(copy.deepcopy(model))
+    assert all(m.kernel is not quant.int8_linear for m in fused.modules() if isinstance(m, quant.QuantLinear))
+    with torch.no_grad():
+        for rows in (64, 5, 1):
+            x = torch.randn(rows, 48) * 3
+            assert torch.allclose(fused(x), model(x), rtol=1e-5, atol=1e-5), rows
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def test_int8_checkpoint_round_trip_is_exact(char_ckpt, int8_ckpt):
     ckpt = torch.load(int8_ckpt, weights_only=True)
@@ -325,7 +338,7 @@ def test_measure_reports_what_bench_reads(char_ckpt, classifier_ckpt, lm_data, t
     for folder in (lm_data / "tiny_shakespeare", tiny_data / "imdb"):
         (data / folder.name).symlink_to(folder)
     result = quantize.measure(char_ckpt, classifier_ckpt, data, num_threads=1, new_tokens=8, repeats=1,
-                              imdb_limit=20, work_dir=tmp_path / "work", log=lambda _: None)
+                              imdb_limit=20, work_dir=tmp_path / "work", fused=False, log=lambda _: None)
     for key in ("float32", "int8", "bf16", "pytorch_int8"):
         assert result["val_loss"][key] > 0 and result["state_bytes"][key] > 0
     assert set(result["tokens_per_s"]) == set(result["scoring_tokens_per_s"]) == {"float32", "int8", "pytorch_int8"}
