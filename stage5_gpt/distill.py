@@ -11,8 +11,9 @@ from both (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Ne
     L = alpha * T^2 * KL( softmax(z_teacher / T) || softmax(z_student / T) ) + (1 - alpha) * CE(z_student, y)
 
 A temperature T > 1 softens both distributions, so the small probabilities the teacher gives to the wrong
-tokens (that "e" often follows "th", "a" less often) carry weight; T^2 keeps the soft term's gradient as large
-as at T = 1, since the gradient of the KL term with respect to the student's logits shrinks like 1/T.
+tokens (that "e" often follows "th", "a" less often) carry weight; T^2 keeps the soft term's gradient about as
+large as at T = 1: its gradient with respect to the student's logits is (q_T - p_T) / T, and at high T the
+difference q_T - p_T itself shrinks like 1/T, so without the factor it would fade like 1/T^2.
 
 The teacher is frozen, in eval mode. With --cache_teacher (the default where it fits in memory) its logits
 for every training position are computed once, before the first step, from windows of its context that overlap
