@@ -739,6 +739,7 @@ def write_metrics(path: Path, *, stage: str, model: str, dataset: str, split: st
                   params: int, seconds: float, seconds_key: str, device: torch.device | str,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write `metrics.json` in the course-wide format that README tables are built from."""
+    refuse_replacing(path, "the metrics file", is_json_file, "a JSON file")
     if seconds_key == "eval_seconds" and Path(path).is_file():     # never replace a training's own record
         try:
             previous = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -778,6 +779,30 @@ def check_output_is_not_input(input_name: str | None, output_name: str | None) -
     if same:
         raise UserError(f"--output {output_name} is the --input file; writing there would replace the text it "
                         "reads: give another --output")
+
+
+def refuse_replacing(path: str | Path, name: str, ours: Callable[[Path], bool], what: str) -> None:
+    """An output file that already exists is replaced only when `ours(path)` says it is `what` this program
+    writes there (its own earlier output); anything else (a trained checkpoint, the input itself, a file of the
+    learner's) is refused in one line, so a mistyped path never costs a model."""
+    path = Path(path)
+    if path.is_file() and not ours(path):
+        raise UserError(f"{name} {path} already exists and is not {what}; it would be replaced: give another "
+                        f"{name} (or move that file away)")
+
+
+def is_json_file(path: Path) -> bool:
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def check_json_out(path: str | Path, name: str) -> Path:
+    """A JSON output (--metrics_out...): writable, and not replacing a file that is not JSON (a checkpoint)."""
+    refuse_replacing(path, name, is_json_file, "a JSON file")
+    return check_writable(path, name)
 
 
 def check_writable(path: str | Path, name: str, folder: bool = False) -> Path:

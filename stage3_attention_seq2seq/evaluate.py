@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Sequence
 
 from scripts.checks import COUNT, POSITIVE_INT
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, count_params,
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_json_out, check_writable,
+                            count_params,
                             get_device, path_arg, run_main, set_threads, write_metrics, write_text)
 from scripts.translation_data import corpus_scores
 from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs, tokenize
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else STAGE_DIR / "runs" / f"eval_{eval_name(path)}"
     check_writable(out_dir, "--out_dir", folder=True)
     if args.metrics_out:
-        check_writable(args.metrics_out, "--metrics_out")
+        check_json_out(args.metrics_out, "--metrics_out")
     set_threads(args.num_threads)
     device = get_device(args.device)
     started = time.time()

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import torch
 
 from scripts.checks import COUNT
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, count_params,
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_json_out, check_writable,
+                            count_params,
                             get_device, path_arg, run_main, set_threads, write_metrics, write_text)
 from scripts.monitor import process_alive
 from scripts.repl import SETTING_RANGES
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_writable(out_dir, "--out_dir", folder=True)
     refuse_a_training_folder(out_dir, "--out_dir")
     if args.metrics_out:
-        check_writable(args.metrics_out, "--metrics_out")
+        check_json_out(args.metrics_out, "--metrics_out")
         if training_metrics(Path(args.metrics_out)):
             raise UserError(f"--metrics_out {args.metrics_out} is a training run's metrics.json; write the "
                             "evaluation elsewhere: another --metrics_out")

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args, amp_name,
-                            autocast, display_path, file_sha256, hardware, load_checkpoint, path_arg, run_main,
-                            save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
+                            autocast, display_path, file_sha256, hardware, load_checkpoint, path_arg, refuse_replacing,
+                            run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
                             write_metrics)
 from scripts.common import model_from_checkpoint as checked_model
 from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
@@ -198,6 +198,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--n_embd {args.n_embd} must be divisible by --n_head {args.n_head}")
     if args.min_lr > args.lr:
         raise UserError(f"--min_lr {args.min_lr:g} must not exceed --lr {args.lr:g} (the cosine goes down to it)")
+    if args.warmup_steps > args.max_steps and args.warmup_steps == DEFAULTS["warmup_steps"]:
+        args.warmup_steps = args.max_steps // 10     # a short try: the default warm-up would outlast the run
     if args.warmup_steps > args.max_steps:
         raise UserError(f"--warmup_steps {args.warmup_steps} must be at most --max_steps {args.max_steps}")
     if not args.distill:
@@ -207,6 +209,26 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.log_interval = args.log_interval or max(1, args.eval_interval // 10)
     args.peak_tflops = 0.0          # SpeedMeter times a matmul for the CPU's peak (train.py's MFU)
     return args
+
+
+def is_student(path: Path) -> bool:
+    """Whether `path` holds a checkpoint distill.py wrote (its "distillation" record), read memory-mapped."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable: not ours to replace
+        return False
+    return isinstance(ckpt, dict) and isinstance(ckpt.get("distillation"), dict)
+
+
+def check_student_path(args: argparse.Namespace) -> None:
+    """--checkpoint may replace an earlier student, never the teacher, the --init_from model or another file."""
+    out = Path(args.checkpoint)
+    for flag in ("teacher", "init_from"):
+        other = getattr(args, flag)
+        if other and out.exists() and os.path.samefile(out, other):
+            raise UserError(f"--checkpoint {out} is the --{flag} file; the student would replace it: give another "
+                            "--checkpoint")
+    refuse_replacing(out, "--checkpoint", is_student, "a student distill.py wrote")
 
 
 def output_paths(args: argparse.Namespace) -> None:
@@ -339,8 +361,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.init_from_sha256 = file_sha256(Path(args.init_from)) if args.init_from else None
     init = load_student_init(args, tokenizer)
     if init is not None:      # the shape comes from --init_from
-        args.n_layer, args.n_head, args.n_embd = init.config.n_layer, init.config.n_head, init.config.n_embd
+        shape = {"n_layer": init.config.n_layer, "n_head": init.config.n_head, "n_embd": init.config.n_embd}
+        typed = [k for k, v in shape.items() if getattr(args, k) not in (v, DEFAULTS[k])]
+        if typed:
+            raise UserError(f"--init_from {args.init_from} sets the student's shape ({shape['n_layer']} layers, "
+                            f"{shape['n_head']} heads, {shape['n_embd']} wide); drop "
+                            + " ".join(f"--{k}" for k in typed))
+        args.n_layer, args.n_head, args.n_embd = shape.values()
     output_paths(args)
+    check_student_path(args)
     set_seed(args.seed)                   # the student's first weights (and later its dropout) come from --seed
     student = build_student(args, tokenizer, init)
     if student.num_params() >= teacher.num_params():
@@ -431,7 +460,9 @@ def train(args: argparse.Namespace, teacher_ckpt: dict[str, Any], teacher: GPT, 
             if state["step"] % args.log_interval == 0 or last:
                 speed, _, ms_per_step = meter.report()
                 state["speeds"].append(speed)
-                log.info(f"step {state['step']:5d}  loss {loss:.4f}  lr {lr:.2e}  {speed:,.0f} tokens/s  "
+                # the distilled loss mixes the KL term in: it is not the cross-entropy the evaluations report
+                label = "loss (CE)" if args.alpha == 0 else f"distillation loss (alpha {args.alpha:g})"
+                log.info(f"step {state['step']:5d}  {label} {loss:.4f}  lr {lr:.2e}  {speed:,.0f} tokens/s  "
                          f"{ms_per_step:.0f} ms/step")
             if state["step"] % args.eval_interval == 0 or last:
                 with monitor.evaluating():

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scripts.checks import COUNT
-from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, autocast, get_device,
+from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, autocast, check_json_out,
+                            get_device,
                             path_arg, read_text, run_main, set_threads, write_metrics)
 from stage5_gpt.data.corpus import DATASETS, load_text, sequential_windows
 from stage5_gpt.data.tasks import TASKS, evaluate_task, load_task, tokenize
@@ -95,6 +96,8 @@ def run_name(checkpoint: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.metrics_out:      # before minutes of scoring, and never over a checkpoint
+        check_json_out(args.metrics_out, "--metrics_out")
     set_threads(args.num_threads)
     device = get_device(args.device)
     ckpt = None if args.init_from else find_checkpoint(args, classifier_ok=True)

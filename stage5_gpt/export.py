@@ -57,7 +57,8 @@ from typing import Any, Sequence
 import torch
 
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_writable, display_path,
-                            hardware, load_checkpoint, path_arg, refuse_common_flags, run_main, set_threads)
+                            hardware, load_checkpoint, path_arg, refuse_common_flags, refuse_replacing, run_main,
+                            set_threads)
 from stage5_gpt.data.bpe import EOT, GPT2_SPLIT_PATTERN, ByteLevelBPE, CharTokenizer
 from stage5_gpt.models.gpt import GPT, HF_TRANSPOSED, GPTConfig
 from stage5_gpt.models.hf import quiet_transformers
@@ -276,6 +277,11 @@ convert.main()
 """
 
 
+def is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
 def check_gguf_args(gguf: str | None, llama_cpp: str | None) -> Path | None:
     """--gguf and --llama_cpp, checked before any work: the converter is there, the file can be written."""
     if gguf is None:
@@ -288,6 +294,7 @@ def check_gguf_args(gguf: str | None, llama_cpp: str | None) -> Path | None:
     if not (Path(llama_cpp) / "convert_hf_to_gguf.py").is_file():
         raise UserError(f"--llama_cpp {llama_cpp} holds no convert_hf_to_gguf.py; give the folder of a llama.cpp "
                         "checkout")
+    refuse_replacing(gguf, "--gguf", is_gguf, "a GGUF file")
     path = check_writable(gguf, "--gguf")
     run_converter(Path(llama_cpp), ["--help"])   # its imports (gguf, sentencepiece...) work: before the export
     return path

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from scripts.common import (ArgParser, UserError, add_common_args, check_writable, checkpoint_header,
-                            display_path, file_sha256, load_checkpoint, path_arg, refuse_common_flags, run_main,
-                            save_checkpoint, set_threads)
+                            display_path, file_sha256, load_checkpoint, path_arg, refuse_common_flags, refuse_replacing,
+                            run_main, save_checkpoint, set_threads)
 from stage5_gpt.finetune import model_from_checkpoint
 from stage5_gpt.models import quant
 
@@ -77,6 +77,7 @@ def check_output(source: Path, out: Path) -> None:
     if out.name == "last.pt":
         raise UserError(f"--out {out}: last.pt is a run's resumable state, and a quantized model cannot be "
                         "trained on; give another name")
+    refuse_replacing(out, "--out", lambda path: quant.quantization_of(path) is not None, "a quantized checkpoint")
     check_writable(out, "--out")
 
 
@@ -131,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     refuse_common_flags(args, "quantize.py")
     set_threads(args.num_threads)
     source = Path(args.checkpoint)
+    if args.out and str(args.out).endswith(("/", os.sep)):     # Path() would drop the slash and write a file
+        raise UserError(f"--out {args.out} names a folder; give the file to write, such as "
+                        f"{Path(args.out) / default_out(source, args.method).name}")
     out = Path(args.out) if args.out else default_out(source, args.method)
     sizes = quantize_file(source, args.method, out)
     print(f"{args.method}: {out} ({sizes['out_bytes']:,} bytes; the float checkpoint {sizes['source_bytes']:,})")

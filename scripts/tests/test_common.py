@@ -173,6 +173,22 @@ def test_metrics_file_has_the_course_format(tmp_path):
     assert data["eval_seconds"] == 1.235 and data["metrics"]["accuracy"] == 0.9
 
 
+def test_a_metrics_file_never_replaces_a_file_that_is_not_json(tmp_path):
+    """--metrics_out pointed at a checkpoint (or any non-JSON file) is refused before and at writing time."""
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, {**checkpoint_header("stage1_mlp", "mlp"), "model_state": {}})
+    before = ckpt.read_bytes()
+    with pytest.raises(UserError, match="already exists and is not a JSON file"):
+        common.check_json_out(ckpt, "--metrics_out")
+    with pytest.raises(UserError, match="not a JSON file"):
+        write_metrics(ckpt, stage="stage1_mlp", model="m", dataset="imdb", split="test", metrics={}, params=1,
+                      seconds=1, seconds_key="eval_seconds", device="cpu")
+    assert ckpt.read_bytes() == before
+    earlier = tmp_path / "earlier.json"             # an earlier result is replaced, as a rerun expects
+    earlier.write_text("{}")
+    assert common.check_json_out(earlier, "--metrics_out") == earlier
+
+
 def test_data_dir_is_never_swapped_for_the_environment(tmp_path, monkeypatch):
     """A --data_dir that lacks a file does not fall back to $MY_LLM_DATA: the user named that folder."""
     flag, env = tmp_path / "flag" / "imdb", tmp_path / "env" / "imdb"

@@ -217,12 +217,16 @@ def parameter_count(model: nn.Module) -> int:
 def cast_state(state: dict[str, torch.Tensor], method: str) -> dict[str, torch.Tensor]:
     """The bf16 / fp16 baseline: every floating-point tensor cast to half precision (tied tensors stay tied)."""
     dtype = HALF_DTYPES[method]
-    cast: dict[int, torch.Tensor] = {}
+    cast: dict[tuple, torch.Tensor] = {}
     out = {}
     for name, tensor in state.items():
         if tensor.is_floating_point():
-            key = id(tensor)
-            out[name] = cast.setdefault(key, tensor.detach().to(dtype))
+            # tied tensors (wte and lm_head) are distinct tensor objects over one storage: key by what they view
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                   tuple(tensor.stride()))
+            if key not in cast:
+                cast[key] = tensor.detach().to(dtype)
+            out[name] = cast[key]
         else:
             out[name] = tensor
     return out

@@ -242,3 +242,27 @@ def test_gap_closed_is_undefined_when_the_student_alone_matches_its_teacher():
     assert distill.gap_closed(alone=1.6, distilled=1.65, teacher=1.5) == pytest.approx(-0.5)
     assert distill.gap_closed(alone=1.5, distilled=1.45, teacher=1.5) is None
     assert distill.gap_closed(alone=1.47, distilled=1.46, teacher=1.49) is None
+
+
+def test_the_student_never_replaces_the_teacher_or_a_file_it_did_not_write(lm_data, teacher_run, student_run,
+                                                                           tmp_path, cli):
+    teacher = teacher_run / "best.pt"
+    before = teacher.read_bytes()
+    other = tmp_path / "trained.pt"
+    other.write_bytes(before)
+    for target, needles in ((teacher, ["is the --teacher file"]), (other, ["already exists", "not a student"])):
+        argv = [a for a in student_args(lm_data, teacher_run, tmp_path) if a != tmp_path / "student.pt"]
+        at = argv.index("--checkpoint")
+        code, _, err = cli(distill.main, [*argv[:at + 1], target, *argv[at + 1:]])
+        one_error_line(code, err, *needles)
+    assert teacher.read_bytes() == before and other.read_bytes() == before
+    code, _, err = cli(distill.main, [*student_args(lm_data, teacher_run, tmp_path / "s"), "--init_from",
+                                      student_run / "student.pt", "--n_layer", "3"])
+    one_error_line(code, err, "--init_from", "sets the student's shape", "drop --n_layer")
+
+
+def test_a_short_try_shortens_the_default_warmup(lm_data, teacher_run, tmp_path):
+    args = distill.resolve_args(distill.build_parser().parse_args(["--max_steps", "40"]))
+    assert args.warmup_steps == 4
+    with pytest.raises(distill.UserError, match="--warmup_steps 50 must be at most --max_steps 40"):
+        distill.resolve_args(distill.build_parser().parse_args(["--max_steps", "40", "--warmup_steps", "50"]))

@@ -229,15 +229,21 @@ def test_gguf_goes_through_llama_cpps_converter_told_gpt2(bpe_checkpoint, char_c
                                        "--gguf", tmp_path / "m.gguf", "--llama_cpp", fake, "--gguf_type", "f16"])
     assert code == 0, err
     assert (tmp_path / "m.gguf").read_text() == f"gpt-2 f16 {tmp_path / 'bpe'}" and "llama-cli -m" in out
+    notes, before = tmp_path / "notes.txt", bpe_checkpoint.read_bytes()
+    notes.write_text("mine")
     cases = [(["--checkpoint", bpe_checkpoint, "--gguf", tmp_path / "a.gguf"], ["--llama_cpp"]),
              (["--checkpoint", bpe_checkpoint, "--gguf", tmp_path / "a.gguf", "--llama_cpp", tmp_path],
               ["convert_hf_to_gguf.py"]),
              (["--checkpoint", char_checkpoint, "--gguf", tmp_path / "a.gguf", "--llama_cpp", fake],
-              ["character model", "byte-level BPE"])]
+              ["character model", "byte-level BPE"]),
+             (["--checkpoint", bpe_checkpoint, "--gguf", bpe_checkpoint, "--llama_cpp", fake],    # the input itself
+              ["already exists", "not a GGUF file"]),
+             (["--checkpoint", bpe_checkpoint, "--gguf", notes, "--llama_cpp", fake], ["not a GGUF file"])]
     for argv, needles in cases:
         code, _, err = cli(export.main, [*argv, "--out", tmp_path / "x"])
         one_error_line(code, err, *needles)
     assert not (tmp_path / "x").exists() and not (tmp_path / "a.gguf").exists()
+    assert notes.read_text() == "mine" and bpe_checkpoint.read_bytes() == before
 
 
 @pytest.mark.slow   # needs a built llama.cpp checkout (LLAMA_CPP=...): run with -m slow where there is one

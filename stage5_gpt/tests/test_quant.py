@@ -202,6 +202,9 @@ def test_half_precision_checkpoint_loads_as_float32(char_ckpt, tmp_path, method)
     with torch.no_grad():
         a, b = model(x)[0], ref(x)[0]
     assert model.lm_head.weight.dtype == torch.float32 and (a - b).abs().max() <= 0.02 * b.abs().max()
+    state = torch.load(out, weights_only=True)["model_state"]       # the tied matrix is stored once, as in float
+    assert state["wte.weight"].untyped_storage().data_ptr() == state["lm_head.weight"].untyped_storage().data_ptr()
+    assert out.stat().st_size < 0.55 * char_ckpt.stat().st_size
 
 
 def test_quantize_cli_default_name_and_sizes(char_ckpt, tmp_path, cli):
@@ -210,6 +213,34 @@ def test_quantize_cli_default_name_and_sizes(char_ckpt, tmp_path, cli):
     code, out, err = cli(quantize.main, ["--checkpoint", source])
     assert code == 0, err
     assert (tmp_path / "int8_gpt.pt").is_file() and "smaller" in out
+
+
+def test_quantize_never_replaces_a_file_it_did_not_write(char_ckpt, int8_ckpt, tmp_path, cli):
+    victim = tmp_path / "trained.pt"
+    victim.write_bytes(char_ckpt.read_bytes())
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for out in (victim, notes):
+        code, _, err = cli(quantize.main, ["--checkpoint", char_ckpt, "--out", out])
+        one_error_line(code, err, "already exists", "not a quantized checkpoint")
+    assert victim.read_bytes() == char_ckpt.read_bytes() and notes.read_text() == "mine"
+    code, _, err = cli(quantize.main, ["--checkpoint", char_ckpt, "--out", f"{tmp_path / 'newdir'}/"])
+    one_error_line(code, err, "names a folder")
+    assert not (tmp_path / "newdir").exists()
+    again = tmp_path / "again.pt"                    # an earlier quantized output is replaced, as a rerun expects
+    again.write_bytes(int8_ckpt.read_bytes())
+    code, _, err = cli(quantize.main, ["--checkpoint", char_ckpt, "--out", again, "--method", "bf16"])
+    assert code == 0, err
+    assert quant.quantization_of(again)["method"] == "bf16"
+
+
+def test_evaluate_metrics_out_never_replaces_a_checkpoint(int8_ckpt, lm_data, tmp_path, cli):
+    target = tmp_path / "model.pt"
+    target.write_bytes(int8_ckpt.read_bytes())
+    code, _, err = cli(evaluate.main, ["--checkpoint", target, "--limit", "200", "--metrics_out", target,
+                                       "--data_dir", lm_data, "--device", "cpu"])
+    one_error_line(code, err, "--metrics_out", "not a JSON file")
+    assert target.read_bytes() == int8_ckpt.read_bytes()
 
 
 def test_the_default_quantized_name_is_not_the_default_model(char_ckpt, tmp_path, cli, monkeypatch):
