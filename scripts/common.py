@@ -510,6 +510,21 @@ def checkpoint_header(stage: str, model: str) -> dict[str, Any]:
     }
 
 
+def unreadable_reason(err: Exception) -> str:
+    """Why torch.load could not read a file, in plain words (torch's own messages run to paragraphs)."""
+    text = str(err)
+    if "Unsupported global" in text:
+        return "it holds Python objects a safe load refuses to run: not a checkpoint of this course"
+    if "Weights only load failed" in text:
+        return "not a PyTorch checkpoint: its bytes are not one a safe load can read"
+    if any(word in text for word in ("PytorchStreamReader", "zip archive", "miniz", "central directory")):
+        return "truncated or corrupt: not a complete PyTorch file"
+    if isinstance(err, (EOFError, UnicodeDecodeError)) or "pickle" in text.lower() or "magic number" in text:
+        return "truncated or corrupt: not a PyTorch file"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return "truncated or corrupt? " + (first if len(first) <= 100 else first[:100].rsplit(" ", 1)[0] + " ...")
+
+
 def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None = None,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely (`weights_only=True`) and check it belongs to `stage` (and `models`)."""
@@ -521,8 +536,7 @@ def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None =
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, random bytes, a pickle with code in it...
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt? {reason}); "
+        raise UserError(f"{path} is not a readable checkpoint ({unreadable_reason(err)}); "
                         "retrain or point to another file") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "my_llm-checkpoint-v1":
         raise UserError(f"{path} is not a my_llm checkpoint; point to a file written by this course's train.py")
@@ -530,7 +544,8 @@ def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None =
         raise UserError(f"{path} was made by {ckpt.get('stage')} ({ckpt.get('model')}), "
                         f"not by {stage}; use a checkpoint trained by {stage}/train.py")
     if models is not None and ckpt.get("model") not in models:
-        raise UserError(f"{path} holds a {ckpt.get('model')!r} model; this program expects one of {sorted(models)}")
+        wanted = " or ".join(repr(m) for m in sorted(models))
+        raise UserError(f"{path} holds a {ckpt.get('model')!r} model; this program expects a {wanted} model")
     return ckpt
 
 

@@ -233,3 +233,17 @@ def test_refuse_common_flags_names_what_does_not_apply():
         refuse_common_flags(argparse.Namespace(data_dir=None, seed=3, device="auto"), "x.py")
     with pytest.raises(UserError, match=r"^--data_dir, --device do not apply"):
         refuse_common_flags(argparse.Namespace(data_dir="d", seed=0, device="cuda"), "x.py")
+
+
+@pytest.mark.parametrize("kind", ["random", "truncated", "empty"])
+def test_an_unreadable_checkpoint_is_said_in_plain_words(tmp_path, kind):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {**checkpoint_header("stage1_mlp", "mlp"), "model_state": {"w": torch.zeros(1000)}})
+    data = {"random": os.urandom(3000), "truncated": good.read_bytes()[:2000], "empty": b""}[kind]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(data)
+    with pytest.raises(UserError) as error:
+        load_checkpoint(bad, "stage1_mlp")
+    message = str(error.value)
+    assert "is not a readable checkpoint" in message and ("not a PyTorch" in message or "truncated" in message)
+    assert "\n" not in message and "file an issue" not in message and "weights_only" not in message
