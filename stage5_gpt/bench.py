@@ -532,7 +532,7 @@ def ship_blocks() -> dict[str, str]:
                             "loss": None, "speed": None, "scoring": scoring["int8_fused"], "calls": None})
         table = markdown_table(rows, [
             ("weights", lambda r: r["what"]), ("size", lambda r: f"{r['bytes'] / 1e6:.2f} MB"),
-            ("vs float32", lambda r: f"{size['float32'] / r['bytes']:.2f}x smaller"),
+            ("vs float32", lambda r: "—" if r["what"] == "float32" else f"{size['float32'] / r['bytes']:.2f}x smaller"),
             ("val loss", lambda r: "same as above" if r["loss"] is None else
              f"{r['loss']:.4f} ({100 * (r['loss'] / loss['float32'] - 1):+.2f}%)"),
             ("tokens/s, generating (batch 1)", lambda r: "—" if r["speed"] is None else f"{r['speed']:,.0f}"),
