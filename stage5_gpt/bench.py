@@ -501,6 +501,12 @@ def export_part(llama_cpp: Path | None) -> None:
     write_json(RESULTS / "export.json", {"rows": rows, "command": command})
 
 
+def first_lines(text: str, n: int) -> str:
+    """The first `n` lines of a generated sample (the README shows a taste; the whole is in the results file)."""
+    lines = text.strip().splitlines()
+    return "\n".join(lines[:n]) + ("\n..." if len(lines) > n else "")
+
+
 def closed_text(d: dict[str, Any]) -> str:
     """The distillation's gap closed over seeds, in words (undefined where the student alone matched its teacher)."""
     m, n = d["mean"], len(d["runs"])
@@ -743,10 +749,11 @@ def readme_blocks() -> dict[Path, dict[str, str]]:
     if (RESULTS / "quick.json").is_file():
         made = read_json(RESULTS / "quick.json")
         blocks["stage5_overview"] += (f"\n\nWhat the quick model writes (`{made['sample_command']}`):\n\n```\n"
-                                      f"{made['sample'].strip()}\n```")
+                                      f"{first_lines(made['sample'], 9)}\n```")
     if (RESULTS / "cpu_finetune.json").is_file():
         blocks["stage5_cpu_finetune"] = cpu_finetune_table(read_json(RESULTS / "cpu_finetune.json"))
-    details = {name: blocks.pop(name) for name in ("stage5_nanogpt", "stage5_gpu", "stage5_bpe", "stage5_cpu_finetune")
+    details = {name: blocks.pop(name) for name in ("stage5_nanogpt", "stage5_gpu", "stage5_kv", "stage5_bpe",
+                                                   "stage5_cpu_finetune")
                if name in blocks}
     blocks.update(ship_blocks())
     return {STAGE_DIR / "README.md": blocks, RESULTS / "TUNING.md": details}    # the lesson, and its measurement notes
