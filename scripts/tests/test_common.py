@@ -97,7 +97,7 @@ def test_checkpoint_round_trip_and_stage_check(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary file left behind
     with pytest.raises(UserError, match="made by stage1_mlp.*not by stage2_rnn_lstm"):
         load_checkpoint(path, "stage2_rnn_lstm")
-    with pytest.raises(UserError, match="expects one of"):
+    with pytest.raises(UserError, match="expects a .lstm. model"):
         load_checkpoint(path, "stage1_mlp", ["lstm"])
 
 
