@@ -57,6 +57,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -571,8 +572,8 @@ def ship_blocks() -> dict[str, str]:
             ("model", lambda r: r["what"]),
             ("val loss", lambda r: f"{r['loss']:.4f}" if r["seconds"] is None else
              f"{sum(r['loss']) / len(r['loss']):.4f} ({min(r['loss']):.4f}–{max(r['loss']):.4f})"),
-            ("training time", lambda r: "—" if r["seconds"] is None else
-             f"{sum(r['seconds']) / len(r['seconds']) / 60:.1f} min")])
+            ("training time (median)", lambda r: "—" if r["seconds"] is None else
+             f"{statistics.median(r['seconds']) / 60:.1f} min")])
         s_ = d["settings"]
         blocks["stage5_distill"] = table + (
             f"\n\nGap closed (alone − distilled) / (alone − teacher): {closed_text(d)} over seeds "
@@ -580,7 +581,9 @@ def ship_blocks() -> dict[str, str]:
             f"; student {d['student']['n_layer']} layers, {d['student']['n_embd']} wide "
             f"({100 * d['student']['fraction_of_teacher']:.0f}% of the teacher's parameters), T {s_['temperature']}, "
             f"alpha {s_['alpha']}, {s_['steps']} steps distilled and {s_['control_steps']} alone (the same "
-            f"arithmetic: the teacher's pass over the text is counted). {d['hardware']}. Command: `{d['command']}`.")
+            f"arithmetic: the teacher's pass over the text is counted; the times are wall-clock and depend on the "
+            f"load: 1-minute load average {d['load_average']['mean']:.1f} on average, "
+            f"{d['load_average']['max']:.1f} at most). {d['hardware']}. Command: `{d['command']}`.")
     if (RESULTS / "export.json").is_file():
         e = read_json(RESULTS / "export.json")
         blocks["stage5_export"] = markdown_table(e["rows"], [
