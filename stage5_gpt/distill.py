@@ -211,6 +211,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def layers(n: int) -> str:
+    return f"{n} layer" + ("" if n == 1 else "s")
+
+
 def is_student(path: Path) -> bool:
     """Whether `path` holds a checkpoint distill.py wrote (its "distillation" record), read memory-mapped."""
     try:
@@ -364,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shape = {"n_layer": init.config.n_layer, "n_head": init.config.n_head, "n_embd": init.config.n_embd}
         typed = [k for k, v in shape.items() if getattr(args, k) not in (v, DEFAULTS[k])]
         if typed:
-            raise UserError(f"--init_from {args.init_from} sets the student's shape ({shape['n_layer']} layers, "
+            raise UserError(f"--init_from {args.init_from} sets the student's shape ({layers(shape['n_layer'])}, "
                             f"{shape['n_head']} heads, {shape['n_embd']} wide); drop "
                             + " ".join(f"--{k}" for k in typed))
         args.n_layer, args.n_head, args.n_embd = shape.values()
@@ -373,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_seed(args.seed)                   # the student's first weights (and later its dropout) come from --seed
     student = build_student(args, tokenizer, init)
     if student.num_params() >= teacher.num_params():
-        raise UserError(f"the student ({student.num_params():,} parameters: {args.n_layer} layers, {args.n_embd} "
+        raise UserError(f"the student ({student.num_params():,} parameters: {layers(args.n_layer)}, {args.n_embd} "
                         f"wide) is not smaller than the teacher ({teacher.num_params():,}); choose fewer --n_layer "
                         "or a smaller --n_embd")
     return train(args, teacher_ckpt, teacher, tokenizer, student, device, started)
@@ -400,8 +404,8 @@ def train(args: argparse.Namespace, teacher_ckpt: dict[str, Any], teacher: GPT, 
     if run.resume and run.resume.get("tokenizer_fingerprint") != tokenizer.fingerprint():
         raise UserError(f"--resume: {run.last_path} was trained with another tokenizer; start a new run with "
                         "another --out_dir")
-    log.info(f"teacher {args.teacher}: {teacher.num_params():,} parameters ({teacher.config.n_layer} layers, "
-             f"{teacher.config.n_embd} wide); student: {student.num_params():,} ({args.n_layer} layers, "
+    log.info(f"teacher {args.teacher}: {teacher.num_params():,} parameters ({layers(teacher.config.n_layer)}, "
+             f"{teacher.config.n_embd} wide); student: {student.num_params():,} ({layers(args.n_layer)}, "
              f"{args.n_embd} wide), {student.num_params() / teacher.num_params():.0%} of the teacher")
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = student.to(device)
@@ -427,7 +431,12 @@ def train(args: argparse.Namespace, teacher_ckpt: dict[str, Any], teacher: GPT, 
                             f"{args.max_steps:,} steps: the file was edited; start a new run with --restart")
         log.info(f"resumed at step {state['step']}")
 
-    targets = TeacherTargets(teacher, data.train, device, args.amp, args.cache_teacher, log) if args.distill else None
+    try:
+        targets = TeacherTargets(teacher, data.train, device, args.amp, args.cache_teacher, log) \
+            if args.distill else None
+    except KeyboardInterrupt:
+        raise TrainingInterrupted("while the teacher scored the training text, before the first step: nothing to "
+                                  "save yet; run the same command to start again") from None
     if targets is not None and targets.table is not None:
         state["teacher_seconds"] += targets.seconds
         log.info(f"teacher: logits of the training text in {targets.seconds:.1f} s "

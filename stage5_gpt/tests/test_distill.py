@@ -266,3 +266,14 @@ def test_a_short_try_shortens_the_default_warmup(lm_data, teacher_run, tmp_path)
     assert args.warmup_steps == 4
     with pytest.raises(distill.UserError, match="--warmup_steps 50 must be at most --max_steps 40"):
         distill.resolve_args(distill.build_parser().parse_args(["--max_steps", "40", "--warmup_steps", "50"]))
+
+
+def test_ctrl_c_while_the_teacher_scores_the_text_says_nothing_was_saved(lm_data, teacher_run, tmp_path, cli,
+                                                                         monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(distill.TeacherTargets, "logits_table", interrupted)
+    code, _, err = cli(distill.main, student_args(lm_data, teacher_run, tmp_path))
+    assert code == 130 and "before the first step: nothing to save yet" in err
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "student.pt").exists()
+    assert distill.layers(1) == "1 layer" and distill.layers(4) == "4 layers"
