@@ -21,8 +21,7 @@ from typing import Sequence
 
 from scripts.checks import COUNT, POSITIVE_INT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_json_out, check_writable,
-                            count_params,
-                            get_device, path_arg, run_main, set_threads, write_metrics, write_text)
+                            count_params, get_device, path_arg, run_main, set_threads, write_metrics, write_text)
 from scripts.translation_data import corpus_scores
 from stage3_attention_seq2seq.data.translation import DATASETS, SPLITS, load_pairs, tokenize
 from stage3_attention_seq2seq.translator import (ALPHA, BEAM, CHECKPOINT_HELP, STAGE, STAGE_DIR, check_length,

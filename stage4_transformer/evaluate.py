@@ -22,8 +22,7 @@ import torch
 
 from scripts.checks import COUNT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, check_json_out, check_writable,
-                            count_params,
-                            get_device, path_arg, run_main, set_threads, write_metrics, write_text)
+                            count_params, get_device, path_arg, run_main, set_threads, write_metrics, write_text)
 from scripts.monitor import process_alive
 from scripts.repl import SETTING_RANGES
 from scripts.training import RunLock

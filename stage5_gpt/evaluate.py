@@ -31,8 +31,7 @@ from tqdm import tqdm
 
 from scripts.checks import COUNT
 from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common_args, autocast, check_json_out,
-                            get_device,
-                            path_arg, read_text, run_main, set_threads, write_metrics)
+                            get_device, path_arg, read_text, run_main, set_threads, write_metrics)
 from stage5_gpt.data.corpus import DATASETS, load_text, sequential_windows
 from stage5_gpt.data.tasks import TASKS, evaluate_task, load_task, tokenize
 from stage5_gpt.finetune import BATCH, model_from_checkpoint, model_label
