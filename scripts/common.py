@@ -510,19 +510,46 @@ def checkpoint_header(stage: str, model: str) -> dict[str, Any]:
     }
 
 
-def unreadable_reason(err: Exception) -> str:
-    """Why torch.load could not read a file, in plain words (torch's own messages run to paragraphs)."""
-    text = str(err)
+def unreadable_kind(path: str | Path, err: Exception) -> str:
+    """Why torch.load could not read `path`, as one word its callers put in their own language (torch's own
+    messages run to paragraphs): "empty", "truncated" (a cut zip), "unsafe" (Python objects a safe load refuses),
+    "foreign" (bytes that are no PyTorch file), or "other"."""
+    text = " ".join(str(err).split())
+    try:
+        if Path(path).stat().st_size == 0:
+            return "empty"
+    except OSError:
+        pass
     if "Unsupported global" in text:
-        return "it holds Python objects a safe load refuses to run: not a checkpoint of this course"
-    if "Weights only load failed" in text:
-        return "not a PyTorch checkpoint: its bytes are not one a safe load can read"
-    if any(word in text for word in ("PytorchStreamReader", "zip archive", "miniz", "central directory")):
-        return "truncated or corrupt: not a complete PyTorch file"
-    if isinstance(err, (EOFError, UnicodeDecodeError)) or "pickle" in text.lower() or "magic number" in text:
-        return "truncated or corrupt: not a PyTorch file"
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return "truncated or corrupt? " + (first if len(first) <= 100 else first[:100].rsplit(" ", 1)[0] + " ...")
+        return "unsafe"
+    if any(word in text for word in ("PytorchStreamReader", "zip archive", "miniz", "central directory")) \
+            or "truncated" in text.lower() or isinstance(err, (OSError, EOFError)):   # OSError: mmap of a cut file
+        return "truncated"
+    if any(word in text for word in ("Weights only load failed", "invalid load key", "magic number", "zipfile")):
+        return "foreign"
+    return "other"
+
+
+def short_message(err: Exception, limit: int = 100) -> str:
+    """The first line of an exception's message, cut at a word within `limit` characters."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+UNREADABLE = {"empty": "an empty file (0 bytes), not a PyTorch checkpoint",
+              "truncated": "truncated or corrupt: not a complete PyTorch file",
+              "unsafe": "it holds Python objects a safe load refuses to run: not a checkpoint of this course",
+              "foreign": "not a PyTorch checkpoint: its bytes are not one a safe load can read"}
+
+
+def checkpoint_entry(path: str | Path, key: str) -> Any:
+    """One top-level entry of a checkpoint, read memory-mapped (no weight is copied); None when the file has no
+    such entry or cannot be read (the program's own loading then says what is wrong)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: reported by the normal loading, in its words
+        return None
+    return ckpt.get(key) if isinstance(ckpt, dict) else None
 
 
 def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None = None,
@@ -536,7 +563,8 @@ def load_checkpoint(path: str | Path, stage: str, models: Sequence[str] | None =
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, random bytes, a pickle with code in it...
-        raise UserError(f"{path} is not a readable checkpoint ({unreadable_reason(err)}); "
+        reason = UNREADABLE.get(unreadable_kind(path, err)) or f"truncated or corrupt? {short_message(err)}"
+        raise UserError(f"{path} is not a readable checkpoint ({reason}); "
                         "retrain or point to another file") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "my_llm-checkpoint-v1":
         raise UserError(f"{path} is not a my_llm checkpoint; point to a file written by this course's train.py")

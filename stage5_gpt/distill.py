@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from scripts.common import (ArgParser, TrainingInterrupted, UserError, add_common_args, add_output_args, amp_name,
-                            autocast, display_path, file_sha256, hardware, load_checkpoint, path_arg, refuse_replacing,
-                            run_main, save_checkpoint, set_seed, set_threads, setup_logging, warmup_cosine, write_json,
-                            write_metrics)
+                            autocast, checkpoint_entry, display_path, file_sha256, hardware, load_checkpoint, path_arg,
+                            refuse_replacing, run_main, save_checkpoint, set_seed, set_threads, setup_logging,
+                            warmup_cosine, write_json, write_metrics)
 from scripts.common import model_from_checkpoint as checked_model
 from scripts.checks import CLIP, COUNT, FRACTION, POSITIVE_INT, Range
 from scripts.monitor import TrainingMonitor
@@ -54,6 +54,7 @@ from scripts.training import ResumableRun
 from stage5_gpt.data.bpe import CharTokenizer
 from stage5_gpt.data.corpus import DATA_CACHE, TokenData, prepare
 from stage5_gpt.models.gpt import GPT, GPTConfig
+from stage5_gpt.models.quant import refuse_quantized
 from stage5_gpt import train as T
 
 STAGE, MODEL_NAME, STAGE_DIR = T.STAGE, T.MODEL_NAME, T.STAGE_DIR
@@ -132,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="micro-batches summed into each optimizer step")
     training.add_argument("--min_lr", type=T.MIN_LR, default=d["min_lr"],
                           help="learning rate at the end of the cosine")
-    training.add_argument("--warmup_steps", type=COUNT, default=d["warmup_steps"], help="linear warm-up steps")
+    training.add_argument("--warmup_steps", type=COUNT, default=None,
+                          help=f"linear warm-up steps (default: {d['warmup_steps']}, or a tenth of --max_steps when "
+                               "that is shorter)")
     training.add_argument("--weight_decay", type=T.WEIGHT_DECAY, default=d["weight_decay"],
                           help="AdamW decoupled weight decay, matrices only")
     training.add_argument("--beta2", type=FRACTION, default=d["beta2"], help="AdamW beta2")
@@ -166,8 +169,7 @@ def load_teacher(path: str) -> tuple[dict[str, Any], GPT, Any]:
     ckpt = load_checkpoint(path, STAGE, [MODEL_NAME])
     if ckpt.get("finetune"):
         raise UserError(f"--teacher {path} is a fine-tuned model; distil a pretrained one (a checkpoint of train.py)")
-    if ckpt.get("quantization") is not None:     # quantize.py's record
-        raise UserError(f"--teacher {path} is a quantized model; distil from the float checkpoint it was made from")
+    refuse_quantized(path, "--teacher", "distil from", ckpt)
     if not isinstance(ckpt.get("dataset"), str) or not isinstance(ckpt.get("tokenizer"), dict):
         raise UserError(f"--teacher {path} does not say which data set and tokenizer it was trained with; "
                         "retrain it with train.py")
@@ -180,15 +182,12 @@ def load_student_init(args: argparse.Namespace, tokenizer: Any) -> GPT | None:
     """--init_from: the student's starting weights; its tokenizer must be the teacher's."""
     if args.init_from is None:
         return None
-    ckpt = load_checkpoint(args.init_from, STAGE, [MODEL_NAME])
-    if ckpt.get("finetune") or ckpt.get("quantization") is not None:
-        raise UserError(f"--init_from {args.init_from} is a fine-tuned or quantized model; start from a pretrained "
-                        "float one")
-    if ckpt.get("tokenizer_fingerprint") != tokenizer.fingerprint():
+    # train.py's loading: a pretrained float GPT (fine-tuned and quantized ones refused)
+    model, own = T.load_pretrained(args.init_from, "--init_from", {"dropout": args.dropout})
+    if own.fingerprint() != tokenizer.fingerprint():
         raise UserError(f"--init_from {args.init_from} uses another tokenizer than --teacher {args.teacher} (token "
                         "ids would mean other things to the two models); start from a model of the teacher's "
                         "tokenizer, or from scratch")
-    model, _ = T.gpt_from_checkpoint(ckpt, f"--init_from {args.init_from}", {"dropout": args.dropout})
     return model
 
 
@@ -198,8 +197,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--n_embd {args.n_embd} must be divisible by --n_head {args.n_head}")
     if args.min_lr > args.lr:
         raise UserError(f"--min_lr {args.min_lr:g} must not exceed --lr {args.lr:g} (the cosine goes down to it)")
-    if args.warmup_steps > args.max_steps and args.warmup_steps == DEFAULTS["warmup_steps"]:
-        args.warmup_steps = args.max_steps // 10     # a short try: the default warm-up would outlast the run
+    if args.warmup_steps is None:   # not typed: the default, unless it would outlast a short try
+        default = DEFAULTS["warmup_steps"]
+        args.warmup_steps = default if default <= args.max_steps else args.max_steps // 10
     if args.warmup_steps > args.max_steps:
         raise UserError(f"--warmup_steps {args.warmup_steps} must be at most --max_steps {args.max_steps}")
     if not args.distill:
@@ -217,11 +217,7 @@ def layers(n: int) -> str:
 
 def is_student(path: Path) -> bool:
     """Whether `path` holds a checkpoint distill.py wrote (its "distillation" record), read memory-mapped."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - unreadable: not ours to replace
-        return False
-    return isinstance(ckpt, dict) and isinstance(ckpt.get("distillation"), dict)
+    return isinstance(checkpoint_entry(path, "distillation"), dict)
 
 
 def check_student_path(args: argparse.Namespace) -> None:

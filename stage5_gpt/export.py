@@ -62,6 +62,7 @@ from scripts.common import (ArgParser, UserError, add_checkpoint_arg, add_common
 from stage5_gpt.data.bpe import EOT, GPT2_SPLIT_PATTERN, ByteLevelBPE, CharTokenizer
 from stage5_gpt.models.gpt import GPT, HF_TRANSPOSED, GPTConfig
 from stage5_gpt.models.hf import quiet_transformers
+from stage5_gpt.models.quant import refuse_quantized
 
 STAGE = "stage5_gpt"
 EXPORT_FORMAT = "my_llm-export-v1"
@@ -173,11 +174,10 @@ def load_exportable(path: str | Path) -> tuple[GPT, ByteLevelBPE | CharTokenizer
     ckpt = load_checkpoint(path, STAGE)
     state = ckpt.get("model_state")
     int8 = isinstance(state, dict) and any(getattr(t, "dtype", None) == torch.int8 for t in state.values())
-    if int8 or any(ckpt.get(key) for key in ("quantization", "quantized", "quant")):
-        record = ckpt.get("quantization")
-        method = f" ({record.get('method')})" if isinstance(record, dict) and record.get("method") else ""
-        raise UserError(f"{path} is quantized{method}; the export holds the float32 model, exactly: export the float "
-                        "checkpoint it was made from")
+    refuse_quantized(path, "--checkpoint", "export", ckpt)   # the export holds the float32 model, exactly
+    if int8:   # int8 weights without quantize.py's record: an edited or foreign file
+        raise UserError(f"{path} holds int8 (quantized) weights; the export holds the float32 model, exactly: "
+                        "export the float checkpoint they were made from")
     if ckpt.get("model") == "gpt_classifier":
         raise UserError(f"{path} is a fine-tuned classifier: transformers' GPT2ForSequenceClassification has a head "
                         "without bias that finds the last token through padding, so ours does not map exactly; "
@@ -198,14 +198,16 @@ def check_out(out: Path, force: bool) -> None:
                         "files in it")
 
 
-def export(checkpoint: str | Path, out: str | Path, force: bool = False) -> dict[str, Any]:
-    """Write the checkpoint's model and tokenizer to `out` with transformers' save_pretrained.
+def export(checkpoint: str | Path, out: str | Path, force: bool = False,
+           loaded: tuple[GPT, Any, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write the checkpoint's model and tokenizer to `out` with transformers' save_pretrained (`loaded`: what
+    load_exportable gave for it, when the caller has it already).
 
     Everything is written to a temporary folder beside `out` first and moved in at the end, so a failure
     half-way leaves `out` as it was. Returns what was written and the notes a user should read."""
     out = Path(out)
     check_out(out, force)
-    model, tokenizer, ckpt = load_exportable(checkpoint)
+    model, tokenizer, ckpt = loaded or load_exportable(checkpoint)
     notes = []
     if ckpt.get("finetune"):
         notes.append("a fine-tuned multi-task model: the weights are exported, its tasks' prompt format "
@@ -422,9 +424,10 @@ def measure(checkpoint: Path, prompts: list[str], new_tokens: int = 200,
 
     with tempfile.TemporaryDirectory() as tmp:
         tick = time.perf_counter()
-        info = export(checkpoint, Path(tmp) / "export")
+        loaded = load_exportable(checkpoint)
+        info = export(checkpoint, Path(tmp) / "export", loaded=loaded)
         seconds = time.perf_counter() - tick
-        model, tokenizer, _ = load_exportable(checkpoint)
+        model, tokenizer, _ = loaded
         result = compare(Path(info["out"]), model, tokenizer, prompts, new_tokens)
         if llama_cpp is not None and isinstance(tokenizer, ByteLevelBPE):
             gguf = Path(tmp) / "model.gguf"
@@ -445,19 +448,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("give the model and the folder: --checkpoint FILE.pt --out FOLDER")
     set_threads(args.num_threads)
     gguf = check_gguf_args(args.gguf, args.llama_cpp)
-    if gguf is not None:   # refuse a character model before the export, not after
-        kind = load_checkpoint(args.checkpoint, STAGE).get("tokenizer", {})
-        if isinstance(kind, dict) and kind.get("type") == "char":
-            raise UserError(f"{args.checkpoint} is a character model: llama.cpp reads GPT-2 models with a byte-level "
-                            "BPE vocabulary only; export it without --gguf")
     tick = time.perf_counter()
-    info = export(args.checkpoint, args.out, args.force)
+    loaded = load_exportable(args.checkpoint)       # once: for the checks, the export and its verification
+    model, tokenizer, _ = loaded
+    if gguf is not None and isinstance(tokenizer, CharTokenizer):   # refused before the export, not after
+        raise UserError(f"{args.checkpoint} is a character model: llama.cpp reads GPT-2 models with a byte-level "
+                        "BPE vocabulary only; export it without --gguf")
+    info = export(args.checkpoint, args.out, args.force, loaded)
     print(f"wrote {info['out']} in {time.perf_counter() - tick:.1f} s: "
           + ", ".join(f"{name} ({size / 1e6:.2f} MB)" for name, size in info["files"].items()))
     for note in info["notes"]:
         print(f"note: {note}")
     if args.verify:
-        model, tokenizer, _ = load_exportable(args.checkpoint)
         prompt = VERIFY_TEXT if isinstance(tokenizer, ByteLevelBPE) else "".join(
             c for c in VERIFY_TEXT if c in tokenizer.chars) or tokenizer.chars[0]
         result = compare(Path(info["out"]), model, tokenizer, [prompt], 50)

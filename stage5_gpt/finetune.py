@@ -43,7 +43,7 @@ from stage5_gpt.data import tasks as T
 from stage5_gpt.models.gpt import GPT
 from stage5_gpt.models.hf import GPT2_NAMES, load_gpt2
 from stage5_gpt.models.lora import add_lora, merge_lora, trainable_fraction
-from stage5_gpt.models.quant import model_from_quantized, refuse_quantized
+from stage5_gpt.models.quant import model_from_quantized
 from stage5_gpt.train import LR, WEIGHT_DECAY, checkpoint_config, gpt_from_checkpoint, load_pretrained
 
 STAGE = "stage5_gpt"
@@ -204,7 +204,6 @@ def load_base(args: argparse.Namespace) -> tuple[GPT, Any, str, str]:
         if args.scratch:
             model = GPT(model.config)
         return model, tokenizer, f"GPT-2 ({args.base})", ""
-    refuse_quantized(args.base, "--base", "fine-tune")
     model, tokenizer = load_pretrained(args.base, "--base", {"dropout": args.dropout}, random_init=args.scratch)
     T.eot_of(tokenizer)   # a char-level base cannot mark the end of a text
     config = model.config

@@ -85,12 +85,7 @@ def load_float(path: Path) -> tuple[dict[str, Any], torch.nn.Module]:
     """A float checkpoint of this stage and its model, every part checked (config, tokenizer, fine-tuning record,
     weights); a quantized one is refused."""
     ckpt = load_checkpoint(path, STAGE, MODELS)
-    record = ckpt.get("quantization")
-    if record is not None:
-        method = record.get("method") if isinstance(record, dict) else "?"
-        source = record.get("source") if isinstance(record, dict) else None
-        raise UserError(f"{path} is already quantized ({str(method)[:10]}); quantize the float checkpoint"
-                        f"{f' it was made from ({source})' if source else ''} instead")
+    quant.refuse_quantized(path, "--checkpoint", "quantize", ckpt)
     model, _ = model_from_checkpoint(ckpt, path)
     return ckpt, model.eval()
 
@@ -228,21 +223,21 @@ def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | N
         files = {"float32": Path(checkpoint)}
         sizes = {}
         for method in ("int8", "bf16"):
-            files[method] = folder / f"{Path(checkpoint).stem}_{method}.pt"
+            files[method] = folder / default_out(Path(checkpoint), method).name
             sizes[method] = quantize_file(Path(checkpoint), method, files[method])
-        models = {}
+        models, ckpts = {}, {}
         for name, path in files.items():
-            models[name], tokenizer, ckpt = load_any(path, device)
+            models[name], tokenizer, ckpts[name] = load_any(path, device)
         models["pytorch_int8"] = quant.pytorch_dynamic(models["float32"])
         file_bytes = {name: path.stat().st_size for name, path in files.items()}
         # the weights alone, as each file holds them (a bf16 model computes in float32 once loaded), and PyTorch's
         # quantized model's state dict (its int8 weights packed for fbgemm, the tied embedding left float32)
-        state_bytes = {name: quant.state_bytes(load_checkpoint(path, STAGE, MODELS)["model_state"])
-                       for name, path in files.items()}
+        state_bytes = {name: quant.state_bytes(ckpt["model_state"]) for name, ckpt in ckpts.items()}
         state_bytes["pytorch_int8"] = quant.state_bytes(models["pytorch_int8"].state_dict())
         log(f"sizes (file bytes): {file_bytes}; state dicts: {state_bytes}")
 
-        dataset = ckpt.get("dataset")
+        dataset = ckpts["float32"].get("dataset")
+        prompt = "ROMEO:" if dataset == "shakespeare" else "The"
         text = load_text(dataset, str(data_dir) if data_dir else None)["val"]
         ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
         losses = {}
@@ -251,8 +246,7 @@ def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | N
             losses[name] = val_loss(model, ids, device, batch_size)
             log(f"val loss {name}: {losses[name]:.4f} ({time.time() - tick:.0f} s)")
         speed_models = {k: models[k] for k in ("float32", "int8", "pytorch_int8")}
-        speeds = tokens_per_s(speed_models, tokenizer, device, new_tokens, repeats,
-                              "ROMEO:" if dataset == "shakespeare" else "The")
+        speeds = tokens_per_s(speed_models, tokenizer, device, new_tokens, repeats, prompt)
         log(f"tokens/s: {speeds}")
         scoring_models, compile_seconds = dict(speed_models), None
         if fused:   # ours again, its steps around the integer matmul compiled into fused loops (quant.fuse)
@@ -264,8 +258,8 @@ def measure(checkpoint: Path, classifier: Path | None = None, data_dir: Path | N
             compile_seconds = time.perf_counter() - tick
             log(f"torch.compile of int8_linear: {compile_seconds:.0f} s")
         batched = batched_tokens_per_s(scoring_models, ids, device, batch_size, repeats)
-        prompt_ids = tokenizer.encode("ROMEO:" if dataset == "shakespeare" else "The")
-        calls = {name: operator_calls_per_token(model, prompt_ids) for name, model in speed_models.items()}
+        calls = {name: operator_calls_per_token(model, tokenizer.encode(prompt))
+                 for name, model in speed_models.items()}
         log(f"operator calls per generated token: {calls}")
         log(f"scoring tokens/s (batch {batch_size}): {batched}")
         result: dict[str, Any] = {
@@ -298,7 +292,7 @@ def measure_classifier(path: Path, folder: Path, data_dir: Path | None, limit: i
     """IMDb test accuracy of the float32 classifier and of its int8 quantization, scored as finetune.py and
     evaluate.py score it (tasks.evaluate_task, the texts cut to the model's max_len)."""
     device = torch.device("cpu")
-    out = folder / f"{path.stem}_int8.pt"
+    out = folder / default_out(path, "int8").name
     sizes = quantize_file(path, "int8", out)
     result: dict[str, Any] = {"checkpoint": display_path(path), "file_bytes": {"float32": sizes["source_bytes"],
                                                                       "int8": sizes["out_bytes"]}}

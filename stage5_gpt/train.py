@@ -293,7 +293,7 @@ def load_pretrained(path: str | Path, flag: str, overrides: dict[str, Any] | Non
     ckpt = load_checkpoint(path, STAGE, [MODEL_NAME])
     if ckpt.get("quantization") is not None:          # quantize.py's record: int8 or half weights, inference only
         from stage5_gpt.models.quant import refuse_quantized  # noqa: PLC0415
-        refuse_quantized(path, flag, "train from")
+        refuse_quantized(path, flag, "train from", ckpt)
     if ckpt.get("finetune"):
         raise UserError(f"{flag} {path} is a fine-tuned model; start from a pretrained one (train.py's checkpoint)")
     return gpt_from_checkpoint(ckpt, f"{flag} {path}", overrides, random_init)

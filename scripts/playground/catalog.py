@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from scripts.common import inside, training_progress
+from scripts.common import inside, short_message, training_progress, unreadable_kind
 
 STAGES = ("stage1_mlp", "stage2_rnn_lstm", "stage3_attention_seq2seq", "stage4_transformer", "stage5_gpt")
 # (stage, the "model" a checkpoint names) -> what the playground does with it
@@ -64,21 +64,14 @@ def read_header(path: Path) -> dict[str, Any] | str:
             and not k.endswith("_state")}
 
 
+UNREADABLE_ZH = {"empty": "空文件（0 字节）",
+                 "truncated": "文件不完整（可能写到一半，或被截断了）：重新训练或换一个文件",
+                 "foreign": "不是 torch.save 写的 checkpoint", "unsafe": "里面有不安全的内容（pickle 代码），不加载"}
+
+
 def plain_reason(path: Path, err: Exception) -> str:
-    """Why torch.load failed, in words a learner can act on (torch's own message is about zip internals)."""
-    text = " ".join(str(err).split())
-    try:
-        if path.stat().st_size == 0:
-            return "空文件（0 字节）"
-    except OSError:
-        pass
-    if "central directory" in text or "truncated" in text.lower() or isinstance(err, OSError):   # mmap of a cut file
-        return "文件不完整（可能写到一半，或被截断了）：重新训练或换一个文件"
-    if "zipfile" in text or "_use_new_zipfile_serialization" in text or "invalid load key" in text:
-        return "不是 torch.save 写的 checkpoint"
-    if "weights_only" in text.lower() or "unsupported global" in text.lower():
-        return "里面有不安全的内容（pickle 代码），不加载"
-    return text[:100].rsplit(" ", 1)[0] + "…" if len(text) > 100 else text
+    """Why torch.load failed, in words a learner can act on (scripts.common.unreadable_kind, said in Chinese)."""
+    return UNREADABLE_ZH.get(unreadable_kind(path, err)) or short_message(err)
 
 
 def tasks_of(stage: str, header: dict[str, Any]) -> list[str]:

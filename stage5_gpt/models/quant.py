@@ -334,20 +334,18 @@ def model_from_quantized(where: str, build: Any, ckpt: dict[str, Any]) -> nn.Mod
 def quantization_of(path: Any) -> dict[str, Any] | None:
     """The quantization record of the checkpoint at `path`, or None (not quantized, or not readable: the
     program's own loading then says what is wrong). Reads the file memory-mapped: no weight is copied."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - any unreadable file is reported by the normal loading, in its words
-        return None
-    record = ckpt.get("quantization") if isinstance(ckpt, dict) else None
-    return record if record is not None else None
+    from scripts.common import checkpoint_entry  # noqa: PLC0415
+
+    return checkpoint_entry(path, "quantization")
 
 
-def refuse_quantized(path: Any, flag: str, action: str) -> None:
+def refuse_quantized(path: Any, flag: str, action: str, ckpt: dict[str, Any] | None = None) -> None:
     """A quantized checkpoint is for inference: training from it (fine-tuning, --init_from, --resume) would train
-    rounded weights, and int8 ones cannot take gradients. One line, naming the float checkpoint to use."""
+    rounded weights, and int8 ones cannot take gradients. One line, naming the float checkpoint to use. `ckpt`:
+    the checkpoint when the caller has loaded it already (else its record is read from `path`)."""
     from scripts.common import UserError  # noqa: PLC0415
 
-    record = quantization_of(path)
+    record = ckpt.get("quantization") if ckpt is not None else quantization_of(path)
     if record is not None:
         method = record.get("method") if isinstance(record, dict) else "?"
         source = record.get("source") if isinstance(record, dict) else None

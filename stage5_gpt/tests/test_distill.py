@@ -264,8 +264,10 @@ def test_the_student_never_replaces_the_teacher_or_a_file_it_did_not_write(lm_da
 def test_a_short_try_shortens_the_default_warmup(lm_data, teacher_run, tmp_path):
     args = distill.resolve_args(distill.build_parser().parse_args(["--max_steps", "40"]))
     assert args.warmup_steps == 4
-    with pytest.raises(distill.UserError, match="--warmup_steps 50 must be at most --max_steps 40"):
-        distill.resolve_args(distill.build_parser().parse_args(["--max_steps", "40", "--warmup_steps", "50"]))
+    assert distill.resolve_args(distill.build_parser().parse_args([])).warmup_steps == 100
+    for typed in ("50", "100"):     # a typed warm-up is kept as typed, so it must fit
+        with pytest.raises(distill.UserError, match=f"--warmup_steps {typed} must be at most --max_steps 40"):
+            distill.resolve_args(distill.build_parser().parse_args(["--max_steps", "40", "--warmup_steps", typed]))
 
 
 def test_ctrl_c_while_the_teacher_scores_the_text_says_nothing_was_saved(lm_data, teacher_run, tmp_path, cli,

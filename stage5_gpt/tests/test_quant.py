@@ -324,7 +324,7 @@ def test_tampered_int8_checkpoint_is_refused_in_one_line(int8_ckpt, tmp_path, cl
 def test_quantizing_a_quantized_checkpoint_is_refused(int8_ckpt, tmp_path, cli):
     out = tmp_path / "twice.pt"
     code, _, err = cli(quantize.main, ["--checkpoint", int8_ckpt, "--out", out])
-    one_error_line(code, err, "already quantized", "gpt.pt")
+    one_error_line(code, err, "is a quantized checkpoint", "quantize the float checkpoint", "gpt.pt")
     assert not out.exists()
 
 
@@ -380,8 +380,8 @@ def test_measure_reports_what_bench_reads(char_ckpt, classifier_ckpt, lm_data, t
     assert abs(result["val_loss_rel_change_int8"]) < 0.05
     imdb = result["imdb"]
     assert imdb["test_size"] == 20 and 0 <= imdb["accuracy_int8"] <= 1 and imdb["size_ratio_int8"] > 1
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["classifier_int8.pt", "gpt_bf16.pt",
-                                                                      "gpt_int8.pt"]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["bf16_gpt.pt", "int8_classifier.pt",
+                                                                      "int8_gpt.pt"]
 
 
 def test_multitask_model_quantizes_and_answers_its_task(classifier_ckpt, tmp_path, cli):
