@@ -284,7 +284,7 @@ class TeacherTargets:
                 logits, _ = self.teacher(x)
             return logits.float()
         index = starts[:, None] + torch.arange(x.size(1))                       # (B, T) positions
-        return self.table[index].float().to(self.device)
+        return self.table[index].to(self.device).float()     # the 2-byte rows cross to the device, then widen
 
 
 def table_windows(positions: int, block: int) -> list[int]:
